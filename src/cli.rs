@@ -1,0 +1,441 @@
+//! The command line: clap derive structs and their conversion into plain configs.
+//! Nothing else in the crate knows clap.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, ApiKey, Endpoint, Limits, RunConfig};
+use crate::serve::{Faults, ServeConfig};
+use crate::source::csv::CsvOptions;
+use crate::source::{Format, SourceOptions};
+
+/// Exit codes (also in the README).
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_REJECTS: u8 = 3;
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 every row delivered; 3 finished, some rows rejected (see the rejects file);
+130 interrupted; 2 usage or mapping error (nothing was sent); 1 any other failure.
+
+The API key is read from the CDP_API_KEY environment variable or --api-key-file; it is
+never printed.";
+
+#[derive(Debug, Parser)]
+#[command(name = "cdp-backfill", version, about = "Backfill historical users and events into Customer.io Data Pipelines (or any Segment-compatible /v1/batch API).", after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read inputs, map rows to calls, pack and send them.
+    #[command(after_help = "Examples:
+  cdp-backfill run fixtures/events.csv --mapping fixtures/events.toml --endpoint local
+  CDP_API_KEY=... cdp-backfill run export/ --mapping map.toml --endpoint eu
+  cdp-backfill run events.csv --mapping map.toml --dry-run --output bodies.ndjson")]
+    Run(RunArgs),
+    /// Run the local receiver: a stand-in for the API that checks limits and records calls.
+    #[command(after_help = "Example:
+  cdp-backfill serve --addr 127.0.0.1:8099 --record calls.ndjson
+  cdp-backfill run events.csv --mapping map.toml --endpoint http://127.0.0.1:8099")]
+    Serve(ServeArgs),
+    /// Write a realistic event CSV (with planted bad rows) for tests and benchmarks.
+    #[command(after_help = "Example:
+  cdp-backfill generate --rows 100000 --seed 7 --out target/events.csv")]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Input files or directories (read in the order given; directories sorted by path).
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    /// The mapping file (TOML) that says how rows become calls.
+    #[arg(long, short, value_name = "FILE")]
+    pub mapping: PathBuf,
+    /// Where to send: us, eu, local (the built-in receiver on loopback), or a base URL.
+    #[arg(long, env = "CDP_ENDPOINT", value_name = "us|eu|local|URL")]
+    pub endpoint: Option<String>,
+    /// A file holding the API key (instead of the CDP_API_KEY variable).
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Requests per second at most.
+    #[arg(long, default_value_t = config::DEFAULT_RATE_PER_SEC, value_name = "N")]
+    pub rate: u32,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = config::DEFAULT_CONCURRENCY, value_name = "N")]
+    pub concurrency: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_REQUEST_BYTES, value_name = "BYTES")]
+    pub max_request_bytes: usize,
+    /// Largest single call, in bytes; a larger call is rejected, never sent.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CALL_BYTES, value_name = "BYTES")]
+    pub max_call_bytes: usize,
+    /// Where rejected rows go (NDJSON: source, row, reason, record).
+    #[arg(
+        long,
+        default_value = "cdp-backfill.rejects.ndjson",
+        value_name = "FILE"
+    )]
+    pub rejects: PathBuf,
+    /// Read, map and pack, but send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: write each request body as it would be sent, one per line.
+    #[arg(long, value_name = "FILE", requires = "dry_run")]
+    pub output: Option<PathBuf>,
+    /// Retries of a failing request before the run stops (the checkpoint stays behind it).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_RETRIES, value_name = "N")]
+    pub max_retries: u32,
+    /// Do not send X-Strict-Mode: 1 (invalid calls would then be dropped silently by the API).
+    #[arg(long)]
+    pub no_strict: bool,
+    /// Seconds to wait for a connection.
+    #[arg(long, default_value_t = config::DEFAULT_CONNECT_TIMEOUT.as_secs_f64(), value_name = "SECS")]
+    pub connect_timeout: f64,
+    /// Seconds to wait for a whole request.
+    #[arg(long, default_value_t = config::DEFAULT_REQUEST_TIMEOUT.as_secs_f64(), value_name = "SECS")]
+    pub request_timeout: f64,
+    /// Input format, when file names do not say.
+    #[arg(long, value_parser = ["csv"], value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// CSV field delimiter (one byte; `\t` for tab).
+    #[arg(long, default_value = ",", value_name = "CHAR")]
+    pub delimiter: String,
+    /// CSV quote character.
+    #[arg(long, default_value = "\"", value_name = "CHAR")]
+    pub quote: String,
+    /// The CSV files have no header row; columns are named 1, 2, 3...
+    #[arg(long)]
+    pub no_header: bool,
+    /// Rows per mapping task.
+    #[arg(long, default_value_t = config::DEFAULT_CHUNK_ROWS, value_name = "N", hide = true)]
+    pub chunk_rows: usize,
+    /// With --endpoint local: record every accepted call to this file (NDJSON).
+    #[arg(long, value_name = "FILE")]
+    pub local_record: Option<PathBuf>,
+    /// Also write the summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (loopback only).
+    #[arg(long, default_value = "127.0.0.1:8099", value_name = "ADDR")]
+    pub addr: std::net::SocketAddr,
+    /// Require this key (HTTP Basic, as the API does); default: no auth.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Append every accepted call to this file (NDJSON).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    #[arg(long, default_value_t = config::DEFAULT_MAX_REQUEST_BYTES, value_name = "BYTES")]
+    pub max_request_bytes: usize,
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CALL_BYTES, value_name = "BYTES")]
+    pub max_call_bytes: usize,
+    /// Fraction of requests answered 500/502/503.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub fail_rate: f64,
+    /// Fraction of requests answered 429 with Retry-After.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub throttle_rate: f64,
+    /// Retry-After seconds sent with injected 429s.
+    #[arg(long, default_value_t = 1, value_name = "SECS")]
+    pub retry_after: u64,
+    /// Answer 429 above this many requests per second.
+    #[arg(long, value_name = "N")]
+    pub max_rps: Option<u32>,
+    /// Delay before answering, in milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub latency_ms: u64,
+    /// Fraction of requests whose connection is closed without an answer.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub drop_rate: f64,
+    /// Fraction of calls treated as invalid (strict mode: 400 naming them).
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub invalid_rate: f64,
+    /// Seed for the fault injection.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub rows: u64,
+    #[arg(long, default_value_t = 42, value_name = "N")]
+    pub seed: u64,
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// A user mistake found while building the config.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+fn one_byte(what: &str, s: &str) -> Result<u8, UsageError> {
+    match s {
+        "\\t" | "tab" => Ok(b'\t'),
+        _ if s.len() == 1 => Ok(s.as_bytes()[0]),
+        _ => Err(UsageError(format!(
+            "--{what} must be a single ASCII character (got \"{s}\")"
+        ))),
+    }
+}
+
+fn secs(what: &str, v: f64) -> Result<Duration, UsageError> {
+    Duration::try_from_secs_f64(v).map_err(|_| {
+        UsageError(format!(
+            "--{what} must be a non-negative number of seconds (got {v})"
+        ))
+    })
+}
+
+/// Reads the API key from `--api-key-file` or `CDP_API_KEY`.
+fn read_key(file: Option<&PathBuf>) -> Result<Option<ApiKey>, UsageError> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| UsageError(format!("cannot read --api-key-file {}: {e}", f.display())))?;
+        let key = text.trim();
+        if key.is_empty() {
+            return Err(UsageError(format!(
+                "--api-key-file {} is empty",
+                f.display()
+            )));
+        }
+        return Ok(Some(ApiKey::new(key)));
+    }
+    Ok(std::env::var("CDP_API_KEY")
+        .ok()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .map(ApiKey::new))
+}
+
+impl RunArgs {
+    /// Validates the flags into a [`RunConfig`] and [`SourceOptions`].
+    pub fn into_config(self) -> Result<(RunConfig, SourceOptions), UsageError> {
+        let endpoint = match self.endpoint.as_deref() {
+            None if self.dry_run => Endpoint::Local,
+            None => {
+                return Err(UsageError(
+                    "say where to send: --endpoint us, eu, local (the built-in receiver) or a base URL (or set CDP_ENDPOINT)".into(),
+                ))
+            }
+            Some("us") => Endpoint::Url(config::US_BASE_URL.into()),
+            Some("eu") => Endpoint::Url(config::EU_BASE_URL.into()),
+            Some("local") => Endpoint::Local,
+            Some(u) if u.starts_with("https://") || u.starts_with("http://") => {
+                let u = u.trim_end_matches('/').trim_end_matches("/v1").to_string();
+                if u.starts_with("http://") && !config::url_is_loopback(&u) {
+                    return Err(UsageError(format!(
+                        "--endpoint {u}: plain http:// is allowed only for loopback addresses, so the key never crosses a network in clear; use https://"
+                    )));
+                }
+                Endpoint::Url(u)
+            }
+            Some(other) => {
+                return Err(UsageError(format!(
+                    "--endpoint \"{other}\" is not us, eu, local or an http(s):// URL"
+                )))
+            }
+        };
+        let api_key = read_key(self.api_key_file.as_ref())?;
+        if api_key.is_none() && !self.dry_run && !endpoint.is_loopback() {
+            return Err(UsageError(
+                "no API key: set CDP_API_KEY or pass --api-key-file FILE (or use --endpoint local to rehearse)".into(),
+            ));
+        }
+        if self.rate == 0 {
+            return Err(UsageError(
+                "--rate must be at least 1 request per second".into(),
+            ));
+        }
+        if self.concurrency == 0 || self.concurrency > 256 {
+            return Err(UsageError("--concurrency must be between 1 and 256".into()));
+        }
+        if self.chunk_rows == 0 {
+            return Err(UsageError("--chunk-rows must be at least 1".into()));
+        }
+        let limits = Limits {
+            max_request_bytes: self.max_request_bytes,
+            max_call_bytes: self.max_call_bytes,
+        };
+        if limits.max_call_bytes < 64 || limits.max_request_bytes < limits.max_call_bytes + 16 {
+            return Err(UsageError(format!(
+                "--max-call-bytes ({}) must be at least 64 and --max-request-bytes ({}) at least 16 bytes more, so every call fits in a request",
+                limits.max_call_bytes, limits.max_request_bytes
+            )));
+        }
+        let csv = CsvOptions {
+            delimiter: one_byte("delimiter", &self.delimiter)?,
+            quote: one_byte("quote", &self.quote)?,
+            has_header: !self.no_header,
+        };
+        let format = self.format.as_deref().map(|f| match f {
+            _ => Format::Csv,
+        });
+        let cfg = RunConfig {
+            inputs: self.inputs,
+            mapping_path: self.mapping,
+            endpoint,
+            api_key,
+            rate_per_sec: self.rate,
+            concurrency: self.concurrency,
+            limits,
+            rejects_path: self.rejects,
+            dry_run: self.dry_run,
+            output: self.output,
+            max_retries: self.max_retries,
+            backoff_base: config::DEFAULT_BACKOFF_BASE,
+            backoff_cap: config::DEFAULT_BACKOFF_CAP,
+            connect_timeout: secs("connect-timeout", self.connect_timeout)?,
+            request_timeout: secs("request-timeout", self.request_timeout)?,
+            strict: !self.no_strict,
+            chunk_rows: self.chunk_rows,
+            max_record_bytes: config::DEFAULT_MAX_RECORD_BYTES,
+            local_record: self.local_record,
+        };
+        Ok((cfg, SourceOptions { format, csv }))
+    }
+}
+
+impl ServeArgs {
+    pub fn into_config(self) -> Result<ServeConfig, UsageError> {
+        if !self.addr.ip().is_loopback() {
+            return Err(UsageError(format!(
+                "--addr {}: the receiver listens on loopback addresses only (127.0.0.1 or [::1])",
+                self.addr
+            )));
+        }
+        for (name, p) in [
+            ("fail-rate", self.fail_rate),
+            ("throttle-rate", self.throttle_rate),
+            ("drop-rate", self.drop_rate),
+            ("invalid-rate", self.invalid_rate),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(UsageError(format!(
+                    "--{name} must be between 0 and 1 (got {p})"
+                )));
+            }
+        }
+        Ok(ServeConfig {
+            addr: self.addr,
+            api_key: read_key(self.api_key_file.as_ref())?.filter(|_| self.api_key_file.is_some()),
+            limits: Limits {
+                max_request_bytes: self.max_request_bytes,
+                max_call_bytes: self.max_call_bytes,
+            },
+            record: self.record,
+            faults: Faults {
+                fail_rate: self.fail_rate,
+                throttle_rate: self.throttle_rate,
+                retry_after_secs: self.retry_after,
+                max_rps: self.max_rps,
+                latency_ms: self.latency_ms,
+                drop_rate: self.drop_rate,
+                invalid_rate: self.invalid_rate,
+                seed: self.seed,
+            },
+        })
+    }
+}
+
+/// Parses the command line, runs the command, returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            let quiet = args.quiet;
+            let summary_json = args.summary_json.clone();
+            let (cfg, src) = match args.into_config() {
+                Ok(c) => c,
+                Err(UsageError(m)) => return fail(EXIT_USAGE, &m),
+            };
+            let result = crate::run(&cfg, &src);
+            let (summary, err) = match result {
+                Ok(s) => (Some(s), None),
+                Err(crate::RunError::Partial { summary, cause }) => {
+                    (Some(*summary), Some((EXIT_FAILURE, cause)))
+                }
+                Err(e) => {
+                    let code = if e.is_usage() {
+                        EXIT_USAGE
+                    } else {
+                        EXIT_FAILURE
+                    };
+                    (None, Some((code, e.to_string())))
+                }
+            };
+            if let Some(s) = &summary {
+                if !quiet {
+                    eprint!("{s}");
+                }
+                if let Some(p) = &summary_json {
+                    let json = serde_json::to_vec_pretty(s).unwrap_or_default();
+                    if let Err(e) = std::fs::write(p, json) {
+                        return fail(
+                            EXIT_FAILURE,
+                            &format!("cannot write --summary-json {}: {e}", p.display()),
+                        );
+                    }
+                }
+            }
+            match (err, summary) {
+                (Some((code, msg)), _) => fail(code, &msg),
+                (None, Some(s)) if s.rows_rejected > 0 => ExitCode::from(EXIT_REJECTS),
+                _ => ExitCode::from(EXIT_OK),
+            }
+        }
+        Command::Serve(args) => {
+            let cfg = match args.into_config() {
+                Ok(c) => c,
+                Err(UsageError(m)) => return fail(EXIT_USAGE, &m),
+            };
+            match crate::serve::run_until_signal(cfg) {
+                Ok(stats) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&stats).unwrap_or_default()
+                    );
+                    ExitCode::from(EXIT_OK)
+                }
+                Err(e) => fail(EXIT_FAILURE, &e.to_string()),
+            }
+        }
+        Command::Generate(args) => {
+            match crate::generate::generate_file(&args.out, args.rows, args.seed) {
+                Ok(g) => {
+                    eprintln!(
+                        "wrote {} rows to {} ({} planted bad rows)",
+                        g.rows,
+                        args.out.display(),
+                        g.bad_rows.len()
+                    );
+                    ExitCode::from(EXIT_OK)
+                }
+                Err(e) => fail(
+                    EXIT_FAILURE,
+                    &format!("cannot write {}: {e}", args.out.display()),
+                ),
+            }
+        }
+    }
+}
+
+fn fail(code: u8, msg: &str) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(code)
+}

@@ -1,0 +1,168 @@
+//! The validated run configuration and the named defaults.
+//!
+//! `cli.rs` turns flags into these plain structs in one fallible step; nothing below
+//! this module knows clap. Every default the README talks about is a constant here.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The request body limit we pack to. The vendor says "500KB"; it does not say whether
+/// that is 500,000 or 512,000 bytes, so we take the smaller.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 500_000;
+/// The per-call limit ("32KB"), read conservatively for the same reason.
+pub const DEFAULT_MAX_CALL_BYTES: usize = 32_000;
+/// "3000 requests per 3 seconds", spread evenly.
+pub const DEFAULT_RATE_PER_SEC: u32 = 1000;
+/// Requests in flight at once.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Rows handed to a mapping task at a time: large enough to amortise the hand-off,
+/// small enough that a few chunks in flight stay within a few megabytes.
+pub const DEFAULT_CHUNK_ROWS: usize = 4096;
+/// Attempts after the first before a failing request stops the run.
+pub const DEFAULT_MAX_RETRIES: u32 = 8;
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(500);
+pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(30);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// A single record larger than this is rejected rather than buffered (hostile input).
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+
+pub const US_BASE_URL: &str = "https://cdp.customer.io";
+pub const EU_BASE_URL: &str = "https://cdp-eu.customer.io";
+
+/// The API key. Its `Debug` and `Display` never show it, so it cannot leak through a log
+/// line, an error or a panic message by accident; `expose()` is the one way to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        ApiKey(key.into())
+    }
+    /// The secret itself, for the one place that builds the `Authorization` header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// `Basic base64("KEY:")`: the key as user name, an empty password.
+    pub fn basic_auth_header(&self) -> String {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:", self.0));
+        format!("Basic {token}")
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A base URL such as `https://cdp.customer.io` (the `/v1/...` paths are appended).
+    Url(String),
+    /// Start the built-in receiver in-process on an ephemeral loopback port.
+    Local,
+}
+
+impl Endpoint {
+    /// True when requests never leave this machine, so plain HTTP and no key are fine.
+    pub fn is_loopback(&self) -> bool {
+        match self {
+            Endpoint::Local => true,
+            Endpoint::Url(u) => url_is_loopback(u),
+        }
+    }
+}
+
+/// `http(s)://127.x.x.x`, `localhost` or `[::1]`, with or without a port.
+pub fn url_is_loopback(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let host_port = rest.split('/').next().unwrap_or("");
+    let host = if let Some(h) = host_port.strip_prefix('[') {
+        h.split(']').next().unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+/// Size limits the packer and the receiver enforce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_request_bytes: usize,
+    pub max_call_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_call_bytes: DEFAULT_MAX_CALL_BYTES,
+        }
+    }
+}
+
+/// Everything `run` needs, validated.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub inputs: Vec<PathBuf>,
+    pub mapping_path: PathBuf,
+    pub endpoint: Endpoint,
+    pub api_key: Option<ApiKey>,
+    pub rate_per_sec: u32,
+    pub concurrency: usize,
+    pub limits: Limits,
+    pub rejects_path: PathBuf,
+    pub dry_run: bool,
+    /// With `dry_run`: each request body, one per line.
+    pub output: Option<PathBuf>,
+    pub max_retries: u32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub strict: bool,
+    pub chunk_rows: usize,
+    pub max_record_bytes: usize,
+    /// Where `--endpoint local` records accepted calls (tests and rehearsals).
+    pub local_record: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_never_shows_in_debug_or_display() {
+        let k = ApiKey::new("sk_live_SENTINEL");
+        assert!(!format!("{k:?}").contains("SENTINEL"));
+        assert!(!format!("{k}").contains("SENTINEL"));
+        // base64("sk_live_SENTINEL:")
+        assert_eq!(k.basic_auth_header(), "Basic c2tfbGl2ZV9TRU5USU5FTDo=");
+    }
+
+    #[test]
+    fn loopback_urls_are_recognised() {
+        assert!(url_is_loopback("http://127.0.0.1:8080"));
+        assert!(url_is_loopback("http://localhost/v1"));
+        assert!(url_is_loopback("http://[::1]:9"));
+        assert!(!url_is_loopback("https://cdp.customer.io"));
+        assert!(!url_is_loopback("http://127.example.com"));
+    }
+}

@@ -1,0 +1,769 @@
+//! Encoding rows into calls: the hot path.
+//!
+//! A chunk of rows becomes one [`Mapped`]: the calls' JSON back to back in one byte arena,
+//! the reject lines in another, and a list of [`Emit`]s in row order saying which is
+//! which. Nothing is allocated per row once the buffers have grown; a row's output is
+//! rolled back by truncation when any of its calls fails, so a row is either mapped whole
+//! or rejected whole.
+
+use std::sync::Arc;
+
+use super::compile::{
+    ColumnValue, CompiledCall, CompiledMapping, KindSource, OutKind, OutNode, TemplatePart,
+    TsFormat, UnixUnit, ValueSource,
+};
+use super::json;
+use super::message_id::write_message_id;
+use super::spec::{CallKind, ColType, EmptyPolicy};
+use super::timestamp::{self, UnixMillis};
+use crate::source::{Chunk, Field, InputInfo, Position, Row};
+
+/// What one step of a row produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmitKind {
+    Call(CallKind),
+    /// A reject line, with its reason code.
+    Reject(&'static str),
+}
+
+/// One call or reject of a chunk, in row order; `len` bytes of the matching arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Emit {
+    /// Row index within the chunk.
+    pub row: u32,
+    pub len: u32,
+    pub kind: EmitKind,
+}
+
+/// A mapped chunk. Reused from chunk to chunk.
+pub struct Mapped {
+    pub seq: u64,
+    pub input: Option<Arc<InputInfo>>,
+    pub calls: Vec<u8>,
+    pub rejects: Vec<u8>,
+    pub emits: Vec<Emit>,
+    /// Byte offset of each row's start.
+    pub row_offsets: Vec<u64>,
+    pub first_row: u64,
+    pub rows: u32,
+    /// Position just past the chunk's last row.
+    pub end: Position,
+}
+
+impl Default for Mapped {
+    fn default() -> Self {
+        Mapped {
+            seq: 0,
+            input: None,
+            calls: Vec::new(),
+            rejects: Vec::new(),
+            emits: Vec::new(),
+            row_offsets: Vec::new(),
+            first_row: 0,
+            rows: 0,
+            end: Position::default(),
+        }
+    }
+}
+
+impl Mapped {
+    /// Position of row `i` of this chunk.
+    pub fn row_position(&self, i: u32) -> Position {
+        Position {
+            input: self.end.input,
+            row: self.first_row + i as u64,
+            offset: self.row_offsets[i as usize],
+        }
+    }
+}
+
+/// A row-level failure: the reason code and a human explanation naming column and value.
+#[derive(Debug)]
+pub struct Reject {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+fn reject(code: &'static str, detail: String) -> Reject {
+    Reject { code, detail }
+}
+
+/// Settings the encoder needs besides the mapping.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeOptions {
+    pub max_call_bytes: usize,
+    /// Timestamps after this instant are rejected.
+    pub latest_ms: UnixMillis,
+}
+
+/// Maps every row of `chunk` into `out` (cleared first).
+pub fn map_chunk(chunk: &Chunk, mapping: &CompiledMapping, opts: &EncodeOptions, out: &mut Mapped) {
+    out.calls.clear();
+    out.rejects.clear();
+    out.emits.clear();
+    out.row_offsets.clear();
+    out.input = Some(chunk.input().clone());
+    out.first_row = chunk.first_row();
+    out.rows = chunk.len() as u32;
+    out.end = chunk.end();
+    for i in 0..chunk.len() {
+        out.row_offsets.push(chunk.row_offset(i));
+    }
+    match chunk {
+        Chunk::Csv(c) => {
+            for i in 0..c.len {
+                map_row(&c.row(i), i as u32, mapping, opts, out);
+            }
+        }
+    }
+}
+
+fn map_row<R: Row>(row: &R, i: u32, m: &CompiledMapping, opts: &EncodeOptions, out: &mut Mapped) {
+    let calls_mark = out.calls.len();
+    let emits_mark = out.emits.len();
+    let input = out
+        .input
+        .as_ref()
+        .expect("map_chunk sets the input before mapping rows")
+        .clone();
+    let row_no = out.first_row + i as u64;
+    let result = match row.source_problem() {
+        Some(p) => Err(reject("field_count", p)),
+        None => encode_calls(row, row_no, &input, m, opts, out, i),
+    };
+    if let Err(r) = result {
+        out.calls.truncate(calls_mark);
+        out.emits.truncate(emits_mark);
+        let start = out.rejects.len();
+        write_reject_line(
+            &mut out.rejects,
+            &input,
+            row_no,
+            row,
+            out.row_offsets[i as usize],
+            &r,
+        );
+        out.emits.push(Emit {
+            row: i,
+            len: (out.rejects.len() - start) as u32,
+            kind: EmitKind::Reject(r.code),
+        });
+    }
+}
+
+/// One NDJSON line: `{"source","row","line","offset","reason","detail","record"}`.
+/// `row` is 1-based (the first data row is row 1).
+pub fn write_reject_line<R: Row>(
+    out: &mut Vec<u8>,
+    input: &InputInfo,
+    row_no: u64,
+    row: &R,
+    offset: u64,
+    r: &Reject,
+) {
+    out.extend_from_slice(b"{\"source\":");
+    json::write_str(out, &input.display);
+    out.extend_from_slice(b",\"row\":");
+    json::write_u64(out, row_no + 1);
+    out.extend_from_slice(b",\"line\":");
+    json::write_u64(out, row.line());
+    out.extend_from_slice(b",\"offset\":");
+    json::write_u64(out, offset);
+    out.extend_from_slice(b",\"reason\":");
+    json::write_str(out, r.code);
+    out.extend_from_slice(b",\"detail\":");
+    json::write_str(out, &r.detail);
+    out.extend_from_slice(b",\"record\":");
+    row.write_record_json(out);
+    out.extend_from_slice(b"}\n");
+}
+
+fn encode_calls<R: Row>(
+    row: &R,
+    row_no: u64,
+    input: &InputInfo,
+    m: &CompiledMapping,
+    opts: &EncodeOptions,
+    out: &mut Mapped,
+    i: u32,
+) -> Result<(), Reject> {
+    for (ci, call) in m.calls.iter().enumerate() {
+        let start = out.calls.len();
+        let kind = encode_call(
+            row,
+            row_no,
+            ci as u32,
+            input.seed,
+            call,
+            opts,
+            &mut out.calls,
+        )
+        .map_err(|mut r| {
+            if m.calls.len() > 1 {
+                r.detail = format!("call #{}: {}", ci + 1, r.detail);
+            }
+            r
+        })?;
+        let len = out.calls.len() - start;
+        if len > opts.max_call_bytes {
+            return Err(reject(
+                "call_too_large",
+                format!(
+                    "call #{} ({}) is {len} bytes; the API drops calls over {} bytes. Trim the largest fields or leave them out of the mapping.",
+                    ci + 1,
+                    kind.as_str(),
+                    opts.max_call_bytes
+                ),
+            ));
+        }
+        out.emits.push(Emit {
+            row: i,
+            len: len as u32,
+            kind: EmitKind::Call(kind),
+        });
+    }
+    Ok(())
+}
+
+/// Writes `,"key":value` for an optional id-like field; returns whether it was written.
+fn write_opt_field<R: Row>(
+    out: &mut Vec<u8>,
+    row: &R,
+    key: &[u8],
+    v: &Option<ValueSource>,
+    opts: &EncodeOptions,
+) -> Result<bool, Reject> {
+    let Some(v) = v else { return Ok(false) };
+    let mark = out.len();
+    out.push(b',');
+    out.extend_from_slice(key);
+    let wrote = write_value(out, row, v, opts, true)?;
+    if !wrote {
+        out.truncate(mark);
+    }
+    Ok(wrote)
+}
+
+fn encode_call<R: Row>(
+    row: &R,
+    row_no: u64,
+    call_index: u32,
+    seed: u64,
+    call: &CompiledCall,
+    opts: &EncodeOptions,
+    out: &mut Vec<u8>,
+) -> Result<CallKind, Reject> {
+    let kind = match &call.kind {
+        KindSource::Const(k) => *k,
+        KindSource::Column(col, name) => {
+            let text = field_text(row.field(col), name)?;
+            CallKind::parse(text.trim()).ok_or_else(|| {
+                reject(
+                    "bad_call_type",
+                    format!("column {name}: \"{text}\" is not a call type (identify, track, page, screen, group, alias)"),
+                )
+            })?
+        }
+    };
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"messageId\":");
+    let has_id = match &call.message_id {
+        Some(v) => write_value(out, row, v, opts, true)?,
+        None => false,
+    };
+    if !has_id {
+        let mut id = [0u8; 36];
+        write_message_id(&mut id, seed, row_no, call_index);
+        out.push(b'"');
+        out.extend_from_slice(&id);
+        out.push(b'"');
+    }
+    let has_user = write_opt_field(out, row, b"\"userId\":", &call.user_id, opts)?;
+    let has_anon = write_opt_field(out, row, b"\"anonymousId\":", &call.anonymous_id, opts)?;
+    let needs_id = !matches!(kind, CallKind::Alias);
+    if needs_id && !has_user && !has_anon {
+        return Err(reject(
+            "missing_id",
+            format!(
+                "the row has neither a userId{} nor an anonymousId{}; a {} call needs one",
+                source_hint(&call.user_id),
+                source_hint(&call.anonymous_id),
+                kind.as_str()
+            ),
+        ));
+    }
+    match kind {
+        CallKind::Track => {
+            if !write_opt_field(out, row, b"\"event\":", &call.event, opts)? {
+                return Err(reject(
+                    "missing_event",
+                    format!("the row has no event name{}", source_hint(&call.event)),
+                ));
+            }
+        }
+        CallKind::Page | CallKind::Screen => {
+            write_opt_field(out, row, b"\"name\":", &call.name, opts)?;
+        }
+        CallKind::Group => {
+            if !write_opt_field(out, row, b"\"groupId\":", &call.group_id, opts)? {
+                return Err(reject(
+                    "missing_group_id",
+                    format!("the row has no groupId{}", source_hint(&call.group_id)),
+                ));
+            }
+        }
+        CallKind::Alias => {
+            if !has_user {
+                return Err(reject(
+                    "missing_id",
+                    format!("an alias call needs a userId{}", source_hint(&call.user_id)),
+                ));
+            }
+            if !write_opt_field(out, row, b"\"previousId\":", &call.previous_id, opts)? {
+                return Err(reject(
+                    "missing_previous_id",
+                    format!(
+                        "an alias call needs a previousId{}",
+                        source_hint(&call.previous_id)
+                    ),
+                ));
+            }
+        }
+        CallKind::Identify => {}
+    }
+    if let Some(ts) = &call.timestamp {
+        let mark = out.len();
+        out.extend_from_slice(b",\"timestamp\":");
+        if !write_value(out, row, ts, opts, false)? {
+            out.truncate(mark);
+            return Err(reject(
+                "missing_timestamp",
+                format!("the row has no timestamp{}", source_hint(&call.timestamp)),
+            ));
+        }
+    }
+    if !call.payload.is_empty() && kind != CallKind::Alias {
+        out.push(b',');
+        json::write_str(out, kind.payload_key());
+        out.push(b':');
+        write_object(out, row, &call.payload, opts)?;
+    }
+    out.push(b'}');
+    Ok(kind)
+}
+
+fn source_hint(v: &Option<ValueSource>) -> String {
+    match v {
+        Some(ValueSource::Column(c)) => format!(" (column {} is empty)", c.name),
+        Some(_) => String::new(),
+        None => " (the mapping gives none)".into(),
+    }
+}
+
+fn write_object<R: Row>(
+    out: &mut Vec<u8>,
+    row: &R,
+    nodes: &[OutNode],
+    opts: &EncodeOptions,
+) -> Result<(), Reject> {
+    out.push(b'{');
+    let mut any = false;
+    for n in nodes {
+        let mark = out.len();
+        if any {
+            out.push(b',');
+        }
+        out.extend_from_slice(&n.key);
+        let wrote = match &n.kind {
+            OutKind::Leaf(v) => write_value(out, row, v, opts, false)?,
+            OutKind::Object(children) => {
+                write_object(out, row, children, opts)?;
+                true
+            }
+        };
+        if wrote {
+            any = true;
+        } else {
+            out.truncate(mark);
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// The text of a field used as a call type or template part.
+fn field_text<'a>(f: Field<'a>, name: &str) -> Result<std::borrow::Cow<'a, str>, Reject> {
+    use std::borrow::Cow;
+    Ok(match f {
+        Field::Missing | Field::Null => Cow::Borrowed(""),
+        Field::Raw(b) => Cow::Borrowed(utf8(b, name)?),
+        Field::Str(s) => Cow::Borrowed(s),
+        Field::Int(v) => Cow::Owned(v.to_string()),
+        Field::UInt(v) => Cow::Owned(v.to_string()),
+        Field::Float(v) => Cow::Owned(v.to_string()),
+        Field::Bool(v) => Cow::Borrowed(if v { "true" } else { "false" }),
+        Field::Json(b) => Cow::Owned(String::from_utf8_lossy(b).into_owned()),
+        Field::TimestampNanos(n) => {
+            let mut v = Vec::new();
+            timestamp::write_iso_millis(&mut v, n.div_euclid(1_000_000));
+            Cow::Owned(String::from_utf8_lossy(&v).trim_matches('"').to_string())
+        }
+    })
+}
+
+fn utf8<'a>(b: &'a [u8], name: &str) -> Result<&'a str, Reject> {
+    std::str::from_utf8(b).map_err(|e| {
+        reject(
+            "invalid_utf8",
+            format!(
+                "column {name}: invalid UTF-8 at byte {} of the value; re-export the file as UTF-8",
+                e.valid_up_to()
+            ),
+        )
+    })
+}
+
+/// Shows a value in a reject reason, shortened so a huge field does not flood the file.
+fn shown(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    if s.chars().count() > 80 {
+        format!("{}…", s.chars().take(80).collect::<String>())
+    } else {
+        s.into_owned()
+    }
+}
+
+/// Writes one value. Returns `Ok(false)` (and writes nothing) when it is to be omitted.
+/// `is_id`: ids are never null or empty strings; empty means absent.
+fn write_value<R: Row>(
+    out: &mut Vec<u8>,
+    row: &R,
+    v: &ValueSource,
+    opts: &EncodeOptions,
+    is_id: bool,
+) -> Result<bool, Reject> {
+    match v {
+        ValueSource::Const(bytes) => {
+            out.extend_from_slice(bytes);
+            Ok(true)
+        }
+        ValueSource::Template(parts) => {
+            out.push(b'"');
+            for p in parts {
+                match p {
+                    TemplatePart::Lit(s) => json::write_str_body(out, s.as_bytes()),
+                    TemplatePart::Col(col, name) => {
+                        let t = field_text(row.field(col), name)?;
+                        json::write_str_body(out, t.as_bytes());
+                    }
+                }
+            }
+            out.push(b'"');
+            Ok(true)
+        }
+        ValueSource::Column(c) => write_column(out, row.field(&c.col), c, opts, is_id),
+    }
+}
+
+fn write_empty(out: &mut Vec<u8>, c: &ColumnValue, is_id: bool) -> bool {
+    if is_id {
+        return false;
+    }
+    match c.empty {
+        EmptyPolicy::Omit => false,
+        EmptyPolicy::Null => {
+            out.extend_from_slice(b"null");
+            true
+        }
+        EmptyPolicy::Empty => {
+            out.extend_from_slice(b"\"\"");
+            true
+        }
+    }
+}
+
+fn bad(c: &ColumnValue, value: &[u8], what: &str) -> Reject {
+    reject(
+        "bad_value",
+        format!("column {}: \"{}\" is not {what}", c.name, shown(value)),
+    )
+}
+
+fn write_column(
+    out: &mut Vec<u8>,
+    f: Field<'_>,
+    c: &ColumnValue,
+    opts: &EncodeOptions,
+    is_id: bool,
+) -> Result<bool, Reject> {
+    match f {
+        Field::Missing => Ok(false),
+        Field::Null => Ok(write_empty(out, c, is_id)),
+        Field::Raw(b) | Field::Json(b) if b.is_empty() => Ok(write_empty(out, c, is_id)),
+        Field::Str("") => Ok(write_empty(out, c, is_id)),
+        Field::Raw(b) => write_text(out, b, c, opts, false).map(|_| true),
+        Field::Str(s) => write_text(out, s.as_bytes(), c, opts, true).map(|_| true),
+        Field::Int(v) => write_number_field(
+            out,
+            c,
+            opts,
+            v as f64,
+            || itoa::Buffer::new().format(v).to_string(),
+            Some(v),
+        ),
+        Field::UInt(v) => write_number_field(
+            out,
+            c,
+            opts,
+            v as f64,
+            || itoa::Buffer::new().format(v).to_string(),
+            i64::try_from(v).ok(),
+        ),
+        Field::Float(v) => {
+            if !v.is_finite() {
+                return Ok(write_empty(out, c, is_id));
+            }
+            write_number_field(
+                out,
+                c,
+                opts,
+                v,
+                || ryu::Buffer::new().format_finite(v).to_string(),
+                None,
+            )
+        }
+        Field::Bool(v) => {
+            match c.ty {
+                ColType::String => json::write_str(out, if v { "true" } else { "false" }),
+                _ => out.extend_from_slice(if v { b"true" } else { b"false" }),
+            }
+            Ok(true)
+        }
+        Field::Json(b) => {
+            match c.ty {
+                ColType::String => json::write_str(out, &String::from_utf8_lossy(b)),
+                _ => out.extend_from_slice(b),
+            }
+            Ok(true)
+        }
+        Field::TimestampNanos(n) => {
+            let ms = n.div_euclid(1_000_000);
+            match c.ty {
+                ColType::Int => json::write_i64(out, ms),
+                _ => {
+                    check_range(ms, c, opts, &n.to_string())?;
+                    timestamp::write_iso_millis(out, ms);
+                }
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// A typed number from a typed source, written as the column's type asks.
+fn write_number_field(
+    out: &mut Vec<u8>,
+    c: &ColumnValue,
+    opts: &EncodeOptions,
+    as_f64: f64,
+    text: impl Fn() -> String,
+    as_i64: Option<i64>,
+) -> Result<bool, Reject> {
+    match c.ty {
+        ColType::String => json::write_str(out, &text()),
+        ColType::Timestamp => {
+            let Some(v) = as_i64 else {
+                return Err(bad(c, text().as_bytes(), "a unix timestamp"));
+            };
+            let ms = unix_to_ms(v, unit_of(c.ts_format, v))
+                .ok_or_else(|| bad(c, text().as_bytes(), "a unix timestamp in range"))?;
+            check_range(ms, c, opts, &text())?;
+            timestamp::write_iso_millis(out, ms);
+        }
+        ColType::Int => match as_i64 {
+            Some(v) => json::write_i64(out, v),
+            None if as_f64.fract() == 0.0 && as_f64.abs() < 9.0e15 => {
+                json::write_i64(out, as_f64 as i64)
+            }
+            None => return Err(bad(c, text().as_bytes(), "an integer")),
+        },
+        ColType::Bool => out.extend_from_slice(if as_f64 != 0.0 { b"true" } else { b"false" }),
+        _ => out.extend_from_slice(text().as_bytes()),
+    }
+    Ok(true)
+}
+
+fn significant_digits(b: &[u8]) -> usize {
+    let mantissa = b.split(|&c| c == b'e' || c == b'E').next().unwrap_or(b);
+    let digits = mantissa.iter().filter(|c| c.is_ascii_digit());
+    let n = digits.clone().count();
+    let leading_zeros = mantissa
+        .iter()
+        .filter(|c| c.is_ascii_digit())
+        .take_while(|&&c| c == b'0')
+        .count();
+    n - leading_zeros
+}
+
+/// Text (CSV field, or typed string) written as the column's type asks.
+/// `typed_string`: the source said this is a string, so `auto` keeps it one.
+fn write_text(
+    out: &mut Vec<u8>,
+    b: &[u8],
+    c: &ColumnValue,
+    opts: &EncodeOptions,
+    typed_string: bool,
+) -> Result<(), Reject> {
+    match c.ty {
+        ColType::String => {
+            let s = utf8(b, &c.name)?;
+            json::write_str(out, s);
+        }
+        ColType::Auto if typed_string => {
+            let s = utf8(b, &c.name)?;
+            json::write_str(out, s);
+        }
+        ColType::Auto => {
+            if b == b"true" || b == b"false" {
+                out.extend_from_slice(b);
+            } else if json::is_json_number(b) && significant_digits(b) <= 15 {
+                out.extend_from_slice(b);
+            } else {
+                let s = utf8(b, &c.name)?;
+                json::write_str(out, s);
+            }
+        }
+        ColType::Int => {
+            let s = std::str::from_utf8(b).map_err(|_| bad(c, b, "an integer"))?;
+            let v: i64 = s.parse().map_err(|_| bad(c, b, "an integer"))?;
+            json::write_i64(out, v);
+        }
+        ColType::Float => {
+            let s = std::str::from_utf8(b).map_err(|_| bad(c, b, "a number"))?;
+            let v: f64 = s.parse().map_err(|_| bad(c, b, "a number"))?;
+            if !v.is_finite() {
+                return Err(bad(c, b, "a finite number (JSON has no NaN or Infinity)"));
+            }
+            if json::is_json_number(b) {
+                out.extend_from_slice(b);
+            } else {
+                json::write_f64(out, v);
+            }
+        }
+        ColType::Bool => {
+            let v = match b {
+                b"true" | b"TRUE" | b"True" | b"t" | b"T" | b"1" | b"yes" | b"YES" | b"Yes"
+                | b"y" | b"Y" => true,
+                b"false" | b"FALSE" | b"False" | b"f" | b"F" | b"0" | b"no" | b"NO" | b"No"
+                | b"n" | b"N" => false,
+                _ => return Err(bad(c, b, "a boolean (true/false, 1/0, yes/no)")),
+            };
+            out.extend_from_slice(if v { b"true" } else { b"false" });
+        }
+        ColType::Json => {
+            if serde_json::from_slice::<serde::de::IgnoredAny>(b).is_err() {
+                return Err(bad(c, b, "valid JSON"));
+            }
+            write_minified_json(out, b);
+        }
+        ColType::Timestamp => {
+            let ms = parse_ts_text(b, c)?;
+            check_range(ms, c, opts, &shown(b))?;
+            timestamp::write_iso_millis(out, ms);
+        }
+    }
+    Ok(())
+}
+
+/// Copies valid JSON without insignificant whitespace, so a body stays one line.
+fn write_minified_json(out: &mut Vec<u8>, b: &[u8]) {
+    let mut in_str = false;
+    let mut esc = false;
+    for &ch in b {
+        if in_str {
+            out.push(ch);
+            if esc {
+                esc = false;
+            } else if ch == b'\\' {
+                esc = true;
+            } else if ch == b'"' {
+                in_str = false;
+            }
+        } else if !matches!(ch, b' ' | b'\n' | b'\r' | b'\t') {
+            if ch == b'"' {
+                in_str = true;
+            }
+            out.push(ch);
+        }
+    }
+}
+
+fn unit_of(f: TsFormat, v: i64) -> UnixUnit {
+    match f {
+        TsFormat::Unix(Some(u)) => u,
+        // By magnitude: seconds until year 5138, then ms, µs, ns.
+        _ => match v.unsigned_abs() {
+            0..100_000_000_000 => UnixUnit::Seconds,
+            100_000_000_000..100_000_000_000_000 => UnixUnit::Millis,
+            100_000_000_000_000..100_000_000_000_000_000 => UnixUnit::Micros,
+            _ => UnixUnit::Nanos,
+        },
+    }
+}
+
+fn unix_to_ms(v: i64, unit: UnixUnit) -> Option<UnixMillis> {
+    match unit {
+        UnixUnit::Seconds => v.checked_mul(1000),
+        UnixUnit::Millis => Some(v),
+        UnixUnit::Micros => Some(v.div_euclid(1000)),
+        UnixUnit::Nanos => Some(v.div_euclid(1_000_000)),
+    }
+}
+
+fn parse_ts_text(b: &[u8], c: &ColumnValue) -> Result<UnixMillis, Reject> {
+    let fail = |why: &str| {
+        reject(
+            "bad_timestamp",
+            format!("column {}: \"{}\" {why}", c.name, shown(b)),
+        )
+    };
+    match c.ts_format {
+        TsFormat::Rfc3339 => timestamp::parse_rfc3339(b).map_err(fail),
+        TsFormat::Unix(_) => {
+            let s = std::str::from_utf8(b).map_err(|_| fail("is not a unix timestamp"))?;
+            let v: i64 = s
+                .trim()
+                .parse()
+                .map_err(|_| fail("is not a unix timestamp (an integer)"))?;
+            unix_to_ms(v, unit_of(c.ts_format, v)).ok_or_else(|| fail("is out of range"))
+        }
+    }
+}
+
+fn check_range(
+    ms: UnixMillis,
+    c: &ColumnValue,
+    opts: &EncodeOptions,
+    shown_value: &str,
+) -> Result<(), Reject> {
+    if ms < 0 {
+        return Err(reject(
+            "bad_timestamp",
+            format!(
+                "column {}: \"{shown_value}\" is before 1970-01-01, which the API does not accept",
+                c.name
+            ),
+        ));
+    }
+    if ms > opts.latest_ms {
+        return Err(reject(
+            "bad_timestamp",
+            format!(
+                "column {}: \"{shown_value}\" is further in the future than the mapping allows (defaults.max_future_hours); check the unit or the time zone",
+                c.name
+            ),
+        ));
+    }
+    Ok(())
+}

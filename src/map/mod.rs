@@ -1,0 +1,36 @@
+//! Mapping: the mapping file ([`spec`]), its form compiled against an input's columns
+//! ([`compile`]), and the encoder that turns rows into call JSON ([`encode`]).
+
+pub mod compile;
+pub mod encode;
+pub mod json;
+pub mod message_id;
+pub mod spec;
+pub mod timestamp;
+
+use std::path::Path;
+
+/// A mapping file that cannot be used. Stops the run before anything is read or sent.
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    #[error("cannot read mapping file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mapping file {path}: {message}")]
+    Parse { path: String, message: String },
+}
+
+/// Reads and parses a mapping file.
+pub fn load(path: &Path) -> Result<spec::MappingSpec, MappingError> {
+    let text = std::fs::read_to_string(path).map_err(|source| MappingError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    spec::parse(&text).map_err(|e| MappingError::Parse {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}

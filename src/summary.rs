@@ -1,0 +1,110 @@
+//! The run's figures: what every row and call became. Printed as a table at the end and
+//! available as JSON for scripts.
+//!
+//! Invariants the tests check: `rows_read = rows_mapped + rows_rejected`, and
+//! `calls_built = calls_delivered + calls_undelivered`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Summary {
+    /// `completed`, `failed` or `interrupted`.
+    pub outcome: String,
+    pub inputs: u64,
+    pub rows_read: u64,
+    pub rows_mapped: u64,
+    pub rows_rejected: u64,
+    pub rejected_by_reason: BTreeMap<String, u64>,
+    pub calls_built: u64,
+    pub calls_by_type: BTreeMap<String, u64>,
+    pub calls_delivered: u64,
+    /// Built but not acknowledged (the run stopped first); a resume sends them.
+    pub calls_undelivered: u64,
+    pub requests: u64,
+    pub request_bytes: u64,
+    pub retries: u64,
+    pub throttled: u64,
+    pub elapsed_secs: f64,
+    pub rows_per_sec: f64,
+    pub rejects_file: String,
+    pub dry_run: bool,
+}
+
+impl Summary {
+    pub fn finish(&mut self, elapsed: std::time::Duration) {
+        self.elapsed_secs = elapsed.as_secs_f64();
+        self.rows_per_sec = if self.elapsed_secs > 0.0 {
+            self.rows_read as f64 / self.elapsed_secs
+        } else {
+            0.0
+        };
+    }
+}
+
+fn n(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mb = self.request_bytes as f64 / 1e6;
+        writeln!(
+            f,
+            "cdp-backfill: {}{}",
+            self.outcome,
+            if self.dry_run {
+                " (dry run: nothing sent)"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(f, "  inputs            {:>14}", n(self.inputs))?;
+        writeln!(f, "  rows read         {:>14}", n(self.rows_read))?;
+        writeln!(f, "    mapped          {:>14}", n(self.rows_mapped))?;
+        writeln!(f, "    rejected        {:>14}", n(self.rows_rejected))?;
+        for (reason, count) in &self.rejected_by_reason {
+            writeln!(f, "      {reason:<16}{:>14}", n(*count))?;
+        }
+        writeln!(f, "  calls built       {:>14}", n(self.calls_built))?;
+        for (kind, count) in &self.calls_by_type {
+            writeln!(f, "      {kind:<16}{:>14}", n(*count))?;
+        }
+        let verb = if self.dry_run { "packed" } else { "delivered" };
+        writeln!(f, "  calls {verb:<11} {:>14}", n(self.calls_delivered))?;
+        if self.calls_undelivered > 0 {
+            writeln!(f, "  calls undelivered {:>14}", n(self.calls_undelivered))?;
+        }
+        writeln!(
+            f,
+            "  requests          {:>14}  ({mb:.1} MB)",
+            n(self.requests)
+        )?;
+        writeln!(
+            f,
+            "  retries           {:>14}  (429s: {})",
+            n(self.retries),
+            n(self.throttled)
+        )?;
+        writeln!(
+            f,
+            "  elapsed           {:>13.2}s  ({} rows/s)",
+            self.elapsed_secs,
+            n(self.rows_per_sec as u64)
+        )?;
+        if self.rows_rejected > 0 {
+            writeln!(f, "  rejects file      {}", self.rejects_file)?;
+        }
+        Ok(())
+    }
+}
