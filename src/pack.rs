@@ -27,6 +27,9 @@ pub struct TooLarge {
 pub struct Body {
     pub bytes: Vec<u8>,
     pub calls: u32,
+    /// End offset of each call in `bytes`; call `i` starts one byte (the comma, or the
+    /// opening bracket) after call `i - 1` ends.
+    pub call_ends: Vec<u32>,
 }
 
 /// Packs calls into `/v1/batch` bodies.
@@ -35,6 +38,7 @@ pub struct Packer {
     limits: Limits,
     body: Vec<u8>,
     calls: u32,
+    call_ends: Vec<u32>,
 }
 
 impl Packer {
@@ -43,6 +47,7 @@ impl Packer {
             limits,
             body: Vec::new(),
             calls: 0,
+            call_ends: Vec::new(),
         }
     }
 
@@ -100,6 +105,7 @@ impl Packer {
             self.body.push(b',');
         }
         self.body.extend_from_slice(call);
+        self.call_ends.push(self.body.len() as u32);
         self.calls += 1;
         Ok(closed)
     }
@@ -114,6 +120,7 @@ impl Packer {
         Some(Body {
             bytes: std::mem::take(&mut self.body),
             calls,
+            call_ends: std::mem::take(&mut self.call_ends),
         })
     }
 }
@@ -196,8 +203,12 @@ mod tests {
                 let items = v["batch"].as_array().unwrap();
                 prop_assert_eq!(items.len() as u32, b.calls);
                 prop_assert!(b.calls > 0);
-                for it in items {
+                for (k, it) in items.iter().enumerate() {
                     seen.push(it["i"].as_u64().unwrap() as usize);
+                    // call_ends locate each call exactly.
+                    let start = if k == 0 { PREFIX.len() } else { b.call_ends[k - 1] as usize + 1 };
+                    let slice = &b.bytes[start..b.call_ends[k] as usize];
+                    prop_assert_eq!(serde_json::from_slice::<serde_json::Value>(slice).unwrap(), it.clone());
                 }
             }
             let max_fit = max_call.min(max_request - PREFIX.len() - SUFFIX.len());

@@ -22,10 +22,10 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::config::{Endpoint, Limits, RunConfig};
 use crate::map::compile::{compile, CompiledMapping};
-use crate::map::encode::{map_chunk, EmitKind, EncodeOptions, Mapped};
+use crate::map::encode::{map_chunk, EmitKind, EncodeOptions, Mapped, Reject};
 use crate::pack::Packer;
 use crate::send::transport::{DryRunTransport, HttpTransport, Transport};
-use crate::send::{self, Ack, AckResult, Gate, RetryPolicy, Work};
+use crate::send::{self, Ack, AckResult, CallOrigin, Gate, RetryPolicy, Work};
 use crate::source::{self, Chunk, InputInfo, Position, SourceOptions};
 use crate::summary::Summary;
 use crate::RunError;
@@ -127,6 +127,7 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
     let (work_tx, work_rx) = bounded::<Work>(concurrency * 2);
     let (ack_tx, ack_rx) = unbounded::<Ack>();
     let stop = AtomicBool::new(false);
+    let rejects_path = cfg.rejects_path.display().to_string();
 
     let mut summary = Summary {
         inputs: inputs.len() as u64,
@@ -161,7 +162,7 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
                 &encode_opts,
             )
         });
-        let packer = s.spawn(|| pack(mapped_rx, free_mapped_tx, work_tx, rejects_file, cfg.limits));
+        let packer = s.spawn(|| pack(mapped_rx, free_mapped_tx, work_tx, cfg.limits));
         for _ in 0..concurrency {
             let (rx, tx) = (work_rx.clone(), ack_tx.clone());
             let (t, g, st) = (&*transport, &gate, &stop);
@@ -169,13 +170,14 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
         }
         drop(work_rx);
         drop(ack_tx);
-        let fatal = collect(ack_rx, &mut summary);
+        let (fatal, rejects_result) = collect(ack_rx, &mut summary, rejects_file, &rejects_path);
         let read_result = reader
             .join()
             .unwrap_or_else(|_| Err(source::SourceError::Other("reader thread panicked".into())));
         let pack_result = packer
             .join()
-            .unwrap_or_else(|_| Err(RunError::Delivery("packer thread panicked".into())));
+            .map_err(|_| RunError::Delivery("packer thread panicked".into()))
+            .and_then(|t| rejects_result.map(|_| t));
         (read_result, pack_result, fatal)
     });
 
@@ -308,32 +310,58 @@ struct PackTotals {
     calls_by_type: BTreeMap<&'static str, u64>,
 }
 
-/// Restores input order, packs calls into requests, writes rejects.
+/// Reject lines waiting for a request to carry them are flushed as a marker beyond this.
+const MAX_PENDING_REJECT_BYTES: usize = 1 << 20;
+
+/// Restores input order and packs calls into requests. Reject lines ride along with the
+/// next request so that the collector writes them in acknowledgement order.
 fn pack(
     mapped: Receiver<Mapped>,
     free_mapped: Sender<Mapped>,
     work: Sender<Work>,
-    rejects_file: File,
     limits: Limits,
-) -> Result<PackTotals, RunError> {
-    let mut rejects = BufWriter::with_capacity(1 << 16, rejects_file);
-    let mut rejects_len = 0u64;
+) -> PackTotals {
     let mut packer = Packer::new(limits);
     let mut totals = PackTotals::default();
     let mut pending: HashMap<u64, Mapped> = HashMap::new();
     let mut next = 0u64;
     let mut work_seq = 0u64;
     let mut end = Position::default();
-    let mut receivers_gone = false;
-    let emit = |w: Work, gone: &mut bool| {
-        if !*gone && work.send(w).is_err() {
-            *gone = true;
+    // Origins of the calls in the open body, and where its first call's row starts.
+    let mut origins: Vec<CallOrigin> = Vec::new();
+    let mut open_start: Option<Position> = None;
+    let mut rejects: Vec<u8> = Vec::new();
+    let mut gone = false;
+    let mut emit = |w: Work| {
+        if !gone && work.send(w).is_err() {
+            gone = true;
         }
+    };
+    let mut make = |body: Option<crate::pack::Body>,
+                    origins: Vec<CallOrigin>,
+                    resume: Position,
+                    rejects: Vec<u8>| {
+        let w = Work {
+            seq: work_seq,
+            path: "/v1/batch",
+            calls: body.as_ref().map_or(0, |b| b.calls),
+            call_ends: body
+                .as_ref()
+                .map(|b| b.call_ends.clone())
+                .unwrap_or_default(),
+            body: body.map(|b| Arc::new(b.bytes)),
+            origins,
+            resume,
+            rejects,
+        };
+        work_seq += 1;
+        w
     };
     for m in mapped {
         pending.insert(m.seq, m);
         while let Some(m) = pending.remove(&next) {
             next += 1;
+            let input = m.end.input;
             let (mut call_off, mut rej_off) = (0usize, 0usize);
             let mut chunk_rejects = 0u64;
             for e in &m.emits {
@@ -343,34 +371,69 @@ fn pack(
                         let bytes = &m.calls[call_off..call_off + len];
                         call_off += len;
                         *totals.calls_by_type.entry(kind.as_str()).or_default() += 1;
-                        // The mapper already refused calls over the limit.
-                        let closed = packer
-                            .push(bytes)
-                            .map_err(|e| RunError::Delivery(format!("internal: {e}")))?;
-                        if let Some(body) = closed {
-                            let w = Work {
-                                seq: work_seq,
-                                path: "/v1/batch",
-                                calls: body.calls,
-                                body: Some(Arc::new(body.bytes)),
-                                resume: m.row_position(e.row),
-                                rejects_len,
-                            };
-                            work_seq += 1;
-                            emit(w, &mut receivers_gone);
+                        let row_pos = m.row_position(e.row);
+                        match packer.push(bytes) {
+                            Ok(Some(body)) => {
+                                // Everything before this call's row is done once `body`
+                                // and all before it are acknowledged.
+                                let w = make(
+                                    Some(body),
+                                    std::mem::take(&mut origins),
+                                    row_pos,
+                                    std::mem::take(&mut rejects),
+                                );
+                                emit(w);
+                                open_start = None;
+                            }
+                            Ok(None) => {}
+                            Err(too_large) => {
+                                // The mapper refuses calls over the limit first; this is a
+                                // second line of defence, never a silent drop.
+                                let r = Reject {
+                                    code: "call_too_large",
+                                    detail: too_large.to_string(),
+                                };
+                                write_call_reject(
+                                    &mut rejects,
+                                    m.input.as_deref(),
+                                    row_pos.row,
+                                    bytes,
+                                    &r,
+                                );
+                                totals.rows_rejected += 1;
+                                *totals
+                                    .rejected_by_reason
+                                    .entry("call_too_large")
+                                    .or_default() += 1;
+                                continue;
+                            }
                         }
+                        open_start.get_or_insert(row_pos);
+                        origins.push(CallOrigin {
+                            input,
+                            row: row_pos.row,
+                        });
                     }
                     EmitKind::Reject(code) => {
-                        rejects
-                            .write_all(&m.rejects[rej_off..rej_off + len])
-                            .map_err(|source| RunError::Io {
-                                path: "rejects file".into(),
-                                source,
-                            })?;
+                        rejects.extend_from_slice(&m.rejects[rej_off..rej_off + len]);
                         rej_off += len;
-                        rejects_len += len as u64;
                         chunk_rejects += 1;
                         *totals.rejected_by_reason.entry(code).or_default() += 1;
+                        if rejects.len() > MAX_PENDING_REJECT_BYTES {
+                            // A marker may not move past calls still in the open body.
+                            let next_row = m.row_position(e.row);
+                            let resume = open_start.unwrap_or(Position {
+                                row: next_row.row + 1,
+                                offset: m
+                                    .row_offsets
+                                    .get(e.row as usize + 1)
+                                    .copied()
+                                    .unwrap_or(m.end.offset),
+                                ..next_row
+                            });
+                            let w = make(None, Vec::new(), resume, std::mem::take(&mut rejects));
+                            emit(w);
+                        }
                     }
                 }
             }
@@ -381,40 +444,94 @@ fn pack(
             let _ = free_mapped.send(m);
         }
     }
-    let last = packer.finish();
-    let w = Work {
-        seq: work_seq,
-        path: "/v1/batch",
-        calls: last.as_ref().map_or(0, |b| b.calls),
-        body: last.map(|b| Arc::new(b.bytes)),
-        resume: end,
-        rejects_len,
-    };
-    emit(w, &mut receivers_gone);
-    rejects.flush().map_err(|source| RunError::Io {
-        path: "rejects file".into(),
-        source,
-    })?;
-    Ok(totals)
+    let w = make(packer.finish(), origins, end, rejects);
+    emit(w);
+    totals
 }
 
-/// Folds acknowledgements into the summary. Returns the first fatal failure, if any.
-fn collect(acks: Receiver<Ack>, summary: &mut Summary) -> Option<String> {
+/// A reject line for a call refused after mapping (its record is the call itself).
+pub fn write_call_reject(
+    out: &mut Vec<u8>,
+    input: Option<&InputInfo>,
+    row: u64,
+    call: &[u8],
+    r: &Reject,
+) {
+    use crate::map::json;
+    out.extend_from_slice(b"{\"source\":");
+    json::write_str(out, input.map_or("", |i| i.display.as_str()));
+    out.extend_from_slice(b",\"row\":");
+    json::write_u64(out, row + 1);
+    out.extend_from_slice(b",\"reason\":");
+    json::write_str(out, r.code);
+    out.extend_from_slice(b",\"detail\":");
+    json::write_str(out, &r.detail);
+    out.extend_from_slice(b",\"call\":");
+    out.extend_from_slice(call);
+    out.extend_from_slice(b"}\n");
+}
+
+/// Folds acknowledgements into the summary, in request order: a request's rejects are
+/// written once it and every request before it are acknowledged. Returns the first fatal
+/// failure, if any.
+fn collect(
+    acks: Receiver<Ack>,
+    summary: &mut Summary,
+    rejects_file: File,
+    rejects_path: &str,
+) -> (Option<String>, Result<(), RunError>) {
+    let mut rejects = BufWriter::with_capacity(1 << 16, rejects_file);
+    let mut write_err = None;
     let mut fatal = None;
+    let mut waiting: BTreeMap<u64, Ack> = BTreeMap::new();
+    let mut next = 0u64;
     for ack in acks {
         summary.retries += ack.retries as u64;
         summary.throttled += ack.throttled as u64;
-        match ack.result {
-            AckResult::Delivered => {
-                summary.calls_delivered += ack.work.calls as u64;
+        if let AckResult::Failed(why) = &ack.result {
+            fatal.get_or_insert(why.clone());
+        }
+        waiting.insert(ack.work.seq, ack);
+        while let Some(ack) = waiting.remove(&next) {
+            let done = matches!(ack.result, AckResult::Delivered | AckResult::Marker);
+            if !done {
+                // The watermark stops here; later work is not counted as done.
+                waiting.insert(next, ack);
+                break;
+            }
+            next += 1;
+            if ack.result == AckResult::Delivered {
+                summary.calls_delivered += ack.delivered_calls as u64;
                 summary.requests += 1;
                 summary.request_bytes += ack.work.body.as_ref().map_or(0, |b| b.len() as u64);
             }
-            AckResult::Marker | AckResult::Skipped => {}
-            AckResult::Failed(why) => {
-                fatal.get_or_insert(why);
+            if write_err.is_none() {
+                if let Err(e) = rejects
+                    .write_all(&ack.work.rejects)
+                    .and_then(|_| rejects.write_all(&ack.server_rejects))
+                {
+                    write_err = Some(e);
+                }
             }
         }
     }
-    fatal
+    // Work acknowledged after the watermark stopped still reached the server.
+    for ack in waiting.values() {
+        if ack.result == AckResult::Delivered {
+            summary.calls_delivered += ack.delivered_calls as u64;
+            summary.requests += 1;
+            summary.request_bytes += ack.work.body.as_ref().map_or(0, |b| b.len() as u64);
+        }
+    }
+    let flushed = match write_err {
+        Some(e) => Err(e),
+        None => rejects.flush(),
+    };
+    (
+        fatal,
+        flushed.map_err(|source| RunError::Io {
+            path: rejects_path.to_string(),
+            source,
+        }),
+    )
 }

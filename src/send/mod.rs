@@ -21,18 +21,33 @@ use crate::source::Position;
 use retry::{backoff, classify, Decision};
 use transport::Transport;
 
+/// Where a call came from, so a call the server refuses can be reported by row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallOrigin {
+    pub input: u32,
+    /// 0-based data row.
+    pub row: u64,
+}
+
 /// One request to send (or, with no body, a marker that only moves the checkpoint).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Work {
     /// Order of creation; the checkpoint advances over a contiguous prefix of these.
     pub seq: u64,
     pub path: &'static str,
     pub body: Option<Arc<Vec<u8>>>,
     pub calls: u32,
+    /// End offset of each call inside `body` (calls are separated by one comma), so a
+    /// refused request can be split without re-parsing it.
+    pub call_ends: Vec<u32>,
+    /// The row each call came from, in the same order.
+    pub origins: Vec<CallOrigin>,
     /// Where to resume once this and every earlier request is acknowledged.
     pub resume: Position,
-    /// Length of the rejects file that goes with `resume`.
-    pub rejects_len: u64,
+    /// Reject lines of rows before `resume` not yet written. The collector writes them
+    /// when this work joins the acknowledged prefix, so the rejects file never runs ahead
+    /// of the checkpoint.
+    pub rejects: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +68,10 @@ pub struct Ack {
     pub result: AckResult,
     pub retries: u32,
     pub throttled: u32,
+    /// Calls the server accepted (all of them unless strict mode refused some).
+    pub delivered_calls: u32,
+    /// Reject lines for calls the server refused as invalid (strict mode), NDJSON.
+    pub server_rejects: Vec<u8>,
 }
 
 /// Retry settings.
@@ -175,6 +194,8 @@ fn deliver(
         result: AckResult::Skipped,
         retries: 0,
         throttled: 0,
+        delivered_calls: 0,
+        server_rejects: Vec::new(),
     };
     let Some(body) = ack.work.body.clone() else {
         ack.result = AckResult::Marker;
@@ -190,6 +211,7 @@ fn deliver(
         match classify(&outcome, policy.strict) {
             Decision::Success => {
                 ack.result = AckResult::Delivered;
+                ack.delivered_calls = ack.work.calls;
                 return ack;
             }
             Decision::Retry {
