@@ -50,6 +50,17 @@ pub enum Command {
     #[command(after_help = "Example:
   cdp-backfill generate --rows 100000 --seed 7 --out target/events.csv")]
     Generate(GenerateArgs),
+    /// Show how far a backfill got, from its checkpoint file.
+    #[command(after_help = "Example:
+  cdp-backfill status cdp-backfill.checkpoint.json")]
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The checkpoint file.
+    #[arg(default_value = config::DEFAULT_CHECKPOINT_PATH, value_name = "CHECKPOINT")]
+    pub checkpoint: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +89,11 @@ pub struct RunArgs {
     /// Largest single call, in bytes; a larger call is rejected, never sent.
     #[arg(long, default_value_t = config::DEFAULT_MAX_CALL_BYTES, value_name = "BYTES")]
     pub max_call_bytes: usize,
+    /// Largest input record (a CSV record's or an NDJSON line's raw bytes); a longer one
+    /// is rejected without being held in memory (a CSV record over 4x this stops the run:
+    /// usually an unclosed quote).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_RECORD_BYTES, value_name = "BYTES")]
+    pub max_record_bytes: usize,
     /// Where rejected rows go (NDJSON: source, row, reason, record).
     #[arg(
         long,
@@ -94,6 +110,18 @@ pub struct RunArgs {
     /// Retries of a failing request before the run stops (the checkpoint stays behind it).
     #[arg(long, default_value_t = config::DEFAULT_MAX_RETRIES, value_name = "N")]
     pub max_retries: u32,
+    /// Seconds of the first retry's backoff (doubling each retry, full jitter).
+    #[arg(long, default_value_t = config::DEFAULT_BACKOFF_BASE.as_secs_f64(), value_name = "SECS")]
+    pub backoff_base: f64,
+    /// Longest backoff between retries, in seconds (a server's Retry-After may ask longer).
+    #[arg(long, default_value_t = config::DEFAULT_BACKOFF_CAP.as_secs_f64(), value_name = "SECS")]
+    pub backoff_cap: f64,
+    /// Calls per second at most (each request counts its calls), as well as --rate.
+    #[arg(long, value_name = "N")]
+    pub events_rate: Option<u32>,
+    /// Compress request bodies (Content-Encoding: gzip); size limits apply before compression.
+    #[arg(long)]
+    pub gzip: bool,
     /// Do not send X-Strict-Mode: 1 (invalid calls would then be dropped silently by the API).
     #[arg(long)]
     pub no_strict: bool,
@@ -103,8 +131,8 @@ pub struct RunArgs {
     /// Seconds to wait for a whole request.
     #[arg(long, default_value_t = config::DEFAULT_REQUEST_TIMEOUT.as_secs_f64(), value_name = "SECS")]
     pub request_timeout: f64,
-    /// Input format, when file names do not say.
-    #[arg(long, value_parser = ["csv"], value_name = "FORMAT")]
+    /// Input format, overriding file names (.csv .tsv .ndjson .jsonl .json .parquet, plus .gz/.zst); required for `-` (stdin).
+    #[arg(long, value_parser = ["csv", "tsv", "ndjson", "jsonl", "json", "parquet"], value_name = "FORMAT")]
     pub format: Option<String>,
     /// CSV field delimiter (one byte; `\t` for tab).
     #[arg(long, default_value = ",", value_name = "CHAR")]
@@ -127,6 +155,25 @@ pub struct RunArgs {
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Stamp every call's sentAt with the time it is sent (on each attempt). Off by
+    /// default: sentAt invites the API's clock-skew correction of timestamps.
+    #[arg(long, value_parser = ["now"], value_name = "now")]
+    pub sent_at: Option<String>,
+    /// The checkpoint file: rerunning the same command resumes from it.
+    #[arg(long, default_value = config::DEFAULT_CHECKPOINT_PATH, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// Keep no checkpoint (a rerun starts from the beginning).
+    #[arg(long, conflicts_with = "restart")]
+    pub no_checkpoint: bool,
+    /// Ignore an existing checkpoint and start from the beginning.
+    #[arg(long)]
+    pub restart: bool,
+    /// After Ctrl-C or SIGTERM, seconds to let requests in flight finish.
+    #[arg(long, default_value_t = config::DEFAULT_DRAIN_TIMEOUT.as_secs_f64(), value_name = "SECS")]
+    pub drain_timeout: f64,
+    /// Seconds between checkpoint writes at most (sooner when senders wait on it).
+    #[arg(long, default_value_t = config::DEFAULT_CHECKPOINT_INTERVAL.as_secs_f64(), value_name = "SECS", hide = true)]
+    pub checkpoint_interval: f64,
 }
 
 #[derive(Debug, Args)]
@@ -282,10 +329,28 @@ impl RunArgs {
             delimiter: one_byte("delimiter", &self.delimiter)?,
             quote: one_byte("quote", &self.quote)?,
             has_header: !self.no_header,
+            max_record_bytes: self.max_record_bytes,
         };
-        let format = self.format.as_deref().map(|f| match f {
-            _ => Format::Csv,
-        });
+        if self.max_record_bytes < 1024 {
+            return Err(UsageError(format!(
+                "--max-record-bytes must be at least 1024 (got {})",
+                self.max_record_bytes
+            )));
+        }
+        let format = self.format.as_deref().and_then(Format::parse);
+        let backoff_base = secs("backoff-base", self.backoff_base)?;
+        let backoff_cap = secs("backoff-cap", self.backoff_cap)?;
+        if backoff_cap < backoff_base {
+            return Err(UsageError(format!(
+                "--backoff-cap ({}) must be at least --backoff-base ({})",
+                self.backoff_cap, self.backoff_base
+            )));
+        }
+        if self.events_rate == Some(0) {
+            return Err(UsageError(
+                "--events-rate must be at least 1 call per second".into(),
+            ));
+        }
         let cfg = RunConfig {
             inputs: self.inputs,
             mapping_path: self.mapping,
@@ -298,14 +363,23 @@ impl RunArgs {
             dry_run: self.dry_run,
             output: self.output,
             max_retries: self.max_retries,
-            backoff_base: config::DEFAULT_BACKOFF_BASE,
-            backoff_cap: config::DEFAULT_BACKOFF_CAP,
+            backoff_base,
+            backoff_cap,
+            events_rate_per_sec: self.events_rate,
+            gzip: self.gzip,
             connect_timeout: secs("connect-timeout", self.connect_timeout)?,
             request_timeout: secs("request-timeout", self.request_timeout)?,
             strict: !self.no_strict,
             chunk_rows: self.chunk_rows,
-            max_record_bytes: config::DEFAULT_MAX_RECORD_BYTES,
+            max_record_bytes: self.max_record_bytes,
             local_record: self.local_record,
+            sent_at: self.sent_at.is_some(),
+            checkpoint: (!self.dry_run && !self.no_checkpoint).then_some(self.checkpoint),
+            restart: self.restart,
+            checkpoint_interval: secs("checkpoint-interval", self.checkpoint_interval)?,
+            drain_timeout: secs("drain-timeout", self.drain_timeout)?,
+            interrupt: None,
+            quiet: self.quiet,
         };
         Ok((cfg, SourceOptions { format, csv }))
     }
@@ -360,15 +434,29 @@ pub fn main() -> ExitCode {
         Command::Run(args) => {
             let quiet = args.quiet;
             let summary_json = args.summary_json.clone();
-            let (cfg, src) = match args.into_config() {
+            let (mut cfg, src) = match args.into_config() {
                 Ok(c) => c,
                 Err(UsageError(m)) => return fail(EXIT_USAGE, &m),
             };
+            match install_interrupt_handler() {
+                Ok(flag) => cfg.interrupt = Some(flag),
+                Err(e) => return fail(EXIT_FAILURE, &format!("cannot install the signal handler: {e}")),
+            }
             let result = crate::run(&cfg, &src);
             let (summary, err) = match result {
                 Ok(s) => (Some(s), None),
                 Err(crate::RunError::Partial { summary, cause }) => {
                     (Some(*summary), Some((EXIT_FAILURE, cause)))
+                }
+                Err(crate::RunError::Interrupted { summary, checkpoint }) => {
+                    let how = match checkpoint {
+                        Some(p) => format!(
+                            "interrupted; the checkpoint {p} is up to date. Resume with the same command:\n  {}",
+                            resume_command()
+                        ),
+                        None => "interrupted (no checkpoint was kept; a rerun starts from the beginning)".to_string(),
+                    };
+                    (Some(*summary), Some((EXIT_INTERRUPTED, how)))
                 }
                 Err(e) => {
                     let code = if e.is_usage() {
@@ -415,6 +503,17 @@ pub fn main() -> ExitCode {
                 Err(e) => fail(EXIT_FAILURE, &e.to_string()),
             }
         }
+        Command::Status(args) => match crate::checkpoint::load(&args.checkpoint) {
+            Ok(Some(cp)) => {
+                print!("{}", crate::checkpoint::describe(&cp));
+                ExitCode::from(EXIT_OK)
+            }
+            Ok(None) => fail(
+                EXIT_FAILURE,
+                &format!("no checkpoint at {}: no backfill has started with it (see `run --checkpoint`)", args.checkpoint.display()),
+            ),
+            Err(e) => fail(EXIT_FAILURE, &e.to_string()),
+        },
         Command::Generate(args) => {
             match crate::generate::generate_file(&args.out, args.rows, args.seed) {
                 Ok(g) => {
@@ -433,6 +532,35 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// SIGINT/SIGTERM set the returned flag (the run drains and stops); a second one exits at
+/// once with 130, leaving the last checkpoint written, which is always a valid one.
+fn install_interrupt_handler() -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::flag;
+    let term = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // Order matters: the conditional exit sees the flag set by an earlier signal.
+        flag::register_conditional_shutdown(sig, EXIT_INTERRUPTED as i32, term.clone())?;
+        flag::register(sig, term.clone())?;
+    }
+    Ok(term)
+}
+
+/// The command line that was run, quoted for a POSIX shell (it never holds the key:
+/// the key is only read from the environment or a file).
+fn resume_command() -> String {
+    std::env::args()
+        .map(|a| {
+            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn fail(code: u8, msg: &str) -> ExitCode {

@@ -25,6 +25,9 @@ pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(500);
 pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_CHECKPOINT_PATH: &str = "cdp-backfill.checkpoint.json";
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A single record larger than this is rejected rather than buffered (hostile input).
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
 
@@ -135,6 +138,11 @@ pub struct RunConfig {
     pub max_retries: u32,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// Calls per second at most (each request is charged its number of calls), on top
+    /// of `rate_per_sec`.
+    pub events_rate_per_sec: Option<u32>,
+    /// Send bodies gzip-compressed; the size limits still apply to the uncompressed body.
+    pub gzip: bool,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub strict: bool,
@@ -142,6 +150,20 @@ pub struct RunConfig {
     pub max_record_bytes: usize,
     /// Where `--endpoint local` records accepted calls (tests and rehearsals).
     pub local_record: Option<PathBuf>,
+    /// The checkpoint file; `None` for runs that keep none (dry runs).
+    pub checkpoint: Option<PathBuf>,
+    /// Ignore (and overwrite) an existing checkpoint.
+    pub restart: bool,
+    /// How often the checkpoint is written at least.
+    pub checkpoint_interval: Duration,
+    /// After an interrupt, how long requests in flight may take to finish.
+    pub drain_timeout: Duration,
+    /// Set (by a signal handler) to stop reading and drain.
+    pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Print nothing but errors.
+    pub quiet: bool,
+    /// `--sent-at now`: stamp `sentAt` with the send time on every attempt (issue 4).
+    pub sent_at: bool,
 }
 
 #[cfg(test)]

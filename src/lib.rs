@@ -6,6 +6,7 @@
 //! channels. [`serve`] is the local receiver used by `--endpoint local`, the tests and the
 //! benchmarks; [`generate`] writes realistic test inputs.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod generate;
@@ -41,6 +42,14 @@ pub enum RunError {
     Config(String),
     #[error("{0}")]
     Delivery(String),
+    #[error(transparent)]
+    Checkpoint(Box<checkpoint::CheckpointError>),
+    /// Stopped by SIGINT/SIGTERM after draining; the checkpoint says where to resume.
+    #[error("interrupted")]
+    Interrupted {
+        summary: Box<Summary>,
+        checkpoint: Option<String>,
+    },
     /// The run started, did part of the work, then stopped; the summary says how far.
     #[error("{cause}")]
     Partial {
@@ -54,7 +63,10 @@ impl RunError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            RunError::Mapping(_) | RunError::Compile(_) | RunError::Config(_)
+            RunError::Mapping(_)
+                | RunError::Compile(_)
+                | RunError::Config(_)
+                | RunError::Checkpoint(_)
         )
     }
 }

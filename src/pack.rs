@@ -8,6 +8,13 @@
 //!
 //! Invariants (proptest below): no body exceeds the limit; every call lands in exactly one
 //! body, or is refused as too large; order is preserved.
+//!
+//! [`KeyedPacker`] does the same for calls that carry a batch-level `context` /
+//! `integrations` (the API applies those to every call of a request, so calls with
+//! different values must not share one). It keeps at most `max_open` bodies open, one per
+//! key, each ending in its own `],"context":{..}}` suffix whose bytes count against the
+//! limit. Open bodies are kept in the order of their first call, so the first one holds
+//! the oldest call not yet handed out: that is what the checkpoint may not pass.
 
 use crate::config::Limits;
 
@@ -36,6 +43,8 @@ pub struct Body {
 #[derive(Debug)]
 pub struct Packer {
     limits: Limits,
+    /// `]}`, or `],"context":{..}}` for a keyed body.
+    suffix: Vec<u8>,
     body: Vec<u8>,
     calls: u32,
     call_ends: Vec<u32>,
@@ -43,8 +52,19 @@ pub struct Packer {
 
 impl Packer {
     pub fn new(limits: Limits) -> Self {
+        Packer::with_context(limits, b"")
+    }
+
+    /// A packer whose bodies end with `context` (`,"context":{..},"integrations":{..}`,
+    /// or empty) after the batch array.
+    pub fn with_context(limits: Limits, context: &[u8]) -> Self {
+        let mut suffix = Vec::with_capacity(context.len() + 2);
+        suffix.push(b']');
+        suffix.extend_from_slice(context);
+        suffix.push(b'}');
         Packer {
             limits,
+            suffix,
             body: Vec::new(),
             calls: 0,
             call_ends: Vec::new(),
@@ -53,11 +73,7 @@ impl Packer {
 
     /// The largest call that fits in an empty body under these limits.
     pub fn max_call(&self) -> usize {
-        self.limits.max_call_bytes.min(
-            self.limits
-                .max_request_bytes
-                .saturating_sub(PREFIX.len() + SUFFIX.len()),
-        )
+        max_call_with(self.limits, self.suffix.len())
     }
 
     /// Exact size of the open body if it were closed now.
@@ -65,7 +81,7 @@ impl Packer {
         if self.calls == 0 {
             0
         } else {
-            self.body.len() + SUFFIX.len()
+            self.body.len() + self.suffix.len()
         }
     }
 
@@ -75,9 +91,9 @@ impl Packer {
 
     fn fits(&self, len: usize) -> bool {
         let size = if self.calls == 0 {
-            PREFIX.len() + len + SUFFIX.len()
+            PREFIX.len() + len + self.suffix.len()
         } else {
-            self.body.len() + 1 + len + SUFFIX.len()
+            self.body.len() + 1 + len + self.suffix.len()
         };
         size <= self.limits.max_request_bytes
     }
@@ -115,7 +131,7 @@ impl Packer {
         if self.calls == 0 {
             return None;
         }
-        self.body.extend_from_slice(SUFFIX);
+        self.body.extend_from_slice(&self.suffix);
         let calls = std::mem::take(&mut self.calls);
         Some(Body {
             bytes: std::mem::take(&mut self.body),
@@ -123,6 +139,124 @@ impl Packer {
             call_ends: std::mem::take(&mut self.call_ends),
         })
     }
+}
+
+fn max_call_with(limits: Limits, suffix_len: usize) -> usize {
+    limits
+        .max_call_bytes
+        .min(limits.max_request_bytes.saturating_sub(PREFIX.len() + suffix_len))
+}
+
+/// A closed keyed body with the tags of its calls, in order.
+#[derive(Debug)]
+pub struct Packed<T> {
+    pub body: Body,
+    pub tags: Vec<T>,
+}
+
+struct Open<T> {
+    key: Vec<u8>,
+    packer: Packer,
+    tags: Vec<T>,
+}
+
+/// Packs calls into bodies keyed by their batch-level context bytes (see the module
+/// doc). `T` is whatever the caller needs back per call (its row, for the checkpoint).
+pub struct KeyedPacker<T> {
+    limits: Limits,
+    max_open: usize,
+    /// Non-empty bodies, ordered by their first call.
+    open: Vec<Open<T>>,
+}
+
+impl<T> KeyedPacker<T> {
+    /// `max_open` (at least 1) bounds memory: at most that many bodies are open at once;
+    /// a call with a new key beyond it closes the body with the oldest first call.
+    pub fn new(limits: Limits, max_open: usize) -> Self {
+        KeyedPacker {
+            limits,
+            max_open: max_open.max(1),
+            open: Vec::new(),
+        }
+    }
+
+    /// The largest call that fits in an empty body with this key.
+    pub fn max_call(&self, key: &[u8]) -> usize {
+        max_call_with(self.limits, key.len() + SUFFIX.len())
+    }
+
+    /// Adds a call under `key`; bodies it closes are appended to `out`, oldest first.
+    pub fn push(
+        &mut self,
+        key: &[u8],
+        call: &[u8],
+        tag: T,
+        out: &mut Vec<Packed<T>>,
+    ) -> Result<(), TooLarge> {
+        let limit = self.max_call(key);
+        if call.len() > limit {
+            return Err(TooLarge {
+                len: call.len(),
+                limit,
+            });
+        }
+        let mut i = match self.open.iter().position(|o| o.key == key) {
+            Some(i) => i,
+            None => {
+                if self.open.len() >= self.max_open {
+                    let oldest = self.open.remove(0);
+                    out.extend(close(oldest));
+                }
+                self.open.push(Open {
+                    key: key.to_vec(),
+                    packer: Packer::with_context(self.limits, key),
+                    tags: Vec::new(),
+                });
+                self.open.len() - 1
+            }
+        };
+        let o = &mut self.open[i];
+        let closed = o
+            .packer
+            .push(call)
+            .expect("the call was checked against this key's max_call above");
+        if let Some(body) = closed {
+            out.push(Packed {
+                body,
+                tags: std::mem::take(&mut o.tags),
+            });
+            // This key's body now starts with `call`, the newest call: move it last to
+            // keep the open bodies ordered by their first call.
+            let o = self.open.remove(i);
+            self.open.push(o);
+            i = self.open.len() - 1;
+        }
+        self.open[i].tags.push(tag);
+        Ok(())
+    }
+
+    /// The tag of the oldest call still in an open body: a checkpoint taken now must not
+    /// pass it.
+    pub fn oldest_open(&self) -> Option<&T> {
+        self.open.first().and_then(|o| o.tags.first())
+    }
+
+    /// Number of open bodies.
+    pub fn open_bodies(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Closes the open body with the oldest first call, if any.
+    pub fn finish_one(&mut self) -> Option<Packed<T>> {
+        if self.open.is_empty() {
+            return None;
+        }
+        close(self.open.remove(0))
+    }
+}
+
+fn close<T>(mut o: Open<T>) -> Option<Packed<T>> {
+    o.packer.finish().map(|body| Packed { body, tags: o.tags })
 }
 
 #[cfg(test)]
@@ -142,28 +276,29 @@ mod tests {
 
     #[test]
     fn a_body_exactly_at_the_limit_is_allowed_and_one_byte_more_is_not() {
-        // 3 calls of 10 bytes: 10 + 10+1+10+1+10 + 2 = 44 bytes.
+        // 3 calls of 20 bytes: 10 + 20+1+20+1+20 + 2 = 74 bytes.
+        assert_eq!(call(0, 20).len(), 20);
         let limits = Limits {
-            max_request_bytes: 44,
+            max_request_bytes: 74,
             max_call_bytes: 32,
         };
         let mut p = Packer::new(limits);
         for i in 0..3 {
-            assert_eq!(p.push(&call(i, 10)).unwrap(), None);
+            assert_eq!(p.push(&call(i, 20)).unwrap(), None);
         }
         let b = p.finish().unwrap();
-        assert_eq!(b.bytes.len(), 44);
+        assert_eq!(b.bytes.len(), 74);
         assert_eq!(b.calls, 3);
         serde_json::from_slice::<serde_json::Value>(&b.bytes).unwrap();
 
         let mut p = Packer::new(Limits {
-            max_request_bytes: 43,
+            max_request_bytes: 73,
             ..limits
         });
         for i in 0..2 {
-            p.push(&call(i, 10)).unwrap();
+            p.push(&call(i, 20)).unwrap();
         }
-        let closed = p.push(&call(2, 10)).unwrap().unwrap();
+        let closed = p.push(&call(2, 20)).unwrap().unwrap();
         assert_eq!(closed.calls, 2);
     }
 
@@ -177,7 +312,97 @@ mod tests {
         assert!(p.finish().is_none());
     }
 
+    fn key(k: usize) -> Vec<u8> {
+        if k == 0 {
+            Vec::new()
+        } else {
+            format!(",\"context\":{{\"ip\":\"10.0.0.{k}\"}}").into_bytes()
+        }
+    }
+
+    #[test]
+    fn a_keyed_body_counts_its_context_bytes() {
+        let k = key(7);
+        // 2 calls of 20: 10 + 20 + 1 + 20 + 1 + k + 1.
+        let exact = PREFIX.len() + 41 + 1 + k.len() + 1;
+        let limits = Limits {
+            max_request_bytes: exact,
+            max_call_bytes: 32,
+        };
+        let mut p = KeyedPacker::new(limits, 4);
+        let mut out = Vec::new();
+        p.push(&k, &call(0, 20), 0, &mut out).unwrap();
+        p.push(&k, &call(1, 20), 1, &mut out).unwrap();
+        assert!(out.is_empty());
+        out.extend(p.finish_one());
+        assert_eq!(out[0].body.bytes.len(), exact);
+        let v: serde_json::Value = serde_json::from_slice(&out[0].body.bytes).unwrap();
+        assert_eq!(v["context"]["ip"], "10.0.0.7");
+        let mut p = KeyedPacker::new(Limits { max_request_bytes: exact - 1, ..limits }, 4);
+        let mut out = Vec::new();
+        p.push(&k, &call(0, 20), 0, &mut out).unwrap();
+        p.push(&k, &call(1, 20), 1, &mut out).unwrap();
+        assert_eq!(out.len(), 1, "one byte less splits the pair");
+    }
+
     proptest! {
+        #[test]
+        fn keyed_packing_keeps_every_call_once_within_limits_and_never_checkpoints_past_an_open_call(
+            calls in prop::collection::vec((0usize..5, 8usize..300), 0..300),
+            max_request in 120usize..2000,
+            max_open in 1usize..4,
+        ) {
+            let limits = Limits { max_request_bytes: max_request, max_call_bytes: 300 };
+            let mut p = KeyedPacker::new(limits, max_open);
+            let mut out: Vec<Packed<usize>> = Vec::new();
+            let mut emitted = vec![false; calls.len()];
+            let mut refused = Vec::new();
+            let mut check = |out: &mut Vec<Packed<usize>>, emitted: &mut Vec<bool>, resume: usize| -> Result<(), TestCaseError> {
+                for b in out.drain(..) {
+                    prop_assert!(b.body.bytes.len() <= max_request, "body {} > {}", b.body.bytes.len(), max_request);
+                    let v: serde_json::Value = serde_json::from_slice(&b.body.bytes).unwrap();
+                    let items = v["batch"].as_array().unwrap();
+                    prop_assert_eq!(items.len(), b.tags.len());
+                    let mut last = None;
+                    for (it, &tag) in items.iter().zip(&b.tags) {
+                        let i = it["i"].as_u64().unwrap() as usize;
+                        prop_assert_eq!(i, tag);
+                        prop_assert!(!emitted[i], "call {} twice", i);
+                        emitted[i] = true;
+                        // Order within a key, and one key per body.
+                        prop_assert!(last < Some(i));
+                        last = Some(i);
+                        let want = key(calls[i].0);
+                        let got = &v.get("context").map(|c| format!(",\"context\":{c}")).unwrap_or_default();
+                        prop_assert_eq!(String::from_utf8(want).unwrap(), got.clone());
+                    }
+                }
+                // The checkpoint: every call before `resume` has been handed out.
+                for (i, &e) in emitted.iter().enumerate().take(resume) {
+                    prop_assert!(e, "call {} before resume {} still open", i, resume);
+                }
+                Ok(())
+            };
+            for (i, &(k, n)) in calls.iter().enumerate() {
+                match p.push(&key(k), &call(i, n), i, &mut out) {
+                    Ok(()) => {}
+                    Err(_) => { refused.push(i); emitted[i] = true; }
+                }
+                let resume = p.oldest_open().copied().unwrap_or(i + 1);
+                check(&mut out, &mut emitted, resume)?;
+                prop_assert!(p.open_bodies() <= max_open);
+            }
+            while let Some(b) = p.finish_one() {
+                out.push(b);
+                let resume = p.oldest_open().copied().unwrap_or(calls.len());
+                check(&mut out, &mut emitted, resume)?;
+            }
+            prop_assert!(emitted.iter().all(|&e| e));
+            for &i in &refused {
+                prop_assert!(call(i, calls[i].1).len() > p.max_call(&key(calls[i].0)));
+            }
+        }
+
         #[test]
         fn packing_keeps_every_call_once_in_order_and_within_limits(
             sizes in prop::collection::vec(8usize..400, 0..300),

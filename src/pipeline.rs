@@ -15,15 +15,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
+use crate::checkpoint::{self, window::Window, Checkpoint};
 use crate::config::{Endpoint, Limits, RunConfig};
 use crate::map::compile::{compile, CompiledMapping};
 use crate::map::encode::{map_chunk, EmitKind, EncodeOptions, Mapped, Reject};
-use crate::pack::Packer;
+use crate::map::spec::CallKind;
+use crate::pack::{KeyedPacker, Packed, Packer, TooLarge};
 use crate::send::transport::{DryRunTransport, HttpTransport, Transport};
 use crate::send::{self, Ack, AckResult, CallOrigin, Gate, RetryPolicy, Work};
 use crate::source::{self, Chunk, InputInfo, Position, SourceOptions};
@@ -46,12 +48,40 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
     let encode_opts = Arc::new(EncodeOptions {
         max_call_bytes: Packer::new(cfg.limits).max_call(),
         latest_ms: now_ms.saturating_add(mappings.first().map_or(0, |m| m.max_future_ms)),
+        sent_at: cfg.sent_at,
     });
 
-    let rejects_file = File::create(&cfg.rejects_path).map_err(|source| RunError::Io {
-        path: cfg.rejects_path.display().to_string(),
-        source,
-    })?;
+    // A matching checkpoint says where to start; a mismatching one stops the run here.
+    let durable = Durable::open(cfg, src_opts, &inputs)?;
+    let start = durable.as_ref().map_or(Position::default(), |d| d.base.resume);
+    if let Some(d) = durable.as_ref().filter(|d| d.base.complete) {
+        return Ok(Summary {
+            outcome: format!(
+                "already complete according to {} (use --restart to send everything again)",
+                d.path.display()
+            ),
+            inputs: inputs.len() as u64,
+            rejects_file: cfg.rejects_path.display().to_string(),
+            ..Summary::default()
+        });
+    }
+    if !cfg.quiet {
+        if let Some(d) = &durable {
+            if d.resumed {
+                eprintln!(
+                    "resuming from {}: {} at row {} ({:.1}% done)",
+                    d.path.display(),
+                    inputs[start.input as usize].display,
+                    start.row + 1,
+                    crate::checkpoint::fraction_done(&d.base) * 100.0
+                );
+            } else {
+                eprintln!("checkpoint: {}", d.path.display());
+            }
+        }
+    }
+    let rejects_len0 = durable.as_ref().map_or(0, |d| d.base.rejects_len);
+    let rejects_file = open_rejects(&cfg.rejects_path, rejects_len0)?;
 
     // The receiver for `--endpoint local` lives as long as the run.
     let mut local = None;
@@ -106,12 +136,17 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
     } else {
         cfg.concurrency.max(1)
     };
-    let gate = Gate::new((!cfg.dry_run).then_some(cfg.rate_per_sec));
+    let gate = if cfg.dry_run {
+        Gate::new(None, None)
+    } else {
+        Gate::new(Some(cfg.rate_per_sec), cfg.events_rate_per_sec)
+    };
     let policy = RetryPolicy {
         max_retries: cfg.max_retries,
         base: cfg.backoff_base,
         cap: cfg.backoff_cap,
         strict: cfg.strict,
+        gzip: cfg.gzip && !cfg.dry_run,
     };
 
     let pool = rayon::current_num_threads() * 2 + 2;
@@ -124,7 +159,12 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
             .send(Mapped::default())
             .expect("the pool channel has room for `pool` buffers");
     }
-    let (work_tx, work_rx) = bounded::<Work>(concurrency * 2);
+    let (work_tx, packed_rx) = bounded::<Work>(concurrency * 2);
+    let (gated_tx, work_rx) = bounded::<Work>(concurrency);
+    // Requests sent but not yet covered by a durable checkpoint: what a crash can replay.
+    let window = Window::new(2 * concurrency);
+    let halt_reading = AtomicBool::new(false);
+    let input_rows: Mutex<Vec<u64>> = Mutex::new(durable.as_ref().map_or_else(|| vec![0; inputs.len()], |d| d.base.input_rows.clone()));
     let (ack_tx, ack_rx) = unbounded::<Ack>();
     let stop = AtomicBool::new(false);
     let rejects_path = cfg.rejects_path.display().to_string();
@@ -136,16 +176,18 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
         ..Summary::default()
     };
 
-    let (read_result, pack_result, fatal) = std::thread::scope(|s| {
+    let (read_result, pack_result, outcome) = std::thread::scope(|s| {
         let reader = s.spawn(|| {
             let r = read_inputs(
                 &inputs,
                 src_opts,
+                start,
                 cfg.chunk_rows,
                 pool,
                 free_raw_rx,
                 raw_tx,
-                &stop,
+                &[&stop, &halt_reading],
+                &input_rows,
             );
             if r.is_err() {
                 stop.store(true, Ordering::SeqCst);
@@ -163,23 +205,62 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
             )
         });
         let packer = s.spawn(|| pack(mapped_rx, free_mapped_tx, work_tx, cfg.limits));
+        // Holds each request until the durable window has room. Owns `gated_tx`, so the
+        // senders see the channel close when the packer is done.
+        let (win, st, checkpointing) = (&window, &stop, durable.is_some());
+        s.spawn(move || {
+            for w in packed_rx {
+                if w.body.is_some() && checkpointing {
+                    win.acquire(|| st.load(Ordering::Relaxed));
+                }
+                if gated_tx.send(w).is_err() {
+                    return;
+                }
+            }
+        });
         for _ in 0..concurrency {
             let (rx, tx) = (work_rx.clone(), ack_tx.clone());
-            let (t, g, st) = (&*transport, &gate, &stop);
-            s.spawn(move || send::worker(rx, tx, t, g, policy, st));
+            let (t, g, st, ins) = (&*transport, &gate, &stop, &inputs[..]);
+            s.spawn(move || send::worker(rx, tx, t, g, policy, st, ins));
         }
         drop(work_rx);
         drop(ack_tx);
-        let (fatal, rejects_result) = collect(ack_rx, &mut summary, rejects_file, &rejects_path);
+        let c = Collector {
+            summary: &mut summary,
+            rejects: BufWriter::with_capacity(1 << 16, rejects_file),
+            rejects_len: rejects_len0,
+            rejects_path: &rejects_path,
+            durable: durable.as_ref(),
+            window: &window,
+            input_rows: &input_rows,
+            interval: cfg.checkpoint_interval,
+            interrupt: cfg.interrupt.as_deref(),
+            drain_timeout: cfg.drain_timeout,
+            halt_reading: &halt_reading,
+            stop: &stop,
+            quiet: cfg.quiet,
+        };
+        let outcome = c.run(ack_rx);
         let read_result = reader
             .join()
             .unwrap_or_else(|_| Err(source::SourceError::Other("reader thread panicked".into())));
         let pack_result = packer
             .join()
-            .map_err(|_| RunError::Delivery("packer thread panicked".into()))
-            .and_then(|t| rejects_result.map(|_| t));
-        (read_result, pack_result, fatal)
+            .map_err(|_| RunError::Delivery("packer thread panicked".into()));
+        (read_result, pack_result, outcome)
     });
+    let fatal = outcome.fatal.clone();
+    if let Some(e) = &outcome.io_error {
+        return Err(RunError::Io {
+            path: rejects_path.clone(),
+            source: std::io::Error::other(e.clone()),
+        });
+    }
+    // The last checkpoint of this run: complete only if everything was read and delivered.
+    if let Some(d) = &durable {
+        let complete = read_result.is_ok() && fatal.is_none() && !outcome.interrupted && outcome.all_acknowledged;
+        d.write(&outcome, complete, &input_rows)?;
+    }
 
     let totals = pack_result?;
     summary.rows_read = totals.rows;
@@ -196,7 +277,20 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    summary.calls_undelivered = summary.calls_built.saturating_sub(summary.calls_delivered);
+    // Calls the API refused in strict mode are rejected rows too (exactly one row per
+    // call when the mapping makes one call per row).
+    let refused = summary.calls_rejected_by_server;
+    if refused > 0 {
+        summary.rows_rejected += refused;
+        summary.rows_mapped = summary.rows_mapped.saturating_sub(refused);
+        *summary
+            .rejected_by_reason
+            .entry("invalid_call".into())
+            .or_default() += refused;
+    }
+    summary.calls_undelivered = summary
+        .calls_built
+        .saturating_sub(summary.calls_delivered + refused);
     if let Some(d) = &dry {
         d.flush().map_err(|source| RunError::Io {
             path: cfg
@@ -211,6 +305,13 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
         server.shutdown();
     }
     summary.finish(started.elapsed());
+    if outcome.interrupted && read_result.is_ok() && fatal.is_none() {
+        summary.outcome = "interrupted".into();
+        return Err(RunError::Interrupted {
+            summary: Box::new(summary),
+            checkpoint: durable.as_ref().map(|d| d.path.display().to_string()),
+        });
+    }
     if let Err(e) = read_result {
         summary.outcome = "failed".into();
         return Err(RunError::Partial {
@@ -229,23 +330,33 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
     Ok(summary)
 }
 
-/// Reads every input in order into chunks. Stops early when `stop` is set.
+/// Reads every input in order into chunks, starting at `start`. Stops early when any of
+/// `halt` is set. Records each finished input's row count in `input_rows`.
+#[allow(clippy::too_many_arguments)]
 fn read_inputs(
     inputs: &[Arc<InputInfo>],
     opts: &SourceOptions,
+    start: Position,
     chunk_rows: usize,
     pool: usize,
     free: Receiver<Chunk>,
     out: Sender<(u64, Chunk)>,
-    stop: &AtomicBool,
+    halt: &[&AtomicBool],
+    input_rows: &Mutex<Vec<u64>>,
 ) -> Result<(), source::SourceError> {
     let mut seq = 0;
     let mut created = 0;
     let mut spare: Option<Chunk> = None;
-    for info in inputs {
-        let mut src = source::open(info, opts)?;
+    let halted = || halt.iter().any(|h| h.load(Ordering::Relaxed));
+    for info in inputs.iter().skip(start.input as usize) {
+        let mut src = if info.index == start.input {
+            source::open_at(info, opts, start)?
+        } else {
+            source::open(info, opts)?
+        };
+        let mut rows = if info.index == start.input { start.row } else { 0 };
         loop {
-            if stop.load(Ordering::Relaxed) {
+            if halted() {
                 return Ok(());
             }
             let mut chunk = match spare.take().or_else(|| free.try_recv().ok()) {
@@ -267,13 +378,146 @@ fn read_inputs(
                 spare = Some(chunk);
                 break;
             }
+            rows = chunk.first_row() + chunk.len() as u64;
             if out.send((seq, chunk)).is_err() {
                 return Ok(());
             }
             seq += 1;
         }
+        if let Some(r) = lock(input_rows).get_mut(info.index as usize) {
+            *r = rows;
+        }
     }
     Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Opens the rejects file: created afresh, or (resuming) cut back to the length the
+/// checkpoint recorded, so it never holds a line twice.
+fn open_rejects(path: &std::path::Path, keep: u64) -> Result<File, RunError> {
+    let io = |source| RunError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if keep == 0 {
+        return File::create(path).map_err(io);
+    }
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    if len < keep {
+        return Err(RunError::Config(format!(
+            "the rejects file {} is shorter ({len} bytes) than the checkpoint recorded ({keep} bytes): it was truncated or replaced. Restore it, or start over with --restart.",
+            path.display()
+        )));
+    }
+    f.set_len(keep).map_err(io)?;
+    let mut f = f;
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)).map_err(io)?;
+    Ok(f)
+}
+
+/// The checkpoint of this run: where it lives and what every write of it repeats.
+struct Durable {
+    path: std::path::PathBuf,
+    /// As loaded (resuming) or as started; `resume`, `rejects_len` and counters are the
+    /// starting point of this run.
+    base: Checkpoint,
+    resumed: bool,
+}
+
+impl Durable {
+    fn open(cfg: &RunConfig, src: &SourceOptions, inputs: &[Arc<InputInfo>]) -> Result<Option<Durable>, RunError> {
+        let Some(path) = cfg.checkpoint.clone() else {
+            return Ok(None);
+        };
+        let ck = |e: checkpoint::CheckpointError| RunError::Checkpoint(Box::new(e));
+        let mut prints = Vec::with_capacity(inputs.len());
+        for i in inputs {
+            if i.path.as_os_str() == "-" {
+                return Err(RunError::Config(
+                    "standard input cannot be resumed: pass --no-checkpoint, or save the data to a file".into(),
+                ));
+            }
+            prints.push(checkpoint::fingerprint(i).map_err(|source| RunError::Io {
+                path: i.display.clone(),
+                source,
+            })?);
+        }
+        let endpoint = match &cfg.endpoint {
+            Endpoint::Local => "local".to_string(),
+            Endpoint::Url(u) => u.clone(),
+        };
+        let config_hash = config_hash(cfg, src)?;
+        let existing = if cfg.restart {
+            None
+        } else {
+            checkpoint::load(&path).map_err(ck)?
+        };
+        if let Some(cp) = existing {
+            checkpoint::check_matches(&cp, &path, &endpoint, &config_hash, &prints).map_err(ck)?;
+            return Ok(Some(Durable {
+                path,
+                base: cp,
+                resumed: true,
+            }));
+        }
+        let base = Checkpoint {
+            version: checkpoint::VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            written_at: String::new(),
+            endpoint,
+            config_hash,
+            inputs: prints,
+            resume: Position::default(),
+            complete: false,
+            rejects_file: cfg.rejects_path.display().to_string(),
+            rejects_len: 0,
+            input_rows: vec![0; inputs.len()],
+            counters: Default::default(),
+        };
+        // Written before anything is sent, so a crash at any point leaves a checkpoint.
+        let d = Durable { path, base, resumed: false };
+        d.store(Position::default(), 0, &Default::default(), false, &d.base.input_rows)?;
+        Ok(Some(d))
+    }
+
+    fn store(&self, resume: Position, rejects_len: u64, run: &checkpoint::Counters, complete: bool, input_rows: &[u64]) -> Result<(), RunError> {
+        let mut cp = self.base.clone();
+        cp.written_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        cp.resume = resume;
+        cp.rejects_len = rejects_len;
+        cp.complete = complete;
+        cp.input_rows = input_rows.to_vec();
+        let before: u64 = input_rows.iter().take(resume.input as usize).sum();
+        cp.counters = checkpoint::Counters {
+            rows_done: before + resume.row,
+            rows_rejected: self.base.counters.rows_rejected + run.rows_rejected,
+            calls_delivered: self.base.counters.calls_delivered + run.calls_delivered,
+            requests: self.base.counters.requests + run.requests,
+            runs: self.base.counters.runs + 1,
+        };
+        checkpoint::store(&self.path, &cp).map_err(|e| RunError::Checkpoint(Box::new(e)))
+    }
+
+    fn write(&self, o: &CollectOutcome, complete: bool, input_rows: &Mutex<Vec<u64>>) -> Result<(), RunError> {
+        let rows = lock(input_rows).clone();
+        self.store(o.watermark.unwrap_or(self.base.resume), o.rejects_len, &o.counters, complete, &rows)
+    }
+}
+
+/// Hash of the mapping file and of every option that changes the emitted calls.
+fn config_hash(cfg: &RunConfig, src: &SourceOptions) -> Result<String, RunError> {
+    let mapping = std::fs::read(&cfg.mapping_path).map_err(|source| RunError::Io {
+        path: cfg.mapping_path.display().to_string(),
+        source,
+    })?;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&mapping);
+    h.update(format!("{:?}|{:?}|{:?}", src.format, src.csv, cfg.limits).as_bytes());
+    Ok(format!("{:016x}", h.digest()))
 }
 
 /// Hands each chunk to rayon for mapping; returns chunks to the reader when done.
@@ -312,44 +556,118 @@ struct PackTotals {
 
 /// Reject lines waiting for a request to carry them are flushed as a marker beyond this.
 const MAX_PENDING_REJECT_BYTES: usize = 1 << 20;
+/// Most request bodies open at once, one per distinct batch-level `context` /
+/// `integrations` value. Bounds memory (this many bodies of up to max-request bytes).
+const MAX_OPEN_BODIES: usize = 16;
+/// An open body whose first call is this many calls older than the newest is closed even
+/// though not full, so a rare context value cannot hold the checkpoint back for long.
+const MAX_OPEN_LAG_CALLS: u64 = 50_000;
+
+/// What the packer keeps of each call in an open body.
+#[derive(Debug, Clone, Copy)]
+struct CallTag {
+    origin: CallOrigin,
+    /// Where the call's row starts: a checkpoint may not pass it while the call is unsent.
+    at: Position,
+    /// The call's number in input order (for [`MAX_OPEN_LAG_CALLS`]).
+    n: u64,
+}
+
+/// Reject lines not yet handed to a request, each with the position of its row, so a
+/// request takes exactly the lines of rows before its resume position.
+#[derive(Default)]
+struct PendingRejects {
+    bytes: Vec<u8>,
+    /// (row position, end of its line in `bytes` + `base`), in row order.
+    rows: std::collections::VecDeque<(Position, usize)>,
+    /// Bytes already taken, so the ends above stay valid without rewriting them.
+    base: usize,
+}
+
+impl PendingRejects {
+    fn push(&mut self, at: Position, line: &[u8]) {
+        self.bytes.extend_from_slice(line);
+        self.rows.push_back((at, self.base + self.bytes.len()));
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Takes the lines of rows before `resume`.
+    fn take_before(&mut self, resume: Position) -> Vec<u8> {
+        let mut cut = self.base;
+        while let Some(&(at, end)) = self.rows.front() {
+            if at >= resume {
+                break;
+            }
+            cut = end;
+            self.rows.pop_front();
+        }
+        let n = cut - self.base;
+        self.base = cut;
+        if n == self.bytes.len() {
+            return std::mem::take(&mut self.bytes);
+        }
+        let rest = self.bytes.split_off(n);
+        std::mem::replace(&mut self.bytes, rest)
+    }
+}
 
 /// Restores input order and packs calls into requests. Reject lines ride along with the
-/// next request so that the collector writes them in acknowledgement order.
+/// first request whose resume position is past their row, so that the collector writes
+/// them in acknowledgement order and never ahead of the checkpoint.
+///
+/// Calls whose rows carry different batch-level context go to different bodies
+/// ([`KeyedPacker`]); alias calls, which the batch schema does not list, each become a
+/// request of their own to `/v1/alias`.
+///
+/// Checkpoint rule: a request's `resume` is the start of the oldest row that still has a
+/// call not yet handed out — the minimum over the open bodies' first calls and over the
+/// bodies closed in the same step but queued after it — or, when none is open, the row
+/// being packed (or the end of the input). Handed-out requests complete in `seq` order
+/// for the checkpoint, so once a request and all before it are acknowledged, every call
+/// before its `resume` has been delivered. The positions only grow: new bodies start at
+/// newer rows.
 fn pack(
     mapped: Receiver<Mapped>,
     free_mapped: Sender<Mapped>,
     work: Sender<Work>,
     limits: Limits,
 ) -> PackTotals {
-    let mut packer = Packer::new(limits);
+    let mut packer: KeyedPacker<CallTag> = KeyedPacker::new(limits, MAX_OPEN_BODIES);
+    let mut closed: Vec<Packed<CallTag>> = Vec::new();
     let mut totals = PackTotals::default();
     let mut pending: HashMap<u64, Mapped> = HashMap::new();
     let mut next = 0u64;
     let mut work_seq = 0u64;
     let mut end = Position::default();
-    // Origins of the calls in the open body, and where its first call's row starts.
-    let mut origins: Vec<CallOrigin> = Vec::new();
-    let mut open_start: Option<Position> = None;
-    let mut rejects: Vec<u8> = Vec::new();
+    let mut rejects = PendingRejects::default();
+    // The current row's batch-level context bytes (the packer's key) and its row.
+    let mut key: Vec<u8> = Vec::new();
+    let mut key_row: Option<(u64, u32)> = None;
+    let mut call_no = 0u64;
     let mut gone = false;
-    let mut emit = |w: Work| {
+    let mut send = |w: Work| {
         if !gone && work.send(w).is_err() {
             gone = true;
         }
     };
-    let mut make = |body: Option<crate::pack::Body>,
+    let mut make = |path: &'static str,
+                    body: Option<crate::pack::Body>,
                     origins: Vec<CallOrigin>,
                     resume: Position,
                     rejects: Vec<u8>| {
+        let (calls, call_ends, body) = match body {
+            Some(b) => (b.calls, b.call_ends, Some(Arc::new(b.bytes))),
+            None => (0, Vec::new(), None),
+        };
         let w = Work {
             seq: work_seq,
-            path: "/v1/batch",
-            calls: body.as_ref().map_or(0, |b| b.calls),
-            call_ends: body
-                .as_ref()
-                .map(|b| b.call_ends.clone())
-                .unwrap_or_default(),
-            body: body.map(|b| Arc::new(b.bytes)),
+            path,
+            calls,
+            call_ends,
+            body,
             origins,
             resume,
             rejects,
@@ -362,91 +680,213 @@ fn pack(
         while let Some(m) = pending.remove(&next) {
             next += 1;
             let input = m.end.input;
-            let (mut call_off, mut rej_off) = (0usize, 0usize);
-            let mut chunk_rejects = 0u64;
+            let mut off = 0usize;
+            let mut rej_off = 0usize;
             for e in &m.emits {
                 let len = e.len as usize;
+                let at = m.row_position(e.row);
                 match e.kind {
+                    EmitKind::Context => {
+                        key.clear();
+                        key.extend_from_slice(&m.calls[off..off + len]);
+                        off += len;
+                        key_row = Some((m.seq, e.row));
+                    }
                     EmitKind::Call(kind) => {
-                        let bytes = &m.calls[call_off..call_off + len];
-                        call_off += len;
-                        *totals.calls_by_type.entry(kind.as_str()).or_default() += 1;
-                        let row_pos = m.row_position(e.row);
-                        match packer.push(bytes) {
-                            Ok(Some(body)) => {
-                                // Everything before this call's row is done once `body`
-                                // and all before it are acknowledged.
-                                let w = make(
-                                    Some(body),
-                                    std::mem::take(&mut origins),
-                                    row_pos,
-                                    std::mem::take(&mut rejects),
-                                );
-                                emit(w);
-                                open_start = None;
-                            }
-                            Ok(None) => {}
-                            Err(too_large) => {
-                                // The mapper refuses calls over the limit first; this is a
-                                // second line of defence, never a silent drop.
-                                let r = Reject {
-                                    code: "call_too_large",
-                                    detail: too_large.to_string(),
-                                };
-                                write_call_reject(
-                                    &mut rejects,
-                                    m.input.as_deref(),
-                                    row_pos.row,
-                                    bytes,
-                                    &r,
-                                );
-                                totals.rows_rejected += 1;
-                                *totals
-                                    .rejected_by_reason
-                                    .entry("call_too_large")
-                                    .or_default() += 1;
-                                continue;
-                            }
+                        let bytes = &m.calls[off..off + len];
+                        off += len;
+                        if key_row != Some((m.seq, e.row)) {
+                            key.clear();
                         }
-                        open_start.get_or_insert(row_pos);
-                        origins.push(CallOrigin {
-                            input,
-                            row: row_pos.row,
-                        });
+                        *totals.calls_by_type.entry(kind.as_str()).or_default() += 1;
+                        totals.calls += 1;
+                        call_no += 1;
+                        let origin = CallOrigin { input, row: at.row };
+                        let tag = CallTag {
+                            origin,
+                            at,
+                            n: call_no,
+                        };
+                        let result = if kind == CallKind::Alias {
+                            alias_body(bytes, &key, limits.max_call_bytes).map(|body| {
+                                // A request of its own; the checkpoint may not pass its
+                                // row (later calls of the row) nor any open body.
+                                let resume = packer.oldest_open().map_or(at, |t| t.at.min(at));
+                                let calls = vec![body.len() as u32];
+                                let b = crate::pack::Body {
+                                    bytes: body,
+                                    calls: 1,
+                                    call_ends: calls,
+                                };
+                                let w = make(
+                                    "/v1/alias",
+                                    Some(b),
+                                    vec![origin],
+                                    resume,
+                                    rejects.take_before(resume),
+                                );
+                                send(w);
+                            })
+                        } else {
+                            packer.push(&key, bytes, tag, &mut closed)
+                        };
+                        if let Err(too_large) = result {
+                            // The mapper refuses calls over the limit first; this is a
+                            // second line of defence (context bytes count here), never
+                            // a silent drop.
+                            let r = Reject {
+                                code: "call_too_large",
+                                detail: too_large.to_string(),
+                            };
+                            let mut line = Vec::new();
+                            write_call_reject(&mut line, m.input.as_deref(), at.row, bytes, &r);
+                            rejects.push(at, &line);
+                            totals.rows_rejected += 1;
+                            *totals
+                                .rejected_by_reason
+                                .entry("call_too_large")
+                                .or_default() += 1;
+                        }
+                        // A rare context value must not pin the checkpoint for long.
+                        while packer
+                            .oldest_open()
+                            .is_some_and(|t| t.n + MAX_OPEN_LAG_CALLS < call_no)
+                        {
+                            closed.extend(packer.finish_one());
+                        }
+                        for w in hand_out(&mut closed, &packer, at, &mut rejects, &mut make) {
+                            send(w);
+                        }
                     }
                     EmitKind::Reject(code) => {
-                        rejects.extend_from_slice(&m.rejects[rej_off..rej_off + len]);
+                        rejects.push(at, &m.rejects[rej_off..rej_off + len]);
                         rej_off += len;
-                        chunk_rejects += 1;
+                        totals.rows_rejected += 1;
                         *totals.rejected_by_reason.entry(code).or_default() += 1;
                         if rejects.len() > MAX_PENDING_REJECT_BYTES {
-                            // A marker may not move past calls still in the open body.
-                            let next_row = m.row_position(e.row);
-                            let resume = open_start.unwrap_or(Position {
-                                row: next_row.row + 1,
+                            // A marker may not move past calls still open: close the
+                            // bodies that hold rows up to this one first.
+                            while packer.oldest_open().is_some_and(|t| t.at <= at) {
+                                closed.extend(packer.finish_one());
+                            }
+                            let next_row = Position {
+                                row: at.row + 1,
                                 offset: m
                                     .row_offsets
                                     .get(e.row as usize + 1)
                                     .copied()
                                     .unwrap_or(m.end.offset),
-                                ..next_row
-                            });
-                            let w = make(None, Vec::new(), resume, std::mem::take(&mut rejects));
-                            emit(w);
+                                ..at
+                            };
+                            for w in hand_out(&mut closed, &packer, next_row, &mut rejects, &mut make) {
+                                send(w);
+                            }
+                            let resume = packer.oldest_open().map_or(next_row, |t| t.at);
+                            let w = make("/v1/batch", None, Vec::new(), resume, rejects.take_before(resume));
+                            send(w);
                         }
                     }
                 }
             }
-            totals.calls += m.emits.len() as u64 - chunk_rejects;
             totals.rows += m.rows as u64;
-            totals.rows_rejected += chunk_rejects;
             end = m.end;
             let _ = free_mapped.send(m);
         }
     }
-    let w = make(packer.finish(), origins, end, rejects);
-    emit(w);
+    while let Some(p) = packer.finish_one() {
+        closed.push(p);
+    }
+    let mut last = hand_out(&mut closed, &packer, end, &mut rejects, &mut make);
+    match last.last_mut() {
+        Some(w) => {
+            w.resume = end;
+            w.rejects.extend_from_slice(&rejects.take_before(Position {
+                input: u32::MAX,
+                ..end
+            }));
+        }
+        None => last.push(make(
+            "/v1/batch",
+            None,
+            Vec::new(),
+            end,
+            rejects.take_before(Position {
+                input: u32::MAX,
+                ..end
+            }),
+        )),
+    }
+    for w in last {
+        send(w);
+    }
     totals
+}
+
+/// Turns closed bodies into requests, oldest first. Each one's resume is the minimum of
+/// the oldest open call and the first calls of the bodies queued after it in this step
+/// (`fallback` when none), and it carries the reject lines of rows before that.
+fn hand_out(
+    closed: &mut Vec<Packed<CallTag>>,
+    packer: &KeyedPacker<CallTag>,
+    fallback: Position,
+    rejects: &mut PendingRejects,
+    make: &mut impl FnMut(
+        &'static str,
+        Option<crate::pack::Body>,
+        Vec<CallOrigin>,
+        Position,
+        Vec<u8>,
+    ) -> Work,
+) -> Vec<Work> {
+    if closed.is_empty() {
+        return Vec::new();
+    }
+    let open_min = packer.oldest_open().map_or(fallback, |t| t.at);
+    // resume[i] = min(open_min, first call of closed[j] for j > i).
+    let mut resumes = vec![open_min; closed.len()];
+    let mut later = open_min;
+    for i in (0..closed.len()).rev() {
+        resumes[i] = later;
+        if let Some(t) = closed[i].tags.first() {
+            later = later.min(t.at);
+        }
+    }
+    closed
+        .drain(..)
+        .zip(resumes)
+        .map(|(p, resume)| {
+            let origins = p.tags.iter().map(|t| t.origin).collect();
+            make(
+                "/v1/batch",
+                Some(p.body),
+                origins,
+                resume,
+                rejects.take_before(resume),
+            )
+        })
+        .collect()
+}
+
+/// The body of an alias request: the call itself, with the row's batch-level context
+/// (if any) as its own top-level keys, since an alias is not sent in a batch.
+fn alias_body(call: &[u8], key: &[u8], max_call: usize) -> Result<Vec<u8>, TooLarge> {
+    let mut body = Vec::with_capacity(call.len() + key.len());
+    if key.is_empty() || call.len() < 2 {
+        body.extend_from_slice(call);
+    } else {
+        // `{` + `"context":..` (the key without its leading comma) + `,` + the rest.
+        body.push(b'{');
+        body.extend_from_slice(&key[1..]);
+        body.push(b',');
+        body.extend_from_slice(&call[1..]);
+    }
+    if body.len() > max_call {
+        return Err(TooLarge {
+            len: body.len(),
+            limit: max_call,
+        });
+    }
+    Ok(body)
 }
 
 /// A reject line for a call refused after mapping (its record is the call itself).
@@ -471,67 +911,169 @@ pub fn write_call_reject(
     out.extend_from_slice(b"}\n");
 }
 
-/// Folds acknowledgements into the summary, in request order: a request's rejects are
-/// written once it and every request before it are acknowledged. Returns the first fatal
-/// failure, if any.
-fn collect(
-    acks: Receiver<Ack>,
-    summary: &mut Summary,
-    rejects_file: File,
-    rejects_path: &str,
-) -> (Option<String>, Result<(), RunError>) {
-    let mut rejects = BufWriter::with_capacity(1 << 16, rejects_file);
-    let mut write_err = None;
-    let mut fatal = None;
-    let mut waiting: BTreeMap<u64, Ack> = BTreeMap::new();
-    let mut next = 0u64;
-    for ack in acks {
-        summary.retries += ack.retries as u64;
-        summary.throttled += ack.throttled as u64;
-        if let AckResult::Failed(why) = &ack.result {
-            fatal.get_or_insert(why.clone());
-        }
-        waiting.insert(ack.work.seq, ack);
-        while let Some(ack) = waiting.remove(&next) {
-            let done = matches!(ack.result, AckResult::Delivered | AckResult::Marker);
-            if !done {
-                // The watermark stops here; later work is not counted as done.
-                waiting.insert(next, ack);
-                break;
-            }
-            next += 1;
-            if ack.result == AckResult::Delivered {
-                summary.calls_delivered += ack.delivered_calls as u64;
-                summary.requests += 1;
-                summary.request_bytes += ack.work.body.as_ref().map_or(0, |b| b.len() as u64);
-            }
-            if write_err.is_none() {
-                if let Err(e) = rejects
-                    .write_all(&ack.work.rejects)
-                    .and_then(|_| rejects.write_all(&ack.server_rejects))
-                {
-                    write_err = Some(e);
+/// What the collector saw by the time every sender was done.
+#[derive(Debug, Default)]
+struct CollectOutcome {
+    fatal: Option<String>,
+    io_error: Option<String>,
+    /// Resume position after the acknowledged prefix, if it moved.
+    watermark: Option<Position>,
+    rejects_len: u64,
+    counters: checkpoint::Counters,
+    interrupted: bool,
+    /// Every piece of work was acknowledged (none failed or was skipped).
+    all_acknowledged: bool,
+}
+
+/// Folds acknowledgements, in request order, into the summary, the rejects file and the
+/// checkpoint. A request's reject lines are written once it and every request before it
+/// are acknowledged, then the checkpoint (after the rejects file is synced), so the two
+/// never disagree. Also watches for an interrupt: stop reading, drain, then stop.
+struct Collector<'a> {
+    summary: &'a mut Summary,
+    rejects: BufWriter<File>,
+    rejects_len: u64,
+    rejects_path: &'a str,
+    durable: Option<&'a Durable>,
+    window: &'a Window,
+    input_rows: &'a Mutex<Vec<u64>>,
+    interval: std::time::Duration,
+    interrupt: Option<&'a AtomicBool>,
+    drain_timeout: std::time::Duration,
+    halt_reading: &'a AtomicBool,
+    stop: &'a AtomicBool,
+    quiet: bool,
+}
+
+impl Collector<'_> {
+    fn run(mut self, acks: Receiver<Ack>) -> CollectOutcome {
+        use crossbeam_channel::RecvTimeoutError;
+        let mut o = CollectOutcome {
+            rejects_len: self.rejects_len,
+            all_acknowledged: true,
+            ..Default::default()
+        };
+        let mut waiting: BTreeMap<u64, Ack> = BTreeMap::new();
+        let mut next = 0u64;
+        // Permits of requests folded into the watermark but not yet durable.
+        let mut unreleased = 0usize;
+        let mut dirty = false;
+        let mut last_write = Instant::now();
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            let first = match acks.recv_timeout(std::time::Duration::from_millis(50)) {
+                Ok(a) => Some(a),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            for ack in first.into_iter().chain(std::iter::from_fn(|| acks.try_recv().ok())) {
+                self.summary.retries += ack.retries as u64;
+                self.summary.throttled += ack.throttled as u64;
+                match &ack.result {
+                    AckResult::Failed(why) => {
+                        o.fatal.get_or_insert(why.clone());
+                        o.all_acknowledged = false;
+                        self.window.release(1);
+                    }
+                    AckResult::Skipped => {
+                        o.all_acknowledged = false;
+                        if ack.work.body.is_some() {
+                            self.window.release(1);
+                        }
+                    }
+                    _ => {}
+                }
+                waiting.insert(ack.work.seq, ack);
+                while let Some(ack) = waiting.remove(&next) {
+                    if !matches!(ack.result, AckResult::Delivered | AckResult::Marker) {
+                        // The watermark stops here; later work is not counted as done.
+                        waiting.insert(next, ack);
+                        break;
+                    }
+                    next += 1;
+                    self.fold(&ack, &mut o);
+                    if ack.work.body.is_some() {
+                        unreleased += 1;
+                    }
+                    dirty = true;
                 }
             }
+            // Interrupt: stop reading and let what was read drain, within a deadline.
+            if let Some(flag) = self.interrupt {
+                if flag.load(Ordering::Relaxed) && drain_deadline.is_none() {
+                    o.interrupted = true;
+                    self.halt_reading.store(true, Ordering::SeqCst);
+                    drain_deadline = Some(Instant::now() + self.drain_timeout);
+                    if !self.quiet {
+                        eprintln!(
+                            "interrupted: finishing the requests in flight (up to {}s; press Ctrl-C again to quit at once)",
+                            self.drain_timeout.as_secs()
+                        );
+                    }
+                }
+            }
+            if drain_deadline.is_some_and(|d| Instant::now() > d) {
+                self.stop.store(true, Ordering::SeqCst);
+            }
+            let due = last_write.elapsed() >= self.interval || self.window.is_full();
+            if dirty && due {
+                if let Some(d) = self.durable {
+                    if let Err(e) = self.sync_rejects().and_then(|_| {
+                        let rows = lock(self.input_rows).clone();
+                        d.store(o.watermark.unwrap_or(d.base.resume), o.rejects_len, &o.counters, false, &rows)
+                            .map_err(|e| e.to_string())
+                    }) {
+                        // Without a checkpoint, going on would risk unbounded replays.
+                        o.io_error.get_or_insert(e);
+                        self.stop.store(true, Ordering::SeqCst);
+                    }
+                }
+                self.window.release(std::mem::take(&mut unreleased));
+                dirty = false;
+                last_write = Instant::now();
+            }
+            if self.durable.is_none() {
+                self.window.release(std::mem::take(&mut unreleased));
+            }
         }
+        if !waiting.is_empty() {
+            o.all_acknowledged = false;
+        }
+        if let Err(e) = self.sync_rejects() {
+            o.io_error.get_or_insert(e);
+        }
+        o
     }
-    // Work acknowledged after the watermark stopped still reached the server.
-    for ack in waiting.values() {
+
+    /// Counts one acknowledged piece of work and writes its reject lines.
+    fn fold(&mut self, ack: &Ack, o: &mut CollectOutcome) {
+        let s = &mut *self.summary;
         if ack.result == AckResult::Delivered {
-            summary.calls_delivered += ack.delivered_calls as u64;
-            summary.requests += 1;
-            summary.request_bytes += ack.work.body.as_ref().map_or(0, |b| b.len() as u64);
+            s.calls_delivered += ack.delivered_calls as u64;
+            s.calls_rejected_by_server += ack.work.calls.saturating_sub(ack.delivered_calls) as u64;
+            s.requests += 1;
+            s.request_bytes += ack.work.body.as_ref().map_or(0, |b| b.len() as u64);
+            o.counters.calls_delivered += ack.delivered_calls as u64;
+            o.counters.requests += 1;
         }
+        for part in [&ack.work.rejects, &ack.server_rejects] {
+            if part.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.rejects.write_all(part) {
+                o.io_error.get_or_insert(format!("cannot write {}: {e}", self.rejects_path));
+            }
+            o.rejects_len += part.len() as u64;
+            o.counters.rows_rejected += memchr::memchr_iter(b'\n', part).count() as u64;
+        }
+        o.watermark = Some(ack.work.resume);
     }
-    let flushed = match write_err {
-        Some(e) => Err(e),
-        None => rejects.flush(),
-    };
-    (
-        fatal,
-        flushed.map_err(|source| RunError::Io {
-            path: rejects_path.to_string(),
-            source,
-        }),
-    )
+
+    /// Makes the rejects file durable up to what was written, before a checkpoint says so.
+    fn sync_rejects(&mut self) -> Result<(), String> {
+        self.rejects
+            .flush()
+            .and_then(|_| self.rejects.get_ref().sync_data())
+            .map_err(|e| format!("cannot write {}: {e}", self.rejects_path))
+    }
 }

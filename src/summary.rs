@@ -2,7 +2,7 @@
 //! available as JSON for scripts.
 //!
 //! Invariants the tests check: `rows_read = rows_mapped + rows_rejected`, and
-//! `calls_built = calls_delivered + calls_undelivered`.
+//! `calls_built = calls_delivered + calls_rejected_by_server + calls_undelivered`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +21,9 @@ pub struct Summary {
     pub calls_built: u64,
     pub calls_by_type: BTreeMap<String, u64>,
     pub calls_delivered: u64,
+    /// Calls the API refused as invalid (strict mode); they are in the rejects file.
+    #[serde(default)]
+    pub calls_rejected_by_server: u64,
     /// Built but not acknowledged (the run stopped first); a resume sends them.
     pub calls_undelivered: u64,
     pub requests: u64,
@@ -82,6 +85,13 @@ impl fmt::Display for Summary {
         }
         let verb = if self.dry_run { "packed" } else { "delivered" };
         writeln!(f, "  calls {verb:<11} {:>14}", n(self.calls_delivered))?;
+        if self.calls_rejected_by_server > 0 {
+            writeln!(
+                f,
+                "  calls refused     {:>14}  (invalid, by the API)",
+                n(self.calls_rejected_by_server)
+            )?;
+        }
         if self.calls_undelivered > 0 {
             writeln!(f, "  calls undelivered {:>14}", n(self.calls_undelivered))?;
         }

@@ -5,13 +5,17 @@
 //! columns it does have. JSON keys and constants are pre-encoded to bytes so the encoder
 //! only copies them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chrono_tz::Tz;
 
 use super::json;
 use super::spec::{
     CallKind, CallSpec, ColType, EmptyPolicy, FieldDetail, FieldSpec, KindSpec, MappingSpec,
-    PayloadSpec,
+    PayloadSpec, TsFormatName,
 };
+use super::timestamp::PatternKind;
 use crate::source::{ColumnRef, Schema};
 
 /// A mapping error found while compiling against an input. Names what is wrong and
@@ -21,11 +25,16 @@ use crate::source::{ColumnRef, Schema};
 pub struct CompileError(pub String);
 
 /// How a timestamp column's text is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TsFormat {
+    /// RFC 3339 / ISO 8601; without an offset only when the column has a time zone.
     Rfc3339,
+    /// `YYYY-MM-DD`, midnight in the column's time zone.
+    Date,
     /// Unix time; `None` means the unit is chosen by magnitude.
     Unix(Option<UnixUnit>),
+    /// A chrono strftime pattern.
+    Pattern(Arc<str>, PatternKind),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +53,8 @@ pub struct ColumnValue {
     pub ty: ColType,
     pub empty: EmptyPolicy,
     pub ts_format: TsFormat,
+    /// Zone of offset-less timestamps.
+    pub tz: Option<Tz>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,11 +101,15 @@ pub struct CompiledCall {
     pub event: Option<ValueSource>,
     pub name: Option<ValueSource>,
     pub group_id: Option<ValueSource>,
+    /// group: written as a string of digits.
+    pub object_type_id: Option<ValueSource>,
     pub previous_id: Option<ValueSource>,
     pub timestamp: Option<ValueSource>,
     pub message_id: Option<ValueSource>,
     /// traits (identify, group) or properties (the others).
     pub payload: Vec<OutNode>,
+    /// Call-level `context`, written inside the call.
+    pub context: Vec<OutNode>,
 }
 
 /// The whole mapping compiled against one input.
@@ -102,6 +117,17 @@ pub struct CompiledCall {
 pub struct CompiledMapping {
     pub calls: Vec<CompiledCall>,
     pub max_future_ms: i64,
+    /// Batch-level `context` and `integrations`: the request they go in is chosen by
+    /// their bytes, so calls with different values never share a request.
+    pub batch_context: Vec<OutNode>,
+    pub batch_integrations: Vec<OutNode>,
+}
+
+impl CompiledMapping {
+    /// True when rows carry batch-level context or integrations.
+    pub fn has_batch_context(&self) -> bool {
+        !self.batch_context.is_empty() || !self.batch_integrations.is_empty()
+    }
 }
 
 struct Ctx<'a> {
@@ -121,7 +147,8 @@ impl Ctx<'_> {
                 String::new()
             };
             CompileError(format!(
-                "mapping: {what} names column \"{name}\", which {} does not have. Its columns are: {}{more}. Fix the name in the mapping file.",
+                "mapping{}: {what} names column \"{name}\", which {} does not have. Its columns are: {}{more}. Fix the name in the mapping file.",
+                self.spec.locate(name),
                 self.input,
                 shown.join(", ")
             ))
@@ -134,7 +161,8 @@ impl Ctx<'_> {
         what: &str,
         ty: Option<ColType>,
         empty: Option<EmptyPolicy>,
-        format: Option<&str>,
+        format: Option<&TsFormatName>,
+        tz: Option<Tz>,
     ) -> Result<ColumnValue, CompileError> {
         let col = self.resolve(name, what)?;
         let colspec = self.spec.columns.get(name);
@@ -144,25 +172,39 @@ impl Ctx<'_> {
         let empty = empty
             .or_else(|| colspec.and_then(|c| c.empty()))
             .unwrap_or(self.spec.defaults.empty);
-        let ts_format = match format {
+        let tz = tz
+            .or_else(|| colspec.and_then(|c| c.timezone()).map(|t| t.0))
+            .or(self.spec.defaults.timezone.map(|t| t.0));
+        let format = format.or_else(|| colspec.and_then(|c| c.format()));
+        let ts_format = match format.map(|f| f.0.as_str()) {
             None | Some("rfc3339") | Some("iso8601") => TsFormat::Rfc3339,
+            Some("date") => TsFormat::Date,
             Some("unix") => TsFormat::Unix(None),
             Some("unix_s") => TsFormat::Unix(Some(UnixUnit::Seconds)),
             Some("unix_ms") => TsFormat::Unix(Some(UnixUnit::Millis)),
             Some("unix_us") => TsFormat::Unix(Some(UnixUnit::Micros)),
             Some("unix_ns") => TsFormat::Unix(Some(UnixUnit::Nanos)),
-            Some(other) => {
-                return Err(CompileError(format!(
-                    "mapping: {what} has format \"{other}\"; valid formats are rfc3339, unix, unix_s, unix_ms, unix_us, unix_ns"
-                )))
-            }
+            Some(p) => TsFormat::Pattern(Arc::from(p), PatternKind::of(p)),
         };
+        let needs_zone = match &ts_format {
+            TsFormat::Date => true,
+            TsFormat::Pattern(_, k) => *k != PatternKind::Instant,
+            _ => false,
+        };
+        if ty == ColType::Timestamp && needs_zone && tz.is_none() {
+            return Err(CompileError(format!(
+                "mapping{}: {what}: timestamp format \"{}\" has no UTC offset, so the time zone must be named: add timezone = \"UTC\" (or the zone the values were written in, e.g. \"Europe/Paris\") to the field, the [columns] entry or [defaults]",
+                self.spec.locate(name),
+                format.map_or("", |f| f.0.as_str())
+            )));
+        }
         Ok(ColumnValue {
             col,
             name: name.to_string(),
             ty,
             empty,
             ts_format,
+            tz,
         })
     }
 
@@ -174,7 +216,7 @@ impl Ctx<'_> {
     ) -> Result<ValueSource, CompileError> {
         match f {
             FieldSpec::Column(name) => Ok(ValueSource::Column(
-                self.column_value(name, what, default_ty, None, None)?,
+                self.column_value(name, what, default_ty, None, None, None)?,
             )),
             FieldSpec::Detail(d) => self.detail(d, what, default_ty),
         }
@@ -198,7 +240,8 @@ impl Ctx<'_> {
                 what,
                 d.ty.or(default_ty),
                 d.empty,
-                d.format.as_deref(),
+                d.format.as_ref(),
+                d.timezone.map(|t| t.0),
             )?));
         }
         if let Some(c) = &d.constant {
@@ -207,47 +250,47 @@ impl Ctx<'_> {
             })?;
             return Ok(ValueSource::Const(bytes));
         }
-        let t = d.template.as_deref().unwrap_or_default();
+        let t = d.template.as_ref().map_or("", |t| t.0.as_str());
         Ok(ValueSource::Template(self.template(t, what)?))
     }
 
+    /// A table of output path → field (context, integrations).
+    fn tree(
+        &self,
+        fields: &BTreeMap<String, FieldSpec>,
+        what: &str,
+    ) -> Result<Vec<OutNode>, CompileError> {
+        let mut nodes = Vec::new();
+        for (out, f) in fields {
+            let v = self.value(f, &format!("{what} \"{out}\""), None)?;
+            insert_path(&mut nodes, out, v)?;
+        }
+        Ok(nodes)
+    }
+
     fn template(&self, t: &str, what: &str) -> Result<Vec<TemplatePart>, CompileError> {
-        let mut parts = Vec::new();
-        let mut rest = t;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(TemplatePart::Lit(rest[..open].to_string()));
-            }
-            let after = &rest[open + 1..];
-            let close = after.find('}').ok_or_else(|| {
-                CompileError(format!(
-                    "mapping: {what}: template \"{t}\" has a `{{` without a closing `}}`"
-                ))
-            })?;
-            let name = &after[..close];
-            if name.is_empty() {
-                return Err(CompileError(format!(
-                    "mapping: {what}: template \"{t}\" has an empty placeholder `{{}}`"
-                )));
-            }
-            parts.push(TemplatePart::Col(
-                self.resolve(name, what)?,
-                name.to_string(),
-            ));
-            rest = &after[close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(TemplatePart::Lit(rest.to_string()));
-        }
-        Ok(parts)
+        let owned = super::spec::Template(t.to_string());
+        let parts = owned
+            .parts()
+            .map_err(|e| CompileError(format!("mapping: {what}: {e}")))?;
+        parts
+            .into_iter()
+            .map(|(is_col, text)| {
+                Ok(if is_col {
+                    TemplatePart::Col(self.resolve(text, what)?, text.to_string())
+                } else {
+                    TemplatePart::Lit(text.to_string())
+                })
+            })
+            .collect()
     }
 }
 
 /// Column names a call reads for its ids, event, timestamp and type, so that `"rest"`
 /// leaves them out of traits/properties.
-fn used_columns(c: &CallSpec) -> BTreeSet<String> {
+fn used_columns(spec: &MappingSpec, c: &CallSpec) -> BTreeSet<String> {
     let mut used = BTreeSet::new();
-    let mut add = |f: &Option<FieldSpec>| match f {
+    let mut add = |f: Option<&FieldSpec>| match f {
         Some(FieldSpec::Column(n)) => {
             used.insert(n.clone());
         }
@@ -264,11 +307,18 @@ fn used_columns(c: &CallSpec) -> BTreeSet<String> {
         &c.event,
         &c.name,
         &c.group_id,
+        &c.object_type_id,
         &c.previous_id,
         &c.timestamp,
         &c.message_id,
     ] {
-        add(f);
+        add(f.as_ref());
+    }
+    let trees = [Some(&spec.context), Some(&spec.integrations), c.context.as_ref()];
+    for t in trees.into_iter().flatten() {
+        for f in t.values() {
+            add(Some(f));
+        }
     }
     if let KindSpec::Column { column } = &c.kind {
         used.insert(column.clone());
@@ -376,24 +426,37 @@ pub fn compile(
         };
         if let Some(p) = payload_spec {
             match p {
-                PayloadSpec::Keyword(k) if k == "rest" => {
-                    let used = used_columns(c);
+                PayloadSpec::Rest => {
+                    let used = used_columns(spec, c);
                     for name in schema.column_names() {
                         if !used.contains(&name) {
-                            let v = cx.column_value(&name, &what("traits/properties"), None, None, None)?;
-                            insert_path(&mut payload, &name, ValueSource::Column(v))?;
+                            let v = cx.column_value(
+                                &name,
+                                &what("traits/properties"),
+                                None,
+                                None,
+                                None,
+                                None,
+                            )?;
+                            // A column name with dots is one key here, not a path.
+                            payload.push(OutNode {
+                                key: key_bytes(&name),
+                                name: name.clone(),
+                                kind: OutKind::Leaf(ValueSource::Column(v)),
+                            });
                         }
                     }
                 }
-                PayloadSpec::Keyword(k) => {
-                    return Err(CompileError(format!(
-                        "{}: traits/properties = \"{k}\" is not valid; use \"rest\", a list of columns, or a table of output = column",
-                        what("")
-                    )))
-                }
                 PayloadSpec::Columns(cols) => {
                     for name in cols {
-                        let v = cx.column_value(name, &what("traits/properties"), None, None, None)?;
+                        let v = cx.column_value(
+                            name,
+                            &what("traits/properties"),
+                            None,
+                            None,
+                            None,
+                            None,
+                        )?;
                         insert_path(&mut payload, name, ValueSource::Column(v))?;
                     }
                 }
@@ -417,10 +480,15 @@ pub fn compile(
             event: id(&c.event, "event")?,
             name: id(&c.name, "name")?,
             group_id: id(&c.group_id, "group_id")?,
+            object_type_id: id(&c.object_type_id, "object_type_id")?,
             previous_id: id(&c.previous_id, "previous_id")?,
             timestamp,
             message_id: id(&c.message_id, "message_id")?,
             payload,
+            context: match &c.context {
+                Some(t) => cx.tree(t, &what("context"))?,
+                None => Vec::new(),
+            },
         };
         check_required(&compiled, &what(""))?;
         calls.push(compiled);
@@ -428,6 +496,8 @@ pub fn compile(
     Ok(CompiledMapping {
         calls,
         max_future_ms: (spec.defaults.max_future_hours as i64).saturating_mul(3_600_000),
+        batch_context: cx.tree(&spec.context, "[context]")?,
+        batch_integrations: cx.tree(&spec.integrations, "[integrations]")?,
     })
 }
 
@@ -452,8 +522,10 @@ fn check_required(c: &CompiledCall, what: &str) -> Result<(), CompileError> {
             "user_id or anonymous_id",
         ),
         CallKind::Track => {
+            // The one semantic event the spec lets go without a person.
+            let delivery = matches!(&c.event, Some(ValueSource::Const(b)) if b == b"\"Report Delivery Event\"");
             need(
-                c.user_id.is_some() || c.anonymous_id.is_some(),
+                delivery || c.user_id.is_some() || c.anonymous_id.is_some(),
                 "user_id or anonymous_id",
             )?;
             need(c.event.is_some(), "event")

@@ -22,6 +22,11 @@ use crate::source::{Chunk, Field, InputInfo, Position, Row};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmitKind {
     Call(CallKind),
+    /// The row's batch-level `,"context":{..},"integrations":{..}` (possibly empty), in
+    /// the calls arena just before the row's calls. The packer keys requests on these
+    /// bytes and appends them after the batch array. Emitted only when the mapping has
+    /// batch-level context or integrations.
+    Context,
     /// A reject line, with its reason code.
     Reject(&'static str),
 }
@@ -94,7 +99,12 @@ pub struct EncodeOptions {
     pub max_call_bytes: usize,
     /// Timestamps after this instant are rejected.
     pub latest_ms: UnixMillis,
+    /// `--sent-at now`: end every call with [`SENT_AT_PLACEHOLDER`], which the sender
+    /// overwrites with the send time on each attempt (same width, so sizes stay exact).
+    pub sent_at: bool,
 }
+
+pub use super::sent_at::SENT_AT_PLACEHOLDER;
 
 /// Maps every row of `chunk` into `out` (cleared first).
 pub fn map_chunk(chunk: &Chunk, mapping: &CompiledMapping, opts: &EncodeOptions, out: &mut Mapped) {
@@ -102,6 +112,9 @@ pub fn map_chunk(chunk: &Chunk, mapping: &CompiledMapping, opts: &EncodeOptions,
     out.rejects.clear();
     out.emits.clear();
     out.row_offsets.clear();
+    if opts.sent_at {
+        super::sent_at::note_in_use();
+    }
     out.input = Some(chunk.input().clone());
     out.first_row = chunk.first_row();
     out.rows = chunk.len() as u32;
@@ -111,6 +124,16 @@ pub fn map_chunk(chunk: &Chunk, mapping: &CompiledMapping, opts: &EncodeOptions,
     }
     match chunk {
         Chunk::Csv(c) => {
+            for i in 0..c.len {
+                map_row(&c.row(i), i as u32, mapping, opts, out);
+            }
+        }
+        Chunk::Ndjson(c) => {
+            for i in 0..c.len {
+                map_row(&c.row(i), i as u32, mapping, opts, out);
+            }
+        }
+        Chunk::Parquet(c) => {
             for i in 0..c.len {
                 map_row(&c.row(i), i as u32, mapping, opts, out);
             }
@@ -187,6 +210,15 @@ fn encode_calls<R: Row>(
     out: &mut Mapped,
     i: u32,
 ) -> Result<(), Reject> {
+    if m.has_batch_context() {
+        let start = out.calls.len();
+        write_batch_context(&mut out.calls, row, m, opts)?;
+        out.emits.push(Emit {
+            row: i,
+            len: (out.calls.len() - start) as u32,
+            kind: EmitKind::Context,
+        });
+    }
     for (ci, call) in m.calls.iter().enumerate() {
         let start = out.calls.len();
         let kind = encode_call(
@@ -221,6 +253,30 @@ fn encode_calls<R: Row>(
             len: len as u32,
             kind: EmitKind::Call(kind),
         });
+    }
+    Ok(())
+}
+
+/// `,"context":{..},"integrations":{..}`, each left out when it comes out empty.
+fn write_batch_context<R: Row>(
+    out: &mut Vec<u8>,
+    row: &R,
+    m: &CompiledMapping,
+    opts: &EncodeOptions,
+) -> Result<(), Reject> {
+    for (key, nodes) in [
+        (&b",\"context\":"[..], &m.batch_context),
+        (&b",\"integrations\":"[..], &m.batch_integrations),
+    ] {
+        if nodes.is_empty() {
+            continue;
+        }
+        let mark = out.len();
+        out.extend_from_slice(key);
+        write_object(out, row, nodes, opts)?;
+        if out.ends_with(b"{}") {
+            out.truncate(mark);
+        }
     }
     Ok(())
 }
@@ -265,6 +321,7 @@ fn encode_call<R: Row>(
             })?
         }
     };
+    let start = out.len();
     out.extend_from_slice(b"{\"type\":\"");
     out.extend_from_slice(kind.as_str().as_bytes());
     out.extend_from_slice(b"\",\"messageId\":");
@@ -281,26 +338,17 @@ fn encode_call<R: Row>(
     }
     let has_user = write_opt_field(out, row, b"\"userId\":", &call.user_id, opts)?;
     let has_anon = write_opt_field(out, row, b"\"anonymousId\":", &call.anonymous_id, opts)?;
-    let needs_id = !matches!(kind, CallKind::Alias);
-    if needs_id && !has_user && !has_anon {
-        return Err(reject(
-            "missing_id",
-            format!(
-                "the row has neither a userId{} nor an anonymousId{}; a {} call needs one",
-                source_hint(&call.user_id),
-                source_hint(&call.anonymous_id),
-                kind.as_str()
-            ),
-        ));
-    }
+    let mut semantic = None;
     match kind {
         CallKind::Track => {
+            let mark = out.len();
             if !write_opt_field(out, row, b"\"event\":", &call.event, opts)? {
                 return Err(reject(
                     "missing_event",
                     format!("the row has no event name{}", source_hint(&call.event)),
                 ));
             }
+            semantic = Semantic::of(&out[mark + b",\"event\":".len()..]);
         }
         CallKind::Page | CallKind::Screen => {
             write_opt_field(out, row, b"\"name\":", &call.name, opts)?;
@@ -312,6 +360,7 @@ fn encode_call<R: Row>(
                     format!("the row has no groupId{}", source_hint(&call.group_id)),
                 ));
             }
+            write_object_type_id(out, row, call, opts)?;
         }
         CallKind::Alias => {
             if !has_user {
@@ -332,6 +381,18 @@ fn encode_call<R: Row>(
         }
         CallKind::Identify => {}
     }
+    let needs_id = kind != CallKind::Alias && semantic != Some(Semantic::ReportDelivery);
+    if needs_id && !has_user && !has_anon {
+        return Err(reject(
+            "missing_id",
+            format!(
+                "the row has neither a userId{} nor an anonymousId{}; a {} call needs one",
+                source_hint(&call.user_id),
+                source_hint(&call.anonymous_id),
+                kind.as_str()
+            ),
+        ));
+    }
     if let Some(ts) = &call.timestamp {
         let mark = out.len();
         out.extend_from_slice(b",\"timestamp\":");
@@ -349,8 +410,212 @@ fn encode_call<R: Row>(
         out.push(b':');
         write_object(out, row, &call.payload, opts)?;
     }
+    if !call.context.is_empty() {
+        let mark = out.len();
+        out.extend_from_slice(b",\"context\":");
+        write_object(out, row, &call.context, opts)?;
+        if out.ends_with(b"{}") {
+            out.truncate(mark);
+        }
+    }
+    if opts.sent_at {
+        out.extend_from_slice(SENT_AT_PLACEHOLDER);
+    }
     out.push(b'}');
+    if let Some(ev) = semantic {
+        ev.check(&out[start..])?;
+    }
     Ok(kind)
+}
+
+/// `,"objectTypeId":"N"`: the spec wants a stringified integer; a number is quoted, and
+/// anything but digits is a reject naming the value.
+fn write_object_type_id<R: Row>(
+    out: &mut Vec<u8>,
+    row: &R,
+    call: &CompiledCall,
+    opts: &EncodeOptions,
+) -> Result<(), Reject> {
+    let mark = out.len();
+    if !write_opt_field(out, row, b"\"objectTypeId\":", &call.object_type_id, opts)? {
+        return Ok(());
+    }
+    let v = mark + b",\"objectTypeId\":".len();
+    let digits = |b: &[u8]| !b.is_empty() && b.iter().all(u8::is_ascii_digit);
+    let written = &out[v..];
+    if written.len() >= 2 && written[0] == b'"' && digits(&written[1..written.len() - 1]) {
+        return Ok(());
+    }
+    if digits(written) {
+        out.insert(v, b'"');
+        out.push(b'"');
+        return Ok(());
+    }
+    Err(reject(
+        "bad_value",
+        format!(
+            "objectTypeId {} is not an integer (object type ids are stringified integers such as \"1\")",
+            shown(written)
+        ),
+    ))
+}
+
+/// The semantic events: track calls with reserved names whose fields the spec requires
+/// (`components.schemas` `create_update_device`, `delete_device`, `delete_person`,
+/// `suppress_person`, `unsuppress_person`, `relationship_deleted`, `group_deleted`,
+/// `report_delivery_event`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Semantic {
+    DeviceUpdated,
+    DeviceDeleted,
+    UserDeleted,
+    UserSuppressed,
+    UserUnsuppressed,
+    RelationshipDeleted,
+    ObjectDeleted,
+    ReportDelivery,
+}
+
+impl Semantic {
+    pub const ALL: [(Semantic, &'static str); 8] = [
+        (Semantic::DeviceUpdated, "Device Created or Updated"),
+        (Semantic::DeviceDeleted, "Device Deleted"),
+        (Semantic::UserDeleted, "User Deleted"),
+        (Semantic::UserSuppressed, "User Suppressed"),
+        (Semantic::UserUnsuppressed, "User Unsuppressed"),
+        (Semantic::RelationshipDeleted, "Relationship Deleted"),
+        (Semantic::ObjectDeleted, "Object Deleted"),
+        (Semantic::ReportDelivery, "Report Delivery Event"),
+    ];
+
+    /// The semantic event named by an encoded event value (`"Device Deleted"`, quotes
+    /// included), if any. A byte comparison: no allocation on the hot path.
+    pub fn of(encoded: &[u8]) -> Option<Semantic> {
+        let name = encoded.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+        Semantic::ALL
+            .iter()
+            .find(|(_, n)| n.as_bytes() == name)
+            .map(|(s, _)| *s)
+    }
+
+    pub fn name(self) -> &'static str {
+        Semantic::ALL
+            .iter()
+            .find(|(s, _)| *s == self)
+            .map_or("", |(_, n)| n)
+    }
+
+    /// Checks an encoded call against the fields the spec requires of this event. Runs
+    /// only for semantic events, which are rare next to custom events.
+    fn check(self, call: &[u8]) -> Result<(), Reject> {
+        use serde_json::value::RawValue;
+        #[derive(serde::Deserialize)]
+        struct Device<'a> {
+            #[serde(borrow)]
+            token: Option<&'a RawValue>,
+            #[serde(borrow, rename = "type")]
+            ty: Option<&'a RawValue>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Ctx<'a> {
+            #[serde(borrow)]
+            device: Option<Device<'a>>,
+        }
+        #[derive(serde::Deserialize)]
+        #[allow(non_snake_case)]
+        struct Props<'a> {
+            #[serde(borrow)]
+            objectId: Option<&'a RawValue>,
+            #[serde(borrow)]
+            objectTypeId: Option<&'a RawValue>,
+            #[serde(borrow)]
+            deliveryId: Option<&'a RawValue>,
+            #[serde(borrow)]
+            metric: Option<&'a RawValue>,
+        }
+        #[derive(serde::Deserialize)]
+        #[allow(non_snake_case)]
+        struct Probe<'a> {
+            #[serde(borrow)]
+            userId: Option<&'a RawValue>,
+            #[serde(borrow)]
+            anonymousId: Option<&'a RawValue>,
+            #[serde(borrow)]
+            properties: Option<Props<'a>>,
+            #[serde(borrow)]
+            context: Option<Ctx<'a>>,
+        }
+        let p: Probe = serde_json::from_slice(call).map_err(|e| {
+            reject(
+                "semantic_event",
+                format!("{}: the call is not a JSON object of the expected shape: {e}", self.name()),
+            )
+        })?;
+        let is_str = |v: Option<&RawValue>| v.is_some_and(|v| v.get().starts_with('"'));
+        let missing = |field: &str, hint: &str| {
+            Err(reject(
+                "semantic_event",
+                format!("a \"{}\" event needs {field}{hint}", self.name()),
+            ))
+        };
+        let props = p.properties.as_ref();
+        let device = p.context.as_ref().and_then(|c| c.device.as_ref());
+        match self {
+            Semantic::DeviceUpdated | Semantic::DeviceDeleted => {
+                if !is_str(p.userId) {
+                    return missing("userId", "");
+                }
+                if !is_str(device.and_then(|d| d.token)) {
+                    return missing(
+                        "context.device.token",
+                        " (map it in the call's own context: context = { \"device.token\" = \"column\" })",
+                    );
+                }
+                if let Some(t) = device.and_then(|d| d.ty) {
+                    if !matches!(t.get(), "\"ios\"" | "\"android\"") {
+                        return missing("context.device.type to be \"ios\" or \"android\"", &format!(" (got {})", t.get()));
+                    }
+                }
+            }
+            Semantic::UserDeleted | Semantic::UserSuppressed | Semantic::UserUnsuppressed => {
+                if !is_str(p.userId) {
+                    return missing("userId", "");
+                }
+            }
+            Semantic::RelationshipDeleted | Semantic::ObjectDeleted => {
+                if self == Semantic::RelationshipDeleted && !is_str(p.userId) {
+                    return missing("userId", "");
+                }
+                if self == Semantic::ObjectDeleted && !is_str(p.anonymousId) {
+                    return missing("anonymousId", " (the spec's group_deleted schema requires it)");
+                }
+                if !is_str(props.and_then(|p| p.objectId)) {
+                    return missing("properties.objectId (a string)", "");
+                }
+                if let Some(t) = props.and_then(|p| p.objectTypeId) {
+                    if t.get().parse::<i64>().is_err() {
+                        return missing("properties.objectTypeId to be an integer", &format!(" (got {}; set the column's type to int)", t.get()));
+                    }
+                }
+            }
+            Semantic::ReportDelivery => {
+                if !is_str(props.and_then(|p| p.deliveryId)) {
+                    return missing("properties.deliveryId (a string)", "");
+                }
+                match props.and_then(|p| p.metric).map(|m| m.get()) {
+                    Some("\"delivered\"" | "\"clicked\"" | "\"converted\"" | "\"opened\"") => {}
+                    Some(other) => {
+                        return missing(
+                            "properties.metric to be delivered, clicked, converted or opened",
+                            &format!(" (got {other})"),
+                        )
+                    }
+                    None => return missing("properties.metric", ""),
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn source_hint(v: &Option<ValueSource>) -> String {
@@ -370,6 +635,23 @@ fn write_object<R: Row>(
     out.push(b'{');
     let mut any = false;
     for n in nodes {
+        // --- NDJSON "rest" (source::ndjson::LATER_KEYS): keys first seen after the
+        // schema sample arrive as one object whose members are written inline.
+        if n.name == crate::source::ndjson::LATER_KEYS {
+            if let OutKind::Leaf(ValueSource::Column(c)) = &n.kind {
+                if let Field::Json(obj) = row.field(&c.col) {
+                    if obj.len() > 2 {
+                        if any {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(&obj[1..obj.len() - 1]);
+                        any = true;
+                    }
+                }
+                continue;
+            }
+        }
+        // --- end NDJSON "rest"
         let mark = out.len();
         if any {
             out.push(b',');
@@ -576,7 +858,7 @@ fn write_number_field(
             let Some(v) = as_i64 else {
                 return Err(bad(c, text().as_bytes(), "a unix timestamp"));
             };
-            let ms = unix_to_ms(v, unit_of(c.ts_format, v))
+            let ms = unix_to_ms(v, unit_of(&c.ts_format, v))
                 .ok_or_else(|| bad(c, text().as_bytes(), "a unix timestamp in range"))?;
             check_range(ms, c, opts, &text())?;
             timestamp::write_iso_millis(out, ms);
@@ -699,9 +981,9 @@ fn write_minified_json(out: &mut Vec<u8>, b: &[u8]) {
     }
 }
 
-fn unit_of(f: TsFormat, v: i64) -> UnixUnit {
+fn unit_of(f: &TsFormat, v: i64) -> UnixUnit {
     match f {
-        TsFormat::Unix(Some(u)) => u,
+        TsFormat::Unix(Some(u)) => *u,
         // By magnitude: seconds until year 5138, then ms, µs, ns.
         _ => match v.unsigned_abs() {
             0..100_000_000_000 => UnixUnit::Seconds,
@@ -728,15 +1010,20 @@ fn parse_ts_text(b: &[u8], c: &ColumnValue) -> Result<UnixMillis, Reject> {
             format!("column {}: \"{}\" {why}", c.name, shown(b)),
         )
     };
-    match c.ts_format {
-        TsFormat::Rfc3339 => timestamp::parse_rfc3339(b).map_err(fail),
+    match &c.ts_format {
+        TsFormat::Rfc3339 => timestamp::parse_iso(b, c.tz).map_err(fail),
+        TsFormat::Date => timestamp::parse_date_only(b, c.tz).map_err(fail),
+        TsFormat::Pattern(p, kind) => {
+            let s = std::str::from_utf8(b).map_err(|_| fail("is not valid UTF-8"))?;
+            timestamp::parse_pattern(s.trim(), p, *kind, c.tz).map_err(fail)
+        }
         TsFormat::Unix(_) => {
             let s = std::str::from_utf8(b).map_err(|_| fail("is not a unix timestamp"))?;
             let v: i64 = s
                 .trim()
                 .parse()
                 .map_err(|_| fail("is not a unix timestamp (an integer)"))?;
-            unix_to_ms(v, unit_of(c.ts_format, v)).ok_or_else(|| fail("is out of range"))
+            unix_to_ms(v, unit_of(&c.ts_format, v)).ok_or_else(|| fail("is out of range"))
         }
     }
 }

@@ -67,6 +67,6 @@ mod tests {
     #[test]
     fn id_scheme_is_pinned() {
         // Changing the scheme would make a resumed run re-send calls under new ids.
-        insta::assert_snapshot!(message_id(input_seed("", "events.csv"), 41, 1), @"");
+        insta::assert_snapshot!(message_id(input_seed("", "events.csv"), 41, 1), @"206e8e8f-52da-8c5e-9071-fec2c73448cd");
     }
 }

@@ -5,6 +5,7 @@ pub mod compile;
 pub mod encode;
 pub mod json;
 pub mod message_id;
+pub mod sent_at;
 pub mod spec;
 pub mod timestamp;
 
@@ -29,8 +30,13 @@ pub fn load(path: &Path) -> Result<spec::MappingSpec, MappingError> {
         path: path.display().to_string(),
         source,
     })?;
-    spec::parse(&text).map_err(|e| MappingError::Parse {
+    let mut spec = spec::parse(&text).map_err(|e| MappingError::Parse {
         path: path.display().to_string(),
         message: e.to_string(),
-    })
+    })?;
+    spec.source = Some(spec::SpecSource {
+        path: path.display().to_string(),
+        text,
+    });
+    Ok(spec)
 }

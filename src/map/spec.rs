@@ -21,9 +21,56 @@ pub struct MappingSpec {
     /// Per-column types and empty-value handling, by column name.
     #[serde(default)]
     pub columns: BTreeMap<String, ColumnSpec>,
+    /// Batch-level `context`: sent at the top of each request and applied by the API to
+    /// every call in it. Constants, columns or templates by output path (`ip`,
+    /// `device.type`); per-row values make the packer split requests by value.
+    #[serde(default)]
+    pub context: BTreeMap<String, FieldSpec>,
+    /// Batch-level `integrations` (e.g. `All = { const = false }`), as `context`.
+    #[serde(default)]
+    pub integrations: BTreeMap<String, FieldSpec>,
     /// One entry per call made from each row, in order.
-    #[serde(rename = "call")]
+    #[serde(rename = "call", default)]
     pub calls: Vec<CallSpec>,
+    /// The file this came from, for error locations; set by [`super::load`].
+    #[serde(skip)]
+    pub source: Option<SpecSource>,
+}
+
+/// Path and text of a mapping file, so errors found after parsing (column names checked
+/// against an input) can still point at a line and column.
+#[derive(Debug, Clone, Default)]
+pub struct SpecSource {
+    pub path: String,
+    pub text: String,
+}
+
+impl MappingSpec {
+    /// ` (mapping.toml line L, column C)` for the first place `name` appears as a value
+    /// (a quoted string, or a `{name}` template placeholder) in the mapping file, or an
+    /// empty string when the text is not known. A text search rather than parser spans:
+    /// the untagged-by-hand field enums do not carry spans, and the first mention is
+    /// where a user looks anyway.
+    pub fn locate(&self, name: &str) -> String {
+        let Some(src) = &self.source else {
+            return String::new();
+        };
+        let needles = [
+            format!("\"{name}\""),
+            format!("'{name}'"),
+            format!("{{{name}}}"),
+        ];
+        let at = needles.iter().filter_map(|n| src.text.find(n.as_str())).min();
+        match at {
+            Some(i) => {
+                let before = &src.text[..i];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |p| p + 1) + 1;
+                format!(" ({} line {line}, column {col})", src.path)
+            }
+            None => format!(" ({})", src.path),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -36,6 +83,9 @@ pub struct Defaults {
     /// Timestamps later than now plus this many hours are rejected (clock or unit mix-ups).
     #[serde(default = "default_future_hours")]
     pub max_future_hours: u64,
+    /// Time zone of timestamps written without an offset (naive date-times, dates,
+    /// strftime formats without `%z`). Without it such values are rejected.
+    pub timezone: Option<TimeZoneName>,
 }
 
 fn default_future_hours() -> u64 {
@@ -48,6 +98,7 @@ impl Default for Defaults {
             ty: ColType::default(),
             empty: EmptyPolicy::default(),
             max_future_hours: default_future_hours(),
+            timezone: None,
         }
     }
 }
@@ -84,8 +135,7 @@ pub enum EmptyPolicy {
 }
 
 /// `column = "int"` or `column = { type = "int", empty = "null" }`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum ColumnSpec {
     Type(ColType),
     Full(ColumnDetail),
@@ -97,6 +147,10 @@ pub struct ColumnDetail {
     #[serde(rename = "type")]
     pub ty: Option<ColType>,
     pub empty: Option<EmptyPolicy>,
+    /// Timestamp format for this column (see [`TsFormatName`]).
+    pub format: Option<TsFormatName>,
+    /// Time zone of this column's offset-less timestamps.
+    pub timezone: Option<TimeZoneName>,
 }
 
 impl ColumnSpec {
@@ -110,6 +164,18 @@ impl ColumnSpec {
         match self {
             ColumnSpec::Type(_) => None,
             ColumnSpec::Full(d) => d.empty,
+        }
+    }
+    pub fn format(&self) -> Option<&TsFormatName> {
+        match self {
+            ColumnSpec::Type(_) => None,
+            ColumnSpec::Full(d) => d.format.as_ref(),
+        }
+    }
+    pub fn timezone(&self) -> Option<&TimeZoneName> {
+        match self {
+            ColumnSpec::Type(_) => None,
+            ColumnSpec::Full(d) => d.timezone.as_ref(),
         }
     }
 }
@@ -159,8 +225,7 @@ impl CallKind {
 
 /// Where a value comes from: `"column_name"`, or a table with exactly one of
 /// `column`, `const` or `template`, plus optional typing.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum FieldSpec {
     Column(String),
     Detail(FieldDetail),
@@ -173,29 +238,29 @@ pub struct FieldDetail {
     #[serde(rename = "const")]
     pub constant: Option<toml::Value>,
     /// Text with `{column}` placeholders, e.g. `"Order {status}"`.
-    pub template: Option<String>,
+    pub template: Option<Template>,
     #[serde(rename = "type")]
     pub ty: Option<ColType>,
     pub empty: Option<EmptyPolicy>,
-    /// Timestamp format: `rfc3339` (default), `unix` (unit by magnitude), `unix_s`,
-    /// `unix_ms`, `unix_us`, `unix_ns`.
-    pub format: Option<String>,
+    /// Timestamp format (see [`TsFormatName`]).
+    pub format: Option<TsFormatName>,
+    /// Time zone of offset-less timestamps.
+    pub timezone: Option<TimeZoneName>,
 }
 
 /// `"rest"` (every column the call does not use otherwise), a list of columns (each sent
 /// under its own name), or a table of output path → field.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum PayloadSpec {
-    Keyword(String),
+    /// `"rest"`, the only keyword.
+    Rest,
     Columns(Vec<String>),
     Fields(BTreeMap<String, FieldSpec>),
 }
 
 /// The call type: a constant (`type = "track"`) or read from a column per row
 /// (`type = { column = "kind" }`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum KindSpec {
     Const(CallKind),
     Column { column: String },
@@ -212,11 +277,244 @@ pub struct CallSpec {
     /// page and screen: the page or screen name.
     pub name: Option<FieldSpec>,
     pub group_id: Option<FieldSpec>,
+    /// group: `objectTypeId`, sent as a stringified integer (the API assumes 1 without it).
+    pub object_type_id: Option<FieldSpec>,
     pub previous_id: Option<FieldSpec>,
     pub timestamp: Option<FieldSpec>,
     pub message_id: Option<FieldSpec>,
     pub traits: Option<PayloadSpec>,
     pub properties: Option<PayloadSpec>,
+    /// Call-level `context`, written inside each call (e.g. `device.token` for the device
+    /// semantic events). For values shared by a request use the top-level `[context]`.
+    pub context: Option<BTreeMap<String, FieldSpec>>,
+}
+
+
+// Hand-written `Deserialize` for the either/or shapes. serde's `untagged` would answer a
+// typo with "data did not match any variant" and no useful location; these say which
+// shapes are valid, and because the error is raised while the value is deserialized,
+// `toml` reports the line and column of that value.
+
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use std::fmt;
+
+const FIELD_SHAPES: &str = "a column name (\"user_id\") or a table with one of `column`, `const` or `template`, e.g. { const = \"Signed Up\" } or { template = \"Order {status}\" }";
+
+impl<'de> Deserialize<'de> for FieldSpec {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FieldSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(FIELD_SHAPES)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FieldSpec, E> {
+                if v.is_empty() {
+                    return Err(E::custom(format!("an empty column name; expected {FIELD_SHAPES}")));
+                }
+                Ok(FieldSpec::Column(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FieldSpec, A::Error> {
+                let d = FieldDetail::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let n = d.column.is_some() as u8
+                    + d.constant.is_some() as u8
+                    + d.template.is_some() as u8;
+                if n != 1 {
+                    return Err(de::Error::custom(
+                        "a field table needs exactly one of `column`, `const` or `template`",
+                    ));
+                }
+                Ok(FieldSpec::Detail(d))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<FieldSpec, E> {
+                Err(E::custom(format!("a bare value names a column; for the constant {v} write {{ const = {v} }}")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<FieldSpec, E> {
+                Err(E::custom(format!("a bare value names a column; for the constant {v} write {{ const = {v} }}")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<FieldSpec, E> {
+                Err(E::custom(format!("a bare value names a column; for the constant {v} write {{ const = {v} }}")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for PayloadSpec {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PayloadSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"rest\", a list of column names, or a table of output path = field")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PayloadSpec, E> {
+                if v == "rest" {
+                    Ok(PayloadSpec::Rest)
+                } else {
+                    Err(E::custom(format!("\"{v}\" is not valid here; use \"rest\" (every column not used otherwise), a list of columns [\"a\", \"b\"], or a table {{ out = \"column\" }}")))
+                }
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PayloadSpec, A::Error> {
+                let mut cols = Vec::new();
+                while let Some(c) = seq.next_element::<String>()? {
+                    cols.push(c);
+                }
+                Ok(PayloadSpec::Columns(cols))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PayloadSpec, A::Error> {
+                let m = BTreeMap::<String, FieldSpec>::deserialize(
+                    de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(PayloadSpec::Fields(m))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for KindSpec {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Col {
+            column: String,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KindSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a call type (identify, track, page, screen, group, alias) or { column = \"kind\" }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<KindSpec, E> {
+                CallKind::parse(v).map(KindSpec::Const).ok_or_else(|| {
+                    E::custom(format!("\"{v}\" is not a call type; use identify, track, page, screen, group or alias, or {{ column = \"kind\" }} to read it from a column"))
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<KindSpec, A::Error> {
+                let c = Col::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(KindSpec::Column { column: c.column })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for ColumnSpec {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ColumnSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a type (auto, string, int, float, bool, json, timestamp) or a table { type = ..., empty = ..., format = ..., timezone = ... }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ColumnSpec, E> {
+                ColType::deserialize(de::value::StrDeserializer::<E>::new(v)).map(ColumnSpec::Type)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ColumnSpec, A::Error> {
+                ColumnDetail::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(ColumnSpec::Full)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An IANA time zone name, checked when the mapping is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeZoneName(pub chrono_tz::Tz);
+
+impl<'de> Deserialize<'de> for TimeZoneName {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse::<chrono_tz::Tz>().map(TimeZoneName).map_err(|_| {
+            de::Error::custom(format!(
+                "unknown time zone \"{s}\"; use an IANA name such as \"UTC\", \"Europe/Paris\" or \"America/New_York\""
+            ))
+        })
+    }
+}
+
+/// A timestamp format: `rfc3339` (alias `iso8601`; the default: date-time with an offset,
+/// or without one when a `timezone` is set), `date` (`YYYY-MM-DD`, midnight in the time
+/// zone), `unix` (unit by magnitude), `unix_s`, `unix_ms`, `unix_us`, `unix_ns`, or a
+/// chrono strftime pattern containing `%` (e.g. `"%d/%m/%Y %H:%M"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TsFormatName(pub String);
+
+pub const TS_FORMATS: &str = "rfc3339, iso8601, date, unix, unix_s, unix_ms, unix_us, unix_ns, or a strftime pattern such as \"%d/%m/%Y %H:%M\"";
+
+impl<'de> Deserialize<'de> for TsFormatName {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let named = matches!(
+            s.as_str(),
+            "rfc3339" | "iso8601" | "date" | "unix" | "unix_s" | "unix_ms" | "unix_us" | "unix_ns"
+        );
+        if named {
+            return Ok(TsFormatName(s));
+        }
+        if s.contains('%') {
+            // chrono reports a bad specifier only when parsing; check the pattern now.
+            let bad = chrono::format::StrftimeItems::new(&s)
+                .any(|i| matches!(i, chrono::format::Item::Error));
+            if bad {
+                return Err(de::Error::custom(format!(
+                    "\"{s}\" is not a valid strftime pattern (see chrono's format::strftime docs)"
+                )));
+            }
+            return Ok(TsFormatName(s));
+        }
+        Err(de::Error::custom(format!(
+            "unknown timestamp format \"{s}\"; valid formats are {TS_FORMATS}"
+        )))
+    }
+}
+
+/// A template with `{column}` placeholders, its syntax checked when the mapping is read
+/// (the column names are checked against each input later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(pub String);
+
+impl Template {
+    /// Literal and placeholder parts, in order: `(false, text)` or `(true, column)`.
+    pub fn parts(&self) -> Result<Vec<(bool, &str)>, String> {
+        let t = self.0.as_str();
+        let mut parts = Vec::new();
+        let mut rest = t;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push((false, &rest[..open]));
+            }
+            let after = &rest[open + 1..];
+            let close = after.find('}').ok_or_else(|| {
+                format!("template \"{t}\" has a `{{` without a closing `}}`")
+            })?;
+            let name = &after[..close];
+            if name.is_empty() || name.contains('{') {
+                return Err(format!(
+                    "template \"{t}\" has an empty or nested placeholder; write {{column_name}}"
+                ));
+            }
+            parts.push((true, name));
+            rest = &after[close + 1..];
+        }
+        if rest.contains('}') {
+            return Err(format!("template \"{t}\" has a `}}` without an opening `{{`"));
+        }
+        if !rest.is_empty() {
+            parts.push((false, rest));
+        }
+        Ok(parts)
+    }
+}
+
+impl<'de> Deserialize<'de> for Template {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let t = Template(String::deserialize(d)?);
+        t.parts().map_err(de::Error::custom)?;
+        Ok(t)
+    }
 }
 
 /// Parses a mapping file's text. Errors carry the line and column (from `toml`).

@@ -3,6 +3,15 @@
 //! The common case (RFC 3339 / ISO 8601 with an offset) is parsed by hand without
 //! allocating; the result is milliseconds since the Unix epoch. Fractions beyond
 //! milliseconds are truncated, never rounded, so a value never moves into the next second.
+//!
+//! Values without an offset are read in a time zone named in the mapping (chrono-tz).
+//! Wall-clock times that do not exist or exist twice around a DST change are resolved by
+//! one documented rule ([`local_to_utc`]): a time in a gap (spring forward) is shifted
+//! forward by the length of the gap, as PostgreSQL and most databases do, and an
+//! ambiguous time (fall back) is the earlier of its two instants.
+
+use chrono::{Offset, TimeZone};
+use chrono_tz::Tz;
 
 /// Milliseconds since 1970-01-01T00:00:00Z.
 pub type UnixMillis = i64;
@@ -12,15 +21,140 @@ pub type TsError = &'static str;
 
 /// Parses `YYYY-MM-DD[T| ]HH:MM[:SS[.fff...]](Z|z|±HH:MM|±HHMM|±HH)`.
 pub fn parse_rfc3339(s: &[u8]) -> Result<UnixMillis, TsError> {
+    parse_iso(s, None)
+}
+
+/// Like [`parse_rfc3339`], but a value without an offset is a wall-clock time in `tz`
+/// (when given). A value with an offset always uses its own offset.
+pub fn parse_iso(s: &[u8], tz: Option<Tz>) -> Result<UnixMillis, TsError> {
     let (date_days, rest) = parse_date(s)?;
     let rest = match rest.first() {
         Some(b'T' | b't' | b' ') => &rest[1..],
-        None => return Err("has no time of day (use a date-only format to accept this)"),
+        None => return Err("has no time of day (use format = \"date\" to accept dates)"),
         _ => return Err("expected 'T' between date and time"),
     };
     let (secs_of_day, millis, rest) = parse_time(rest)?;
+    let local = (date_days * 86_400 + secs_of_day) * 1000 + millis;
+    if rest.is_empty() {
+        return match tz {
+            Some(tz) => local_to_utc(tz, local),
+            None => Err("has no UTC offset (add Z or ±HH:MM, or set a timezone in the mapping)"),
+        };
+    }
     let offset_secs = parse_offset(rest)?;
-    Ok((date_days * 86_400 + secs_of_day - offset_secs) * 1000 + millis)
+    Ok(local - offset_secs * 1000)
+}
+
+/// `YYYY-MM-DD`: midnight of that day in `tz` (UTC when `None`).
+pub fn parse_date_only(s: &[u8], tz: Option<Tz>) -> Result<UnixMillis, TsError> {
+    let (days, rest) = parse_date(s)?;
+    if !rest.is_empty() {
+        return Err("is not a date (YYYY-MM-DD)");
+    }
+    let local = days * 86_400_000;
+    match tz {
+        Some(tz) => local_to_utc(tz, local),
+        None => Ok(local),
+    }
+}
+
+/// What a strftime pattern holds, decided once when the mapping is compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatternKind {
+    /// Has `%z`-like offset (or `%s`): the value names an instant by itself.
+    Instant,
+    /// A date and a time of day, read in the mapping's time zone.
+    DateTime,
+    /// A date only: midnight in the mapping's time zone.
+    Date,
+}
+
+impl PatternKind {
+    pub fn of(pattern: &str) -> PatternKind {
+        use chrono::format::{Fixed, Item, Numeric, StrftimeItems};
+        let mut has_time = false;
+        for item in StrftimeItems::new(pattern) {
+            match item {
+                Item::Fixed(Fixed::TimezoneOffset)
+                | Item::Fixed(Fixed::TimezoneOffsetColon)
+                | Item::Fixed(Fixed::TimezoneOffsetColonZ)
+                | Item::Fixed(Fixed::TimezoneOffsetZ)
+                | Item::Fixed(Fixed::TimezoneOffsetDoubleColon)
+                | Item::Fixed(Fixed::TimezoneOffsetTripleColon)
+                | Item::Fixed(Fixed::RFC2822)
+                | Item::Fixed(Fixed::RFC3339)
+                | Item::Numeric(Numeric::Timestamp, _) => return PatternKind::Instant,
+                Item::Numeric(
+                    Numeric::Hour | Numeric::Hour12 | Numeric::Minute | Numeric::Second,
+                    _,
+                ) => has_time = true,
+                _ => {}
+            }
+        }
+        if has_time {
+            PatternKind::DateTime
+        } else {
+            PatternKind::Date
+        }
+    }
+}
+
+/// Parses `s` with a chrono strftime `pattern`. Offset-less values are read in `tz`
+/// (UTC when `None`; the compiler insists on a zone for those patterns).
+pub fn parse_pattern(
+    s: &str,
+    pattern: &str,
+    kind: PatternKind,
+    tz: Option<Tz>,
+) -> Result<UnixMillis, TsError> {
+    const NO_MATCH: &str = "does not match the mapping's timestamp format";
+    let local = match kind {
+        PatternKind::Instant => {
+            return chrono::DateTime::parse_from_str(s, pattern)
+                .map(|d| d.timestamp_millis())
+                .map_err(|_| NO_MATCH)
+        }
+        PatternKind::DateTime => chrono::NaiveDateTime::parse_from_str(s, pattern)
+            .map_err(|_| NO_MATCH)?
+            .and_utc()
+            .timestamp_millis(),
+        PatternKind::Date => chrono::NaiveDate::parse_from_str(s, pattern)
+            .map_err(|_| NO_MATCH)?
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc()
+            .timestamp_millis(),
+    };
+    match tz {
+        Some(tz) => local_to_utc(tz, local),
+        None => Ok(local),
+    }
+}
+
+/// The instant of a wall-clock time in `tz`. `local` is the wall clock as milliseconds
+/// since 1970-01-01T00:00 (as if it were UTC).
+///
+/// DST rule: a wall-clock time that falls in a gap (clocks jump forward, e.g. 02:30 on
+/// the spring-forward night in New York) is read with the offset in force before the gap,
+/// which lands it as many minutes after the jump as it was after the gap's start (02:30
+/// EST = 03:30 EDT). A time that occurs twice (clocks go back) is the earlier instant
+/// (01:30 EDT, not 01:30 EST).
+pub fn local_to_utc(tz: Tz, local: UnixMillis) -> Result<UnixMillis, TsError> {
+    let naive = chrono::DateTime::from_timestamp_millis(local)
+        .ok_or("is out of range")?
+        .naive_utc();
+    match tz.from_local_datetime(&naive) {
+        chrono::LocalResult::Single(d) => Ok(d.timestamp_millis()),
+        chrono::LocalResult::Ambiguous(early, _) => Ok(early.timestamp_millis()),
+        chrono::LocalResult::None => {
+            // The offset a day earlier is the one before the gap: zones do not change
+            // offset twice within a day.
+            let before = chrono::DateTime::from_timestamp_millis(local - 86_400_000)
+                .ok_or("is out of range")?
+                .naive_utc();
+            let off = tz.offset_from_utc_datetime(&before).fix().local_minus_utc() as i64;
+            Ok(local - off * 1000)
+        }
+    }
 }
 
 fn digits(s: &[u8], n: usize) -> Result<i64, TsError> {
@@ -213,6 +347,68 @@ mod tests {
         ] {
             assert!(parse_rfc3339(bad.as_bytes()).is_err(), "{bad}");
         }
+    }
+
+    fn iso_in(s: &str, tz: &str) -> String {
+        let tz: Tz = tz.parse().unwrap();
+        let ms = parse_iso(s.as_bytes(), Some(tz)).unwrap();
+        let mut v = Vec::new();
+        write_iso_millis(&mut v, ms);
+        String::from_utf8(v).unwrap().trim_matches('"').to_string()
+    }
+
+    #[test]
+    fn naive_times_are_read_in_the_zone_with_the_documented_dst_rule() {
+        let cases = [
+            // Plain winter and summer times.
+            ("2024-01-15T12:00:00", "America/New_York", "2024-01-15T17:00:00.000Z"),
+            ("2024-07-15T12:00:00", "America/New_York", "2024-07-15T16:00:00.000Z"),
+            ("2024-07-15 12:00:00.250", "Europe/Paris", "2024-07-15T10:00:00.250Z"),
+            // Gap (spring forward 02:00 -> 03:00): shifted forward by the gap.
+            ("2024-03-10T02:30:00", "America/New_York", "2024-03-10T07:30:00.000Z"),
+            ("2024-03-31T02:15:00", "Europe/Paris", "2024-03-31T01:15:00.000Z"),
+            // Just before and after the gap.
+            ("2024-03-10T01:59:59", "America/New_York", "2024-03-10T06:59:59.000Z"),
+            ("2024-03-10T03:00:00", "America/New_York", "2024-03-10T07:00:00.000Z"),
+            // Overlap (fall back 02:00 -> 01:00): the earlier instant (EDT).
+            ("2024-11-03T01:30:00", "America/New_York", "2024-11-03T05:30:00.000Z"),
+            ("2024-10-27T02:30:00", "Europe/Paris", "2024-10-27T00:30:00.000Z"),
+            // An explicit offset wins over the zone.
+            ("2024-07-15T12:00:00Z", "Europe/Paris", "2024-07-15T12:00:00.000Z"),
+            ("2024-07-15T12:00:00+01:00", "America/New_York", "2024-07-15T11:00:00.000Z"),
+            // Southern hemisphere and a half-hour zone.
+            ("2024-01-15T12:00:00", "Australia/Sydney", "2024-01-15T01:00:00.000Z"),
+            ("2024-01-15T12:00:00", "Asia/Kolkata", "2024-01-15T06:30:00.000Z"),
+        ];
+        for (input, tz, want) in cases {
+            assert_eq!(iso_in(input, tz), want, "{input} in {tz}");
+        }
+        assert!(parse_iso(b"2024-01-15T12:00:00", None).is_err());
+    }
+
+    #[test]
+    fn dates_and_patterns_parse_in_the_zone() {
+        let ny: Tz = "America/New_York".parse().unwrap();
+        let ms = |r: Result<UnixMillis, TsError>| {
+            let mut v = Vec::new();
+            write_iso_millis(&mut v, r.unwrap());
+            String::from_utf8(v).unwrap().trim_matches('"').to_string()
+        };
+        assert_eq!(ms(parse_date_only(b"2024-02-29", None)), "2024-02-29T00:00:00.000Z");
+        assert_eq!(ms(parse_date_only(b"2024-02-29", Some(ny))), "2024-02-29T05:00:00.000Z");
+        assert!(parse_date_only(b"2024-02-30", None).is_err());
+        assert!(parse_date_only(b"2024-02-28T00:00", None).is_err());
+        let p = "%d/%m/%Y %H:%M";
+        assert_eq!(PatternKind::of(p), PatternKind::DateTime);
+        assert_eq!(ms(parse_pattern("05/03/2024 10:20", p, PatternKind::DateTime, None)), "2024-03-05T10:20:00.000Z");
+        assert_eq!(ms(parse_pattern("05/03/2024 10:20", p, PatternKind::DateTime, Some(ny))), "2024-03-05T15:20:00.000Z");
+        assert!(parse_pattern("2024-03-05 10:20", p, PatternKind::DateTime, None).is_err());
+        let p = "%m/%d/%Y";
+        assert_eq!(PatternKind::of(p), PatternKind::Date);
+        assert_eq!(ms(parse_pattern("03/05/2024", p, PatternKind::Date, None)), "2024-03-05T00:00:00.000Z");
+        let p = "%Y-%m-%d %H:%M:%S %z";
+        assert_eq!(PatternKind::of(p), PatternKind::Instant);
+        assert_eq!(ms(parse_pattern("2024-03-05 10:20:00 +0200", p, PatternKind::Instant, Some(ny))), "2024-03-05T08:20:00.000Z");
     }
 
     #[test]

@@ -1,23 +1,33 @@
-//! Delivery: sender workers that take packed requests, wait for the shared rate limiter,
-//! post, classify the answer ([`retry::classify`]) and report an [`Ack`] per request.
+//! Delivery: sender workers that take packed requests, wait at the shared [`Gate`], post,
+//! classify the answer ([`retry::classify`]) and report an [`Ack`] per request.
 //!
-//! A request is never dropped: it is acknowledged as delivered, or the run stops with the
-//! request unacknowledged so the checkpoint stays behind it. A 429 pauses every worker
-//! (the whole run slows down), not only the one that saw it.
+//! A request is never dropped: it is acknowledged as delivered (its refused calls, if
+//! strict mode refused some, as reject lines), or the run stops with the request
+//! unacknowledged so the checkpoint stays behind it. Running out of retries stops the run
+//! (every worker finishes the attempt it has on the wire, then sends nothing more); it
+//! never skips the request. A 429 pauses every worker (the whole run slows down), not
+//! only the one that saw it.
+//!
+//! Strict mode: a request refused as invalid (400) is split in halves, recursively, until
+//! the refused calls stand alone; the others are delivered in the smaller requests, the
+//! refused ones become reject lines carrying the server's answer. The split reuses the
+//! body's bytes through `Work::call_ends`, so nothing is re-encoded.
 
+pub mod gate;
 pub mod retry;
 pub mod transport;
 
-use std::num::NonZeroU32;
+use std::io::Write as _;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use crate::source::Position;
+use crate::map::encode::Reject;
+use crate::source::{InputInfo, Position};
+pub use gate::Gate;
 use retry::{backoff, classify, Decision};
 use transport::Transport;
 
@@ -52,10 +62,11 @@ pub struct Work {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckResult {
+    /// Every call was accepted, or refused as invalid and turned into a reject line.
     Delivered,
     /// A marker, passed straight through.
     Marker,
-    /// The run stopped before this request was sent.
+    /// The run stopped before this request was (wholly) sent.
     Skipped,
     /// Retrying could not deliver it; the run stops.
     Failed(String),
@@ -74,69 +85,22 @@ pub struct Ack {
     pub server_rejects: Vec<u8>,
 }
 
-/// Retry settings.
+/// How requests are sent and retried.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
+    /// Retries after the first attempt before the run stops.
     pub max_retries: u32,
+    /// Backoff: a uniform draw from `[0, min(cap, base·2^attempt)]`.
     pub base: Duration,
     pub cap: Duration,
+    /// Requests carry `X-Strict-Mode: 1`, so a 400 means "some calls are invalid".
     pub strict: bool,
+    /// Compress bodies (`Content-Encoding: gzip`); once per body, not per attempt.
+    pub gzip: bool,
 }
 
-/// The shared gate every request passes: the rate limiter and the 429 pause.
-pub struct Gate {
-    limiter: Option<DefaultDirectRateLimiter>,
-    clock: DefaultClock,
-    pause_until: Mutex<Option<Instant>>,
-}
-
-impl Gate {
-    /// `rate`: requests per second, or `None` for no limit. Burst 1: requests are spaced
-    /// evenly, so no one-second window sees more than `rate` of them.
-    pub fn new(rate: Option<u32>) -> Self {
-        let limiter = rate
-            .and_then(NonZeroU32::new)
-            .map(|r| RateLimiter::direct(Quota::per_second(r).allow_burst(NonZeroU32::MIN)));
-        Gate {
-            limiter,
-            clock: DefaultClock::default(),
-            pause_until: Mutex::new(None),
-        }
-    }
-
-    /// Blocks until a request may go. Sleeps; never spins.
-    pub fn wait(&self, stop: &AtomicBool) {
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let until = *self.pause_until.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(t) = until {
-                let now = Instant::now();
-                if t > now {
-                    std::thread::sleep((t - now).min(Duration::from_millis(200)));
-                    continue;
-                }
-            }
-            let Some(l) = &self.limiter else { return };
-            match l.check() {
-                Ok(()) => return,
-                Err(not_until) => {
-                    std::thread::sleep(not_until.wait_time_from(self.clock.now()));
-                }
-            }
-        }
-    }
-
-    /// Pauses every worker for `d` (after a 429).
-    pub fn pause(&self, d: Duration) {
-        let mut p = self.pause_until.lock().unwrap_or_else(|p| p.into_inner());
-        let t = Instant::now() + d;
-        if p.is_none_or(|old| old < t) {
-            *p = Some(t);
-        }
-    }
-}
+/// Pause for a 429 that names no `Retry-After`.
+pub const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(1);
 
 /// A small xorshift for jitter: no need for a crypto RNG, nor for a dependency.
 struct Jitter(u64);
@@ -160,7 +124,7 @@ impl Jitter {
 }
 
 /// One sender worker: runs until `rx` closes. After `stop` is set it sends nothing more
-/// and acknowledges the rest as skipped.
+/// and acknowledges the rest as skipped. `inputs` names the sources in reject lines.
 pub fn worker(
     rx: Receiver<Work>,
     acks: Sender<Ack>,
@@ -168,10 +132,17 @@ pub fn worker(
     gate: &Gate,
     policy: RetryPolicy,
     stop: &AtomicBool,
+    inputs: &[Arc<InputInfo>],
 ) {
-    let mut jitter = Jitter::new();
+    let mut s = Poster {
+        transport,
+        gate,
+        policy,
+        stop,
+        jitter: Jitter::new(),
+    };
     for work in rx {
-        let ack = deliver(work, transport, gate, policy, stop, &mut jitter);
+        let ack = deliver(work, &mut s, inputs);
         if matches!(ack.result, AckResult::Failed(_)) {
             stop.store(true, Ordering::SeqCst);
         }
@@ -181,14 +152,100 @@ pub fn worker(
     }
 }
 
-fn deliver(
-    work: Work,
-    transport: &dyn Transport,
-    gate: &Gate,
+/// The end of one body's attempts.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    Accepted,
+    /// Strict mode refused some of its calls; the server's answer.
+    Refused(String),
+    /// Retries ran out, or retrying cannot help.
+    Failed(String),
+    /// The run is stopping; the body was not sent (or its answer is unknown).
+    Stopped,
+}
+
+/// Why a split delivery ended early.
+enum Halt {
+    Failed(String),
+    Stopped,
+}
+
+/// A worker's means to post one body until it has an answer.
+struct Poster<'a> {
+    transport: &'a dyn Transport,
+    gate: &'a Gate,
     policy: RetryPolicy,
-    stop: &AtomicBool,
-    jitter: &mut Jitter,
-) -> Ack {
+    stop: &'a AtomicBool,
+    jitter: Jitter,
+}
+
+impl Poster<'_> {
+    /// Posts `body` (of `calls` calls) through the gate, retrying as `classify` says.
+    fn send(&mut self, path: &str, body: &Arc<Vec<u8>>, calls: u32, ack: &mut Ack) -> Sent {
+        let wire = if self.policy.gzip {
+            match gzip(body) {
+                Ok(z) => Arc::new(z),
+                Err(e) => return Sent::Failed(format!("cannot gzip a request body: {e}")),
+            }
+        } else {
+            body.clone()
+        };
+        let mut attempt = 0u32;
+        loop {
+            if !self.gate.wait(self.stop, calls) {
+                return Sent::Stopped;
+            }
+            // Issue 4 hook (`--sent-at now`): stamp the calls' fixed-width sentAt
+            // placeholders with this attempt's time (map/sent_at.rs); None otherwise.
+            let stamped = crate::map::sent_at::restamp(body, self.policy.gzip);
+            let outcome =
+                self.transport
+                    .post(path, stamped.as_ref().unwrap_or(&wire), self.policy.gzip);
+            match classify(&outcome, self.policy.strict) {
+                Decision::Success => return Sent::Accepted,
+                Decision::Invalid { why } => return Sent::Refused(why),
+                Decision::Fatal { why } => return Sent::Failed(why),
+                Decision::Retry {
+                    after,
+                    throttled,
+                    why,
+                } => {
+                    if throttled {
+                        ack.throttled += 1;
+                        self.gate.pause(after.unwrap_or(DEFAULT_THROTTLE_PAUSE));
+                    }
+                    if attempt >= self.policy.max_retries {
+                        return Sent::Failed(format!(
+                            "a request still failed after {} attempt{} (--max-retries {}); the server last answered: {why}. The checkpoint stays before this request: run the same command again to resume",
+                            attempt + 1,
+                            if attempt == 0 { "" } else { "s" },
+                            self.policy.max_retries
+                        ));
+                    }
+                    let p = self.policy;
+                    let wait = backoff(attempt, p.base, p.cap, after, self.jitter.unit());
+                    attempt += 1;
+                    ack.retries += 1;
+                    if !sleep_unless_stopped(wait, self.stop) {
+                        return Sent::Stopped;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Gzip at the fast level: JSON shrinks several-fold even so, and the CPU goes to mapping.
+fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut z = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    z.write_all(body)?;
+    z.finish()
+}
+
+fn deliver(work: Work, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> Ack {
     let mut ack = Ack {
         work,
         result: AckResult::Skipped,
@@ -201,63 +258,355 @@ fn deliver(
         ack.result = AckResult::Marker;
         return ack;
     };
-    let mut attempt = 0u32;
-    loop {
-        gate.wait(stop);
-        if stop.load(Ordering::Relaxed) {
+    let path = ack.work.path;
+    let why = match s.send(path, &body, ack.work.calls, &mut ack) {
+        Sent::Accepted => {
+            ack.result = AckResult::Delivered;
+            ack.delivered_calls = ack.work.calls;
             return ack;
         }
-        let outcome = transport.post(ack.work.path, &body);
-        match classify(&outcome, policy.strict) {
-            Decision::Success => {
-                ack.result = AckResult::Delivered;
-                ack.delivered_calls = ack.work.calls;
-                return ack;
-            }
-            Decision::Retry {
-                after,
-                throttled,
-                why,
-            } => {
-                if throttled {
-                    ack.throttled += 1;
-                    gate.pause(after.unwrap_or(Duration::from_secs(1)));
-                }
-                if attempt >= policy.max_retries {
-                    ack.result = AckResult::Failed(format!(
-                        "request {} still failing after {} attempts; last answer: {why}",
-                        ack.work.seq,
-                        attempt + 1
-                    ));
-                    return ack;
-                }
-                let wait = backoff(attempt, policy.base, policy.cap, after, jitter.unit());
-                attempt += 1;
-                ack.retries += 1;
-                sleep_unless_stopped(wait, stop);
-            }
-            Decision::Invalid { why } => {
-                ack.result = AckResult::Failed(format!(
-                    "the API refused request {} as invalid (strict mode): {why}",
-                    ack.work.seq
-                ));
-                return ack;
-            }
-            Decision::Fatal { why } => {
-                ack.result = AckResult::Failed(why);
-                return ack;
-            }
+        Sent::Stopped => return ack,
+        Sent::Failed(why) => {
+            ack.result = AckResult::Failed(why);
+            return ack;
         }
+        Sent::Refused(why) => why,
+    };
+    // Borrowed by the split while `ack` counts the attempts; put back below.
+    let call_ends = std::mem::take(&mut ack.work.call_ends);
+    let origins = std::mem::take(&mut ack.work.origins);
+    let Some(split) = Split::new(&body, &call_ends, origins.len()) else {
+        ack.work.call_ends = call_ends;
+        ack.work.origins = origins;
+        ack.result = AckResult::Failed(format!(
+            "the API refused a request as invalid (strict mode) and its calls cannot be told apart to isolate the bad ones: {why}"
+        ));
+        return ack;
+    };
+    let mut b = Bisect {
+        split: &split,
+        path,
+        origins: &origins,
+        inputs,
+        delivered: 0,
+        rejects: Vec::new(),
+    };
+    let halted = b.run(s, 0..split.len(), Some(why), &mut ack);
+    let (delivered, rejects) = (b.delivered, b.rejects);
+    ack.work.call_ends = call_ends;
+    ack.work.origins = origins;
+    match halted {
+        Ok(_) => {
+            ack.result = AckResult::Delivered;
+            ack.delivered_calls = delivered;
+            ack.server_rejects = rejects;
+        }
+        // Some halves may have been accepted already: a resume sends them again with
+        // the same messageIds, which is what messageIds are for.
+        Err(Halt::Stopped) => {}
+        Err(Halt::Failed(why)) => ack.result = AckResult::Failed(why),
+    }
+    ack
+}
+
+/// The calls of a body, addressable by index, and the bytes around them.
+struct Split<'a> {
+    body: &'a [u8],
+    ends: &'a [u32],
+}
+
+/// What every batch body starts with (see `pack.rs`).
+const BATCH_PREFIX: &[u8] = b"{\"batch\":[";
+
+impl<'a> Split<'a> {
+    /// `None` unless `ends` describes `calls` comma-separated calls inside `body`.
+    fn new(body: &'a [u8], ends: &'a [u32], calls: usize) -> Option<Self> {
+        if ends.is_empty() || ends.len() != calls || !body.starts_with(BATCH_PREFIX) {
+            return None;
+        }
+        let mut start = BATCH_PREFIX.len();
+        for (i, &end) in ends.iter().enumerate() {
+            let end = end as usize;
+            if end <= start || end > body.len() || (i > 0 && body[start - 1] != b',') {
+                return None;
+            }
+            start = end + 1;
+        }
+        Some(Split { body, ends })
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn call(&self, i: usize) -> &'a [u8] {
+        let start = if i == 0 {
+            BATCH_PREFIX.len()
+        } else {
+            self.ends[i - 1] as usize + 1
+        };
+        &self.body[start..self.ends[i] as usize]
+    }
+
+    /// A body holding the calls in `r`, with the original's prefix and whatever follows
+    /// its last call (`]}`, or top-level keys after the array).
+    fn body(&self, r: Range<usize>) -> Vec<u8> {
+        let suffix = &self.body[*self.ends.last().unwrap_or(&0) as usize..];
+        let mut out = Vec::with_capacity(BATCH_PREFIX.len() + suffix.len() + 64 * r.len());
+        out.extend_from_slice(BATCH_PREFIX);
+        for i in r.clone() {
+            if i > r.start {
+                out.push(b',');
+            }
+            out.extend_from_slice(self.call(i));
+        }
+        out.extend_from_slice(suffix);
+        out
     }
 }
 
-fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
+/// Isolates the refused calls of one request by halving.
+struct Bisect<'a> {
+    split: &'a Split<'a>,
+    path: &'a str,
+    origins: &'a [CallOrigin],
+    inputs: &'a [Arc<InputInfo>],
+    delivered: u32,
+    rejects: Vec<u8>,
+}
+
+impl Bisect<'_> {
+    /// Delivers the valid calls of `r` and rejects the others. `refused`: the server's
+    /// answer when `r` is already known to hold a refused call (so it is not sent again).
+    /// Returns whether all of `r` was accepted.
+    fn run(
+        &mut self,
+        s: &mut Poster<'_>,
+        r: Range<usize>,
+        refused: Option<String>,
+        ack: &mut Ack,
+    ) -> Result<bool, Halt> {
+        let why = match refused {
+            Some(why) => why,
+            None => {
+                let body = Arc::new(self.split.body(r.clone()));
+                match s.send(self.path, &body, r.len() as u32, ack) {
+                    Sent::Accepted => {
+                        self.delivered += r.len() as u32;
+                        return Ok(true);
+                    }
+                    Sent::Refused(why) => why,
+                    Sent::Failed(why) => return Err(Halt::Failed(why)),
+                    Sent::Stopped => return Err(Halt::Stopped),
+                }
+            }
+        };
+        if r.len() == 1 {
+            self.reject(r.start, why);
+            return Ok(false);
+        }
+        let mid = r.start + r.len() / 2;
+        let left_ok = self.run(s, r.start..mid, None, ack)?;
+        // The whole was refused and its left half accepted: the right half holds a
+        // refused call, so it need not be tried whole (unless it is one call, whose own
+        // answer is the best reason to report).
+        let right_known = (left_ok && r.end - mid > 1).then_some(why);
+        self.run(s, mid..r.end, right_known, ack)?;
+        Ok(false)
+    }
+
+    fn reject(&mut self, i: usize, why: String) {
+        let origin = self.origins[i];
+        let input = self.inputs.get(origin.input as usize).map(|i| &**i);
+        let r = Reject {
+            code: "invalid_call",
+            detail: why,
+        };
+        crate::pipeline::write_call_reject(
+            &mut self.rejects,
+            input,
+            origin.row,
+            self.split.call(i),
+            &r,
+        );
+    }
+}
+
+/// Sleeps `d` in slices; returns false (early) once `stop` is set.
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
     let end = Instant::now() + d;
-    while !stop.load(Ordering::Relaxed) {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
         let now = Instant::now();
         if now >= end {
-            return;
+            return true;
         }
         std::thread::sleep((end - now).min(Duration::from_millis(100)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry::Attempt;
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Answers from a script: refuses (400) any body holding a `"bad"` call, counts posts.
+    struct Fake {
+        status: Option<u16>,
+        posts: Mutex<Vec<String>>,
+    }
+
+    impl Transport for Fake {
+        fn post(&self, _: &str, body: &Arc<Vec<u8>>, _: bool) -> Attempt {
+            let text = String::from_utf8_lossy(body).into_owned();
+            self.posts.lock().unwrap().push(text.clone());
+            let status = match self.status {
+                Some(s) => s,
+                None if text.contains("bad") => 400,
+                None => 200,
+            };
+            Attempt::Response {
+                status,
+                retry_after: None,
+                body: format!("answer {status}"),
+            }
+        }
+    }
+
+    fn work(calls: &[&str]) -> Work {
+        let mut body = BATCH_PREFIX.to_vec();
+        let mut call_ends = Vec::new();
+        for (i, c) in calls.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(c.as_bytes());
+            call_ends.push(body.len() as u32);
+        }
+        body.extend_from_slice(b"],\"context\":{\"k\":1}}");
+        Work {
+            seq: 0,
+            path: "/v1/batch",
+            body: Some(Arc::new(body)),
+            calls: calls.len() as u32,
+            call_ends,
+            origins: (0..calls.len() as u64)
+                .map(|row| CallOrigin { input: 0, row })
+                .collect(),
+            ..Work::default()
+        }
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 2,
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(2),
+            strict: true,
+            gzip: false,
+        }
+    }
+
+    fn run(fake: &Fake, w: Work) -> Ack {
+        let gate = Gate::new(None, None);
+        let stop = AtomicBool::new(false);
+        let mut p = Poster {
+            transport: fake,
+            gate: &gate,
+            policy: policy(),
+            stop: &stop,
+            jitter: Jitter::new(),
+        };
+        deliver(w, &mut p, &[])
+    }
+
+    #[test]
+    fn sub_bodies_keep_prefix_and_suffix() {
+        let w = work(&[r#"{"a":1}"#, r#"{"b":2}"#, r#"{"c":3}"#]);
+        let body = w.body.clone().unwrap();
+        let s = Split::new(&body, &w.call_ends, 3).expect("well formed");
+        assert_eq!(s.call(1), br#"{"b":2}"#);
+        assert_eq!(
+            String::from_utf8(s.body(1..3)).unwrap(),
+            r#"{"batch":[{"b":2},{"c":3}],"context":{"k":1}}"#
+        );
+        assert!(Split::new(&body, &w.call_ends, 2).is_none());
+        assert!(Split::new(&body, &[5, 12], 2).is_none());
+    }
+
+    #[test]
+    fn refused_calls_are_isolated_and_the_rest_delivered() {
+        let calls = [
+            r#"{"n":0}"#,
+            r#"{"n":"bad1"}"#,
+            r#"{"n":2}"#,
+            r#"{"n":3}"#,
+            r#"{"n":4}"#,
+            r#"{"n":"bad5"}"#,
+            r#"{"n":6}"#,
+        ];
+        let fake = Fake {
+            status: None,
+            posts: Mutex::new(Vec::new()),
+        };
+        let ack = run(&fake, work(&calls));
+        assert_eq!(ack.result, AckResult::Delivered);
+        assert_eq!(ack.delivered_calls, 5);
+        let lines: Vec<serde_json::Value> = ack
+            .server_rejects
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["row"], 2);
+        assert_eq!(lines[0]["reason"], "invalid_call");
+        assert_eq!(lines[0]["detail"], "answer 400");
+        assert_eq!(lines[0]["call"]["n"], "bad1");
+        assert_eq!(lines[1]["row"], 6);
+        // Every accepted body together holds each good call exactly once.
+        let posts = fake.posts.lock().unwrap();
+        let mut accepted: Vec<String> = Vec::new();
+        for p in posts.iter().filter(|p| !p.contains("bad")) {
+            let v: serde_json::Value = serde_json::from_str(p).unwrap();
+            assert_eq!(v["context"]["k"], 1);
+            for c in v["batch"].as_array().unwrap() {
+                accepted.push(c["n"].to_string());
+            }
+        }
+        accepted.sort();
+        assert_eq!(accepted, ["0", "2", "3", "4", "6"]);
+    }
+
+    #[test]
+    fn running_out_of_retries_fails_naming_the_answer() {
+        let fake = Fake {
+            status: Some(503),
+            posts: Mutex::new(Vec::new()),
+        };
+        let ack = run(&fake, work(&[r#"{"n":0}"#]));
+        let AckResult::Failed(why) = &ack.result else {
+            panic!("{:?}", ack.result)
+        };
+        assert!(
+            why.contains("HTTP 503") && why.contains("3 attempts"),
+            "{why}"
+        );
+        assert_eq!(ack.retries, 2);
+        assert_eq!(ack.delivered_calls, 0);
+        assert_eq!(fake.posts.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        let body = br#"{"batch":[{"type":"track"}]}"#.repeat(20);
+        let z = gzip(&body).unwrap();
+        assert!(z.len() < body.len());
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&z[..]), &mut out).unwrap();
+        assert_eq!(out, body);
     }
 }

@@ -12,7 +12,8 @@ use crate::config::ApiKey;
 
 /// Sends one request body to a path such as `/v1/batch`.
 pub trait Transport: Send + Sync {
-    fn post(&self, path: &str, body: &Arc<Vec<u8>>) -> Attempt;
+    /// `gzipped`: `body` is already gzip-compressed; say so in `Content-Encoding`.
+    fn post(&self, path: &str, body: &Arc<Vec<u8>>, gzipped: bool) -> Attempt;
 }
 
 /// Lets isahc stream a shared body without copying it for each attempt.
@@ -24,7 +25,9 @@ impl AsRef<[u8]> for Shared {
     }
 }
 
-/// HTTPS (or loopback HTTP) to a Segment-compatible API.
+/// HTTPS (or loopback HTTP) to a Segment-compatible API, through one client shared by
+/// every worker: connections are kept alive and reused (up to `max_connections` to the
+/// host), and HTTP/2 is used where the server offers it (ALPN), HTTP/1.1 otherwise.
 pub struct HttpTransport {
     client: HttpClient,
     base: String,
@@ -70,11 +73,16 @@ impl HttpTransport {
 }
 
 impl Transport for HttpTransport {
-    fn post(&self, path: &str, body: &Arc<Vec<u8>>) -> Attempt {
+    fn post(&self, path: &str, body: &Arc<Vec<u8>>, gzipped: bool) -> Attempt {
         let len = body.len() as u64;
-        let req = Request::post(format!("{}{}", self.base, path)).body(
-            isahc::Body::from_reader_sized(Cursor::new(Shared(body.clone())), len),
-        );
+        let mut req = Request::post(format!("{}{}", self.base, path));
+        if gzipped {
+            req = req.header("Content-Encoding", "gzip");
+        }
+        let req = req.body(isahc::Body::from_reader_sized(
+            Cursor::new(Shared(body.clone())),
+            len,
+        ));
         let req = match req {
             Ok(r) => r,
             Err(e) => {
@@ -146,7 +154,7 @@ impl DryRunTransport {
 }
 
 impl Transport for DryRunTransport {
-    fn post(&self, _path: &str, body: &Arc<Vec<u8>>) -> Attempt {
+    fn post(&self, _path: &str, body: &Arc<Vec<u8>>, _gzipped: bool) -> Attempt {
         if let Some(o) = &self.out {
             let mut w = o.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = w.write_all(body).and_then(|_| w.write_all(b"\n")) {

@@ -50,6 +50,8 @@ pub(crate) fn serve_connection(shared: &Shared, stream: TcpStream) {
     // Responses are single writes; Nagle would only delay them.
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+    // A client that never reads its answers must not pin this thread forever.
+    let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
     let mut conn = Conn {
         reader: BufReader::with_capacity(READ_BUFFER, stream),
         head: Vec::new(),
@@ -504,7 +506,9 @@ fn settle(shared: &Shared, d: &Delta, ids: &[u128]) {
     inj.invalid += d.injected_invalid;
     inj.rps_limited += d.rps_limited;
     if let Some(by_type) = d.accepted {
-        s.bytes += d.request_bytes;
+        if by_type.iter().any(|&n| n > 0) {
+            s.bytes += d.request_bytes;
+        }
         for t in CallType::ALL {
             let n = by_type[t.index()];
             s.calls_accepted += n;

@@ -33,8 +33,8 @@ pub struct Stats {
     pub unique_message_ids: u64,
     /// Accepted calls whose messageId had been accepted before.
     pub duplicate_message_ids: u64,
-    /// Decompressed body bytes of requests whose calls were accepted (all or, without
-    /// strict mode, the valid ones).
+    /// Decompressed body bytes of requests that had calls accepted (all of them or,
+    /// without strict mode, the valid ones; the whole body counts either way).
     pub bytes: u64,
     pub violations: Violations,
     /// The largest decompressed request body read, accepted or not.

@@ -6,20 +6,37 @@
 //! source (NDJSON, Parquet) hands typed [`Field`]s, an untyped one (CSV) hands raw text
 //! that the mapping's column types interpret.
 //!
+//! Every name a schema resolves is also recorded on the input ([`InputInfo::columns`]):
+//! the run resolves the mapping on a first open, and the open that then reads the input
+//! uses that record to read only the mapped columns (Parquet projection) or to extract
+//! only the mapped paths (NDJSON). An input opened before anything was resolved reads
+//! every column.
+//!
+//! Inputs are read in a stable order: the arguments in the order given; the files under
+//! a directory, or matching a glob pattern, sorted by path (byte order).
+//!
 //! Invariant: rows are produced in input order and every row read is counted, whether it
-//! maps, is rejected by the mapper, or is rejected by the source itself (wrong field count).
+//! maps, is rejected by the mapper, or is rejected by the source itself (wrong field count,
+//! malformed JSON).
 
+pub mod compress;
 pub mod csv;
+pub mod ndjson;
+pub mod parquet;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use compress::{Compression, Origin, StdinReplay};
+
 /// Where a row starts, precisely enough to seek back to it on resume.
 ///
-/// `row` counts data rows from 0 within the input. `offset` is the byte offset of the
-/// row's first byte (CSV, NDJSON) in the (decompressed) stream.
+/// `row` counts data rows from 0 within the input. `offset` is, for CSV and NDJSON, the
+/// byte offset of the row's first byte in the (decompressed) stream; for Parquet it is
+/// the index of the row group that holds the row (the row number alone says where to
+/// start; the group index is kept so a reject line says where to look).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
 pub struct Position {
     pub input: u32,
@@ -32,32 +49,142 @@ pub struct Position {
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Csv,
+    Ndjson,
+    Parquet,
 }
 
 impl Format {
-    /// The format named by a file's extension, if any.
+    /// The format named by a file's extension (after any `.gz`/`.zst`), if any.
     pub fn from_path(path: &Path) -> Option<Format> {
         let name = path.file_name()?.to_str()?.to_ascii_lowercase();
-        if name.ends_with(".csv") || name.ends_with(".tsv") || name.ends_with(".txt") {
-            Some(Format::Csv)
-        } else {
-            None
+        let name = Compression::strip(&name);
+        let ext = name.rsplit_once('.')?.1;
+        match ext {
+            "csv" | "tsv" | "txt" => Some(Format::Csv),
+            "ndjson" | "jsonl" | "json" => Some(Format::Ndjson),
+            "parquet" | "pq" => Some(Format::Parquet),
+            _ => None,
+        }
+    }
+
+    /// `csv`, `ndjson` (or `jsonl`, `json`), `parquet`.
+    pub fn parse(s: &str) -> Option<Format> {
+        match s.to_ascii_lowercase().as_str() {
+            "csv" | "tsv" => Some(Format::Csv),
+            "ndjson" | "jsonl" | "json" => Some(Format::Ndjson),
+            "parquet" => Some(Format::Parquet),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Ndjson => "ndjson",
+            Format::Parquet => "parquet",
         }
     }
 }
+
+/// A byte stream of a text input (decompressed, buffered).
+pub type Stream = Box<dyn std::io::BufRead + Send>;
+
+/// The input argument that means standard input.
+pub const STDIN_ARG: &str = "-";
 
 /// One input as the rest of the pipeline knows it.
 #[derive(Debug)]
 pub struct InputInfo {
     /// Index in the run's ordered input list.
     pub index: u32,
-    /// The path as the user gave it (or as found under a directory they gave).
+    /// The path as the user gave it (or as found under a directory they gave);
+    /// `-` for standard input.
     pub path: PathBuf,
     /// The path as shown in rejects and messages.
     pub display: String,
     pub format: Format,
     /// The per-input part of every messageId ([`crate::map::message_id::input_seed`]).
     pub seed: u64,
+    /// Compression the file name says (`None`: the first bytes decide).
+    pub compression: Compression,
+    /// The column names resolved against this input so far, in first-resolved order.
+    pub columns: ColumnRegistry,
+    /// Set for standard input: what earlier opens consumed.
+    pub stdin: Option<Arc<StdinReplay>>,
+}
+
+impl InputInfo {
+    /// An input at `path`, as [`discover`] makes them.
+    pub fn new(index: u32, path: PathBuf, format: Format, namespace: &str) -> InputInfo {
+        let is_stdin = path.as_os_str() == STDIN_ARG;
+        let display = if is_stdin {
+            "<stdin>".to_string()
+        } else {
+            path.display().to_string()
+        };
+        InputInfo {
+            index,
+            seed: crate::map::message_id::input_seed(namespace, &display),
+            compression: path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map_or(Compression::None, Compression::from_name),
+            columns: ColumnRegistry::default(),
+            stdin: is_stdin.then(Default::default),
+            path,
+            display,
+            format,
+        }
+    }
+
+    /// A plain file (not stdin, not compressed) can be seeked to a byte offset.
+    fn seekable(&self) -> bool {
+        self.stdin.is_none() && self.compression == Compression::None
+    }
+
+    fn open_stream(&self) -> Result<(Stream, Compression), SourceError> {
+        let origin = match &self.stdin {
+            Some(r) => Origin::Stdin(r),
+            None => Origin::File(&self.path),
+        };
+        compress::open_stream(origin, self.compression).map_err(|source| SourceError::Open {
+            path: self.display.clone(),
+            source,
+        })
+    }
+}
+
+/// The names a mapping resolved against one input. A name's index here is stable for
+/// the whole run, so sources can hand out `ColumnRef::Path(index)`.
+#[derive(Debug, Default)]
+pub struct ColumnRegistry(Mutex<Vec<String>>);
+
+impl ColumnRegistry {
+    /// The index of `name`, recording it first if it is new.
+    pub fn id(&self, name: &str) -> usize {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match v.iter().position(|n| n == name) {
+            Some(i) => i,
+            None => {
+                v.push(name.to_string());
+                v.len() - 1
+            }
+        }
+    }
+
+    /// How many names are recorded.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every name recorded so far, in index order.
+    pub fn snapshot(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// A value as a source hands it to the mapper.
@@ -68,7 +195,7 @@ pub enum Field<'a> {
     /// An explicit null.
     Null,
     /// Untyped text (every CSV field): the mapping's column type decides what it becomes.
-    /// Not yet checked for UTF-8.
+    /// Not yet checked for UTF-8. Parquet decimals come as their exact decimal text.
     Raw(&'a [u8]),
     /// A typed string (valid UTF-8, unescaped).
     Str(&'a str),
@@ -85,8 +212,10 @@ pub enum Field<'a> {
 /// How a column name from the mapping was resolved against a source's schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ColumnRef {
-    /// The n-th field of each row (CSV, Parquet projection).
+    /// The n-th field of each row (CSV), or the n-th top-level column (Parquet).
     Index(usize),
+    /// Entry n of the input's [`ColumnRegistry`]: a key or nested path (NDJSON).
+    Path(usize),
 }
 
 /// What a source knows of its columns before reading rows.
@@ -105,7 +234,8 @@ pub trait Row {
     /// A problem the source found with the row itself (e.g. wrong field count), to be
     /// rejected with this reason before mapping.
     fn source_problem(&self) -> Option<String>;
-    /// 1-based physical line of the row in its file, where the format has lines.
+    /// 1-based physical line of the row in its file, where the format has lines
+    /// (Parquet: 0).
     fn line(&self) -> u64;
 }
 
@@ -113,38 +243,51 @@ pub trait Row {
 /// mapping, so their buffers are allocated once per run, not once per row.
 pub enum Chunk {
     Csv(csv::CsvChunk),
+    Ndjson(ndjson::NdjsonChunk),
+    Parquet(parquet::ParquetChunk),
 }
 
 impl Chunk {
     pub fn len(&self) -> usize {
         match self {
             Chunk::Csv(c) => c.len,
+            Chunk::Ndjson(c) => c.len,
+            Chunk::Parquet(c) => c.len,
         }
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Byte offset at which row `i` of the chunk starts.
+    /// Where row `i` of the chunk starts: its byte offset (CSV, NDJSON) or its row group
+    /// (Parquet); see [`Position`].
     pub fn row_offset(&self, i: usize) -> u64 {
         match self {
             Chunk::Csv(c) => c.offsets[i],
+            Chunk::Ndjson(c) => c.offsets[i],
+            Chunk::Parquet(c) => c.row_group(i),
         }
     }
     pub fn input(&self) -> &Arc<InputInfo> {
         match self {
             Chunk::Csv(c) => &c.input,
+            Chunk::Ndjson(c) => &c.input,
+            Chunk::Parquet(c) => &c.input,
         }
     }
     /// Data-row number (0-based) of the chunk's first row.
     pub fn first_row(&self) -> u64 {
         match self {
             Chunk::Csv(c) => c.first_row,
+            Chunk::Ndjson(c) => c.first_row,
+            Chunk::Parquet(c) => c.first_row,
         }
     }
     /// Position just past the chunk's last row.
     pub fn end(&self) -> Position {
         match self {
             Chunk::Csv(c) => c.end,
+            Chunk::Ndjson(c) => c.end,
+            Chunk::Parquet(c) => c.end,
         }
     }
 }
@@ -174,15 +317,80 @@ pub struct SourceOptions {
     pub csv: csv::CsvOptions,
 }
 
+fn is_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Files under directories and glob matches whose name starts with `.` or `_` are
+/// skipped: exporters leave markers such as `_SUCCESS` and `.part-0.crc` beside the data.
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.') || n.starts_with('_'))
+}
+
 /// Expands the user's input arguments into the ordered list of inputs: files as given,
-/// directories walked (recursively, sorted by path) for files of a known format.
+/// `-` for standard input (CSV or NDJSON, `--format` required), directories walked
+/// (recursively) and glob patterns (`exports/*.csv.gz`, `data/**/*.parquet`) expanded,
+/// each sorted by path.
 pub fn discover(
     paths: &[PathBuf],
     namespace: &str,
     opts: &SourceOptions,
 ) -> Result<Vec<Arc<InputInfo>>, SourceError> {
     let mut files: Vec<(PathBuf, Format)> = Vec::new();
+    let mut stdin_seen = false;
     for p in paths {
+        let text = p.to_string_lossy();
+        if text == STDIN_ARG {
+            let format = match opts.format {
+                Some(Format::Parquet) => {
+                    return Err(SourceError::Other(
+                        "Parquet cannot be read from standard input (it needs to seek); write it to a file first".into(),
+                    ))
+                }
+                Some(f) => f,
+                None => {
+                    return Err(SourceError::Other(
+                        "reading standard input (-) needs --format csv or --format ndjson".into(),
+                    ))
+                }
+            };
+            if stdin_seen {
+                return Err(SourceError::Other(
+                    "standard input (-) is given twice; it can be read only once".into(),
+                ));
+            }
+            stdin_seen = true;
+            files.push((p.clone(), format));
+            continue;
+        }
+        if is_glob(&text) && std::fs::metadata(p).is_err() {
+            let matches = glob::glob(&text).map_err(|e| {
+                SourceError::Other(format!("input pattern \"{text}\" is not valid: {e}"))
+            })?;
+            let mut found = Vec::new();
+            for m in matches {
+                let m = m.map_err(|e| SourceError::Open {
+                    path: e.path().display().to_string(),
+                    source: std::io::Error::new(e.error().kind(), e.error().to_string()),
+                })?;
+                if m.is_dir() {
+                    walk(&m, &mut found, opts)?;
+                } else if !is_hidden(&m) {
+                    let f = file_format(&m, opts)?;
+                    found.push((m, f));
+                }
+            }
+            if found.is_empty() {
+                return Err(SourceError::Other(format!(
+                    "input pattern \"{text}\" matches no files; check the path (quote the pattern so the shell does not expand it)"
+                )));
+            }
+            found.sort();
+            files.extend(found);
+            continue;
+        }
         let meta = std::fs::metadata(p).map_err(|source| SourceError::Open {
             path: p.display().to_string(),
             source,
@@ -193,38 +401,32 @@ pub fn discover(
             found.sort();
             if found.is_empty() {
                 return Err(SourceError::Other(format!(
-                    "directory {} holds no .csv files",
+                    "directory {} holds no input files (.csv, .tsv, .ndjson, .jsonl, .json, .parquet, optionally .gz or .zst); pass --format to read files with other names",
                     p.display()
                 )));
             }
             files.extend(found);
         } else {
-            let format = opts
-                .format
-                .or_else(|| Format::from_path(p))
-                .ok_or_else(|| {
-                    SourceError::Other(format!(
-                        "cannot tell the format of {} from its name; pass --format csv",
-                        p.display()
-                    ))
-                })?;
+            let format = file_format(p, opts)?;
             files.push((p.clone(), format));
         }
     }
     Ok(files
         .into_iter()
         .enumerate()
-        .map(|(i, (path, format))| {
-            let display = path.display().to_string();
-            Arc::new(InputInfo {
-                index: i as u32,
-                seed: crate::map::message_id::input_seed(namespace, &display),
-                path,
-                display,
-                format,
-            })
-        })
+        .map(|(i, (path, format))| Arc::new(InputInfo::new(i as u32, path, format, namespace)))
         .collect())
+}
+
+fn file_format(p: &Path, opts: &SourceOptions) -> Result<Format, SourceError> {
+    opts.format
+        .or_else(|| Format::from_path(p))
+        .ok_or_else(|| {
+            SourceError::Other(format!(
+                "cannot tell the format of {} from its name; pass --format csv, ndjson or parquet",
+                p.display()
+            ))
+        })
 }
 
 fn walk(
@@ -242,6 +444,9 @@ fn walk(
             source,
         })?;
         let path = entry.path();
+        if is_hidden(&path) {
+            continue;
+        }
         let ft = entry.file_type().map_err(|source| SourceError::Open {
             path: path.display().to_string(),
             source,
@@ -249,7 +454,7 @@ fn walk(
         if ft.is_dir() {
             walk(&path, out, opts)?;
         } else if ft.is_file() {
-            if let Some(f) = Format::from_path(&path).or(opts.format) {
+            if let Some(f) = opts.format.or_else(|| Format::from_path(&path)) {
                 out.push((path, f));
             }
         }
@@ -260,12 +465,16 @@ fn walk(
 /// An open input, ready to fill chunks.
 pub enum Opened {
     Csv(csv::CsvSource),
+    Ndjson(ndjson::NdjsonSource),
+    Parquet(parquet::ParquetSource),
 }
 
 impl Opened {
     pub fn schema(&self) -> &dyn Schema {
         match self {
             Opened::Csv(s) => s.header().as_ref(),
+            Opened::Ndjson(s) => s.schema().as_ref(),
+            Opened::Parquet(s) => s.schema().as_ref(),
         }
     }
 
@@ -273,6 +482,8 @@ impl Opened {
     pub fn new_chunk(&self, input: &Arc<InputInfo>) -> Chunk {
         match self {
             Opened::Csv(s) => Chunk::Csv(csv::CsvChunk::new(input.clone(), s.header().clone())),
+            Opened::Ndjson(s) => Chunk::Ndjson(s.new_chunk()),
+            Opened::Parquet(s) => Chunk::Parquet(s.new_chunk()),
         }
     }
 
@@ -281,24 +492,133 @@ impl Opened {
     pub fn fill(&mut self, chunk: &mut Chunk, max_rows: usize) -> Result<(), SourceError> {
         match (self, chunk) {
             (Opened::Csv(s), Chunk::Csv(c)) => s.fill(c, max_rows),
+            (Opened::Ndjson(s), Chunk::Ndjson(c)) => s.fill(c, max_rows),
+            (Opened::Parquet(s), Chunk::Parquet(c)) => s.fill(c, max_rows),
+            (s, c) => {
+                // The reader swaps a chunk of the wrong kind for a new one; never a panic.
+                *c = s.new_chunk(c.input());
+                s.fill(c, max_rows)
+            }
         }
     }
 }
 
+fn csv_options(input: &InputInfo, opts: &SourceOptions) -> csv::CsvOptions {
+    let mut o = opts.csv;
+    // A `.tsv` file is tab-separated unless the user chose another delimiter.
+    let name = Compression::strip(&input.display).to_ascii_lowercase();
+    if o.delimiter == b',' && name.ends_with(".tsv") {
+        o.delimiter = b'\t';
+    }
+    o
+}
+
 /// Opens an input and reads its header or schema.
 pub fn open(input: &Arc<InputInfo>, opts: &SourceOptions) -> Result<Opened, SourceError> {
-    let file = std::fs::File::open(&input.path).map_err(|source| SourceError::Open {
-        path: input.display.clone(),
-        source,
-    })?;
-    let stream: Box<dyn std::io::Read + Send> = Box::new(file);
     match input.format {
-        Format::Csv => Ok(Opened::Csv(csv::CsvSource::open(
+        Format::Csv => {
+            let (stream, _) = input.open_stream()?;
+            Ok(Opened::Csv(csv::CsvSource::open(
+                input.clone(),
+                stream,
+                csv_options(input, opts),
+            )?))
+        }
+        Format::Ndjson => {
+            let (stream, _) = input.open_stream()?;
+            let mut s = ndjson::NdjsonSource::open(input.clone(), stream)?;
+            // One limit for every text format; it travels with the CSV options.
+            s.set_max_record_bytes(opts.csv.max_record_bytes);
+            Ok(Opened::Ndjson(s))
+        }
+        Format::Parquet => Ok(Opened::Parquet(parquet::ParquetSource::open(
             input.clone(),
-            stream,
-            opts.csv,
+            0,
         )?)),
     }
+}
+
+/// Opens an input so that the first chunk filled starts at data row `pos.row`, whose
+/// first byte is at `pos.offset` (as a chunk's [`Chunk::end`] or a row's position said).
+///
+/// Plain CSV and NDJSON files seek to the byte offset (CSV reads its header from the
+/// start first); line numbers after the seek are found by counting the newlines before
+/// the offset, a sequential scan at memory speed with no parsing. Compressed streams and
+/// standard input cannot seek: they are decompressed and parsed from the start and
+/// `pos.row` rows are skipped, which costs about as much as reading those rows. Parquet
+/// skips whole row groups using the file's metadata, then the rows before `pos.row`
+/// within its group.
+pub fn open_at(
+    input: &Arc<InputInfo>,
+    opts: &SourceOptions,
+    pos: Position,
+) -> Result<Opened, SourceError> {
+    if pos.row == 0 {
+        return open(input, opts);
+    }
+    match input.format {
+        Format::Parquet => Ok(Opened::Parquet(parquet::ParquetSource::open(
+            input.clone(),
+            pos.row,
+        )?)),
+        Format::Csv | Format::Ndjson => {
+            let mut opened = open(input, opts)?;
+            if input.seekable() {
+                let (file, line) = seek_file(input, pos.offset)?;
+                match &mut opened {
+                    Opened::Csv(s) => s.reposition(file, pos, line),
+                    Opened::Ndjson(s) => s.reposition(file, pos, line),
+                    Opened::Parquet(_) => {}
+                }
+            } else {
+                match &mut opened {
+                    Opened::Csv(s) => s.skip_rows(pos.row)?,
+                    Opened::Ndjson(s) => s.skip_rows(pos.row)?,
+                    Opened::Parquet(_) => {}
+                }
+            }
+            Ok(opened)
+        }
+    }
+}
+
+/// The file opened at `offset`, and the 1-based line number there.
+fn seek_file(
+    input: &InputInfo,
+    offset: u64,
+) -> Result<(Stream, u64), SourceError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let open_err = |source| SourceError::Open {
+        path: input.display.clone(),
+        source,
+    };
+    let mut file = std::fs::File::open(&input.path).map_err(open_err)?;
+    let len = file.metadata().map_err(open_err)?.len();
+    if offset > len {
+        return Err(SourceError::Read {
+            path: input.display.clone(),
+            message: format!(
+                "cannot resume at byte {offset}: the file is only {len} bytes long, so it changed since the checkpoint was written"
+            ),
+        });
+    }
+    let mut newlines = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = offset;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = file.read(&mut buf[..want]).map_err(open_err)?;
+        if n == 0 {
+            break;
+        }
+        newlines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+        left -= n as u64;
+    }
+    file.seek(SeekFrom::Start(offset)).map_err(open_err)?;
+    Ok((
+        Box::new(std::io::BufReader::with_capacity(256 * 1024, file)),
+        newlines + 1,
+    ))
 }
 
 /// Appends `s` as a JSON string literal (quotes included) to `out`.

@@ -1,0 +1,107 @@
+//! Mapping and its primitives.
+//!
+//! - `map/events_{csv,ndjson,parquet}`: `map_chunk` with `fixtures/events.toml` over
+//!   chunks already in memory, in rows/s (one thread; a run maps chunks on every core).
+//! - `timestamp/*`: `parse_rfc3339` on the offset forms the generator writes, in values/s.
+//! - `message_id`: `write_message_id`, in ids/s.
+//!
+//! Quick check: `cargo bench --bench map -- --test`.
+
+mod common;
+
+use std::hint::black_box;
+
+use cdp_backfill::map::encode::{map_chunk, EmitKind, Mapped};
+use cdp_backfill::map::message_id::write_message_id;
+use cdp_backfill::map::timestamp::parse_rfc3339;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+const ROWS: u64 = 20_000;
+
+fn map_events(c: &mut Criterion) {
+    let mut g = c.benchmark_group("map");
+    g.throughput(Throughput::Elements(ROWS));
+    for (format, bytes) in [
+        ("csv", common::csv_bytes(ROWS)),
+        ("ndjson", common::ndjson_bytes(ROWS)),
+        ("parquet", common::parquet_bytes(ROWS)),
+    ] {
+        let path = common::input_file(&format!("map-events.{format}"), &bytes);
+        let input = common::input_info(&path);
+        let mapping = common::events_mapping(&input);
+        let opts = common::encode_options();
+        let chunks = common::read_chunks(&input);
+        let mut out = Mapped::default();
+
+        // The work is what we think it is: nearly every row becomes one call.
+        let mut calls = 0;
+        for chunk in &chunks {
+            map_chunk(chunk, &mapping, &opts, &mut out);
+            calls += out
+                .emits
+                .iter()
+                .filter(|e| matches!(e.kind, EmitKind::Call(_)))
+                .count();
+        }
+        assert!(
+            calls as u64 > ROWS * 99 / 100,
+            "{format}: only {calls} calls"
+        );
+
+        g.bench_function(format!("events_{format}"), |b| {
+            b.iter(|| {
+                for chunk in &chunks {
+                    map_chunk(black_box(chunk), &mapping, &opts, &mut out);
+                }
+                black_box(out.calls.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+fn timestamps(c: &mut Criterion) {
+    // The forms the generator writes, cycled so branch prediction sees a mix.
+    let values: &[&[u8]] = &[
+        b"2023-03-06T12:21:12Z",
+        b"2021-11-30T23:59:59+00:00",
+        b"2020-02-29T08:00:00-05:00",
+        b"2024-07-01T00:00:01+09:00",
+        b"2019-01-01T12:34:56+05:30",
+        b"2022-06-15T10:20:30.250Z",
+        b"2023-12-31T23:59:59.123456+01:00",
+    ];
+    let mut g = c.benchmark_group("timestamp");
+    g.throughput(Throughput::Elements(values.len() as u64));
+    g.bench_function("parse_rfc3339", |b| {
+        b.iter(|| {
+            let mut sum = 0i64;
+            for v in values {
+                sum = sum.wrapping_add(parse_rfc3339(black_box(v)).expect("valid timestamps"));
+            }
+            sum
+        })
+    });
+    g.finish();
+}
+
+fn message_ids(c: &mut Criterion) {
+    const N: u64 = 1000;
+    let mut g = c.benchmark_group("message_id");
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("write_message_id", |b| {
+        let mut buf = [0u8; 36];
+        b.iter(|| {
+            let mut acc = 0u8;
+            for row in 0..N {
+                write_message_id(&mut buf, black_box(0x5eed), row, 0);
+                acc ^= buf[35];
+            }
+            acc
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, map_events, timestamps, message_ids);
+criterion_main!(benches);

@@ -1,0 +1,325 @@
+//! The checkpoint: a durable watermark of acknowledged work.
+//!
+//! It records where to resume (the position after the longest prefix of requests the
+//! server acknowledged), how long the rejects file was at that point, fingerprints of the
+//! inputs and a hash of everything that shapes the emitted calls, so a resume can refuse
+//! when the input or the mapping changed. Writes are atomic and durable: a temporary file
+//! in the same directory, fsync, rename over the old one, fsync the directory. A crash at
+//! any moment leaves either the old or the new checkpoint, never a torn one.
+
+pub mod window;
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::source::{InputInfo, Position};
+
+/// Bump when the format changes; an unknown version is refused, never guessed at.
+pub const VERSION: u32 = 1;
+/// How much of an input's head and tail the fingerprint hashes.
+const SAMPLE: u64 = 1 << 20;
+
+/// What identifies an input cheaply, even for a terabyte file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub path: String,
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub modified_ns: u128,
+    /// xxh3-64 of the first and last MiB (the whole file when smaller), hex.
+    pub sample_hash: String,
+}
+
+/// Cumulative counters over every run of this backfill.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub rows_done: u64,
+    pub rows_rejected: u64,
+    pub calls_delivered: u64,
+    pub requests: u64,
+    pub runs: u64,
+}
+
+/// The file's contents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub version: u32,
+    pub tool_version: String,
+    /// RFC 3339, UTC.
+    pub written_at: String,
+    /// The base URL (or `local`); never the key.
+    pub endpoint: String,
+    /// xxh3-64 of the mapping file and of the options that change the emitted calls.
+    pub config_hash: String,
+    pub inputs: Vec<Fingerprint>,
+    /// Everything before this position is delivered or rejected.
+    pub resume: Position,
+    /// True once every input is done.
+    pub complete: bool,
+    pub rejects_file: String,
+    /// Length of the rejects file that matches `resume`; a resume truncates to it.
+    pub rejects_len: u64,
+    /// Rows of each input once it has been read to the end (0 until then).
+    pub input_rows: Vec<u64>,
+    pub counters: Counters,
+}
+
+/// Why a checkpoint cannot be used. Each says the way out.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read checkpoint {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path} is corrupt or truncated ({why}). It was not used: nothing was sent. Inspect it, or start over with --restart.")]
+    Corrupt { path: String, why: String },
+    #[error("checkpoint {path} has version {found}, this cdp-backfill understands version {VERSION}. Use the cdp-backfill that wrote it, or start over with --restart.")]
+    Version { path: String, found: u64 },
+    #[error("checkpoint {path} does not match this run: {why}. Resuming would lose or duplicate rows. Run the same command as before, or start over with --restart (or choose another --checkpoint).")]
+    Mismatch { path: String, why: String },
+    #[error("cannot write checkpoint {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Fingerprints an input file.
+pub fn fingerprint(input: &InputInfo) -> std::io::Result<Fingerprint> {
+    let mut f = File::open(&input.path)?;
+    let meta = f.metadata()?;
+    let size = meta.len();
+    let modified_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; SAMPLE.min(size) as usize];
+    f.read_exact(&mut buf)?;
+    h.update(&buf);
+    if size > SAMPLE {
+        let tail = SAMPLE.min(size - SAMPLE);
+        f.seek(SeekFrom::Start(size - tail))?;
+        buf.resize(tail as usize, 0);
+        f.read_exact(&mut buf)?;
+        h.update(&buf);
+    }
+    Ok(Fingerprint {
+        path: input.display.clone(),
+        size,
+        modified_ns,
+        sample_hash: format!("{:016x}", h.digest()),
+    })
+}
+
+/// Reads a checkpoint. `Ok(None)` when there is none.
+pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
+    let text = match fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(CheckpointError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+        }
+    };
+    let corrupt = |why: String| CheckpointError::Corrupt {
+        path: path.display().to_string(),
+        why,
+    };
+    let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+    let version = v
+        .get("version")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| corrupt("no version field".into()))?;
+    if version != VERSION as u64 {
+        return Err(CheckpointError::Version {
+            path: path.display().to_string(),
+            found: version,
+        });
+    }
+    serde_json::from_value(v)
+        .map(Some)
+        .map_err(|e| corrupt(e.to_string()))
+}
+
+/// Checks that `cp` was written for this very run.
+pub fn check_matches(
+    cp: &Checkpoint,
+    path: &Path,
+    endpoint: &str,
+    config_hash: &str,
+    inputs: &[Fingerprint],
+) -> Result<(), CheckpointError> {
+    let mismatch = |why: String| CheckpointError::Mismatch {
+        path: path.display().to_string(),
+        why,
+    };
+    if cp.config_hash != config_hash {
+        return Err(mismatch(
+            "the mapping file or an option that shapes the calls (CSV dialect, size limits, format) changed".into(),
+        ));
+    }
+    if cp.endpoint != endpoint {
+        return Err(mismatch(format!(
+            "it was written for endpoint {}, this run sends to {endpoint}",
+            cp.endpoint
+        )));
+    }
+    if cp.inputs.len() != inputs.len() {
+        return Err(mismatch(format!(
+            "it lists {} inputs, this run has {}",
+            cp.inputs.len(),
+            inputs.len()
+        )));
+    }
+    for (old, new) in cp.inputs.iter().zip(inputs) {
+        if old.path != new.path {
+            return Err(mismatch(format!("input {} is now {}", old.path, new.path)));
+        }
+        if old.size != new.size || old.sample_hash != new.sample_hash || old.modified_ns != new.modified_ns {
+            return Err(mismatch(format!(
+                "input {} changed since the checkpoint was written (size, content or modification time)",
+                old.path
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Writes `cp` atomically and durably.
+pub fn store(path: &Path, cp: &Checkpoint) -> Result<(), CheckpointError> {
+    let err = |source| CheckpointError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut bytes = serde_json::to_vec_pretty(cp).map_err(|e| err(std::io::Error::other(e)))?;
+    bytes.push(b'\n');
+    let mut f = File::create(&tmp).map_err(err)?;
+    f.write_all(&bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(err)?;
+    // The rename is durable only once the directory entry is.
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// How far through the inputs `cp` is, 0.0 to 1.0, by bytes where positions are bytes.
+pub fn fraction_done(cp: &Checkpoint) -> f64 {
+    if cp.complete {
+        return 1.0;
+    }
+    let total: u64 = cp.inputs.iter().map(|i| i.size).sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let i = cp.resume.input as usize;
+    let before: u64 = cp.inputs.iter().take(i).map(|f| f.size).sum();
+    let within = cp.inputs.get(i).map_or(0, |f| cp.resume.offset.min(f.size));
+    (before + within) as f64 / total as f64
+}
+
+/// `cdp-backfill status`: a human description of a checkpoint.
+pub fn describe(cp: &Checkpoint) -> String {
+    let mut s = String::new();
+    let pct = fraction_done(cp) * 100.0;
+    s.push_str(&format!(
+        "checkpoint written {} by cdp-backfill {}\n",
+        cp.written_at, cp.tool_version
+    ));
+    s.push_str(&format!("  endpoint         {}\n", cp.endpoint));
+    s.push_str(&format!("  done             {pct:.1}%\n"));
+    s.push_str(&format!("  rows done        {}\n", cp.counters.rows_done));
+    s.push_str(&format!("  rows rejected    {}  ({}, {} bytes)\n", cp.counters.rows_rejected, cp.rejects_file, cp.rejects_len));
+    s.push_str(&format!("  calls delivered  {}\n", cp.counters.calls_delivered));
+    s.push_str(&format!("  requests         {}\n", cp.counters.requests));
+    s.push_str(&format!("  runs             {}\n", cp.counters.runs));
+    if cp.complete {
+        s.push_str("  a resume would do nothing: every input is done (use --restart to send again)\n");
+    } else {
+        let input = cp
+            .inputs
+            .get(cp.resume.input as usize)
+            .map_or("?", |f| f.path.as_str());
+        s.push_str(&format!(
+            "  a resume would continue {input} at row {} (byte {}), input {} of {}\n",
+            cp.resume.row + 1,
+            cp.resume.offset,
+            cp.resume.input + 1,
+            cp.inputs.len()
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Checkpoint {
+        Checkpoint {
+            version: VERSION,
+            tool_version: "0.1.0".into(),
+            written_at: "2026-11-28T12:00:00Z".into(),
+            endpoint: "local".into(),
+            config_hash: "abc".into(),
+            inputs: vec![Fingerprint {
+                path: "a.csv".into(),
+                size: 100,
+                modified_ns: 5,
+                sample_hash: "00".into(),
+            }],
+            resume: Position { input: 0, row: 10, offset: 50 },
+            complete: false,
+            rejects_file: "r.ndjson".into(),
+            rejects_len: 0,
+            input_rows: vec![0],
+            counters: Counters::default(),
+        }
+    }
+
+    #[test]
+    fn store_then_load_round_trips_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cp.json");
+        store(&p, &sample()).unwrap();
+        assert_eq!(load(&p).unwrap(), Some(sample()));
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!((fraction_done(&sample()) - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn corrupt_truncated_and_future_checkpoints_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cp.json");
+        let full = serde_json::to_string_pretty(&sample()).unwrap();
+        fs::write(&p, &full[..full.len() / 2]).unwrap();
+        assert!(matches!(load(&p), Err(CheckpointError::Corrupt { .. })));
+        fs::write(&p, "garbage").unwrap();
+        assert!(matches!(load(&p), Err(CheckpointError::Corrupt { .. })));
+        fs::write(&p, full.replace("\"version\": 1", "\"version\": 99")).unwrap();
+        assert!(matches!(load(&p), Err(CheckpointError::Version { found: 99, .. })));
+        assert!(load(&dir.path().join("none.json")).unwrap().is_none());
+    }
+}

@@ -1,0 +1,784 @@
+//! Parquet input: the `parquet` crate's Arrow reader, one record batch per chunk.
+//!
+//! Only the columns the mapping resolved are read (a [`ProjectionMask`] built from the
+//! input's [`super::ColumnRegistry`] when the first chunk is filled); a file opened
+//! before anything was resolved reads every column. Memory is one batch of the projected
+//! columns plus the reader's pages, whatever the file's size.
+//!
+//! Arrow values become [`Field`]s as follows (nested values as compact JSON):
+//! - integers → `Int`/`UInt`; floats → `Float`, with NaN and ±Infinity treated as null
+//!   (JSON has neither; the column's `empty` policy applies);
+//! - booleans → `Bool`; strings (also dictionary-encoded and views) → `Str`;
+//! - decimals → their exact decimal text as `Raw`, so `type = "auto"` writes a number
+//!   when it has at most 15 significant digits and a string otherwise (never rounds);
+//! - binary → a base64 (standard alphabet, padded) string;
+//! - timestamps of every unit, with or without a time zone → `TimestampNanos` (Arrow
+//!   stores instants as UTC; a zone-less timestamp is taken as UTC); dates → midnight
+//!   UTC of that day; both are written as UTC ISO 8601;
+//! - times of day → `"HH:MM:SS[.fraction]"`; durations → an integer in their unit;
+//! - lists → arrays, structs → objects, maps → objects (keys as strings), nested
+//!   timestamps as ISO 8601 strings; nulls → null.
+//!
+//! Intervals, unions and run-end-encoded columns are refused with an error naming the
+//! column, when such a column is mapped.
+//!
+//! Positions: a row's [`Position::offset`] is its row group's index.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::*;
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, TimeUnit};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
+
+use super::{ColumnRef, Field, InputInfo, Position, Row, Schema, SourceError};
+use crate::map::json;
+
+/// The top-level columns of a Parquet file.
+#[derive(Debug)]
+pub struct ParquetSchema {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+    input: Arc<InputInfo>,
+}
+
+impl Schema for ParquetSchema {
+    fn resolve(&self, name: &str) -> Option<ColumnRef> {
+        let i = *self.index.get(name)?;
+        self.input.columns.id(name);
+        Some(ColumnRef::Index(i))
+    }
+    fn column_names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+}
+
+/// How a column's values are read.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Null,
+    Bool,
+    I8,
+    I16,
+    I32,
+    I64,
+    U8,
+    U16,
+    U32,
+    U64,
+    F16,
+    F32,
+    F64,
+    Str,
+    LargeStr,
+    StrView,
+    Ts(TimeUnit),
+    Date32,
+    Date64,
+    Duration(TimeUnit),
+    /// Written into the chunk's arena when filled: decimal text (`Raw`), base64 or time
+    /// text (`Str`), or JSON.
+    Encoded(Enc),
+    Dict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Enc {
+    Raw,
+    Str,
+    Json,
+}
+
+/// One column of a batch, ready for [`Row::field`].
+struct ColView {
+    array: ArrayRef,
+    kind: Kind,
+    /// Arena spans per row (`Encoded`); `None` for null.
+    spans: Vec<Option<(usize, usize)>>,
+    /// Normalised keys (`Dict`) and the view of the dictionary's values.
+    keys: Vec<usize>,
+    values: Option<Box<ColView>>,
+}
+
+/// A chunk of Parquet rows: one record batch of the projected columns.
+pub struct ParquetChunk {
+    pub input: Arc<InputInfo>,
+    pub len: usize,
+    pub first_row: u64,
+    pub end: Position,
+    /// Cumulative row counts at the end of each row group.
+    group_ends: Arc<[u64]>,
+    /// Top-level column index → batch column index.
+    projection: Arc<[Option<usize>]>,
+    names: Vec<String>,
+    cols: Vec<ColView>,
+    arena: Vec<u8>,
+}
+
+impl ParquetChunk {
+    pub fn row(&self, i: usize) -> ParquetRow<'_> {
+        ParquetRow { chunk: self, i }
+    }
+
+    /// The row group that holds row `i` of the chunk.
+    pub fn row_group(&self, i: usize) -> u64 {
+        group_of(&self.group_ends, self.first_row + i as u64)
+    }
+}
+
+fn group_of(ends: &[u64], row: u64) -> u64 {
+    ends.partition_point(|&e| e <= row) as u64
+}
+
+/// A reader over one Parquet file.
+pub struct ParquetSource {
+    input: Arc<InputInfo>,
+    schema: Arc<ParquetSchema>,
+    builder: Option<ParquetRecordBatchReaderBuilder<File>>,
+    reader: Option<ParquetRecordBatchReader>,
+    group_ends: Arc<[u64]>,
+    projection: Arc<[Option<usize>]>,
+    next_row: u64,
+}
+
+impl ParquetSource {
+    /// Opens the file and reads its metadata; reading starts at data row `start_row`.
+    pub fn open(input: Arc<InputInfo>, start_row: u64) -> Result<Self, SourceError> {
+        let file = File::open(&input.path).map_err(|source| SourceError::Open {
+            path: input.display.clone(),
+            source,
+        })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+            SourceError::Read {
+                path: input.display.clone(),
+                message: format!(
+                    "cannot read the Parquet metadata (is the file complete? a truncated or damaged file has no readable footer): {e}"
+                ),
+            }
+        })?;
+        let names: Vec<String> = builder
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let mut index = HashMap::with_capacity(names.len());
+        for (i, n) in names.iter().enumerate() {
+            index.entry(n.clone()).or_insert(i);
+        }
+        let mut ends = Vec::with_capacity(builder.metadata().num_row_groups());
+        let mut total = 0u64;
+        for g in builder.metadata().row_groups() {
+            total += g.num_rows().max(0) as u64;
+            ends.push(total);
+        }
+        if start_row > 0 && start_row >= total {
+            return Err(SourceError::Read {
+                path: input.display.clone(),
+                message: format!(
+                    "cannot resume at row {}: the file has only {total} rows, so it changed since the checkpoint was written",
+                    start_row + 1
+                ),
+            });
+        }
+        let width = names.len();
+        Ok(ParquetSource {
+            schema: Arc::new(ParquetSchema {
+                names,
+                index,
+                input: input.clone(),
+            }),
+            input,
+            builder: Some(builder),
+            reader: None,
+            group_ends: ends.into(),
+            projection: vec![None; width].into(),
+            next_row: start_row,
+        })
+    }
+
+    pub fn schema(&self) -> &Arc<ParquetSchema> {
+        &self.schema
+    }
+
+    pub fn new_chunk(&self) -> ParquetChunk {
+        ParquetChunk {
+            input: self.input.clone(),
+            len: 0,
+            first_row: 0,
+            end: Position::default(),
+            group_ends: self.group_ends.clone(),
+            projection: self.projection.clone(),
+            names: Vec::new(),
+            cols: Vec::new(),
+            arena: Vec::new(),
+        }
+    }
+
+    /// Builds the batch reader: the resolved columns, from the row group holding
+    /// `next_row`, skipping the rows before it in that group.
+    fn build(&mut self, batch_rows: usize) -> Result<(), SourceError> {
+        let Some(builder) = self.builder.take() else {
+            return Ok(());
+        };
+        let wanted = self.input.columns.snapshot();
+        let mut roots: Vec<usize> = wanted
+            .iter()
+            .filter_map(|n| self.schema.index.get(n).copied())
+            .collect();
+        if wanted.is_empty() {
+            roots = (0..self.schema.names.len()).collect();
+        }
+        roots.sort_unstable();
+        roots.dedup();
+        let mut projection = vec![None; self.schema.names.len()];
+        for (bi, &r) in roots.iter().enumerate() {
+            projection[r] = Some(bi);
+        }
+        self.projection = projection.into();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
+        let group = group_of(&self.group_ends, self.next_row) as usize;
+        let group_start = if group == 0 {
+            0
+        } else {
+            self.group_ends[group - 1]
+        };
+        let groups: Vec<usize> = (group..self.group_ends.len()).collect();
+        let mut b = builder
+            .with_projection(mask)
+            .with_batch_size(batch_rows.max(1))
+            .with_row_groups(groups);
+        if self.next_row > group_start {
+            b = b.with_offset((self.next_row - group_start) as usize);
+        }
+        self.reader = Some(b.build().map_err(|e| SourceError::Read {
+            path: self.input.display.clone(),
+            message: format!("cannot start reading at row group {group}: {e}"),
+        })?);
+        Ok(())
+    }
+
+    /// Fills `chunk` with the next batch of up to `max_rows` rows. `chunk.len == 0`
+    /// means end of input.
+    pub fn fill(&mut self, chunk: &mut ParquetChunk, max_rows: usize) -> Result<(), SourceError> {
+        self.build(max_rows)?;
+        chunk.input = self.input.clone();
+        chunk.group_ends = self.group_ends.clone();
+        chunk.projection = self.projection.clone();
+        chunk.first_row = self.next_row;
+        chunk.len = 0;
+        chunk.cols.clear();
+        chunk.arena.clear();
+        let next = match self.reader.as_mut() {
+            Some(r) => r.next(),
+            None => None,
+        };
+        let batch: RecordBatch = match next {
+            None => {
+                chunk.end = self.position();
+                if self.next_row == 0 {
+                    eprintln!(
+                        "note: {} has no rows; nothing to send from it",
+                        self.input.display
+                    );
+                }
+                return Ok(());
+            }
+            Some(Err(e)) => {
+                let g = group_of(&self.group_ends, self.next_row);
+                return Err(SourceError::Read {
+                    path: self.input.display.clone(),
+                    message: format!(
+                        "cannot read row group {g} (rows from {}): {e}; the rows before it were read",
+                        self.next_row + 1
+                    ),
+                });
+            }
+            Some(Ok(b)) => b,
+        };
+        chunk.names.clear();
+        chunk
+            .names
+            .extend(batch.schema().fields().iter().map(|f| f.name().clone()));
+        for (col, name) in batch.columns().iter().zip(&chunk.names) {
+            let v = view(col.clone(), &mut chunk.arena).map_err(|t| SourceError::Read {
+                path: self.input.display.clone(),
+                message: format!(
+                    "column {name} has the Arrow type {t}, which cannot be converted to JSON; leave it out of the mapping"
+                ),
+            })?;
+            chunk.cols.push(v);
+        }
+        chunk.len = batch.num_rows();
+        self.next_row += chunk.len as u64;
+        chunk.end = self.position();
+        Ok(())
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            input: self.input.index,
+            row: self.next_row,
+            offset: group_of(&self.group_ends, self.next_row),
+        }
+    }
+}
+
+/// One Parquet row.
+pub struct ParquetRow<'a> {
+    chunk: &'a ParquetChunk,
+    i: usize,
+}
+
+impl Row for ParquetRow<'_> {
+    #[inline]
+    fn field(&self, col: &ColumnRef) -> Field<'_> {
+        let ColumnRef::Index(root) = *col else {
+            return Field::Missing;
+        };
+        match self.chunk.projection.get(root).copied().flatten() {
+            Some(bi) => match self.chunk.cols.get(bi) {
+                Some(v) => field(v, self.i, &self.chunk.arena),
+                None => Field::Missing,
+            },
+            None => Field::Missing,
+        }
+    }
+
+    fn write_record_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        for (k, (name, col)) in self.chunk.names.iter().zip(&self.chunk.cols).enumerate() {
+            if k > 0 {
+                out.push(b',');
+            }
+            json::write_str(out, name);
+            out.push(b':');
+            write_json(col.array.as_ref(), self.i, out);
+        }
+        out.push(b'}');
+    }
+
+    fn source_problem(&self) -> Option<String> {
+        None
+    }
+
+    fn line(&self) -> u64 {
+        0
+    }
+}
+
+fn float(v: f64) -> Field<'static> {
+    if v.is_finite() {
+        Field::Float(v)
+    } else {
+        Field::Null
+    }
+}
+
+fn nanos(v: i64, unit: TimeUnit) -> i64 {
+    match unit {
+        TimeUnit::Second => v.saturating_mul(1_000_000_000),
+        TimeUnit::Millisecond => v.saturating_mul(1_000_000),
+        TimeUnit::Microsecond => v.saturating_mul(1_000),
+        TimeUnit::Nanosecond => v,
+    }
+}
+
+fn ts_value(a: &dyn Array, unit: TimeUnit, i: usize) -> i64 {
+    match unit {
+        TimeUnit::Second => a.as_primitive::<TimestampSecondType>().value(i),
+        TimeUnit::Millisecond => a.as_primitive::<TimestampMillisecondType>().value(i),
+        TimeUnit::Microsecond => a.as_primitive::<TimestampMicrosecondType>().value(i),
+        TimeUnit::Nanosecond => a.as_primitive::<TimestampNanosecondType>().value(i),
+    }
+}
+
+fn duration_value(a: &dyn Array, unit: TimeUnit, i: usize) -> i64 {
+    match unit {
+        TimeUnit::Second => a.as_primitive::<DurationSecondType>().value(i),
+        TimeUnit::Millisecond => a.as_primitive::<DurationMillisecondType>().value(i),
+        TimeUnit::Microsecond => a.as_primitive::<DurationMicrosecondType>().value(i),
+        TimeUnit::Nanosecond => a.as_primitive::<DurationNanosecondType>().value(i),
+    }
+}
+
+const DAY_NANOS: i64 = 86_400_000_000_000;
+
+fn field<'a>(v: &'a ColView, i: usize, arena: &'a [u8]) -> Field<'a> {
+    let a = v.array.as_ref();
+    if a.is_null(i) {
+        return Field::Null;
+    }
+    match v.kind {
+        Kind::Null => Field::Null,
+        Kind::Bool => Field::Bool(a.as_boolean().value(i)),
+        Kind::I8 => Field::Int(a.as_primitive::<Int8Type>().value(i).into()),
+        Kind::I16 => Field::Int(a.as_primitive::<Int16Type>().value(i).into()),
+        Kind::I32 => Field::Int(a.as_primitive::<Int32Type>().value(i).into()),
+        Kind::I64 => Field::Int(a.as_primitive::<Int64Type>().value(i)),
+        Kind::U8 => Field::UInt(a.as_primitive::<UInt8Type>().value(i).into()),
+        Kind::U16 => Field::UInt(a.as_primitive::<UInt16Type>().value(i).into()),
+        Kind::U32 => Field::UInt(a.as_primitive::<UInt32Type>().value(i).into()),
+        Kind::U64 => Field::UInt(a.as_primitive::<UInt64Type>().value(i)),
+        Kind::F16 => float(a.as_primitive::<Float16Type>().value(i).to_f64()),
+        Kind::F32 => float(a.as_primitive::<Float32Type>().value(i).into()),
+        Kind::F64 => float(a.as_primitive::<Float64Type>().value(i)),
+        Kind::Str => Field::Str(a.as_string::<i32>().value(i)),
+        Kind::LargeStr => Field::Str(a.as_string::<i64>().value(i)),
+        Kind::StrView => Field::Str(a.as_string_view().value(i)),
+        Kind::Ts(unit) => Field::TimestampNanos(nanos(ts_value(a, unit, i), unit)),
+        Kind::Date32 => Field::TimestampNanos(
+            i64::from(a.as_primitive::<Date32Type>().value(i)).saturating_mul(DAY_NANOS),
+        ),
+        Kind::Date64 => Field::TimestampNanos(
+            a.as_primitive::<Date64Type>()
+                .value(i)
+                .saturating_mul(1_000_000),
+        ),
+        Kind::Duration(unit) => Field::Int(duration_value(a, unit, i)),
+        Kind::Encoded(enc) => match v.spans.get(i).copied().flatten() {
+            None => Field::Null,
+            Some((s, e)) => {
+                let b = &arena[s..e];
+                match enc {
+                    Enc::Raw => Field::Raw(b),
+                    // Base64 and time text are ASCII.
+                    Enc::Str => Field::Str(std::str::from_utf8(b).unwrap_or_default()),
+                    Enc::Json => Field::Json(b),
+                }
+            }
+        },
+        Kind::Dict => match (&v.values, v.keys.get(i)) {
+            (Some(values), Some(&k)) => field(values, k, arena),
+            _ => Field::Null,
+        },
+    }
+}
+
+/// Whether [`write_json`] can write every value of this type.
+fn supported(dt: &DataType) -> bool {
+    use DataType::*;
+    match dt {
+        Interval(_) | Union(..) | RunEndEncoded(..) | ListView(_) | LargeListView(_) => false,
+        List(f) | LargeList(f) | FixedSizeList(f, _) | Map(f, _) => supported(f.data_type()),
+        Struct(fields) => fields.iter().all(|f| supported(f.data_type())),
+        Dictionary(_, v) => supported(v),
+        _ => true,
+    }
+}
+
+/// Prepares one column of a batch: top-level kinds are read in place; the others are
+/// written to `arena` now. `Err` is the unsupported type.
+fn view(array: ArrayRef, arena: &mut Vec<u8>) -> Result<ColView, String> {
+    use DataType as D;
+    let dt = array.data_type().clone();
+    if !supported(&dt) {
+        return Err(dt.to_string());
+    }
+    let kind = match &dt {
+        D::Null => Kind::Null,
+        D::Boolean => Kind::Bool,
+        D::Int8 => Kind::I8,
+        D::Int16 => Kind::I16,
+        D::Int32 => Kind::I32,
+        D::Int64 => Kind::I64,
+        D::UInt8 => Kind::U8,
+        D::UInt16 => Kind::U16,
+        D::UInt32 => Kind::U32,
+        D::UInt64 => Kind::U64,
+        D::Float16 => Kind::F16,
+        D::Float32 => Kind::F32,
+        D::Float64 => Kind::F64,
+        D::Utf8 => Kind::Str,
+        D::LargeUtf8 => Kind::LargeStr,
+        D::Utf8View => Kind::StrView,
+        D::Timestamp(u, _) => Kind::Ts(*u),
+        D::Date32 => Kind::Date32,
+        D::Date64 => Kind::Date64,
+        D::Duration(u) => Kind::Duration(*u),
+        D::Decimal32(..) | D::Decimal64(..) | D::Decimal128(..) | D::Decimal256(..) => {
+            Kind::Encoded(Enc::Raw)
+        }
+        D::Binary | D::LargeBinary | D::BinaryView | D::FixedSizeBinary(_) => {
+            Kind::Encoded(Enc::Str)
+        }
+        D::Time32(_) | D::Time64(_) => Kind::Encoded(Enc::Str),
+        D::Dictionary(..) => Kind::Dict,
+        _ => Kind::Encoded(Enc::Json),
+    };
+    let mut v = ColView {
+        array,
+        kind,
+        spans: Vec::new(),
+        keys: Vec::new(),
+        values: None,
+    };
+    match kind {
+        Kind::Encoded(enc) => {
+            let a = v.array.as_ref();
+            v.spans.reserve(a.len());
+            for i in 0..a.len() {
+                if a.is_null(i) {
+                    v.spans.push(None);
+                    continue;
+                }
+                let start = arena.len();
+                if enc == Enc::Json {
+                    write_json(a, i, arena);
+                } else {
+                    write_scalar_text(a, i, arena);
+                }
+                v.spans.push(Some((start, arena.len())));
+            }
+        }
+        Kind::Dict => {
+            let d = v.array.as_any_dictionary();
+            v.keys = d.normalized_keys();
+            v.values = Some(Box::new(view(d.values().clone(), arena)?));
+        }
+        _ => {}
+    }
+    Ok(v)
+}
+
+/// Decimal text (`Raw`), base64 or time-of-day text of a non-null value, unquoted.
+fn write_scalar_text(a: &dyn Array, i: usize, out: &mut Vec<u8>) {
+    use DataType as D;
+    match a.data_type() {
+        D::Decimal32(_, s) => {
+            let v = a.as_primitive::<Decimal32Type>().value(i);
+            write_decimal(out, v < 0, itoa::Buffer::new().format(v.unsigned_abs()).as_bytes(), *s)
+        }
+        D::Decimal64(_, s) => {
+            let v = a.as_primitive::<Decimal64Type>().value(i);
+            write_decimal(out, v < 0, itoa::Buffer::new().format(v.unsigned_abs()).as_bytes(), *s)
+        }
+        D::Decimal128(_, s) => {
+            let v = a.as_primitive::<Decimal128Type>().value(i);
+            write_decimal(out, v < 0, itoa::Buffer::new().format(v.unsigned_abs()).as_bytes(), *s)
+        }
+        D::Decimal256(_, s) => {
+            let v = a.as_primitive::<Decimal256Type>().value(i);
+            let text = v.to_string();
+            let neg = text.starts_with('-');
+            write_decimal(out, neg, text.trim_start_matches('-').as_bytes(), *s)
+        }
+        D::Binary => write_base64(out, a.as_binary::<i32>().value(i)),
+        D::LargeBinary => write_base64(out, a.as_binary::<i64>().value(i)),
+        D::BinaryView => write_base64(out, a.as_binary_view().value(i)),
+        D::FixedSizeBinary(_) => write_base64(out, a.as_fixed_size_binary().value(i)),
+        D::Time32(TimeUnit::Second) => {
+            write_time(out, i64::from(a.as_primitive::<Time32SecondType>().value(i)), 0)
+        }
+        D::Time32(_) => write_time(
+            out,
+            i64::from(a.as_primitive::<Time32MillisecondType>().value(i)),
+            3,
+        ),
+        D::Time64(TimeUnit::Microsecond) => {
+            write_time(out, a.as_primitive::<Time64MicrosecondType>().value(i), 6)
+        }
+        D::Time64(_) => write_time(out, a.as_primitive::<Time64NanosecondType>().value(i), 9),
+        _ => {}
+    }
+}
+
+/// `digits` (the absolute value) with `scale` digits after the point.
+fn write_decimal(out: &mut Vec<u8>, neg: bool, digits: &[u8], scale: i8) {
+    if neg {
+        out.push(b'-');
+    }
+    if scale <= 0 {
+        out.extend_from_slice(digits);
+        out.extend(std::iter::repeat_n(b'0', scale.unsigned_abs() as usize));
+        return;
+    }
+    let scale = scale as usize;
+    if digits.len() > scale {
+        let (int, frac) = digits.split_at(digits.len() - scale);
+        out.extend_from_slice(int);
+        out.push(b'.');
+        out.extend_from_slice(frac);
+    } else {
+        out.extend_from_slice(b"0.");
+        out.extend(std::iter::repeat_n(b'0', scale - digits.len()));
+        out.extend_from_slice(digits);
+    }
+}
+
+fn write_base64(out: &mut Vec<u8>, bytes: &[u8]) {
+    use base64::Engine as _;
+    let start = out.len();
+    let n = base64::encoded_len(bytes.len(), true).unwrap_or(0);
+    out.resize(start + n, 0);
+    let written = base64::engine::general_purpose::STANDARD
+        .encode_slice(bytes, &mut out[start..])
+        .unwrap_or(0);
+    out.truncate(start + written);
+}
+
+/// `HH:MM:SS` plus `digits` fraction digits, from a count of 10^-digits seconds.
+fn write_time(out: &mut Vec<u8>, v: i64, digits: u32) {
+    let per_sec = 10i64.pow(digits);
+    let secs = v.div_euclid(per_sec);
+    let frac = v.rem_euclid(per_sec);
+    let two = |out: &mut Vec<u8>, n: i64| {
+        out.push(b'0' + (n / 10 % 10) as u8);
+        out.push(b'0' + (n % 10) as u8);
+    };
+    two(out, secs / 3600);
+    out.push(b':');
+    two(out, secs / 60 % 60);
+    out.push(b':');
+    two(out, secs % 60);
+    if digits > 0 {
+        out.push(b'.');
+        let text = itoa::Buffer::new().format(frac).to_owned();
+        out.extend(std::iter::repeat_n(
+            b'0',
+            digits as usize - text.len().min(digits as usize),
+        ));
+        out.extend_from_slice(text.as_bytes());
+    }
+}
+
+fn write_iso_nanos(out: &mut Vec<u8>, n: i64) {
+    let ms = n.div_euclid(1_000_000);
+    // Years 0000..=9999 only: beyond that ISO 8601 needs an expanded form.
+    if (-62_167_219_200_000..253_402_300_800_000).contains(&ms) {
+        crate::map::timestamp::write_iso_millis(out, ms);
+    } else {
+        json::write_i64(out, ms);
+    }
+}
+
+/// Writes value `i` of `a` as compact JSON.
+fn write_json(a: &dyn Array, i: usize, out: &mut Vec<u8>) {
+    use DataType as D;
+    if a.is_null(i) {
+        out.extend_from_slice(b"null");
+        return;
+    }
+    let f = |out: &mut Vec<u8>, v: f64| {
+        if v.is_finite() {
+            json::write_f64(out, v)
+        } else {
+            out.extend_from_slice(b"null")
+        }
+    };
+    match a.data_type() {
+        D::Null => out.extend_from_slice(b"null"),
+        D::Boolean => out.extend_from_slice(if a.as_boolean().value(i) {
+            b"true"
+        } else {
+            b"false"
+        }),
+        D::Int8 => json::write_i64(out, a.as_primitive::<Int8Type>().value(i).into()),
+        D::Int16 => json::write_i64(out, a.as_primitive::<Int16Type>().value(i).into()),
+        D::Int32 => json::write_i64(out, a.as_primitive::<Int32Type>().value(i).into()),
+        D::Int64 => json::write_i64(out, a.as_primitive::<Int64Type>().value(i)),
+        D::UInt8 => json::write_u64(out, a.as_primitive::<UInt8Type>().value(i).into()),
+        D::UInt16 => json::write_u64(out, a.as_primitive::<UInt16Type>().value(i).into()),
+        D::UInt32 => json::write_u64(out, a.as_primitive::<UInt32Type>().value(i).into()),
+        D::UInt64 => json::write_u64(out, a.as_primitive::<UInt64Type>().value(i)),
+        D::Float16 => f(out, a.as_primitive::<Float16Type>().value(i).to_f64()),
+        D::Float32 => f(out, a.as_primitive::<Float32Type>().value(i).into()),
+        D::Float64 => f(out, a.as_primitive::<Float64Type>().value(i)),
+        D::Utf8 => json::write_str(out, a.as_string::<i32>().value(i)),
+        D::LargeUtf8 => json::write_str(out, a.as_string::<i64>().value(i)),
+        D::Utf8View => json::write_str(out, a.as_string_view().value(i)),
+        D::Timestamp(u, _) => write_iso_nanos(out, nanos(ts_value(a, *u, i), *u)),
+        D::Date32 => write_iso_nanos(
+            out,
+            i64::from(a.as_primitive::<Date32Type>().value(i)).saturating_mul(DAY_NANOS),
+        ),
+        D::Date64 => write_iso_nanos(
+            out,
+            a.as_primitive::<Date64Type>()
+                .value(i)
+                .saturating_mul(1_000_000),
+        ),
+        D::Duration(u) => json::write_i64(out, duration_value(a, *u, i)),
+        D::Decimal32(..) | D::Decimal64(..) | D::Decimal128(..) | D::Decimal256(..) => {
+            write_scalar_text(a, i, out)
+        }
+        D::Binary | D::LargeBinary | D::BinaryView | D::FixedSizeBinary(_) | D::Time32(_)
+        | D::Time64(_) => {
+            out.push(b'"');
+            write_scalar_text(a, i, out);
+            out.push(b'"');
+        }
+        D::List(_) => {
+            let l = a.as_list::<i32>();
+            let o = l.value_offsets();
+            write_seq(l.values().as_ref(), o[i] as usize, o[i + 1] as usize, out);
+        }
+        D::LargeList(_) => {
+            let l = a.as_list::<i64>();
+            let o = l.value_offsets();
+            write_seq(l.values().as_ref(), o[i] as usize, o[i + 1] as usize, out);
+        }
+        D::FixedSizeList(_, n) => {
+            let l = a.as_fixed_size_list();
+            let start = l.value_offset_at(i);
+            write_seq(l.values().as_ref(), start, start + *n as usize, out);
+        }
+        D::Struct(fields) => {
+            let s = a.as_struct();
+            out.push(b'{');
+            for (k, (fld, col)) in fields.iter().zip(s.columns()).enumerate() {
+                if k > 0 {
+                    out.push(b',');
+                }
+                json::write_str(out, fld.name());
+                out.push(b':');
+                write_json(col.as_ref(), i, out);
+            }
+            out.push(b'}');
+        }
+        D::Map(..) => {
+            let m = a.as_map();
+            let o = m.value_offsets();
+            let (keys, values) = (m.keys(), m.values());
+            out.push(b'{');
+            for (k, j) in (o[i] as usize..o[i + 1] as usize).enumerate() {
+                if k > 0 {
+                    out.push(b',');
+                }
+                // Object keys are strings: a string key as is, any other as its JSON text.
+                let mark = out.len();
+                write_json(keys.as_ref(), j, out);
+                if out.get(mark) != Some(&b'"') {
+                    let text = String::from_utf8_lossy(&out[mark..]).into_owned();
+                    out.truncate(mark);
+                    json::write_str(out, &text);
+                }
+                out.push(b':');
+                write_json(values.as_ref(), j, out);
+            }
+            out.push(b'}');
+        }
+        D::Dictionary(..) => {
+            let d = a.as_any_dictionary();
+            // A dictionary nested in a list or struct is rare: normalise per value.
+            let k = d.normalized_keys().get(i).copied().unwrap_or(0);
+            write_json(d.values().as_ref(), k, out);
+        }
+        _ => out.extend_from_slice(b"null"),
+    }
+}
+
+fn write_seq(values: &dyn Array, start: usize, end: usize, out: &mut Vec<u8>) {
+    out.push(b'[');
+    for j in start..end {
+        if j > start {
+            out.push(b',');
+        }
+        write_json(values, j, out);
+    }
+    out.push(b']');
+}

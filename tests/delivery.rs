@@ -1,0 +1,447 @@
+//! Delivery under pressure: the real binary against the local receiver with injected
+//! faults (5xx, 429, dropped connections, a per-second cap, invalid calls), checking what
+//! the receiver got against what a `--dry-run --output` run of the same input packs.
+//!
+//! Each test gets its own temp dir; backoff is kept to milliseconds with
+//! `--backoff-base/--backoff-cap` so the file runs in well under a minute.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use cdp_backfill::serve::{Faults, ServeConfig, Server, Stats};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cdp-backfill");
+
+fn mapping() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/events.toml")
+}
+
+/// A temp dir with a generated input.
+struct Env {
+    dir: tempfile::TempDir,
+    input: PathBuf,
+}
+
+impl Env {
+    fn new(rows: u64, seed: u64) -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let input = dir.path().join("events.csv");
+        cdp_backfill::generate::generate_file(&input, rows, seed).expect("generate input");
+        Env { dir, input }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs `cdp-backfill run` on the input (always by the same absolute path, so the
+    /// messageIds match between runs), with its own rejects, summary and checkpoint
+    /// files named after `tag`.
+    fn run(&self, tag: &str, args: &[&str]) -> Run {
+        let rejects = self.path(&format!("{tag}.rejects.ndjson"));
+        let summary = self.path(&format!("{tag}.summary.json"));
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(self.dir.path())
+            .arg("run")
+            .arg(&self.input)
+            .arg("--mapping")
+            .arg(mapping())
+            .arg("--rejects")
+            .arg(&rejects)
+            .arg("--summary-json")
+            .arg(&summary)
+            .arg("--quiet");
+        if !args.contains(&"--dry-run") {
+            cmd.arg("--checkpoint")
+                .arg(self.path(&format!("{tag}.checkpoint.json")));
+        }
+        let out = cmd.args(args).output().expect("run the binary");
+        let summary: Value = std::fs::read(&summary)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let rejects = std::fs::read_to_string(&rejects)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("reject line is JSON"))
+            .collect();
+        Run {
+            out,
+            summary,
+            rejects,
+        }
+    }
+
+    /// The messageIds a dry run packs, in request order.
+    fn expected_ids(&self) -> Vec<String> {
+        let bodies = self.path("dry.bodies.ndjson");
+        let dry = self.run("dry", &["--dry-run", "--output", bodies.to_str().unwrap()]);
+        assert!(
+            matches!(dry.code(), 0 | 3),
+            "dry run failed: {}",
+            dry.stderr()
+        );
+        let text = std::fs::read_to_string(&bodies).expect("dry-run output");
+        let mut ids = Vec::new();
+        for line in text.lines() {
+            let body: Value = serde_json::from_str(line).expect("body is JSON");
+            for call in body["batch"].as_array().expect("a batch array") {
+                ids.push(id_of(call));
+            }
+        }
+        assert!(!ids.is_empty());
+        ids
+    }
+}
+
+struct Run {
+    out: Output,
+    summary: Value,
+    rejects: Vec<Value>,
+}
+
+impl Run {
+    fn code(&self) -> i32 {
+        self.out.status.code().unwrap_or(-1)
+    }
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    fn count(&self, field: &str) -> u64 {
+        self.summary[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("summary has no {field}: {}", self.summary))
+    }
+    /// The counters add up: every built call is delivered, refused or undelivered.
+    fn assert_counters_add_up(&self) {
+        assert_eq!(
+            self.count("calls_built"),
+            self.count("calls_delivered")
+                + self.count("calls_rejected_by_server")
+                + self.count("calls_undelivered"),
+            "{}",
+            self.summary
+        );
+        assert_eq!(
+            self.count("rows_read"),
+            self.count("rows_mapped") + self.count("rows_rejected"),
+            "{}",
+            self.summary
+        );
+    }
+}
+
+fn id_of(call: &Value) -> String {
+    call["messageId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("call without messageId: {call}"))
+        .to_string()
+}
+
+/// The messageIds in a receiver record file (one accepted call per line).
+fn recorded_ids(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| id_of(&serde_json::from_str(l).expect("record line is JSON")))
+        .collect()
+}
+
+fn start(faults: Faults, record: &Path) -> Server {
+    Server::start(ServeConfig {
+        record: Some(record.to_path_buf()),
+        faults,
+        ..ServeConfig::default()
+    })
+    .expect("start the receiver")
+}
+
+fn status_count(stats: &Stats, status: &str) -> u64 {
+    stats.responses_by_status.get(status).copied().unwrap_or(0)
+}
+
+/// Small backoff so retried tests stay fast.
+const FAST_BACKOFF: [&str; 4] = ["--backoff-base", "0.005", "--backoff-cap", "0.05"];
+
+#[test]
+fn chaos_of_5xx_429_and_drops_still_delivers_every_call_once() {
+    let env = Env::new(2000, 7);
+    let expected = env.expected_ids();
+    let record = env.path("received.ndjson");
+    let server = start(
+        Faults {
+            fail_rate: 0.2,
+            throttle_rate: 0.1,
+            retry_after_secs: 1,
+            drop_rate: 0.05,
+            seed: 11,
+            ..Faults::default()
+        },
+        &record,
+    );
+    let url = server.base_url();
+    let mut args = vec!["--endpoint", &url, "--max-request-bytes", "30000"];
+    args.extend(FAST_BACKOFF);
+    args.extend(["--max-retries", "20"]);
+    let run = env.run("live", &args);
+    let stats = server.shutdown();
+
+    assert_eq!(run.code(), 3, "planted bad rows only: {}", run.stderr());
+    let got: BTreeSet<String> = recorded_ids(&record).into_iter().collect();
+    let want: BTreeSet<String> = expected.iter().cloned().collect();
+    assert_eq!(got, want);
+    assert_eq!(stats.duplicate_message_ids, 0);
+    assert_eq!(stats.unique_message_ids, expected.len() as u64);
+    assert_eq!(run.count("calls_delivered"), expected.len() as u64);
+    assert_eq!(run.count("calls_undelivered"), 0);
+    run.assert_counters_add_up();
+
+    // Every fault really happened, and the summary counted each one the client saw.
+    let inj = &stats.injected;
+    assert!(
+        inj.failures > 0 && inj.throttled > 0 && inj.dropped > 0,
+        "{inj:?}"
+    );
+    assert_eq!(run.count("throttled"), status_count(&stats, "429"));
+    assert_eq!(
+        run.count("retries"),
+        stats.requests - run.count("requests"),
+        "every attempt beyond the first of each request is a retry: {stats:?}"
+    );
+}
+
+/// `cdp-backfill serve` with its fault flags, as a user would start it.
+struct ServeProcess {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl ServeProcess {
+    fn spawn(args: &[&str]) -> ServeProcess {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cdp-backfill serve");
+        let mut line = String::new();
+        BufReader::new(child.stderr.take().expect("stderr"))
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        ServeProcess { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn stats(&self) -> Stats {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read /stats");
+        let body = text.split("\r\n\r\n").nth(1).expect("a body");
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_server_cap_below_the_rate_is_met_with_pauses_and_the_run_completes() {
+    let env = Env::new(1200, 8);
+    let expected = env.expected_ids();
+    let record = env.path("received.ndjson");
+    let serve = ServeProcess::spawn(&["--max-rps", "20", "--record", record.to_str().unwrap()]);
+    let url = serve.url();
+    let mut args = vec![
+        "--endpoint",
+        &url,
+        "--rate",
+        "50",
+        "--max-request-bytes",
+        "8000",
+        "--max-call-bytes",
+        "7000",
+    ];
+    args.extend(FAST_BACKOFF);
+    let run = env.run("live", &args);
+    let stats = serve.stats();
+
+    assert_eq!(run.code(), 3, "{}", run.stderr());
+    let got: BTreeSet<String> = recorded_ids(&record).into_iter().collect();
+    assert_eq!(got, expected.iter().cloned().collect::<BTreeSet<_>>());
+    assert!(stats.injected.rps_limited > 0, "{stats:?}");
+    assert_eq!(run.count("throttled"), stats.injected.rps_limited);
+    assert!(run.count("requests") >= 50, "{}", run.summary);
+    run.assert_counters_add_up();
+}
+
+#[test]
+fn calls_refused_in_strict_mode_are_isolated_into_rejects_and_the_rest_delivered() {
+    let env = Env::new(1500, 9);
+    let expected = env.expected_ids();
+    let record = env.path("received.ndjson");
+    let server = start(
+        Faults {
+            invalid_rate: 0.01,
+            seed: 5,
+            ..Faults::default()
+        },
+        &record,
+    );
+    let url = server.base_url();
+    let mut args = vec!["--endpoint", &url, "--max-request-bytes", "60000", "--gzip"];
+    args.extend(FAST_BACKOFF);
+    let run = env.run("live", &args);
+    let stats = server.shutdown();
+
+    assert_eq!(run.code(), 3, "{}", run.stderr());
+    let refused: Vec<&Value> = run
+        .rejects
+        .iter()
+        .filter(|r| r["reason"] == "invalid_call")
+        .collect();
+    assert!(!refused.is_empty());
+    assert!(stats.injected.invalid >= refused.len() as u64);
+    for r in &refused {
+        let detail = r["detail"].as_str().expect("detail");
+        assert!(
+            detail.contains("invalid_rate fault injection"),
+            "the server's reason: {detail}"
+        );
+        assert!(r["row"].as_u64().expect("row") >= 1);
+        assert!(r["source"]
+            .as_str()
+            .expect("source")
+            .ends_with("events.csv"));
+    }
+    let refused_ids: BTreeSet<String> = refused.iter().map(|r| id_of(&r["call"])).collect();
+    let got: BTreeSet<String> = recorded_ids(&record).into_iter().collect();
+    assert!(got.is_disjoint(&refused_ids));
+    let all: BTreeSet<String> = got.union(&refused_ids).cloned().collect();
+    assert_eq!(all, expected.iter().cloned().collect::<BTreeSet<_>>());
+    assert_eq!(stats.duplicate_message_ids, 0);
+    assert_eq!(
+        run.count("calls_rejected_by_server"),
+        refused_ids.len() as u64
+    );
+    assert_eq!(run.count("calls_delivered"), got.len() as u64);
+    assert_eq!(
+        run.summary["rejected_by_reason"]["invalid_call"].as_u64(),
+        Some(refused_ids.len() as u64)
+    );
+    run.assert_counters_add_up();
+}
+
+#[test]
+fn the_rate_limit_holds_in_every_second_and_is_nearly_reached() {
+    const RATE: u64 = 50;
+    let env = Env::new(900, 10);
+    let record = env.path("received.ndjson");
+    let server = start(Faults::default(), &record);
+    let url = server.base_url();
+    let args = [
+        "--endpoint",
+        &url,
+        "--rate",
+        "50",
+        "--max-request-bytes",
+        "1100",
+        "--max-call-bytes",
+        "1000",
+    ];
+    let run = env.run("live", &args);
+    let stats = server.shutdown();
+
+    assert_eq!(run.code(), 3, "{}", run.stderr());
+    assert!(
+        stats.requests >= 300,
+        "enough requests to measure: {stats:?}"
+    );
+    assert!(
+        stats.max_requests_in_any_1s <= RATE,
+        "the receiver saw {} requests in one second",
+        stats.max_requests_in_any_1s
+    );
+    let achieved = stats.requests as f64 / run.summary["elapsed_secs"].as_f64().unwrap();
+    assert!(
+        achieved >= 0.95 * RATE as f64,
+        "achieved {achieved:.1} requests/s of {RATE}"
+    );
+}
+
+#[test]
+fn running_out_of_retries_stops_with_the_status_and_counts_only_the_acknowledged_prefix() {
+    let env = Env::new(1500, 12);
+    let expected = env.expected_ids();
+    let record = env.path("received.ndjson");
+    let server = start(
+        Faults {
+            fail_rate: 0.5,
+            seed: 3,
+            ..Faults::default()
+        },
+        &record,
+    );
+    let url = server.base_url();
+    let mut args = vec![
+        "--endpoint",
+        &url,
+        "--max-request-bytes",
+        "20000",
+        "--max-retries",
+        "1",
+        "--concurrency",
+        "4",
+    ];
+    args.extend(FAST_BACKOFF);
+    let run = env.run("live", &args);
+    let _stats = server.shutdown();
+
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    let err = run.stderr();
+    assert!(
+        err.contains("--max-retries 1") && err.contains("HTTP 50"),
+        "names the retries and the status: {err}"
+    );
+    assert_eq!(run.summary["outcome"], "failed");
+    let delivered = run.count("calls_delivered") as usize;
+    assert!(delivered < expected.len());
+    // What counts as delivered is a prefix of the packed calls, all of which arrived.
+    let got: BTreeSet<String> = recorded_ids(&record).into_iter().collect();
+    for id in &expected[..delivered] {
+        assert!(
+            got.contains(id),
+            "counted as delivered but not received: {id}"
+        );
+    }
+    assert_eq!(
+        run.count("calls_undelivered"),
+        (expected.len() - delivered) as u64
+    );
+    run.assert_counters_add_up();
+}
