@@ -54,6 +54,86 @@ pub enum Command {
     #[command(after_help = "Example:
   cdp-backfill status cdp-backfill.checkpoint.json")]
     Status(StatusArgs),
+    /// Profile an input: columns, inferred types, empty ratios, samples, timestamp formats.
+    #[command(after_help = "Examples:
+  cdp-backfill inspect export.csv
+  cdp-backfill inspect export.csv --emit-mapping map.toml")]
+    Inspect(InspectArgs),
+    /// Read, map and pack like a run, but send nothing: counts, rejects, sizes, time range.
+    #[command(after_help = "Example:
+  cdp-backfill validate export.csv --mapping map.toml")]
+    Validate(ValidateArgs),
+}
+
+/// How inputs are read (inspect, validate).
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// Input format, when file names do not say.
+    #[arg(long, value_parser = ["csv", "tsv", "ndjson", "jsonl", "json", "parquet"], value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// CSV field delimiter (one byte; `\t` for tab).
+    #[arg(long, default_value = ",", value_name = "CHAR")]
+    pub delimiter: String,
+    /// CSV quote character.
+    #[arg(long, default_value = "\"", value_name = "CHAR")]
+    pub quote: String,
+    /// The CSV files have no header row; columns are named 1, 2, 3...
+    #[arg(long)]
+    pub no_header: bool,
+}
+
+impl InputArgs {
+    fn source_options(&self) -> Result<SourceOptions, UsageError> {
+        Ok(SourceOptions {
+            format: self.format.as_deref().and_then(Format::parse),
+            csv: CsvOptions {
+                delimiter: one_byte("delimiter", &self.delimiter)?,
+                quote: one_byte("quote", &self.quote)?,
+                has_header: !self.no_header,
+                ..CsvOptions::default()
+            },
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The input file.
+    #[arg(value_name = "INPUT")]
+    pub input: PathBuf,
+    /// Rows to read at most.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub rows: usize,
+    /// Write a commented starter mapping (guessing ids, email, event, timestamp) here.
+    #[arg(long, value_name = "FILE")]
+    pub emit_mapping: Option<PathBuf>,
+    #[command(flatten)]
+    pub input_args: InputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Input files or directories.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    /// The mapping file (TOML).
+    #[arg(long, short, value_name = "FILE")]
+    pub mapping: PathBuf,
+    #[arg(long, default_value_t = config::DEFAULT_MAX_REQUEST_BYTES, value_name = "BYTES")]
+    pub max_request_bytes: usize,
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CALL_BYTES, value_name = "BYTES")]
+    pub max_call_bytes: usize,
+    /// How many of the first rejects to show.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub show_rejects: usize,
+    /// Also write each request body that would be sent, one per line.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub input_args: InputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -483,7 +563,7 @@ pub fn main() -> ExitCode {
             }
             match (err, summary) {
                 (Some((code, msg)), _) => fail(code, &msg),
-                (None, Some(s)) if s.rows_rejected > 0 => ExitCode::from(EXIT_REJECTS),
+                (None, Some(s)) if s.rows_rejected_total.max(s.rows_rejected) > 0 => ExitCode::from(EXIT_REJECTS),
                 _ => ExitCode::from(EXIT_OK),
             }
         }
@@ -514,6 +594,68 @@ pub fn main() -> ExitCode {
             ),
             Err(e) => fail(EXIT_FAILURE, &e.to_string()),
         },
+        Command::Inspect(args) => {
+            let src = match args.input_args.source_options() {
+                Ok(s) => s,
+                Err(UsageError(m)) => return fail(EXIT_USAGE, &m),
+            };
+            let opts = crate::inspect::InspectOptions {
+                input: args.input,
+                max_rows: args.rows.max(1),
+                samples: 3,
+            };
+            match crate::inspect::inspect(&opts, &src) {
+                Ok(p) => {
+                    print!("{p}");
+                    if let Some(path) = &args.emit_mapping {
+                        if let Err(e) = std::fs::write(path, crate::inspect::starter_mapping(&p)) {
+                            return fail(EXIT_FAILURE, &format!("cannot write {}: {e}", path.display()));
+                        }
+                        eprintln!("wrote a starter mapping to {}", path.display());
+                    }
+                    ExitCode::from(EXIT_OK)
+                }
+                Err(e) => fail(if e.is_usage() { EXIT_USAGE } else { EXIT_FAILURE }, &e.to_string()),
+            }
+        }
+        Command::Validate(args) => {
+            let src = match args.input_args.source_options() {
+                Ok(s) => s,
+                Err(UsageError(m)) => return fail(EXIT_USAGE, &m),
+            };
+            let limits = Limits {
+                max_request_bytes: args.max_request_bytes,
+                max_call_bytes: args.max_call_bytes,
+            };
+            if limits.max_call_bytes < 64 || limits.max_request_bytes < limits.max_call_bytes + 16 {
+                return fail(EXIT_USAGE, "--max-call-bytes must be at least 64 and --max-request-bytes at least 16 bytes more");
+            }
+            let opts = crate::validate::ValidateOptions {
+                inputs: args.inputs,
+                mapping: args.mapping,
+                limits,
+                show_rejects: args.show_rejects,
+                output: args.output,
+                chunk_rows: config::DEFAULT_CHUNK_ROWS,
+            };
+            match crate::validate::validate(&opts, &src) {
+                Ok(r) => {
+                    print!("{r}");
+                    if let Some(p) = &args.report_json {
+                        let json = serde_json::to_vec_pretty(&r).unwrap_or_default();
+                        if let Err(e) = std::fs::write(p, json) {
+                            return fail(EXIT_FAILURE, &format!("cannot write --report-json {}: {e}", p.display()));
+                        }
+                    }
+                    if r.rows_rejected > 0 {
+                        ExitCode::from(EXIT_REJECTS)
+                    } else {
+                        ExitCode::from(EXIT_OK)
+                    }
+                }
+                Err(e) => fail(if e.is_usage() { EXIT_USAGE } else { EXIT_FAILURE }, &e.to_string()),
+            }
+        }
         Command::Generate(args) => {
             match crate::generate::generate_file(&args.out, args.rows, args.seed) {
                 Ok(g) => {

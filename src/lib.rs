@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod generate;
+pub mod inspect;
 pub mod map;
 pub mod pack;
 pub mod pipeline;
@@ -17,6 +18,7 @@ pub mod send;
 pub mod serve;
 pub mod source;
 pub mod summary;
+pub mod validate;
 
 pub use config::RunConfig;
 pub use summary::Summary;

@@ -62,6 +62,7 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
             ),
             inputs: inputs.len() as u64,
             rejects_file: cfg.rejects_path.display().to_string(),
+            rows_rejected_total: d.base.counters.rows_rejected,
             ..Summary::default()
         });
     }
@@ -207,9 +208,15 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
         let packer = s.spawn(|| pack(mapped_rx, free_mapped_tx, work_tx, cfg.limits));
         // Holds each request until the durable window has room. Owns `gated_tx`, so the
         // senders see the channel close when the packer is done.
-        let (win, st, checkpointing) = (&window, &stop, durable.is_some());
+        // After an interrupt it forwards nothing more (and discards the rest, so the
+        // packer is not blocked): every request a sender was handed is still delivered,
+        // so nothing delivered can lie beyond the watermark and a resume replays nothing.
+        let (win, st, checkpointing, halted) = (&window, &stop, durable.is_some(), &halt_reading);
         s.spawn(move || {
             for w in packed_rx {
+                if halted.load(Ordering::Relaxed) {
+                    continue;
+                }
                 if w.body.is_some() && checkpointing {
                     win.acquire(|| st.load(Ordering::Relaxed));
                 }
@@ -327,6 +334,8 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
         });
     }
     summary.outcome = "completed".into();
+    summary.rows_rejected_total = summary.rows_rejected
+        + durable.as_ref().map_or(0, |d| d.base.counters.rows_rejected);
     Ok(summary)
 }
 
@@ -998,7 +1007,9 @@ impl Collector<'_> {
                     dirty = true;
                 }
             }
-            // Interrupt: stop reading and let what was read drain, within a deadline.
+            // Interrupt: stop reading and hand no new request to the senders; the requests
+            // they already hold finish (so a resume replays none of them), within the
+            // drain timeout.
             if let Some(flag) = self.interrupt {
                 if flag.load(Ordering::Relaxed) && drain_deadline.is_none() {
                     o.interrupted = true;
@@ -1006,14 +1017,22 @@ impl Collector<'_> {
                     drain_deadline = Some(Instant::now() + self.drain_timeout);
                     if !self.quiet {
                         eprintln!(
-                            "interrupted: finishing the requests in flight (up to {}s; press Ctrl-C again to quit at once)",
+                            "interrupted: letting the requests in flight finish (up to {}s; press Ctrl-C again to quit at once)",
                             self.drain_timeout.as_secs()
                         );
                     }
                 }
             }
             if drain_deadline.is_some_and(|d| Instant::now() > d) {
-                self.stop.store(true, Ordering::SeqCst);
+                // A request is still hanging after the drain timeout. Record what is
+                // acknowledged and leave; the hanging request is replayed on resume.
+                if let Some(d) = self.durable {
+                    let rows = lock(self.input_rows).clone();
+                    let _ = self.sync_rejects();
+                    let _ = d.store(o.watermark.unwrap_or(d.base.resume), o.rejects_len, &o.counters, false, &rows);
+                }
+                eprintln!("error: requests still in flight after --drain-timeout; the checkpoint is up to date, rerun the same command to resume");
+                std::process::exit(130);
             }
             let due = last_write.elapsed() >= self.interval || self.window.is_full();
             if dirty && due {

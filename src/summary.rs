@@ -33,6 +33,9 @@ pub struct Summary {
     pub elapsed_secs: f64,
     pub rows_per_sec: f64,
     pub rejects_file: String,
+    /// Rows rejected by this run and by the earlier runs of a resumed backfill: what the
+    /// rejects file holds, and what decides exit code 3.
+    pub rows_rejected_total: u64,
     pub dry_run: bool,
 }
 
