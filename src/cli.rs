@@ -31,6 +31,9 @@ never printed.";
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// More log lines on stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
+    #[arg(long, short, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +66,19 @@ pub enum Command {
     #[command(after_help = "Example:
   cdp-backfill validate export.csv --mapping map.toml")]
     Validate(ValidateArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Examples:
+  cdp-backfill completions bash > ~/.local/share/bash-completion/completions/cdp-backfill
+  cdp-backfill completions zsh > ~/.zfunc/_cdp-backfill
+  cdp-backfill completions fish > ~/.config/fish/completions/cdp-backfill.fish")]
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to write completions for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
 }
 
 /// How inputs are read (inspect, validate).
@@ -235,6 +251,17 @@ pub struct RunArgs {
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Progress display: bars on a terminal and a plain line every few seconds otherwise
+    /// (auto), bars even when stderr does not look like a terminal (always), or none.
+    #[arg(long, value_parser = ["auto", "always", "never"], default_value = "auto", value_name = "WHEN")]
+    pub progress: String,
+    /// Seconds between plain progress lines when stderr is not a terminal.
+    #[arg(long, default_value_t = crate::progress::DEFAULT_LOG_INTERVAL.as_secs_f64(), value_name = "SECS", hide = true)]
+    pub progress_interval: f64,
+    /// Write a self-contained HTML report of the run (charts of throughput, retries and
+    /// 429s, call sizes, request fill, rejects by reason; the settings; never the key).
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
     /// Stamp every call's sentAt with the time it is sent (on each attempt). Off by
     /// default: sentAt invites the API's clock-skew correction of timestamps.
     #[arg(long, value_parser = ["now"], value_name = "now")]
@@ -510,10 +537,33 @@ impl ServeArgs {
 /// Parses the command line, runs the command, returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::progress::init_logger(cli.verbose);
     match cli.command {
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            clap_complete::generate(args.shell, &mut Cli::command(), "cdp-backfill", &mut std::io::stdout());
+            ExitCode::from(EXIT_OK)
+        }
         Command::Run(args) => {
             let quiet = args.quiet;
             let summary_json = args.summary_json.clone();
+            let report_path = args.report.clone();
+            // Found now, not after an hours-long run.
+            for (flag, p) in [("--summary-json", &summary_json), ("--report", &report_path)] {
+                if let Some(p) = p {
+                    if let Err(m) = check_output_path(flag, p) {
+                        return fail(EXIT_USAGE, &m);
+                    }
+                }
+            }
+            let progress_opts = crate::progress::ProgressOptions {
+                mode: crate::progress::ProgressMode::parse(&args.progress).unwrap_or_default(),
+                quiet,
+                log_interval: match secs("progress-interval", args.progress_interval) {
+                    Ok(d) if d >= Duration::from_millis(100) => d,
+                    _ => return fail(EXIT_USAGE, "--progress-interval must be at least 0.1 seconds"),
+                },
+            };
             let (mut cfg, src) = match args.into_config() {
                 Ok(c) => c,
                 Err(UsageError(m)) => return fail(EXIT_USAGE, &m),
@@ -522,7 +572,10 @@ pub fn main() -> ExitCode {
                 Ok(flag) => cfg.interrupt = Some(flag),
                 Err(e) => return fail(EXIT_FAILURE, &format!("cannot install the signal handler: {e}")),
             }
-            let result = crate::run(&cfg, &src);
+            log::info!("inputs: {:?}; mapping: {}", cfg.inputs, cfg.mapping_path.display());
+            let progress = crate::progress::Progress::new(progress_opts);
+            let result = crate::pipeline::run_with_progress(&cfg, &src, &progress);
+            progress.finish();
             let (summary, err) = match result {
                 Ok(s) => (Some(s), None),
                 Err(crate::RunError::Partial { summary, cause }) => {
@@ -558,6 +611,16 @@ pub fn main() -> ExitCode {
                             EXIT_FAILURE,
                             &format!("cannot write --summary-json {}: {e}", p.display()),
                         );
+                    }
+                }
+                if let Some(p) = &report_path {
+                    let stopped = err.as_ref().map(|(_, m)| m.as_str());
+                    let html = crate::report::render(s, &progress.recorded(), &crate::report::settings(&cfg, &src), stopped);
+                    if let Err(e) = std::fs::write(p, html) {
+                        return fail(EXIT_FAILURE, &format!("cannot write --report {}: {e}", p.display()));
+                    }
+                    if !quiet {
+                        eprintln!("report: {}", p.display());
                     }
                 }
             }
@@ -703,6 +766,22 @@ fn resume_command() -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// An output file that cannot be written is a usage error found before the run starts.
+fn check_output_path(flag: &str, p: &std::path::Path) -> Result<(), String> {
+    if p.is_dir() {
+        return Err(format!("{flag} {}: is a directory; name a file", p.display()));
+    }
+    let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = parent.filter(|d| !d.is_dir()) {
+        return Err(format!(
+            "{flag} {}: the directory {} does not exist; create it or name another file",
+            p.display(),
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 fn fail(code: u8, msg: &str) -> ExitCode {

@@ -71,7 +71,10 @@ pub enum Inferred {
     Json,
     /// A timestamp and its mapping `format` (`rfc3339`, `date`, `unix_s`, ...); `zone`:
     /// the values have no offset, so the mapping must name a time zone.
-    Timestamp { format: &'static str, zone: bool },
+    Timestamp {
+        format: &'static str,
+        zone: bool,
+    },
 }
 
 impl fmt::Display for Inferred {
@@ -96,9 +99,11 @@ impl fmt::Display for Inferred {
 
 fn time_like_name(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    ["time", "date", "_at", "ts", "created", "updated", "when", "epoch"]
-        .iter()
-        .any(|h| n.contains(h))
+    [
+        "time", "date", "_at", "ts", "created", "updated", "when", "epoch",
+    ]
+    .iter()
+    .any(|h| n.contains(h))
 }
 
 impl ColumnProfile {
@@ -141,19 +146,16 @@ impl ColumnProfile {
         if self.ints + self.floats == v {
             return Inferred::Float;
         }
-        if self.rfc3339 == v {
-            return Inferred::Timestamp {
-                format: "rfc3339",
-                zone: false,
-            };
-        }
-        if self.rfc3339 + self.naive == v {
+        // Timestamps tolerate a few bad values (up to 10%): exports often hold some, and
+        // they are what a run would reject; the profile counts them.
+        let most = |n: u64| n > 0 && (v - n) * 10 <= v;
+        if self.dates == 0 && most(self.rfc3339 + self.naive) {
             return Inferred::Timestamp {
                 format: "rfc3339",
                 zone: self.naive > 0,
             };
         }
-        if self.dates == v {
+        if most(self.dates) && self.rfc3339 + self.naive == 0 {
             return Inferred::Timestamp {
                 format: "date",
                 zone: true,
@@ -163,6 +165,16 @@ impl ColumnProfile {
             return Inferred::Json;
         }
         Inferred::String
+    }
+
+    /// Values that are not timestamps in a column inferred as one.
+    pub fn bad_timestamps(&self) -> u64 {
+        match self.inferred() {
+            Inferred::Timestamp { format, .. } if !format.starts_with("unix") => {
+                self.values - self.rfc3339 - self.naive - self.dates - self.typed_timestamps
+            }
+            _ => 0,
+        }
     }
 
     pub fn null_ratio(&self) -> f64 {
@@ -296,7 +308,13 @@ fn iso(ms: UnixMillis) -> String {
     String::from_utf8_lossy(&v).trim_matches('"').to_string()
 }
 
-fn profile_rows<R: Row>(rows: impl Iterator<Item = R>, cols: &[ColumnRef], p: &mut Profile, keep: usize, left: &mut usize) {
+fn profile_rows<R: Row>(
+    rows: impl Iterator<Item = R>,
+    cols: &[ColumnRef],
+    p: &mut Profile,
+    keep: usize,
+    left: &mut usize,
+) {
     for row in rows {
         if *left == 0 {
             return;
@@ -344,9 +362,15 @@ pub fn inspect(opts: &InspectOptions, src: &SourceOptions) -> Result<Profile, Ru
         }
         let keep = opts.samples;
         match &chunk {
-            Chunk::Csv(c) => profile_rows((0..c.len).map(|i| c.row(i)), &cols, &mut p, keep, &mut left),
-            Chunk::Ndjson(c) => profile_rows((0..c.len).map(|i| c.row(i)), &cols, &mut p, keep, &mut left),
-            Chunk::Parquet(c) => profile_rows((0..c.len).map(|i| c.row(i)), &cols, &mut p, keep, &mut left),
+            Chunk::Csv(c) => {
+                profile_rows((0..c.len).map(|i| c.row(i)), &cols, &mut p, keep, &mut left)
+            }
+            Chunk::Ndjson(c) => {
+                profile_rows((0..c.len).map(|i| c.row(i)), &cols, &mut p, keep, &mut left)
+            }
+            Chunk::Parquet(c) => {
+                profile_rows((0..c.len).map(|i| c.row(i)), &cols, &mut p, keep, &mut left)
+            }
         }
     }
     Ok(p)
@@ -354,7 +378,13 @@ pub fn inspect(opts: &InspectOptions, src: &SourceOptions) -> Result<Profile, Ru
 
 impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}: {} rows read, {} columns", self.input, self.rows, self.columns.len())?;
+        writeln!(
+            f,
+            "{}: {} rows read, {} columns",
+            self.input,
+            self.rows,
+            self.columns.len()
+        )?;
         for c in &self.columns {
             writeln!(
                 f,
@@ -364,11 +394,28 @@ impl fmt::Display for Profile {
                 c.null_ratio() * 100.0,
                 c.max_len
             )?;
-            if let (Some(lo), Some(hi), Inferred::Timestamp { .. }) = (c.ts_min, c.ts_max, c.inferred()) {
+            if let (Some(lo), Some(hi), Inferred::Timestamp { .. }) =
+                (c.ts_min, c.ts_max, c.inferred())
+            {
                 writeln!(f, "    range: {} .. {}", iso(lo), iso(hi))?;
+                if c.bad_timestamps() > 0 {
+                    writeln!(
+                        f,
+                        "    {} value(s) do not parse as timestamps (a run rejects those rows)",
+                        c.bad_timestamps()
+                    )?;
+                }
             }
             if !c.samples.is_empty() {
-                writeln!(f, "    samples: {}", c.samples.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "))?;
+                writeln!(
+                    f,
+                    "    samples: {}",
+                    c.samples
+                        .iter()
+                        .map(|s| format!("{s:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )?;
             }
         }
         Ok(())
@@ -377,11 +424,9 @@ impl fmt::Display for Profile {
 
 /// The first column whose lower-cased name is one of `names`.
 fn pick<'a>(p: &'a Profile, names: &[&str]) -> Option<&'a ColumnProfile> {
-    names.iter().find_map(|n| {
-        p.columns
-            .iter()
-            .find(|c| c.name.to_ascii_lowercase() == *n)
-    })
+    names
+        .iter()
+        .find_map(|n| p.columns.iter().find(|c| c.name.to_ascii_lowercase() == *n))
 }
 
 fn toml_str(s: &str) -> String {
@@ -393,29 +438,94 @@ fn toml_str(s: &str) -> String {
 
 /// A commented starter mapping for the profiled input.
 pub fn starter_mapping(p: &Profile) -> String {
-    let user = pick(p, &["user_id", "userid", "customer_id", "person_id", "uid", "user", "id"]);
-    let anon = pick(p, &["anonymous_id", "anonymousid", "anon_id", "visitor_id", "device_id"]);
-    let email = pick(p, &["email", "email_address", "e-mail", "mail"])
-        .or_else(|| p.columns.iter().find(|c| c.name.to_ascii_lowercase().contains("email")));
+    let user = pick(
+        p,
+        &[
+            "user_id",
+            "userid",
+            "customer_id",
+            "person_id",
+            "uid",
+            "user",
+            "id",
+        ],
+    );
+    let anon = pick(
+        p,
+        &[
+            "anonymous_id",
+            "anonymousid",
+            "anon_id",
+            "visitor_id",
+            "device_id",
+        ],
+    );
+    let email = pick(p, &["email", "email_address", "e-mail", "mail"]).or_else(|| {
+        p.columns
+            .iter()
+            .find(|c| c.name.to_ascii_lowercase().contains("email"))
+    });
     let event = pick(p, &["event", "event_name", "event_type", "action", "name"]);
-    let ts = pick(p, &["timestamp", "ts", "time", "event_time", "occurred_at", "created_at", "date"])
-        .filter(|c| matches!(c.inferred(), Inferred::Timestamp { .. }))
-        .or_else(|| p.columns.iter().find(|c| matches!(c.inferred(), Inferred::Timestamp { .. })));
+    let ts = pick(
+        p,
+        &[
+            "timestamp",
+            "ts",
+            "time",
+            "event_time",
+            "occurred_at",
+            "created_at",
+            "date",
+        ],
+    )
+    .filter(|c| matches!(c.inferred(), Inferred::Timestamp { .. }))
+    .or_else(|| {
+        p.columns
+            .iter()
+            .find(|c| matches!(c.inferred(), Inferred::Timestamp { .. }))
+    });
     let mut m = String::new();
-    let _ = writeln!(m, "# Starter mapping for {} (written by `cdp-backfill inspect --emit-mapping`).", p.input);
-    let _ = writeln!(m, "# The guesses below come from column names and the first {} rows: check each one,", p.rows);
-    let _ = writeln!(m, "# then run `cdp-backfill validate {} --mapping THIS_FILE` before sending.", p.input);
-    let _ = writeln!(m, "\n# Mixed into every messageId; change it to re-send the same rows as new calls.");
+    let _ = writeln!(
+        m,
+        "# Starter mapping for {} (written by `cdp-backfill inspect --emit-mapping`).",
+        p.input
+    );
+    let _ = writeln!(
+        m,
+        "# The guesses below come from column names and the first {} rows: check each one,",
+        p.rows
+    );
+    let _ = writeln!(
+        m,
+        "# then run `cdp-backfill validate {} --mapping THIS_FILE` before sending.",
+        p.input
+    );
+    let _ = writeln!(
+        m,
+        "\n# Mixed into every messageId; change it to re-send the same rows as new calls."
+    );
     let _ = writeln!(m, "namespace = \"\"\n");
     let _ = writeln!(m, "[defaults]");
-    let _ = writeln!(m, "# Timestamps more than this many hours in the future are rejected.");
+    let _ = writeln!(
+        m,
+        "# Timestamps more than this many hours in the future are rejected."
+    );
     let _ = writeln!(m, "max_future_hours = 24");
-    let needs_zone = p.columns.iter().any(|c| matches!(c.inferred(), Inferred::Timestamp { zone: true, .. }));
+    let needs_zone = p
+        .columns
+        .iter()
+        .any(|c| matches!(c.inferred(), Inferred::Timestamp { zone: true, .. }));
     if needs_zone {
-        let _ = writeln!(m, "# Some timestamps have no UTC offset: name the zone they were written in.");
+        let _ = writeln!(
+            m,
+            "# Some timestamps have no UTC offset: name the zone they were written in."
+        );
         let _ = writeln!(m, "timezone = \"UTC\"");
     }
-    let _ = writeln!(m, "\n# Column types (auto writes numbers and booleans as such, the rest as strings).");
+    let _ = writeln!(
+        m,
+        "\n# Column types (auto writes numbers and booleans as such, the rest as strings)."
+    );
     let _ = writeln!(m, "[columns]");
     let used: BTreeSet<&str> = [user, anon, email, event]
         .into_iter()
@@ -424,13 +534,22 @@ pub fn starter_mapping(p: &Profile) -> String {
         .collect();
     for c in &p.columns {
         let line = match c.inferred() {
-            Inferred::Empty => format!("{} = \"string\"  # always empty in the sample", toml_str(&c.name)),
+            Inferred::Empty => format!(
+                "{} = \"string\"  # always empty in the sample",
+                toml_str(&c.name)
+            ),
             Inferred::Int => format!("{} = \"int\"", toml_str(&c.name)),
             Inferred::Float => format!("{} = \"float\"", toml_str(&c.name)),
             Inferred::Bool => format!("{} = \"bool\"", toml_str(&c.name)),
-            Inferred::Json => format!("{} = {{ type = \"json\", empty = \"omit\" }}", toml_str(&c.name)),
+            Inferred::Json => format!(
+                "{} = {{ type = \"json\", empty = \"omit\" }}",
+                toml_str(&c.name)
+            ),
             Inferred::Timestamp { format, .. } => {
-                format!("{} = {{ type = \"timestamp\", format = \"{format}\" }}", toml_str(&c.name))
+                format!(
+                    "{} = {{ type = \"timestamp\", format = \"{format}\" }}",
+                    toml_str(&c.name)
+                )
             }
             Inferred::String if used.contains(c.name.as_str()) => continue,
             // Ids and codes that look numeric stay strings: "007" must not become 7.
@@ -440,13 +559,20 @@ pub fn starter_mapping(p: &Profile) -> String {
     }
     for c in [user, anon].into_iter().flatten() {
         if c.inferred() != Inferred::String {
-            let _ = writeln!(m, "{} = \"string\"  # an id: keep it text", toml_str(&c.name));
+            let _ = writeln!(
+                m,
+                "{} = \"string\"  # an id: keep it text",
+                toml_str(&c.name)
+            );
         }
     }
     let ids = |m: &mut String| {
         match user {
             Some(c) => writeln!(m, "user_id = {}", toml_str(&c.name)),
-            None => writeln!(m, "# user_id = \"...\"  # no user id column found: name it here"),
+            None => writeln!(
+                m,
+                "# user_id = \"...\"  # no user id column found: name it here"
+            ),
         }
         .and_then(|_| match anon {
             Some(c) => writeln!(m, "anonymous_id = {}", toml_str(&c.name)),
@@ -454,23 +580,36 @@ pub fn starter_mapping(p: &Profile) -> String {
         })
     };
     if let Some(ev) = event {
-        let _ = writeln!(m, "\n# One track call per row; every column not used above becomes a property.");
+        let _ = writeln!(
+            m,
+            "\n# One track call per row; every column not used above becomes a property."
+        );
         let _ = writeln!(m, "[[call]]\ntype = \"track\"");
         let _ = ids(&mut m);
         let _ = writeln!(m, "event = {}", toml_str(&ev.name));
         match ts {
-            Some(t) => { let _ = writeln!(m, "timestamp = {}", toml_str(&t.name)); }
-            None => { let _ = writeln!(m, "# timestamp = \"...\"  # no timestamp column found; without one the API uses the receive time"); }
+            Some(t) => {
+                let _ = writeln!(m, "timestamp = {}", toml_str(&t.name));
+            }
+            None => {
+                let _ = writeln!(m, "# timestamp = \"...\"  # no timestamp column found; without one the API uses the receive time");
+            }
         }
         let _ = writeln!(m, "properties = \"rest\"");
         if let Some(e) = email {
-            let _ = writeln!(m, "\n# Also keep the person's email up to date (remove if not wanted).");
+            let _ = writeln!(
+                m,
+                "\n# Also keep the person's email up to date (remove if not wanted)."
+            );
             let _ = writeln!(m, "[[call]]\ntype = \"identify\"");
             let _ = ids(&mut m);
             let _ = writeln!(m, "traits = {{ email = {} }}", toml_str(&e.name));
         }
     } else {
-        let _ = writeln!(m, "\n# No event column found: one identify call per row, every other column a trait.");
+        let _ = writeln!(
+            m,
+            "\n# No event column found: one identify call per row, every other column a trait."
+        );
         let _ = writeln!(m, "[[call]]\ntype = \"identify\"");
         let _ = ids(&mut m);
         if let Some(t) = ts {
@@ -505,21 +644,55 @@ mod tests {
         assert_eq!(col("s", &["1", "x"]).inferred(), Inferred::String);
         assert_eq!(
             col("t", &["2024-03-05T10:20:30Z", "2024-03-06T00:00:00+02:00"]).inferred(),
-            Inferred::Timestamp { format: "rfc3339", zone: false }
+            Inferred::Timestamp {
+                format: "rfc3339",
+                zone: false
+            }
         );
         assert_eq!(
             col("t", &["2024-03-05 10:20:30", "2024-03-06T00:00:00Z"]).inferred(),
-            Inferred::Timestamp { format: "rfc3339", zone: true }
+            Inferred::Timestamp {
+                format: "rfc3339",
+                zone: true
+            }
         );
-        assert_eq!(col("d", &["2024-03-05"]).inferred(), Inferred::Timestamp { format: "date", zone: true });
+        assert_eq!(
+            col("d", &["2024-03-05"]).inferred(),
+            Inferred::Timestamp {
+                format: "date",
+                zone: true
+            }
+        );
+        let mostly: Vec<&str> = std::iter::repeat_n("2024-03-05T10:20:30Z", 9)
+            .chain(["yesterday"])
+            .collect();
+        let c = col("t", &mostly);
+        assert_eq!(
+            c.inferred(),
+            Inferred::Timestamp {
+                format: "rfc3339",
+                zone: false
+            }
+        );
+        assert_eq!(c.bad_timestamps(), 1);
+        let half: Vec<&str> = std::iter::repeat_n("2024-03-05T10:20:30Z", 8)
+            .chain(["x", "y"])
+            .collect();
+        assert_eq!(col("t", &half).inferred(), Inferred::String);
         assert_eq!(
             col("created_at", &["1709634030", "1709634031"]).inferred(),
-            Inferred::Timestamp { format: "unix_s", zone: false }
+            Inferred::Timestamp {
+                format: "unix_s",
+                zone: false
+            }
         );
         assert_eq!(col("phone", &["1709634030"]).inferred(), Inferred::Int);
         assert_eq!(
             col("ts", &["1709634030000"]).inferred(),
-            Inferred::Timestamp { format: "unix_ms", zone: false }
+            Inferred::Timestamp {
+                format: "unix_ms",
+                zone: false
+            }
         );
         let c = col("n", &["", "", "1", "1"]);
         assert_eq!(c.null_ratio(), 0.5);

@@ -14,6 +14,8 @@ pub mod inspect;
 pub mod map;
 pub mod pack;
 pub mod pipeline;
+pub mod progress;
+pub mod report;
 pub mod send;
 pub mod serve;
 pub mod source;

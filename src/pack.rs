@@ -142,9 +142,11 @@ impl Packer {
 }
 
 fn max_call_with(limits: Limits, suffix_len: usize) -> usize {
-    limits
-        .max_call_bytes
-        .min(limits.max_request_bytes.saturating_sub(PREFIX.len() + suffix_len))
+    limits.max_call_bytes.min(
+        limits
+            .max_request_bytes
+            .saturating_sub(PREFIX.len() + suffix_len),
+    )
 }
 
 /// A closed keyed body with the tags of its calls, in order.
@@ -255,6 +257,30 @@ impl<T> KeyedPacker<T> {
     }
 }
 
+/// Resume positions for bodies closed in one step, handed out oldest first.
+///
+/// The checkpoint advances over acknowledged requests in hand-out order, so once body
+/// `i` and all before it are acknowledged, the input may resume at `resume[i]` only if
+/// no call before that position is still unsent: not in an open body (`open_min`: the
+/// position of the oldest open call, or of the next call to pack when none is open), nor
+/// in a body closed in the same step but handed out after `i`. Hence
+/// `resume[i] = min(open_min, first call of closed[j] for j > i)`.
+pub fn resume_points<T, P: Ord + Copy>(
+    closed: &[Packed<T>],
+    open_min: P,
+    at: impl Fn(&T) -> P,
+) -> Vec<P> {
+    let mut resumes = vec![open_min; closed.len()];
+    let mut later = open_min;
+    for i in (0..closed.len()).rev() {
+        resumes[i] = later;
+        if let Some(t) = closed[i].tags.first() {
+            later = later.min(at(t));
+        }
+    }
+    resumes
+}
+
 fn close<T>(mut o: Open<T>) -> Option<Packed<T>> {
     o.packer.finish().map(|body| Packed { body, tags: o.tags })
 }
@@ -338,7 +364,13 @@ mod tests {
         assert_eq!(out[0].body.bytes.len(), exact);
         let v: serde_json::Value = serde_json::from_slice(&out[0].body.bytes).unwrap();
         assert_eq!(v["context"]["ip"], "10.0.0.7");
-        let mut p = KeyedPacker::new(Limits { max_request_bytes: exact - 1, ..limits }, 4);
+        let mut p = KeyedPacker::new(
+            Limits {
+                max_request_bytes: exact - 1,
+                ..limits
+            },
+            4,
+        );
         let mut out = Vec::new();
         p.push(&k, &call(0, 20), 0, &mut out).unwrap();
         p.push(&k, &call(1, 20), 1, &mut out).unwrap();
@@ -347,7 +379,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn keyed_packing_keeps_every_call_once_within_limits_and_never_checkpoints_past_an_open_call(
+        fn keyed_packing_keeps_every_call_once_within_limits_and_never_checkpoints_past_an_unsent_call(
             calls in prop::collection::vec((0usize..5, 8usize..300), 0..300),
             max_request in 120usize..2000,
             max_open in 1usize..4,
@@ -355,10 +387,12 @@ mod tests {
             let limits = Limits { max_request_bytes: max_request, max_call_bytes: 300 };
             let mut p = KeyedPacker::new(limits, max_open);
             let mut out: Vec<Packed<usize>> = Vec::new();
-            let mut emitted = vec![false; calls.len()];
+            // Handed-out bodies in order: (call indices, resume position).
+            let mut works: Vec<(Vec<usize>, usize)> = Vec::new();
             let mut refused = Vec::new();
-            let mut check = |out: &mut Vec<Packed<usize>>, emitted: &mut Vec<bool>, resume: usize| -> Result<(), TestCaseError> {
-                for b in out.drain(..) {
+            let hand_out = |out: &mut Vec<Packed<usize>>, open_min: usize, works: &mut Vec<(Vec<usize>, usize)>| -> Result<(), TestCaseError> {
+                let resumes = resume_points(out, open_min, |&t| t);
+                for (b, resume) in out.drain(..).zip(resumes) {
                     prop_assert!(b.body.bytes.len() <= max_request, "body {} > {}", b.body.bytes.len(), max_request);
                     let v: serde_json::Value = serde_json::from_slice(&b.body.bytes).unwrap();
                     let items = v["batch"].as_array().unwrap();
@@ -367,39 +401,56 @@ mod tests {
                     for (it, &tag) in items.iter().zip(&b.tags) {
                         let i = it["i"].as_u64().unwrap() as usize;
                         prop_assert_eq!(i, tag);
-                        prop_assert!(!emitted[i], "call {} twice", i);
-                        emitted[i] = true;
                         // Order within a key, and one key per body.
                         prop_assert!(last < Some(i));
                         last = Some(i);
-                        let want = key(calls[i].0);
-                        let got = &v.get("context").map(|c| format!(",\"context\":{c}")).unwrap_or_default();
-                        prop_assert_eq!(String::from_utf8(want).unwrap(), got.clone());
+                        let want = String::from_utf8(key(calls[i].0)).unwrap();
+                        let got = v.get("context").map(|c| format!(",\"context\":{c}")).unwrap_or_default();
+                        prop_assert_eq!(want, got);
                     }
-                }
-                // The checkpoint: every call before `resume` has been handed out.
-                for (i, &e) in emitted.iter().enumerate().take(resume) {
-                    prop_assert!(e, "call {} before resume {} still open", i, resume);
+                    works.push((b.tags, resume));
                 }
                 Ok(())
             };
             for (i, &(k, n)) in calls.iter().enumerate() {
-                match p.push(&key(k), &call(i, n), i, &mut out) {
-                    Ok(()) => {}
-                    Err(_) => { refused.push(i); emitted[i] = true; }
+                if p.push(&key(k), &call(i, n), i, &mut out).is_err() {
+                    refused.push(i);
                 }
-                let resume = p.oldest_open().copied().unwrap_or(i + 1);
-                check(&mut out, &mut emitted, resume)?;
+                let open_min = p.oldest_open().copied().unwrap_or(i + 1);
+                hand_out(&mut out, open_min, &mut works)?;
                 prop_assert!(p.open_bodies() <= max_open);
             }
             while let Some(b) = p.finish_one() {
                 out.push(b);
-                let resume = p.oldest_open().copied().unwrap_or(calls.len());
-                check(&mut out, &mut emitted, resume)?;
             }
-            prop_assert!(emitted.iter().all(|&e| e));
+            hand_out(&mut out, calls.len(), &mut works)?;
+            // Every call exactly once (or refused as too large).
+            let mut seen = vec![0u32; calls.len()];
+            for (tags, _) in &works {
+                for &t in tags {
+                    seen[t] += 1;
+                }
+            }
+            for (i, &n) in seen.iter().enumerate() {
+                prop_assert_eq!(n, if refused.contains(&i) { 0 } else { 1 }, "call {}", i);
+            }
             for &i in &refused {
                 prop_assert!(call(i, calls[i].1).len() > p.max_call(&key(calls[i].0)));
+            }
+            // The checkpoint: once works 0..=k are acknowledged, resuming at resume[k]
+            // skips no unsent call; and resume positions never go back.
+            let mut sent = vec![false; calls.len()];
+            for &i in &refused {
+                sent[i] = true;
+            }
+            let mut prev = 0;
+            for (tags, resume) in &works {
+                for &t in tags {
+                    sent[t] = true;
+                }
+                prop_assert!(sent[..*resume].iter().all(|&s| s), "resume {} passes an unsent call", resume);
+                prop_assert!(*resume >= prev);
+                prev = *resume;
             }
         }
 

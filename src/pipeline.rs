@@ -25,7 +25,8 @@ use crate::config::{Endpoint, Limits, RunConfig};
 use crate::map::compile::{compile, CompiledMapping};
 use crate::map::encode::{map_chunk, EmitKind, EncodeOptions, Mapped, Reject};
 use crate::map::spec::CallKind;
-use crate::pack::{KeyedPacker, Packed, Packer, TooLarge};
+use crate::progress::Progress;
+use crate::pack::{resume_points, KeyedPacker, Packed, Packer, TooLarge};
 use crate::send::transport::{DryRunTransport, HttpTransport, Transport};
 use crate::send::{self, Ack, AckResult, CallOrigin, Gate, RetryPolicy, Work};
 use crate::source::{self, Chunk, InputInfo, Position, SourceOptions};
@@ -34,6 +35,11 @@ use crate::RunError;
 
 /// Runs a backfill to the end (or to the first fatal error).
 pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunError> {
+    run_with_progress(cfg, src_opts, &Progress::hidden())
+}
+
+/// [`run`], reporting progress (and recording what `--report` draws) into `progress`.
+pub fn run_with_progress(cfg: &RunConfig, src_opts: &SourceOptions, progress: &Progress) -> Result<Summary, RunError> {
     let started = Instant::now();
     let spec = crate::map::load(&cfg.mapping_path)?;
     let inputs = source::discover(&cfg.inputs, &spec.namespace, src_opts)?;
@@ -137,6 +143,7 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
     } else {
         cfg.concurrency.max(1)
     };
+    progress.begin(&inputs, start, cfg.limits, concurrency);
     let gate = if cfg.dry_run {
         Gate::new(None, None)
     } else {
@@ -189,6 +196,7 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
                 raw_tx,
                 &[&stop, &halt_reading],
                 &input_rows,
+                progress,
             );
             if r.is_err() {
                 stop.store(true, Ordering::SeqCst);
@@ -211,7 +219,7 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
         // After an interrupt it forwards nothing more (and discards the rest, so the
         // packer is not blocked): every request a sender was handed is still delivered,
         // so nothing delivered can lie beyond the watermark and a resume replays nothing.
-        let (win, st, checkpointing, halted) = (&window, &stop, durable.is_some(), &halt_reading);
+        let (win, st, checkpointing, halted, prog) = (&window, &stop, durable.is_some(), &halt_reading, progress);
         s.spawn(move || {
             for w in packed_rx {
                 if halted.load(Ordering::Relaxed) {
@@ -220,8 +228,12 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
                 if w.body.is_some() && checkpointing {
                     win.acquire(|| st.load(Ordering::Relaxed));
                 }
+                let has_body = w.body.is_some();
                 if gated_tx.send(w).is_err() {
                     return;
+                }
+                if has_body {
+                    prog.forwarded();
                 }
             }
         });
@@ -246,6 +258,7 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
             halt_reading: &halt_reading,
             stop: &stop,
             quiet: cfg.quiet,
+            progress,
         };
         let outcome = c.run(ack_rx);
         let read_result = reader
@@ -352,6 +365,7 @@ fn read_inputs(
     out: Sender<(u64, Chunk)>,
     halt: &[&AtomicBool],
     input_rows: &Mutex<Vec<u64>>,
+    progress: &Progress,
 ) -> Result<(), source::SourceError> {
     let mut seq = 0;
     let mut created = 0;
@@ -388,6 +402,7 @@ fn read_inputs(
                 break;
             }
             rows = chunk.first_row() + chunk.len() as u64;
+            progress.read(&chunk);
             if out.send((seq, chunk)).is_err() {
                 return Ok(());
             }
@@ -787,11 +802,19 @@ fn pack(
                                     .unwrap_or(m.end.offset),
                                 ..at
                             };
-                            for w in hand_out(&mut closed, &packer, next_row, &mut rejects, &mut make) {
+                            for w in
+                                hand_out(&mut closed, &packer, next_row, &mut rejects, &mut make)
+                            {
                                 send(w);
                             }
                             let resume = packer.oldest_open().map_or(next_row, |t| t.at);
-                            let w = make("/v1/batch", None, Vec::new(), resume, rejects.take_before(resume));
+                            let w = make(
+                                "/v1/batch",
+                                None,
+                                Vec::new(),
+                                resume,
+                                rejects.take_before(resume),
+                            );
                             send(w);
                         }
                     }
@@ -851,15 +874,7 @@ fn hand_out(
         return Vec::new();
     }
     let open_min = packer.oldest_open().map_or(fallback, |t| t.at);
-    // resume[i] = min(open_min, first call of closed[j] for j > i).
-    let mut resumes = vec![open_min; closed.len()];
-    let mut later = open_min;
-    for i in (0..closed.len()).rev() {
-        resumes[i] = later;
-        if let Some(t) = closed[i].tags.first() {
-            later = later.min(t.at);
-        }
-    }
+    let resumes = resume_points(closed, open_min, |t| t.at);
     closed
         .drain(..)
         .zip(resumes)
@@ -952,6 +967,7 @@ struct Collector<'a> {
     halt_reading: &'a AtomicBool,
     stop: &'a AtomicBool,
     quiet: bool,
+    progress: &'a Progress,
 }
 
 impl Collector<'_> {
@@ -976,6 +992,7 @@ impl Collector<'_> {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             for ack in first.into_iter().chain(std::iter::from_fn(|| acks.try_recv().ok())) {
+                self.progress.ack(&ack);
                 self.summary.retries += ack.retries as u64;
                 self.summary.throttled += ack.throttled as u64;
                 match &ack.result {
@@ -1010,6 +1027,7 @@ impl Collector<'_> {
             // Interrupt: stop reading and hand no new request to the senders; the requests
             // they already hold finish (so a resume replays none of them), within the
             // drain timeout.
+            self.progress.tick();
             if let Some(flag) = self.interrupt {
                 if flag.load(Ordering::Relaxed) && drain_deadline.is_none() {
                     o.interrupted = true;

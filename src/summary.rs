@@ -80,11 +80,12 @@ impl fmt::Display for Summary {
         writeln!(f, "    mapped          {:>14}", n(self.rows_mapped))?;
         writeln!(f, "    rejected        {:>14}", n(self.rows_rejected))?;
         for (reason, count) in &self.rejected_by_reason {
-            writeln!(f, "      {reason:<16}{:>14}", n(*count))?;
+            // Sub-rows line up with the rows above (a long name pushes its count right).
+            writeln!(f, "      {reason:<14}{:>14}", n(*count))?;
         }
         writeln!(f, "  calls built       {:>14}", n(self.calls_built))?;
         for (kind, count) in &self.calls_by_type {
-            writeln!(f, "      {kind:<16}{:>14}", n(*count))?;
+            writeln!(f, "      {kind:<14}{:>14}", n(*count))?;
         }
         let verb = if self.dry_run { "packed" } else { "delivered" };
         writeln!(f, "  calls {verb:<11} {:>14}", n(self.calls_delivered))?;

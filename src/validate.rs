@@ -53,7 +53,10 @@ impl Sizes {
         self.max = self.max.max(n);
         self.count += 1;
         self.total += n;
-        *self.buckets.entry(63 - n.max(1).leading_zeros()).or_default() += 1;
+        *self
+            .buckets
+            .entry(63 - n.max(1).leading_zeros())
+            .or_default() += 1;
     }
 
     fn mean(&self) -> u64 {
@@ -225,8 +228,7 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
                                 o.write_all(&body).map_err(io_err)?;
                                 o.write_all(b"\n").map_err(io_err)?;
                             }
-                        } else if let Err(too_large) = packer.push(&key, call, (), &mut closed)
-                        {
+                        } else if let Err(too_large) = packer.push(&key, call, (), &mut closed) {
                             tally.report.rows_rejected += 1;
                             *tally
                                 .report
@@ -253,9 +255,10 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
                             .entry(code.to_string())
                             .or_default() += 1;
                         if tally.report.first_rejects.len() < tally.show {
-                            tally.report.first_rejects.push(
-                                String::from_utf8_lossy(line).trim_end().to_string(),
-                            );
+                            tally
+                                .report
+                                .first_rejects
+                                .push(String::from_utf8_lossy(line).trim_end().to_string());
                         }
                     }
                 }
@@ -347,7 +350,10 @@ mod tests {
     #[test]
     fn the_top_level_timestamp_is_found_and_sizes_bucket_by_power_of_two() {
         let c = br#"{"type":"track","messageId":"m","userId":"u","event":"e","timestamp":"2024-03-05T10:20:30.000Z","properties":{"timestamp":"x"}}"#;
-        assert_eq!(call_timestamp(c).map(iso).as_deref(), Some("2024-03-05T10:20:30.000Z"));
+        assert_eq!(
+            call_timestamp(c).map(iso).as_deref(),
+            Some("2024-03-05T10:20:30.000Z")
+        );
         assert_eq!(call_timestamp(br#"{"type":"identify"}"#), None);
         let mut s = Sizes::default();
         for n in [1, 2, 3, 1000, 1023, 1024] {

@@ -77,10 +77,12 @@ impl Env {
         }
     }
 
-    /// The messageIds a dry run packs, in request order.
-    fn expected_ids(&self) -> Vec<String> {
+    /// The messageIds a dry run packs with the same size `limits`, in request order.
+    fn expected_ids(&self, limits: &[&str]) -> Vec<String> {
         let bodies = self.path("dry.bodies.ndjson");
-        let dry = self.run("dry", &["--dry-run", "--output", bodies.to_str().unwrap()]);
+        let mut args = vec!["--dry-run", "--output", bodies.to_str().unwrap()];
+        args.extend(limits);
+        let dry = self.run("dry", &args);
         assert!(
             matches!(dry.code(), 0 | 3),
             "dry run failed: {}",
@@ -152,6 +154,18 @@ fn recorded_ids(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Set equality that reports the difference, not both sets.
+fn assert_same_ids(got: &BTreeSet<String>, want: &BTreeSet<String>) {
+    let missing: Vec<_> = want.difference(got).take(5).collect();
+    let extra: Vec<_> = got.difference(want).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "got {} ids, want {}; missing e.g. {missing:?}; unexpected e.g. {extra:?}",
+        got.len(),
+        want.len()
+    );
+}
+
 fn start(faults: Faults, record: &Path) -> Server {
     Server::start(ServeConfig {
         record: Some(record.to_path_buf()),
@@ -171,7 +185,8 @@ const FAST_BACKOFF: [&str; 4] = ["--backoff-base", "0.005", "--backoff-cap", "0.
 #[test]
 fn chaos_of_5xx_429_and_drops_still_delivers_every_call_once() {
     let env = Env::new(2000, 7);
-    let expected = env.expected_ids();
+    let limits = ["--max-request-bytes", "30000", "--max-call-bytes", "16000"];
+    let expected = env.expected_ids(&limits);
     let record = env.path("received.ndjson");
     let server = start(
         Faults {
@@ -179,22 +194,22 @@ fn chaos_of_5xx_429_and_drops_still_delivers_every_call_once() {
             throttle_rate: 0.1,
             retry_after_secs: 1,
             drop_rate: 0.05,
-            seed: 11,
+            seed: 6,
             ..Faults::default()
         },
         &record,
     );
     let url = server.base_url();
-    let mut args = vec!["--endpoint", &url, "--max-request-bytes", "30000"];
+    let mut args = vec!["--endpoint", &url, "--max-retries", "20"];
+    args.extend(limits);
     args.extend(FAST_BACKOFF);
-    args.extend(["--max-retries", "20"]);
     let run = env.run("live", &args);
     let stats = server.shutdown();
 
     assert_eq!(run.code(), 3, "planted bad rows only: {}", run.stderr());
     let got: BTreeSet<String> = recorded_ids(&record).into_iter().collect();
     let want: BTreeSet<String> = expected.iter().cloned().collect();
-    assert_eq!(got, want);
+    assert_same_ids(&got, &want);
     assert_eq!(stats.duplicate_message_ids, 0);
     assert_eq!(stats.unique_message_ids, expected.len() as u64);
     assert_eq!(run.count("calls_delivered"), expected.len() as u64);
@@ -273,27 +288,20 @@ impl Drop for ServeProcess {
 #[test]
 fn a_server_cap_below_the_rate_is_met_with_pauses_and_the_run_completes() {
     let env = Env::new(1200, 8);
-    let expected = env.expected_ids();
+    let limits = ["--max-request-bytes", "8000", "--max-call-bytes", "7000"];
+    let expected = env.expected_ids(&limits);
     let record = env.path("received.ndjson");
     let serve = ServeProcess::spawn(&["--max-rps", "20", "--record", record.to_str().unwrap()]);
     let url = serve.url();
-    let mut args = vec![
-        "--endpoint",
-        &url,
-        "--rate",
-        "50",
-        "--max-request-bytes",
-        "8000",
-        "--max-call-bytes",
-        "7000",
-    ];
+    let mut args = vec!["--endpoint", &url, "--rate", "50"];
+    args.extend(limits);
     args.extend(FAST_BACKOFF);
     let run = env.run("live", &args);
     let stats = serve.stats();
 
     assert_eq!(run.code(), 3, "{}", run.stderr());
     let got: BTreeSet<String> = recorded_ids(&record).into_iter().collect();
-    assert_eq!(got, expected.iter().cloned().collect::<BTreeSet<_>>());
+    assert_same_ids(&got, &expected.iter().cloned().collect());
     assert!(stats.injected.rps_limited > 0, "{stats:?}");
     assert_eq!(run.count("throttled"), stats.injected.rps_limited);
     assert!(run.count("requests") >= 50, "{}", run.summary);
@@ -303,7 +311,8 @@ fn a_server_cap_below_the_rate_is_met_with_pauses_and_the_run_completes() {
 #[test]
 fn calls_refused_in_strict_mode_are_isolated_into_rejects_and_the_rest_delivered() {
     let env = Env::new(1500, 9);
-    let expected = env.expected_ids();
+    let limits = ["--max-request-bytes", "60000"];
+    let expected = env.expected_ids(&limits);
     let record = env.path("received.ndjson");
     let server = start(
         Faults {
@@ -314,7 +323,8 @@ fn calls_refused_in_strict_mode_are_isolated_into_rejects_and_the_rest_delivered
         &record,
     );
     let url = server.base_url();
-    let mut args = vec!["--endpoint", &url, "--max-request-bytes", "60000", "--gzip"];
+    let mut args = vec!["--endpoint", &url, "--gzip"];
+    args.extend(limits);
     args.extend(FAST_BACKOFF);
     let run = env.run("live", &args);
     let stats = server.shutdown();
@@ -343,7 +353,7 @@ fn calls_refused_in_strict_mode_are_isolated_into_rejects_and_the_rest_delivered
     let got: BTreeSet<String> = recorded_ids(&record).into_iter().collect();
     assert!(got.is_disjoint(&refused_ids));
     let all: BTreeSet<String> = got.union(&refused_ids).cloned().collect();
-    assert_eq!(all, expected.iter().cloned().collect::<BTreeSet<_>>());
+    assert_same_ids(&all, &expected.iter().cloned().collect());
     assert_eq!(stats.duplicate_message_ids, 0);
     assert_eq!(
         run.count("calls_rejected_by_server"),
@@ -388,6 +398,10 @@ fn the_rate_limit_holds_in_every_second_and_is_nearly_reached() {
         stats.max_requests_in_any_1s
     );
     let achieved = stats.requests as f64 / run.summary["elapsed_secs"].as_f64().unwrap();
+    eprintln!(
+        "--rate {RATE}: {} requests, at most {} in any 1 s, {achieved:.1} requests/s overall",
+        stats.requests, stats.max_requests_in_any_1s
+    );
     assert!(
         achieved >= 0.95 * RATE as f64,
         "achieved {achieved:.1} requests/s of {RATE}"
@@ -397,7 +411,8 @@ fn the_rate_limit_holds_in_every_second_and_is_nearly_reached() {
 #[test]
 fn running_out_of_retries_stops_with_the_status_and_counts_only_the_acknowledged_prefix() {
     let env = Env::new(1500, 12);
-    let expected = env.expected_ids();
+    let limits = ["--max-request-bytes", "20000", "--max-call-bytes", "16000"];
+    let expected = env.expected_ids(&limits);
     let record = env.path("received.ndjson");
     let server = start(
         Faults {
@@ -411,13 +426,12 @@ fn running_out_of_retries_stops_with_the_status_and_counts_only_the_acknowledged
     let mut args = vec![
         "--endpoint",
         &url,
-        "--max-request-bytes",
-        "20000",
         "--max-retries",
         "1",
         "--concurrency",
         "4",
     ];
+    args.extend(limits);
     args.extend(FAST_BACKOFF);
     let run = env.run("live", &args);
     let _stats = server.shutdown();

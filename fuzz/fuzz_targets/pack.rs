@@ -78,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
     let mut out: Vec<Packed<usize>> = Vec::new();
     let mut got = vec![0u8; calls.len()];
     let mut refused = vec![false; calls.len()];
-    let mut drain = |out: &mut Vec<Packed<usize>>, got: &mut Vec<u8>| {
+    let drain = |out: &mut Vec<Packed<usize>>, got: &mut Vec<u8>| {
         for b in out.drain(..) {
             let ids = items(&b.body.bytes, max_request);
             assert_eq!(ids, b.tags);

@@ -61,7 +61,7 @@ fn valid(seed: &[u8], rows: usize, dict: bool) -> Vec<u8> {
     let batch = RecordBatch::try_from_iter(cols).expect("the columns have equal lengths");
     let props = WriterProperties::builder()
         .set_dictionary_enabled(dict)
-        .set_max_row_group_size(3)
+        .set_max_row_group_row_count(Some(3))
         .build();
     let mut out = Vec::new();
     let mut w = ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).expect("writer");

@@ -314,7 +314,11 @@ fn used_columns(spec: &MappingSpec, c: &CallSpec) -> BTreeSet<String> {
     ] {
         add(f.as_ref());
     }
-    let trees = [Some(&spec.context), Some(&spec.integrations), c.context.as_ref()];
+    let trees = [
+        Some(&spec.context),
+        Some(&spec.integrations),
+        c.context.as_ref(),
+    ];
     for t in trees.into_iter().flatten() {
         for f in t.values() {
             add(Some(f));
@@ -501,6 +505,65 @@ pub fn compile(
     })
 }
 
+/// A constant semantic event's required fields must be mapped at all (a row can still
+/// lack a value; the encoder rejects those rows naming the field).
+fn check_semantic(
+    c: &CompiledCall,
+    need: &dyn Fn(bool, &str) -> Result<(), CompileError>,
+) -> Result<(), CompileError> {
+    use super::encode::Semantic;
+    let Some(ValueSource::Const(b)) = &c.event else {
+        return Ok(());
+    };
+    let Some(ev) = Semantic::of(b) else {
+        return Ok(());
+    };
+    let has = |nodes: &[OutNode], path: &[&str]| {
+        let mut nodes = nodes;
+        for (i, seg) in path.iter().enumerate() {
+            match nodes.iter().find(|n| n.name == *seg) {
+                Some(OutNode {
+                    kind: OutKind::Object(children),
+                    ..
+                }) if i + 1 < path.len() => nodes = children,
+                Some(OutNode {
+                    kind: OutKind::Leaf(_),
+                    ..
+                }) if i + 1 == path.len() => return true,
+                _ => return false,
+            }
+        }
+        false
+    };
+    match ev {
+        Semantic::DeviceUpdated | Semantic::DeviceDeleted => {
+            need(c.user_id.is_some(), "user_id (a device event needs userId)")?;
+            need(
+                has(&c.context, &["device", "token"]),
+                "context = { \"device.token\" = ... } (the spec requires context.device.token in the call)",
+            )
+        }
+        Semantic::UserDeleted | Semantic::UserSuppressed | Semantic::UserUnsuppressed => {
+            need(c.user_id.is_some(), "user_id (this event needs userId)")
+        }
+        Semantic::RelationshipDeleted => {
+            need(c.user_id.is_some(), "user_id (this event needs userId)")?;
+            need(has(&c.payload, &["objectId"]), "properties.objectId")
+        }
+        Semantic::ObjectDeleted => {
+            need(
+                c.anonymous_id.is_some(),
+                "anonymous_id (the spec's group_deleted schema requires anonymousId)",
+            )?;
+            need(has(&c.payload, &["objectId"]), "properties.objectId")
+        }
+        Semantic::ReportDelivery => {
+            need(has(&c.payload, &["deliveryId"]), "properties.deliveryId")?;
+            need(has(&c.payload, &["metric"]), "properties.metric")
+        }
+    }
+}
+
 /// Fields a constant call type needs in the mapping itself (a row can still lack them).
 fn check_required(c: &CompiledCall, what: &str) -> Result<(), CompileError> {
     let KindSource::Const(kind) = c.kind else {
@@ -528,7 +591,8 @@ fn check_required(c: &CompiledCall, what: &str) -> Result<(), CompileError> {
                 delivery || c.user_id.is_some() || c.anonymous_id.is_some(),
                 "user_id or anonymous_id",
             )?;
-            need(c.event.is_some(), "event")
+            need(c.event.is_some(), "event")?;
+            check_semantic(c, &need)
         }
         CallKind::Group => {
             need(

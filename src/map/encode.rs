@@ -41,6 +41,7 @@ pub struct Emit {
 }
 
 /// A mapped chunk. Reused from chunk to chunk.
+#[derive(Default)]
 pub struct Mapped {
     pub seq: u64,
     pub input: Option<Arc<InputInfo>>,
@@ -53,22 +54,6 @@ pub struct Mapped {
     pub rows: u32,
     /// Position just past the chunk's last row.
     pub end: Position,
-}
-
-impl Default for Mapped {
-    fn default() -> Self {
-        Mapped {
-            seq: 0,
-            input: None,
-            calls: Vec::new(),
-            rejects: Vec::new(),
-            emits: Vec::new(),
-            row_offsets: Vec::new(),
-            first_row: 0,
-            rows: 0,
-            end: Position::default(),
-        }
-    }
 }
 
 impl Mapped {
@@ -548,7 +533,10 @@ impl Semantic {
         let p: Probe = serde_json::from_slice(call).map_err(|e| {
             reject(
                 "semantic_event",
-                format!("{}: the call is not a JSON object of the expected shape: {e}", self.name()),
+                format!(
+                    "{}: the call is not a JSON object of the expected shape: {e}",
+                    self.name()
+                ),
             )
         })?;
         let is_str = |v: Option<&RawValue>| v.is_some_and(|v| v.get().starts_with('"'));
@@ -573,7 +561,10 @@ impl Semantic {
                 }
                 if let Some(t) = device.and_then(|d| d.ty) {
                     if !matches!(t.get(), "\"ios\"" | "\"android\"") {
-                        return missing("context.device.type to be \"ios\" or \"android\"", &format!(" (got {})", t.get()));
+                        return missing(
+                            "context.device.type to be \"ios\" or \"android\"",
+                            &format!(" (got {})", t.get()),
+                        );
                     }
                 }
             }
@@ -587,14 +578,20 @@ impl Semantic {
                     return missing("userId", "");
                 }
                 if self == Semantic::ObjectDeleted && !is_str(p.anonymousId) {
-                    return missing("anonymousId", " (the spec's group_deleted schema requires it)");
+                    return missing(
+                        "anonymousId",
+                        " (the spec's group_deleted schema requires it)",
+                    );
                 }
                 if !is_str(props.and_then(|p| p.objectId)) {
                     return missing("properties.objectId (a string)", "");
                 }
                 if let Some(t) = props.and_then(|p| p.objectTypeId) {
                     if t.get().parse::<i64>().is_err() {
-                        return missing("properties.objectTypeId to be an integer", &format!(" (got {}; set the column's type to int)", t.get()));
+                        return missing(
+                            "properties.objectTypeId to be an integer",
+                            &format!(" (got {}; set the column's type to int)", t.get()),
+                        );
                     }
                 }
             }
@@ -659,9 +656,11 @@ fn write_object<R: Row>(
         out.extend_from_slice(&n.key);
         let wrote = match &n.kind {
             OutKind::Leaf(v) => write_value(out, row, v, opts, false)?,
+            // An object whose every value is omitted is omitted too: `{}` says nothing,
+            // and an empty `context.device` would even make the call ambiguous.
             OutKind::Object(children) => {
                 write_object(out, row, children, opts)?;
-                true
+                !out.ends_with(b"{}")
             }
         };
         if wrote {
@@ -907,9 +906,10 @@ fn write_text(
             json::write_str(out, s);
         }
         ColType::Auto => {
-            if b == b"true" || b == b"false" {
-                out.extend_from_slice(b);
-            } else if json::is_json_number(b) && significant_digits(b) <= 15 {
+            let literal = b == b"true"
+                || b == b"false"
+                || (json::is_json_number(b) && significant_digits(b) <= 15 && finite(b));
+            if literal {
                 out.extend_from_slice(b);
             } else {
                 let s = utf8(b, &c.name)?;
@@ -944,7 +944,7 @@ fn write_text(
             out.extend_from_slice(if v { b"true" } else { b"false" });
         }
         ColType::Json => {
-            if serde_json::from_slice::<serde::de::IgnoredAny>(b).is_err() {
+            if !json::is_valid(b) {
                 return Err(bad(c, b, "valid JSON"));
             }
             write_minified_json(out, b);
@@ -979,6 +979,15 @@ fn write_minified_json(out: &mut Vec<u8>, b: &[u8]) {
             out.push(ch);
         }
     }
+}
+
+/// A JSON number whose value overflows a double (`1e400`) is valid JSON text, but
+/// receivers reject it or read infinity: `auto` keeps such text a string (issue 9).
+fn finite(b: &[u8]) -> bool {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .is_some_and(f64::is_finite)
 }
 
 fn unit_of(f: &TsFormat, v: i64) -> UnixUnit {

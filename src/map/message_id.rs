@@ -27,18 +27,30 @@ pub fn write_message_id(out: &mut [u8; 36], seed: u64, row: u64, call_index: u32
     // RFC 9562 UUIDv8 ("custom"): version nibble 8, variant bits 10.
     h[6] = (h[6] & 0x0f) | 0x80;
     h[8] = (h[8] & 0x3f) | 0x80;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut j = 0;
-    for (i, b) in h.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out[j] = b'-';
-            j += 1;
-        }
-        out[j] = HEX[(b >> 4) as usize];
-        out[j + 1] = HEX[(b & 0xf) as usize];
-        j += 2;
+    // Fixed positions and a byte-to-two-digits table: the loop unrolls into 16 stores,
+    // about half the instructions of branching on the dash positions per byte.
+    for (b, &at) in h.iter().zip(HEX_AT.iter()) {
+        out[at..at + 2].copy_from_slice(&HEX_PAIRS[*b as usize]);
+    }
+    for at in [8, 13, 18, 23] {
+        out[at] = b'-';
     }
 }
+
+/// Where the two hex digits of each hash byte go in `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+const HEX_AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+
+/// The two lowercase hex digits of every byte.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
 
 /// The id as a `String` (tests and tools; the hot path uses [`write_message_id`]).
 pub fn message_id(seed: u64, row: u64, call_index: u32) -> String {

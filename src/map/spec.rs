@@ -60,7 +60,16 @@ impl MappingSpec {
             format!("'{name}'"),
             format!("{{{name}}}"),
         ];
-        let at = needles.iter().filter_map(|n| src.text.find(n.as_str())).min();
+        // A bare key at the start of a line (`[columns]` entries): skip the newline.
+        let keys = [format!("\n{name} ="), format!("\n{name}=")];
+        let at = needles
+            .iter()
+            .filter_map(|n| src.text.find(n.as_str()))
+            .chain(
+                keys.iter()
+                    .filter_map(|k| src.text.find(k.as_str()).map(|i| i + 1)),
+            )
+            .min();
         match at {
             Some(i) => {
                 let before = &src.text[..i];
@@ -289,7 +298,6 @@ pub struct CallSpec {
     pub context: Option<BTreeMap<String, FieldSpec>>,
 }
 
-
 // Hand-written `Deserialize` for the either/or shapes. serde's `untagged` would answer a
 // typo with "data did not match any variant" and no useful location; these say which
 // shapes are valid, and because the error is raised while the value is deserialized,
@@ -310,7 +318,9 @@ impl<'de> Deserialize<'de> for FieldSpec {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<FieldSpec, E> {
                 if v.is_empty() {
-                    return Err(E::custom(format!("an empty column name; expected {FIELD_SHAPES}")));
+                    return Err(E::custom(format!(
+                        "an empty column name; expected {FIELD_SHAPES}"
+                    )));
                 }
                 Ok(FieldSpec::Column(v.to_string()))
             }
@@ -327,13 +337,19 @@ impl<'de> Deserialize<'de> for FieldSpec {
                 Ok(FieldSpec::Detail(d))
             }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<FieldSpec, E> {
-                Err(E::custom(format!("a bare value names a column; for the constant {v} write {{ const = {v} }}")))
+                Err(E::custom(format!(
+                    "a bare value names a column; for the constant {v} write {{ const = {v} }}"
+                )))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<FieldSpec, E> {
-                Err(E::custom(format!("a bare value names a column; for the constant {v} write {{ const = {v} }}")))
+                Err(E::custom(format!(
+                    "a bare value names a column; for the constant {v} write {{ const = {v} }}"
+                )))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<FieldSpec, E> {
-                Err(E::custom(format!("a bare value names a column; for the constant {v} write {{ const = {v} }}")))
+                Err(E::custom(format!(
+                    "a bare value names a column; for the constant {v} write {{ const = {v} }}"
+                )))
             }
         }
         d.deserialize_any(V)
@@ -487,9 +503,9 @@ impl Template {
                 parts.push((false, &rest[..open]));
             }
             let after = &rest[open + 1..];
-            let close = after.find('}').ok_or_else(|| {
-                format!("template \"{t}\" has a `{{` without a closing `}}`")
-            })?;
+            let close = after
+                .find('}')
+                .ok_or_else(|| format!("template \"{t}\" has a `{{` without a closing `}}`"))?;
             let name = &after[..close];
             if name.is_empty() || name.contains('{') {
                 return Err(format!(
@@ -500,7 +516,9 @@ impl Template {
             rest = &after[close + 1..];
         }
         if rest.contains('}') {
-            return Err(format!("template \"{t}\" has a `}}` without an opening `{{`"));
+            return Err(format!(
+                "template \"{t}\" has a `}}` without an opening `{{`"
+            ));
         }
         if !rest.is_empty() {
             parts.push((false, rest));

@@ -361,24 +361,76 @@ mod tests {
     fn naive_times_are_read_in_the_zone_with_the_documented_dst_rule() {
         let cases = [
             // Plain winter and summer times.
-            ("2024-01-15T12:00:00", "America/New_York", "2024-01-15T17:00:00.000Z"),
-            ("2024-07-15T12:00:00", "America/New_York", "2024-07-15T16:00:00.000Z"),
-            ("2024-07-15 12:00:00.250", "Europe/Paris", "2024-07-15T10:00:00.250Z"),
+            (
+                "2024-01-15T12:00:00",
+                "America/New_York",
+                "2024-01-15T17:00:00.000Z",
+            ),
+            (
+                "2024-07-15T12:00:00",
+                "America/New_York",
+                "2024-07-15T16:00:00.000Z",
+            ),
+            (
+                "2024-07-15 12:00:00.250",
+                "Europe/Paris",
+                "2024-07-15T10:00:00.250Z",
+            ),
             // Gap (spring forward 02:00 -> 03:00): shifted forward by the gap.
-            ("2024-03-10T02:30:00", "America/New_York", "2024-03-10T07:30:00.000Z"),
-            ("2024-03-31T02:15:00", "Europe/Paris", "2024-03-31T01:15:00.000Z"),
+            (
+                "2024-03-10T02:30:00",
+                "America/New_York",
+                "2024-03-10T07:30:00.000Z",
+            ),
+            (
+                "2024-03-31T02:15:00",
+                "Europe/Paris",
+                "2024-03-31T01:15:00.000Z",
+            ),
             // Just before and after the gap.
-            ("2024-03-10T01:59:59", "America/New_York", "2024-03-10T06:59:59.000Z"),
-            ("2024-03-10T03:00:00", "America/New_York", "2024-03-10T07:00:00.000Z"),
+            (
+                "2024-03-10T01:59:59",
+                "America/New_York",
+                "2024-03-10T06:59:59.000Z",
+            ),
+            (
+                "2024-03-10T03:00:00",
+                "America/New_York",
+                "2024-03-10T07:00:00.000Z",
+            ),
             // Overlap (fall back 02:00 -> 01:00): the earlier instant (EDT).
-            ("2024-11-03T01:30:00", "America/New_York", "2024-11-03T05:30:00.000Z"),
-            ("2024-10-27T02:30:00", "Europe/Paris", "2024-10-27T00:30:00.000Z"),
+            (
+                "2024-11-03T01:30:00",
+                "America/New_York",
+                "2024-11-03T05:30:00.000Z",
+            ),
+            (
+                "2024-10-27T02:30:00",
+                "Europe/Paris",
+                "2024-10-27T00:30:00.000Z",
+            ),
             // An explicit offset wins over the zone.
-            ("2024-07-15T12:00:00Z", "Europe/Paris", "2024-07-15T12:00:00.000Z"),
-            ("2024-07-15T12:00:00+01:00", "America/New_York", "2024-07-15T11:00:00.000Z"),
+            (
+                "2024-07-15T12:00:00Z",
+                "Europe/Paris",
+                "2024-07-15T12:00:00.000Z",
+            ),
+            (
+                "2024-07-15T12:00:00+01:00",
+                "America/New_York",
+                "2024-07-15T11:00:00.000Z",
+            ),
             // Southern hemisphere and a half-hour zone.
-            ("2024-01-15T12:00:00", "Australia/Sydney", "2024-01-15T01:00:00.000Z"),
-            ("2024-01-15T12:00:00", "Asia/Kolkata", "2024-01-15T06:30:00.000Z"),
+            (
+                "2024-01-15T12:00:00",
+                "Australia/Sydney",
+                "2024-01-15T01:00:00.000Z",
+            ),
+            (
+                "2024-01-15T12:00:00",
+                "Asia/Kolkata",
+                "2024-01-15T06:30:00.000Z",
+            ),
         ];
         for (input, tz, want) in cases {
             assert_eq!(iso_in(input, tz), want, "{input} in {tz}");
@@ -394,21 +446,54 @@ mod tests {
             write_iso_millis(&mut v, r.unwrap());
             String::from_utf8(v).unwrap().trim_matches('"').to_string()
         };
-        assert_eq!(ms(parse_date_only(b"2024-02-29", None)), "2024-02-29T00:00:00.000Z");
-        assert_eq!(ms(parse_date_only(b"2024-02-29", Some(ny))), "2024-02-29T05:00:00.000Z");
+        assert_eq!(
+            ms(parse_date_only(b"2024-02-29", None)),
+            "2024-02-29T00:00:00.000Z"
+        );
+        assert_eq!(
+            ms(parse_date_only(b"2024-02-29", Some(ny))),
+            "2024-02-29T05:00:00.000Z"
+        );
         assert!(parse_date_only(b"2024-02-30", None).is_err());
         assert!(parse_date_only(b"2024-02-28T00:00", None).is_err());
         let p = "%d/%m/%Y %H:%M";
         assert_eq!(PatternKind::of(p), PatternKind::DateTime);
-        assert_eq!(ms(parse_pattern("05/03/2024 10:20", p, PatternKind::DateTime, None)), "2024-03-05T10:20:00.000Z");
-        assert_eq!(ms(parse_pattern("05/03/2024 10:20", p, PatternKind::DateTime, Some(ny))), "2024-03-05T15:20:00.000Z");
+        assert_eq!(
+            ms(parse_pattern(
+                "05/03/2024 10:20",
+                p,
+                PatternKind::DateTime,
+                None
+            )),
+            "2024-03-05T10:20:00.000Z"
+        );
+        assert_eq!(
+            ms(parse_pattern(
+                "05/03/2024 10:20",
+                p,
+                PatternKind::DateTime,
+                Some(ny)
+            )),
+            "2024-03-05T15:20:00.000Z"
+        );
         assert!(parse_pattern("2024-03-05 10:20", p, PatternKind::DateTime, None).is_err());
         let p = "%m/%d/%Y";
         assert_eq!(PatternKind::of(p), PatternKind::Date);
-        assert_eq!(ms(parse_pattern("03/05/2024", p, PatternKind::Date, None)), "2024-03-05T00:00:00.000Z");
+        assert_eq!(
+            ms(parse_pattern("03/05/2024", p, PatternKind::Date, None)),
+            "2024-03-05T00:00:00.000Z"
+        );
         let p = "%Y-%m-%d %H:%M:%S %z";
         assert_eq!(PatternKind::of(p), PatternKind::Instant);
-        assert_eq!(ms(parse_pattern("2024-03-05 10:20:00 +0200", p, PatternKind::Instant, Some(ny))), "2024-03-05T08:20:00.000Z");
+        assert_eq!(
+            ms(parse_pattern(
+                "2024-03-05 10:20:00 +0200",
+                p,
+                PatternKind::Instant,
+                Some(ny)
+            )),
+            "2024-03-05T08:20:00.000Z"
+        );
     }
 
     #[test]

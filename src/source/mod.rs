@@ -282,6 +282,14 @@ impl Chunk {
             Chunk::Parquet(c) => c.first_row,
         }
     }
+    /// Calls `f` with row `i` (for tools and tests; the mapper matches on the variant).
+    pub fn with_row<T>(&self, i: usize, f: impl FnOnce(&dyn Row) -> T) -> T {
+        match self {
+            Chunk::Csv(c) => f(&c.row(i)),
+            Chunk::Ndjson(c) => f(&c.row(i)),
+            Chunk::Parquet(c) => f(&c.row(i)),
+        }
+    }
     /// Position just past the chunk's last row.
     pub fn end(&self) -> Position {
         match self {
@@ -419,14 +427,12 @@ pub fn discover(
 }
 
 fn file_format(p: &Path, opts: &SourceOptions) -> Result<Format, SourceError> {
-    opts.format
-        .or_else(|| Format::from_path(p))
-        .ok_or_else(|| {
-            SourceError::Other(format!(
-                "cannot tell the format of {} from its name; pass --format csv, ndjson or parquet",
-                p.display()
-            ))
-        })
+    opts.format.or_else(|| Format::from_path(p)).ok_or_else(|| {
+        SourceError::Other(format!(
+            "cannot tell the format of {} from its name; pass --format csv, ndjson or parquet",
+            p.display()
+        ))
+    })
 }
 
 fn walk(
@@ -583,10 +589,7 @@ pub fn open_at(
 }
 
 /// The file opened at `offset`, and the 1-based line number there.
-fn seek_file(
-    input: &InputInfo,
-    offset: u64,
-) -> Result<(Stream, u64), SourceError> {
+fn seek_file(input: &InputInfo, offset: u64) -> Result<(Stream, u64), SourceError> {
     use std::io::{Read, Seek, SeekFrom};
     let open_err = |source| SourceError::Open {
         path: input.display.clone(),

@@ -195,7 +195,11 @@ impl Row for NdjsonRow<'_> {
 
     fn write_record_json(&self, out: &mut Vec<u8>) {
         let c = self.chunk;
-        let start = if self.i == 0 { 0 } else { c.raw_ends[self.i - 1] };
+        let start = if self.i == 0 {
+            0
+        } else {
+            c.raw_ends[self.i - 1]
+        };
         let line = &c.raw[start..c.raw_ends[self.i]];
         if c.problems[self.i].is_none() {
             out.extend_from_slice(line);
@@ -427,6 +431,12 @@ impl NdjsonSource {
             chunk.problems.push(problem);
             chunk.len += 1;
         }
+        if chunk.len == 0 && self.next_row == 0 {
+            eprintln!(
+                "note: {} has no rows; nothing to send from it",
+                self.input.display
+            );
+        }
         self.next_row += chunk.len as u64;
         chunk.end = Position {
             input: self.input.index,
@@ -546,15 +556,18 @@ fn extract(
     let mut tape = std::mem::replace(tape_slot, Tape(Vec::new())).reset();
     let result = match simd_json::fill_tape(scratch, buffers, &mut tape) {
         Err(e) => Err(match utf8_at {
-            Some(at) => format!(
-                "invalid UTF-8 at byte {at} of the line; re-export the file as UTF-8"
-            ),
+            Some(at) => {
+                format!("invalid UTF-8 at byte {at} of the line; re-export the file as UTF-8")
+            }
             None => format!("malformed JSON: {e}"),
         }),
         Ok(()) => {
             let nodes = &tape.0;
             if !matches!(nodes.first(), Some(Node::Object { .. })) {
-                Err("the line is valid JSON but not an object; each line must be one {...} record".to_string())
+                Err(
+                    "the line is valid JSON but not an object; each line must be one {...} record"
+                        .to_string(),
+                )
             } else {
                 for p in paths {
                     let at = match p {
@@ -735,9 +748,17 @@ mod tests {
         assert_eq!(c.lines, vec![1, 3, 4, 5, 6]);
         assert_eq!(c.offsets, vec![0, 9, 15, 19, 29]);
         assert!(c.row(0).source_problem().is_none());
-        assert!(c.row(1).source_problem().unwrap().contains("malformed JSON"));
+        assert!(c
+            .row(1)
+            .source_problem()
+            .unwrap()
+            .contains("malformed JSON"));
         assert!(c.row(2).source_problem().unwrap().contains("not an object"));
-        assert!(c.row(3).source_problem().unwrap().contains("UTF-8 at byte 6"));
+        assert!(c
+            .row(3)
+            .source_problem()
+            .unwrap()
+            .contains("UTF-8 at byte 6"));
         assert_eq!(c.row(4).field(&a), Field::Int(2));
         let mut rec = Vec::new();
         c.row(1).write_record_json(&mut rec);
@@ -757,7 +778,10 @@ mod tests {
         let mut c = s.new_chunk();
         s.fill(&mut c, 5000).unwrap();
         let last = c.row(c.len - 1);
-        assert_eq!(last.field(&refs[1]), Field::Json(b"{\"late\":{\"x\":[true]}}"));
+        assert_eq!(
+            last.field(&refs[1]),
+            Field::Json(b"{\"late\":{\"x\":[true]}}")
+        );
         assert_eq!(c.row(0).field(&refs[1]), Field::Missing);
     }
 }

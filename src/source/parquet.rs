@@ -22,6 +22,10 @@
 //! Intervals, unions and run-end-encoded columns are refused with an error naming the
 //! column, when such a column is mapped.
 //!
+//! Row groups are read one at a time (one reader per group, sharing the file's
+//! metadata), so no batch spans two groups: a damaged group stops the input with an
+//! error naming it, after every row of the groups before it was handed on.
+//!
 //! Positions: a row's [`Position::offset`] is its row group's index.
 
 use std::collections::HashMap;
@@ -32,7 +36,10 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::*;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::ProjectionMask;
 
 use super::{ColumnRef, Field, InputInfo, Position, Row, Schema, SourceError};
@@ -138,8 +145,13 @@ fn group_of(ends: &[u64], row: u64) -> u64 {
 pub struct ParquetSource {
     input: Arc<InputInfo>,
     schema: Arc<ParquetSchema>,
-    builder: Option<ParquetRecordBatchReaderBuilder<File>>,
+    file: File,
+    meta: ArrowReaderMetadata,
+    /// Set once the projection is known (at the first fill).
+    mask: Option<ProjectionMask>,
+    /// The reader of row group `group`, if one is open.
     reader: Option<ParquetRecordBatchReader>,
+    group: usize,
     group_ends: Arc<[u64]>,
     projection: Arc<[Option<usize>]>,
     next_row: u64,
@@ -152,7 +164,7 @@ impl ParquetSource {
             path: input.display.clone(),
             source,
         })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+        let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| {
             SourceError::Read {
                 path: input.display.clone(),
                 message: format!(
@@ -160,7 +172,7 @@ impl ParquetSource {
                 ),
             }
         })?;
-        let names: Vec<String> = builder
+        let names: Vec<String> = meta
             .schema()
             .fields()
             .iter()
@@ -170,9 +182,9 @@ impl ParquetSource {
         for (i, n) in names.iter().enumerate() {
             index.entry(n.clone()).or_insert(i);
         }
-        let mut ends = Vec::with_capacity(builder.metadata().num_row_groups());
+        let mut ends = Vec::with_capacity(meta.metadata().num_row_groups());
         let mut total = 0u64;
-        for g in builder.metadata().row_groups() {
+        for g in meta.metadata().row_groups() {
             total += g.num_rows().max(0) as u64;
             ends.push(total);
         }
@@ -193,8 +205,11 @@ impl ParquetSource {
                 input: input.clone(),
             }),
             input,
-            builder: Some(builder),
+            file,
+            meta,
+            mask: None,
             reader: None,
+            group: group_of(&ends, start_row) as usize,
             group_ends: ends.into(),
             projection: vec![None; width].into(),
             next_row: start_row,
@@ -219,12 +234,11 @@ impl ParquetSource {
         }
     }
 
-    /// Builds the batch reader: the resolved columns, from the row group holding
-    /// `next_row`, skipping the rows before it in that group.
-    fn build(&mut self, batch_rows: usize) -> Result<(), SourceError> {
-        let Some(builder) = self.builder.take() else {
-            return Ok(());
-        };
+    /// Chooses the columns to read: those resolved so far (all if none was).
+    fn project(&mut self) {
+        if self.mask.is_some() {
+            return;
+        }
         let wanted = self.input.columns.snapshot();
         let mut roots: Vec<usize> = wanted
             .iter()
@@ -240,32 +254,37 @@ impl ParquetSource {
             projection[r] = Some(bi);
         }
         self.projection = projection.into();
-        let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
-        let group = group_of(&self.group_ends, self.next_row) as usize;
-        let group_start = if group == 0 {
-            0
-        } else {
-            self.group_ends[group - 1]
+        self.mask = Some(ProjectionMask::roots(
+            self.meta.parquet_schema(),
+            roots.iter().copied(),
+        ));
+    }
+
+    /// Opens a reader on row group `self.group`, skipping the rows before `next_row`.
+    fn open_group(&mut self, batch_rows: usize) -> Result<ParquetRecordBatchReader, SourceError> {
+        let g = self.group;
+        let group_start = if g == 0 { 0 } else { self.group_ends[g - 1] };
+        let fail = |e: &dyn std::fmt::Display| SourceError::Read {
+            path: self.input.display.clone(),
+            message: format!("cannot read row group {g}: {e}"),
         };
-        let groups: Vec<usize> = (group..self.group_ends.len()).collect();
-        let mut b = builder
-            .with_projection(mask)
+        let file = self.file.try_clone().map_err(|e| fail(&e))?;
+        let mut b = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.meta.clone())
             .with_batch_size(batch_rows.max(1))
-            .with_row_groups(groups);
+            .with_row_groups(vec![g]);
+        if let Some(mask) = &self.mask {
+            b = b.with_projection(mask.clone());
+        }
         if self.next_row > group_start {
             b = b.with_offset((self.next_row - group_start) as usize);
         }
-        self.reader = Some(b.build().map_err(|e| SourceError::Read {
-            path: self.input.display.clone(),
-            message: format!("cannot start reading at row group {group}: {e}"),
-        })?);
-        Ok(())
+        b.build().map_err(|e| fail(&e))
     }
 
     /// Fills `chunk` with the next batch of up to `max_rows` rows. `chunk.len == 0`
     /// means end of input.
     pub fn fill(&mut self, chunk: &mut ParquetChunk, max_rows: usize) -> Result<(), SourceError> {
-        self.build(max_rows)?;
+        self.project();
         chunk.input = self.input.clone();
         chunk.group_ends = self.group_ends.clone();
         chunk.projection = self.projection.clone();
@@ -273,9 +292,21 @@ impl ParquetSource {
         chunk.len = 0;
         chunk.cols.clear();
         chunk.arena.clear();
-        let next = match self.reader.as_mut() {
-            Some(r) => r.next(),
-            None => None,
+        let next = loop {
+            if self.reader.is_none() {
+                if self.group >= self.group_ends.len() {
+                    break None;
+                }
+                self.reader = Some(self.open_group(max_rows)?);
+            }
+            match self.reader.as_mut().and_then(|r| r.next()) {
+                None => {
+                    self.reader = None;
+                    self.group += 1;
+                }
+                Some(Ok(b)) if b.num_rows() == 0 => {}
+                Some(r) => break Some(r),
+            }
         };
         let batch: RecordBatch = match next {
             None => {
@@ -289,12 +320,14 @@ impl ParquetSource {
                 return Ok(());
             }
             Some(Err(e)) => {
-                let g = group_of(&self.group_ends, self.next_row);
+                let g = self.group;
+                let first = if g == 0 { 0 } else { self.group_ends[g - 1] };
                 return Err(SourceError::Read {
                     path: self.input.display.clone(),
                     message: format!(
-                        "cannot read row group {g} (rows from {}): {e}; the rows before it were read",
-                        self.next_row + 1
+                        "cannot read row group {g} (rows {} to {}): {e}; the rows before it were read. The file is damaged: re-export it, or resume after fixing it",
+                        first + 1,
+                        self.group_ends[g]
                     ),
                 });
             }
@@ -551,15 +584,30 @@ fn write_scalar_text(a: &dyn Array, i: usize, out: &mut Vec<u8>) {
     match a.data_type() {
         D::Decimal32(_, s) => {
             let v = a.as_primitive::<Decimal32Type>().value(i);
-            write_decimal(out, v < 0, itoa::Buffer::new().format(v.unsigned_abs()).as_bytes(), *s)
+            write_decimal(
+                out,
+                v < 0,
+                itoa::Buffer::new().format(v.unsigned_abs()).as_bytes(),
+                *s,
+            )
         }
         D::Decimal64(_, s) => {
             let v = a.as_primitive::<Decimal64Type>().value(i);
-            write_decimal(out, v < 0, itoa::Buffer::new().format(v.unsigned_abs()).as_bytes(), *s)
+            write_decimal(
+                out,
+                v < 0,
+                itoa::Buffer::new().format(v.unsigned_abs()).as_bytes(),
+                *s,
+            )
         }
         D::Decimal128(_, s) => {
             let v = a.as_primitive::<Decimal128Type>().value(i);
-            write_decimal(out, v < 0, itoa::Buffer::new().format(v.unsigned_abs()).as_bytes(), *s)
+            write_decimal(
+                out,
+                v < 0,
+                itoa::Buffer::new().format(v.unsigned_abs()).as_bytes(),
+                *s,
+            )
         }
         D::Decimal256(_, s) => {
             let v = a.as_primitive::<Decimal256Type>().value(i);
@@ -571,9 +619,11 @@ fn write_scalar_text(a: &dyn Array, i: usize, out: &mut Vec<u8>) {
         D::LargeBinary => write_base64(out, a.as_binary::<i64>().value(i)),
         D::BinaryView => write_base64(out, a.as_binary_view().value(i)),
         D::FixedSizeBinary(_) => write_base64(out, a.as_fixed_size_binary().value(i)),
-        D::Time32(TimeUnit::Second) => {
-            write_time(out, i64::from(a.as_primitive::<Time32SecondType>().value(i)), 0)
-        }
+        D::Time32(TimeUnit::Second) => write_time(
+            out,
+            i64::from(a.as_primitive::<Time32SecondType>().value(i)),
+            0,
+        ),
         D::Time32(_) => write_time(
             out,
             i64::from(a.as_primitive::<Time32MillisecondType>().value(i)),
@@ -706,7 +756,11 @@ fn write_json(a: &dyn Array, i: usize, out: &mut Vec<u8>) {
         D::Decimal32(..) | D::Decimal64(..) | D::Decimal128(..) | D::Decimal256(..) => {
             write_scalar_text(a, i, out)
         }
-        D::Binary | D::LargeBinary | D::BinaryView | D::FixedSizeBinary(_) | D::Time32(_)
+        D::Binary
+        | D::LargeBinary
+        | D::BinaryView
+        | D::FixedSizeBinary(_)
+        | D::Time32(_)
         | D::Time64(_) => {
             out.push(b'"');
             write_scalar_text(a, i, out);
@@ -781,4 +835,131 @@ fn write_seq(values: &dyn Array, start: usize, end: usize, out: &mut Vec<u8>) {
         write_json(values, j, out);
     }
     out.push(b']');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{Format, Row};
+    use arrow_array::builder::{MapBuilder, StringBuilder, StringDictionaryBuilder};
+    use arrow_array::{
+        BinaryArray, Date32Array, Decimal128Array, Float64Array, Int32Array,
+        Time64MicrosecondArray, TimestampSecondArray,
+    };
+    use parquet::arrow::ArrowWriter;
+
+    /// Writes one batch to a Parquet file and reads row `row` back as `Field`s.
+    fn roundtrip(cols: Vec<(&str, ArrayRef)>, check: impl Fn(&dyn Row, &[ColumnRef])) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let batch =
+            RecordBatch::try_from_iter_with_nullable(cols.into_iter().map(|(n, a)| (n, a, true)))
+                .unwrap();
+        let mut w =
+            ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let input = Arc::new(InputInfo::new(0, path, Format::Parquet, ""));
+        let mut s = ParquetSource::open(input, 0).unwrap();
+        let names = s.schema().column_names();
+        // Resolve all but the last column: it must not be read (projection).
+        let refs: Vec<ColumnRef> = names[..names.len() - 1]
+            .iter()
+            .map(|n| s.schema().resolve(n).unwrap())
+            .collect();
+        let mut c = s.new_chunk();
+        s.fill(&mut c, 100).unwrap();
+        assert_eq!(c.cols.len(), names.len() - 1, "projection");
+        check(&c.row(0), &refs);
+        check_second(&c.row(1), &refs);
+    }
+
+    fn check_second(r: &dyn Row, refs: &[ColumnRef]) {
+        for f in refs {
+            assert_eq!(r.field(f), Field::Null, "row 1 is all nulls");
+        }
+    }
+
+    #[test]
+    fn arrow_types_become_json_faithfully() {
+        let mut map = MapBuilder::new(None, StringBuilder::new(), Int32Array::builder(2));
+        map.keys().append_value("a");
+        map.values().append_value(1);
+        map.append(true).unwrap();
+        map.append(false).unwrap();
+        let mut dict = StringDictionaryBuilder::<Int32Type>::new();
+        dict.append_value("pro");
+        dict.append_null();
+        roundtrip(
+            vec![
+                (
+                    "dec",
+                    Arc::new(
+                        Decimal128Array::from(vec![Some(-12_345), None])
+                            .with_precision_and_scale(10, 4)
+                            .unwrap(),
+                    ),
+                ),
+                (
+                    "ts",
+                    Arc::new(
+                        TimestampSecondArray::from(vec![Some(1_700_000_000), None])
+                            .with_timezone("+02:00"),
+                    ),
+                ),
+                ("day", Arc::new(Date32Array::from(vec![Some(19_000), None]))),
+                (
+                    "bin",
+                    Arc::new(BinaryArray::from(vec![Some(&b"\x00\xffhi"[..]), None])),
+                ),
+                (
+                    "nan",
+                    Arc::new(Float64Array::from(vec![Some(f64::NAN), None])),
+                ),
+                (
+                    "time",
+                    Arc::new(Time64MicrosecondArray::from(vec![
+                        Some(3_723_000_004),
+                        None,
+                    ])),
+                ),
+                ("map", Arc::new(map.finish())),
+                ("dict", Arc::new(dict.finish())),
+                ("unread", Arc::new(Int32Array::from(vec![Some(1), None]))),
+            ],
+            |r, refs| {
+                let got: Vec<Field<'_>> = refs.iter().map(|f| r.field(f)).collect();
+                assert_eq!(
+                    got,
+                    vec![
+                        Field::Raw(b"-1.2345"),
+                        Field::TimestampNanos(1_700_000_000_000_000_000),
+                        Field::TimestampNanos(19_000 * DAY_NANOS),
+                        Field::Str("AP9oaQ=="),
+                        Field::Null,
+                        Field::Str("01:02:03.000004"),
+                        Field::Json(b"{\"a\":1}"),
+                        Field::Str("pro"),
+                    ]
+                );
+                let mut rec = Vec::new();
+                r.write_record_json(&mut rec);
+                assert_eq!(
+                    String::from_utf8(rec).unwrap(),
+                    "{\"dec\":-1.2345,\"ts\":\"2023-11-14T22:13:20.000Z\",\"day\":\"2022-01-08T00:00:00.000Z\",\"bin\":\"AP9oaQ==\",\"nan\":null,\"time\":\"01:02:03.000004\",\"map\":{\"a\":1},\"dict\":\"pro\"}"
+                );
+            },
+        );
+    }
+
+    #[test]
+    fn decimals_keep_every_digit() {
+        let mut out = Vec::new();
+        write_decimal(&mut out, false, b"5", 3);
+        out.push(b' ');
+        write_decimal(&mut out, true, b"123", -2);
+        out.push(b' ');
+        write_decimal(&mut out, false, b"123456789012345678901", 2);
+        assert_eq!(out, b"0.005 -12300 1234567890123456789.01");
+    }
 }

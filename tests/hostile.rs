@@ -1,0 +1,567 @@
+//! Hostile input: messy exports must never crash, hang or exhaust memory (issue 9).
+//!
+//! Each case generates its input at test time into its own temp dir (large ones are
+//! streamed to disk, never held in the test's memory), runs the real binary with a
+//! deadline while sampling its peak RSS (`VmHWM` in `/proc/<pid>/status`), and asserts:
+//! the exact exit code and message or reject reason; no "panicked" on stderr; the run
+//! ended before its deadline; peak RSS under a stated bound; every body written by
+//! `--dry-run --output` and every rejects line is valid JSON.
+//!
+//! Sizes (chosen to keep the suite well under a minute on 2 cores while the property
+//! still holds): a 100 MB CSV field (the default 16 MiB `--max-record-bytes`, so it is
+//! over the 64 MiB hard stop); a 3 MB field under a 1 MiB limit (a reject, the run goes
+//! on); a gzip bomb of about 2 MB that expands to 2 GiB.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cdp-backfill");
+/// Peak RSS allowed for any run here, with the default 16 MiB record limit: one record
+/// held up to the 64 MiB hard stop (the csv crate may double its buffer to 128 MiB),
+/// plus the chunks in flight. Measured peaks are far lower (see the issue 9 notes).
+const RSS_BOUND_KB: u64 = 400 * 1024;
+const DEADLINE: Duration = Duration::from_secs(40);
+
+/// What a bounded run of the binary showed.
+struct Outcome {
+    code: Option<i32>,
+    stderr: String,
+    peak_rss_kb: u64,
+    elapsed: Duration,
+    dir: PathBuf,
+}
+
+impl Outcome {
+    fn rejects(&self) -> Vec<serde_json::Value> {
+        json_lines(&self.dir.join("rejects.ndjson"))
+    }
+    fn bodies(&self) -> Vec<serde_json::Value> {
+        json_lines(&self.dir.join("bodies.ndjson"))
+    }
+    fn calls(&self) -> Vec<serde_json::Value> {
+        self.bodies()
+            .iter()
+            .flat_map(|b| b["batch"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+}
+
+fn json_lines(p: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read(p).unwrap_or_default();
+    text.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice(l).unwrap_or_else(|e| {
+                panic!(
+                    "{} holds a line that is not JSON ({e}): {}",
+                    p.display(),
+                    String::from_utf8_lossy(&l[..l.len().min(300)])
+                )
+            })
+        })
+        .collect()
+}
+
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs `cdp-backfill run <args> --dry-run --output bodies.ndjson --rejects rejects.ndjson`
+/// in `dir`, killing it at the deadline, and checks the properties every case shares.
+fn run(dir: &Path, args: &[&str]) -> Outcome {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_remove("CDP_API_KEY")
+        .env_remove("CDP_ENDPOINT")
+        .arg("run")
+        .args(args)
+        .args(["--dry-run", "--output", "bodies.ndjson", "--rejects", "rejects.ndjson"])
+        .stdin(Stdio::null())
+        .stdout(File::create(dir.join("stdout.txt")).unwrap())
+        .stderr(File::create(dir.join("stderr.txt")).unwrap());
+    let started = Instant::now();
+    let mut child = cmd.spawn().expect("the binary starts");
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kb) = peak_rss_kb(child.id()) {
+            peak = peak.max(kb);
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cdp-backfill {args:?} hung: still running after {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let stderr = std::fs::read_to_string(dir.join("stderr.txt")).unwrap();
+    assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+    assert!(
+        peak < RSS_BOUND_KB,
+        "{args:?}: peak RSS {peak} kB is over the bound of {RSS_BOUND_KB} kB"
+    );
+    let o = Outcome {
+        code: status.code(),
+        stderr,
+        peak_rss_kb: peak,
+        elapsed: started.elapsed(),
+        dir: dir.to_path_buf(),
+    };
+    // Whatever happened, what was written is well-formed.
+    o.bodies();
+    o.rejects();
+    eprintln!(
+        "{args:?}: exit {:?} in {:.2?}, peak RSS {} kB",
+        o.code, o.elapsed, o.peak_rss_kb
+    );
+    o
+}
+
+const CSV_MAPPING: &str = r#"
+[columns]
+amount = "float"
+[[call]]
+type = "track"
+user_id = "user_id"
+event = "event"
+timestamp = "ts"
+properties = "rest"
+"#;
+
+const NDJSON_MAPPING: &str = r#"
+[[call]]
+type = "track"
+user_id = "user_id"
+event = "event"
+properties = "rest"
+"#;
+
+fn setup(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("csv.toml"), CSV_MAPPING).unwrap();
+    std::fs::write(dir.path().join("ndjson.toml"), NDJSON_MAPPING).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    dir
+}
+
+const ROW: &str = "u1,Signed Up,2024-01-02T03:04:05Z,1.5\n";
+const HEADER: &str = "user_id,event,ts,amount\n";
+
+fn reasons(o: &Outcome) -> Vec<String> {
+    o.rejects()
+        .iter()
+        .map(|r| format!("{}@{}", r["reason"].as_str().unwrap(), r["row"]))
+        .collect()
+}
+
+#[test]
+fn a_100_mb_csv_field_stops_the_run_with_a_clear_error_and_bounded_memory() {
+    let dir = setup(&[]);
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(dir.path().join("big.csv")).unwrap());
+    w.write_all(HEADER.as_bytes()).unwrap();
+    w.write_all(ROW.as_bytes()).unwrap();
+    w.write_all(b"u2,\"").unwrap();
+    let block = vec![b'x'; 1 << 20];
+    for _ in 0..100 {
+        w.write_all(&block).unwrap();
+    }
+    w.write_all(b"\",2024-01-02T03:04:05Z,1\n").unwrap();
+    w.write_all(ROW.as_bytes()).unwrap();
+    drop(w);
+    let o = run(dir.path(), &["big.csv", "--mapping", "csv.toml"]);
+    assert_eq!(o.code, Some(1), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("big.csv")
+            && o.stderr.contains("the record starting at byte 62 is longer than 67108864 bytes")
+            && o.stderr.contains("--max-record-bytes"),
+        "{}",
+        o.stderr
+    );
+}
+
+#[test]
+fn a_csv_record_over_max_record_bytes_is_rejected_and_the_run_goes_on() {
+    let mut text = format!("{HEADER}{ROW}u2,\"");
+    text.push_str(&"y".repeat(3 << 20));
+    text.push_str(&format!("\",2024-01-02T03:04:05Z,1\n{ROW}"));
+    let dir = setup(&[("long.csv", text.as_bytes())]);
+    let o = run(
+        dir.path(),
+        &["long.csv", "--mapping", "csv.toml", "--max-record-bytes", "1048576"],
+    );
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
+    assert_eq!(o.calls().len(), 2);
+    let rej = o.rejects();
+    assert_eq!(rej.len(), 1);
+    assert_eq!(rej[0]["row"], 2);
+    assert_eq!(rej[0]["line"], 3);
+    let detail = rej[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("3145757 bytes, longer than --max-record-bytes (1048576)"),
+        "{detail}"
+    );
+    // The record itself is not copied into the rejects file.
+    assert!(std::fs::metadata(dir.path().join("rejects.ndjson")).unwrap().len() < 4096);
+}
+
+#[test]
+fn an_ndjson_line_over_max_record_bytes_is_rejected_without_buffering_it() {
+    let dir = setup(&[]);
+    let mut w = BufWriter::new(File::create(dir.path().join("long.ndjson")).unwrap());
+    w.write_all(b"{\"user_id\":\"u1\",\"event\":\"E\"}\n{\"user_id\":\"u2\",\"event\":\"").unwrap();
+    let block = vec![b'z'; 1 << 20];
+    for _ in 0..48 {
+        w.write_all(&block).unwrap();
+    }
+    w.write_all(b"\"}\n{\"user_id\":\"u3\",\"event\":\"E\"}\n").unwrap();
+    drop(w);
+    let o = run(
+        dir.path(),
+        &["long.ndjson", "--mapping", "ndjson.toml", "--max-record-bytes", "1048576"],
+    );
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
+    assert_eq!(o.calls().len(), 2);
+    assert_eq!(reasons(&o), vec!["field_count@2"]);
+    assert!(o.rejects()[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("longer than 1048576 bytes"));
+    // 48 MB on one line; the reader keeps at most 1 MiB of it.
+    assert!(o.peak_rss_kb < 150 * 1024, "peak RSS {} kB", o.peak_rss_kb);
+}
+
+#[test]
+fn an_unclosed_quote_at_the_end_of_a_file_is_a_reject() {
+    let text = format!("{HEADER}{ROW}u2,\"Signed Up,2024-01-02T03:04:05Z,1\n");
+    let dir = setup(&[("q.csv", text.as_bytes())]);
+    let o = run(dir.path(), &["q.csv", "--mapping", "csv.toml"]);
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
+    assert_eq!(o.calls().len(), 1);
+    assert_eq!(reasons(&o), vec!["field_count@2"]);
+}
+
+#[test]
+fn nul_bytes_and_invalid_utf8_are_rejects_or_escaped_never_crashes() {
+    let csv = b"user_id,event,ts,amount\nu\x001,E\x00,2024-01-02T03:04:05Z,1\nu2,\xff\xfe,2024-01-02T03:04:05Z,1\nu3,E,2024-01-02T03:04:05Z,\xc3\n";
+    let ndjson = b"{\"user_id\":\"u\\u00001\",\"event\":\"E\"}\n{\"user_id\":\"u\x002\",\"event\":\"E\"}\n{\"user_id\":\"u3\",\"event\":\"\xff\"}\n\x00\x00\x00\n";
+    let dir = setup(&[("n.csv", csv), ("n.ndjson", ndjson)]);
+    let o = run(dir.path(), &["n.csv", "--mapping", "csv.toml"]);
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
+    let calls = o.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["userId"], "u\u{0}1");
+    assert_eq!(calls[0]["event"], "E\u{0}");
+    assert_eq!(reasons(&o), vec!["invalid_utf8@2", "bad_value@3"]);
+
+    let o = run(dir.path(), &["n.ndjson", "--mapping", "ndjson.toml"]);
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
+    let calls = o.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["userId"], "u\u{0}1");
+    assert_eq!(
+        reasons(&o),
+        vec!["field_count@2", "field_count@3", "field_count@4"]
+    );
+}
+
+#[test]
+fn a_byte_order_mark_is_not_part_of_the_first_column_name() {
+    let csv = format!("\u{feff}{HEADER}{ROW}");
+    let ndjson = "\u{feff}{\"user_id\":\"u1\",\"event\":\"E\"}\n";
+    let dir = setup(&[("bom.csv", csv.as_bytes()), ("bom.ndjson", ndjson.as_bytes())]);
+    let o = run(dir.path(), &["bom.csv", "--mapping", "csv.toml"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert_eq!(o.calls()[0]["userId"], "u1");
+    let o = run(dir.path(), &["bom.ndjson", "--mapping", "ndjson.toml"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert_eq!(o.calls()[0]["userId"], "u1");
+}
+
+#[test]
+fn cr_lf_and_crlf_line_ends_all_read_as_rows() {
+    for (name, end) in [("lf.csv", "\n"), ("cr.csv", "\r"), ("crlf.csv", "\r\n")] {
+        let text = format!("{HEADER}{ROW}{ROW}{ROW}").replace('\n', end);
+        let dir = setup(&[(name, text.as_bytes())]);
+        let o = run(dir.path(), &[name, "--mapping", "csv.toml"]);
+        assert_eq!(o.code, Some(0), "{name}: {}", o.stderr);
+        let calls = o.calls();
+        assert_eq!(calls.len(), 3, "{name}");
+        assert_eq!(calls[2]["properties"]["amount"], 1.5, "{name}");
+    }
+    let text = "{\"user_id\":\"u1\",\"event\":\"E\"}\r\n{\"user_id\":\"u2\",\"event\":\"E\"}\r\n";
+    let dir = setup(&[("crlf.ndjson", text.as_bytes())]);
+    let o = run(dir.path(), &["crlf.ndjson", "--mapping", "ndjson.toml"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert_eq!(o.calls().len(), 2);
+}
+
+#[test]
+fn a_header_of_100000_columns_is_read() {
+    let dir = setup(&[]);
+    let mut w = BufWriter::new(File::create(dir.path().join("wide.csv")).unwrap());
+    w.write_all(b"user_id,event,ts").unwrap();
+    for i in 0..100_000 {
+        write!(w, ",c{i}").unwrap();
+    }
+    w.write_all(b"\nu1,E,2024-01-02T03:04:05Z").unwrap();
+    for _ in 0..100_000 {
+        w.write_all(b",").unwrap();
+    }
+    w.write_all(b"\n").unwrap();
+    drop(w);
+    std::fs::write(
+        dir.path().join("wide.toml"),
+        "[[call]]\ntype = \"track\"\nuser_id = \"user_id\"\nevent = \"event\"\nproperties = [\"c0\", \"c99999\"]\n",
+    )
+    .unwrap();
+    let o = run(dir.path(), &["wide.csv", "--mapping", "wide.toml"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert_eq!(o.calls().len(), 1);
+}
+
+#[test]
+fn ndjson_nested_100000_levels_deep_is_a_reject() {
+    let depth = 100_000;
+    let mut line = String::from("{\"user_id\":\"u1\",\"event\":\"E\",\"deep\":");
+    line.push_str(&"[".repeat(depth));
+    line.push_str(&"]".repeat(depth));
+    line.push_str("}\n{\"user_id\":\"u2\",\"event\":\"E\"}\n");
+    let dir = setup(&[("deep.ndjson", line.as_bytes())]);
+    let o = run(dir.path(), &["deep.ndjson", "--mapping", "ndjson.toml"]);
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
+    assert_eq!(o.calls().len(), 1);
+    assert_eq!(reasons(&o), vec!["field_count@1"]);
+}
+
+#[test]
+fn huge_and_negative_zero_numbers_and_duplicate_keys_give_valid_json() {
+    let csv = "user_id,event,ts,amount,n\nu1,E,2024-01-02T03:04:05Z,1e400,-0\nu2,E,2024-01-02T03:04:05Z,-0,1e400\n";
+    let ndjson = "{\"user_id\":\"u1\",\"event\":\"E\",\"x\":1e400}\n{\"user_id\":\"u2\",\"event\":\"E\",\"x\":-0,\"y\":-0.0}\n{\"user_id\":\"u3\",\"user_id\":\"u4\",\"event\":\"E\"}\n";
+    let dup = "user_id,event,ts,amount,amount\nu1,E,2024-01-02T03:04:05Z,1,2\n";
+    let dir = setup(&[("n.csv", csv.as_bytes()), ("n.ndjson", ndjson.as_bytes()), ("dup.csv", dup.as_bytes())]);
+    let o = run(dir.path(), &["n.csv", "--mapping", "csv.toml"]);
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
+    // 1e400 is not a float (it overflows): a reject, never `inf` in the JSON.
+    assert_eq!(reasons(&o), vec!["bad_value@1"]);
+    let calls = o.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["properties"]["amount"], -0.0);
+    assert_eq!(calls[0]["properties"]["n"], "1e400");
+
+    let o = run(dir.path(), &["n.ndjson", "--mapping", "ndjson.toml"]);
+    let calls = o.calls();
+    let rej = reasons(&o);
+    assert_eq!(calls.len() + rej.len(), 3, "{rej:?}");
+    assert_eq!(o.code, Some(if rej.is_empty() { 0 } else { 3 }), "{}", o.stderr);
+
+    let o = run(dir.path(), &["dup.csv", "--mapping", "csv.toml"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert_eq!(o.calls()[0]["properties"]["amount"], 1.0);
+}
+
+/// Writes `members` gzip members, each `member_bytes` of `byte`, without ever holding
+/// the expansion in memory: one member is compressed once from a small buffer and
+/// repeated (concatenated members are one stream, as `cat a.gz b.gz`).
+fn write_bomb(path: &Path, byte: u8, member_bytes: usize, members: usize) -> u64 {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let block = vec![byte; 1 << 16];
+    for _ in 0..member_bytes / block.len() {
+        enc.write_all(&block).unwrap();
+    }
+    let member = enc.finish().unwrap();
+    let mut f = BufWriter::new(File::create(path).unwrap());
+    for _ in 0..members {
+        f.write_all(&member).unwrap();
+    }
+    f.flush().unwrap();
+    (member.len() * members) as u64
+}
+
+#[test]
+fn a_gzip_bomb_is_streamed_in_bounded_memory() {
+    let dir = setup(&[]);
+    // 32 members of 64 MiB of NUL bytes: about 2 MB on disk, 2 GiB expanded, one line.
+    let size = write_bomb(&dir.path().join("bomb.ndjson.gz"), 0, 64 << 20, 32);
+    assert!(size < 4 << 20, "the bomb is {size} bytes");
+    let o = run(dir.path(), &["bomb.ndjson.gz", "--mapping", "ndjson.toml"]);
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
+    assert_eq!(reasons(&o), vec!["field_count@1"]);
+    assert!(o.rejects()[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("longer than 16777216 bytes"));
+    // The same bytes as CSV: one record of NULs, stopped at the hard limit.
+    std::fs::rename(dir.path().join("bomb.ndjson.gz"), dir.path().join("bomb.csv.gz")).unwrap();
+    let o = run(dir.path(), &["bomb.csv.gz", "--mapping", "csv.toml"]);
+    assert_eq!(o.code, Some(1), "{}", o.stderr);
+    assert!(o.stderr.contains("longer than 67108864 bytes"), "{}", o.stderr);
+}
+
+#[test]
+fn a_truncated_gzip_stream_is_a_clear_error() {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(HEADER.as_bytes()).unwrap();
+    for i in 0..20_000 {
+        writeln!(enc, "u{i},Signed Up,2024-01-02T03:04:05Z,{i}").unwrap();
+    }
+    let mut gz = enc.finish().unwrap();
+    gz.truncate(gz.len() / 2);
+    let dir = setup(&[("t.csv.gz", &gz)]);
+    let o = run(dir.path(), &["t.csv.gz", "--mapping", "csv.toml"]);
+    assert_eq!(o.code, Some(1), "{}", o.stderr);
+    assert!(o.stderr.contains("t.csv.gz") && o.stderr.contains("read failed"), "{}", o.stderr);
+}
+
+fn small_parquet() -> Vec<u8> {
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    use std::sync::Arc;
+    let ids: ArrayRef = Arc::new(StringArray::from_iter_values((0..1000).map(|i| format!("u{i}"))));
+    let ev: ArrayRef = Arc::new(StringArray::from_iter_values((0..1000).map(|_| "E")));
+    let n: ArrayRef = Arc::new(Int64Array::from_iter_values(0..1000));
+    let batch = RecordBatch::try_from_iter([("user_id", ids), ("event", ev), ("n", n)]).unwrap();
+    let mut out = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    out
+}
+
+/// Replaces every thrift varint `from` in the footer metadata with `to` and fixes the
+/// footer length.
+fn patch_footer(file: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let n = file.len();
+    let meta_len = u32::from_le_bytes(file[n - 8..n - 4].try_into().unwrap()) as usize;
+    let meta_start = n - 8 - meta_len;
+    let meta = &file[meta_start..n - 8];
+    let mut new_meta = Vec::new();
+    let mut i = 0;
+    let mut hits = 0;
+    while i < meta.len() {
+        if meta[i..].starts_with(from) {
+            new_meta.extend_from_slice(to);
+            i += from.len();
+            hits += 1;
+        } else {
+            new_meta.push(meta[i]);
+            i += 1;
+        }
+    }
+    assert!(hits > 0, "the footer holds the value to patch");
+    let mut out = file[..meta_start].to_vec();
+    out.extend_from_slice(&new_meta);
+    out.extend_from_slice(&(new_meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(b"PAR1");
+    out
+}
+
+#[test]
+fn parquet_metadata_claiming_enormous_sizes_is_a_clear_error() {
+    let good = small_parquet();
+    let n = good.len();
+    // num_rows = 1000 is the zigzag varint 2000 = d0 0f; make it about 2^62.
+    let huge = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+    let rows = patch_footer(&good, &[0xd0, 0x0f], &huge);
+    // The footer claims 2 GiB of metadata.
+    let mut len = good.clone();
+    len[n - 8..n - 4].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+    // Every byte of the metadata's second half set to 0xff (sizes, offsets, counts).
+    let mut smash = good.clone();
+    let meta_len = u32::from_le_bytes(good[n - 8..n - 4].try_into().unwrap()) as usize;
+    for b in &mut smash[n - 8 - meta_len / 2..n - 8] {
+        *b = 0xff;
+    }
+    let dir = setup(&[
+        ("good.parquet", &good),
+        ("rows.parquet", &rows),
+        ("len.parquet", &len),
+        ("smash.parquet", &smash),
+        ("empty.parquet", b""),
+    ]);
+    std::fs::write(
+        dir.path().join("pq.toml"),
+        "[[call]]\ntype = \"track\"\nuser_id = \"user_id\"\nevent = \"event\"\nproperties = \"rest\"\n",
+    )
+    .unwrap();
+    // Row counts in the metadata are not trusted for reading: the pages say 1000.
+    for name in ["good.parquet", "rows.parquet"] {
+        let o = run(dir.path(), &[name, "--mapping", "pq.toml"]);
+        assert_eq!(o.code, Some(0), "{name}: {}", o.stderr);
+        assert_eq!(o.calls().len(), 1000, "{name}");
+    }
+    for name in ["len.parquet", "smash.parquet", "empty.parquet"] {
+        let o = run(dir.path(), &[name, "--mapping", "pq.toml"]);
+        assert_eq!(o.code, Some(1), "{name}: {}", o.stderr);
+        assert!(o.stderr.starts_with("error: ") && o.stderr.contains(name), "{name}: {}", o.stderr);
+    }
+}
+
+#[test]
+fn empty_and_header_only_files_say_so() {
+    let dir = setup(&[
+        ("empty.csv", b""),
+        ("header.csv", HEADER.as_bytes()),
+        ("empty.ndjson", b""),
+        ("blank.ndjson", b"\n\n  \n"),
+    ]);
+    let o = run(dir.path(), &["empty.csv", "--mapping", "csv.toml"]);
+    assert_eq!(o.code, Some(1), "{}", o.stderr);
+    assert!(o.stderr.contains("empty.csv is empty: it has no header row"), "{}", o.stderr);
+    let o = run(dir.path(), &["header.csv", "--mapping", "csv.toml"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(o.stderr.contains("header.csv has a header but no data rows"), "{}", o.stderr);
+    assert_eq!(o.calls().len(), 0);
+    for name in ["empty.ndjson", "blank.ndjson"] {
+        let o = run(dir.path(), &[name, "--mapping", "ndjson.toml"]);
+        assert_eq!(o.code, Some(0), "{name}: {}", o.stderr);
+        assert_eq!(o.calls().len(), 0);
+    }
+}
+
+#[test]
+fn a_symlink_loop_under_a_directory_input_is_not_followed() {
+    let dir = setup(&[]);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    std::fs::write(data.join("sub/a.csv"), format!("{HEADER}{ROW}")).unwrap();
+    std::os::unix::fs::symlink(&data, data.join("sub/loop")).unwrap();
+    std::os::unix::fs::symlink("self", data.join("self")).unwrap();
+    let o = run(dir.path(), &["data", "--mapping", "csv.toml"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert_eq!(o.calls().len(), 1);
+    let o = run(dir.path(), &["data/**/*.csv", "--mapping", "csv.toml"]);
+    assert!(matches!(o.code, Some(0 | 1)), "{}", o.stderr);
+    if o.code == Some(0) {
+        assert!(!o.calls().is_empty());
+    }
+}
+
+#[test]
+fn the_rss_probe_sees_a_process_that_allocates() {
+    // Guards the measurement itself: a run that reads a 48 MB field into memory (CSV,
+    // under a 64 MiB limit) must show a peak RSS of at least that.
+    let mut text = format!("{HEADER}u2,\"");
+    text.push_str(&"y".repeat(48 << 20));
+    text.push_str("\",2024-01-02T03:04:05Z,1\n");
+    let dir = setup(&[("mid.csv", text.as_bytes())]);
+    drop(text);
+    let o = run(
+        dir.path(),
+        &["mid.csv", "--mapping", "csv.toml", "--max-record-bytes", "67108864"],
+    );
+    assert!(o.peak_rss_kb > 48 * 1024, "peak RSS {} kB", o.peak_rss_kb);
+    let mut s = String::new();
+    File::open(dir.path().join("stderr.txt"))
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    assert_eq!(o.code, Some(3), "{s}");
+}
