@@ -85,7 +85,9 @@ fn rec(i: u64) -> Rec {
         // Row 13 has no id at all: every format rejects it the same way.
         anonymous_id: (has_anon && i != 13).then(|| format!("anon-{:016x}", r)),
         event: EVENTS[pick(2, 4)],
-        ts_ms: 1_672_531_200_000 + (i as i64) * 3_607_000 + (r % 1000) as i64,
+        // Hourly from 2023-01-01, wrapping after three years so that large inputs stay
+        // in the past.
+        ts_ms: 1_672_531_200_000 + (i as i64 * 3_607_000) % 94_608_000_000 + (r % 1000) as i64,
         plan: PLANS[pick(5, 3)],
         amount: amount_text.parse().unwrap_or(0.0),
         amount_text,

@@ -36,6 +36,8 @@ pub struct Cli {
     pub verbose: u8,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Read inputs, map rows to calls, pack and send them.
@@ -174,7 +176,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
     /// Requests per second at most.
-    #[arg(long, default_value_t = config::DEFAULT_RATE_PER_SEC, value_name = "N")]
+    #[arg(long, default_value_t = config::DEFAULT_RATE_PER_SEC, value_name = "N", value_parser = per_second)]
     pub rate: u32,
     /// Requests in flight at once.
     #[arg(long, default_value_t = config::DEFAULT_CONCURRENCY, value_name = "N")]
@@ -213,7 +215,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = config::DEFAULT_BACKOFF_CAP.as_secs_f64(), value_name = "SECS")]
     pub backoff_cap: f64,
     /// Calls per second at most (each request counts its calls), as well as --rate.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = per_second)]
     pub events_rate: Option<u32>,
     /// Compress request bodies (Content-Encoding: gzip); size limits apply before compression.
     #[arg(long)]
@@ -334,6 +336,14 @@ pub struct GenerateArgs {
     pub out: PathBuf,
 }
 
+/// `--rate` and `--events-rate`: a whole number per second (zero is refused later, with
+/// its own message).
+fn per_second(s: &str) -> Result<u32, String> {
+    s.trim()
+        .parse::<u32>()
+        .map_err(|_| "expected a whole number per second, such as 500".to_string())
+}
+
 /// A user mistake found while building the config.
 #[derive(Debug)]
 pub struct UsageError(pub String);
@@ -356,9 +366,29 @@ fn secs(what: &str, v: f64) -> Result<Duration, UsageError> {
     })
 }
 
+/// Warns (on stderr; the run goes on) when the key file can be read or written by
+/// anyone but its owner, naming the fix.
+fn warn_if_shared(f: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(f) {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                eprintln!(
+                    "warning: --api-key-file {} is accessible to other users (mode {mode:o}); restrict it with: chmod 600 {}",
+                    f.display(),
+                    f.display()
+                );
+            }
+        }
+    }
+}
+
 /// Reads the API key from `--api-key-file` or `CDP_API_KEY`.
 fn read_key(file: Option<&PathBuf>) -> Result<Option<ApiKey>, UsageError> {
     if let Some(f) = file {
+        warn_if_shared(f);
         let text = std::fs::read_to_string(f)
             .map_err(|e| UsageError(format!("cannot read --api-key-file {}: {e}", f.display())))?;
         let key = text.trim();
@@ -753,10 +783,12 @@ fn install_interrupt_handler() -> std::io::Result<std::sync::Arc<std::sync::atom
     Ok(term)
 }
 
-/// The command line that was run, quoted for a POSIX shell (it never holds the key:
-/// the key is only read from the environment or a file).
+/// The command line that was run, without `--restart`, quoted for a POSIX shell (it never
+/// holds the key: the key is only read from the environment or a file).
 fn resume_command() -> String {
     std::env::args()
+        // Rerunning with --restart would start over instead of resuming.
+        .filter(|a| a != "--restart")
         .map(|a| {
             if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
                 a

@@ -92,7 +92,11 @@ pub fn url_is_loopback(url: &str) -> bool {
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
         .unwrap_or(url);
-    let host_port = rest.split('/').next().unwrap_or("");
+    let host_port = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // `http://127.0.0.1:80@evil.com` is a request to evil.com: user info is never loopback.
+    if host_port.contains('@') {
+        return false;
+    }
     let host = if let Some(h) = host_port.strip_prefix('[') {
         h.split(']').next().unwrap_or("")
     } else {
@@ -186,5 +190,20 @@ mod tests {
         assert!(url_is_loopback("http://[::1]:9"));
         assert!(!url_is_loopback("https://cdp.customer.io"));
         assert!(!url_is_loopback("http://127.example.com"));
+        for tricky in [
+            "http://127.0.0.1.evil.com",
+            "http://localhost.evil.com",
+            "http://user@evil.com",
+            "http://127.0.0.1:80@evil.com",
+            "http://localhost:x@evil.com/v1",
+            "http://[::1]@evil.com",
+            "http://evil.com/127.0.0.1",
+            "http://evil.com?localhost",
+            "http://127.0.0.1\\@evil.com",
+        ] {
+            assert!(!url_is_loopback(tricky), "{tricky}");
+        }
+        assert!(url_is_loopback("http://[::1]"));
+        assert!(url_is_loopback("http://127.0.0.1?x=@evil.com"));
     }
 }

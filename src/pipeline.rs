@@ -893,7 +893,7 @@ fn hand_out(
 
 /// The body of an alias request: the call itself, with the row's batch-level context
 /// (if any) as its own top-level keys, since an alias is not sent in a batch.
-fn alias_body(call: &[u8], key: &[u8], max_call: usize) -> Result<Vec<u8>, TooLarge> {
+pub(crate) fn alias_body(call: &[u8], key: &[u8], max_call: usize) -> Result<Vec<u8>, TooLarge> {
     let mut body = Vec::with_capacity(call.len() + key.len());
     if key.is_empty() || call.len() < 2 {
         body.extend_from_slice(call);

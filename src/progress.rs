@@ -197,10 +197,10 @@ impl Series {
         }
     }
 
-    /// Records `s` if its time has come (or `force`).
-    fn offer(&mut self, at: Duration, s: Sample, force: bool) {
+    /// Records `s` if its time has come (or `force`); says whether it did.
+    fn offer(&mut self, at: Duration, s: Sample, force: bool) -> bool {
         if at < self.next && !force {
-            return;
+            return false;
         }
         if self.points.len() >= MAX_SAMPLES {
             let mut i = 0;
@@ -212,6 +212,7 @@ impl Series {
         }
         self.points.push(s);
         self.next = at + self.every;
+        true
     }
 }
 
@@ -370,7 +371,13 @@ impl Progress {
 
     /// Learns the inputs' sizes (file metadata; Parquet row counts from footers) and
     /// where the run starts, and starts drawing.
-    pub fn begin(&self, inputs: &[Arc<InputInfo>], start: Position, limits: Limits, concurrency: usize) {
+    pub fn begin(
+        &self,
+        inputs: &[Arc<InputInfo>],
+        start: Position,
+        limits: Limits,
+        concurrency: usize,
+    ) {
         let extents: Vec<Extent> = inputs.iter().map(|i| Extent::of(i)).collect();
         let mut before = Vec::with_capacity(extents.len());
         let mut sum = 0u64;
@@ -397,12 +404,17 @@ impl Progress {
             pb.reset_eta();
             *lock(&ACTIVE) = Some(pb);
         }
-        log::debug!("inputs: {} ({} bytes known)", inputs.len(), total.unwrap_or(0));
+        log::debug!(
+            "inputs: {} ({} bytes known)",
+            inputs.len(),
+            total.unwrap_or(0)
+        );
     }
 
     /// The reader finished filling `chunk` (once per chunk).
     pub fn read(&self, chunk: &Chunk) {
-        self.rows_read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        self.rows_read
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         let done = lock(&self.layout).done_at(chunk.end());
         self.bytes_read.fetch_max(done, Ordering::Relaxed);
     }
@@ -481,9 +493,7 @@ impl Progress {
         }
         let at = self.started.elapsed();
         let s = self.sample(&st);
-        let before = st.series.points.len();
-        st.series.offer(at, s, false);
-        let sampled = st.series.points.len() != before || st.series.points.last() == Some(&s);
+        let sampled = st.series.offer(at, s, false);
         if sampled {
             st.recent.push_back(s);
             if st.recent.len() > 6 {
@@ -583,16 +593,27 @@ impl Progress {
     /// The series and histograms, for the report.
     pub fn recorded(&self) -> Recorded {
         let st = lock(&self.state);
-        let l = lock(&self.layout);
         let mut samples = st.series.points.clone();
         if !st.finished {
             samples.push(self.sample(&st));
         }
+        // After `sample`, which takes the layout lock itself.
+        let l = lock(&self.layout);
         // Every bucket from the smallest to the largest seen, so gaps show as gaps.
         let first = st.call_sizes.iter().position(|&n| n > 0).unwrap_or(0);
-        let last = st.call_sizes.iter().rposition(|&n| n > 0).map_or(0, |l| l + 1);
+        let last = st
+            .call_sizes
+            .iter()
+            .rposition(|&n| n > 0)
+            .map_or(0, |l| l + 1);
         let call_sizes = (first..last)
-            .map(|b| (bucket_low(b), bucket_low(b + 1).saturating_sub(1), st.call_sizes[b]))
+            .map(|b| {
+                (
+                    bucket_low(b),
+                    bucket_low(b + 1).saturating_sub(1),
+                    st.call_sizes[b],
+                )
+            })
             .collect();
         Recorded {
             samples,
@@ -610,7 +631,10 @@ impl Layout {
         match (self.before.get(i), self.extents.get(i)) {
             (Some(b), Some(e)) => b + e.done(at),
             // Past the last input: everything.
-            _ => self.before.last().copied().unwrap_or(0) + self.extents.last().map_or(0, |e| e.size()),
+            _ => {
+                self.before.last().copied().unwrap_or(0)
+                    + self.extents.last().map_or(0, |e| e.size())
+            }
         }
     }
 }
@@ -657,7 +681,12 @@ impl log::Log for StderrLogger {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let line = format!("[{} {}] {}", r.level().as_str().to_ascii_lowercase(), r.target(), r.args());
+        let line = format!(
+            "[{} {}] {}",
+            r.level().as_str().to_ascii_lowercase(),
+            r.target(),
+            r.args()
+        );
         match lock(&ACTIVE).as_ref() {
             Some(pb) => pb.suspend(|| eprintln!("{line}")),
             None => eprintln!("{line}"),
@@ -675,7 +704,11 @@ mod tests {
     fn size_buckets_are_ordered_and_contain_their_lengths() {
         for len in [0u64, 15, 16, 17, 20, 24, 31, 32, 100, 1000, 32_768, 1 << 20] {
             let b = size_bucket(len);
-            assert!(bucket_low(b) <= len, "{len} in bucket {b} starting {}", bucket_low(b));
+            assert!(
+                bucket_low(b) <= len,
+                "{len} in bucket {b} starting {}",
+                bucket_low(b)
+            );
             if b + 1 < SIZE_BUCKETS {
                 assert!(len < bucket_low(b + 1), "{len} below next bucket");
             }
@@ -690,12 +723,32 @@ mod tests {
         let mut s = Series::new();
         for i in 0..(MAX_SAMPLES as u64 * 3) {
             let at = Duration::from_secs(i);
-            s.offer(at, Sample { t: i as f64, calls_delivered: i, ..Default::default() }, false);
+            s.offer(
+                at,
+                Sample {
+                    t: i as f64,
+                    calls_delivered: i,
+                    ..Default::default()
+                },
+                false,
+            );
         }
         assert!(s.points.len() <= MAX_SAMPLES);
         assert_eq!(s.points[0].t, 0.0);
         let gaps: Vec<f64> = s.points.windows(2).map(|w| w[1].t - w[0].t).collect();
         assert!(gaps.iter().all(|&g| g >= 1.0));
+    }
+
+    #[test]
+    fn recorded_before_and_after_finish_holds_the_last_sample() {
+        let p = Progress::hidden();
+        p.begin(&[], Position::default(), Limits::default(), 4);
+        p.forwarded();
+        assert_eq!(p.recorded().samples.last().map(|s| s.in_flight), Some(1));
+        p.finish();
+        p.finish();
+        assert_eq!(p.recorded().samples.len(), 1);
+        assert_eq!(p.recorded().request_fill.len(), FILL_BUCKETS);
     }
 
     #[test]

@@ -21,7 +21,10 @@ pub fn settings(cfg: &RunConfig, src: &SourceOptions) -> Vec<(&'static str, Stri
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let opt = |p: &Option<std::path::PathBuf>| p.as_ref().map_or("—".to_string(), |p| p.display().to_string());
+    let opt = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .map_or("—".to_string(), |p| p.display().to_string())
+    };
     let secs = |d: std::time::Duration| format!("{} s", d.as_secs_f64());
     let endpoint = match &cfg.endpoint {
         Endpoint::Local => "local (built-in receiver on loopback)".to_string(),
@@ -33,29 +36,56 @@ pub fn settings(cfg: &RunConfig, src: &SourceOptions) -> Vec<(&'static str, Stri
         ("endpoint", endpoint),
         (
             "API key",
-            if cfg.api_key.is_some() { "given (not shown)" } else { "none" }.to_string(),
+            if cfg.api_key.is_some() {
+                "given (not shown)"
+            } else {
+                "none"
+            }
+            .to_string(),
         ),
         ("dry run", yes(cfg.dry_run)),
-        ("format", src.format.map_or("from file names".to_string(), |f| f.as_str().to_string())),
+        (
+            "format",
+            src.format
+                .map_or("from file names".to_string(), |f| f.as_str().to_string()),
+        ),
         ("CSV delimiter", show_byte(src.csv.delimiter)),
         ("CSV quote", show_byte(src.csv.quote)),
         ("CSV header row", yes(src.csv.has_header)),
-        ("rate", format!("{} requests/s", thousands(cfg.rate_per_sec as u64))),
+        (
+            "rate",
+            format!("{} requests/s", thousands(cfg.rate_per_sec as u64)),
+        ),
         (
             "events rate",
-            cfg.events_rate_per_sec.map_or("unlimited".to_string(), |r| format!("{} calls/s", thousands(r as u64))),
+            cfg.events_rate_per_sec
+                .map_or("unlimited".to_string(), |r| {
+                    format!("{} calls/s", thousands(r as u64))
+                }),
         ),
         ("concurrency", cfg.concurrency.to_string()),
-        ("max request bytes", thousands(cfg.limits.max_request_bytes as u64)),
-        ("max call bytes", thousands(cfg.limits.max_call_bytes as u64)),
+        (
+            "max request bytes",
+            thousands(cfg.limits.max_request_bytes as u64),
+        ),
+        (
+            "max call bytes",
+            thousands(cfg.limits.max_call_bytes as u64),
+        ),
         ("max record bytes", thousands(cfg.max_record_bytes as u64)),
         ("max retries", cfg.max_retries.to_string()),
-        ("backoff", format!("{} … {}", secs(cfg.backoff_base), secs(cfg.backoff_cap))),
+        (
+            "backoff",
+            format!("{} … {}", secs(cfg.backoff_base), secs(cfg.backoff_cap)),
+        ),
         ("connect timeout", secs(cfg.connect_timeout)),
         ("request timeout", secs(cfg.request_timeout)),
         ("gzip", yes(cfg.gzip)),
         ("strict mode", yes(cfg.strict)),
-        ("sentAt", if cfg.sent_at { "now" } else { "not set" }.to_string()),
+        (
+            "sentAt",
+            if cfg.sent_at { "now" } else { "not set" }.to_string(),
+        ),
         ("rejects file", cfg.rejects_path.display().to_string()),
         ("checkpoint", opt(&cfg.checkpoint)),
         ("restart", yes(cfg.restart)),
@@ -165,6 +195,8 @@ struct Line<'a> {
     color: &'a str,
     points: Vec<(f64, f64)>,
     fill: bool,
+    /// Dashed: a level (count), not a rate.
+    dash: bool,
 }
 
 /// A time chart with a grid, axes and a legend.
@@ -229,7 +261,13 @@ fn line_chart(lines: &[Line], y_unit: &str) -> String {
         }
         let mut d = String::new();
         for (i, (px, py)) in l.points.iter().enumerate() {
-            let _ = write!(d, "{}{:.1},{:.1}", if i == 0 { "M" } else { "L" }, x(*px), y(*py));
+            let _ = write!(
+                d,
+                "{}{:.1},{:.1}",
+                if i == 0 { "M" } else { "L" },
+                x(*px),
+                y(*py)
+            );
         }
         if l.fill {
             let (first, last) = (l.points[0].0, l.points[l.points.len() - 1].0);
@@ -245,8 +283,9 @@ fn line_chart(lines: &[Line], y_unit: &str) -> String {
         }
         let _ = write!(
             s,
-            r#"<path d="{d}" fill="none" stroke="{}" stroke-width="2" stroke-linejoin="round"/>"#,
-            l.color
+            r#"<path d="{d}" fill="none" stroke="{}" stroke-width="2" stroke-linejoin="round"{}/>"#,
+            l.color,
+            if l.dash { r#" stroke-dasharray="6 4""# } else { "" }
         );
     }
     s.push_str("</svg>");
@@ -359,7 +398,12 @@ fn rates(samples: &[Sample], f: impl Fn(&Sample) -> u64) -> Vec<(f64, f64)> {
     samples
         .windows(2)
         .filter(|w| w[1].t > w[0].t)
-        .map(|w| (w[1].t, f(&w[1]).saturating_sub(f(&w[0])) as f64 / (w[1].t - w[0].t)))
+        .map(|w| {
+            (
+                w[1].t,
+                f(&w[1]).saturating_sub(f(&w[0])) as f64 / (w[1].t - w[0].t),
+            )
+        })
         .collect()
 }
 
@@ -399,11 +443,18 @@ footer{color:var(--muted);font-size:12px;margin-top:20px}
 "#;
 
 /// The whole page. `stopped` is the message the run stopped with, if it did not finish.
-pub fn render(s: &Summary, rec: &Recorded, settings: &[(&'static str, String)], stopped: Option<&str>) -> String {
+pub fn render(
+    s: &Summary,
+    rec: &Recorded,
+    settings: &[(&'static str, String)],
+    stopped: Option<&str>,
+) -> String {
     let mut h = String::with_capacity(64 * 1024);
     let rejected_total = s.rows_rejected_total.max(s.rows_rejected);
     let (badge, class) = match (s.outcome.as_str(), stopped) {
-        ("completed", _) if rejected_total == 0 && s.calls_rejected_by_server == 0 => ("completed", "ok"),
+        ("completed", _) if rejected_total == 0 && s.calls_rejected_by_server == 0 => {
+            ("completed", "ok")
+        }
         ("completed", _) => ("completed with rejects", "warn"),
         ("interrupted", _) => ("interrupted", "warn"),
         (o, None) if o.starts_with("already complete") => ("already complete", "ok"),
@@ -413,29 +464,59 @@ pub fn render(s: &Summary, rec: &Recorded, settings: &[(&'static str, String)], 
         h,
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>cdp-backfill report</title><style>{CSS}</style></head><body><main><header><h1>cdp-backfill run report</h1><span class="badge {class}">{}</span></header><p class="sub">{}{} · {} input{} · generated {}</p>"#,
         esc(badge),
-        if s.dry_run { "dry run (nothing sent) · " } else { "" },
-        esc(&settings.iter().find(|(k, _)| *k == "endpoint").map_or(String::new(), |(_, v)| v.clone())),
+        if s.dry_run {
+            "dry run (nothing sent) · "
+        } else {
+            ""
+        },
+        esc(&settings
+            .iter()
+            .find(|(k, _)| *k == "endpoint")
+            .map_or(String::new(), |(_, v)| v.clone())),
         s.inputs,
         if s.inputs == 1 { "" } else { "s" },
         chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
     );
     if let Some(m) = stopped {
-        let _ = write!(h, r#"<div class="stopped"><b>Stopped:</b> {}</div>"#, esc(m));
+        let _ = write!(
+            h,
+            r#"<div class="stopped"><b>Stopped:</b> {}</div>"#,
+            esc(m)
+        );
     }
-    let calls_per_sec = if s.elapsed_secs > 0.0 { s.calls_delivered as f64 / s.elapsed_secs } else { 0.0 };
+    let calls_per_sec = if s.elapsed_secs > 0.0 {
+        s.calls_delivered as f64 / s.elapsed_secs
+    } else {
+        0.0
+    };
     let cards = [
         ("rows read", thousands(s.rows_read)),
-        (if s.dry_run { "calls packed" } else { "calls delivered" }, thousands(s.calls_delivered)),
+        (
+            if s.dry_run {
+                "calls packed"
+            } else {
+                "calls delivered"
+            },
+            thousands(s.calls_delivered),
+        ),
         ("rows rejected", thousands(s.rows_rejected)),
         ("elapsed", clock(s.elapsed_secs)),
         ("calls / s", thousands(calls_per_sec.round() as u64)),
         ("requests", thousands(s.requests)),
         ("sent", bytes(s.request_bytes)),
-        ("retries · 429s", format!("{} · {}", thousands(s.retries), thousands(s.throttled))),
+        (
+            "retries · 429s",
+            format!("{} · {}", thousands(s.retries), thousands(s.throttled)),
+        ),
     ];
     h.push_str(r#"<section class="cards">"#);
     for (k, v) in cards {
-        let _ = write!(h, "<div class=\"card\"><b>{}</b><span>{}</span></div>", esc(&v), k);
+        let _ = write!(
+            h,
+            "<div class=\"card\"><b>{}</b><span>{}</span></div>",
+            esc(&v),
+            k
+        );
     }
     h.push_str("</section>");
 
@@ -451,6 +532,7 @@ pub fn render(s: &Summary, rec: &Recorded, settings: &[(&'static str, String)], 
             color: "#3d63dd",
             points: rates(samples, |x| x.calls_delivered),
             fill: true,
+            dash: false,
         }],
         "calls/s",
     ));
@@ -463,18 +545,21 @@ pub fn render(s: &Summary, rec: &Recorded, settings: &[(&'static str, String)], 
                 color: "#f79009",
                 points: rates(samples, |x| x.retries),
                 fill: false,
+                dash: false,
             },
             Line {
                 name: "429s/s",
                 color: "#d92d20",
                 points: rates(samples, |x| x.throttled),
                 fill: false,
+                dash: false,
             },
             Line {
                 name: "requests in flight",
                 color: "#98a2b3",
                 points: samples.iter().map(|x| (x.t, x.in_flight as f64)).collect(),
                 fill: false,
+                dash: true,
             },
         ],
         "per second",
@@ -499,26 +584,48 @@ pub fn render(s: &Summary, rec: &Recorded, settings: &[(&'static str, String)], 
         r#"</section><section class="panel"><h2>Request fill</h2><p class="note">Requests by body size as a share of the {} byte limit.</p>"#,
         thousands(rec.max_request_bytes)
     );
-    h.push_str(&bar_chart(&fill, "#12b76a", "share of max request bytes ≥", 500.0));
+    h.push_str(&bar_chart(
+        &fill,
+        "#12b76a",
+        "share of max request bytes ≥",
+        500.0,
+    ));
     h.push_str("</section></div>");
 
-    let mut reasons: Vec<(String, u64)> = s.rejected_by_reason.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let mut reasons: Vec<(String, u64)> = s
+        .rejected_by_reason
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
     if s.calls_rejected_by_server > 0 {
-        reasons.push(("refused by the API (invalid)".into(), s.calls_rejected_by_server));
+        reasons.push((
+            "refused by the API (invalid)".into(),
+            s.calls_rejected_by_server,
+        ));
     }
     reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     h.push_str(r#"<section class="panel" style="margin-top:16px"><h2>Rejects by reason</h2>"#);
     if reasons.is_empty() {
         h.push_str(r#"<p class="note">No rows were rejected.</p>"#);
     } else {
-        let _ = write!(h, r#"<p class="note">Each rejected row is a line in <code>{}</code> with its source, row and reason.</p>"#, esc(&s.rejects_file));
+        let _ = write!(
+            h,
+            r#"<p class="note">Each rejected row is a line in <code>{}</code> with its source, row and reason.</p>"#,
+            esc(&s.rejects_file)
+        );
         h.push_str(&hbar_chart(&reasons, "#f04438"));
     }
     h.push_str("</section>");
 
     h.push_str(r#"<div class="grid2"><section class="panel"><h2>Figures</h2><table>"#);
     let row = |h: &mut String, k: &str, v: String, sub: bool| {
-        let _ = write!(h, r#"<tr{}><td>{}</td><td class="n">{}</td></tr>"#, if sub { r#" class="sub""# } else { "" }, esc(k), esc(&v));
+        let _ = write!(
+            h,
+            r#"<tr{}><td>{}</td><td class="n">{}</td></tr>"#,
+            if sub { r#" class="sub""# } else { "" },
+            esc(k),
+            esc(&v)
+        );
     };
     row(&mut h, "outcome", s.outcome.clone(), false);
     row(&mut h, "inputs", thousands(s.inputs), false);
@@ -528,31 +635,75 @@ pub fn render(s: &Summary, rec: &Recorded, settings: &[(&'static str, String)], 
     for (k, v) in &s.rejected_by_reason {
         row(&mut h, k, thousands(*v), true);
     }
-    row(&mut h, "rows rejected, whole backfill", thousands(s.rows_rejected_total), false);
+    row(
+        &mut h,
+        "rows rejected, whole backfill",
+        thousands(s.rows_rejected_total),
+        false,
+    );
     row(&mut h, "calls built", thousands(s.calls_built), false);
     for (k, v) in &s.calls_by_type {
         row(&mut h, k, thousands(*v), true);
     }
-    row(&mut h, if s.dry_run { "calls packed" } else { "calls delivered" }, thousands(s.calls_delivered), false);
-    row(&mut h, "calls refused by the API", thousands(s.calls_rejected_by_server), false);
-    row(&mut h, "calls undelivered", thousands(s.calls_undelivered), false);
+    row(
+        &mut h,
+        if s.dry_run {
+            "calls packed"
+        } else {
+            "calls delivered"
+        },
+        thousands(s.calls_delivered),
+        false,
+    );
+    row(
+        &mut h,
+        "calls refused by the API",
+        thousands(s.calls_rejected_by_server),
+        false,
+    );
+    row(
+        &mut h,
+        "calls undelivered",
+        thousands(s.calls_undelivered),
+        false,
+    );
     row(&mut h, "requests", thousands(s.requests), false);
-    row(&mut h, "request bytes", format!("{} ({})", thousands(s.request_bytes), bytes(s.request_bytes)), false);
+    row(
+        &mut h,
+        "request bytes",
+        format!(
+            "{} ({})",
+            thousands(s.request_bytes),
+            bytes(s.request_bytes)
+        ),
+        false,
+    );
     row(&mut h, "retries", thousands(s.retries), false);
     row(&mut h, "429s", thousands(s.throttled), false);
     row(&mut h, "elapsed", format!("{:.2} s", s.elapsed_secs), false);
-    row(&mut h, "rows per second", thousands(s.rows_per_sec.round() as u64), false);
+    row(
+        &mut h,
+        "rows per second",
+        thousands(s.rows_per_sec.round() as u64),
+        false,
+    );
     row(&mut h, "rejects file", s.rejects_file.clone(), false);
     h.push_str(r#"</table></section><section class="panel"><h2>Settings</h2><table>"#);
     for (k, v) in settings {
-        let _ = write!(h, r#"<tr><td>{}</td><td><code>{}</code></td></tr>"#, esc(k), esc(v));
+        let _ = write!(
+            h,
+            r#"<tr><td>{}</td><td><code>{}</code></td></tr>"#,
+            esc(k),
+            esc(v)
+        );
     }
     let _ = write!(
         h,
         r#"</table></section></div><footer>cdp-backfill {} · {} samples{}</footer></main></body></html>"#,
         env!("CARGO_PKG_VERSION"),
         samples.len(),
-        rec.bytes_total.map_or(String::new(), |b| format!(" · {} of input", bytes(b)))
+        rec.bytes_total
+            .map_or(String::new(), |b| format!(" · {} of input", bytes(b)))
     );
     h
 }
@@ -563,13 +714,22 @@ mod tests {
 
     #[test]
     fn credentials_in_an_endpoint_url_never_reach_the_report() {
-        assert_eq!(strip_userinfo("https://k3y:x@cdp.customer.io/v1"), "https://cdp.customer.io/v1");
-        assert_eq!(strip_userinfo("https://cdp.customer.io"), "https://cdp.customer.io");
+        assert_eq!(
+            strip_userinfo("https://k3y:x@cdp.customer.io/v1"),
+            "https://cdp.customer.io/v1"
+        );
+        assert_eq!(
+            strip_userinfo("https://cdp.customer.io"),
+            "https://cdp.customer.io"
+        );
     }
 
     #[test]
     fn html_is_escaped() {
-        assert_eq!(esc(r#"<a href="x">&'"#), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            esc(r#"<a href="x">&'"#),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 
     #[test]
@@ -593,7 +753,11 @@ mod tests {
         };
         let rec = Recorded {
             samples: (0..5)
-                .map(|i| Sample { t: i as f64, calls_delivered: i * 100, ..Default::default() })
+                .map(|i| Sample {
+                    t: i as f64,
+                    calls_delivered: i * 100,
+                    ..Default::default()
+                })
                 .collect(),
             call_sizes: vec![(256, 319, 7)],
             request_fill: vec![1; 20],

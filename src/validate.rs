@@ -210,25 +210,20 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
                             }
                             None => tally.report.calls_without_timestamp += 1,
                         }
-                        if kind == CallKind::Alias {
-                            // Its own request (see pipeline::pack); context adds its keys.
-                            let extra = if key.is_empty() { 0 } else { key.len() };
-                            tally.report.requests += 1;
-                            tally.report.request_bytes.add(call.len() + extra);
-                            if let Some(o) = tally.out.as_mut() {
-                                let mut body = Vec::with_capacity(call.len() + extra);
-                                if key.is_empty() {
-                                    body.extend_from_slice(call);
-                                } else {
-                                    body.push(b'{');
-                                    body.extend_from_slice(&key[1..]);
-                                    body.push(b',');
-                                    body.extend_from_slice(&call[1..]);
-                                }
-                                o.write_all(&body).map_err(io_err)?;
-                                o.write_all(b"\n").map_err(io_err)?;
-                            }
-                        } else if let Err(too_large) = packer.push(&key, call, (), &mut closed) {
+                        let result = if kind == CallKind::Alias {
+                            // Its own request, as pipeline::pack builds it.
+                            match crate::pipeline::alias_body(
+                                call,
+                                &key,
+                                opts.limits.max_call_bytes,
+                            ) {
+                                Ok(body) => tally.request(&body).map(Ok).map_err(io_err),
+                                Err(too_large) => Ok(Err(too_large)),
+                            }?
+                        } else {
+                            packer.push(&key, call, (), &mut closed)
+                        };
+                        if let Err(too_large) = result {
                             tally.report.rows_rejected += 1;
                             *tally
                                 .report

@@ -130,7 +130,8 @@ fn sigint_drains_in_flight_requests_so_a_resume_sends_no_duplicate() {
     let g = cdp_backfill::generate::generate_file(&input, 60_000, 5).unwrap();
     let (server, record) = receiver(dir.path(), Default::default());
     let url = server.base_url();
-    let extra = ["--rate", "20"];
+    // --restart on the first run: the printed resume command must leave it out.
+    let extra = ["--rate", "20", "--restart"];
     let child = spawn(backfill(dir.path(), &input, &url, &extra));
     std::thread::sleep(Duration::from_millis(700));
     let pid = child.id().to_string();
@@ -140,6 +141,7 @@ fn sigint_drains_in_flight_requests_so_a_resume_sends_no_duplicate() {
     let err = stderr(&out);
     assert!(err.contains("Resume with the same command"), "{err}");
     assert!(err.contains("--checkpoint cp.json"), "prints the command: {err}");
+    assert!(!err.contains("--restart"), "the resume command must not start over: {err}");
     let (_, row) = resume_row(dir.path()).unwrap();
     assert!(row > 0 && row < g.rows, "stopped part way: {row}");
 

@@ -179,11 +179,20 @@ fn status_count(stats: &Stats, status: &str) -> u64 {
     stats.responses_by_status.get(status).copied().unwrap_or(0)
 }
 
+/// The tests run one at a time: the rate test measures one-second windows at the
+/// receiver, and on a small machine the others' CPU load would skew its clock readings.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Small backoff so retried tests stay fast.
 const FAST_BACKOFF: [&str; 4] = ["--backoff-base", "0.005", "--backoff-cap", "0.05"];
 
 #[test]
 fn chaos_of_5xx_429_and_drops_still_delivers_every_call_once() {
+    let _serial = serial();
     let env = Env::new(2000, 7);
     let limits = ["--max-request-bytes", "30000", "--max-call-bytes", "16000"];
     let expected = env.expected_ids(&limits);
@@ -287,6 +296,7 @@ impl Drop for ServeProcess {
 
 #[test]
 fn a_server_cap_below_the_rate_is_met_with_pauses_and_the_run_completes() {
+    let _serial = serial();
     let env = Env::new(1200, 8);
     let limits = ["--max-request-bytes", "8000", "--max-call-bytes", "7000"];
     let expected = env.expected_ids(&limits);
@@ -310,6 +320,7 @@ fn a_server_cap_below_the_rate_is_met_with_pauses_and_the_run_completes() {
 
 #[test]
 fn calls_refused_in_strict_mode_are_isolated_into_rejects_and_the_rest_delivered() {
+    let _serial = serial();
     let env = Env::new(1500, 9);
     let limits = ["--max-request-bytes", "60000"];
     let expected = env.expected_ids(&limits);
@@ -369,6 +380,7 @@ fn calls_refused_in_strict_mode_are_isolated_into_rejects_and_the_rest_delivered
 
 #[test]
 fn the_rate_limit_holds_in_every_second_and_is_nearly_reached() {
+    let _serial = serial();
     const RATE: u64 = 50;
     let env = Env::new(900, 10);
     let record = env.path("received.ndjson");
@@ -410,6 +422,7 @@ fn the_rate_limit_holds_in_every_second_and_is_nearly_reached() {
 
 #[test]
 fn running_out_of_retries_stops_with_the_status_and_counts_only_the_acknowledged_prefix() {
+    let _serial = serial();
     let env = Env::new(1500, 12);
     let limits = ["--max-request-bytes", "20000", "--max-call-bytes", "16000"];
     let expected = env.expected_ids(&limits);
@@ -458,4 +471,67 @@ fn running_out_of_retries_stops_with_the_status_and_counts_only_the_acknowledged
         (expected.len() - delivered) as u64
     );
     run.assert_counters_add_up();
+}
+
+#[test]
+fn a_refused_key_stops_the_run_at_once_naming_key_and_region() {
+    let _serial = serial();
+    let env = Env::new(300, 13);
+    let record = env.path("received.ndjson");
+    let server = Server::start(ServeConfig {
+        api_key: Some(cdp_backfill::config::ApiKey::new("the-right-key")),
+        record: Some(record.clone()),
+        ..ServeConfig::default()
+    })
+    .expect("start the receiver");
+    let url = server.base_url();
+    let key = env.path("key.txt");
+    std::fs::write(&key, "a-wrong-key\n").unwrap();
+    let mut args = vec!["--endpoint", &url, "--api-key-file", key.to_str().unwrap()];
+    args.extend(FAST_BACKOFF);
+    let run = env.run("live", &args);
+    let stats = server.shutdown();
+
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    let err = run.stderr();
+    assert!(
+        err.contains("HTTP 401") && err.contains("CDP_API_KEY") && err.contains("region"),
+        "{err}"
+    );
+    assert_eq!(run.count("retries"), 0, "a 401 is not retried");
+    assert_eq!(run.count("calls_delivered"), 0);
+    assert!(
+        stats.requests <= 8,
+        "at most one attempt per sender: {stats:?}"
+    );
+}
+
+#[test]
+fn events_rate_charges_each_request_its_calls() {
+    let _serial = serial();
+    let env = Env::new(700, 14);
+    let record = env.path("received.ndjson");
+    let server = start(Faults::default(), &record);
+    let url = server.base_url();
+    let run = env.run(
+        "live",
+        &[
+            "--endpoint",
+            &url,
+            "--events-rate",
+            "1000",
+            "--max-request-bytes",
+            "40000",
+        ],
+    );
+    let _ = server.shutdown();
+
+    assert!(matches!(run.code(), 0 | 3), "{}", run.stderr());
+    let calls = run.count("calls_delivered");
+    assert!(calls >= 650, "{}", run.summary);
+    // A burst of 100 calls, then 1000 / 1.02 calls a second.
+    let floor = (calls - 100) as f64 / (1000.0 / 1.02);
+    let elapsed = run.summary["elapsed_secs"].as_f64().unwrap();
+    assert!(elapsed >= floor * 0.98, "{calls} calls in {elapsed:.2} s");
+    assert!(elapsed < floor + 2.0, "{calls} calls in {elapsed:.2} s");
 }

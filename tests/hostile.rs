@@ -80,7 +80,13 @@ fn run(dir: &Path, args: &[&str]) -> Outcome {
         .env_remove("CDP_ENDPOINT")
         .arg("run")
         .args(args)
-        .args(["--dry-run", "--output", "bodies.ndjson", "--rejects", "rejects.ndjson"])
+        .args([
+            "--dry-run",
+            "--output",
+            "bodies.ndjson",
+            "--rejects",
+            "rejects.ndjson",
+        ])
         .stdin(Stdio::null())
         .stdout(File::create(dir.join("stdout.txt")).unwrap())
         .stderr(File::create(dir.join("stderr.txt")).unwrap());
@@ -166,7 +172,8 @@ fn reasons(o: &Outcome) -> Vec<String> {
 #[test]
 fn a_100_mb_csv_field_stops_the_run_with_a_clear_error_and_bounded_memory() {
     let dir = setup(&[]);
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(dir.path().join("big.csv")).unwrap());
+    let mut w =
+        BufWriter::with_capacity(1 << 20, File::create(dir.path().join("big.csv")).unwrap());
     w.write_all(HEADER.as_bytes()).unwrap();
     w.write_all(ROW.as_bytes()).unwrap();
     w.write_all(b"u2,\"").unwrap();
@@ -181,7 +188,8 @@ fn a_100_mb_csv_field_stops_the_run_with_a_clear_error_and_bounded_memory() {
     assert_eq!(o.code, Some(1), "{}", o.stderr);
     assert!(
         o.stderr.contains("big.csv")
-            && o.stderr.contains("the record starting at byte 62 is longer than 67108864 bytes")
+            && o.stderr
+                .contains("the record starting at byte 62 is longer than 67108864 bytes")
             && o.stderr.contains("--max-record-bytes"),
         "{}",
         o.stderr
@@ -196,7 +204,13 @@ fn a_csv_record_over_max_record_bytes_is_rejected_and_the_run_goes_on() {
     let dir = setup(&[("long.csv", text.as_bytes())]);
     let o = run(
         dir.path(),
-        &["long.csv", "--mapping", "csv.toml", "--max-record-bytes", "1048576"],
+        &[
+            "long.csv",
+            "--mapping",
+            "csv.toml",
+            "--max-record-bytes",
+            "1048576",
+        ],
     );
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     assert_eq!(o.calls().len(), 2);
@@ -210,23 +224,36 @@ fn a_csv_record_over_max_record_bytes_is_rejected_and_the_run_goes_on() {
         "{detail}"
     );
     // The record itself is not copied into the rejects file.
-    assert!(std::fs::metadata(dir.path().join("rejects.ndjson")).unwrap().len() < 4096);
+    assert!(
+        std::fs::metadata(dir.path().join("rejects.ndjson"))
+            .unwrap()
+            .len()
+            < 4096
+    );
 }
 
 #[test]
 fn an_ndjson_line_over_max_record_bytes_is_rejected_without_buffering_it() {
     let dir = setup(&[]);
     let mut w = BufWriter::new(File::create(dir.path().join("long.ndjson")).unwrap());
-    w.write_all(b"{\"user_id\":\"u1\",\"event\":\"E\"}\n{\"user_id\":\"u2\",\"event\":\"").unwrap();
+    w.write_all(b"{\"user_id\":\"u1\",\"event\":\"E\"}\n{\"user_id\":\"u2\",\"event\":\"")
+        .unwrap();
     let block = vec![b'z'; 1 << 20];
     for _ in 0..48 {
         w.write_all(&block).unwrap();
     }
-    w.write_all(b"\"}\n{\"user_id\":\"u3\",\"event\":\"E\"}\n").unwrap();
+    w.write_all(b"\"}\n{\"user_id\":\"u3\",\"event\":\"E\"}\n")
+        .unwrap();
     drop(w);
     let o = run(
         dir.path(),
-        &["long.ndjson", "--mapping", "ndjson.toml", "--max-record-bytes", "1048576"],
+        &[
+            "long.ndjson",
+            "--mapping",
+            "ndjson.toml",
+            "--max-record-bytes",
+            "1048576",
+        ],
     );
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     assert_eq!(o.calls().len(), 2);
@@ -277,7 +304,10 @@ fn nul_bytes_and_invalid_utf8_are_rejects_or_escaped_never_crashes() {
 fn a_byte_order_mark_is_not_part_of_the_first_column_name() {
     let csv = format!("\u{feff}{HEADER}{ROW}");
     let ndjson = "\u{feff}{\"user_id\":\"u1\",\"event\":\"E\"}\n";
-    let dir = setup(&[("bom.csv", csv.as_bytes()), ("bom.ndjson", ndjson.as_bytes())]);
+    let dir = setup(&[
+        ("bom.csv", csv.as_bytes()),
+        ("bom.ndjson", ndjson.as_bytes()),
+    ]);
     let o = run(dir.path(), &["bom.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     assert_eq!(o.calls()[0]["userId"], "u1");
@@ -347,7 +377,11 @@ fn huge_and_negative_zero_numbers_and_duplicate_keys_give_valid_json() {
     let csv = "user_id,event,ts,amount,n\nu1,E,2024-01-02T03:04:05Z,1e400,-0\nu2,E,2024-01-02T03:04:05Z,-0,1e400\n";
     let ndjson = "{\"user_id\":\"u1\",\"event\":\"E\",\"x\":1e400}\n{\"user_id\":\"u2\",\"event\":\"E\",\"x\":-0,\"y\":-0.0}\n{\"user_id\":\"u3\",\"user_id\":\"u4\",\"event\":\"E\"}\n";
     let dup = "user_id,event,ts,amount,amount\nu1,E,2024-01-02T03:04:05Z,1,2\n";
-    let dir = setup(&[("n.csv", csv.as_bytes()), ("n.ndjson", ndjson.as_bytes()), ("dup.csv", dup.as_bytes())]);
+    let dir = setup(&[
+        ("n.csv", csv.as_bytes()),
+        ("n.ndjson", ndjson.as_bytes()),
+        ("dup.csv", dup.as_bytes()),
+    ]);
     let o = run(dir.path(), &["n.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     // 1e400 is not a float (it overflows): a reject, never `inf` in the JSON.
@@ -361,7 +395,12 @@ fn huge_and_negative_zero_numbers_and_duplicate_keys_give_valid_json() {
     let calls = o.calls();
     let rej = reasons(&o);
     assert_eq!(calls.len() + rej.len(), 3, "{rej:?}");
-    assert_eq!(o.code, Some(if rej.is_empty() { 0 } else { 3 }), "{}", o.stderr);
+    assert_eq!(
+        o.code,
+        Some(if rej.is_empty() { 0 } else { 3 }),
+        "{}",
+        o.stderr
+    );
 
     let o = run(dir.path(), &["dup.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
@@ -400,10 +439,18 @@ fn a_gzip_bomb_is_streamed_in_bounded_memory() {
         .unwrap()
         .contains("longer than 16777216 bytes"));
     // The same bytes as CSV: one record of NULs, stopped at the hard limit.
-    std::fs::rename(dir.path().join("bomb.ndjson.gz"), dir.path().join("bomb.csv.gz")).unwrap();
+    std::fs::rename(
+        dir.path().join("bomb.ndjson.gz"),
+        dir.path().join("bomb.csv.gz"),
+    )
+    .unwrap();
     let o = run(dir.path(), &["bomb.csv.gz", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
-    assert!(o.stderr.contains("longer than 67108864 bytes"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("longer than 67108864 bytes"),
+        "{}",
+        o.stderr
+    );
 }
 
 #[test]
@@ -418,13 +465,19 @@ fn a_truncated_gzip_stream_is_a_clear_error() {
     let dir = setup(&[("t.csv.gz", &gz)]);
     let o = run(dir.path(), &["t.csv.gz", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
-    assert!(o.stderr.contains("t.csv.gz") && o.stderr.contains("read failed"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("t.csv.gz") && o.stderr.contains("read failed"),
+        "{}",
+        o.stderr
+    );
 }
 
 fn small_parquet() -> Vec<u8> {
     use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
     use std::sync::Arc;
-    let ids: ArrayRef = Arc::new(StringArray::from_iter_values((0..1000).map(|i| format!("u{i}"))));
+    let ids: ArrayRef = Arc::new(StringArray::from_iter_values(
+        (0..1000).map(|i| format!("u{i}")),
+    ));
     let ev: ArrayRef = Arc::new(StringArray::from_iter_values((0..1000).map(|_| "E")));
     let n: ArrayRef = Arc::new(Int64Array::from_iter_values(0..1000));
     let batch = RecordBatch::try_from_iter([("user_id", ids), ("event", ev), ("n", n)]).unwrap();
@@ -500,7 +553,11 @@ fn parquet_metadata_claiming_enormous_sizes_is_a_clear_error() {
     for name in ["len.parquet", "smash.parquet", "empty.parquet"] {
         let o = run(dir.path(), &[name, "--mapping", "pq.toml"]);
         assert_eq!(o.code, Some(1), "{name}: {}", o.stderr);
-        assert!(o.stderr.starts_with("error: ") && o.stderr.contains(name), "{name}: {}", o.stderr);
+        assert!(
+            o.stderr.starts_with("error: ") && o.stderr.contains(name),
+            "{name}: {}",
+            o.stderr
+        );
     }
 }
 
@@ -514,10 +571,20 @@ fn empty_and_header_only_files_say_so() {
     ]);
     let o = run(dir.path(), &["empty.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
-    assert!(o.stderr.contains("empty.csv is empty: it has no header row"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("empty.csv is empty: it has no header row"),
+        "{}",
+        o.stderr
+    );
     let o = run(dir.path(), &["header.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
-    assert!(o.stderr.contains("header.csv has a header but no data rows"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("header.csv has a header but no data rows"),
+        "{}",
+        o.stderr
+    );
     assert_eq!(o.calls().len(), 0);
     for name in ["empty.ndjson", "blank.ndjson"] {
         let o = run(dir.path(), &[name, "--mapping", "ndjson.toml"]);
@@ -555,7 +622,13 @@ fn the_rss_probe_sees_a_process_that_allocates() {
     drop(text);
     let o = run(
         dir.path(),
-        &["mid.csv", "--mapping", "csv.toml", "--max-record-bytes", "67108864"],
+        &[
+            "mid.csv",
+            "--mapping",
+            "csv.toml",
+            "--max-record-bytes",
+            "67108864",
+        ],
     );
     assert!(o.peak_rss_kb > 48 * 1024, "peak RSS {} kB", o.peak_rss_kb);
     let mut s = String::new();
@@ -565,3 +638,82 @@ fn the_rss_probe_sees_a_process_that_allocates() {
         .unwrap();
     assert_eq!(o.code, Some(3), "{s}");
 }
+
+/// Found by the csv fuzz target: a `json` column whose text has a lone surrogate escape
+/// or invalid UTF-8 inside a string passed the check (serde_json skips ignored strings)
+/// and made the request body invalid JSON.
+#[test]
+fn a_json_column_with_a_lone_surrogate_or_invalid_utf8_is_a_reject() {
+    let csv = b"user_id,event,meta\nu1,E,\"{\"\"\\ud800\"\":1}\"\nu2,E,\"{\"\"a\"\":\"\"\xe6\xe6\"\"}\"\nu3,E,\"[1,{\"\"b\"\":\"\"\\ud83d\\ude00\"\"}]\"\n";
+    let dir = setup(&[("j.csv", csv)]);
+    std::fs::write(
+        dir.path().join("j.toml"),
+        "[columns]\nmeta = \"json\"\n[[call]]\ntype = \"track\"\nuser_id = \"user_id\"\nevent = \"event\"\nproperties = \"rest\"\n",
+    )
+    .unwrap();
+    let o = run(dir.path(), &["j.csv", "--mapping", "j.toml"]);
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
+    assert_eq!(reasons(&o), vec!["bad_value@1", "bad_value@2"]);
+    let calls = o.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["properties"]["meta"][1]["b"], "\u{1f600}");
+}
+
+/// Found by the parquet fuzz target: a column chunk whose metadata offset is negative
+/// made the `parquet` crate panic ("column start and length should not be negative").
+/// The file (4,765 bytes, generated by the fuzz target and patched by one byte) is kept
+/// here gzipped and base64-encoded.
+#[test]
+fn a_parquet_column_chunk_at_a_negative_offset_is_a_clear_error() {
+    use base64::Engine as _;
+    let gz = base64::engine::general_purpose::STANDARD
+        .decode(NEGATIVE_OFFSET_PARQUET_GZ_B64.replace('\n', ""))
+        .unwrap();
+    let mut file = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut file)
+        .unwrap();
+    assert_eq!(file.len(), 4765);
+    let dir = setup(&[("neg.parquet", &file)]);
+    std::fs::write(
+        dir.path().join("pq.toml"),
+        "[[call]]\ntype = \"track\"\nanonymous_id = { const = \"a\" }\nevent = { const = \"e\" }\nproperties = \"rest\"\n",
+    )
+    .unwrap();
+    let o = run(dir.path(), &["neg.parquet", "--mapping", "pq.toml"]);
+    assert_eq!(o.code, Some(1), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("neg.parquet: the Parquet metadata is damaged: row group 0, column 6 claims 64 bytes at offset -289"),
+        "{}",
+        o.stderr
+    );
+}
+
+const NEGATIVE_OFFSET_PARQUET_GZ_B64: &str = "
+H4sICJLcCmsCA25lZy5wYXJxdWV0AJ1WXWhURxSeO3tz3SSb3c12Z9wbrxJsM2xsNGvRNJYgvZvNj3ZjY2ixtsUm0SRGoqbZ
+GK0IhjyUtoiID8WHItKCD6WUPuRBxFobivQhD1X6Ay2UIEVEghUqxYc89Jy5v7t7N7S97N6ZOXPOd37mm7nTbw5sZSprZI15
+aEiCEIVYzx27ZYQlWKKFaSwOf40QCsJQlRKixXbW8/is1T49G2inKZZdkiX9djilrOaJsCiL4gzxzxCA2MQ25VFuI4Uk0h3N
+ash7m8EizMJ+0NBzaJdhGddu8Jf1SeJ7Bn96eyIuMw80lUmHXZeKnUDIKtZGtrGFRYpSaMep0F8xGroQAvs4i+cZ9YrWGEM7
+kJamTklgjZ+edWpdscaaU2PLjVWOP7/5ehVHgSWmmO8gG3RKVe3W9fTIWxH/gBRGYiXjw89O/5vqu1VfbJhD/KXfdn4Yqlx9
+EPqrB2ob2IbSEsjFCBlEFrC03k+IWwbqt6KKVIfJPL4SUk0WpViNYBgplnJAw251Jd0qALtQxD+hAFSapR2oeHkJrzJ0p/og
+y5K69Vn7x9Uy2kqKahFbnZqpxSTAtxqC7aYnqJ4KOwcBdN2zgOqcNguqEkvF4aGviyqkWRANNC0tAIAClJgqBP8lQpBp9q5F
+lCInMg53Z3rTqjWlhpzwdKFpejfkUuO3hz3m66Ki2ixU+l/y0Kw1djslIF5GPmG1u5h6Kla6NyrlaO2DgBydJVAhRwI5wrb1
+2z8hxNd1EkAVRdbWLTfxHDu89XX9hpiXgv8SYbyUpAGiovxsivq6Afkpdn5EF5Tq3UhHohs8x7ZxVDD4vOJ2L1HZhWLgaJGy
+jD2xEGKb5EQCR9dUOcLu5SqWs7vnNfaC3V3RXMilNVKq8wiOLoZdyJvVNmSvDKLGhZyrZS/b3Ue1LuSNiGt5pc6GjOPobp07
+cTvKhJxolMnE5Ai7D2MWJNThi97I0NTU8ZPvFA4eHjk6xKKwv5toShknrAbbUcIi2BaaSN6Q2xpHwyglqdDw+DHUJyk6XWhK
+5M8lDENSYzvoTMAZoeU7cKSm1InxApARPIK5Oj49cpTwqN6hnxHEYKq+nWhxYMA4I1zjk3xS5ETY8I4E75zgNB0gra8neos8
+Val16lLSsQN3POELDSzJP4+zboKeahxPo66neUWcMtpI2t2U3vasr8dtWQ6Mnzr+cwPj/HGc5SVwxAEuSOBD/JC4RMUDxWij
+aTiYUoEh4iaWQS43MFjRerZJYhG9CU4EKLKEyvCMWKQdgAMwisQx8Mvhy/GDdRDKfcfcCQUXx81yISRWKKZpn30VAoLzm19e
+B8FcSNhoztrAAkuwGT4jrqliOWR4J6V3tHCsY5k0wBXh1zHo6wm2U7qhlpt2ZUIyRTIE/EX4rAI/cblKfKsa1gFs7WQggm8U
+lEyzd0YT/gN6e5pgWcJ/reKaCEMD17FA/h3gB8R5TdyrMrzD3OtxNR0gDWagionel4k+U5mBK5q4pf0fCq4g8mwymILDfFgs
+rRFfrTHa1LT9NXG+KoFrH2m24r1owPovJu2FKSfjxXAHIAaRUZp/aUBQH7FKZLyqwE/crBYLYUy59Hvl+5gFBtkLHr7DAOcZ
+21ORoPM14kG14X3mSglaKg0k6BImMsdXJ6i11edqxe81hkVFm55q2jeqQE/n80r43+jrFkd6LiE971VBm6RB/KSSn49qxUKt
+4X2IvR53eFQkDean9H1uPea5NoiflOd5XtyIiCsROMiyicBTFrP9FDG+X8tayplI+SgfFVfqxHJEcty5AXh3gcCFjjdb0V1b
+D4v9xInOz0Yq2Xi3rgNQFQWuDyVslOY/YmDXU8FspPwIPyJuR8VcFEMru1yUXzcCQ20EPw8xzD9S7EAAJykf4APiUkwsRw3v
+auL15IqVSQM5+f4GSGdBX52TKp/gE+JhTNyMGdZ9x+YkSftGwZx0r0SEf4K+ZhuQkw9UToFv0CbxJpSKmAMDr+57yboypGar
+WvHZMZY1TXOvaT2vmOZJs3PM3I0iaE0za8/shbFp7jItkdPCcxB7GUToM7tMsx+hcn04M4mvHqnUha8T/S+2tp5CULPPRs3m
+ukwXqlO+XsOo9rfOtLbKqeyYrdrV2S0tjzzf2truCJ3IperQGwMTw3s9vGF87ckBXPvr2M25Rsf3u92uPM47EM4jQznU2yeR
+um0vuZOWUqc9lvFAvRwkD79zGyYhp3p2Tw6PZTM4Ltbv6vH0cwelPqL2YGk79+O4p1i/2xdhF4aQdVPPnrZ7+1CYGzP77RB3
+2Uoy3163Zn1O/uBiDEvc48/bqd+b9vpb+W8ry7/HbwHrY+GPYZ1Br2BNeUFnTS9eSQ2S0ieHpt49MTK9earQODMyVRg/fqyx
+LbNl65aMfgaupC2EGMU/sgLXgn5zYOs/7SAR+J0SAAA=
+";

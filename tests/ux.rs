@@ -16,7 +16,14 @@ use common::*;
 fn generated(dir: &Path, rows: u64) -> (std::path::PathBuf, u64) {
     let path = dir.join("events.csv");
     let out = run(bin()
-        .args(["generate", "--rows", &rows.to_string(), "--seed", "3", "--out"])
+        .args([
+            "generate",
+            "--rows",
+            &rows.to_string(),
+            "--seed",
+            "3",
+            "--out",
+        ])
         .arg(&path));
     assert!(out.status.success(), "{}", stderr(&out));
     // "wrote N rows to P (K planted bad rows)"
@@ -43,8 +50,16 @@ fn assert_adds_up(s: &Summary) {
         s.calls_delivered + s.calls_rejected_by_server + s.calls_undelivered,
         "calls: {s:?}"
     );
-    assert_eq!(s.rejected_by_reason.values().sum::<u64>(), s.rows_rejected, "reasons: {s:?}");
-    assert_eq!(s.calls_by_type.values().sum::<u64>(), s.calls_built, "types: {s:?}");
+    assert_eq!(
+        s.rejected_by_reason.values().sum::<u64>(),
+        s.rows_rejected,
+        "reasons: {s:?}"
+    );
+    assert_eq!(
+        s.calls_by_type.values().sum::<u64>(),
+        s.calls_built,
+        "types: {s:?}"
+    );
 }
 
 /// One parsed `progress:` line.
@@ -59,7 +74,11 @@ struct Line {
 }
 
 fn parse_progress(stderr: &str) -> Vec<Line> {
-    let num = |s: &str| s.replace(',', "").parse::<u64>().unwrap_or_else(|_| panic!("a number: {s}"));
+    let num = |s: &str| {
+        s.replace(',', "")
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("a number: {s}"))
+    };
     stderr
         .lines()
         .filter(|l| l.starts_with("progress:"))
@@ -102,7 +121,15 @@ fn progress_lines_without_a_terminal_count_up_to_the_summary_and_the_report_draw
         .arg(&input)
         .arg("--mapping")
         .arg(fixture("events.toml"))
-        .args(["--endpoint", "local", "--no-checkpoint", "--rate", "12", "--max-request-bytes", "200000"])
+        .args([
+            "--endpoint",
+            "local",
+            "--no-checkpoint",
+            "--rate",
+            "12",
+            "--max-request-bytes",
+            "200000",
+        ])
         .args(["--progress-interval", "0.2"])
         .arg("--rejects")
         .arg(&rejects)
@@ -126,31 +153,63 @@ fn progress_lines_without_a_terminal_count_up_to_the_summary_and_the_report_draw
     // no bar (no terminal escape codes).
     let lines = parse_progress(&err);
     assert!(lines.len() >= 3, "progress lines every 0.2 s:\n{err}");
-    assert!(!err.contains('\x1b'), "no escape codes without a terminal:\n{err}");
+    assert!(
+        !err.contains('\x1b'),
+        "no escape codes without a terminal:\n{err}"
+    );
     for w in lines.windows(2) {
-        assert!(w[0].rows <= w[1].rows && w[0].rejected <= w[1].rejected, "{lines:?}");
+        assert!(
+            w[0].rows <= w[1].rows && w[0].rejected <= w[1].rejected,
+            "{lines:?}"
+        );
         assert!(w[0].percent <= w[1].percent, "{lines:?}");
     }
     for l in &lines {
-        let p = l.percent.expect("a plain file's size is known, so a percentage is shown");
+        let p = l
+            .percent
+            .expect("a plain file's size is known, so a percentage is shown");
         assert!((0.0..=100.0).contains(&p), "{l:?}");
-        assert!(l.rows <= s.rows_read && l.rejected <= s.rows_rejected, "{l:?}");
+        assert!(
+            l.rows <= s.rows_read && l.rejected <= s.rows_rejected,
+            "{l:?}"
+        );
         assert!(l.in_flight <= 8, "at most --concurrency in flight: {l:?}");
-        assert_eq!((l.retries, l.throttled), (0, 0), "the local receiver never throttles");
+        assert_eq!(
+            (l.retries, l.throttled),
+            (0, 0),
+            "the local receiver never throttles"
+        );
     }
-    assert!(lines.iter().any(|l| l.in_flight > 0 && l.rows > 0), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.in_flight > 0 && l.rows > 0),
+        "{lines:?}"
+    );
     // Lines come before the summary table, which comes before the report's path.
-    let table = err.find("cdp-backfill: completed").expect("the summary table is printed");
+    let table = err
+        .find("cdp-backfill: completed")
+        .expect("the summary table is printed");
     assert!(err.rfind("progress:").unwrap() < table);
     assert!(err.contains("report: "), "{err}");
 
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(html.starts_with("<!doctype html>"));
-    for needle in ["Calls delivered per second", "Retries and 429s", "Call sizes", "Request fill", "Rejects by reason", "Settings", "<svg", "bad_timestamp"] {
+    for needle in [
+        "Calls delivered per second",
+        "Retries and 429s",
+        "Call sizes",
+        "Request fill",
+        "Rejects by reason",
+        "Settings",
+        "<svg",
+        "bad_timestamp",
+    ] {
         assert!(html.contains(needle), "the report shows {needle}");
     }
     for fetch in ["<script", "<link", "src=", "url(", "@import"] {
-        assert!(!html.contains(fetch), "the report fetches nothing ({fetch})");
+        assert!(
+            !html.contains(fetch),
+            "the report fetches nothing ({fetch})"
+        );
     }
     assert!(html.contains(&cdp_backfill::progress::thousands(s.calls_delivered)));
 }
@@ -165,7 +224,13 @@ fn quiet_prints_nothing_and_never_prints_no_progress() {
             .arg(fixture("events.csv"))
             .arg("--mapping")
             .arg(fixture("events.toml"))
-            .args(["--endpoint", "local", "--no-checkpoint", "--progress-interval", "0.1"])
+            .args([
+                "--endpoint",
+                "local",
+                "--no-checkpoint",
+                "--progress-interval",
+                "0.1",
+            ])
             .args(extra);
         c
     };
@@ -173,10 +238,22 @@ fn quiet_prints_nothing_and_never_prints_no_progress() {
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(stderr(&out), "", "--quiet prints nothing but errors");
     assert!(out.stdout.is_empty());
-    let out = run(&mut base(&["--progress", "never", "--rate", "5", "--max-request-bytes", "20000", "--max-call-bytes", "4000"]));
+    let out = run(&mut base(&[
+        "--progress",
+        "never",
+        "--rate",
+        "5",
+        "--max-request-bytes",
+        "20000",
+        "--max-call-bytes",
+        "4000",
+    ]));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(!stderr(&out).contains("progress:"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("cdp-backfill: completed"), "the summary is still shown");
+    assert!(
+        stderr(&out).contains("cdp-backfill: completed"),
+        "the summary is still shown"
+    );
 }
 
 #[test]
@@ -199,8 +276,14 @@ fn verbose_logs_go_to_stderr_and_never_hold_the_key() {
         .arg(&sum));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    assert!(err.contains("[info cdp_backfill::cli]"), "-v and more log: {err}");
-    assert!(err.contains("[debug cdp_backfill::progress]"), "-vv logs debug: {err}");
+    assert!(
+        err.contains("[info cdp_backfill::cli]"),
+        "-v and more log: {err}"
+    );
+    assert!(
+        err.contains("[debug cdp_backfill::progress]"),
+        "-vv logs debug: {err}"
+    );
     let html = std::fs::read_to_string(&report).unwrap();
     for text in [&err, &html, &std::fs::read_to_string(&sum).unwrap()] {
         assert!(!text.contains("SENTINEL"), "the key is never printed");
@@ -222,15 +305,32 @@ fn verbose_logs_go_to_stderr_and_never_hold_the_key() {
 /// Runs the binary in `dir` with `args`; asserts the exit code, that the error is one
 /// `error: ` message naming every `needles` and never a panic or a debug dump.
 fn mistake(dir: &Path, args: &[&str], code: i32, needles: &[&str]) {
-    let out = run(bin().current_dir(dir).args(args).env_remove("RUST_BACKTRACE"));
+    let out = run(bin()
+        .current_dir(dir)
+        .args(args)
+        .env_remove("RUST_BACKTRACE"));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(code), "{args:?}:\n{err}");
-    assert!(err.starts_with("error: "), "{args:?} starts with `error: `:\n{err}");
+    assert!(
+        err.starts_with("error: "),
+        "{args:?} starts with `error: `:\n{err}"
+    );
     for n in needles {
         assert!(err.contains(n), "{args:?}: the message names {n:?}:\n{err}");
     }
-    for dump in ["panicked", "RUST_BACKTRACE", "Os {", "kind:", "Error {", "Some(", "\"}"] {
-        assert!(!err.contains(dump), "{args:?}: no debug dump ({dump}):\n{err}");
+    for dump in [
+        "panicked",
+        "RUST_BACKTRACE",
+        "Os {",
+        "kind:",
+        "Error {",
+        "Some(",
+        "\"}",
+    ] {
+        assert!(
+            !err.contains(dump),
+            "{args:?}: no debug dump ({dump}):\n{err}"
+        );
     }
 }
 
@@ -241,47 +341,224 @@ fn each_user_mistake_is_one_clear_message_with_the_right_exit_code() {
     std::fs::copy(fixture("events.csv"), d.join("ev.csv")).unwrap();
     std::fs::copy(fixture("events.toml"), d.join("map.toml")).unwrap();
     std::fs::create_dir(d.join("adir")).unwrap();
-    std::fs::write(d.join("broken.toml"), "[[call]]\ntype = \"track\"\nuser_id = [\n").unwrap();
-    std::fs::write(d.join("nocol.toml"), "[[call]]\ntype = \"track\"\nuser_id = \"no_such_column\"\nevent = \"event\"\n").unwrap();
+    std::fs::write(
+        d.join("broken.toml"),
+        "[[call]]\ntype = \"track\"\nuser_id = [\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("nocol.toml"),
+        "[[call]]\ntype = \"track\"\nuser_id = \"no_such_column\"\nevent = \"event\"\n",
+    )
+    .unwrap();
     let run_args = |extra: &[&'static str]| -> Vec<&'static str> {
-        let mut v = vec!["run", "ev.csv", "--mapping", "map.toml", "--endpoint", "local", "--no-checkpoint"];
+        let mut v = vec![
+            "run",
+            "ev.csv",
+            "--mapping",
+            "map.toml",
+            "--endpoint",
+            "local",
+            "--no-checkpoint",
+        ];
         v.extend_from_slice(extra);
         v
     };
     // Missing input.
-    mistake(d, &["run", "missing.csv", "--mapping", "map.toml", "--endpoint", "local"], 1, &["missing.csv", "No such file"]);
+    mistake(
+        d,
+        &[
+            "run",
+            "missing.csv",
+            "--mapping",
+            "map.toml",
+            "--endpoint",
+            "local",
+        ],
+        1,
+        &["missing.csv", "No such file"],
+    );
     // An input that cannot be read: a path under a regular file (chmod 000 does not stop
     // root, which the tests may run as).
-    mistake(d, &["run", "ev.csv/x.csv", "--mapping", "map.toml", "--endpoint", "local"], 1, &["ev.csv/x.csv"]);
+    mistake(
+        d,
+        &[
+            "run",
+            "ev.csv/x.csv",
+            "--mapping",
+            "map.toml",
+            "--endpoint",
+            "local",
+        ],
+        1,
+        &["ev.csv/x.csv"],
+    );
     // A directory with no inputs in it.
-    mistake(d, &["run", "adir", "--mapping", "map.toml", "--endpoint", "local"], 1, &["adir", "no input files"]);
+    mistake(
+        d,
+        &[
+            "run",
+            "adir",
+            "--mapping",
+            "map.toml",
+            "--endpoint",
+            "local",
+        ],
+        1,
+        &["adir", "no input files"],
+    );
     // Mapping: missing, a directory, bad TOML (line and column), a column the input lacks.
-    mistake(d, &["run", "ev.csv", "--mapping", "nope.toml", "--endpoint", "local"], 2, &["nope.toml"]);
-    mistake(d, &["run", "ev.csv", "--mapping", "adir", "--endpoint", "local"], 2, &["adir", "directory"]);
-    mistake(d, &["run", "ev.csv", "--mapping", "broken.toml", "--endpoint", "local"], 2, &["broken.toml", "line 3"]);
-    mistake(d, &["run", "ev.csv", "--mapping", "nocol.toml", "--endpoint", "local", "--no-checkpoint"], 2, &["no_such_column"]);
+    mistake(
+        d,
+        &[
+            "run",
+            "ev.csv",
+            "--mapping",
+            "nope.toml",
+            "--endpoint",
+            "local",
+        ],
+        2,
+        &["nope.toml"],
+    );
+    mistake(
+        d,
+        &["run", "ev.csv", "--mapping", "adir", "--endpoint", "local"],
+        2,
+        &["adir", "directory"],
+    );
+    mistake(
+        d,
+        &[
+            "run",
+            "ev.csv",
+            "--mapping",
+            "broken.toml",
+            "--endpoint",
+            "local",
+        ],
+        2,
+        &["broken.toml", "line 3"],
+    );
+    mistake(
+        d,
+        &[
+            "run",
+            "ev.csv",
+            "--mapping",
+            "nocol.toml",
+            "--endpoint",
+            "local",
+            "--no-checkpoint",
+        ],
+        2,
+        &["no_such_column"],
+    );
     // No key for a remote endpoint.
-    mistake(d, &["run", "ev.csv", "--mapping", "map.toml", "--endpoint", "us"], 2, &["CDP_API_KEY", "--api-key-file"]);
-    mistake(d, &["run", "ev.csv", "--mapping", "map.toml", "--endpoint", "us", "--api-key-file", "adir"], 2, &["--api-key-file", "adir"]);
+    mistake(
+        d,
+        &["run", "ev.csv", "--mapping", "map.toml", "--endpoint", "us"],
+        2,
+        &["CDP_API_KEY", "--api-key-file"],
+    );
+    mistake(
+        d,
+        &[
+            "run",
+            "ev.csv",
+            "--mapping",
+            "map.toml",
+            "--endpoint",
+            "us",
+            "--api-key-file",
+            "adir",
+        ],
+        2,
+        &["--api-key-file", "adir"],
+    );
     // No endpoint at all.
-    mistake(d, &["run", "ev.csv", "--mapping", "map.toml"], 2, &["--endpoint", "CDP_ENDPOINT"]);
+    mistake(
+        d,
+        &["run", "ev.csv", "--mapping", "map.toml"],
+        2,
+        &["--endpoint", "CDP_ENDPOINT"],
+    );
     // Options: unknown, bad values.
     mistake(d, &run_args(&["--frobnicate"]), 2, &["--frobnicate"]);
     mistake(d, &run_args(&["--rate", "fast"]), 2, &["--rate", "fast"]);
     mistake(d, &run_args(&["--rate", "0"]), 2, &["--rate", "at least 1"]);
     mistake(d, &run_args(&["--concurrency", "0"]), 2, &["--concurrency"]);
-    mistake(d, &["run", "ev.csv", "--mapping", "map.toml", "--endpoint", "ftp://example.com"], 2, &["--endpoint", "ftp://example.com"]);
-    mistake(d, &["run", "ev.csv", "--mapping", "map.toml", "--endpoint", "http://example.com"], 2, &["http://", "https://"]);
-    mistake(d, &run_args(&["--output", "bodies.ndjson"]), 2, &["--dry-run"]);
-    mistake(d, &run_args(&["--delimiter", ";;"]), 2, &["--delimiter", ";;"]);
+    mistake(
+        d,
+        &[
+            "run",
+            "ev.csv",
+            "--mapping",
+            "map.toml",
+            "--endpoint",
+            "ftp://example.com",
+        ],
+        2,
+        &["--endpoint", "ftp://example.com"],
+    );
+    mistake(
+        d,
+        &[
+            "run",
+            "ev.csv",
+            "--mapping",
+            "map.toml",
+            "--endpoint",
+            "http://example.com",
+        ],
+        2,
+        &["http://", "https://"],
+    );
+    mistake(
+        d,
+        &run_args(&["--output", "bodies.ndjson"]),
+        2,
+        &["--dry-run"],
+    );
+    mistake(
+        d,
+        &run_args(&["--delimiter", ";;"]),
+        2,
+        &["--delimiter", ";;"],
+    );
     mistake(d, &run_args(&["--format", "xml"]), 2, &["xml", "csv"]);
-    mistake(d, &run_args(&["--progress", "sometimes"]), 2, &["--progress", "sometimes"]);
-    mistake(d, &run_args(&["--max-call-bytes", "10"]), 2, &["--max-call-bytes"]);
+    mistake(
+        d,
+        &run_args(&["--progress", "sometimes"]),
+        2,
+        &["--progress", "sometimes"],
+    );
+    mistake(
+        d,
+        &run_args(&["--max-call-bytes", "10"]),
+        2,
+        &["--max-call-bytes"],
+    );
     // Outputs that cannot be written are found before the run starts.
-    mistake(d, &run_args(&["--summary-json", "adir"]), 2, &["--summary-json", "adir", "directory"]);
-    mistake(d, &run_args(&["--report", "no/such/dir/r.html"]), 2, &["--report", "no/such/dir", "does not exist"]);
+    mistake(
+        d,
+        &run_args(&["--summary-json", "adir"]),
+        2,
+        &["--summary-json", "adir", "directory"],
+    );
+    mistake(
+        d,
+        &run_args(&["--report", "no/such/dir/r.html"]),
+        2,
+        &["--report", "no/such/dir", "does not exist"],
+    );
     // `status` of a checkpoint that does not exist.
-    mistake(d, &["status", "nope.checkpoint.json"], 1, &["nope.checkpoint.json"]);
+    mistake(
+        d,
+        &["status", "nope.checkpoint.json"],
+        1,
+        &["nope.checkpoint.json"],
+    );
     mistake(d, &["completions", "tcsh"], 2, &["tcsh", "bash"]);
     mistake(d, &["frobnicate"], 2, &["frobnicate"]);
 }
@@ -294,15 +571,33 @@ fn help_lists_exit_codes_and_every_subcommand_has_examples() {
     for needle in ["Exit codes", "130", "CDP_API_KEY", "completions"] {
         assert!(text.contains(needle), "--help mentions {needle}:\n{text}");
     }
-    for sub in ["run", "serve", "generate", "status", "inspect", "validate", "completions"] {
+    for sub in [
+        "run",
+        "serve",
+        "generate",
+        "status",
+        "inspect",
+        "validate",
+        "completions",
+    ] {
         let out = run(bin().args([sub, "--help"]));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{sub} --help");
-        assert!(text.contains("Example"), "{sub} --help has examples:\n{text}");
+        assert!(
+            text.contains("Example"),
+            "{sub} --help has examples:\n{text}"
+        );
     }
     let out = run(bin().args(["run", "--help"]));
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--progress", "--report", "--summary-json", "--quiet", "--verbose", "[env: CDP_ENDPOINT="] {
+    for flag in [
+        "--progress",
+        "--report",
+        "--summary-json",
+        "--quiet",
+        "--verbose",
+        "[env: CDP_ENDPOINT=",
+    ] {
         assert!(text.contains(flag), "run --help shows {flag}");
     }
 }
@@ -313,7 +608,10 @@ fn completions_are_printed_for_each_shell() {
         let out = run(bin().args(["completions", shell]));
         assert!(out.status.success(), "{shell}: {}", stderr(&out));
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("cdp-backfill") && text.contains("mapping"), "{shell}");
+        assert!(
+            text.contains("cdp-backfill") && text.contains("mapping"),
+            "{shell}"
+        );
     }
 }
 
@@ -329,19 +627,36 @@ fn exit_codes_zero_and_three_and_interrupt_130() {
             .arg(fixture(toml))
             .args(["--endpoint", "local", "--no-checkpoint", "-q"]))
     };
-    assert_eq!(go("all_calls.csv", "all_calls.toml").status.code(), Some(0), "every row delivered");
-    assert_eq!(go("events.csv", "events.toml").status.code(), Some(3), "some rows rejected");
+    assert_eq!(
+        go("all_calls.csv", "all_calls.toml").status.code(),
+        Some(0),
+        "every row delivered"
+    );
+    assert_eq!(
+        go("events.csv", "events.toml").status.code(),
+        Some(3),
+        "some rows rejected"
+    );
 
     // Interrupted: a slow run (2 requests/s) gets SIGINT, drains, keeps its checkpoint.
     let (input, _) = generated(dir.path(), 20_000);
     let sum = dir.path().join("s.json");
-    let mut child = bin()
+    let child = bin()
         .current_dir(dir.path())
         .arg("run")
         .arg(&input)
         .arg("--mapping")
         .arg(fixture("events.toml"))
-        .args(["--endpoint", "local", "--rate", "2", "--concurrency", "2", "--max-request-bytes", "100000"])
+        .args([
+            "--endpoint",
+            "local",
+            "--rate",
+            "2",
+            "--concurrency",
+            "2",
+            "--max-request-bytes",
+            "100000",
+        ])
         .arg("--summary-json")
         .arg(&sum)
         .stderr(Stdio::piped())
@@ -349,16 +664,28 @@ fn exit_codes_zero_and_three_and_interrupt_130() {
         .unwrap();
     let started = Instant::now();
     std::thread::sleep(Duration::from_millis(1200));
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let out: Output = child.wait_with_output().unwrap();
     let err = stderr(&out);
-    assert!(started.elapsed() < Duration::from_secs(30), "drained promptly");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "drained promptly"
+    );
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("Resume with the same command"), "{err}");
     let s = summary(&sum);
     assert_eq!(s.outcome, "interrupted");
-    assert_eq!(s.calls_built, s.calls_delivered + s.calls_rejected_by_server + s.calls_undelivered);
-    assert!(s.calls_delivered < s.calls_built && s.calls_delivered > 0, "stopped early: {s:?}");
+    assert_eq!(
+        s.calls_built,
+        s.calls_delivered + s.calls_rejected_by_server + s.calls_undelivered
+    );
+    assert!(
+        s.calls_delivered < s.calls_built && s.calls_delivered > 0,
+        "stopped early: {s:?}"
+    );
     assert!(dir.path().join("cdp-backfill.checkpoint.json").exists());
 }

@@ -1,17 +1,23 @@
 //! The gate every attempt passes before it goes on the wire: the request-rate limiter, the
 //! optional call-rate limiter, and the run-wide pause that a 429 starts.
 //!
-//! Invariants:
-//! - Requests leave at least `(1 + RATE_SAFETY_MARGIN) / rate` seconds apart (GCRA with a
-//!   burst of 1: no burst at all, not even at the start), so no one-second window holds
-//!   more than `rate` departures, and `rate + 1` departures span at least
-//!   `1 + RATE_SAFETY_MARGIN` seconds: the server still sees at most `rate` in any second
-//!   when network jitter brings two requests closer by up to `RATE_SAFETY_MARGIN` seconds
-//!   (20 ms at the default margin) over that stretch.
-//! - While a pause is on, nothing leaves; a permit granted just before a pause started is
-//!   given back (not held), so the end of a pause is not a burst.
-//! - Every wait sleeps (never spins) and notices `stop` within 100 ms.
+//! The request rate is enforced twice, for two different jobs:
+//! - a ceiling: a log of the last `rate` departures; a request may leave only if fewer
+//!   than `rate` left in the last `1 + RATE_SAFETY_MARGIN` seconds. So no one-second window
+//!   holds more than `rate` departures, and the server still sees at most `rate` in any
+//!   second when network jitter brings requests closer by up to `RATE_SAFETY_MARGIN`
+//!   seconds (20 ms). The log is work-conserving: a late wake-up does not cost capacity,
+//!   so a run reaches about `rate / (1 + RATE_SAFETY_MARGIN)` (98%).
+//! - smoothing: a GCRA pacer at `PACE_FACTOR × rate` with a burst of 1, so requests are
+//!   spread over the second instead of leaving `rate` at once. There is no burst: at the
+//!   start as later, requests leave at most `PACE_FACTOR × rate` per second until the
+//!   ceiling holds them.
+//!
+//! While a pause is on nothing leaves; a permit granted just before a pause started is not
+//! used, so the end of a pause is not a burst. Every wait sleeps (never spins) and notices
+//! `stop` within 100 ms.
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -20,30 +26,67 @@ use std::time::{Duration, Instant};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-/// How much slower than the nominal rate requests are spaced: 2%, so a run reaches 98%
-/// of `--rate` while tolerating 20 ms of arrival jitter per second of requests.
+/// The ceiling counts `rate` departures per `1 + RATE_SAFETY_MARGIN` seconds: a run
+/// reaches 98% of `--rate` and tolerates 20 ms of arrival jitter.
 pub const RATE_SAFETY_MARGIN: f64 = 0.02;
+
+/// The pacer runs this much faster than the ceiling, so its own late wake-ups do not
+/// hold the run below the ceiling.
+const PACE_FACTOR: f64 = 1.1;
 
 /// The longest single sleep, so a stop is noticed promptly.
 const SLICE: Duration = Duration::from_millis(100);
 
 /// The shared gate.
 pub struct Gate {
-    requests: Option<DefaultDirectRateLimiter>,
+    requests: Option<(DefaultDirectRateLimiter, Mutex<Ceiling>)>,
     /// The call-rate limiter and its burst (the most cells one `check_n` may take).
     calls: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
     clock: DefaultClock,
     pause_until: Mutex<Option<Instant>>,
 }
 
-/// The GCRA quota for `per_sec` cells a second, spaced by the safety margin.
-fn spaced(per_sec: u32) -> Option<Quota> {
-    if per_sec == 0 {
+/// The GCRA quota for `per_sec` cells a second.
+fn spaced(per_sec: f64) -> Option<Quota> {
+    if per_sec <= 0.0 {
         return None;
     }
-    Quota::with_period(Duration::from_secs_f64(
-        (1.0 + RATE_SAFETY_MARGIN) / per_sec as f64,
-    ))
+    Quota::with_period(Duration::from_secs_f64(1.0 / per_sec))
+}
+
+/// At most `max` departures in any `window`: the times of the last `max` of them.
+struct Ceiling {
+    max: usize,
+    window: Duration,
+    times: VecDeque<Instant>,
+}
+
+impl Ceiling {
+    fn new(max: u32) -> Self {
+        Ceiling {
+            max: max as usize,
+            window: Duration::from_secs_f64(1.0 + RATE_SAFETY_MARGIN),
+            // Grows to `max` only if the run gets there.
+            times: VecDeque::with_capacity((max as usize).min(4096)),
+        }
+    }
+
+    /// Records a departure at `now` if one may leave, else says how long to wait.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        while let Some(&t) = self.times.front() {
+            if now.saturating_duration_since(t) >= self.window {
+                self.times.pop_front();
+            } else {
+                break;
+            }
+        }
+        if self.times.len() < self.max {
+            self.times.push_back(now);
+            return Ok(());
+        }
+        let oldest = self.times.front().copied().unwrap_or(now);
+        Err((oldest + self.window).saturating_duration_since(now))
+    }
 }
 
 impl Gate {
@@ -52,10 +95,14 @@ impl Gate {
     /// tenth of a second's worth; a request with more calls than that is charged in
     /// pieces, so it waits as long as its calls need, never fails.
     pub fn new(rate: Option<u32>, calls_rate: Option<u32>) -> Self {
-        let requests = rate.and_then(spaced).map(RateLimiter::direct);
+        let requests = rate.filter(|&r| r > 0).and_then(|r| {
+            let pacer = RateLimiter::direct(spaced(r as f64 * PACE_FACTOR)?);
+            Some((pacer, Mutex::new(Ceiling::new(r))))
+        });
         let calls = calls_rate.and_then(|r| {
             let burst = NonZeroU32::new((r / 10).max(1))?;
-            Some((RateLimiter::direct(spaced(r)?.allow_burst(burst)), burst))
+            let quota = spaced(r as f64 / (1.0 + RATE_SAFETY_MARGIN))?;
+            Some((RateLimiter::direct(quota.allow_burst(burst)), burst))
         });
         Gate {
             requests,
@@ -102,17 +149,25 @@ impl Gate {
                 std::thread::sleep(d.min(SLICE));
                 continue;
             }
-            let Some(limiter) = &self.requests else {
+            let Some((pacer, ceiling)) = &self.requests else {
                 return true;
             };
-            match limiter.check() {
-                // A pause that began while this worker waited wins: the permit is
-                // dropped and taken again after the pause.
-                Ok(()) if self.paused_for().is_none() => return true,
-                Ok(()) => {}
-                Err(not_until) => {
-                    std::thread::sleep(not_until.wait_time_from(self.clock.now()).min(SLICE))
-                }
+            if let Err(not_until) = pacer.check() {
+                std::thread::sleep(not_until.wait_time_from(self.clock.now()).min(SLICE));
+                continue;
+            }
+            // A pause that began while this worker waited wins: the pacer's permit is
+            // dropped and taken again after the pause.
+            if self.paused_for().is_some() {
+                continue;
+            }
+            let taken = ceiling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(Instant::now());
+            match taken {
+                Ok(()) => return true,
+                Err(wait) => std::thread::sleep(wait.min(SLICE)),
             }
         }
     }
@@ -132,17 +187,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_are_spaced_by_the_rate_and_the_margin() {
+    fn requests_are_paced_a_little_faster_than_the_rate() {
         let gate = Gate::new(Some(200), None);
         let stop = AtomicBool::new(false);
         let t0 = Instant::now();
         for _ in 0..21 {
             assert!(gate.wait(&stop, 1));
         }
-        // 20 intervals of 1.02 / 200 s = 102 ms.
+        // 20 intervals of 1 / 220 s = 91 ms; the ceiling (200 a second) does not bind.
         let took = t0.elapsed();
-        assert!(took >= Duration::from_millis(101), "{took:?}");
+        assert!(took >= Duration::from_millis(90), "{took:?}");
         assert!(took < Duration::from_millis(400), "{took:?}");
+    }
+
+    #[test]
+    fn the_ceiling_admits_max_per_window_and_frees_as_they_age() {
+        let mut c = Ceiling::new(3);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(c.take(t0), Ok(()));
+        assert_eq!(c.take(t0 + ms(100)), Ok(()));
+        assert_eq!(c.take(t0 + ms(200)), Ok(()));
+        assert_eq!(c.take(t0 + ms(500)), Err(ms(520)));
+        assert_eq!(c.take(t0 + ms(1019)), Err(ms(1)));
+        assert_eq!(c.take(t0 + ms(1020)), Ok(()));
+        assert_eq!(c.take(t0 + ms(1030)), Err(ms(90)));
     }
 
     #[test]

@@ -130,8 +130,11 @@ pub const HARD_LIMIT_FACTOR: u64 = 4;
 /// (but allowed) records stays small.
 const CHUNK_BYTES: u64 = 8 << 20;
 /// A reused `ByteRecord` that held more than this is replaced by a fresh one before
-/// reuse, so one long record does not keep its buffer for the rest of the run.
-const KEEP_RECORD_BYTES: usize = 64 << 10;
+/// reuse, so one long record does not keep its buffer for the rest of the run. Kept
+/// small: over a long run every one of a chunk's thousands of slots meets some long
+/// record, so the slots' buffers (not the rows in flight) set the memory (see
+/// BENCHMARKS.md, Inputs). Only rows over this size pay an allocation.
+const KEEP_RECORD_BYTES: usize = 8 << 10;
 
 /// Bounds the memory one record can take. The `csv` crate grows a `ByteRecord` until the
 /// record ends, so an unclosed quote would read the whole rest of the file into memory.

@@ -234,6 +234,10 @@ pub trait Row {
     /// A problem the source found with the row itself (e.g. wrong field count), to be
     /// rejected with this reason before mapping.
     fn source_problem(&self) -> Option<String>;
+    /// The reject reason code for [`Row::source_problem`].
+    fn problem_code(&self) -> &'static str {
+        "field_count"
+    }
     /// 1-based physical line of the row in its file, where the format has lines
     /// (Parquet: 0).
     fn line(&self) -> u64;

@@ -125,7 +125,8 @@ pub struct NdjsonChunk {
     /// The rows' lines back to back (for the rejects file).
     raw: Vec<u8>,
     raw_ends: Vec<usize>,
-    problems: Vec<Option<String>>,
+    /// Per row: the reject reason code and detail of a line that is not a record.
+    problems: Vec<Option<(&'static str, String)>>,
 }
 
 impl NdjsonChunk {
@@ -209,7 +210,13 @@ impl Row for NdjsonRow<'_> {
     }
 
     fn source_problem(&self) -> Option<String> {
-        self.chunk.problems[self.i].clone()
+        self.chunk.problems[self.i].as_ref().map(|p| p.1.clone())
+    }
+
+    fn problem_code(&self) -> &'static str {
+        self.chunk.problems[self.i]
+            .as_ref()
+            .map_or("bad_json", |p| p.0)
     }
 
     fn line(&self) -> u64 {
@@ -403,9 +410,12 @@ impl NdjsonSource {
             chunk.raw.extend_from_slice(&self.line_buf);
             chunk.raw_ends.push(chunk.raw.len());
             let problem = if r.too_long {
-                Some(format!(
-                    "the line is longer than {} bytes; split the record or leave it out",
-                    self.max_line
+                Some((
+                    "record_too_large",
+                    format!(
+                        "the line is longer than {} bytes; split the record or leave it out",
+                        self.max_line
+                    ),
                 ))
             } else {
                 self.scratch.clear();
@@ -551,23 +561,25 @@ fn extract(
     known: &[String],
     cells: &mut Vec<Cell>,
     arena: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), (&'static str, String)> {
     let utf8_at = std::str::from_utf8(scratch).err().map(|e| e.valid_up_to());
     let mut tape = std::mem::replace(tape_slot, Tape(Vec::new())).reset();
     let result = match simd_json::fill_tape(scratch, buffers, &mut tape) {
         Err(e) => Err(match utf8_at {
-            Some(at) => {
-                format!("invalid UTF-8 at byte {at} of the line; re-export the file as UTF-8")
-            }
-            None => format!("malformed JSON: {e}"),
+            Some(at) => (
+                "invalid_utf8",
+                format!("invalid UTF-8 at byte {at} of the line; re-export the file as UTF-8"),
+            ),
+            None => ("bad_json", format!("malformed JSON: {e}")),
         }),
         Ok(()) => {
             let nodes = &tape.0;
             if !matches!(nodes.first(), Some(Node::Object { .. })) {
-                Err(
+                Err((
+                    "bad_json",
                     "the line is valid JSON but not an object; each line must be one {...} record"
                         .to_string(),
-                )
+                ))
             } else {
                 for p in paths {
                     let at = match p {

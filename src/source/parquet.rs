@@ -157,6 +157,37 @@ pub struct ParquetSource {
     next_row: u64,
 }
 
+/// Refuses metadata whose column chunks lie outside the file: the `parquet` crate panics
+/// on a negative offset or size, and trusts sizes when it reads (found by the fuzzer,
+/// issue 9).
+fn check_chunk_ranges(
+    file: &File,
+    meta: &ArrowReaderMetadata,
+    display: &str,
+) -> Result<(), SourceError> {
+    let len = file.metadata().map_or(u64::MAX, |m| m.len());
+    for (g, rg) in meta.metadata().row_groups().iter().enumerate() {
+        for (c, col) in rg.columns().iter().enumerate() {
+            let start = col
+                .dictionary_page_offset()
+                .unwrap_or_else(|| col.data_page_offset());
+            let size = col.compressed_size();
+            let ok = start >= 0
+                && size >= 0
+                && (start as u64).checked_add(size as u64).is_some_and(|end| end <= len);
+            if !ok {
+                return Err(SourceError::Read {
+                    path: display.to_string(),
+                    message: format!(
+                        "the Parquet metadata is damaged: row group {g}, column {c} claims {size} bytes at offset {start}, but the file is {len} bytes. Re-export the file"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 impl ParquetSource {
     /// Opens the file and reads its metadata; reading starts at data row `start_row`.
     pub fn open(input: Arc<InputInfo>, start_row: u64) -> Result<Self, SourceError> {
@@ -172,6 +203,7 @@ impl ParquetSource {
                 ),
             }
         })?;
+        check_chunk_ranges(&file, &meta, &input.display)?;
         let names: Vec<String> = meta
             .schema()
             .fields()
@@ -185,7 +217,7 @@ impl ParquetSource {
         let mut ends = Vec::with_capacity(meta.metadata().num_row_groups());
         let mut total = 0u64;
         for g in meta.metadata().row_groups() {
-            total += g.num_rows().max(0) as u64;
+            total = total.saturating_add(g.num_rows().max(0) as u64);
             ends.push(total);
         }
         if start_row > 0 && start_row >= total {

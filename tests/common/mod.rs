@@ -26,7 +26,10 @@ pub fn fixture(name: &str) -> PathBuf {
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("the test binary runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "the binary panicked:\n{stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "the binary panicked:\n{stderr}"
+    );
     out
 }
 
@@ -59,7 +62,12 @@ pub fn recorded_calls(record: &Path) -> Vec<serde_json::Value> {
 pub fn message_ids(calls: &[serde_json::Value]) -> HashSet<String> {
     calls
         .iter()
-        .map(|c| c["messageId"].as_str().expect("every call has a messageId").to_string())
+        .map(|c| {
+            c["messageId"]
+                .as_str()
+                .expect("every call has a messageId")
+                .to_string()
+        })
         .collect()
 }
 
