@@ -285,7 +285,11 @@ fn line_chart(lines: &[Line], y_unit: &str) -> String {
             s,
             r#"<path d="{d}" fill="none" stroke="{}" stroke-width="2" stroke-linejoin="round"{}/>"#,
             l.color,
-            if l.dash { r#" stroke-dasharray="6 4""# } else { "" }
+            if l.dash {
+                r#" stroke-dasharray="6 4""#
+            } else {
+                ""
+            }
         );
     }
     s.push_str("</svg>");

@@ -51,8 +51,9 @@ fn sigkill_at_random_moments_loses_nothing_and_replays_within_the_bound() {
     let g = cdp_backfill::generate::generate_file(&input, 200_000, 21).unwrap();
     let (server, record) = receiver(dir.path(), Default::default());
     let url = server.base_url();
-    // ~150 requests at 40/s: each full run takes seconds, so kills land mid-run.
-    let extra = ["--rate", "40"];
+    // ~150 requests at 25/s: a full run takes about 6 s, and ten kills at most 4.5 s,
+    // so every kill lands mid-run.
+    let extra = ["--rate", "25"];
 
     let mut rng = 0x9e3779b97f4a7c15u64;
     let mut kills = 0;
@@ -62,7 +63,7 @@ fn sigkill_at_random_moments_loses_nothing_and_replays_within_the_bound() {
         assert!(Instant::now() < deadline, "the backfill did not finish");
         let mut child = spawn(backfill(dir.path(), &input, &url, &extra));
         if kills < 10 {
-            std::thread::sleep(Duration::from_millis(150 + next(&mut rng) % 400));
+            std::thread::sleep(Duration::from_millis(100 + next(&mut rng) % 350));
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();

@@ -3,6 +3,11 @@
 
 mod common;
 
+/// Each test keeps its checkpoint in its own temp dir, never in the repository.
+fn ckpt(dir: &tempfile::TempDir) -> [String; 2] {
+    ["--checkpoint".into(), dir.path().join("cp.json").display().to_string()]
+}
+
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use cdp_backfill::map::message_id::{input_seed, message_id};
@@ -18,6 +23,7 @@ fn readme_first_command_delivers_or_rejects_every_fixture_row() {
         .args(["run", "fixtures/events.csv", "--mapping", "fixtures/events.toml", "--endpoint", "local"])
         .arg("--rejects")
         .arg(&rejects)
+        .args(ckpt(&dir))
         .arg("--summary-json")
         .arg(&summary));
     assert_eq!(out.status.code(), Some(3), "rejects present → exit 3\n{}", stderr(&out));
@@ -54,6 +60,7 @@ fn a_generated_100k_row_csv_arrives_exactly_packed_full_and_within_limits() {
         .args(["run", &input_arg, "--mapping"])
         .arg(fixture("events.toml"))
         .args(["--endpoint", &server.base_url(), "--rate", "100000"])
+        .args(ckpt(&dir))
         .arg("--rejects")
         .arg(&rejects));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
@@ -96,6 +103,7 @@ fn calls_arrive_exactly_as_the_rows_said() {
     let out = run(bin()
         .current_dir(repo())
         .args(["run", "fixtures/events.csv", "--mapping", "fixtures/events.toml", "--endpoint", &server.base_url()])
+        .args(ckpt(&dir))
         .arg("--rejects")
         .arg(dir.path().join("r.ndjson")));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
@@ -129,6 +137,7 @@ fn a_mapping_naming_a_missing_column_fails_before_anything_is_sent() {
         .args(["run", "fixtures/events.csv", "--mapping"])
         .arg(&mapping)
         .args(["--endpoint", &server.base_url()])
+        .args(ckpt(&dir))
         .arg("--rejects")
         .arg(dir.path().join("r.ndjson")));
     assert_eq!(out.status.code(), Some(2));

@@ -217,6 +217,7 @@ fn a_csv_record_over_max_record_bytes_is_rejected_and_the_run_goes_on() {
     let rej = o.rejects();
     assert_eq!(rej.len(), 1);
     assert_eq!(rej[0]["row"], 2);
+    assert_eq!(rej[0]["reason"], "record_too_large");
     assert_eq!(rej[0]["line"], 3);
     let detail = rej[0]["detail"].as_str().unwrap();
     assert!(
@@ -257,7 +258,7 @@ fn an_ndjson_line_over_max_record_bytes_is_rejected_without_buffering_it() {
     );
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     assert_eq!(o.calls().len(), 2);
-    assert_eq!(reasons(&o), vec!["field_count@2"]);
+    assert_eq!(reasons(&o), vec!["record_too_large@2"]);
     assert!(o.rejects()[0]["detail"]
         .as_str()
         .unwrap()
@@ -296,7 +297,7 @@ fn nul_bytes_and_invalid_utf8_are_rejects_or_escaped_never_crashes() {
     assert_eq!(calls[0]["userId"], "u\u{0}1");
     assert_eq!(
         reasons(&o),
-        vec!["field_count@2", "field_count@3", "field_count@4"]
+        vec!["bad_json@2", "invalid_utf8@3", "bad_json@4"]
     );
 }
 
@@ -369,7 +370,7 @@ fn ndjson_nested_100000_levels_deep_is_a_reject() {
     let o = run(dir.path(), &["deep.ndjson", "--mapping", "ndjson.toml"]);
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     assert_eq!(o.calls().len(), 1);
-    assert_eq!(reasons(&o), vec!["field_count@1"]);
+    assert_eq!(reasons(&o), vec!["bad_json@1"]);
 }
 
 #[test]
@@ -433,11 +434,18 @@ fn a_gzip_bomb_is_streamed_in_bounded_memory() {
     assert!(size < 4 << 20, "the bomb is {size} bytes");
     let o = run(dir.path(), &["bomb.ndjson.gz", "--mapping", "ndjson.toml"]);
     assert_eq!(o.code, Some(3), "{}", o.stderr);
-    assert_eq!(reasons(&o), vec!["field_count@1"]);
+    assert_eq!(reasons(&o), vec!["record_too_large@1"]);
     assert!(o.rejects()[0]["detail"]
         .as_str()
         .unwrap()
         .contains("longer than 16777216 bytes"));
+    // The line itself is not copied into the rejects file.
+    assert!(
+        std::fs::metadata(dir.path().join("rejects.ndjson"))
+            .unwrap()
+            .len()
+            < 4096
+    );
     // The same bytes as CSV: one record of NULs, stopped at the hard limit.
     std::fs::rename(
         dir.path().join("bomb.ndjson.gz"),

@@ -471,10 +471,10 @@ fn each_user_mistake_is_one_clear_message_with_the_right_exit_code() {
             "--endpoint",
             "us",
             "--api-key-file",
-            "adir",
+            "ev.csv/key",
         ],
         2,
-        &["--api-key-file", "adir"],
+        &["--api-key-file", "ev.csv/key"],
     );
     // No endpoint at all.
     mistake(

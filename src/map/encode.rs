@@ -136,7 +136,7 @@ fn map_row<R: Row>(row: &R, i: u32, m: &CompiledMapping, opts: &EncodeOptions, o
         .clone();
     let row_no = out.first_row + i as u64;
     let result = match row.source_problem() {
-        Some(p) => Err(reject("field_count", p)),
+        Some(p) => Err(reject(row.problem_code(), p)),
         None => encode_calls(row, row_no, &input, m, opts, out, i),
     };
     if let Err(r) = result {
@@ -174,7 +174,10 @@ pub fn write_reject_line<R: Row>(
     out.extend_from_slice(b",\"row\":");
     json::write_u64(out, row_no + 1);
     out.extend_from_slice(b",\"line\":");
-    json::write_u64(out, row.line());
+    match row.line() {
+        crate::source::LINE_UNKNOWN => out.extend_from_slice(b"null"),
+        line => json::write_u64(out, line),
+    }
     out.extend_from_slice(b",\"offset\":");
     json::write_u64(out, offset);
     out.extend_from_slice(b",\"reason\":");
@@ -833,7 +836,7 @@ fn write_column(
             match c.ty {
                 ColType::Int => json::write_i64(out, ms),
                 _ => {
-                    check_range(ms, c, opts, &n.to_string())?;
+                    check_range(ms, c, opts, || n.to_string())?;
                     timestamp::write_iso_millis(out, ms);
                 }
             }
@@ -859,7 +862,7 @@ fn write_number_field(
             };
             let ms = unix_to_ms(v, unit_of(&c.ts_format, v))
                 .ok_or_else(|| bad(c, text().as_bytes(), "a unix timestamp in range"))?;
-            check_range(ms, c, opts, &text())?;
+            check_range(ms, c, opts, &text)?;
             timestamp::write_iso_millis(out, ms);
         }
         ColType::Int => match as_i64 {
@@ -951,7 +954,7 @@ fn write_text(
         }
         ColType::Timestamp => {
             let ms = parse_ts_text(b, c)?;
-            check_range(ms, c, opts, &shown(b))?;
+            check_range(ms, c, opts, || shown(b))?;
             timestamp::write_iso_millis(out, ms);
         }
     }
@@ -1041,14 +1044,15 @@ fn check_range(
     ms: UnixMillis,
     c: &ColumnValue,
     opts: &EncodeOptions,
-    shown_value: &str,
+    shown_value: impl FnOnce() -> String,
 ) -> Result<(), Reject> {
     if ms < 0 {
         return Err(reject(
             "bad_timestamp",
             format!(
-                "column {}: \"{shown_value}\" is before 1970-01-01, which the API does not accept",
-                c.name
+                "column {}: \"{}\" is before 1970-01-01, which the API does not accept",
+                c.name,
+                shown_value()
             ),
         ));
     }
@@ -1056,8 +1060,9 @@ fn check_range(
         return Err(reject(
             "bad_timestamp",
             format!(
-                "column {}: \"{shown_value}\" is further in the future than the mapping allows (defaults.max_future_hours); check the unit or the time zone",
-                c.name
+                "column {}: \"{}\" is further in the future than the mapping allows (defaults.max_future_hours); check the unit or the time zone",
+                c.name,
+                shown_value()
             ),
         ));
     }

@@ -132,8 +132,9 @@ const CHUNK_BYTES: u64 = 8 << 20;
 /// A reused `ByteRecord` that held more than this is replaced by a fresh one before
 /// reuse, so one long record does not keep its buffer for the rest of the run. Kept
 /// small: over a long run every one of a chunk's thousands of slots meets some long
-/// record, so the slots' buffers (not the rows in flight) set the memory (see
-/// BENCHMARKS.md, Inputs). Only rows over this size pay an allocation.
+/// record, so the slots' buffers (not the rows in flight) set the memory: at 64 KiB the
+/// reader alone held 284 MB after a 5 GB export with 0.07% 35 KB rows (BENCHMARKS.md,
+/// Inputs). Only rows over this size pay an allocation.
 const KEEP_RECORD_BYTES: usize = 8 << 10;
 
 /// Bounds the memory one record can take. The `csv` crate grows a `ByteRecord` until the
@@ -246,7 +247,8 @@ impl CsvSource {
         self.pending = None;
         self.next_row = pos.row;
         self.byte_base = pos.offset;
-        self.line_base = line.saturating_sub(1);
+        // LINE_UNKNOWN: lines are not known after a seek.
+        self.line_base = if line == super::LINE_UNKNOWN { u64::MAX } else { line.saturating_sub(1) };
     }
 
     /// Reads and drops `n` data rows (resuming a stream that cannot seek).
@@ -407,6 +409,14 @@ impl Row for CsvRow<'_> {
         }
     }
 
+    fn problem_code(&self) -> &'static str {
+        if self.oversize.is_some() {
+            "record_too_large"
+        } else {
+            "field_count"
+        }
+    }
+
     fn source_problem(&self) -> Option<String> {
         if let Some((len, limit)) = self.oversize {
             return Some(format!(
@@ -419,6 +429,9 @@ impl Row for CsvRow<'_> {
     }
 
     fn line(&self) -> u64 {
+        if self.line_base == u64::MAX {
+            return super::LINE_UNKNOWN;
+        }
         self.rec.position().map_or(0, |p| p.line() + self.line_base)
     }
 }

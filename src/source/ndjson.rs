@@ -236,6 +236,8 @@ pub struct NdjsonSource {
     offset: u64,
     /// Lines consumed so far.
     line: u64,
+    /// False after a resume seek: line numbers are then reported as unknown.
+    lines_known: bool,
     next_row: u64,
     line_buf: Vec<u8>,
     scratch: Vec<u8>,
@@ -279,6 +281,7 @@ impl NdjsonSource {
             known: Vec::new(),
             offset: 0,
             line: 0,
+            lines_known: true,
             next_row: 0,
             line_buf: Vec::new(),
             scratch: Vec::new(),
@@ -324,6 +327,7 @@ impl NdjsonSource {
         self.stream = stream;
         self.offset = pos.offset;
         self.line = line.saturating_sub(1);
+        self.lines_known = line != super::LINE_UNKNOWN;
         self.next_row = pos.row;
     }
 
@@ -406,8 +410,12 @@ impl NdjsonSource {
                 continue;
             }
             chunk.offsets.push(start);
-            chunk.lines.push(self.line);
-            chunk.raw.extend_from_slice(&self.line_buf);
+            chunk.lines.push(if self.lines_known { self.line } else { super::LINE_UNKNOWN });
+            // An over-long line is not copied into the rejects file (issue 9: a 16 MiB
+            // line of NULs became a 96 MiB reject line).
+            if !r.too_long {
+                chunk.raw.extend_from_slice(&self.line_buf);
+            }
             chunk.raw_ends.push(chunk.raw.len());
             let problem = if r.too_long {
                 Some((
