@@ -571,7 +571,12 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Completions(args) => {
             use clap::CommandFactory;
-            clap_complete::generate(args.shell, &mut Cli::command(), "cdp-backfill", &mut std::io::stdout());
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "cdp-backfill",
+                &mut std::io::stdout(),
+            );
             ExitCode::from(EXIT_OK)
         }
         Command::Run(args) => {
@@ -579,7 +584,10 @@ pub fn main() -> ExitCode {
             let summary_json = args.summary_json.clone();
             let report_path = args.report.clone();
             // Found now, not after an hours-long run.
-            for (flag, p) in [("--summary-json", &summary_json), ("--report", &report_path)] {
+            for (flag, p) in [
+                ("--summary-json", &summary_json),
+                ("--report", &report_path),
+            ] {
                 if let Some(p) = p {
                     if let Err(m) = check_output_path(flag, p) {
                         return fail(EXIT_USAGE, &m);
@@ -591,7 +599,12 @@ pub fn main() -> ExitCode {
                 quiet,
                 log_interval: match secs("progress-interval", args.progress_interval) {
                     Ok(d) if d >= Duration::from_millis(100) => d,
-                    _ => return fail(EXIT_USAGE, "--progress-interval must be at least 0.1 seconds"),
+                    _ => {
+                        return fail(
+                            EXIT_USAGE,
+                            "--progress-interval must be at least 0.1 seconds",
+                        )
+                    }
                 },
             };
             let (mut cfg, src) = match args.into_config() {
@@ -600,9 +613,18 @@ pub fn main() -> ExitCode {
             };
             match install_interrupt_handler() {
                 Ok(flag) => cfg.interrupt = Some(flag),
-                Err(e) => return fail(EXIT_FAILURE, &format!("cannot install the signal handler: {e}")),
+                Err(e) => {
+                    return fail(
+                        EXIT_FAILURE,
+                        &format!("cannot install the signal handler: {e}"),
+                    )
+                }
             }
-            log::info!("inputs: {:?}; mapping: {}", cfg.inputs, cfg.mapping_path.display());
+            log::info!(
+                "inputs: {:?}; mapping: {}",
+                cfg.inputs,
+                cfg.mapping_path.display()
+            );
             let progress = crate::progress::Progress::new(progress_opts);
             let result = crate::pipeline::run_with_progress(&cfg, &src, &progress);
             progress.finish();
@@ -611,7 +633,10 @@ pub fn main() -> ExitCode {
                 Err(crate::RunError::Partial { summary, cause }) => {
                     (Some(*summary), Some((EXIT_FAILURE, cause)))
                 }
-                Err(crate::RunError::Interrupted { summary, checkpoint }) => {
+                Err(crate::RunError::Interrupted {
+                    summary,
+                    checkpoint,
+                }) => {
                     let how = match checkpoint {
                         Some(p) => format!(
                             "interrupted; the checkpoint {p} is up to date. Resume with the same command:\n  {}",
@@ -645,9 +670,17 @@ pub fn main() -> ExitCode {
                 }
                 if let Some(p) = &report_path {
                     let stopped = err.as_ref().map(|(_, m)| m.as_str());
-                    let html = crate::report::render(s, &progress.recorded(), &crate::report::settings(&cfg, &src), stopped);
+                    let html = crate::report::render(
+                        s,
+                        &progress.recorded(),
+                        &crate::report::settings(&cfg, &src),
+                        stopped,
+                    );
                     if let Err(e) = std::fs::write(p, html) {
-                        return fail(EXIT_FAILURE, &format!("cannot write --report {}: {e}", p.display()));
+                        return fail(
+                            EXIT_FAILURE,
+                            &format!("cannot write --report {}: {e}", p.display()),
+                        );
                     }
                     if !quiet {
                         eprintln!("report: {}", p.display());
@@ -656,7 +689,9 @@ pub fn main() -> ExitCode {
             }
             match (err, summary) {
                 (Some((code, msg)), _) => fail(code, &msg),
-                (None, Some(s)) if s.rows_rejected_total.max(s.rows_rejected) > 0 => ExitCode::from(EXIT_REJECTS),
+                (None, Some(s)) if s.rows_rejected_total.max(s.rows_rejected) > 0 => {
+                    ExitCode::from(EXIT_REJECTS)
+                }
                 _ => ExitCode::from(EXIT_OK),
             }
         }
@@ -683,7 +718,10 @@ pub fn main() -> ExitCode {
             }
             Ok(None) => fail(
                 EXIT_FAILURE,
-                &format!("no checkpoint at {}: no backfill has started with it (see `run --checkpoint`)", args.checkpoint.display()),
+                &format!(
+                    "no checkpoint at {}: no backfill has started with it (see `run --checkpoint`)",
+                    args.checkpoint.display()
+                ),
             ),
             Err(e) => fail(EXIT_FAILURE, &e.to_string()),
         },
@@ -702,13 +740,23 @@ pub fn main() -> ExitCode {
                     print!("{p}");
                     if let Some(path) = &args.emit_mapping {
                         if let Err(e) = std::fs::write(path, crate::inspect::starter_mapping(&p)) {
-                            return fail(EXIT_FAILURE, &format!("cannot write {}: {e}", path.display()));
+                            return fail(
+                                EXIT_FAILURE,
+                                &format!("cannot write {}: {e}", path.display()),
+                            );
                         }
                         eprintln!("wrote a starter mapping to {}", path.display());
                     }
                     ExitCode::from(EXIT_OK)
                 }
-                Err(e) => fail(if e.is_usage() { EXIT_USAGE } else { EXIT_FAILURE }, &e.to_string()),
+                Err(e) => fail(
+                    if e.is_usage() {
+                        EXIT_USAGE
+                    } else {
+                        EXIT_FAILURE
+                    },
+                    &e.to_string(),
+                ),
             }
         }
         Command::Validate(args) => {
@@ -737,7 +785,10 @@ pub fn main() -> ExitCode {
                     if let Some(p) = &args.report_json {
                         let json = serde_json::to_vec_pretty(&r).unwrap_or_default();
                         if let Err(e) = std::fs::write(p, json) {
-                            return fail(EXIT_FAILURE, &format!("cannot write --report-json {}: {e}", p.display()));
+                            return fail(
+                                EXIT_FAILURE,
+                                &format!("cannot write --report-json {}: {e}", p.display()),
+                            );
                         }
                     }
                     if r.rows_rejected > 0 {
@@ -746,7 +797,14 @@ pub fn main() -> ExitCode {
                         ExitCode::from(EXIT_OK)
                     }
                 }
-                Err(e) => fail(if e.is_usage() { EXIT_USAGE } else { EXIT_FAILURE }, &e.to_string()),
+                Err(e) => fail(
+                    if e.is_usage() {
+                        EXIT_USAGE
+                    } else {
+                        EXIT_FAILURE
+                    },
+                    &e.to_string(),
+                ),
             }
         }
         Command::Generate(args) => {
@@ -790,7 +848,10 @@ fn resume_command() -> String {
         // Rerunning with --restart would start over instead of resuming.
         .filter(|a| a != "--restart")
         .map(|a| {
-            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+            {
                 a
             } else {
                 format!("'{}'", a.replace('\'', "'\\''"))
@@ -803,7 +864,10 @@ fn resume_command() -> String {
 /// An output file that cannot be written is a usage error found before the run starts.
 fn check_output_path(flag: &str, p: &std::path::Path) -> Result<(), String> {
     if p.is_dir() {
-        return Err(format!("{flag} {}: is a directory; name a file", p.display()));
+        return Err(format!(
+            "{flag} {}: is a directory; name a file",
+            p.display()
+        ));
     }
     let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = parent.filter(|d| !d.is_dir()) {

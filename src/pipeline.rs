@@ -25,8 +25,8 @@ use crate::config::{Endpoint, Limits, RunConfig};
 use crate::map::compile::{compile, CompiledMapping};
 use crate::map::encode::{map_chunk, EmitKind, EncodeOptions, Mapped, Reject};
 use crate::map::spec::CallKind;
-use crate::progress::Progress;
 use crate::pack::{resume_points, KeyedPacker, Packed, Packer, TooLarge};
+use crate::progress::Progress;
 use crate::send::transport::{DryRunTransport, HttpTransport, Transport};
 use crate::send::{self, Ack, AckResult, CallOrigin, Gate, RetryPolicy, Work};
 use crate::source::{self, Chunk, InputInfo, Position, SourceOptions};
@@ -39,7 +39,11 @@ pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunErro
 }
 
 /// [`run`], reporting progress (and recording what `--report` draws) into `progress`.
-pub fn run_with_progress(cfg: &RunConfig, src_opts: &SourceOptions, progress: &Progress) -> Result<Summary, RunError> {
+pub fn run_with_progress(
+    cfg: &RunConfig,
+    src_opts: &SourceOptions,
+    progress: &Progress,
+) -> Result<Summary, RunError> {
     let started = Instant::now();
     let spec = crate::map::load(&cfg.mapping_path)?;
     let inputs = source::discover(&cfg.inputs, &spec.namespace, src_opts)?;
@@ -59,7 +63,9 @@ pub fn run_with_progress(cfg: &RunConfig, src_opts: &SourceOptions, progress: &P
 
     // A matching checkpoint says where to start; a mismatching one stops the run here.
     let durable = Durable::open(cfg, src_opts, &inputs)?;
-    let start = durable.as_ref().map_or(Position::default(), |d| d.base.resume);
+    let start = durable
+        .as_ref()
+        .map_or(Position::default(), |d| d.base.resume);
     if let Some(d) = durable.as_ref().filter(|d| d.base.complete) {
         return Ok(Summary {
             outcome: format!(
@@ -172,7 +178,11 @@ pub fn run_with_progress(cfg: &RunConfig, src_opts: &SourceOptions, progress: &P
     // Requests sent but not yet covered by a durable checkpoint: what a crash can replay.
     let window = Window::new(2 * concurrency);
     let halt_reading = AtomicBool::new(false);
-    let input_rows: Mutex<Vec<u64>> = Mutex::new(durable.as_ref().map_or_else(|| vec![0; inputs.len()], |d| d.base.input_rows.clone()));
+    let input_rows: Mutex<Vec<u64>> = Mutex::new(
+        durable
+            .as_ref()
+            .map_or_else(|| vec![0; inputs.len()], |d| d.base.input_rows.clone()),
+    );
     let (ack_tx, ack_rx) = unbounded::<Ack>();
     let stop = AtomicBool::new(false);
     let rejects_path = cfg.rejects_path.display().to_string();
@@ -218,7 +228,8 @@ pub fn run_with_progress(cfg: &RunConfig, src_opts: &SourceOptions, progress: &P
         // After an interrupt it forwards nothing more (and discards the rest, so the
         // packer is not blocked): every request a sender was handed is still delivered,
         // so nothing delivered can lie beyond the watermark and a resume replays nothing.
-        let (win, st, checkpointing, halted, prog) = (&window, &stop, durable.is_some(), &halt_reading, progress);
+        let (win, st, checkpointing, halted, prog) =
+            (&window, &stop, durable.is_some(), &halt_reading, progress);
         s.spawn(move || {
             for w in packed_rx {
                 if halted.load(Ordering::Relaxed) {
@@ -277,7 +288,10 @@ pub fn run_with_progress(cfg: &RunConfig, src_opts: &SourceOptions, progress: &P
     }
     // The last checkpoint of this run: complete only if everything was read and delivered.
     if let Some(d) = &durable {
-        let complete = read_result.is_ok() && fatal.is_none() && !outcome.interrupted && outcome.all_acknowledged;
+        let complete = read_result.is_ok()
+            && fatal.is_none()
+            && !outcome.interrupted
+            && outcome.all_acknowledged;
         d.write(&outcome, complete, &input_rows)?;
     }
 
@@ -347,7 +361,9 @@ pub fn run_with_progress(cfg: &RunConfig, src_opts: &SourceOptions, progress: &P
     }
     summary.outcome = "completed".into();
     summary.rows_rejected_total = summary.rows_rejected
-        + durable.as_ref().map_or(0, |d| d.base.counters.rows_rejected);
+        + durable
+            .as_ref()
+            .map_or(0, |d| d.base.counters.rows_rejected);
     Ok(summary)
 }
 
@@ -376,7 +392,11 @@ fn read_inputs(
         } else {
             source::open(info, opts)?
         };
-        let mut rows = if info.index == start.input { start.row } else { 0 };
+        let mut rows = if info.index == start.input {
+            start.row
+        } else {
+            0
+        };
         loop {
             if halted() {
                 return Ok(());
@@ -428,7 +448,11 @@ fn open_rejects(path: &std::path::Path, keep: u64) -> Result<File, RunError> {
     if keep == 0 {
         return File::create(path).map_err(io);
     }
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(io)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
     let len = f.metadata().map_err(io)?.len();
     if len < keep {
         return Err(RunError::Config(format!(
@@ -452,7 +476,11 @@ struct Durable {
 }
 
 impl Durable {
-    fn open(cfg: &RunConfig, src: &SourceOptions, inputs: &[Arc<InputInfo>]) -> Result<Option<Durable>, RunError> {
+    fn open(
+        cfg: &RunConfig,
+        src: &SourceOptions,
+        inputs: &[Arc<InputInfo>],
+    ) -> Result<Option<Durable>, RunError> {
         let Some(path) = cfg.checkpoint.clone() else {
             return Ok(None);
         };
@@ -502,12 +530,29 @@ impl Durable {
             counters: Default::default(),
         };
         // Written before anything is sent, so a crash at any point leaves a checkpoint.
-        let d = Durable { path, base, resumed: false };
-        d.store(Position::default(), 0, &Default::default(), false, &d.base.input_rows)?;
+        let d = Durable {
+            path,
+            base,
+            resumed: false,
+        };
+        d.store(
+            Position::default(),
+            0,
+            &Default::default(),
+            false,
+            &d.base.input_rows,
+        )?;
         Ok(Some(d))
     }
 
-    fn store(&self, resume: Position, rejects_len: u64, run: &checkpoint::Counters, complete: bool, input_rows: &[u64]) -> Result<(), RunError> {
+    fn store(
+        &self,
+        resume: Position,
+        rejects_len: u64,
+        run: &checkpoint::Counters,
+        complete: bool,
+        input_rows: &[u64],
+    ) -> Result<(), RunError> {
         let mut cp = self.base.clone();
         cp.written_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         cp.resume = resume;
@@ -525,9 +570,20 @@ impl Durable {
         checkpoint::store(&self.path, &cp).map_err(|e| RunError::Checkpoint(Box::new(e)))
     }
 
-    fn write(&self, o: &CollectOutcome, complete: bool, input_rows: &Mutex<Vec<u64>>) -> Result<(), RunError> {
+    fn write(
+        &self,
+        o: &CollectOutcome,
+        complete: bool,
+        input_rows: &Mutex<Vec<u64>>,
+    ) -> Result<(), RunError> {
         let rows = lock(input_rows).clone();
-        self.store(o.watermark.unwrap_or(self.base.resume), o.rejects_len, &o.counters, complete, &rows)
+        self.store(
+            o.watermark.unwrap_or(self.base.resume),
+            o.rejects_len,
+            &o.counters,
+            complete,
+            &rows,
+        )
     }
 }
 
@@ -540,7 +596,13 @@ fn config_hash(cfg: &RunConfig, src: &SourceOptions) -> Result<String, RunError>
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(&mapping);
     // sentAt changes the bytes of every call (a placeholder is reserved in each).
-    h.update(format!("{:?}|{:?}|{:?}|{}", src.format, src.csv, cfg.limits, cfg.sent_at).as_bytes());
+    h.update(
+        format!(
+            "{:?}|{:?}|{:?}|{}",
+            src.format, src.csv, cfg.limits, cfg.sent_at
+        )
+        .as_bytes(),
+    );
     Ok(format!("{:016x}", h.digest()))
 }
 
@@ -991,7 +1053,10 @@ impl Collector<'_> {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            for ack in first.into_iter().chain(std::iter::from_fn(|| acks.try_recv().ok())) {
+            for ack in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| acks.try_recv().ok()))
+            {
                 self.progress.ack(&ack);
                 self.summary.retries += ack.retries as u64;
                 self.summary.throttled += ack.throttled as u64;
@@ -1047,7 +1112,13 @@ impl Collector<'_> {
                 if let Some(d) = self.durable {
                     let rows = lock(self.input_rows).clone();
                     let _ = self.sync_rejects();
-                    let _ = d.store(o.watermark.unwrap_or(d.base.resume), o.rejects_len, &o.counters, false, &rows);
+                    let _ = d.store(
+                        o.watermark.unwrap_or(d.base.resume),
+                        o.rejects_len,
+                        &o.counters,
+                        false,
+                        &rows,
+                    );
                 }
                 eprintln!("error: requests still in flight after --drain-timeout; the checkpoint is up to date, rerun the same command to resume");
                 std::process::exit(130);
@@ -1057,8 +1128,14 @@ impl Collector<'_> {
                 if let Some(d) = self.durable {
                     if let Err(e) = self.sync_rejects().and_then(|_| {
                         let rows = lock(self.input_rows).clone();
-                        d.store(o.watermark.unwrap_or(d.base.resume), o.rejects_len, &o.counters, false, &rows)
-                            .map_err(|e| e.to_string())
+                        d.store(
+                            o.watermark.unwrap_or(d.base.resume),
+                            o.rejects_len,
+                            &o.counters,
+                            false,
+                            &rows,
+                        )
+                        .map_err(|e| e.to_string())
                     }) {
                         // Without a checkpoint, going on would risk unbounded replays.
                         o.io_error.get_or_insert(e);
@@ -1098,7 +1175,8 @@ impl Collector<'_> {
                 continue;
             }
             if let Err(e) = self.rejects.write_all(part) {
-                o.io_error.get_or_insert(format!("cannot write {}: {e}", self.rejects_path));
+                o.io_error
+                    .get_or_insert(format!("cannot write {}: {e}", self.rejects_path));
             }
             o.rejects_len += part.len() as u64;
             o.counters.rows_rejected += memchr::memchr_iter(b'\n', part).count() as u64;

@@ -20,19 +20,34 @@ fn backfill(dir: &Path, input: &Path, endpoint: &str, extra: &[&str]) -> Command
         .arg(input)
         .arg("--mapping")
         .arg(fixture("events.toml"))
-        .args(["--endpoint", endpoint, "--concurrency", &CONCURRENCY.to_string()])
-        .args(["--checkpoint", "cp.json", "--rejects", "rejects.ndjson", "-q"])
+        .args([
+            "--endpoint",
+            endpoint,
+            "--concurrency",
+            &CONCURRENCY.to_string(),
+        ])
+        .args([
+            "--checkpoint",
+            "cp.json",
+            "--rejects",
+            "rejects.ndjson",
+            "-q",
+        ])
         .args(extra);
     c
 }
 
 fn spawn(mut c: Command) -> Child {
-    c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("the binary starts")
+    c.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts")
 }
 
 fn resume_row(dir: &Path) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(dir.join("cp.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).expect("a checkpoint on disk is always whole");
+    let v: serde_json::Value =
+        serde_json::from_str(&text).expect("a checkpoint on disk is always whole");
     Some((v["resume"]["input"].as_u64()?, v["resume"]["row"].as_u64()?))
 }
 
@@ -69,7 +84,10 @@ fn sigkill_at_random_moments_loses_nothing_and_replays_within_the_bound() {
                 child.wait().unwrap();
                 kills += 1;
                 if let Some(now) = resume_row(dir.path()) {
-                    assert!(now >= last, "checkpoint moved backwards: {last:?} -> {now:?}");
+                    assert!(
+                        now >= last,
+                        "checkpoint moved backwards: {last:?} -> {now:?}"
+                    );
                     last = now;
                 }
                 continue;
@@ -84,7 +102,10 @@ fn sigkill_at_random_moments_loses_nothing_and_replays_within_the_bound() {
 
     let bad: HashSet<u64> = g.bad_rows.iter().map(|(r, _)| *r).collect();
     let seed = input_seed("", &input.display().to_string());
-    let expected: HashSet<String> = (0..g.rows).filter(|r| !bad.contains(r)).map(|r| message_id(seed, r, 0)).collect();
+    let expected: HashSet<String> = (0..g.rows)
+        .filter(|r| !bad.contains(r))
+        .map(|r| message_id(seed, r, 0))
+        .collect();
 
     // Every call arrived; repeats are the very same bytes.
     let text = std::fs::read_to_string(&record).unwrap();
@@ -95,7 +116,10 @@ fn sigkill_at_random_moments_loses_nothing_and_replays_within_the_bound() {
         let id = v["messageId"].as_str().unwrap().to_string();
         match by_id.get(&id) {
             Some(prev) => {
-                assert_eq!(*prev, line, "a replayed call differs from the first delivery");
+                assert_eq!(
+                    *prev, line,
+                    "a replayed call differs from the first delivery"
+                );
                 duplicates += 1;
             }
             None => {
@@ -105,7 +129,10 @@ fn sigkill_at_random_moments_loses_nothing_and_replays_within_the_bound() {
     }
     let got: HashSet<String> = by_id.keys().cloned().collect();
     assert_eq!(got.len(), expected.len());
-    assert!(got == expected, "the received messageIds differ from the expected set");
+    assert!(
+        got == expected,
+        "the received messageIds differ from the expected set"
+    );
     assert_eq!(duplicates, stats.duplicate_message_ids);
 
     // The README's bound: at most 2 × concurrency requests per crash, each at most
@@ -113,14 +140,26 @@ fn sigkill_at_random_moments_loses_nothing_and_replays_within_the_bound() {
     let smallest_call = text.lines().map(str::len).min().unwrap() as u64;
     let per_request = 500_000 / smallest_call + 1;
     let bound = kills as u64 * 2 * CONCURRENCY as u64 * per_request;
-    assert!(duplicates <= bound, "{duplicates} duplicates > bound {bound}");
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates > bound {bound}"
+    );
 
     // The rejects file holds each planted row exactly once despite the kills.
-    let rejected: Vec<u64> = read_lines(&dir.path().join("rejects.ndjson")).iter().map(|l| l["row"].as_u64().unwrap() - 1).collect();
+    let rejected: Vec<u64> = read_lines(&dir.path().join("rejects.ndjson"))
+        .iter()
+        .map(|l| l["row"].as_u64().unwrap() - 1)
+        .collect();
     let unique: HashSet<u64> = rejected.iter().copied().collect();
-    assert_eq!(rejected.len(), unique.len(), "a reject line was written twice");
+    assert_eq!(
+        rejected.len(),
+        unique.len(),
+        "a reject line was written twice"
+    );
     assert_eq!(unique, bad);
-    let cp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("cp.json")).unwrap()).unwrap();
+    let cp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("cp.json")).unwrap())
+            .unwrap();
     assert_eq!(cp["complete"], true);
 }
 
@@ -136,21 +175,42 @@ fn sigint_drains_in_flight_requests_so_a_resume_sends_no_duplicate() {
     let child = spawn(backfill(dir.path(), &input, &url, &extra));
     std::thread::sleep(Duration::from_millis(700));
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("Resume with the same command"), "{err}");
-    assert!(err.contains("--checkpoint cp.json"), "prints the command: {err}");
-    assert!(!err.contains("--restart"), "the resume command must not start over: {err}");
+    assert!(
+        err.contains("--checkpoint cp.json"),
+        "prints the command: {err}"
+    );
+    assert!(
+        !err.contains("--restart"),
+        "the resume command must not start over: {err}"
+    );
     let (_, row) = resume_row(dir.path()).unwrap();
     assert!(row > 0 && row < g.rows, "stopped part way: {row}");
 
-    let out = run(&mut backfill(dir.path(), &input, &url, &["--rate", "10000"]));
+    let out = run(&mut backfill(
+        dir.path(),
+        &input,
+        &url,
+        &["--rate", "10000"],
+    ));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let stats = server.shutdown();
-    assert_eq!(stats.duplicate_message_ids, 0, "a graceful stop replays nothing");
-    assert_eq!(recorded_calls(&record).len() as u64, g.rows - g.bad_rows.len() as u64);
+    assert_eq!(
+        stats.duplicate_message_ids, 0,
+        "a graceful stop replays nothing"
+    );
+    assert_eq!(
+        recorded_calls(&record).len() as u64,
+        g.rows - g.bad_rows.len() as u64
+    );
 }
 
 #[test]
@@ -160,17 +220,31 @@ fn a_completed_backfill_is_not_sent_twice() {
     cdp_backfill::generate::generate_file(&input, 2_000, 8).unwrap();
     let (server, _record) = receiver(dir.path(), Default::default());
     let url = server.base_url();
-    assert_eq!(run(&mut backfill(dir.path(), &input, &url, &[])).status.code(), Some(3));
+    assert_eq!(
+        run(&mut backfill(dir.path(), &input, &url, &[]))
+            .status
+            .code(),
+        Some(3)
+    );
     let first = server.stats().requests;
     let out = run(&mut backfill(dir.path(), &input, &url, &[]));
     // Exit 3 still: the backfill is complete and its rejects file holds rows.
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).is_empty() || !stderr(&out).contains("error"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).is_empty() || !stderr(&out).contains("error"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(server.stats().requests, first, "nothing sent again");
     let out = run(bin().current_dir(dir.path()).args(["status", "cp.json"]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("every input is done"));
     // --restart sends it all again, deliberately.
-    assert_eq!(run(&mut backfill(dir.path(), &input, &url, &["--restart"])).status.code(), Some(3));
+    assert_eq!(
+        run(&mut backfill(dir.path(), &input, &url, &["--restart"]))
+            .status
+            .code(),
+        Some(3)
+    );
     assert!(server.shutdown().requests >= 2 * first);
 }
 
@@ -178,9 +252,17 @@ fn a_completed_backfill_is_not_sent_twice() {
 fn interrupted_run(dir: &Path, input: &Path, url: &str) {
     let child = spawn(backfill(dir, input, url, &["--rate", "10"]));
     std::thread::sleep(Duration::from_millis(600));
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -204,7 +286,8 @@ fn resuming_refuses_changed_inputs_mappings_and_damaged_checkpoints() {
     // A changed input.
     let original = std::fs::read(&input).unwrap();
     let mut appended = original.clone();
-    appended.extend_from_slice(b"u1,,Signed Up,2024-01-01T00:00:00Z,free,1.00,USD,US,X,1,false,x\n");
+    appended
+        .extend_from_slice(b"u1,,Signed Up,2024-01-01T00:00:00Z,free,1.00,USD,US,X,1,false,x\n");
     std::fs::write(&input, &appended).unwrap();
     refused(&[], "changed since the checkpoint");
     std::fs::write(&input, &original).unwrap();
@@ -213,7 +296,12 @@ fn resuming_refuses_changed_inputs_mappings_and_damaged_checkpoints() {
     // Put the recorded fingerprint back by re-pointing the checkpoint at the new mtime.
     let v: serde_json::Value = serde_json::from_str(&cp).unwrap();
     let meta = std::fs::metadata(&input).unwrap();
-    let mtime = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let mtime = meta
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let mut fixed = v.clone();
     fixed["inputs"][0]["modified_ns"] = serde_json::json!(mtime);
     let fixed_text = serde_json::to_string_pretty(&fixed).unwrap();
@@ -224,16 +312,29 @@ fn resuming_refuses_changed_inputs_mappings_and_damaged_checkpoints() {
     // A corrupt and a truncated checkpoint.
     std::fs::write(dir.path().join("cp.json"), "{ not json").unwrap();
     refused(&[], "corrupt");
-    std::fs::write(dir.path().join("cp.json"), &fixed_text[..fixed_text.len() / 2]).unwrap();
+    std::fs::write(
+        dir.path().join("cp.json"),
+        &fixed_text[..fixed_text.len() / 2],
+    )
+    .unwrap();
     refused(&[], "corrupt");
     // An unknown version.
-    std::fs::write(dir.path().join("cp.json"), fixed_text.replace("\"version\": 1", "\"version\": 7")).unwrap();
+    std::fs::write(
+        dir.path().join("cp.json"),
+        fixed_text.replace("\"version\": 1", "\"version\": 7"),
+    )
+    .unwrap();
     refused(&[], "version 7");
     assert_eq!(server.stats().requests, sent, "no refusal sent anything");
 
     // With the checkpoint restored, the same command resumes and finishes.
     std::fs::write(dir.path().join("cp.json"), &fixed_text).unwrap();
-    let out = run(&mut backfill(dir.path(), &input, &url, &["--rate", "10000"]));
+    let out = run(&mut backfill(
+        dir.path(),
+        &input,
+        &url,
+        &["--rate", "10000"],
+    ));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     server.shutdown();
 }

@@ -5,7 +5,10 @@ mod common;
 
 /// Each test keeps its checkpoint in its own temp dir, never in the repository.
 fn ckpt(dir: &tempfile::TempDir) -> [String; 2] {
-    ["--checkpoint".into(), dir.path().join("cp.json").display().to_string()]
+    [
+        "--checkpoint".into(),
+        dir.path().join("cp.json").display().to_string(),
+    ]
 }
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -20,14 +23,27 @@ fn readme_first_command_delivers_or_rejects_every_fixture_row() {
     let summary = dir.path().join("summary.json");
     let out = run(bin()
         .current_dir(repo())
-        .args(["run", "fixtures/events.csv", "--mapping", "fixtures/events.toml", "--endpoint", "local"])
+        .args([
+            "run",
+            "fixtures/events.csv",
+            "--mapping",
+            "fixtures/events.toml",
+            "--endpoint",
+            "local",
+        ])
         .arg("--rejects")
         .arg(&rejects)
         .args(ckpt(&dir))
         .arg("--summary-json")
         .arg(&summary));
-    assert_eq!(out.status.code(), Some(3), "rejects present → exit 3\n{}", stderr(&out));
-    let s: cdp_backfill::Summary = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "rejects present → exit 3\n{}",
+        stderr(&out)
+    );
+    let s: cdp_backfill::Summary =
+        serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
     assert_eq!(s.rows_read, 40);
     assert_eq!(s.rows_mapped + s.rows_rejected, s.rows_read);
     assert_eq!(s.calls_delivered, s.calls_built);
@@ -68,9 +84,16 @@ fn a_generated_100k_row_csv_arrives_exactly_packed_full_and_within_limits() {
 
     let bad: BTreeMap<u64, &str> = g.bad_rows.iter().copied().collect();
     let seed = input_seed("", &input_arg);
-    let expected: HashSet<String> = (0..g.rows).filter(|r| !bad.contains_key(r)).map(|r| message_id(seed, r, 0)).collect();
+    let expected: HashSet<String> = (0..g.rows)
+        .filter(|r| !bad.contains_key(r))
+        .map(|r| message_id(seed, r, 0))
+        .collect();
     let calls = recorded_calls(&record);
-    assert_eq!(calls.len(), expected.len(), "one call per good row, no duplicates");
+    assert_eq!(
+        calls.len(),
+        expected.len(),
+        "one call per good row, no duplicates"
+    );
     assert_eq!(message_ids(&calls), expected);
     assert_eq!(stats.duplicate_message_ids, 0);
 
@@ -84,7 +107,12 @@ fn a_generated_100k_row_csv_arrives_exactly_packed_full_and_within_limits() {
     // Rejects are exactly the planted rows, each with its reason.
     let got: BTreeMap<u64, String> = read_lines(&rejects)
         .iter()
-        .map(|l| (l["row"].as_u64().unwrap() - 1, l["reason"].as_str().unwrap().to_string()))
+        .map(|l| {
+            (
+                l["row"].as_u64().unwrap() - 1,
+                l["reason"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let want: BTreeMap<u64, String> = bad.iter().map(|(r, why)| (*r, why.to_string())).collect();
     assert_eq!(got, want);
@@ -92,8 +120,12 @@ fn a_generated_100k_row_csv_arrives_exactly_packed_full_and_within_limits() {
     // Requests are full: on average at least 95% of the limit, leaving out the last one
     // (bounded here by the limit itself).
     assert!(stats.requests >= 2);
-    let avg_but_last = (stats.bytes - 500_000.min(stats.bytes)) as f64 / (stats.requests - 1) as f64;
-    assert!(avg_but_last >= 0.95 * 500_000.0, "average fill {avg_but_last} bytes");
+    let avg_but_last =
+        (stats.bytes - 500_000.min(stats.bytes)) as f64 / (stats.requests - 1) as f64;
+    assert!(
+        avg_but_last >= 0.95 * 500_000.0,
+        "average fill {avg_but_last} bytes"
+    );
 }
 
 #[test]
@@ -102,7 +134,14 @@ fn calls_arrive_exactly_as_the_rows_said() {
     let (server, record) = receiver(dir.path(), Default::default());
     let out = run(bin()
         .current_dir(repo())
-        .args(["run", "fixtures/events.csv", "--mapping", "fixtures/events.toml", "--endpoint", &server.base_url()])
+        .args([
+            "run",
+            "fixtures/events.csv",
+            "--mapping",
+            "fixtures/events.toml",
+            "--endpoint",
+            &server.base_url(),
+        ])
         .args(ckpt(&dir))
         .arg("--rejects")
         .arg(dir.path().join("r.ndjson")));
@@ -120,10 +159,24 @@ fn calls_arrive_exactly_as_the_rows_said() {
     assert_eq!(first["properties"]["item_count"], 11);
     assert_eq!(first["properties"]["is_trial"], false);
     assert_eq!(first["properties"]["city"], "Zürich");
-    assert!(first["properties"]["description"].as_str().unwrap().contains("\"quoted\""));
-    assert!(first.get("sentAt").is_none(), "sentAt is left out by default");
-    let keys: BTreeSet<&str> = first["properties"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
-    assert!(!keys.contains("user_id") && !keys.contains("timestamp"), "mapped columns are not repeated as properties: {keys:?}");
+    assert!(first["properties"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("\"quoted\""));
+    assert!(
+        first.get("sentAt").is_none(),
+        "sentAt is left out by default"
+    );
+    let keys: BTreeSet<&str> = first["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert!(
+        !keys.contains("user_id") && !keys.contains("timestamp"),
+        "mapped columns are not repeated as properties: {keys:?}"
+    );
 }
 
 #[test]
@@ -131,7 +184,11 @@ fn a_mapping_naming_a_missing_column_fails_before_anything_is_sent() {
     let dir = tempfile::tempdir().unwrap();
     let (server, _record) = receiver(dir.path(), Default::default());
     let mapping = dir.path().join("bad.toml");
-    std::fs::write(&mapping, "[[call]]\ntype = \"track\"\nuser_id = \"customer_id\"\nevent = \"event\"\n").unwrap();
+    std::fs::write(
+        &mapping,
+        "[[call]]\ntype = \"track\"\nuser_id = \"customer_id\"\nevent = \"event\"\n",
+    )
+    .unwrap();
     let out = run(bin()
         .current_dir(repo())
         .args(["run", "fixtures/events.csv", "--mapping"])
@@ -143,7 +200,10 @@ fn a_mapping_naming_a_missing_column_fails_before_anything_is_sent() {
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("\"customer_id\""), "{err}");
-    assert!(err.contains("user_id, anonymous_id, event, timestamp"), "lists the header: {err}");
+    assert!(
+        err.contains("user_id, anonymous_id, event, timestamp"),
+        "lists the header: {err}"
+    );
     assert_eq!(server.shutdown().requests, 0, "nothing was sent");
 }
 
@@ -179,19 +239,28 @@ fn dry_run_writes_each_body_as_sent_and_sends_nothing() {
 
 #[test]
 fn a_remote_endpoint_without_a_key_is_refused_up_front() {
-    let out = run(bin()
-        .current_dir(repo())
-        .args(["run", "fixtures/events.csv", "--mapping", "fixtures/events.toml", "--endpoint", "us"]));
+    let out = run(bin().current_dir(repo()).args([
+        "run",
+        "fixtures/events.csv",
+        "--mapping",
+        "fixtures/events.toml",
+        "--endpoint",
+        "us",
+    ]));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("CDP_API_KEY"), "{}", stderr(&out));
 }
 
 #[test]
 fn plain_http_to_a_non_loopback_host_is_refused() {
-    let out = run(bin()
-        .current_dir(repo())
-        .env("CDP_API_KEY", "k")
-        .args(["run", "fixtures/events.csv", "--mapping", "fixtures/events.toml", "--endpoint", "http://example.com"]));
+    let out = run(bin().current_dir(repo()).env("CDP_API_KEY", "k").args([
+        "run",
+        "fixtures/events.csv",
+        "--mapping",
+        "fixtures/events.toml",
+        "--endpoint",
+        "http://example.com",
+    ]));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("https://"), "{}", stderr(&out));
 }

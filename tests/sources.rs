@@ -306,7 +306,11 @@ fn damaged_inputs_stop_with_an_error_naming_the_file_after_the_rows_before_it() 
     assert_eq!(r.code(), 1, "{}", r.stderr());
     assert!(r.stderr().contains("cut.csv.gz"), "{}", r.stderr());
     // The rows before the cut are still mapped and sent before the run stops.
-    assert!(r.calls.len() > 1000, "{} calls sent before the damage", r.calls.len());
+    assert!(
+        r.calls.len() > 1000,
+        "{} calls sent before the damage",
+        r.calls.len()
+    );
     // The source hands on every row before the cut, then the error.
     let (rows, err) = rows_until_error(&dir.path().join("cut.csv.gz"));
     assert!(rows > 1000, "{rows} rows before the damage");
@@ -450,12 +454,28 @@ fn check_resume(path: &Path, format: Format) {
         };
         let mut opened = source::open_at(&info, &opts, pos).unwrap();
         let rest = read_rows(&info, &mut opened);
-        assert_eq!(rest.len(), full.len() - k, "{} resumed at row {k}", path.display());
+        assert_eq!(
+            rest.len(),
+            full.len() - k,
+            "{} resumed at row {k}",
+            path.display()
+        );
         for (r, f) in rest.iter().zip(&full[k..]) {
             // Row, byte offset and record are exact; a seek leaves line numbers unknown
             // (0) rather than paying a scan of everything before the offset.
-            assert_eq!((r.0, r.1, &r.3), (f.0, f.1, &f.3), "{} resumed at row {k}", path.display());
-            assert!(r.2 == f.2 || r.2 == source::LINE_UNKNOWN, "{} line {} vs {}", path.display(), r.2, f.2);
+            assert_eq!(
+                (r.0, r.1, &r.3),
+                (f.0, f.1, &f.3),
+                "{} resumed at row {k}",
+                path.display()
+            );
+            assert!(
+                r.2 == f.2 || r.2 == source::LINE_UNKNOWN,
+                "{} line {} vs {}",
+                path.display(),
+                r.2,
+                f.2
+            );
         }
     }
 }

@@ -185,7 +185,10 @@ pub fn check_matches(
         if old.path != new.path {
             return Err(mismatch(format!("input {} is now {}", old.path, new.path)));
         }
-        if old.size != new.size || old.sample_hash != new.sample_hash || old.modified_ns != new.modified_ns {
+        if old.size != new.size
+            || old.sample_hash != new.sample_hash
+            || old.modified_ns != new.modified_ns
+        {
             return Err(mismatch(format!(
                 "input {} changed since the checkpoint was written (size, content or modification time)",
                 old.path
@@ -250,12 +253,20 @@ pub fn describe(cp: &Checkpoint) -> String {
     s.push_str(&format!("  endpoint         {}\n", cp.endpoint));
     s.push_str(&format!("  done             {pct:.1}%\n"));
     s.push_str(&format!("  rows done        {}\n", cp.counters.rows_done));
-    s.push_str(&format!("  rows rejected    {}  ({}, {} bytes)\n", cp.counters.rows_rejected, cp.rejects_file, cp.rejects_len));
-    s.push_str(&format!("  calls delivered  {}\n", cp.counters.calls_delivered));
+    s.push_str(&format!(
+        "  rows rejected    {}  ({}, {} bytes)\n",
+        cp.counters.rows_rejected, cp.rejects_file, cp.rejects_len
+    ));
+    s.push_str(&format!(
+        "  calls delivered  {}\n",
+        cp.counters.calls_delivered
+    ));
     s.push_str(&format!("  requests         {}\n", cp.counters.requests));
     s.push_str(&format!("  runs             {}\n", cp.counters.runs));
     if cp.complete {
-        s.push_str("  a resume would do nothing: every input is done (use --restart to send again)\n");
+        s.push_str(
+            "  a resume would do nothing: every input is done (use --restart to send again)\n",
+        );
     } else {
         let input = cp
             .inputs
@@ -289,7 +300,11 @@ mod tests {
                 modified_ns: 5,
                 sample_hash: "00".into(),
             }],
-            resume: Position { input: 0, row: 10, offset: 50 },
+            resume: Position {
+                input: 0,
+                row: 10,
+                offset: 50,
+            },
             complete: false,
             rejects_file: "r.ndjson".into(),
             rejects_len: 0,
@@ -304,7 +319,10 @@ mod tests {
         let p = dir.path().join("cp.json");
         store(&p, &sample()).unwrap();
         assert_eq!(load(&p).unwrap(), Some(sample()));
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
         assert!((fraction_done(&sample()) - 0.5).abs() < 1e-9);
     }
@@ -319,7 +337,10 @@ mod tests {
         fs::write(&p, "garbage").unwrap();
         assert!(matches!(load(&p), Err(CheckpointError::Corrupt { .. })));
         fs::write(&p, full.replace("\"version\": 1", "\"version\": 99")).unwrap();
-        assert!(matches!(load(&p), Err(CheckpointError::Version { found: 99, .. })));
+        assert!(matches!(
+            load(&p),
+            Err(CheckpointError::Version { found: 99, .. })
+        ));
         assert!(load(&dir.path().join("none.json")).unwrap().is_none());
     }
 }

@@ -248,7 +248,11 @@ impl CsvSource {
         self.next_row = pos.row;
         self.byte_base = pos.offset;
         // LINE_UNKNOWN: lines are not known after a seek.
-        self.line_base = if line == super::LINE_UNKNOWN { u64::MAX } else { line.saturating_sub(1) };
+        self.line_base = if line == super::LINE_UNKNOWN {
+            u64::MAX
+        } else {
+            line.saturating_sub(1)
+        };
     }
 
     /// Reads and drops `n` data rows (resuming a stream that cannot seek).

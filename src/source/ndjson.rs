@@ -410,7 +410,11 @@ impl NdjsonSource {
                 continue;
             }
             chunk.offsets.push(start);
-            chunk.lines.push(if self.lines_known { self.line } else { super::LINE_UNKNOWN });
+            chunk.lines.push(if self.lines_known {
+                self.line
+            } else {
+                super::LINE_UNKNOWN
+            });
             // An over-long line is not copied into the rejects file (issue 9: a 16 MiB
             // line of NULs became a 96 MiB reject line).
             if !r.too_long {

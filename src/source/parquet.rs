@@ -174,7 +174,9 @@ fn check_chunk_ranges(
             let size = col.compressed_size();
             let ok = start >= 0
                 && size >= 0
-                && (start as u64).checked_add(size as u64).is_some_and(|end| end <= len);
+                && (start as u64)
+                    .checked_add(size as u64)
+                    .is_some_and(|end| end <= len);
             if !ok {
                 return Err(SourceError::Read {
                     path: display.to_string(),
