@@ -100,7 +100,9 @@ pub fn map_chunk(chunk: &Chunk, mapping: &CompiledMapping, opts: &EncodeOptions,
     if opts.sent_at {
         super::sent_at::note_in_use();
     }
-    out.input = Some(chunk.input().clone());
+    // One reference count per chunk, not per row.
+    let input = chunk.input().clone();
+    out.input = Some(input.clone());
     out.first_row = chunk.first_row();
     out.rows = chunk.len() as u32;
     out.end = chunk.end();
@@ -110,34 +112,36 @@ pub fn map_chunk(chunk: &Chunk, mapping: &CompiledMapping, opts: &EncodeOptions,
     match chunk {
         Chunk::Csv(c) => {
             for i in 0..c.len {
-                map_row(&c.row(i), i as u32, mapping, opts, out);
+                map_row(&c.row(i), i as u32, mapping, opts, out, &input);
             }
         }
         Chunk::Ndjson(c) => {
             for i in 0..c.len {
-                map_row(&c.row(i), i as u32, mapping, opts, out);
+                map_row(&c.row(i), i as u32, mapping, opts, out, &input);
             }
         }
         Chunk::Parquet(c) => {
             for i in 0..c.len {
-                map_row(&c.row(i), i as u32, mapping, opts, out);
+                map_row(&c.row(i), i as u32, mapping, opts, out, &input);
             }
         }
     }
 }
 
-fn map_row<R: Row>(row: &R, i: u32, m: &CompiledMapping, opts: &EncodeOptions, out: &mut Mapped) {
+fn map_row<R: Row>(
+    row: &R,
+    i: u32,
+    m: &CompiledMapping,
+    opts: &EncodeOptions,
+    out: &mut Mapped,
+    input: &InputInfo,
+) {
     let calls_mark = out.calls.len();
     let emits_mark = out.emits.len();
-    let input = out
-        .input
-        .as_ref()
-        .expect("map_chunk sets the input before mapping rows")
-        .clone();
     let row_no = out.first_row + i as u64;
     let result = match row.source_problem() {
         Some(p) => Err(reject(row.problem_code(), p)),
-        None => encode_calls(row, row_no, &input, m, opts, out, i),
+        None => encode_calls(row, row_no, input, m, opts, out, i),
     };
     if let Err(r) = result {
         out.calls.truncate(calls_mark);
@@ -145,7 +149,7 @@ fn map_row<R: Row>(row: &R, i: u32, m: &CompiledMapping, opts: &EncodeOptions, o
         let start = out.rejects.len();
         write_reject_line(
             &mut out.rejects,
-            &input,
+            input,
             row_no,
             row,
             out.row_offsets[i as usize],

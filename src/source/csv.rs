@@ -299,7 +299,10 @@ impl CsvSource {
         let mut bytes = 0u64;
         while chunk.len < max_rows && bytes < CHUNK_BYTES {
             if chunk.records.len() == chunk.len {
-                chunk.records.push(ByteRecord::new());
+                // Sized for a typical row up front, so the first pass over the pool does
+                // not grow each record eight times.
+                let fields = self.header.names.len();
+                chunk.records.push(ByteRecord::with_capacity(256, fields));
             }
             let rec = &mut chunk.records[chunk.len];
             if rec.as_slice().len() > KEEP_RECORD_BYTES {
