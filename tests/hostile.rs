@@ -725,3 +725,34 @@ um0vuZOWUqc9lvFAvRwkD79zGyYhp3p2Tw6PZTM4Ltbv6vH0cwelPqL2YGk79+O4p1i/2xdhF4aQdVPP
 2Uoy3163Zn1O/uBiDEvc48/bqd+b9vpb+W8ry7/HbwHrY+GPYZ1Br2BNeUFnTS9eSQ2S0ieHpt49MTK9earQODMyVRg/fqyx
 LbNl65aMfgaupC2EGMU/sgLXgn5zYOs/7SAR+J0SAAA=
 ";
+
+/// Fuzz crash (parquet target): a damaged data page made the parquet/arrow crates panic
+/// while decoding definition levels. It must be an error naming the file and row group.
+#[test]
+fn a_damaged_parquet_page_is_an_error_naming_the_row_group_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = dir.path().join("m.toml");
+    std::fs::write(
+        &mapping,
+        "[[call]]\ntype = \"track\"\nuser_id = { const = \"u\" }\nevent = { const = \"E\" }\nproperties = \"rest\"\n",
+    )
+    .unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/hostile/damaged-page.parquet");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cdp-backfill"))
+        .current_dir(dir.path())
+        .arg("run")
+        .arg(&fixture)
+        .arg("--mapping")
+        .arg(&mapping)
+        .args(["--dry-run", "--quiet"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("damaged-page.parquet") && err.contains("row group 2"),
+        "{err}"
+    );
+}

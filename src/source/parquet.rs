@@ -137,6 +137,35 @@ impl ParquetChunk {
     }
 }
 
+thread_local! {
+    /// Set while [`catch_quietly`] runs: the panic hook stays silent for this thread.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into `Err(message)` without printing it. Panics anywhere
+/// else still reach the previous hook (a bug must stay loud).
+fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the parquet reader failed".into())
+    })
+}
+
 fn group_of(ends: &[u64], row: u64) -> u64 {
     ends.partition_point(|&e| e <= row) as u64
 }
@@ -333,7 +362,17 @@ impl ParquetSource {
                 }
                 self.reader = Some(self.open_group(max_rows)?);
             }
-            match self.reader.as_mut().and_then(|r| r.next()) {
+            // Damaged pages can make the parquet/arrow crates panic instead of returning
+            // an error (found by fuzzing); that becomes an error naming the row group.
+            let next = match self.reader.as_mut() {
+                Some(r) => catch_quietly(|| r.next()).unwrap_or_else(|why| {
+                    Some(Err(arrow_schema::ArrowError::ParquetError(format!(
+                        "the data is damaged ({why})"
+                    ))))
+                }),
+                None => None,
+            };
+            match next {
                 None => {
                     self.reader = None;
                     self.group += 1;
