@@ -646,14 +646,7 @@ pub fn main() -> ExitCode {
                     };
                     (Some(*summary), Some((EXIT_INTERRUPTED, how)))
                 }
-                Err(e) => {
-                    let code = if e.is_usage() {
-                        EXIT_USAGE
-                    } else {
-                        EXIT_FAILURE
-                    };
-                    (None, Some((code, e.to_string())))
-                }
+                Err(e) => (None, Some((exit_code(&e), e.to_string()))),
             };
             if let Some(s) = &summary {
                 if !quiet {
@@ -749,14 +742,7 @@ pub fn main() -> ExitCode {
                     }
                     ExitCode::from(EXIT_OK)
                 }
-                Err(e) => fail(
-                    if e.is_usage() {
-                        EXIT_USAGE
-                    } else {
-                        EXIT_FAILURE
-                    },
-                    &e.to_string(),
-                ),
+                Err(e) => fail(exit_code(&e), &e.to_string()),
             }
         }
         Command::Validate(args) => {
@@ -797,14 +783,7 @@ pub fn main() -> ExitCode {
                         ExitCode::from(EXIT_OK)
                     }
                 }
-                Err(e) => fail(
-                    if e.is_usage() {
-                        EXIT_USAGE
-                    } else {
-                        EXIT_FAILURE
-                    },
-                    &e.to_string(),
-                ),
+                Err(e) => fail(exit_code(&e), &e.to_string()),
             }
         }
         Command::Generate(args) => {
@@ -878,6 +857,15 @@ fn check_output_path(flag: &str, p: &std::path::Path) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// 2 for mistakes found before any work (flags, mapping, checkpoint), 1 for the rest.
+fn exit_code(e: &crate::RunError) -> u8 {
+    if e.is_usage() {
+        EXIT_USAGE
+    } else {
+        EXIT_FAILURE
+    }
 }
 
 fn fail(code: u8, msg: &str) -> ExitCode {

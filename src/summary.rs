@@ -9,6 +9,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::progress::thousands;
+
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct Summary {
     /// `completed`, `failed` or `interrupted`.
@@ -50,18 +52,6 @@ impl Summary {
     }
 }
 
-fn n(v: u64) -> String {
-    let s = v.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mb = self.request_bytes as f64 / 1e6;
@@ -75,46 +65,58 @@ impl fmt::Display for Summary {
                 ""
             }
         )?;
-        writeln!(f, "  inputs            {:>14}", n(self.inputs))?;
-        writeln!(f, "  rows read         {:>14}", n(self.rows_read))?;
-        writeln!(f, "    mapped          {:>14}", n(self.rows_mapped))?;
-        writeln!(f, "    rejected        {:>14}", n(self.rows_rejected))?;
+        writeln!(f, "  inputs            {:>14}", thousands(self.inputs))?;
+        writeln!(f, "  rows read         {:>14}", thousands(self.rows_read))?;
+        writeln!(f, "    mapped          {:>14}", thousands(self.rows_mapped))?;
+        writeln!(
+            f,
+            "    rejected        {:>14}",
+            thousands(self.rows_rejected)
+        )?;
         for (reason, count) in &self.rejected_by_reason {
             // Sub-rows line up with the rows above (a long name pushes its count right).
-            writeln!(f, "      {reason:<14}{:>14}", n(*count))?;
+            writeln!(f, "      {reason:<14}{:>14}", thousands(*count))?;
         }
-        writeln!(f, "  calls built       {:>14}", n(self.calls_built))?;
+        writeln!(f, "  calls built       {:>14}", thousands(self.calls_built))?;
         for (kind, count) in &self.calls_by_type {
-            writeln!(f, "      {kind:<14}{:>14}", n(*count))?;
+            writeln!(f, "      {kind:<14}{:>14}", thousands(*count))?;
         }
         let verb = if self.dry_run { "packed" } else { "delivered" };
-        writeln!(f, "  calls {verb:<11} {:>14}", n(self.calls_delivered))?;
+        writeln!(
+            f,
+            "  calls {verb:<11} {:>14}",
+            thousands(self.calls_delivered)
+        )?;
         if self.calls_rejected_by_server > 0 {
             writeln!(
                 f,
                 "  calls refused     {:>14}  (invalid, by the API)",
-                n(self.calls_rejected_by_server)
+                thousands(self.calls_rejected_by_server)
             )?;
         }
         if self.calls_undelivered > 0 {
-            writeln!(f, "  calls undelivered {:>14}", n(self.calls_undelivered))?;
+            writeln!(
+                f,
+                "  calls undelivered {:>14}",
+                thousands(self.calls_undelivered)
+            )?;
         }
         writeln!(
             f,
             "  requests          {:>14}  ({mb:.1} MB)",
-            n(self.requests)
+            thousands(self.requests)
         )?;
         writeln!(
             f,
             "  retries           {:>14}  (429s: {})",
-            n(self.retries),
-            n(self.throttled)
+            thousands(self.retries),
+            thousands(self.throttled)
         )?;
         writeln!(
             f,
             "  elapsed           {:>13.2}s  ({} rows/s)",
             self.elapsed_secs,
-            n(self.rows_per_sec as u64)
+            thousands(self.rows_per_sec as u64)
         )?;
         if self.rows_rejected > 0 {
             writeln!(f, "  rejects file      {}", self.rejects_file)?;
