@@ -83,10 +83,10 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// How inputs are read (inspect, validate).
+/// How inputs are read (run, inspect, validate).
 #[derive(Debug, Args)]
 pub struct InputArgs {
-    /// Input format, when file names do not say.
+    /// Input format, overriding file names (.csv .tsv .ndjson .jsonl .json .parquet, plus .gz/.zst); required for `-` (stdin).
     #[arg(long, value_parser = ["csv", "tsv", "ndjson", "jsonl", "json", "parquet"], value_name = "FORMAT")]
     pub format: Option<String>,
     /// CSV field delimiter (one byte; `\t` for tab).
@@ -229,18 +229,8 @@ pub struct RunArgs {
     /// Seconds to wait for a whole request.
     #[arg(long, default_value_t = config::DEFAULT_REQUEST_TIMEOUT.as_secs_f64(), value_name = "SECS")]
     pub request_timeout: f64,
-    /// Input format, overriding file names (.csv .tsv .ndjson .jsonl .json .parquet, plus .gz/.zst); required for `-` (stdin).
-    #[arg(long, value_parser = ["csv", "tsv", "ndjson", "jsonl", "json", "parquet"], value_name = "FORMAT")]
-    pub format: Option<String>,
-    /// CSV field delimiter (one byte; `\t` for tab).
-    #[arg(long, default_value = ",", value_name = "CHAR")]
-    pub delimiter: String,
-    /// CSV quote character.
-    #[arg(long, default_value = "\"", value_name = "CHAR")]
-    pub quote: String,
-    /// The CSV files have no header row; columns are named 1, 2, 3...
-    #[arg(long)]
-    pub no_header: bool,
+    #[command(flatten)]
+    pub input_args: InputArgs,
     /// Rows per mapping task.
     #[arg(long, default_value_t = config::DEFAULT_CHUNK_ROWS, value_name = "N", hide = true)]
     pub chunk_rows: usize,
@@ -462,19 +452,14 @@ impl RunArgs {
                 limits.max_call_bytes, limits.max_request_bytes
             )));
         }
-        let csv = CsvOptions {
-            delimiter: one_byte("delimiter", &self.delimiter)?,
-            quote: one_byte("quote", &self.quote)?,
-            has_header: !self.no_header,
-            max_record_bytes: self.max_record_bytes,
-        };
         if self.max_record_bytes < 1024 {
             return Err(UsageError(format!(
                 "--max-record-bytes must be at least 1024 (got {})",
                 self.max_record_bytes
             )));
         }
-        let format = self.format.as_deref().and_then(Format::parse);
+        let mut src = self.input_args.source_options()?;
+        src.csv.max_record_bytes = self.max_record_bytes;
         let backoff_base = secs("backoff-base", self.backoff_base)?;
         let backoff_cap = secs("backoff-cap", self.backoff_cap)?;
         if backoff_cap < backoff_base {
@@ -518,7 +503,7 @@ impl RunArgs {
             interrupt: None,
             quiet: self.quiet,
         };
-        Ok((cfg, SourceOptions { format, csv }))
+        Ok((cfg, src))
     }
 }
 

@@ -825,7 +825,13 @@ fn pack(
                                 detail: too_large.to_string(),
                             };
                             let mut line = Vec::new();
-                            write_call_reject(&mut line, m.input.as_deref(), at.row, bytes, &r);
+                            crate::map::encode::write_call_reject(
+                                &mut line,
+                                m.input.as_deref(),
+                                at.row,
+                                bytes,
+                                &r,
+                            );
                             rejects.push(at, &line);
                             totals.rows_rejected += 1;
                             *totals
@@ -973,28 +979,6 @@ pub(crate) fn alias_body(call: &[u8], key: &[u8], max_call: usize) -> Result<Vec
         });
     }
     Ok(body)
-}
-
-/// A reject line for a call refused after mapping (its record is the call itself).
-pub fn write_call_reject(
-    out: &mut Vec<u8>,
-    input: Option<&InputInfo>,
-    row: u64,
-    call: &[u8],
-    r: &Reject,
-) {
-    use crate::map::json;
-    out.extend_from_slice(b"{\"source\":");
-    json::write_str(out, input.map_or("", |i| i.display.as_str()));
-    out.extend_from_slice(b",\"row\":");
-    json::write_u64(out, row + 1);
-    out.extend_from_slice(b",\"reason\":");
-    json::write_str(out, r.code);
-    out.extend_from_slice(b",\"detail\":");
-    json::write_str(out, &r.detail);
-    out.extend_from_slice(b",\"call\":");
-    out.extend_from_slice(call);
-    out.extend_from_slice(b"}\n");
 }
 
 /// What the collector saw by the time every sender was done.

@@ -173,10 +173,7 @@ pub fn write_reject_line<R: Row>(
     offset: u64,
     r: &Reject,
 ) {
-    out.extend_from_slice(b"{\"source\":");
-    json::write_str(out, &input.display);
-    out.extend_from_slice(b",\"row\":");
-    json::write_u64(out, row_no + 1);
+    open_reject(out, &input.display, row_no);
     out.extend_from_slice(b",\"line\":");
     match row.line() {
         crate::source::LINE_UNKNOWN => out.extend_from_slice(b"null"),
@@ -184,13 +181,43 @@ pub fn write_reject_line<R: Row>(
     }
     out.extend_from_slice(b",\"offset\":");
     json::write_u64(out, offset);
+    reason_fields(out, r);
+    out.extend_from_slice(b",\"record\":");
+    row.write_record_json(out);
+    out.extend_from_slice(b"}\n");
+}
+
+/// A reject line for a call refused after mapping (by the packer's limit check or by
+/// the API in strict mode): `{"source","row","reason","detail","call"}`, the record
+/// being the call itself.
+pub fn write_call_reject(
+    out: &mut Vec<u8>,
+    input: Option<&InputInfo>,
+    row: u64,
+    call: &[u8],
+    r: &Reject,
+) {
+    open_reject(out, input.map_or("", |i| i.display.as_str()), row);
+    reason_fields(out, r);
+    out.extend_from_slice(b",\"call\":");
+    out.extend_from_slice(call);
+    out.extend_from_slice(b"}\n");
+}
+
+/// `{"source":…,"row":…` — how every reject line starts; `row` is written 1-based.
+fn open_reject(out: &mut Vec<u8>, source: &str, row_no: u64) {
+    out.extend_from_slice(b"{\"source\":");
+    json::write_str(out, source);
+    out.extend_from_slice(b",\"row\":");
+    json::write_u64(out, row_no + 1);
+}
+
+/// `,"reason":…,"detail":…`
+fn reason_fields(out: &mut Vec<u8>, r: &Reject) {
     out.extend_from_slice(b",\"reason\":");
     json::write_str(out, r.code);
     out.extend_from_slice(b",\"detail\":");
     json::write_str(out, &r.detail);
-    out.extend_from_slice(b",\"record\":");
-    row.write_record_json(out);
-    out.extend_from_slice(b"}\n");
 }
 
 fn encode_calls<R: Row>(

@@ -422,7 +422,7 @@ impl Bisect<'_> {
             code: "invalid_call",
             detail: why,
         };
-        crate::pipeline::write_call_reject(
+        crate::map::encode::write_call_reject(
             &mut self.rejects,
             input,
             origin.row,
