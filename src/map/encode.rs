@@ -713,7 +713,7 @@ fn field_text<'a>(f: Field<'a>, name: &str) -> Result<std::borrow::Cow<'a, str>,
     Ok(match f {
         Field::Missing | Field::Null => Cow::Borrowed(""),
         Field::Raw(b) => Cow::Borrowed(utf8(b, name)?),
-        Field::Str(s) => Cow::Borrowed(s),
+        Field::Text(s) | Field::Str(s) => Cow::Borrowed(s),
         Field::Int(v) => Cow::Owned(v.to_string()),
         Field::UInt(v) => Cow::Owned(v.to_string()),
         Field::Float(v) => Cow::Owned(v.to_string()),
@@ -816,9 +816,10 @@ fn write_column(
         Field::Missing => Ok(false),
         Field::Null => Ok(write_empty(out, c, is_id)),
         Field::Raw(b) | Field::Json(b) if b.is_empty() => Ok(write_empty(out, c, is_id)),
-        Field::Str("") => Ok(write_empty(out, c, is_id)),
-        Field::Raw(b) => write_text(out, b, c, opts, false).map(|_| true),
-        Field::Str(s) => write_text(out, s.as_bytes(), c, opts, true).map(|_| true),
+        Field::Str("") | Field::Text("") => Ok(write_empty(out, c, is_id)),
+        Field::Raw(b) => write_text(out, b, None, c, opts, false).map(|_| true),
+        Field::Text(s) => write_text(out, s.as_bytes(), Some(s), c, opts, false).map(|_| true),
+        Field::Str(s) => write_text(out, s.as_bytes(), Some(s), c, opts, true).map(|_| true),
         Field::Int(v) => write_number_field(
             out,
             c,
@@ -922,21 +923,29 @@ fn significant_digits(b: &[u8]) -> usize {
 }
 
 /// Text (CSV field, or typed string) written as the column's type asks.
+/// `text`: the same bytes when already known to be UTF-8 (not checked again).
 /// `typed_string`: the source said this is a string, so `auto` keeps it one.
 fn write_text(
     out: &mut Vec<u8>,
     b: &[u8],
+    text: Option<&str>,
     c: &ColumnValue,
     opts: &EncodeOptions,
     typed_string: bool,
 ) -> Result<(), Reject> {
     match c.ty {
         ColType::String => {
-            let s = utf8(b, &c.name)?;
+            let s = match text {
+                Some(s) => s,
+                None => utf8(b, &c.name)?,
+            };
             json::write_str(out, s);
         }
         ColType::Auto if typed_string => {
-            let s = utf8(b, &c.name)?;
+            let s = match text {
+                Some(s) => s,
+                None => utf8(b, &c.name)?,
+            };
             json::write_str(out, s);
         }
         ColType::Auto => {
@@ -946,7 +955,10 @@ fn write_text(
             if literal {
                 out.extend_from_slice(b);
             } else {
-                let s = utf8(b, &c.name)?;
+                let s = match text {
+                    Some(s) => s,
+                    None => utf8(b, &c.name)?,
+                };
                 json::write_str(out, s);
             }
         }

@@ -1,19 +1,22 @@
-//! CSV input: the `csv` crate reading into reused `ByteRecord`s.
+//! CSV input: each chunk reads a block of the file into its own buffer, and
+//! [`record::Parser`] finds its records and fields there without copying them.
 //!
 //! The header is read once and column names are resolved into indices before any data
-//! row is read. Rows are read with `flexible(true)` so that a row with the wrong number of
-//! fields becomes a reject (with its line and byte offset) instead of ending the run.
-//! Fields stay raw bytes here: UTF-8 is checked only for the fields a mapping uses.
+//! row is read. Records may have any number of fields, so that a row with the wrong number
+//! of fields becomes a reject (with its line and byte offset) instead of ending the run.
+//! Fields stay raw bytes here; the mapper checks each record for UTF-8 once, as a whole.
+//! Parsing, offsets and lines are exactly the `csv` crate's (see `record`).
 //!
 //! After a resume ([`CsvSource::reposition`]) the reader runs on a stream that starts
 //! mid-file; `byte_base` and `line_base` turn its positions back into file positions.
 
+mod record;
+
 use std::collections::HashMap;
 use std::io::Read;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use csv::ByteRecord;
+use record::{Parsed, Parser, Span};
 
 use super::{ColumnRef, Field, InputInfo, Position, Row, Schema, SourceError, Stream};
 
@@ -67,11 +70,28 @@ impl Schema for CsvHeader {
     }
 }
 
-/// A chunk of CSV rows; its `ByteRecord`s are reused from chunk to chunk.
+/// Where one row of a chunk is.
+#[derive(Debug, Clone, Copy)]
+struct RowAt {
+    /// Its fields: `fields[first..first + count]`.
+    first: usize,
+    count: usize,
+    /// The bytes its read consumed, `raw[start..end]` (unescaped in place).
+    start: usize,
+    end: usize,
+    /// 1-based line in the reader's stream.
+    line: u64,
+}
+
+/// A chunk of CSV rows: a block of the input in the chunk's own buffer and where each
+/// row's fields are in it. Buffers are reused from chunk to chunk.
 pub struct CsvChunk {
     pub input: Arc<InputInfo>,
     pub header: Arc<CsvHeader>,
-    pub records: Vec<ByteRecord>,
+    /// Input bytes; `raw.len()` is the buffer's size, not how much of it is filled.
+    raw: Vec<u8>,
+    fields: Vec<Span>,
+    rows: Vec<RowAt>,
     /// Byte offset of each row's start.
     pub offsets: Vec<u64>,
     pub len: usize,
@@ -80,7 +100,7 @@ pub struct CsvChunk {
     /// Added to the reader's 1-based line numbers (non-zero after a resume).
     pub line_base: u64,
     /// Rows longer than `--max-record-bytes`: (row index, record bytes, limit). Their
-    /// `ByteRecord` was dropped, so they are rejected with this reason.
+    /// bytes were dropped, so they are rejected with this reason.
     pub oversize: Vec<(usize, u64, usize)>,
 }
 
@@ -89,7 +109,9 @@ impl CsvChunk {
         CsvChunk {
             input,
             header,
-            records: Vec::new(),
+            raw: Vec::new(),
+            fields: Vec::new(),
+            rows: Vec::new(),
             offsets: Vec::new(),
             len: 0,
             first_row: 0,
@@ -100,24 +122,46 @@ impl CsvChunk {
     }
 
     pub fn row(&self, i: usize) -> CsvRow<'_> {
+        let at = self.rows[i];
+        let bytes = &self.raw[at.start..at.end];
         CsvRow {
-            rec: &self.records[i],
+            raw: &self.raw,
+            fields: &self.fields[at.first..at.first + at.count],
+            // One check of the whole record instead of one per field.
+            text: simdutf8::basic::from_utf8(bytes)
+                .ok()
+                .map(|t| (at.start, t)),
             header: &self.header,
+            line: at.line,
             line_base: self.line_base,
-            oversize: self.oversize.iter().find(|o| o.0 == i).map(|o| (o.1, o.2)),
+            oversize: if self.oversize.is_empty() {
+                None
+            } else {
+                self.oversize.iter().find(|o| o.0 == i).map(|o| (o.1, o.2))
+            },
         }
     }
 }
 
 /// A reader over one CSV input.
 pub struct CsvSource {
-    rdr: csv::Reader<LimitGuard>,
-    /// Where the record being read starts, in the reader's stream (for the guard).
-    record_start: Arc<AtomicU64>,
+    stream: Stream,
+    parser: Parser,
+    /// Input read but not yet parsed (the start of a record that did not fit in the last
+    /// chunk); it opens the next one.
+    carry: Vec<u8>,
+    eof: bool,
+    /// An I/O error met after some rows of a chunk were read: those rows go out first,
+    /// the error with the next fill.
+    failed: Option<SourceError>,
+    /// Stream offset and 1-based line of the next record's read.
+    pos: u64,
+    line: u64,
+    /// No record read yet from this stream (a BOM may open it).
+    first: bool,
     header: Arc<CsvHeader>,
     input: Arc<InputInfo>,
     next_row: u64,
-    pending: Option<ByteRecord>,
     opts: CsvOptions,
     /// File byte offset and line (minus one) where the reader's stream starts.
     byte_base: u64,
@@ -128,70 +172,13 @@ pub struct CsvSource {
 pub const HARD_LIMIT_FACTOR: u64 = 4;
 /// A chunk stops taking rows once its records hold this many bytes, so a chunk of long
 /// (but allowed) records stays small.
-const CHUNK_BYTES: u64 = 8 << 20;
-/// A reused `ByteRecord` that held more than this is replaced by a fresh one before
-/// reuse, so one long record does not keep its buffer for the rest of the run. Kept
-/// small: over a long run every one of a chunk's thousands of slots meets some long
-/// record, so the slots' buffers (not the rows in flight) set the memory: at 64 KiB the
-/// reader alone held 284 MB after a 5 GB export with 0.07% 35 KB rows (BENCHMARKS.md,
-/// Inputs). Only rows over this size pay an allocation.
-const KEEP_RECORD_BYTES: usize = 8 << 10;
-
-/// Bounds the memory one record can take. The `csv` crate grows a `ByteRecord` until the
-/// record ends, so an unclosed quote would read the whole rest of the file into memory.
-/// The guard sits under the reader and refuses to hand it more bytes once the record in
-/// progress (from `record_start`, which the source updates before each read) is longer
-/// than `cap` = [`HARD_LIMIT_FACTOR`] × `max_record_bytes`. The reader asks for more only
-/// when its buffer is consumed, so a record holds at most `cap` plus one buffer (256 KiB).
-pub struct LimitGuard {
-    inner: Stream,
-    delivered: u64,
-    record_start: Arc<AtomicU64>,
-    cap: u64,
-    byte_base: u64,
-}
-
-impl Read for LimitGuard {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let start = self.record_start.load(Ordering::Relaxed);
-        if self.delivered.saturating_sub(start) > self.cap {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "the record starting at byte {} is longer than {} bytes ({HARD_LIMIT_FACTOR} x --max-record-bytes), so it was not read into memory; this is usually an unclosed quote. Fix the file, or raise --max-record-bytes",
-                    start + self.byte_base,
-                    self.cap
-                ),
-            ));
-        }
-        let n = self.inner.read(buf)?;
-        self.delivered += n as u64;
-        Ok(n)
-    }
-}
-
-fn reader(
-    stream: Stream,
-    opts: CsvOptions,
-    record_start: &Arc<AtomicU64>,
-    byte_base: u64,
-) -> csv::Reader<LimitGuard> {
-    record_start.store(0, Ordering::Relaxed);
-    let guard = LimitGuard {
-        inner: stream,
-        delivered: 0,
-        record_start: record_start.clone(),
-        cap: (opts.max_record_bytes as u64).saturating_mul(HARD_LIMIT_FACTOR),
-        byte_base,
-    };
-    csv::ReaderBuilder::new()
-        .delimiter(opts.delimiter)
-        .quote(opts.quote)
-        .has_headers(false)
-        .flexible(true)
-        .buffer_capacity(256 * 1024)
-        .from_reader(guard)
-}
+const CHUNK_BYTES: usize = 8 << 20;
+/// Each chunk's buffer; input is read into it in one go. Big enough for a full chunk of
+/// typical rows, small enough that the pool of chunks in flight stays a few MB.
+const BLOCK_BYTES: usize = 1 << 20;
+/// A buffer that grew past this for one long record is replaced by a fresh one before
+/// reuse, so one long record does not keep its memory for the rest of the run.
+const KEEP_BLOCK_BYTES: usize = 4 * BLOCK_BYTES;
 
 impl CsvSource {
     /// Opens the stream and reads the header (or names columns `1..=n` when there is none).
@@ -200,51 +187,60 @@ impl CsvSource {
         stream: Stream,
         opts: CsvOptions,
     ) -> Result<Self, SourceError> {
-        let record_start = Arc::new(AtomicU64::new(0));
-        let mut rdr = reader(stream, opts, &record_start, 0);
-        let mut first = ByteRecord::new();
-        let got = rdr
-            .read_byte_record(&mut first)
-            .map_err(|e| read_error(&input, &e))?;
-        if !got {
+        let mut src = CsvSource {
+            stream,
+            parser: Parser::new(opts.delimiter, opts.quote),
+            carry: Vec::new(),
+            eof: false,
+            failed: None,
+            pos: 0,
+            line: 1,
+            first: true,
+            header: Arc::new(CsvHeader::new(Vec::new())),
+            input: input.clone(),
+            next_row: 0,
+            opts,
+            byte_base: 0,
+            line_base: 0,
+        };
+        let mut chunk = CsvChunk::new(input.clone(), src.header.clone());
+        let before = (src.pos, src.line);
+        src.fill(&mut chunk, 1)?;
+        if chunk.len == 0 {
             return Err(SourceError::Empty {
                 path: input.display.clone(),
             });
         }
-        let (names, next_row) = if opts.has_header {
-            let mut names = Vec::with_capacity(first.len());
-            for (i, f) in first.iter().enumerate() {
-                let f = if i == 0 {
-                    f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
-                } else {
-                    f
-                };
-                names.push(String::from_utf8_lossy(f).into_owned());
-            }
-            (names, 0)
+        let row = chunk.row(0);
+        let names = if opts.has_header {
+            row.fields
+                .iter()
+                .map(|&(s, e)| String::from_utf8_lossy(&chunk.raw[s..e]).into_owned())
+                .collect()
         } else {
-            ((1..=first.len()).map(|i| i.to_string()).collect(), 0)
+            // Without a header the first record is data: put it back to be read as row 0.
+            let mut back = chunk.raw[chunk.rows[0].start..chunk.rows[0].end].to_vec();
+            back.extend_from_slice(&src.carry);
+            src.carry = back;
+            (src.pos, src.line) = before;
+            src.first = true;
+            (1..=row.fields.len()).map(|i| i.to_string()).collect()
         };
-        let header = Arc::new(CsvHeader::new(names));
-        Ok(CsvSource {
-            rdr,
-            record_start,
-            header,
-            input,
-            next_row,
-            // Without a header the first record is data: hand it out as row 0.
-            pending: (!opts.has_header).then_some(first),
-            opts,
-            byte_base: 0,
-            line_base: 0,
-        })
+        src.header = Arc::new(CsvHeader::new(names));
+        src.next_row = 0;
+        Ok(src)
     }
 
     /// Continues on `stream`, which starts at data row `pos.row` (byte `pos.offset`,
     /// 1-based line `line` of the file). The header stays the one read by `open`.
     pub fn reposition(&mut self, stream: Stream, pos: Position, line: u64) {
-        self.rdr = reader(stream, self.opts, &self.record_start, pos.offset);
-        self.pending = None;
+        self.stream = stream;
+        self.carry.clear();
+        self.eof = false;
+        self.failed = None;
+        self.pos = 0;
+        self.line = 1;
+        self.first = true;
         self.next_row = pos.row;
         self.byte_base = pos.offset;
         // LINE_UNKNOWN: lines are not known after a seek.
@@ -257,27 +253,20 @@ impl CsvSource {
 
     /// Reads and drops `n` data rows (resuming a stream that cannot seek).
     pub fn skip_rows(&mut self, n: u64) -> Result<(), SourceError> {
-        let mut rec = ByteRecord::new();
+        let mut chunk = CsvChunk::new(self.input.clone(), self.header.clone());
         while self.next_row < n {
-            if self.pending.take().is_none() {
-                self.record_start
-                    .store(self.rdr.position().byte(), Ordering::Relaxed);
-                let got = self
-                    .rdr
-                    .read_byte_record(&mut rec)
-                    .map_err(|e| read_error(&self.input, &e))?;
-                if !got {
-                    return Err(SourceError::Read {
-                        path: self.input.display.clone(),
-                        message: format!(
-                            "cannot resume at row {}: the input has only {} rows, so it changed since the checkpoint was written",
-                            n + 1,
-                            self.next_row
-                        ),
-                    });
-                }
+            let want = (n - self.next_row).min(crate::config::DEFAULT_CHUNK_ROWS as u64);
+            self.fill(&mut chunk, want as usize)?;
+            if chunk.len == 0 {
+                return Err(SourceError::Read {
+                    path: self.input.display.clone(),
+                    message: format!(
+                        "cannot resume at row {}: the input has only {} rows, so it changed since the checkpoint was written",
+                        n + 1,
+                        self.next_row
+                    ),
+                });
             }
-            self.next_row += 1;
         }
         Ok(())
     }
@@ -288,63 +277,133 @@ impl CsvSource {
 
     /// Fills `chunk` with up to `max_rows` rows. `chunk.len == 0` means end of input.
     pub fn fill(&mut self, chunk: &mut CsvChunk, max_rows: usize) -> Result<(), SourceError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         chunk.input = self.input.clone();
         chunk.header = self.header.clone();
         chunk.first_row = self.next_row;
         chunk.line_base = self.line_base;
         chunk.len = 0;
+        chunk.fields.clear();
+        chunk.rows.clear();
         chunk.offsets.clear();
         chunk.oversize.clear();
-        let limit = self.opts.max_record_bytes;
-        let mut bytes = 0u64;
-        while chunk.len < max_rows && bytes < CHUNK_BYTES {
-            if chunk.records.len() == chunk.len {
-                // Sized for a typical row up front, so the first pass over the pool does
-                // not grow each record eight times.
-                let fields = self.header.names.len();
-                chunk.records.push(ByteRecord::with_capacity(256, fields));
-            }
-            let rec = &mut chunk.records[chunk.len];
-            if rec.as_slice().len() > KEEP_RECORD_BYTES {
-                *rec = ByteRecord::new();
-            }
-            if let Some(first) = self.pending.take() {
-                *rec = first;
-                chunk
-                    .offsets
-                    .push(rec.position().map(|p| p.byte()).unwrap_or(0) + self.byte_base);
-                chunk.len += 1;
-                continue;
-            }
-            self.record_start
-                .store(self.rdr.position().byte(), Ordering::Relaxed);
-            let got = self
-                .rdr
-                .read_byte_record(rec)
-                .map_err(|e| read_error(&self.input, &e))?;
-            if !got {
-                break;
-            }
-            let offset = rec.position().map(|p| p.byte()).unwrap_or(0) + self.byte_base;
-            let len = self.rdr.position().byte() + self.byte_base - offset;
-            bytes += len;
-            if len > limit as u64 {
-                // Drop its bytes now; the row is rejected by its size alone.
-                let pos = rec.position().cloned();
-                *rec = ByteRecord::new();
-                rec.set_position(pos);
-                chunk.oversize.push((chunk.len, len, limit));
-            }
-            chunk.offsets.push(offset);
-            chunk.len += 1;
+        if chunk.raw.len() > KEEP_BLOCK_BYTES || chunk.raw.len() < BLOCK_BYTES {
+            chunk.raw = vec![0; BLOCK_BYTES];
         }
+        // Unparsed input from the last chunk opens this one.
+        if chunk.raw.len() < self.carry.len() {
+            chunk.raw.resize(self.carry.len().next_power_of_two(), 0);
+        }
+        chunk.raw[..self.carry.len()].copy_from_slice(&self.carry);
+        let mut filled = self.carry.len();
+        self.carry.clear();
+        let limit = self.opts.max_record_bytes;
+        let cap = (limit as u64).saturating_mul(HARD_LIMIT_FACTOR);
+        let mut at = 0;
+        while chunk.len < max_rows && at < CHUNK_BYTES {
+            let first = chunk.fields.len();
+            let parsed = self.parser.parse(
+                &mut chunk.raw,
+                at,
+                filled,
+                self.eof,
+                self.first,
+                &mut chunk.fields,
+            );
+            match parsed {
+                Parsed::Record { end, newlines } => {
+                    let len = (end - at) as u64;
+                    let offset = self.pos + self.byte_base;
+                    let mut row = RowAt {
+                        first,
+                        count: chunk.fields.len() - first,
+                        start: at,
+                        end,
+                        line: self.line,
+                    };
+                    self.pos += len;
+                    self.line += newlines;
+                    self.first = false;
+                    if len > limit as u64 {
+                        // Drop its bytes now; the row is rejected by its size alone.
+                        chunk.fields.truncate(first);
+                        chunk.raw.copy_within(end..filled, at);
+                        filled -= end - at;
+                        row.count = 0;
+                        row.end = at;
+                        chunk.oversize.push((chunk.len, len, limit));
+                    } else {
+                        at = end;
+                    }
+                    chunk.rows.push(row);
+                    chunk.offsets.push(offset);
+                    chunk.len += 1;
+                }
+                Parsed::End { end, newlines } => {
+                    self.pos += (end - at) as u64;
+                    self.line += newlines;
+                    at = end;
+                    break;
+                }
+                Parsed::NeedMore => {
+                    if (filled - at) as u64 > cap {
+                        return Err(SourceError::Read {
+                            path: self.input.display.clone(),
+                            message: format!(
+                                "read failed: the record starting at byte {} is longer than {cap} bytes ({HARD_LIMIT_FACTOR} x --max-record-bytes), so it was not read into memory; this is usually an unclosed quote. Fix the file, or raise --max-record-bytes",
+                                self.pos + self.byte_base,
+                            ),
+                        });
+                    }
+                    if filled == chunk.raw.len() {
+                        if at > 0 {
+                            // The buffer is full of whole rows but this one: it opens
+                            // the next chunk.
+                            break;
+                        }
+                        // One record longer than the buffer: grow it, up to just past
+                        // the hard limit.
+                        let grown = (chunk.raw.len() * 2)
+                            .min(
+                                usize::try_from(cap)
+                                    .unwrap_or(usize::MAX)
+                                    .saturating_add(BLOCK_BYTES),
+                            )
+                            .max(chunk.raw.len() + BLOCK_BYTES);
+                        chunk.raw.resize(grown, 0);
+                    }
+                    match read_some(&mut self.stream, &mut chunk.raw[filled..]) {
+                        Ok(0) => self.eof = true,
+                        Ok(n) => filled += n,
+                        Err(e) => {
+                            let e = SourceError::Read {
+                                path: self.input.display.clone(),
+                                message: format!("read failed: {e}"),
+                            };
+                            if chunk.len == 0 {
+                                return Err(e);
+                            }
+                            self.failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.carry.extend_from_slice(&chunk.raw[at..filled]);
         self.next_row += chunk.len as u64;
         chunk.end = Position {
             input: self.input.index,
             row: self.next_row,
-            offset: self.rdr.position().byte() + self.byte_base,
+            offset: self.pos + self.byte_base,
         };
-        if chunk.len == 0 && self.next_row == 0 {
+        if chunk.len == 0
+            && self.next_row == 0
+            && self.failed.is_none()
+            && !self.header.names.is_empty()
+        {
             eprintln!(
                 "note: {} has a header but no data rows; nothing to send from it",
                 self.input.display
@@ -354,29 +413,44 @@ impl CsvSource {
     }
 }
 
-fn read_error(input: &InputInfo, e: &csv::Error) -> SourceError {
-    // Positions here are relative to the reader's stream (exact unless resumed).
-    let at = e
-        .position()
-        .map(|p| format!(" at line {}, byte {}", p.line(), p.byte()))
-        .unwrap_or_default();
-    let message = match e.kind() {
-        csv::ErrorKind::Io(io) => format!("read failed{at}: {io}"),
-        _ => format!("CSV error{at}: {e}"),
-    };
-    SourceError::Read {
-        path: input.display.clone(),
-        message,
+/// One read, retried when a signal interrupts it.
+fn read_some(stream: &mut Stream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
     }
 }
 
 /// One CSV row.
 pub struct CsvRow<'a> {
-    rec: &'a ByteRecord,
+    raw: &'a [u8],
+    fields: &'a [Span],
+    /// The record's bytes (from this index of `raw`), when they are valid UTF-8.
+    text: Option<(usize, &'a str)>,
     header: &'a CsvHeader,
+    line: u64,
     line_base: u64,
     /// (record bytes, limit) when the record was over `--max-record-bytes`.
     oversize: Option<(u64, usize)>,
+}
+
+impl<'a> CsvRow<'a> {
+    /// A field as text, when the record is valid UTF-8 and the field starts and ends on
+    /// character boundaries (so the field alone is valid too).
+    #[inline]
+    fn text_of(&self, (s, e): Span) -> Option<&'a str> {
+        let (base, text) = self.text?;
+        text.get(s - base..e - base)
+    }
+
+    fn write_field_json(&self, out: &mut Vec<u8>, span: Span) {
+        match self.text_of(span) {
+            Some(s) => super::write_json_str(out, s),
+            None => super::write_json_str(out, &String::from_utf8_lossy(&self.raw[span.0..span.1])),
+        }
+    }
 }
 
 impl Row for CsvRow<'_> {
@@ -385,32 +459,35 @@ impl Row for CsvRow<'_> {
         let ColumnRef::Index(i) = col else {
             return Field::Missing;
         };
-        match self.rec.get(*i) {
-            Some(b) => Field::Raw(b),
+        match self.fields.get(*i) {
+            Some(&span) => match self.text_of(span) {
+                Some(s) => Field::Text(s),
+                None => Field::Raw(&self.raw[span.0..span.1]),
+            },
             None => Field::Missing,
         }
     }
 
     fn write_record_json(&self, out: &mut Vec<u8>) {
         let names = &self.header.names;
-        if self.rec.len() == names.len() {
+        if self.fields.len() == names.len() {
             out.push(b'{');
-            for (i, (name, value)) in names.iter().zip(self.rec.iter()).enumerate() {
+            for (i, (name, &span)) in names.iter().zip(self.fields).enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
                 super::write_json_str(out, name);
                 out.push(b':');
-                super::write_json_str(out, &String::from_utf8_lossy(value));
+                self.write_field_json(out, span);
             }
             out.push(b'}');
         } else {
             out.push(b'[');
-            for (i, value) in self.rec.iter().enumerate() {
+            for (i, &span) in self.fields.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                super::write_json_str(out, &String::from_utf8_lossy(value));
+                self.write_field_json(out, span);
             }
             out.push(b']');
         }
@@ -431,7 +508,7 @@ impl Row for CsvRow<'_> {
             ));
         }
         let want = self.header.names.len();
-        let got = self.rec.len();
+        let got = self.fields.len();
         (got != want).then(|| format!("expected {want} fields (as in the header), found {got}"))
     }
 
@@ -439,6 +516,6 @@ impl Row for CsvRow<'_> {
         if self.line_base == u64::MAX {
             return super::LINE_UNKNOWN;
         }
-        self.rec.position().map_or(0, |p| p.line() + self.line_base)
+        self.line + self.line_base
     }
 }

@@ -197,6 +197,9 @@ pub enum Field<'a> {
     /// Untyped text (every CSV field): the mapping's column type decides what it becomes.
     /// Not yet checked for UTF-8. Parquet decimals come as their exact decimal text.
     Raw(&'a [u8]),
+    /// Untyped text like [`Field::Raw`], already known to be valid UTF-8 (a CSV record
+    /// checked once as a whole, which is far cheaper than field by field).
+    Text(&'a str),
     /// A typed string (valid UTF-8, unescaped).
     Str(&'a str),
     Int(i64),

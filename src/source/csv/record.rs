@@ -1,0 +1,485 @@
+//! One CSV record out of a byte buffer, parsed in place.
+//!
+//! The reader thread is the one serial stage of a run, and the `csv` crate's byte-at-a-time
+//! state machine was most of its time (a fifth of a whole dry run). This parser jumps
+//! from one special byte to the next with `memchr` and leaves field bytes where they are:
+//! a field is a `(start, end)` span of the chunk's own input buffer, so nothing is copied.
+//! Only a quoted field with doubled quotes (`""`) is rewritten, in place, to its unescaped
+//! bytes (it only gets shorter), and the bytes it freed become spaces, so the record's
+//! bytes stay valid UTF-8 whenever its fields are (the mapper checks a record once, as a
+//! whole).
+//!
+//! The result is exactly the `csv` crate's (csv-core with its defaults: CR, LF or CRLF
+//! ends a record, blank lines are skipped, `""` is a quote inside quotes, a quote inside
+//! an unquoted field is data, a UTF-8 BOM opens the stream), down to each record's byte
+//! offset and line. Anything unusual (a quote followed by other bytes, an unclosed quote
+//! at the end, a delimiter or quote that is itself CR or LF) is handed to csv-core itself
+//! for that one record, so odd files parse as they always did. The tests compare the two
+//! on random input.
+
+use csv_core::ReadRecordResult;
+use memchr::{memchr, memchr3};
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// What [`Parser::parse`] found at a record start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// A record; its fields were appended. `end`: the buffer index just past the bytes it
+    /// consumed (its terminator included, or only the CR of a CRLF, as csv-core does).
+    Record { end: usize, newlines: u64 },
+    /// The record does not end within the buffer: read more and parse it again (nothing
+    /// was appended and the buffer is unchanged).
+    NeedMore,
+    /// End of input: only blank lines were left (consumed up to `end`).
+    End { end: usize, newlines: u64 },
+}
+
+/// A field: `buf[start..end]`.
+pub type Span = (usize, usize);
+
+pub struct Parser {
+    delimiter: u8,
+    quote: u8,
+    /// False when the delimiter or quote make the fast path's shortcuts wrong.
+    fast: bool,
+    core: csv_core::Reader,
+    out: Vec<u8>,
+    ends: Vec<usize>,
+    /// Fields of the record being parsed that hold `""` and must be unescaped.
+    unescape: Vec<usize>,
+}
+
+impl Parser {
+    pub fn new(delimiter: u8, quote: u8) -> Self {
+        let special = |b: u8| b == b'\r' || b == b'\n';
+        Parser {
+            delimiter,
+            quote,
+            fast: delimiter != quote && !special(delimiter) && !special(quote),
+            core: csv_core::ReaderBuilder::new()
+                .delimiter(delimiter)
+                .quote(quote)
+                .build(),
+            out: Vec::new(),
+            ends: Vec::new(),
+            unescape: Vec::new(),
+        }
+    }
+
+    /// Parses the record that starts at `buf[at]`; `buf[..filled]` holds input, `eof` says
+    /// no more will come. `first`: this is the stream's first record (a BOM is skipped).
+    pub fn parse(
+        &mut self,
+        buf: &mut [u8],
+        at: usize,
+        filled: usize,
+        eof: bool,
+        first: bool,
+        fields: &mut Vec<Span>,
+    ) -> Parsed {
+        let mut i = at;
+        if first {
+            if filled - at < BOM.len() && !eof && BOM.starts_with(&buf[at..filled]) {
+                return Parsed::NeedMore;
+            }
+            if buf[at..filled].starts_with(BOM) {
+                i += BOM.len();
+            }
+        }
+        let body = i;
+        // Blank lines before the record belong to its read, as in csv-core.
+        let mut newlines = 0;
+        while i < filled && (buf[i] == b'\n' || buf[i] == b'\r') {
+            newlines += (buf[i] == b'\n') as u64;
+            i += 1;
+        }
+        if i == filled {
+            if !eof {
+                return Parsed::NeedMore;
+            }
+            return Parsed::End {
+                end: filled,
+                newlines,
+            };
+        }
+        if !self.fast {
+            return self.slow(buf, at, i, filled, eof, fields);
+        }
+        let mark = fields.len();
+        self.unescape.clear();
+        let (d, q) = (self.delimiter, self.quote);
+        let end = 'record: loop {
+            // At the start of a field.
+            if i == filled {
+                if !eof {
+                    fields.truncate(mark);
+                    return Parsed::NeedMore;
+                }
+                fields.push((i, i));
+                break filled;
+            }
+            if buf[i] != q {
+                match find_field_end(buf, i, filled, d) {
+                    Some(j) => {
+                        fields.push((i, j));
+                        if buf[j] == d {
+                            i = j + 1;
+                            continue;
+                        }
+                        newlines += (buf[j] == b'\n') as u64;
+                        break j + 1;
+                    }
+                    None if eof => {
+                        fields.push((i, filled));
+                        break filled;
+                    }
+                    None => {
+                        fields.truncate(mark);
+                        return Parsed::NeedMore;
+                    }
+                }
+            }
+            let start = i + 1;
+            let mut r = start;
+            let mut doubled = false;
+            loop {
+                let Some(close) = find_byte(buf, r, filled, q) else {
+                    fields.truncate(mark);
+                    // An unclosed quote at the end of input: csv-core's reading of it.
+                    return if eof {
+                        self.slow(buf, at, body, filled, eof, fields)
+                    } else {
+                        Parsed::NeedMore
+                    };
+                };
+                if close + 1 == filled {
+                    if !eof {
+                        fields.truncate(mark);
+                        return Parsed::NeedMore;
+                    }
+                    self.note(fields, doubled);
+                    fields.push((start, close));
+                    newlines += count_newlines(&buf[start..close]);
+                    break 'record filled;
+                }
+                let next = buf[close + 1];
+                if next == q {
+                    doubled = true;
+                    r = close + 2;
+                    continue;
+                }
+                if next == d {
+                    self.note(fields, doubled);
+                    fields.push((start, close));
+                    newlines += count_newlines(&buf[start..close]);
+                    i = close + 2;
+                    continue 'record;
+                }
+                if next == b'\n' || next == b'\r' {
+                    self.note(fields, doubled);
+                    fields.push((start, close));
+                    newlines += count_newlines(&buf[start..close]) + (next == b'\n') as u64;
+                    break 'record close + 2;
+                }
+                // Bytes after a closing quote: csv-core's reading of it.
+                fields.truncate(mark);
+                return self.slow(buf, at, body, filled, eof, fields);
+            }
+        };
+        for &f in &self.unescape {
+            fields[f] = unescape_in_place(buf, fields[f], q);
+        }
+        Parsed::Record { end, newlines }
+    }
+
+    /// Remembers that the field about to be pushed holds doubled quotes.
+    fn note(&mut self, fields: &[Span], doubled: bool) {
+        if doubled {
+            self.unescape.push(fields.len());
+        }
+    }
+
+    /// csv-core on one record (`buf[from..]`, past any BOM), its output written back
+    /// over the record's own bytes.
+    fn slow(
+        &mut self,
+        buf: &mut [u8],
+        at: usize,
+        from: usize,
+        filled: usize,
+        eof: bool,
+        fields: &mut Vec<Span>,
+    ) -> Parsed {
+        // From the start state, and past csv-core's own BOM check (which looks only at
+        // its first input): one blank line moves it there and is dropped.
+        self.core.reset();
+        let _ = self.core.read_record(b"\n", &mut [0], &mut [0]);
+        let input = &buf[from..filled];
+        if self.out.len() < input.len() + 1 {
+            self.out.resize(input.len() + 1, 0);
+        }
+        if self.ends.is_empty() {
+            self.ends.resize(64, 0);
+        }
+        let (mut nin, mut nout, mut nend) = (0, 0, 0);
+        loop {
+            let (res, i, o, e) =
+                self.core
+                    .read_record(&input[nin..], &mut self.out[nout..], &mut self.ends[nend..]);
+            nin += i;
+            nout += o;
+            nend += e;
+            match res {
+                ReadRecordResult::InputEmpty if !eof => return Parsed::NeedMore,
+                ReadRecordResult::InputEmpty => {}
+                ReadRecordResult::OutputFull => {
+                    let n = self.out.len() * 2;
+                    self.out.resize(n, 0);
+                }
+                ReadRecordResult::OutputEndsFull => {
+                    let n = self.ends.len() * 2;
+                    self.ends.resize(n, 0);
+                }
+                ReadRecordResult::Record => break,
+                ReadRecordResult::End => {
+                    return Parsed::End {
+                        end: filled,
+                        newlines: count_newlines(&buf[at..filled]),
+                    }
+                }
+            }
+        }
+        let end = from + nin;
+        let newlines = count_newlines(&buf[at..end]);
+        buf[from..from + nout].copy_from_slice(&self.out[..nout]);
+        buf[from + nout..end].fill(b' ');
+        let mut prev = from;
+        for &e in &self.ends[..nend] {
+            fields.push((prev, from + e));
+            prev = from + e;
+        }
+        Parsed::Record { end, newlines }
+    }
+}
+
+fn count_newlines(b: &[u8]) -> u64 {
+    if b.len() < 32 {
+        return b.iter().filter(|&&c| c == b'\n').count() as u64;
+    }
+    memchr::memchr_iter(b'\n', b).count() as u64
+}
+
+const LOW: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+/// Bytes scanned a word at a time before handing over to `memchr`, which is faster on
+/// long runs but costs more per call than most fields are long.
+const SHORT: usize = 32;
+
+/// The high bit of each byte of `x` that is zero (exact for the lowest such byte, which
+/// is all the callers use).
+#[inline(always)]
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(LOW) & !x & HIGH
+}
+
+#[inline(always)]
+fn word(buf: &[u8], i: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&buf[i..i + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// The first delimiter, CR or LF in `buf[i..end]`: where an unquoted field ends.
+#[inline]
+fn find_field_end(buf: &[u8], mut i: usize, end: usize, d: u8) -> Option<usize> {
+    let (dd, lf, cr) = (LOW * d as u64, LOW * b'\n' as u64, LOW * b'\r' as u64);
+    let stop = end.min(i + SHORT);
+    while i + 8 <= stop {
+        let w = word(buf, i);
+        let m = zero_bytes(w ^ dd) | zero_bytes(w ^ lf) | zero_bytes(w ^ cr);
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    if i + 8 > end {
+        return buf[i..end]
+            .iter()
+            .position(|&c| c == d || c == b'\n' || c == b'\r')
+            .map(|k| i + k);
+    }
+    memchr3(d, b'\n', b'\r', &buf[i..end]).map(|k| i + k)
+}
+
+/// The first `b` in `buf[i..end]`.
+#[inline]
+fn find_byte(buf: &[u8], mut i: usize, end: usize, b: u8) -> Option<usize> {
+    let bb = LOW * b as u64;
+    let stop = end.min(i + SHORT);
+    while i + 8 <= stop {
+        let m = zero_bytes(word(buf, i) ^ bb);
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    if i + 8 > end {
+        return buf[i..end].iter().position(|&c| c == b).map(|k| i + k);
+    }
+    memchr(b, &buf[i..end]).map(|k| i + k)
+}
+
+/// Rewrites a quoted field's `""` pairs as `"`, in place; the freed tail becomes spaces.
+fn unescape_in_place(buf: &mut [u8], (start, end): Span, quote: u8) -> Span {
+    let (mut w, mut r) = (start, start);
+    while let Some(k) = memchr(quote, &buf[r..end]) {
+        let q = r + k;
+        // Keep the first quote of the pair, skip the second.
+        buf.copy_within(r..q + 1, w);
+        w += q + 1 - r;
+        r = q + 2;
+    }
+    buf.copy_within(r..end, w);
+    w += end - r;
+    buf[w..end].fill(b' ');
+    (start, w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every record as (fields, byte offset, line) by the `csv` crate.
+    fn by_csv_crate(input: &[u8], d: u8, q: u8) -> Vec<(Vec<Vec<u8>>, u64, u64)> {
+        let mut rdr = csv::ReaderBuilder::new()
+            .delimiter(d)
+            .quote(q)
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(input);
+        let mut rec = csv::ByteRecord::new();
+        let mut out = Vec::new();
+        while rdr.read_byte_record(&mut rec).unwrap() {
+            let p = rec.position().unwrap();
+            out.push((rec.iter().map(|f| f.to_vec()).collect(), p.byte(), p.line()));
+        }
+        out
+    }
+
+    /// The same by [`Parser`], fed `step` bytes at a time as the reader would (a record
+    /// that does not fit is parsed again once more bytes are there).
+    fn by_parser(input: &[u8], d: u8, q: u8, step: usize) -> Vec<(Vec<Vec<u8>>, u64, u64)> {
+        let mut p = Parser::new(d, q);
+        let mut buf = input.to_vec();
+        let mut filled = 0;
+        let (mut at, mut line, mut first) = (0, 1u64, true);
+        let mut fields = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            let eof = filled == buf.len();
+            match p.parse(&mut buf, at, filled, eof, first, &mut fields) {
+                Parsed::NeedMore => {
+                    assert!(!eof, "NeedMore at the end of input");
+                    filled = (filled + step).min(buf.len());
+                }
+                Parsed::End { .. } => break,
+                Parsed::Record { end, newlines } => {
+                    let f = fields.iter().map(|&(s, e)| buf[s..e].to_vec()).collect();
+                    out.push((f, at as u64, line));
+                    assert!(
+                        std::str::from_utf8(&buf[at..end]).is_ok()
+                            || std::str::from_utf8(input).is_err(),
+                        "unescaping left invalid UTF-8"
+                    );
+                    fields.clear();
+                    line += newlines;
+                    at = end;
+                    first = false;
+                }
+            }
+        }
+        out
+    }
+
+    fn same(input: &[u8]) {
+        for (d, q) in [(b',', b'"'), (b';', b'\''), (b'\t', b'"')] {
+            let want = by_csv_crate(input, d, q);
+            for step in [1, 3, 7, 64, input.len().max(1)] {
+                assert_eq!(
+                    by_parser(input, d, q, step),
+                    want,
+                    "input {:?}, step {step}, delimiter {:?}",
+                    String::from_utf8_lossy(input),
+                    d as char
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matches_the_csv_crate_on_the_cases_that_matter() {
+        for case in [
+            &b""[..],
+            b"a,b,c\n1,2,3\n",
+            b"a,b\r\n1,2\r\n\r\n3,4",
+            b"a,b\r1,2\r3",
+            b"\n\n\na\n\n",
+            b"\xEF\xBB\xBFa,b\n1,2\n",
+            b"\xEF\xBB\xBF",
+            b"\"a \"\"quoted\"\" \nline\",b\n\"\",\"\"\"\"\n",
+            b"\"unclosed,a\nb\n",
+            b"\"x\"y,z\n",
+            b"a\"b,c\"\n",
+            b"a,\n,\n",
+            b"\"a\"",
+            b"\"a\"\r",
+            b"\"caf\xC3\xA9 \"\"\xF0\x9F\x91\x8D\"\"\",\xC3\xA9\n",
+            b"\"\xC3\",\"\xA9\"\n",
+            b"a,b\n\xEF\xBB\xBFc,d\n",
+        ] {
+            same(case);
+        }
+    }
+
+    #[test]
+    fn a_delimiter_that_is_a_line_end_goes_the_slow_way_and_still_matches() {
+        let input = b"a\rb\nc,d\r\n\"e\rf\"\n";
+        for (d, q) in [(b'\r', b'"'), (b',', b'\n'), (b',', b',')] {
+            let want = by_csv_crate(input, d, q);
+            assert_eq!(by_parser(input, d, q, 2), want);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn matches_the_csv_crate_on_random_input(
+            input in proptest::collection::vec(
+                prop_oneof![
+                    Just(b'a'), Just(b','), Just(b'"'), Just(b'\n'), Just(b'\r'),
+                    Just(b';'), Just(b'\''), Just(b'\t'), Just(0xC3), Just(0xA9),
+                    Just(0xEF), Just(0xBB), Just(0xBF), Just(b' '),
+                ],
+                0..120,
+            )
+        ) {
+            same(&input);
+        }
+
+        /// Long runs of plain bytes, so fields cross the word-at-a-time scan's edges.
+        #[test]
+        fn matches_the_csv_crate_on_long_fields(
+            input in proptest::collection::vec(
+                prop_oneof![
+                    30 => Just(b'a'), 2 => Just(b','), 2 => Just(b'"'), 1 => Just(b'\n'),
+                    1 => Just(b'\r'), 1 => Just(0xC3), 1 => Just(0xA9),
+                ],
+                0..400,
+            )
+        ) {
+            same(&input);
+        }
+    }
+}
