@@ -519,3 +519,180 @@ impl Row for CsvRow<'_> {
         self.line + self.line_base
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Format;
+    use proptest::prelude::*;
+    use std::io::BufReader;
+
+    /// Hands out at most `step` bytes per read, as a pipe or a decompressor may.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    type Rows = Vec<(Vec<Vec<u8>>, u64, u64)>;
+
+    fn by_csv_crate(input: &[u8]) -> Rows {
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(input);
+        let mut rec = csv::ByteRecord::new();
+        let mut out = Vec::new();
+        while rdr.read_byte_record(&mut rec).unwrap() {
+            let p = rec.position().unwrap();
+            out.push((rec.iter().map(<[u8]>::to_vec).collect(), p.byte(), p.line()));
+        }
+        out
+    }
+
+    /// The header as names and then every data row, through the source's own API.
+    fn by_source(input: &[u8], step: usize, max_rows: usize) -> (Vec<String>, Rows) {
+        let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
+        let stream: Stream = Box::new(BufReader::with_capacity(
+            step,
+            Trickle {
+                data: input.to_vec(),
+                at: 0,
+                step,
+            },
+        ));
+        let mut src = match CsvSource::open(info.clone(), stream, CsvOptions::default()) {
+            Ok(s) => s,
+            Err(SourceError::Empty { .. }) => return (Vec::new(), Vec::new()),
+            Err(e) => panic!("{e}"),
+        };
+        let names = src.header().names.clone();
+        let mut chunk = CsvChunk::new(info, src.header().clone());
+        let mut rows = Vec::new();
+        loop {
+            src.fill(&mut chunk, max_rows).unwrap();
+            if chunk.len == 0 {
+                break;
+            }
+            assert_eq!(chunk.first_row, rows.len() as u64);
+            for i in 0..chunk.len {
+                let row = chunk.row(i);
+                let fields = (0..row.fields.len())
+                    .map(|c| match row.field(&ColumnRef::Index(c)) {
+                        Field::Text(s) => s.as_bytes().to_vec(),
+                        Field::Raw(b) => b.to_vec(),
+                        other => panic!("a CSV field came as {other:?}"),
+                    })
+                    .collect();
+                rows.push((fields, chunk.offsets[i], row.line()));
+            }
+            assert_eq!(chunk.end.row, rows.len() as u64);
+        }
+        (names, rows)
+    }
+
+    fn same(input: &[u8]) {
+        let mut want = by_csv_crate(input);
+        let header = if want.is_empty() {
+            Vec::new()
+        } else {
+            want.remove(0).0
+        };
+        let header: Vec<String> = header
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let f = if i == 0 {
+                    f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
+                } else {
+                    f
+                };
+                String::from_utf8_lossy(f).into_owned()
+            })
+            .collect();
+        for (step, max_rows) in [(1, 1), (2, 3), (5, 2), (64, 4096), (1 << 16, 1)] {
+            let (names, rows) = by_source(input, step, max_rows);
+            assert_eq!(names, header, "step {step}");
+            assert_eq!(rows, want, "step {step}, rows per chunk {max_rows}");
+        }
+    }
+
+    #[test]
+    fn rows_offsets_and_lines_match_the_csv_crate_across_reads_and_chunks() {
+        same(b"a,b\r\n1,\"x\"\"y\"\r\n\r\n\"2\n\",3\n4");
+        same(b"\xEF\xBB\xBFa,b\n\"q\"x,1\n\"unclosed,2\n");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn the_source_matches_the_csv_crate_on_random_input(
+            input in proptest::collection::vec(
+                prop_oneof![
+                    12 => Just(b'a'), 3 => Just(b','), 2 => Just(b'"'), 2 => Just(b'\n'),
+                    1 => Just(b'\r'), 1 => Just(0xC3), 1 => Just(0xA9),
+                ],
+                0..300,
+            )
+        ) {
+            same(&input);
+        }
+    }
+
+    #[test]
+    fn a_record_over_the_limit_is_dropped_and_the_next_one_read_whole() {
+        let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
+        let long = "x".repeat(100);
+        let text = format!("a,b\n1,2\n3,{long}\n5,6\n");
+        let stream: Stream = Box::new(BufReader::new(Trickle {
+            data: text.into_bytes(),
+            at: 0,
+            step: 7,
+        }));
+        let opts = CsvOptions {
+            max_record_bytes: 50,
+            ..CsvOptions::default()
+        };
+        let mut src = CsvSource::open(info.clone(), stream, opts).unwrap();
+        let mut chunk = CsvChunk::new(info, src.header().clone());
+        src.fill(&mut chunk, 10).unwrap();
+        assert_eq!(chunk.len, 3);
+        assert_eq!(chunk.oversize, vec![(1, 103, 50)]);
+        assert_eq!(chunk.row(1).problem_code(), "record_too_large");
+        assert_eq!(chunk.offsets, vec![4, 8, 111]);
+        let last = chunk.row(2);
+        assert_eq!(last.field(&ColumnRef::Index(1)), Field::Text("6"));
+        assert_eq!(last.line(), 4);
+    }
+
+    #[test]
+    fn a_record_over_four_times_the_limit_stops_with_its_offset() {
+        let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
+        let text = format!("a,b\n1,\"{}", "x".repeat(5000));
+        let stream: Stream = Box::new(BufReader::new(Trickle {
+            data: text.into_bytes(),
+            at: 0,
+            step: 100,
+        }));
+        let opts = CsvOptions {
+            max_record_bytes: 1000,
+            ..CsvOptions::default()
+        };
+        let mut src = CsvSource::open(info.clone(), stream, opts).unwrap();
+        let mut chunk = CsvChunk::new(info, src.header().clone());
+        let err = src.fill(&mut chunk, 10).unwrap_err().to_string();
+        assert!(
+            err.contains("the record starting at byte 4 is longer than 4000 bytes"),
+            "{err}"
+        );
+    }
+}
