@@ -133,10 +133,13 @@ impl Packer {
         }
         self.body.extend_from_slice(&self.suffix);
         let calls = std::mem::take(&mut self.calls);
+        // The next body will likely hold as many calls: size its list now rather than
+        // growing it by doubling.
+        let ends = Vec::with_capacity(self.call_ends.len());
         Some(Body {
             bytes: std::mem::take(&mut self.body),
             calls,
-            call_ends: std::mem::take(&mut self.call_ends),
+            call_ends: std::mem::replace(&mut self.call_ends, ends),
         })
     }
 }
@@ -202,7 +205,10 @@ impl<T> KeyedPacker<T> {
                 limit,
             });
         }
-        let mut i = match self.open.iter().position(|o| o.key == key) {
+        // Most mappings have no batch context: one open body, an empty key. Lengths
+        // first, so that case costs no `memcmp` call per call.
+        let same = |o: &Open<T>| o.key.len() == key.len() && (key.is_empty() || o.key == key);
+        let mut i = match self.open.iter().position(same) {
             Some(i) => i,
             None => {
                 if self.open.len() >= self.max_open {
@@ -223,9 +229,10 @@ impl<T> KeyedPacker<T> {
             .push(call)
             .expect("the call was checked against this key's max_call above");
         if let Some(body) = closed {
+            let tags = Vec::with_capacity(o.tags.len());
             out.push(Packed {
                 body,
-                tags: std::mem::take(&mut o.tags),
+                tags: std::mem::replace(&mut o.tags, tags),
             });
             // This key's body now starts with `call`, the newest call: move it last to
             // keep the open bodies ordered by their first call.

@@ -305,10 +305,11 @@ pub fn run_with_progress(
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     summary.calls_built = totals.calls;
-    summary.calls_by_type = totals
-        .calls_by_type
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
+    summary.calls_by_type = CallKind::ALL
+        .iter()
+        .zip(totals.calls_by_type)
+        .filter(|&(_, n)| n > 0)
+        .map(|(k, n)| (k.as_str().to_string(), n))
         .collect();
     // Calls the API refused in strict mode are rejected rows too (exactly one row per
     // call when the mapping makes one call per row).
@@ -637,7 +638,8 @@ struct PackTotals {
     rows_rejected: u64,
     rejected_by_reason: BTreeMap<&'static str, u64>,
     calls: u64,
-    calls_by_type: BTreeMap<&'static str, u64>,
+    /// Indexed by `CallKind as usize`: an array add per call, not a map search.
+    calls_by_type: [u64; CallKind::ALL.len()],
 }
 
 /// Reject lines waiting for a request to carry them are flushed as a marker beyond this.
@@ -693,7 +695,10 @@ impl PendingRejects {
         let n = cut - self.base;
         self.base = cut;
         if n == self.bytes.len() {
-            return std::mem::take(&mut self.bytes);
+            // The next lines go into a buffer of the same size: growing a fresh one by
+            // doubling (reject lines can be tens of kB) copied more than it wrote.
+            let cap = self.bytes.capacity();
+            return std::mem::replace(&mut self.bytes, Vec::with_capacity(cap));
         }
         let rest = self.bytes.split_off(n);
         std::mem::replace(&mut self.bytes, rest)
@@ -784,7 +789,7 @@ fn pack(
                         if key_row != Some((m.seq, e.row)) {
                             key.clear();
                         }
-                        *totals.calls_by_type.entry(kind.as_str()).or_default() += 1;
+                        totals.calls_by_type[kind as usize] += 1;
                         totals.calls += 1;
                         call_no += 1;
                         let origin = CallOrigin { input, row: at.row };

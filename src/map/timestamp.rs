@@ -27,6 +27,9 @@ pub fn parse_rfc3339(s: &[u8]) -> Result<UnixMillis, TsError> {
 /// Like [`parse_rfc3339`], but a value without an offset is a wall-clock time in `tz`
 /// (when given). A value with an offset always uses its own offset.
 pub fn parse_iso(s: &[u8], tz: Option<Tz>) -> Result<UnixMillis, TsError> {
+    if let Some(ms) = parse_iso_fast(s) {
+        return Ok(ms);
+    }
     let (date_days, rest) = parse_date(s)?;
     let rest = match rest.first() {
         Some(b'T' | b't' | b' ') => &rest[1..],
@@ -43,6 +46,101 @@ pub fn parse_iso(s: &[u8], tz: Option<Tz>) -> Result<UnixMillis, TsError> {
     }
     let offset_secs = parse_offset(rest)?;
     Ok(local - offset_secs * 1000)
+}
+
+/// The common shape, `YYYY-MM-DD(T|t| )HH:MM:SS[(.|,)f+](Z|z|±HH:MM|±HHMM|±HH)`, read at
+/// fixed positions. `None` for anything else, valid or not: [`parse_iso`] then takes the
+/// general path, which gives the same instant or the precise error. Every check here is
+/// one the general path makes, so both agree on every input this accepts.
+#[inline]
+fn parse_iso_fast(s: &[u8]) -> Option<UnixMillis> {
+    parse_iso_fields(s).map(|(ms, _)| ms)
+}
+
+/// The fast path of [`parse_iso`] (`None`: take the general path, which may still
+/// succeed), with, for the common value already in UTC (`Z` or a zero offset), what
+/// [`write_iso_millis`] would write for it: the value's own digits rearranged, so the
+/// writer's calendar arithmetic is skipped.
+#[inline]
+pub fn parse_iso_rewrite(s: &[u8]) -> Option<(UnixMillis, Option<[u8; 26]>)> {
+    let (ms, fields) = parse_iso_fields(s)?;
+    let text = fields.map(|f| {
+        let mut b = *b"\"0000-00-00T00:00:00.000Z\"";
+        b[1..11].copy_from_slice(&s[..10]);
+        b[12..20].copy_from_slice(&s[11..19]);
+        b[21..24].copy_from_slice(&f);
+        b
+    });
+    Some((ms, text))
+}
+
+/// The fast parse; also, when the value is in UTC and its second is not a leap second
+/// (which rolls over into the next minute), the three millisecond digits as written
+/// (padded with zeros): the output can then be built from the input's own digits.
+#[inline(always)]
+fn parse_iso_fields(s: &[u8]) -> Option<(UnixMillis, Option<[u8; 3]>)> {
+    if s.len() < 20
+        || s[4] != b'-'
+        || s[7] != b'-'
+        || !matches!(s[10], b'T' | b't' | b' ')
+        || s[13] != b':'
+        || s[16] != b':'
+    {
+        return None;
+    }
+    // Digits are checked all at once: any byte that is not one makes some value >= 10.
+    let v = |i: usize| s[i].wrapping_sub(b'0');
+    let digits = [
+        v(0),
+        v(1),
+        v(2),
+        v(3),
+        v(5),
+        v(6),
+        v(8),
+        v(9),
+        v(11),
+        v(12),
+        v(14),
+        v(15),
+        v(17),
+        v(18),
+    ];
+    if digits.iter().any(|&x| x >= 10) {
+        return None;
+    }
+    let two = |k: usize| digits[k] as i64 * 10 + digits[k + 1] as i64;
+    let y = two(0) * 100 + two(2);
+    let (m, day) = (two(4), two(6));
+    let (h, mi, sec) = (two(8), two(10), two(12));
+    if !(1..=12).contains(&m) || day < 1 || day > days_in_month(y, m) {
+        return None;
+    }
+    if h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut millis = 0;
+    let mut milli_digits = *b"000";
+    if let Some((b'.' | b',', frac)) = rest.split_first() {
+        let n = frac.iter().take_while(|b| b.is_ascii_digit()).count();
+        if n == 0 {
+            return None;
+        }
+        // The first three digits, padded with zeros: truncated, never rounded.
+        milli_digits[..n.min(3)].copy_from_slice(&frac[..n.min(3)]);
+        for d in milli_digits {
+            millis = millis * 10 + (d - b'0') as i64;
+        }
+        rest = &frac[n..];
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let offset_secs = parse_offset(rest).ok()?;
+    let local = (days_from_civil(y, m, day) * 86_400 + h * 3600 + mi * 60 + sec) * 1000 + millis;
+    let utc = (offset_secs == 0 && sec < 60).then_some(milli_digits);
+    Some((local - offset_secs * 1000, utc))
 }
 
 /// `YYYY-MM-DD`: midnight of that day in `tz` (UTC when `None`).
@@ -257,6 +355,7 @@ fn days_in_month(y: i64, m: i64) -> i64 {
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+#[inline]
 pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = if y >= 0 { y } else { y - 399 } / 400;
@@ -280,6 +379,17 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// `"00"` to `"99"`.
+static DIGIT_PAIRS: [[u8; 2]; 100] = {
+    let mut t = [[0u8; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        t[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    t
+};
+
 /// Appends `"YYYY-MM-DDTHH:MM:SS.sssZ"` (with quotes) for a non-negative instant.
 pub fn write_iso_millis(out: &mut Vec<u8>, ms: UnixMillis) {
     let secs = ms.div_euclid(1000);
@@ -287,6 +397,24 @@ pub fn write_iso_millis(out: &mut Vec<u8>, ms: UnixMillis) {
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
     let mut b = *b"\"0000-00-00T00:00:00.000Z\"";
+    if (0..=9999).contains(&y) {
+        // Two digits per table lookup. Every field but the year is in range by
+        // construction (month, day, and the remainders above).
+        let pair = |b: &mut [u8; 26], at: usize, v: i64| {
+            b[at..at + 2].copy_from_slice(&DIGIT_PAIRS[v as usize]);
+        };
+        pair(&mut b, 1, y / 100);
+        pair(&mut b, 3, y % 100);
+        pair(&mut b, 6, mo);
+        pair(&mut b, 9, d);
+        pair(&mut b, 12, sod / 3600);
+        pair(&mut b, 15, sod / 60 % 60);
+        pair(&mut b, 18, sod % 60);
+        b[21] = b'0' + (milli / 100) as u8;
+        pair(&mut b, 22, milli % 100);
+        out.extend_from_slice(&b);
+        return;
+    }
     let put = |b: &mut [u8; 26], at: usize, v: i64, n: usize| {
         let mut v = v;
         for i in (0..n).rev() {
@@ -494,6 +622,139 @@ mod tests {
             )),
             "2024-03-05T08:20:00.000Z"
         );
+    }
+
+    /// The general path alone (what `parse_iso` did before its fast path).
+    fn parse_iso_general(s: &[u8]) -> Result<UnixMillis, TsError> {
+        let (date_days, rest) = parse_date(s)?;
+        let rest = match rest.first() {
+            Some(b'T' | b't' | b' ') => &rest[1..],
+            None => return Err("none"),
+            _ => return Err("sep"),
+        };
+        let (secs_of_day, millis, rest) = parse_time(rest)?;
+        let local = (date_days * 86_400 + secs_of_day) * 1000 + millis;
+        if rest.is_empty() {
+            return Err("no offset");
+        }
+        Ok(local - parse_offset(rest)? * 1000)
+    }
+
+    proptest::proptest! {
+        /// Whatever the fast path accepts, the general path reads as the same instant.
+        #[test]
+        fn fast_iso_path_agrees_with_the_general_one(
+            s in "[0-9]{4}-[0-1][0-9]-[0-3][0-9][Tt ][0-2][0-9]:[0-6][0-9]:[0-6][0-9]([.,][0-9]{0,12})?(Z|z|[+-][0-2][0-9](:?[0-6][0-9])?|ZZ|)",
+            noise in proptest::option::of((0usize..30, 0u8..128)),
+        ) {
+            let mut b = s.into_bytes();
+            if let Some((at, byte)) = noise {
+                if at < b.len() {
+                    b[at] = byte;
+                }
+            }
+            if let Some(ms) = parse_iso_fast(&b) {
+                proptest::prop_assert_eq!(Ok(ms), parse_iso_general(&b));
+            }
+            // And `parse_iso` as a whole matches the general path (no zone given).
+            match parse_iso_general(&b) {
+                Ok(ms) => proptest::prop_assert_eq!(parse_iso(&b, None), Ok(ms)),
+                Err(_) => proptest::prop_assert!(parse_iso(&b, None).is_err()),
+            }
+        }
+
+        /// The table writer matches the digit-by-digit one for every representable day.
+        #[test]
+        fn iso_writer_matches_digit_by_digit(ms in 0i64..253_402_300_800_000) {
+            let mut fast = Vec::new();
+            write_iso_millis(&mut fast, ms);
+            let secs = ms.div_euclid(1000);
+            let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+            let sod = secs.rem_euclid(86_400);
+            let want = format!(
+                "\"{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z\"",
+                sod / 3600,
+                sod / 60 % 60,
+                sod % 60,
+                ms.rem_euclid(1000)
+            );
+            proptest::prop_assert_eq!(String::from_utf8(fast).unwrap(), want);
+        }
+    }
+
+    proptest::proptest! {
+        /// The UTC rewrite gives exactly what parsing and writing give.
+        #[test]
+        fn utc_rewrite_matches_parse_then_write(
+            s in "[0-9]{4}-[0-1][0-9]-[0-3][0-9][Tt ][0-2][0-9]:[0-5][0-9]:[0-6][0-9]([.,][0-9]{0,5})?(Z|z|[+-]00(:?00)?|[+-]0[0-1](:?[0-3]0)?)",
+        ) {
+            if let Some((ms, text)) = parse_iso_rewrite(s.as_bytes()) {
+                proptest::prop_assert_eq!(Ok(ms), parse_iso(s.as_bytes(), None));
+                if let Some(text) = text {
+                    let mut want = Vec::new();
+                    write_iso_millis(&mut want, ms);
+                    proptest::prop_assert_eq!(&text[..], &want[..], "{}", s);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn utc_rewrite_takes_only_utc_values_and_no_leap_second() {
+        let ok = |s: &str| {
+            parse_iso_rewrite(s.as_bytes())
+                .and_then(|(_, t)| t)
+                .map(|t| String::from_utf8(t.to_vec()).unwrap())
+        };
+        assert_eq!(
+            ok("2023-03-06 12:21:12.1z").as_deref(),
+            Some("\"2023-03-06T12:21:12.100Z\"")
+        );
+        assert_eq!(
+            ok("2023-03-06t12:21:12.123456-00:00").as_deref(),
+            Some("\"2023-03-06T12:21:12.123Z\"")
+        );
+        assert_eq!(
+            ok("2023-03-06T12:21:12+0000").as_deref(),
+            Some("\"2023-03-06T12:21:12.000Z\"")
+        );
+        assert_eq!(ok("2023-03-06T12:21:12+01:00"), None);
+        assert_eq!(ok("2023-12-31T23:59:60Z"), None, "a leap second rolls over");
+        assert_eq!(ok("2023-03-06T12:21Z"), None);
+    }
+
+    #[test]
+    fn fast_iso_path_edges() {
+        for ok in [
+            "2024-02-29T23:59:59.999Z",
+            "2023-03-06T12:21:60Z",
+            "2023-03-06 12:21:12,5+05:30",
+            "2023-03-06t12:21:12.123456789-0530",
+            "0000-01-01T00:00:00Z",
+            "2023-03-06T12:21:12-05",
+        ] {
+            assert!(parse_iso_fast(ok.as_bytes()).is_some(), "{ok}");
+            assert_eq!(
+                parse_iso_fast(ok.as_bytes()).ok_or("x"),
+                parse_iso_general(ok.as_bytes()),
+                "{ok}"
+            );
+        }
+        for general in [
+            "2023-03-06T12:21Z",
+            "2023-02-29T00:00:00Z",
+            "2023-03-06T12:21:12",
+            "2023-03-06T12:21:12.Z",
+            "2023-03-06T24:00:00Z",
+            "2023-03-06T12:21:12ZZ",
+            "2023-03-06T12:21:12+5:30",
+        ] {
+            assert_eq!(parse_iso_fast(general.as_bytes()), None, "{general}");
+        }
+        // Years beyond four digits still go through the digit-by-digit writer.
+        let mut v = Vec::new();
+        write_iso_millis(&mut v, 253_402_300_800_000);
+        assert_eq!(v, b"\"0000-01-01T00:00:00.000Z\"");
     }
 
     #[test]

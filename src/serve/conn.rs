@@ -18,8 +18,9 @@ use serde::Serialize;
 
 use super::faults::Verdict;
 use super::http::{self, BodyError, BodyLimits, Encoding, Head, HeadError, Method, Response};
+use super::scan;
 use super::stats::{bump, State};
-use super::validate::{self, CallType, Route};
+use super::validate::{self, CallFields, CallType, Route};
 use super::{lock, Shared};
 
 /// How long a connection may sit idle (or stall mid-request) before it is closed, so
@@ -363,37 +364,61 @@ fn faults_and_checks(
         });
     }
 
-    // 5. Parse.
-    let Ok(text) = std::str::from_utf8(&conn.body) else {
+    // 5. Parse, and look at every call once: its size for the call limit, its verdict
+    // for validation. One pass over a plain batch (`scan`), serde for anything else.
+    let Ok(text) = simdutf8::basic::from_utf8(&conn.body) else {
         delta.malformed = 1;
         return Some(Reply::error(400, "body is not UTF-8"));
     };
-    let calls = match validate::split_calls(route, text) {
-        Ok(calls) => calls,
-        Err(e) => {
-            delta.malformed = 1;
-            let what = if route == Route::Batch {
-                "body is not a JSON object with a \"batch\" array"
-            } else {
-                "body is not JSON"
-            };
-            return Some(Reply::error(400, &format!("{what}: {e}")));
-        }
+    let mut tally = Tally {
+        shared,
+        route,
+        max_call: shared.limits.max_call_bytes as u64,
+        count: 0,
+        largest: 0,
+        too_large: 0,
+        first_over: None,
+        injected_invalid: 0,
+        invalid: Vec::new(),
+        valid: Vec::new(),
+        ids: std::mem::take(&mut conn.ids),
     };
+    let scanned =
+        route == Route::Batch && scan::batch(text, &mut |raw, f| tally.call(raw, f)).is_ok();
+    if !scanned {
+        tally.restart();
+        match validate::split_calls(route, text) {
+            Ok(raws) => raws.iter().for_each(|r| tally.call(r.get(), None)),
+            Err(e) => {
+                conn.ids = tally.ids;
+                delta.malformed = 1;
+                let what = if route == Route::Batch {
+                    "body is not a JSON object with a \"batch\" array"
+                } else {
+                    "body is not JSON"
+                };
+                return Some(Reply::error(400, &format!("{what}: {e}")));
+            }
+        }
+    }
+    let Tally {
+        largest,
+        too_large,
+        first_over,
+        injected_invalid,
+        invalid,
+        valid,
+        ids,
+        ..
+    } = tally;
+    conn.ids = ids;
 
     // The call limit: checked on the raw bytes as received, for every call, before
     // any of them is accepted.
-    let max_call = shared.limits.max_call_bytes as u64;
-    let mut first_over: Option<(usize, u64)> = None;
-    for (i, c) in calls.iter().enumerate() {
-        let len = c.get().len() as u64;
-        delta.largest_call = delta.largest_call.max(len);
-        if len > max_call {
-            delta.call_too_large += 1;
-            first_over.get_or_insert((i, len));
-        }
-    }
+    delta.largest_call = largest;
+    delta.call_too_large = too_large;
     if let Some((index, len)) = first_over {
+        let max_call = shared.limits.max_call_bytes as u64;
         return Some(if strict {
             Reply::new(
                 400,
@@ -410,33 +435,7 @@ fn faults_and_checks(
     }
 
     // Validation.
-    let mut invalid: Vec<InvalidEntry<'_>> = Vec::new();
-    let mut valid = Vec::with_capacity(calls.len());
-    for (index, raw) in calls.iter().enumerate() {
-        match validate::check_call(route, raw) {
-            Ok(call) => {
-                let key = call
-                    .message_id
-                    .as_deref()
-                    .map_or(raw.get().as_bytes(), str::as_bytes);
-                if shared.faults.injects_invalid(key) {
-                    delta.injected_invalid += 1;
-                    invalid.push(InvalidEntry {
-                        index,
-                        message_id: call.message_id,
-                        reason: "rejected by invalid_rate fault injection".into(),
-                    });
-                } else {
-                    valid.push((raw, call));
-                }
-            }
-            Err(bad) => invalid.push(InvalidEntry {
-                index,
-                message_id: bad.message_id,
-                reason: bad.reason,
-            }),
-        }
-    }
+    delta.injected_invalid = injected_invalid;
     delta.invalid_calls = invalid.len() as u64;
     if strict && !invalid.is_empty() {
         let body = serde_json::to_vec(&InvalidBody {
@@ -451,14 +450,11 @@ fn faults_and_checks(
     // is answered 500 (the client retries) and the stats never claim unrecorded calls.
     let mut by_type = [0u64; 6];
     conn.lines.clear();
-    for (raw, call) in &valid {
+    for call in &valid {
         by_type[call.ty.index()] += 1;
-        if let Some(id) = call.message_id.as_deref() {
-            conn.ids.push(xxhash_rust::xxh3::xxh3_128(id.as_bytes()));
-        }
         if shared.record.is_some() {
-            let implied = call.type_implied.then_some(call.ty);
-            validate::record_line(raw.get(), implied, &mut conn.lines);
+            let implied = call.implied.then_some(call.ty);
+            validate::record_line(call.raw, implied, &mut conn.lines);
         }
     }
     if let Some(rec) = &shared.record {
@@ -481,6 +477,92 @@ fn faults_and_checks(
     }
     delta.accepted = Some(by_type);
     Some(Reply::ok())
+}
+
+/// A valid call, as acceptance needs it.
+struct Accepted<'a> {
+    raw: &'a str,
+    ty: CallType,
+    /// The route implied the type (the call has no `type` of its own).
+    implied: bool,
+}
+
+/// Every call of one request, looked at once, in order: its size for the call limit,
+/// its verdict for validation, and for a valid call what acceptance needs (the hash
+/// of its messageId goes to `ids`).
+struct Tally<'a, 's> {
+    shared: &'s Shared,
+    route: Route,
+    max_call: u64,
+    count: usize,
+    largest: u64,
+    too_large: u64,
+    /// The first call over the limit: its index and size.
+    first_over: Option<(usize, u64)>,
+    injected_invalid: u64,
+    invalid: Vec<InvalidEntry<'a>>,
+    valid: Vec<Accepted<'a>>,
+    ids: Vec<u128>,
+}
+
+impl<'a> Tally<'a, '_> {
+    /// `fields`: the call's fields when the scan read them; `None` to read them here.
+    fn call(&mut self, raw: &'a str, fields: Option<&CallFields<'a>>) {
+        let index = self.count;
+        self.count += 1;
+        let len = raw.len() as u64;
+        self.largest = self.largest.max(len);
+        if len > self.max_call {
+            self.too_large += 1;
+            self.first_over.get_or_insert((index, len));
+        }
+        let checked = match fields {
+            Some(f) => validate::check_fields(self.route, f),
+            None => validate::check_call(self.route, raw),
+        };
+        match checked {
+            Ok(call) => {
+                let key = call
+                    .message_id
+                    .as_deref()
+                    .map_or(raw.as_bytes(), str::as_bytes);
+                if self.shared.faults.injects_invalid(key) {
+                    self.injected_invalid += 1;
+                    self.invalid.push(InvalidEntry {
+                        index,
+                        message_id: call.message_id,
+                        reason: "rejected by invalid_rate fault injection".into(),
+                    });
+                } else {
+                    if let Some(id) = call.message_id.as_deref() {
+                        self.ids.push(xxhash_rust::xxh3::xxh3_128(id.as_bytes()));
+                    }
+                    self.valid.push(Accepted {
+                        raw,
+                        ty: call.ty,
+                        implied: call.type_implied,
+                    });
+                }
+            }
+            Err(bad) => self.invalid.push(InvalidEntry {
+                index,
+                message_id: bad.message_id,
+                reason: bad.reason,
+            }),
+        }
+    }
+
+    /// Forgets every call, for a second look at the body.
+    fn restart(&mut self) {
+        self.count = 0;
+        self.largest = 0;
+        self.too_large = 0;
+        self.first_over = None;
+        self.injected_invalid = 0;
+        self.invalid.clear();
+        self.valid.clear();
+        self.ids.clear();
+    }
 }
 
 /// Applies one request's changes to the shared stats.

@@ -387,15 +387,22 @@ pub(crate) fn read_body<R: BufRead>(
     limits: BodyLimits,
     out: &mut Vec<u8>,
 ) -> Result<u64, BodyError> {
-    out.clear();
     let mode = if head.chunked {
+        out.clear();
         Mode::ChunkSize
     } else {
         let n = head.content_length.unwrap_or(0);
         if n > limits.cap {
             // Refused before a byte is read or a buffer sized from it.
+            out.clear();
             return Err(BodyError::TooLarge);
         }
+        if head.encoding != Encoding::Gzip {
+            if let Some(n) = usize::try_from(n).ok().filter(|&n| n <= limits.keep) {
+                return read_exactly(reader, n, out);
+            }
+        }
+        out.clear();
         if head.encoding == Encoding::Identity {
             // A modest head start; `read_to_end` grows from here.
             out.reserve(
@@ -457,6 +464,21 @@ pub(crate) fn read_body<R: BufRead>(
             Ok(None) => Err(BodyError::TooLarge),
             Err(_) => Err(classify(&wire)),
         },
+    }
+}
+
+/// The common case, a plain body of a known length that is kept whole: read straight
+/// into `out` (past what the reader has buffered, without a copy through it), sized
+/// once. `out` is not cleared first, so a reused buffer is zero-filled only where it
+/// grows.
+fn read_exactly<R: BufRead>(reader: &mut R, n: usize, out: &mut Vec<u8>) -> Result<u64, BodyError> {
+    out.resize(n, 0);
+    match reader.read_exact(out) {
+        Ok(()) => Ok(n as u64),
+        Err(_) => {
+            out.clear();
+            Err(BodyError::Io)
+        }
     }
 }
 

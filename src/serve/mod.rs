@@ -11,7 +11,8 @@
 //! per write.
 //!
 //! Files: `conn.rs` runs a connection and those steps, `http.rs` reads heads and bodies
-//! and writes responses, `validate.rs` splits and checks calls, `faults.rs` decides
+//! and writes responses, `scan.rs` splits a batch and reads its calls' fields in one
+//! pass, `validate.rs` checks calls (and is the reference the scan falls back to), `faults.rs` decides
 //! faults from a seed, `stats.rs` holds the counters.
 //!
 //! The API key is kept only as the expected `Authorization` value, compared in constant
@@ -20,6 +21,7 @@
 mod conn;
 mod faults;
 mod http;
+mod scan;
 mod stats;
 mod validate;
 

@@ -43,7 +43,8 @@ pub struct Parser {
     quote: u8,
     /// False when the delimiter or quote make the fast path's shortcuts wrong.
     fast: bool,
-    core: csv_core::Reader,
+    /// Boxed: its tables are large and it is rarely used.
+    core: Box<csv_core::Reader>,
     out: Vec<u8>,
     ends: Vec<usize>,
     /// Fields of the record being parsed that hold `""` and must be unescaped.
@@ -57,10 +58,12 @@ impl Parser {
             delimiter,
             quote,
             fast: delimiter != quote && !special(delimiter) && !special(quote),
-            core: csv_core::ReaderBuilder::new()
-                .delimiter(delimiter)
-                .quote(quote)
-                .build(),
+            core: Box::new(
+                csv_core::ReaderBuilder::new()
+                    .delimiter(delimiter)
+                    .quote(quote)
+                    .build(),
+            ),
             out: Vec::new(),
             ends: Vec::new(),
             unescape: Vec::new(),
@@ -144,7 +147,7 @@ impl Parser {
             let mut r = start;
             let mut doubled = false;
             loop {
-                let Some(close) = find_byte(buf, r, filled, q) else {
+                let Some(close) = find_quote_or_lf(buf, r, filled, q) else {
                     fields.truncate(mark);
                     // An unclosed quote at the end of input: csv-core's reading of it.
                     return if eof {
@@ -153,6 +156,12 @@ impl Parser {
                         Parsed::NeedMore
                     };
                 };
+                if buf[close] == b'\n' {
+                    // A line break inside quotes: data, but it counts as a line.
+                    newlines += 1;
+                    r = close + 1;
+                    continue;
+                }
                 if close + 1 == filled {
                     if !eof {
                         fields.truncate(mark);
@@ -160,7 +169,6 @@ impl Parser {
                     }
                     self.note(fields, doubled);
                     fields.push((start, close));
-                    newlines += count_newlines(&buf[start..close]);
                     break 'record filled;
                 }
                 let next = buf[close + 1];
@@ -172,14 +180,13 @@ impl Parser {
                 if next == d {
                     self.note(fields, doubled);
                     fields.push((start, close));
-                    newlines += count_newlines(&buf[start..close]);
                     i = close + 2;
                     continue 'record;
                 }
                 if next == b'\n' || next == b'\r' {
                     self.note(fields, doubled);
                     fields.push((start, close));
-                    newlines += count_newlines(&buf[start..close]) + (next == b'\n') as u64;
+                    newlines += (next == b'\n') as u64;
                     break 'record close + 2;
                 }
                 // Bytes after a closing quote: csv-core's reading of it.
@@ -312,22 +319,27 @@ fn find_field_end(buf: &[u8], mut i: usize, end: usize, d: u8) -> Option<usize> 
     memchr3(d, b'\n', b'\r', &buf[i..end]).map(|k| i + k)
 }
 
-/// The first `b` in `buf[i..end]`.
+/// The first quote `q` or LF in `buf[i..end]` (inside quotes, where LF is data but
+/// still counts as a line).
 #[inline]
-fn find_byte(buf: &[u8], mut i: usize, end: usize, b: u8) -> Option<usize> {
-    let bb = LOW * b as u64;
+fn find_quote_or_lf(buf: &[u8], mut i: usize, end: usize, q: u8) -> Option<usize> {
+    let (qq, lf) = (LOW * q as u64, LOW * b'\n' as u64);
     let stop = end.min(i + SHORT);
     while i + 8 <= stop {
-        let m = zero_bytes(word(buf, i) ^ bb);
+        let w = word(buf, i);
+        let m = zero_bytes(w ^ qq) | zero_bytes(w ^ lf);
         if m != 0 {
             return Some(i + (m.trailing_zeros() / 8) as usize);
         }
         i += 8;
     }
     if i + 8 > end {
-        return buf[i..end].iter().position(|&c| c == b).map(|k| i + k);
+        return buf[i..end]
+            .iter()
+            .position(|&c| c == q || c == b'\n')
+            .map(|k| i + k);
     }
-    memchr(b, &buf[i..end]).map(|k| i + k)
+    memchr::memchr2(q, b'\n', &buf[i..end]).map(|k| i + k)
 }
 
 /// Rewrites a quoted field's `""` pairs as `"`, in place; the freed tail becomes spaces.
