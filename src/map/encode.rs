@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use super::compile::{
-    ColumnValue, CompiledCall, CompiledMapping, KindSource, OutKind, OutNode, TemplatePart,
+    ColumnValue, CompiledCall, CompiledMapping, KindSource, OutKind, OutNode, PlanOp, TemplatePart,
     TsFormat, UnixUnit, ValueSource,
 };
 use super::json;
@@ -74,6 +74,7 @@ pub struct Reject {
     pub detail: String,
 }
 
+#[cold]
 fn reject(code: &'static str, detail: String) -> Reject {
     Reject { code, detail }
 }
@@ -283,16 +284,24 @@ fn write_batch_context<R: Row>(
     m: &CompiledMapping,
     opts: &EncodeOptions,
 ) -> Result<(), Reject> {
-    for (key, nodes) in [
-        (&b",\"context\":"[..], &m.batch_context),
-        (&b",\"integrations\":"[..], &m.batch_integrations),
+    for (key, nodes, plan) in [
+        (
+            &b",\"context\":"[..],
+            &m.batch_context,
+            &m.batch_context_plan,
+        ),
+        (
+            &b",\"integrations\":"[..],
+            &m.batch_integrations,
+            &m.batch_integrations_plan,
+        ),
     ] {
         if nodes.is_empty() {
             continue;
         }
         let mark = out.len();
         out.extend_from_slice(key);
-        write_object(out, row, nodes, opts)?;
+        write_members(out, row, nodes, plan, opts)?;
         if out.ends_with(b"{}") {
             out.truncate(mark);
         }
@@ -301,6 +310,8 @@ fn write_batch_context<R: Row>(
 }
 
 /// Writes `,"key":value` for an optional id-like field; returns whether it was written.
+/// Inlined into `encode_call`: one call frame per call, not one per id.
+#[inline(always)]
 fn write_opt_field<R: Row>(
     out: &mut Vec<u8>,
     row: &R,
@@ -311,7 +322,7 @@ fn write_opt_field<R: Row>(
     let Some(v) = v else { return Ok(false) };
     let mark = out.len();
     out.push(b',');
-    out.extend_from_slice(key);
+    json::extend_short(out, key);
     let wrote = write_value(out, row, v, opts, true)?;
     if !wrote {
         out.truncate(mark);
@@ -342,7 +353,7 @@ fn encode_call<R: Row>(
     };
     let start = out.len();
     out.extend_from_slice(b"{\"type\":\"");
-    out.extend_from_slice(kind.as_str().as_bytes());
+    json::extend_short(out, kind.as_str().as_bytes());
     out.extend_from_slice(b"\",\"messageId\":");
     let has_id = match &call.message_id {
         Some(v) => write_value(out, row, v, opts, true)?,
@@ -415,7 +426,7 @@ fn encode_call<R: Row>(
     if let Some(ts) = &call.timestamp {
         let mark = out.len();
         out.extend_from_slice(b",\"timestamp\":");
-        if !write_value(out, row, ts, opts, false)? {
+        if !write_value_inline(out, row, ts, opts, false)? {
             out.truncate(mark);
             return Err(reject(
                 "missing_timestamp",
@@ -424,15 +435,16 @@ fn encode_call<R: Row>(
         }
     }
     if !call.payload.is_empty() && kind != CallKind::Alias {
-        out.push(b',');
-        json::write_str(out, kind.payload_key());
-        out.push(b':');
-        write_object(out, row, &call.payload, opts)?;
+        out.extend_from_slice(match kind.payload_key() {
+            "traits" => b",\"traits\":",
+            _ => b",\"properties\":",
+        });
+        write_members(out, row, &call.payload, &call.payload_plan, opts)?;
     }
     if !call.context.is_empty() {
         let mark = out.len();
         out.extend_from_slice(b",\"context\":");
-        write_object(out, row, &call.context, opts)?;
+        write_members(out, row, &call.context, &call.context_plan, opts)?;
         if out.ends_with(b"{}") {
             out.truncate(mark);
         }
@@ -657,6 +669,80 @@ fn source_hint(v: &Option<ValueSource>) -> String {
     }
 }
 
+/// An object from its compiled plan when it has one, else by walking the tree.
+#[inline]
+fn write_members<R: Row>(
+    out: &mut Vec<u8>,
+    row: &R,
+    nodes: &[OutNode],
+    plan: &Option<Vec<PlanOp>>,
+    opts: &EncodeOptions,
+) -> Result<(), Reject> {
+    match plan {
+        Some(ops) => write_plan(out, row, ops, opts),
+        None => write_object(out, row, nodes, opts),
+    }
+}
+
+/// Writes an object from its flat plan ([`super::compile::plan`]): the same bytes as
+/// [`write_object`] on the tree it was made from, in one loop.
+fn write_plan<R: Row>(
+    out: &mut Vec<u8>,
+    row: &R,
+    ops: &[PlanOp],
+    opts: &EncodeOptions,
+) -> Result<(), Reject> {
+    out.push(b'{');
+    // Whether the innermost open object has a member yet (then the next one needs a comma).
+    let mut any = false;
+    // One bit per open nested object: its parent's `any` (innermost in bit 0).
+    let mut parents = 0u64;
+    for op in ops {
+        match op {
+            PlanOp::Value { key, v } => {
+                let mark = out.len();
+                json::extend_short(out, &key[usize::from(!any)..]);
+                if write_value_inline(out, row, v, opts, false)? {
+                    any = true;
+                } else {
+                    out.truncate(mark);
+                }
+            }
+            PlanOp::Open { key } => {
+                parents = parents << 1 | u64::from(any);
+                json::extend_short(out, &key[usize::from(!any)..]);
+                any = false;
+            }
+            PlanOp::Close { key_len } => {
+                let parent_any = parents & 1 == 1;
+                parents >>= 1;
+                if any {
+                    out.push(b'}');
+                } else {
+                    // `{}` says nothing: dropped with its key (as `write_object` does).
+                    // Nothing was written since the key, which had a comma iff the
+                    // parent had a member.
+                    out.truncate(out.len() - key_len + usize::from(!parent_any));
+                    any = parent_any;
+                }
+            }
+            PlanOp::LaterKeys(col) => {
+                if let Field::Json(obj) = row.field(col) {
+                    if obj.len() > 2 {
+                        if any {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(&obj[1..obj.len() - 1]);
+                        any = true;
+                    }
+                }
+            }
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
 fn write_object<R: Row>(
     out: &mut Vec<u8>,
     row: &R,
@@ -687,7 +773,7 @@ fn write_object<R: Row>(
         if any {
             out.push(b',');
         }
-        out.extend_from_slice(&n.key);
+        json::extend_short(out, &n.key);
         let wrote = match &n.kind {
             OutKind::Leaf(v) => write_value(out, row, v, opts, false)?,
             // An object whose every value is omitted is omitted too: `{}` says nothing,
@@ -758,9 +844,22 @@ fn write_value<R: Row>(
     opts: &EncodeOptions,
     is_id: bool,
 ) -> Result<bool, Reject> {
+    write_value_inline(out, row, v, opts, is_id)
+}
+
+/// [`write_value`], inlined into [`write_plan`]'s loop: one call frame per object
+/// instead of one per value.
+#[inline(always)]
+fn write_value_inline<R: Row>(
+    out: &mut Vec<u8>,
+    row: &R,
+    v: &ValueSource,
+    opts: &EncodeOptions,
+    is_id: bool,
+) -> Result<bool, Reject> {
     match v {
         ValueSource::Const(bytes) => {
-            out.extend_from_slice(bytes);
+            json::extend_short(out, bytes);
             Ok(true)
         }
         ValueSource::Template(parts) => {
@@ -798,6 +897,8 @@ fn write_empty(out: &mut Vec<u8>, c: &ColumnValue, is_id: bool) -> bool {
     }
 }
 
+#[cold]
+#[inline(never)]
 fn bad(c: &ColumnValue, value: &[u8], what: &str) -> Reject {
     reject(
         "bad_value",
@@ -805,6 +906,8 @@ fn bad(c: &ColumnValue, value: &[u8], what: &str) -> Reject {
     )
 }
 
+// Inlined into its one caller, `write_value`: one call frame per value, not two.
+#[inline(always)]
 fn write_column(
     out: &mut Vec<u8>,
     f: Field<'_>,
@@ -925,6 +1028,10 @@ fn significant_digits(b: &[u8]) -> usize {
 /// Text (CSV field, or typed string) written as the column's type asks.
 /// `text`: the same bytes when already known to be UTF-8 (not checked again).
 /// `typed_string`: the source said this is a string, so `auto` keeps it one.
+///
+/// Inlined into `write_value` (one call frame per value); the rarer types are written
+/// by out-of-line functions so that frame stays small.
+#[inline(always)]
 fn write_text(
     out: &mut Vec<u8>,
     b: &[u8],
@@ -949,11 +1056,19 @@ fn write_text(
             json::write_str(out, s);
         }
         ColType::Auto => {
-            let literal = b == b"true"
-                || b == b"false"
-                || (json::is_json_number(b) && significant_digits(b) <= 15 && finite(b));
+            // A JSON number whose value overflows a double (`1e400`) is valid JSON text,
+            // but receivers reject it or read infinity: `auto` keeps such text a string
+            // (issue 9).
+            // Most text (names, codes) starts with a letter: one byte rules out all three.
+            let may_be_literal = matches!(b.first(), Some(b'-' | b'0'..=b'9' | b't' | b'f'));
+            let literal = may_be_literal
+                && (b == b"true"
+                    || b == b"false"
+                    || (json::is_json_number(b)
+                        && significant_digits(b) <= 15
+                        && json::json_number_is_finite(b)));
             if literal {
-                out.extend_from_slice(b);
+                json::extend_short(out, b);
             } else {
                 let s = match text {
                     Some(s) => s,
@@ -962,23 +1077,15 @@ fn write_text(
                 json::write_str(out, s);
             }
         }
-        ColType::Int => {
-            let s = std::str::from_utf8(b).map_err(|_| bad(c, b, "an integer"))?;
-            let v: i64 = s.parse().map_err(|_| bad(c, b, "an integer"))?;
-            json::write_i64(out, v);
+        // The common case: the text is already what writing the integer gives.
+        ColType::Int if json::is_canonical_i64(b) => json::extend_short(out, b),
+        ColType::Int => write_int_text(out, b, c)?,
+        // A finite JSON number is copied as written; parsing it only to check it would
+        // cost more than the rest of the field.
+        ColType::Float if json::is_json_number(b) && json::json_number_is_finite(b) => {
+            json::extend_short(out, b)
         }
-        ColType::Float => {
-            let s = std::str::from_utf8(b).map_err(|_| bad(c, b, "a number"))?;
-            let v: f64 = s.parse().map_err(|_| bad(c, b, "a number"))?;
-            if !v.is_finite() {
-                return Err(bad(c, b, "a finite number (JSON has no NaN or Infinity)"));
-            }
-            if json::is_json_number(b) {
-                out.extend_from_slice(b);
-            } else {
-                json::write_f64(out, v);
-            }
-        }
+        ColType::Float => write_float_text(out, b, c)?,
         ColType::Bool => {
             let v = match b {
                 b"true" | b"TRUE" | b"True" | b"t" | b"T" | b"1" | b"yes" | b"YES" | b"Yes"
@@ -989,18 +1096,66 @@ fn write_text(
             };
             out.extend_from_slice(if v { b"true" } else { b"false" });
         }
-        ColType::Json => {
-            if !json::is_valid(b) {
-                return Err(bad(c, b, "valid JSON"));
-            }
-            write_minified_json(out, b);
-        }
-        ColType::Timestamp => {
-            let ms = parse_ts_text(b, c)?;
+        ColType::Json => write_json_text(out, b, c)?,
+        ColType::Timestamp => write_ts_text(out, b, c, opts)?,
+    }
+    Ok(())
+}
+
+/// An `int` column's text that is not already a canonical integer (`+5`, `007`, bad).
+#[inline(never)]
+fn write_int_text(out: &mut Vec<u8>, b: &[u8], c: &ColumnValue) -> Result<(), Reject> {
+    let s = std::str::from_utf8(b).map_err(|_| bad(c, b, "an integer"))?;
+    let v: i64 = s.parse().map_err(|_| bad(c, b, "an integer"))?;
+    json::write_i64(out, v);
+    Ok(())
+}
+
+/// A `float` column's text that is not a finite JSON number as written (`1.`, `NaN`).
+#[inline(never)]
+fn write_float_text(out: &mut Vec<u8>, b: &[u8], c: &ColumnValue) -> Result<(), Reject> {
+    let s = std::str::from_utf8(b).map_err(|_| bad(c, b, "a number"))?;
+    let v: f64 = s.parse().map_err(|_| bad(c, b, "a number"))?;
+    if !v.is_finite() {
+        return Err(bad(c, b, "a finite number (JSON has no NaN or Infinity)"));
+    }
+    if json::is_json_number(b) {
+        out.extend_from_slice(b);
+    } else {
+        json::write_f64(out, v);
+    }
+    Ok(())
+}
+
+#[inline(never)]
+fn write_json_text(out: &mut Vec<u8>, b: &[u8], c: &ColumnValue) -> Result<(), Reject> {
+    if !json::is_valid(b) {
+        return Err(bad(c, b, "valid JSON"));
+    }
+    write_minified_json(out, b);
+    Ok(())
+}
+
+#[inline(never)]
+fn write_ts_text(
+    out: &mut Vec<u8>,
+    b: &[u8],
+    c: &ColumnValue,
+    opts: &EncodeOptions,
+) -> Result<(), Reject> {
+    if c.ts_format == TsFormat::Rfc3339 {
+        if let Some((ms, text)) = timestamp::parse_iso_rewrite(b) {
             check_range(ms, c, opts, || shown(b))?;
-            timestamp::write_iso_millis(out, ms);
+            match text {
+                Some(text) => out.extend_from_slice(&text),
+                None => timestamp::write_iso_millis(out, ms),
+            }
+            return Ok(());
         }
     }
+    let ms = parse_ts_text(b, c)?;
+    check_range(ms, c, opts, || shown(b))?;
+    timestamp::write_iso_millis(out, ms);
     Ok(())
 }
 
@@ -1025,15 +1180,6 @@ fn write_minified_json(out: &mut Vec<u8>, b: &[u8]) {
             out.push(ch);
         }
     }
-}
-
-/// A JSON number whose value overflows a double (`1e400`) is valid JSON text, but
-/// receivers reject it or read infinity: `auto` keeps such text a string (issue 9).
-fn finite(b: &[u8]) -> bool {
-    std::str::from_utf8(b)
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .is_some_and(f64::is_finite)
 }
 
 fn unit_of(f: &TsFormat, v: i64) -> UnixUnit {
@@ -1110,4 +1256,234 @@ fn check_range(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::compile::{compile, plan, PLAN_MAX_DEPTH};
+    use crate::map::spec;
+    use crate::source::{ndjson::LATER_KEYS, ColumnRef, Schema};
+    use proptest::prelude::*;
+
+    struct TestSchema(Vec<String>);
+
+    impl Schema for TestSchema {
+        fn resolve(&self, name: &str) -> Option<ColumnRef> {
+            self.0.iter().position(|c| c == name).map(ColumnRef::Index)
+        }
+        fn column_names(&self) -> Vec<String> {
+            self.0.clone()
+        }
+    }
+
+    /// A row of texts: `None` is a missing field, `"<null>"` a null, text starting
+    /// with `{` a JSON object (as NDJSON hands nested objects over).
+    struct TestRow(Vec<Option<String>>);
+
+    impl Row for TestRow {
+        fn field(&self, col: &ColumnRef) -> Field<'_> {
+            let ColumnRef::Index(i) = col else {
+                return Field::Missing;
+            };
+            match self.0.get(*i).and_then(|v| v.as_deref()) {
+                None => Field::Missing,
+                Some("<null>") => Field::Null,
+                Some(s) if s.starts_with('{') => Field::Json(s.as_bytes()),
+                Some(s) => Field::Text(s),
+            }
+        }
+        fn write_record_json(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(b"{}");
+        }
+        fn source_problem(&self) -> Option<String> {
+            None
+        }
+        fn line(&self) -> u64 {
+            0
+        }
+    }
+
+    const COLUMNS: [&str; 6] = ["a", "b", "c", "d", "e", LATER_KEYS];
+
+    /// Properties with omitted, null and empty-string values, constants, a template and
+    /// objects nested three deep, some of which come out `{}`.
+    const MAPPING: &str = r#"
+[columns]
+a = { empty = "omit" }
+b = { empty = "null" }
+c = { empty = "empty", type = "string" }
+d = { type = "int" }
+
+[context]
+"x.y" = "a"
+"x.z.w" = "b"
+
+[[call]]
+type = "track"
+user_id = "e"
+event = { const = "Ev" }
+properties = { a = "a", "o.b" = "b", "o.p.q" = "a", "o.p.r" = "d", "o.s" = "c", k = { const = 1 }, "t.u" = { template = "{a}-{b}" }, "v.w.x" = "a", z = "d" }
+context = { "device.token" = "a", "device.type" = "d" }
+"#;
+
+    fn opts() -> EncodeOptions {
+        EncodeOptions {
+            max_call_bytes: 1 << 20,
+            latest_ms: i64::MAX,
+            sent_at: false,
+        }
+    }
+
+    fn both(
+        nodes: &[OutNode],
+        row: &TestRow,
+    ) -> (Result<Vec<u8>, String>, Result<Vec<u8>, String>) {
+        let ops = plan(nodes).expect("the test trees nest shallowly");
+        let run = |f: &dyn Fn(&mut Vec<u8>) -> Result<(), Reject>| {
+            let mut out = b"prefix".to_vec();
+            f(&mut out)
+                .map(|()| out)
+                .map_err(|r| format!("{}: {}", r.code, r.detail))
+        };
+        (
+            run(&|out| write_plan(out, row, &ops, &opts())),
+            run(&|out| write_object(out, row, nodes, &opts())),
+        )
+    }
+
+    fn value() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(String::new())),
+            Just(Some("<null>".to_string())),
+            Just(Some("7".to_string())),
+            Just(Some("x\"y".to_string())),
+            Just(Some("1.5".to_string())),
+        ]
+    }
+
+    fn later_keys() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some("{}".to_string())),
+            Just(Some("{\"m\":1}".to_string())),
+            Just(Some("{\"m\":{},\"n\":[]}".to_string())),
+        ]
+    }
+
+    proptest! {
+        /// The flat plan writes exactly what the tree walk writes (or fails the same
+        /// way), for every mix of missing, null, empty and present values.
+        #[test]
+        fn plan_writes_what_the_tree_walk_writes(
+            vals in proptest::collection::vec(value(), 5),
+            later in later_keys(),
+        ) {
+            let spec = spec::parse(MAPPING).expect("test mapping parses");
+            let schema = TestSchema(COLUMNS.iter().map(|c| c.to_string()).collect());
+            let m = compile(&spec, &schema, "test").expect("test mapping compiles");
+            let mut fields = vals;
+            fields.push(later);
+            let row = TestRow(fields);
+            let call = &m.calls[0];
+            for nodes in [&call.payload, &call.context, &m.batch_context] {
+                let (p, t) = both(nodes, &row);
+                prop_assert_eq!(p, t);
+            }
+            // "rest": every column one key, LATER_KEYS inline.
+            let rest = spec::parse("[[call]]\ntype = \"identify\"\nuser_id = \"e\"\ntraits = \"rest\"\n")
+                .expect("rest mapping parses");
+            let m = compile(&rest, &schema, "test").expect("rest mapping compiles");
+            let (p, t) = both(&m.calls[0].payload, &row);
+            prop_assert_eq!(p, t);
+        }
+    }
+
+    #[test]
+    fn plan_drops_empty_objects_with_their_key_and_comma() {
+        let spec = spec::parse(MAPPING).expect("test mapping parses");
+        let schema = TestSchema(COLUMNS.iter().map(|c| c.to_string()).collect());
+        let m = compile(&spec, &schema, "test").expect("test mapping compiles");
+        let row = TestRow(vec![None, None, None, None, None, None]);
+        let mut out = Vec::new();
+        write_plan(
+            &mut out,
+            &row,
+            m.calls[0].payload_plan.as_ref().expect("planned"),
+            &opts(),
+        )
+        .expect("writes");
+        // Missing values are dropped whatever their empty policy, so `o` (three deep)
+        // and `v` come out `{}` and go with their keys; the constant and template stay.
+        assert_eq!(out, br#"{"k":1,"t":{"u":"-"}}"#);
+        let row = TestRow(vec![
+            Some("q".into()),
+            Some(String::new()),
+            None,
+            Some("x".into()),
+            None,
+            None,
+        ]);
+        let mut out = Vec::new();
+        let r = write_plan(
+            &mut out,
+            &row,
+            m.calls[0].payload_plan.as_ref().expect("planned"),
+            &opts(),
+        );
+        assert_eq!(
+            r.map_err(|r| r.detail).unwrap_err(),
+            "column d: \"x\" is not an integer"
+        );
+        let row = TestRow(vec![
+            Some("q".into()),
+            Some(String::new()),
+            None,
+            None,
+            None,
+            None,
+        ]);
+        let mut out = Vec::new();
+        write_plan(
+            &mut out,
+            &row,
+            m.calls[0].payload_plan.as_ref().expect("planned"),
+            &opts(),
+        )
+        .expect("writes");
+        assert_eq!(
+            out,
+            br#"{"a":"q","k":1,"o":{"b":null,"p":{"q":"q"}},"t":{"u":"q-"},"v":{"w":{"x":"q"}}}"#
+        );
+    }
+
+    #[test]
+    fn too_deep_a_tree_is_not_planned() {
+        let path = vec!["n"; PLAN_MAX_DEPTH + 2].join(".");
+        let text = format!(
+            "[[call]]\ntype = \"identify\"\nuser_id = \"e\"\ntraits = {{ \"{path}\" = \"a\" }}\n"
+        );
+        let spec = spec::parse(&text).expect("deep mapping parses");
+        let schema = TestSchema(COLUMNS.iter().map(|c| c.to_string()).collect());
+        let m = compile(&spec, &schema, "test").expect("deep mapping compiles");
+        assert!(m.calls[0].payload_plan.is_none());
+        let path = vec!["n"; PLAN_MAX_DEPTH + 1].join(".");
+        let text = format!(
+            "[[call]]\ntype = \"identify\"\nuser_id = \"e\"\ntraits = {{ \"{path}\" = \"a\" }}\n"
+        );
+        let spec = spec::parse(&text).expect("deep mapping parses");
+        let m = compile(&spec, &schema, "test").expect("deep mapping compiles");
+        let ops = m.calls[0]
+            .payload_plan
+            .as_ref()
+            .expect("planned at the limit");
+        for a in [None, Some("v".to_string())] {
+            let row = TestRow(vec![a, None, None, None, None, None]);
+            let (p, t) = both(&m.calls[0].payload, &row);
+            assert_eq!(p, t);
+            let mut out = Vec::new();
+            write_plan(&mut out, &row, ops, &opts()).expect("writes");
+        }
+    }
 }
