@@ -596,11 +596,7 @@ fn settle(shared: &Shared, d: &Delta, ids: &[u128]) {
             s.calls_accepted += n;
             bump(&mut s.calls_by_type, t.name(), n);
         }
-        for &id in ids {
-            if !st.seen_ids.insert(id) {
-                s.duplicate_message_ids += 1;
-            }
-        }
+        s.duplicate_message_ids += st.seen_ids.insert_all(ids);
         s.unique_message_ids = st.seen_ids.len() as u64;
     }
 }
