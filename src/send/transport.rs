@@ -98,9 +98,11 @@ impl Transport for HttpTransport {
         match block_on(self.client.send_async(req)) {
             Ok(mut resp) => {
                 let status = resp.status().as_u16();
-                let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
-                let retry_after =
-                    header("retry-after").and_then(|v| parse_retry_after(v, SystemTime::now()));
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
                 // Keep the start of the answer for messages; drain the rest as it
                 // arrives (never held in memory) so the connection can be reused.
                 let mut head = Vec::new();

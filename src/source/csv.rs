@@ -525,6 +525,7 @@ mod tests {
     use super::*;
     use crate::source::Format;
     use proptest::prelude::*;
+    use record::tests::{by_csv_crate, Rows};
     use std::io::BufReader;
 
     /// Hands out at most `step` bytes per read, as a pipe or a decompressor may.
@@ -541,22 +542,6 @@ mod tests {
             self.at += n;
             Ok(n)
         }
-    }
-
-    type Rows = Vec<(Vec<Vec<u8>>, u64, u64)>;
-
-    fn by_csv_crate(input: &[u8]) -> Rows {
-        let mut rdr = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(input);
-        let mut rec = csv::ByteRecord::new();
-        let mut out = Vec::new();
-        while rdr.read_byte_record(&mut rec).unwrap() {
-            let p = rec.position().unwrap();
-            out.push((rec.iter().map(<[u8]>::to_vec).collect(), p.byte(), p.line()));
-        }
-        out
     }
 
     /// The header as names and then every data row, through the source's own API.
@@ -601,7 +586,7 @@ mod tests {
     }
 
     fn same(input: &[u8]) {
-        let mut want = by_csv_crate(input);
+        let mut want = by_csv_crate(input, b',', b'"');
         let header = if want.is_empty() {
             Vec::new()
         } else {

@@ -369,12 +369,15 @@ fn unescape_in_place(buf: &mut [u8], (start, end): Span, quote: u8) -> Span {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Records as (fields, byte offset, line).
+    pub(in crate::source::csv) type Rows = Vec<(Vec<Vec<u8>>, u64, u64)>;
+
     /// Every record as (fields, byte offset, line) by the `csv` crate.
-    fn by_csv_crate(input: &[u8], d: u8, q: u8) -> Vec<(Vec<Vec<u8>>, u64, u64)> {
+    pub(in crate::source::csv) fn by_csv_crate(input: &[u8], d: u8, q: u8) -> Rows {
         let mut rdr = csv::ReaderBuilder::new()
             .delimiter(d)
             .quote(q)
@@ -392,7 +395,7 @@ mod tests {
 
     /// The same by [`Parser`], fed `step` bytes at a time as the reader would (a record
     /// that does not fit is parsed again once more bytes are there).
-    fn by_parser(input: &[u8], d: u8, q: u8, step: usize) -> Vec<(Vec<Vec<u8>>, u64, u64)> {
+    fn by_parser(input: &[u8], d: u8, q: u8, step: usize) -> Rows {
         let mut p = Parser::new(d, q);
         let mut buf = input.to_vec();
         let mut filled = 0;
