@@ -25,7 +25,7 @@ use crate::config::{Endpoint, Limits, RunConfig};
 use crate::map::compile::{compile, CompiledMapping};
 use crate::map::encode::{map_chunk, EmitKind, EncodeOptions, Mapped, Reject};
 use crate::map::spec::CallKind;
-use crate::pack::{resume_points, KeyedPacker, Packed, Packer, TooLarge};
+use crate::pack::{resume_points, KeyedPacker, Packed, Packer, Spares, TooLarge};
 use crate::progress::Progress;
 use crate::send::transport::{DryRunTransport, HttpTransport, Transport};
 use crate::send::{self, Ack, AckResult, CallOrigin, Gate, RetryPolicy, Work};
@@ -184,6 +184,9 @@ pub fn run_with_progress(
             .map_or_else(|| vec![0; inputs.len()], |d| d.base.input_rows.clone()),
     );
     let (ack_tx, ack_rx) = unbounded::<Ack>();
+    // Bodies come back from the collector: at most the window, the two channels to the
+    // senders and the senders' own can be in flight at once.
+    let spares = Spares::new(4 * concurrency + 4, cfg.limits.max_request_bytes);
     let stop = AtomicBool::new(false);
     let rejects_path = cfg.rejects_path.display().to_string();
 
@@ -222,7 +225,8 @@ pub fn run_with_progress(
                 &encode_opts,
             )
         });
-        let packer = s.spawn(|| pack(mapped_rx, free_mapped_tx, work_tx, cfg.limits));
+        let spares_in = spares.clone();
+        let packer = s.spawn(|| pack(mapped_rx, free_mapped_tx, work_tx, cfg.limits, spares_in));
         // Holds each request until the durable window has room. Owns `gated_tx`, so the
         // senders see the channel close when the packer is done.
         // After an interrupt it forwards nothing more (and discards the rest, so the
@@ -269,6 +273,7 @@ pub fn run_with_progress(
             stop: &stop,
             quiet: cfg.quiet,
             progress,
+            spares,
         };
         let outcome = c.run(ack_rx);
         let read_result = reader
@@ -280,6 +285,16 @@ pub fn run_with_progress(
         (read_result, pack_result, outcome)
     });
     let fatal = outcome.fatal.clone();
+    // A chunk the mapper could not read ends the run as a read error does.
+    let read_result = match (read_result, &pack_result) {
+        (
+            Ok(()),
+            Ok(PackTotals {
+                failed: Some(e), ..
+            }),
+        ) => Err(source::SourceError::Other(e.clone())),
+        (r, _) => r,
+    };
     if let Some(e) = &outcome.io_error {
         return Err(RunError::Io {
             path: rejects_path.clone(),
@@ -416,7 +431,7 @@ fn read_inputs(
             if std::mem::discriminant(&chunk) != std::mem::discriminant(&src.new_chunk(info)) {
                 chunk = src.new_chunk(info);
             }
-            src.fill(&mut chunk, chunk_rows)?;
+            src.fill_deferred(&mut chunk, chunk_rows)?;
             if chunk.is_empty() {
                 spare = Some(chunk);
                 break;
@@ -616,14 +631,19 @@ fn dispatch(
     mappings: &[Arc<CompiledMapping>],
     opts: &Arc<EncodeOptions>,
 ) {
-    for (seq, chunk) in raw {
+    for (seq, mut chunk) in raw {
         let Ok(mut out) = free_mapped.recv() else {
             return;
         };
         let mapping = mappings[chunk.input().index as usize].clone();
         let (free_raw, mapped, opts) = (free_raw.clone(), mapped.clone(), opts.clone());
         rayon::spawn(move || {
-            map_chunk(&chunk, &mapping, &opts, &mut out);
+            // The reader may have only scanned a CSV block: its rows are parsed here,
+            // in parallel with other chunks.
+            match chunk.materialize() {
+                Ok(()) => map_chunk(&chunk, &mapping, &opts, &mut out),
+                Err(e) => out.failed = Some(e),
+            }
             out.seq = seq;
             let _ = free_raw.send(chunk);
             let _ = mapped.send(out);
@@ -640,6 +660,8 @@ struct PackTotals {
     calls: u64,
     /// Indexed by `CallKind as usize`: an array add per call, not a map search.
     calls_by_type: [u64; CallKind::ALL.len()],
+    /// A chunk that could not be read: packing stopped before it.
+    failed: Option<String>,
 }
 
 /// Reject lines waiting for a request to carry them are flushed as a marker beyond this.
@@ -725,8 +747,10 @@ fn pack(
     free_mapped: Sender<Mapped>,
     work: Sender<Work>,
     limits: Limits,
+    spares: Spares,
 ) -> PackTotals {
-    let mut packer: KeyedPacker<CallTag> = KeyedPacker::new(limits, MAX_OPEN_BODIES);
+    let mut packer: KeyedPacker<CallTag> =
+        KeyedPacker::new(limits, MAX_OPEN_BODIES).recycling(spares);
     let mut closed: Vec<Packed<CallTag>> = Vec::new();
     let mut totals = PackTotals::default();
     let mut pending: HashMap<u64, Mapped> = HashMap::new();
@@ -766,9 +790,14 @@ fn pack(
         work_seq += 1;
         w
     };
-    for m in mapped {
+    'chunks: for m in mapped {
         pending.insert(m.seq, m);
-        while let Some(m) = pending.remove(&next) {
+        while let Some(mut m) = pending.remove(&next) {
+            if let Some(e) = m.failed.take() {
+                // Nothing from here on is packed, so no checkpoint passes this chunk.
+                totals.failed = Some(e);
+                break 'chunks;
+            }
             next += 1;
             let input = m.end.input;
             let mut off = 0usize;
@@ -1019,6 +1048,8 @@ struct Collector<'a> {
     stop: &'a AtomicBool,
     quiet: bool,
     progress: &'a Progress,
+    /// Where folded requests' bodies go back to the packer.
+    spares: Spares,
 }
 
 impl Collector<'_> {
@@ -1072,8 +1103,13 @@ impl Collector<'_> {
                     }
                     next += 1;
                     self.fold(&ack, &mut o);
-                    if ack.work.body.is_some() {
+                    if let Some(body) = ack.work.body {
                         unreleased += 1;
+                        // The senders are done with it: unless a clone is still alive
+                        // somewhere, the packer can reuse the buffer.
+                        if let Ok(bytes) = Arc::try_unwrap(body) {
+                            self.spares.give(bytes);
+                        }
                     }
                     dirty = true;
                 }

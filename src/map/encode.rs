@@ -54,6 +54,8 @@ pub struct Mapped {
     pub rows: u32,
     /// Position just past the chunk's last row.
     pub end: Position,
+    /// The chunk's rows could not be read (nothing else is set): the run stops here.
+    pub failed: Option<String>,
 }
 
 impl Mapped {
@@ -94,6 +96,7 @@ pub use super::sent_at::SENT_AT_PLACEHOLDER;
 
 /// Maps every row of `chunk` into `out` (cleared first).
 pub fn map_chunk(chunk: &Chunk, mapping: &CompiledMapping, opts: &EncodeOptions, out: &mut Mapped) {
+    out.failed = None;
     out.calls.clear();
     out.rejects.clear();
     out.emits.clear();

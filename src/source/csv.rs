@@ -11,6 +11,7 @@
 //! mid-file; `byte_base` and `line_base` turn its positions back into file positions.
 
 mod record;
+mod scan;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -102,6 +103,25 @@ pub struct CsvChunk {
     /// Rows longer than `--max-record-bytes`: (row index, record bytes, limit). Their
     /// bytes were dropped, so they are rejected with this reason.
     pub oversize: Vec<(usize, u64, usize)>,
+    /// A block the reader scanned but did not parse (see [`CsvSource::fill_deferred`]):
+    /// [`CsvChunk::materialize`] finds its rows.
+    pending: Option<Pending>,
+    /// The parser `materialize` uses, kept with the chunk's other buffers.
+    parser: Option<Parser>,
+}
+
+/// What parsing a scanned block needs to know.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// `raw[..filled]` holds exactly the chunk's `len` records.
+    filled: usize,
+    /// Nothing follows in the input.
+    eof: bool,
+    /// File byte offset and stream line of the block's start.
+    offset: u64,
+    line: u64,
+    delimiter: u8,
+    quote: u8,
 }
 
 impl CsvChunk {
@@ -118,7 +138,55 @@ impl CsvChunk {
             end: Position::default(),
             line_base: 0,
             oversize: Vec::new(),
+            pending: None,
+            parser: None,
         }
+    }
+
+    /// Parses the rows of a block the reader only scanned (on a mapper thread, so that
+    /// parsing runs in parallel); a chunk the reader parsed itself is left as it is.
+    /// An error means the scan and the parser disagree: a bug, reported instead of rows
+    /// numbered wrong.
+    pub fn materialize(&mut self) -> Result<(), String> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        let parser = self
+            .parser
+            .get_or_insert_with(|| Parser::new(p.delimiter, p.quote));
+        let (mut at, mut offset, mut line) = (0, p.offset, p.line);
+        while at < p.filled {
+            let first = self.fields.len();
+            match parser.parse(&mut self.raw, at, p.filled, p.eof, false, &mut self.fields) {
+                Parsed::Record { end, newlines } => {
+                    self.rows.push(RowAt {
+                        first,
+                        count: self.fields.len() - first,
+                        start: at,
+                        end,
+                        line,
+                    });
+                    self.offsets.push(offset);
+                    offset += (end - at) as u64;
+                    line += newlines;
+                    at = end;
+                }
+                Parsed::End { end, .. } => at = end,
+                Parsed::NeedMore => break,
+            }
+        }
+        if self.rows.len() != self.len || at != p.filled {
+            return Err(format!(
+                "{}: internal error: the block at byte {} scanned as {} records ending at byte {} but parsed as {} ending at byte {}; please report this with the file",
+                self.input.display,
+                p.offset,
+                self.len,
+                p.offset + p.filled as u64,
+                self.rows.len(),
+                offset,
+            ));
+        }
+        Ok(())
     }
 
     pub fn row(&self, i: usize) -> CsvRow<'_> {
@@ -166,6 +234,8 @@ pub struct CsvSource {
     /// File byte offset and line (minus one) where the reader's stream starts.
     byte_base: u64,
     line_base: u64,
+    /// The size of a chunk's input buffer ([`BLOCK_BYTES`]; tests make it small).
+    block: usize,
 }
 
 /// A record longer than this many times `max_record_bytes` stops the run.
@@ -202,6 +272,7 @@ impl CsvSource {
             opts,
             byte_base: 0,
             line_base: 0,
+            block: BLOCK_BYTES,
         };
         let mut chunk = CsvChunk::new(input.clone(), src.header.clone());
         let before = (src.pos, src.line);
@@ -256,7 +327,8 @@ impl CsvSource {
         let mut chunk = CsvChunk::new(self.input.clone(), self.header.clone());
         while self.next_row < n {
             let want = (n - self.next_row).min(crate::config::DEFAULT_CHUNK_ROWS as u64);
-            self.fill(&mut chunk, want as usize)?;
+            // Only the count matters: the rows need not be parsed.
+            self.fill_deferred(&mut chunk, want as usize)?;
             if chunk.len == 0 {
                 return Err(SourceError::Read {
                     path: self.input.display.clone(),
@@ -277,9 +349,19 @@ impl CsvSource {
 
     /// Fills `chunk` with up to `max_rows` rows. `chunk.len == 0` means end of input.
     pub fn fill(&mut self, chunk: &mut CsvChunk, max_rows: usize) -> Result<(), SourceError> {
-        if let Some(e) = self.failed.take() {
-            return Err(e);
-        }
+        self.fill_deferred(chunk, max_rows)?;
+        chunk.materialize().map_err(SourceError::Other)
+    }
+
+    /// As [`CsvSource::fill`], but the rows of a block with plain quoting are only
+    /// counted (see `scan`), not parsed: the caller runs [`CsvChunk::materialize`],
+    /// on another thread, before it reads them. Row numbers, offsets, lines and the
+    /// chunk's end are the same either way.
+    pub fn fill_deferred(
+        &mut self,
+        chunk: &mut CsvChunk,
+        max_rows: usize,
+    ) -> Result<(), SourceError> {
         chunk.input = self.input.clone();
         chunk.header = self.header.clone();
         chunk.first_row = self.next_row;
@@ -289,8 +371,9 @@ impl CsvSource {
         chunk.rows.clear();
         chunk.offsets.clear();
         chunk.oversize.clear();
-        if chunk.raw.len() > KEEP_BLOCK_BYTES || chunk.raw.len() < BLOCK_BYTES {
-            chunk.raw = vec![0; BLOCK_BYTES];
+        chunk.pending = None;
+        if chunk.raw.len() > self.block.max(KEEP_BLOCK_BYTES) || chunk.raw.len() < self.block {
+            chunk.raw = vec![0; self.block];
         }
         // Unparsed input from the last chunk opens this one.
         if chunk.raw.len() < self.carry.len() {
@@ -301,6 +384,51 @@ impl CsvSource {
         self.carry.clear();
         let limit = self.opts.max_record_bytes;
         let cap = (limit as u64).saturating_mul(HARD_LIMIT_FACTOR);
+        if !self.first && self.parser.is_fast() && max_rows > 0 {
+            // Read the buffer full, then cut it after its last whole record. After a read
+            // error, the whole records already read still go out first.
+            while filled < chunk.raw.len() && !self.eof && self.failed.is_none() {
+                match read_some(&mut self.stream, &mut chunk.raw[filled..]) {
+                    Ok(0) => self.eof = true,
+                    Ok(n) => filled += n,
+                    Err(e) => {
+                        // As when parsing: the rows before the damage go out first.
+                        self.failed = Some(SourceError::Read {
+                            path: self.input.display.clone(),
+                            message: format!("read failed: {e}"),
+                        });
+                        break;
+                    }
+                }
+            }
+            let (d, q) = (self.opts.delimiter, self.opts.quote);
+            let eof = self.eof && self.failed.is_none();
+            match scan::scan(&chunk.raw[..filled], d, q, eof, max_rows, limit) {
+                Some(cut) if cut.records > 0 => {
+                    chunk.pending = Some(Pending {
+                        filled: cut.end,
+                        eof: eof && cut.end == filled,
+                        offset: self.pos + self.byte_base,
+                        line: self.line,
+                        delimiter: d,
+                        quote: q,
+                    });
+                    chunk.len = cut.records;
+                    self.pos += cut.end as u64;
+                    self.line += cut.newlines;
+                    self.carry.extend_from_slice(&chunk.raw[cut.end..filled]);
+                    self.next_row += chunk.len as u64;
+                    chunk.end = Position {
+                        input: self.input.index,
+                        row: self.next_row,
+                        offset: self.pos + self.byte_base,
+                    };
+                    return Ok(());
+                }
+                // Parsed below: odd quoting, or no whole record yet.
+                _ => {}
+            }
+        }
         let mut at = 0;
         while chunk.len < max_rows && at < CHUNK_BYTES {
             let first = chunk.fields.len();
@@ -369,10 +497,19 @@ impl CsvSource {
                             .min(
                                 usize::try_from(cap)
                                     .unwrap_or(usize::MAX)
-                                    .saturating_add(BLOCK_BYTES),
+                                    .saturating_add(self.block),
                             )
-                            .max(chunk.raw.len() + BLOCK_BYTES);
+                            .max(chunk.raw.len() + self.block);
                         chunk.raw.resize(grown, 0);
+                    }
+                    if let Some(e) = self.failed.take() {
+                        // The input broke after the rows read so far: they go out
+                        // first, the error with the next fill.
+                        if chunk.len == 0 {
+                            return Err(e);
+                        }
+                        self.failed = Some(e);
+                        break;
                     }
                     match read_some(&mut self.stream, &mut chunk.raw[filled..]) {
                         Ok(0) => self.eof = true,
@@ -544,8 +681,21 @@ mod tests {
         }
     }
 
-    /// The header as names and then every data row, through the source's own API.
-    fn by_source(input: &[u8], step: usize, max_rows: usize) -> (Vec<String>, Rows) {
+    /// The header as names and then every data row, through the source's own API, with
+    /// input buffers of `block` bytes. Blocks after the first are scanned and deferred
+    /// where their quoting allows (the chunk is materialized here, as the mapper does).
+    fn by_source(input: &[u8], step: usize, max_rows: usize, block: usize) -> (Vec<String>, Rows) {
+        let (names, rows, _) = by_source_counting(input, step, max_rows, block);
+        (names, rows)
+    }
+
+    /// As `by_source`, also counting the chunks that were deferred.
+    fn by_source_counting(
+        input: &[u8],
+        step: usize,
+        max_rows: usize,
+        block: usize,
+    ) -> (Vec<String>, Rows, usize) {
         let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
         let stream: Stream = Box::new(BufReader::with_capacity(
             step,
@@ -557,17 +707,21 @@ mod tests {
         ));
         let mut src = match CsvSource::open(info.clone(), stream, CsvOptions::default()) {
             Ok(s) => s,
-            Err(SourceError::Empty { .. }) => return (Vec::new(), Vec::new()),
+            Err(SourceError::Empty { .. }) => return (Vec::new(), Vec::new(), 0),
             Err(e) => panic!("{e}"),
         };
+        src.block = block;
         let names = src.header().names.clone();
         let mut chunk = CsvChunk::new(info, src.header().clone());
         let mut rows = Vec::new();
+        let mut deferred = 0;
         loop {
-            src.fill(&mut chunk, max_rows).unwrap();
+            src.fill_deferred(&mut chunk, max_rows).unwrap();
             if chunk.len == 0 {
                 break;
             }
+            deferred += chunk.pending.is_some() as usize;
+            chunk.materialize().unwrap();
             assert_eq!(chunk.first_row, rows.len() as u64);
             for i in 0..chunk.len {
                 let row = chunk.row(i);
@@ -582,7 +736,7 @@ mod tests {
             }
             assert_eq!(chunk.end.row, rows.len() as u64);
         }
-        (names, rows)
+        (names, rows, deferred)
     }
 
     fn same(input: &[u8]) {
@@ -604,10 +758,20 @@ mod tests {
                 String::from_utf8_lossy(f).into_owned()
             })
             .collect();
-        for (step, max_rows) in [(1, 1), (2, 3), (5, 2), (64, 4096), (1 << 16, 1)] {
-            let (names, rows) = by_source(input, step, max_rows);
+        for (step, max_rows, block) in [
+            (1, 1, BLOCK_BYTES),
+            (2, 3, 16),
+            (5, 2, 7),
+            (64, 4096, 64),
+            (3, 4096, 100),
+            (1 << 16, 1, BLOCK_BYTES),
+        ] {
+            let (names, rows) = by_source(input, step, max_rows, block);
             assert_eq!(names, header, "step {step}");
-            assert_eq!(rows, want, "step {step}, rows per chunk {max_rows}");
+            assert_eq!(
+                rows, want,
+                "step {step}, rows per chunk {max_rows}, block {block}"
+            );
         }
     }
 
@@ -631,6 +795,109 @@ mod tests {
         ) {
             same(&input);
         }
+    }
+
+    /// RFC 4180 CSV: plain or quoted fields (quoted ones holding delimiters, line ends and
+    /// doubled quotes), CRLF or LF line ends, blank lines, with or without a last one.
+    fn well_formed() -> impl Strategy<Value = Vec<u8>> {
+        let plain =
+            proptest::collection::vec(prop_oneof![Just(b'a'), Just(b' '), Just(0xC3u8)], 0..6);
+        let quoted = proptest::collection::vec(
+            prop_oneof![
+                4 => Just(&b"x"[..]), 1 => Just(&b","[..]), 1 => Just(&b"\n"[..]),
+                1 => Just(&b"\r\n"[..]), 1 => Just(&b"\"\""[..]),
+            ],
+            0..5,
+        )
+        .prop_map(|parts| {
+            let mut f = vec![b'"'];
+            f.extend(parts.concat());
+            f.push(b'"');
+            f
+        });
+        let field = prop_oneof![3 => plain, 1 => quoted];
+        let record = proptest::collection::vec(field, 1..4).prop_map(|f| f.join(&b','));
+        let end = prop_oneof![4 => Just(&b"\n"[..]), 2 => Just(&b"\r\n"[..]), 1 => Just(&b"\n\n"[..]), 1 => Just(&b"\r\n\r\n"[..])];
+        (
+            proptest::collection::vec((record, end), 1..40),
+            any::<bool>(),
+        )
+            .prop_map(|(recs, last)| {
+                let mut out = Vec::new();
+                for (r, e) in &recs {
+                    out.extend_from_slice(r);
+                    out.extend_from_slice(e);
+                }
+                if !last {
+                    let trim = recs.last().map_or(0, |(_, e)| e.len());
+                    out.truncate(out.len() - trim);
+                }
+                out
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn well_formed_blocks_are_deferred_and_parse_as_the_csv_crate_does(input in well_formed()) {
+            same(&input);
+        }
+    }
+
+    #[test]
+    fn plain_blocks_are_scanned_not_parsed_by_the_reader() {
+        let mut text = String::from("id,name\n");
+        for i in 0..200 {
+            text.push_str(&format!("{i},\"n,{i}\"\"\"\r\n"));
+        }
+        let (_, rows, deferred) = by_source_counting(text.as_bytes(), 64, 10, 128);
+        assert_eq!(rows.len(), 200);
+        assert!(deferred >= 19, "only {deferred} of 20 chunks were deferred");
+        // A quote inside an unquoted field stops the scan: that block is parsed.
+        let odd = text.replace("7,\"n,7\"\"\"", "7,n\"7");
+        let (_, rows, fewer) = by_source_counting(odd.as_bytes(), 64, 10, 128);
+        assert_eq!(rows, by_csv_crate(odd.as_bytes(), b',', b'"')[1..].to_vec());
+        assert!(fewer < deferred, "{fewer} deferred despite the odd quote");
+    }
+
+    /// Reads `data` and then fails.
+    struct Broken(std::io::Cursor<Vec<u8>>);
+
+    impl Read for Broken {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(50);
+            match self.0.read(&mut buf[..n])? {
+                0 => Err(std::io::Error::other("disk on fire")),
+                n => Ok(n),
+            }
+        }
+    }
+
+    #[test]
+    fn after_a_read_error_every_whole_row_read_goes_out_before_the_error() {
+        let mut text = String::from("id,name\n");
+        for i in 0..100 {
+            text.push_str(&format!("{i},\"n {i}\"\n"));
+        }
+        let cut = 700;
+        let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
+        let stream: Stream = Box::new(BufReader::new(Broken(std::io::Cursor::new(
+            text.as_bytes()[..cut].to_vec(),
+        ))));
+        let mut src = CsvSource::open(info.clone(), stream, CsvOptions::default()).unwrap();
+        src.block = 256;
+        let mut chunk = CsvChunk::new(info, src.header().clone());
+        let mut rows = 0;
+        let err = loop {
+            match src.fill(&mut chunk, 7) {
+                Ok(()) if chunk.len == 0 => panic!("the input ended without its error"),
+                Ok(()) => rows += chunk.len,
+                Err(e) => break e.to_string(),
+            }
+        };
+        let whole = text[..cut].matches('\n').count() - 1;
+        assert_eq!(rows, whole);
+        assert!(err.contains("disk on fire"), "{err}");
     }
 
     #[test]
@@ -673,6 +940,9 @@ mod tests {
             ..CsvOptions::default()
         };
         let mut src = CsvSource::open(info.clone(), stream, opts).unwrap();
+        // A buffer smaller than the record, as a 1 MiB one is for a runaway quote in a
+        // big file: the record must not be read into memory whole.
+        src.block = 256;
         let mut chunk = CsvChunk::new(info, src.header().clone());
         let err = src.fill(&mut chunk, 10).unwrap_err().to_string();
         assert!(

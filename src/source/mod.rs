@@ -297,6 +297,14 @@ impl Chunk {
             Chunk::Parquet(c) => f(&c.row(i)),
         }
     }
+    /// Finds the rows of a chunk filled by [`Opened::fill_deferred`]; see
+    /// [`csv::CsvChunk::materialize`]. Other chunks are ready as filled.
+    pub fn materialize(&mut self) -> Result<(), String> {
+        match self {
+            Chunk::Csv(c) => c.materialize(),
+            Chunk::Ndjson(_) | Chunk::Parquet(_) => Ok(()),
+        }
+    }
     /// Position just past the chunk's last row.
     pub fn end(&self) -> Position {
         match self {
@@ -512,6 +520,15 @@ impl Opened {
                 *c = s.new_chunk(c.input());
                 s.fill(c, max_rows)
             }
+        }
+    }
+
+    /// As [`Opened::fill`], but a CSV chunk may be left for [`Chunk::materialize`] to
+    /// parse, so that a pipeline parses on its mapper threads instead of its reader.
+    pub fn fill_deferred(&mut self, chunk: &mut Chunk, max_rows: usize) -> Result<(), SourceError> {
+        match (self, chunk) {
+            (Opened::Csv(s), Chunk::Csv(c)) => s.fill_deferred(c, max_rows),
+            (s, c) => s.fill(c, max_rows),
         }
     }
 }

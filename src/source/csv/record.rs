@@ -70,6 +70,12 @@ impl Parser {
         }
     }
 
+    /// False when the delimiter or quote is CR or LF, or both are one byte: then records
+    /// cannot be found by a scan for line ends and quotes.
+    pub fn is_fast(&self) -> bool {
+        self.fast
+    }
+
     /// Parses the record that starts at `buf[at]`; `buf[..filled]` holds input, `eof` says
     /// no more will come. `first`: this is the stream's first record (a BOM is skipped).
     pub fn parse(
