@@ -401,6 +401,12 @@ fn read_inputs(
     let mut seq = 0;
     let mut created = 0;
     let mut spare: Option<Chunk> = None;
+    // The reader is the one serial stage. With three or more mapper threads its CSV
+    // parse would cap a run (about 0.9 GB/s; see BENCHMARKS.md), so it only scans each
+    // block for whole records (2+ GB/s) and the mappers parse in parallel. With fewer,
+    // the run is CPU-bound and the scan's extra instructions would cost more than they
+    // free.
+    let defer_parsing = rayon::current_num_threads() >= 3;
     let halted = || halt.iter().any(|h| h.load(Ordering::Relaxed));
     for info in inputs.iter().skip(start.input as usize) {
         let mut src = if info.index == start.input {
@@ -431,7 +437,11 @@ fn read_inputs(
             if std::mem::discriminant(&chunk) != std::mem::discriminant(&src.new_chunk(info)) {
                 chunk = src.new_chunk(info);
             }
-            src.fill_deferred(&mut chunk, chunk_rows)?;
+            if defer_parsing {
+                src.fill_deferred(&mut chunk, chunk_rows)?;
+            } else {
+                src.fill(&mut chunk, chunk_rows)?;
+            }
             if chunk.is_empty() {
                 spare = Some(chunk);
                 break;

@@ -548,3 +548,72 @@ fn ndjson_rest_keeps_keys_that_first_appear_after_the_sampled_rows() {
         serde_json::json!({"n": 1, "late": {"deep": [1, 2.5, null]}, "flag": true})
     );
 }
+
+/// With three or more mapper threads the reader only scans CSV blocks for whole records
+/// and the mappers parse them; with fewer it parses them itself. Both must deliver the
+/// same bytes: calls, messageIds, reject lines with their rows, lines and offsets.
+#[test]
+fn csv_parsed_by_the_mappers_or_by_the_reader_gives_identical_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("user_id,event,timestamp,note\r\n");
+    for i in 0..5000 {
+        let note = match i % 7 {
+            0 => format!("\"line one\nline \"\"{i}\"\" two\""),
+            1 => "plain, or not".replace(',', ";"),
+            2 => format!("\"crlf\r\ninside {i}\""),
+            3 => "\"\"".to_string(),
+            _ => format!("n{i}"),
+        };
+        text.push_str(&format!(
+            "u{i},Signed Up,2024-01-0{}T10:00:00Z,{note}\r\n",
+            i % 9 + 1
+        ));
+        if i % 997 == 0 {
+            text.push_str("\r\n\n");
+        }
+        if i == 2500 {
+            // A quote inside an unquoted field: csv-core's rules, parsed by the reader.
+            text.push_str("u-odd,Signed Up,2024-01-01T10:00:00Z,a\"b\n");
+            // A row with too few fields: a reject with its line and offset.
+            text.push_str("u-short,Signed Up\n");
+        }
+    }
+    std::fs::write(dir.path().join("in.csv"), &text).unwrap();
+    std::fs::write(
+        dir.path().join("m.toml"),
+        "[[call]]\ntype = \"track\"\nuser_id = \"user_id\"\nevent = \"event\"\ntimestamp = \"timestamp\"\nproperties = \"rest\"\n",
+    )
+    .unwrap();
+    let outputs: Vec<(Vec<u8>, Vec<u8>)> = ["1", "4"]
+        .iter()
+        .map(|threads| {
+            let out = Command::new(BIN)
+                .args(["run", "in.csv", "--mapping", "m.toml", "--dry-run"])
+                .args(["--output", "bodies.ndjson", "--rejects", "rejects.ndjson"])
+                .args(["--chunk-rows", "100", "--no-checkpoint", "--quiet"])
+                .env("RAYON_NUM_THREADS", threads)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(3),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (
+                std::fs::read(dir.path().join("bodies.ndjson")).unwrap(),
+                std::fs::read(dir.path().join("rejects.ndjson")).unwrap(),
+            )
+        })
+        .collect();
+    let calls = String::from_utf8_lossy(&outputs[0].0)
+        .matches("\"type\":\"track\"")
+        .count();
+    assert_eq!(calls, 5001);
+    assert!(outputs[0].1.windows(7).any(|w| w == b"u-short"));
+    assert!(
+        outputs[0] == outputs[1],
+        "the two runs' bodies or rejects differ"
+    );
+}

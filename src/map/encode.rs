@@ -115,8 +115,9 @@ pub fn map_chunk(chunk: &Chunk, mapping: &CompiledMapping, opts: &EncodeOptions,
     }
     match chunk {
         Chunk::Csv(c) => {
+            let text = c.text();
             for i in 0..c.len {
-                map_row(&c.row(i), i as u32, mapping, opts, out, &input);
+                map_row(&c.row_in(i, text), i as u32, mapping, opts, out, &input);
             }
         }
         Chunk::Ndjson(c) => {

@@ -189,16 +189,31 @@ impl CsvChunk {
         Ok(())
     }
 
+    /// The bytes of all the chunk's rows, when they are valid UTF-8: one check per chunk
+    /// (for [`CsvChunk::row_in`]) instead of one per row.
+    pub fn text(&self) -> Option<&str> {
+        let end = self.rows.last().map_or(0, |r| r.end);
+        simdutf8::basic::from_utf8(&self.raw[..end]).ok()
+    }
+
     pub fn row(&self, i: usize) -> CsvRow<'_> {
+        self.row_in(i, None)
+    }
+
+    /// Row `i`; `text` is [`CsvChunk::text`] (`None`: the row is checked on its own).
+    #[inline]
+    pub fn row_in<'a>(&'a self, i: usize, text: Option<&'a str>) -> CsvRow<'a> {
         let at = self.rows[i];
-        let bytes = &self.raw[at.start..at.end];
+        let text = match text {
+            // Rows split at ASCII bytes, so a row of valid text is on char boundaries.
+            Some(t) => t.get(at.start..at.end),
+            // One check of the whole record instead of one per field.
+            None => simdutf8::basic::from_utf8(&self.raw[at.start..at.end]).ok(),
+        };
         CsvRow {
             raw: &self.raw,
             fields: &self.fields[at.first..at.first + at.count],
-            // One check of the whole record instead of one per field.
-            text: simdutf8::basic::from_utf8(bytes)
-                .ok()
-                .map(|t| (at.start, t)),
+            text: text.map(|t| (at.start, t)),
             header: &self.header,
             line: at.line,
             line_base: self.line_base,
@@ -349,18 +364,28 @@ impl CsvSource {
 
     /// Fills `chunk` with up to `max_rows` rows. `chunk.len == 0` means end of input.
     pub fn fill(&mut self, chunk: &mut CsvChunk, max_rows: usize) -> Result<(), SourceError> {
-        self.fill_deferred(chunk, max_rows)?;
-        chunk.materialize().map_err(SourceError::Other)
+        self.fill_with(chunk, max_rows, false)
     }
 
     /// As [`CsvSource::fill`], but the rows of a block with plain quoting are only
     /// counted (see `scan`), not parsed: the caller runs [`CsvChunk::materialize`],
     /// on another thread, before it reads them. Row numbers, offsets, lines and the
-    /// chunk's end are the same either way.
+    /// chunk's end are the same either way. Scanning and then parsing costs more
+    /// instructions than parsing once, so this pays only where the parse runs in
+    /// parallel with the next scan.
     pub fn fill_deferred(
         &mut self,
         chunk: &mut CsvChunk,
         max_rows: usize,
+    ) -> Result<(), SourceError> {
+        self.fill_with(chunk, max_rows, true)
+    }
+
+    fn fill_with(
+        &mut self,
+        chunk: &mut CsvChunk,
+        max_rows: usize,
+        defer: bool,
     ) -> Result<(), SourceError> {
         chunk.input = self.input.clone();
         chunk.header = self.header.clone();
@@ -384,7 +409,7 @@ impl CsvSource {
         self.carry.clear();
         let limit = self.opts.max_record_bytes;
         let cap = (limit as u64).saturating_mul(HARD_LIMIT_FACTOR);
-        if !self.first && self.parser.is_fast() && max_rows > 0 {
+        if defer && !self.first && self.parser.is_fast() && max_rows > 0 {
             // Read the buffer full, then cut it after its last whole record. After a read
             // error, the whole records already read still go out first.
             while filled < chunk.raw.len() && !self.eof && self.failed.is_none() {
@@ -689,6 +714,42 @@ mod tests {
         (names, rows)
     }
 
+    /// The rows through plain `fill`, which parses every block on the reader's thread.
+    fn by_source_parsing(input: &[u8], step: usize, max_rows: usize) -> Rows {
+        let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
+        let stream: Stream = Box::new(BufReader::with_capacity(
+            step,
+            Trickle {
+                data: input.to_vec(),
+                at: 0,
+                step,
+            },
+        ));
+        let Ok(mut src) = CsvSource::open(info.clone(), stream, CsvOptions::default()) else {
+            return Vec::new();
+        };
+        let mut chunk = CsvChunk::new(info, src.header().clone());
+        let mut rows = Vec::new();
+        loop {
+            src.fill(&mut chunk, max_rows).unwrap();
+            if chunk.len == 0 {
+                return rows;
+            }
+            assert!(chunk.pending.is_none(), "fill left a chunk unparsed");
+            for i in 0..chunk.len {
+                let row = chunk.row(i);
+                let fields = (0..row.fields.len())
+                    .map(|c| match row.field(&ColumnRef::Index(c)) {
+                        Field::Text(s) => s.as_bytes().to_vec(),
+                        Field::Raw(b) => b.to_vec(),
+                        other => panic!("a CSV field came as {other:?}"),
+                    })
+                    .collect();
+                rows.push((fields, chunk.offsets[i], row.line()));
+            }
+        }
+    }
+
     /// As `by_source`, also counting the chunks that were deferred.
     fn by_source_counting(
         input: &[u8],
@@ -772,6 +833,13 @@ mod tests {
                 rows, want,
                 "step {step}, rows per chunk {max_rows}, block {block}"
             );
+            if block == BLOCK_BYTES {
+                let parsed = by_source_parsing(input, step, max_rows);
+                assert_eq!(
+                    parsed, want,
+                    "parsed: step {step}, rows per chunk {max_rows}"
+                );
+            }
         }
     }
 
