@@ -715,7 +715,7 @@ mod tests {
     }
 
     /// The rows through plain `fill`, which parses every block on the reader's thread.
-    fn by_source_parsing(input: &[u8], step: usize, max_rows: usize) -> Rows {
+    fn by_source_parsing(input: &[u8], step: usize, max_rows: usize, block: usize) -> Rows {
         let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
         let stream: Stream = Box::new(BufReader::with_capacity(
             step,
@@ -728,6 +728,7 @@ mod tests {
         let Ok(mut src) = CsvSource::open(info.clone(), stream, CsvOptions::default()) else {
             return Vec::new();
         };
+        src.block = block;
         let mut chunk = CsvChunk::new(info, src.header().clone());
         let mut rows = Vec::new();
         loop {
@@ -833,13 +834,11 @@ mod tests {
                 rows, want,
                 "step {step}, rows per chunk {max_rows}, block {block}"
             );
-            if block == BLOCK_BYTES {
-                let parsed = by_source_parsing(input, step, max_rows);
-                assert_eq!(
-                    parsed, want,
-                    "parsed: step {step}, rows per chunk {max_rows}"
-                );
-            }
+            let parsed = by_source_parsing(input, step, max_rows, block);
+            assert_eq!(
+                parsed, want,
+                "parsed: step {step}, rows per chunk {max_rows}, block {block}"
+            );
         }
     }
 
