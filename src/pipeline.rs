@@ -163,7 +163,12 @@ pub fn run_with_progress(
         gzip: cfg.gzip && !cfg.dry_run,
     };
 
-    let pool = rayon::current_num_threads() * 2 + 2;
+    // Chunks (and mapped buffers) in flight. Four per mapper thread keep a thread that
+    // is descheduled mid-chunk from stalling the in-order packer and, behind it, every
+    // other thread: with two per thread a 1M-row dry run idled a core 15% of the time
+    // (perf stat -r 5: 0.44-0.45 s against 0.41-0.43 s with four). Capped so memory
+    // stays flat on many cores (each is a 512 KiB block and its mapped calls).
+    let pool = (rayon::current_num_threads() * 4 + 4).min(64);
     let (raw_tx, raw_rx) = bounded::<(u64, Chunk)>(pool);
     let (free_raw_tx, free_raw_rx) = bounded::<Chunk>(pool);
     let (mapped_tx, mapped_rx) = bounded::<Mapped>(pool);
