@@ -58,27 +58,78 @@ fn parse_iso_fast(s: &[u8]) -> Option<UnixMillis> {
 }
 
 /// The fast path of [`parse_iso`] (`None`: take the general path, which may still
-/// succeed), with, for the common value already in UTC (`Z` or a zero offset), what
-/// [`write_iso_millis`] would write for it: the value's own digits rearranged, so the
-/// writer's calendar arithmetic is skipped.
+/// succeed), with what [`write_iso_millis`] would write for it (when the value has no
+/// leap second and its offset is whole minutes): for a value already in UTC its own
+/// digits rearranged; otherwise its fields moved by the offset, at most one day either
+/// way. Either way the writer's calendar arithmetic (divisions) is skipped.
 #[inline]
 pub fn parse_iso_rewrite(s: &[u8]) -> Option<(UnixMillis, Option<[u8; 26]>)> {
     let (ms, fields) = parse_iso_fields(s)?;
-    let text = fields.map(|f| {
+    let text = fields.and_then(|f| {
         let mut b = *b"\"0000-00-00T00:00:00.000Z\"";
-        b[1..11].copy_from_slice(&s[..10]);
-        b[12..20].copy_from_slice(&s[11..19]);
-        b[21..24].copy_from_slice(&f);
-        b
+        b[21..24].copy_from_slice(&f.millis);
+        if f.offset_minutes == 0 {
+            b[1..11].copy_from_slice(&s[..10]);
+            b[12..20].copy_from_slice(&s[11..19]);
+            return Some(b);
+        }
+        let (mut y, mut m, mut d) = (f.y, f.m, f.d);
+        let mut t = f.h * 60 + f.mi - f.offset_minutes;
+        if t < 0 {
+            t += 1440;
+            d -= 1;
+            if d == 0 {
+                m -= 1;
+                if m == 0 {
+                    (y, m) = (y - 1, 12);
+                }
+                d = days_in_month(y, m);
+            }
+        } else if t >= 1440 {
+            t -= 1440;
+            d += 1;
+            if d > days_in_month(y, m) {
+                (d, m) = (1, m + 1);
+                if m == 13 {
+                    (y, m) = (y + 1, 1);
+                }
+            }
+        }
+        if !(0..=9999).contains(&y) {
+            return None;
+        }
+        let pair = |b: &mut [u8; 26], at: usize, v: i64| {
+            b[at..at + 2].copy_from_slice(&DIGIT_PAIRS[v as usize]);
+        };
+        pair(&mut b, 1, y / 100);
+        pair(&mut b, 3, y % 100);
+        pair(&mut b, 6, m);
+        pair(&mut b, 9, d);
+        pair(&mut b, 12, t / 60);
+        pair(&mut b, 15, t % 60);
+        b[18..20].copy_from_slice(&s[17..19]);
+        Some(b)
     });
     Some((ms, text))
 }
 
-/// The fast parse; also, when the value is in UTC and its second is not a leap second
-/// (which rolls over into the next minute), the three millisecond digits as written
-/// (padded with zeros): the output can then be built from the input's own digits.
+/// A value's local fields and offset, for [`parse_iso_rewrite`].
+struct Local {
+    y: i64,
+    m: i64,
+    d: i64,
+    h: i64,
+    mi: i64,
+    offset_minutes: i64,
+    /// The three millisecond digits as written (padded with zeros).
+    millis: [u8; 3],
+}
+
+/// The fast parse; also, when the second is not a leap second (which rolls over into the
+/// next minute) and the offset is whole minutes, the fields the output can be built
+/// from without calendar arithmetic.
 #[inline(always)]
-fn parse_iso_fields(s: &[u8]) -> Option<(UnixMillis, Option<[u8; 3]>)> {
+fn parse_iso_fields(s: &[u8]) -> Option<(UnixMillis, Option<Local>)> {
     if s.len() < 20
         || s[4] != b'-'
         || s[7] != b'-'
@@ -139,8 +190,16 @@ fn parse_iso_fields(s: &[u8]) -> Option<(UnixMillis, Option<[u8; 3]>)> {
     }
     let offset_secs = parse_offset(rest).ok()?;
     let local = (days_from_civil(y, m, day) * 86_400 + h * 3600 + mi * 60 + sec) * 1000 + millis;
-    let utc = (offset_secs == 0 && sec < 60).then_some(milli_digits);
-    Some((local - offset_secs * 1000, utc))
+    let fields = (offset_secs % 60 == 0 && sec < 60).then_some(Local {
+        y,
+        m,
+        d: day,
+        h,
+        mi,
+        offset_minutes: offset_secs / 60,
+        millis: milli_digits,
+    });
+    Some((local - offset_secs * 1000, fields))
 }
 
 /// `YYYY-MM-DD`: midnight of that day in `tz` (UTC when `None`).
@@ -683,10 +742,11 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The UTC rewrite gives exactly what parsing and writing give.
+        /// The rewrite gives exactly what parsing and writing give, across day, month
+        /// and year ends and offsets up to a day.
         #[test]
         fn utc_rewrite_matches_parse_then_write(
-            s in "[0-9]{4}-[0-1][0-9]-[0-3][0-9][Tt ][0-2][0-9]:[0-5][0-9]:[0-6][0-9]([.,][0-9]{0,5})?(Z|z|[+-]00(:?00)?|[+-]0[0-1](:?[0-3]0)?)",
+            s in "([0-9]{4}-[0-1][0-9]-[0-3][0-9]|[0-9]{2}(00|04|99)-(01-01|02-2[89]|03-01|12-31))[Tt ][0-2][0-9]:[0-5][0-9]:[0-6][0-9]([.,][0-9]{0,5})?(Z|z|[+-]00(:?00)?|[+-][0-2][0-9](:?[0-5][0-9])?)",
         ) {
             if let Some((ms, text)) = parse_iso_rewrite(s.as_bytes()) {
                 proptest::prop_assert_eq!(Ok(ms), parse_iso(s.as_bytes(), None));
@@ -718,7 +778,19 @@ mod tests {
             ok("2023-03-06T12:21:12+0000").as_deref(),
             Some("\"2023-03-06T12:21:12.000Z\"")
         );
-        assert_eq!(ok("2023-03-06T12:21:12+01:00"), None);
+        assert_eq!(
+            ok("2023-03-06T12:21:12+01:00").as_deref(),
+            Some("\"2023-03-06T11:21:12.000Z\"")
+        );
+        assert_eq!(
+            ok("2024-03-01T05:00:00.5+09:30").as_deref(),
+            Some("\"2024-02-29T19:30:00.500Z\"")
+        );
+        assert_eq!(
+            ok("1999-12-31T20:00:00-04:00").as_deref(),
+            Some("\"2000-01-01T00:00:00.000Z\"")
+        );
+        assert_eq!(ok("9999-12-31T23:00:00-02:00"), None, "past year 9999");
         assert_eq!(ok("2023-12-31T23:59:60Z"), None, "a leap second rolls over");
         assert_eq!(ok("2023-03-06T12:21Z"), None);
     }
