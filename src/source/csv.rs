@@ -713,53 +713,23 @@ mod tests {
     /// input buffers of `block` bytes. Blocks after the first are scanned and deferred
     /// where their quoting allows (the chunk is materialized here, as the mapper does).
     fn by_source(input: &[u8], step: usize, max_rows: usize, block: usize) -> (Vec<String>, Rows) {
-        let (names, rows, _) = by_source_counting(input, step, max_rows, block);
+        let (names, rows, _) = through_source(input, step, max_rows, block, true);
         (names, rows)
     }
 
     /// The rows through plain `fill`, which parses every block on the reader's thread.
     fn by_source_parsing(input: &[u8], step: usize, max_rows: usize, block: usize) -> Rows {
-        let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
-        let stream: Stream = Box::new(BufReader::with_capacity(
-            step,
-            Trickle {
-                data: input.to_vec(),
-                at: 0,
-                step,
-            },
-        ));
-        let Ok(mut src) = CsvSource::open(info.clone(), stream, CsvOptions::default()) else {
-            return Vec::new();
-        };
-        src.block = block;
-        let mut chunk = CsvChunk::new(info, src.header().clone());
-        let mut rows = Vec::new();
-        loop {
-            src.fill(&mut chunk, max_rows).unwrap();
-            if chunk.len == 0 {
-                return rows;
-            }
-            assert!(chunk.pending.is_none(), "fill left a chunk unparsed");
-            for i in 0..chunk.len {
-                let row = chunk.row(i);
-                let fields = (0..row.fields.len())
-                    .map(|c| match row.field(&ColumnRef::Index(c)) {
-                        Field::Text(s) => s.as_bytes().to_vec(),
-                        Field::Raw(b) => b.to_vec(),
-                        other => panic!("a CSV field came as {other:?}"),
-                    })
-                    .collect();
-                rows.push((fields, chunk.offsets[i], row.line()));
-            }
-        }
+        through_source(input, step, max_rows, block, false).1
     }
 
-    /// As `by_source`, also counting the chunks that were deferred.
-    fn by_source_counting(
+    /// As `by_source` (`defer`: with `fill_deferred`, else `fill`), also counting the
+    /// chunks that were deferred.
+    fn through_source(
         input: &[u8],
         step: usize,
         max_rows: usize,
         block: usize,
+        defer: bool,
     ) -> (Vec<String>, Rows, usize) {
         let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
         let stream: Stream = Box::new(BufReader::with_capacity(
@@ -781,7 +751,12 @@ mod tests {
         let mut rows = Vec::new();
         let mut deferred = 0;
         loop {
-            src.fill_deferred(&mut chunk, max_rows).unwrap();
+            if defer {
+                src.fill_deferred(&mut chunk, max_rows).unwrap();
+            } else {
+                src.fill(&mut chunk, max_rows).unwrap();
+                assert!(chunk.pending.is_none(), "fill left a chunk unparsed");
+            }
             if chunk.len == 0 {
                 break;
             }
@@ -920,12 +895,12 @@ mod tests {
         for i in 0..200 {
             text.push_str(&format!("{i},\"n,{i}\"\"\"\r\n"));
         }
-        let (_, rows, deferred) = by_source_counting(text.as_bytes(), 64, 10, 128);
+        let (_, rows, deferred) = through_source(text.as_bytes(), 64, 10, 128, true);
         assert_eq!(rows.len(), 200);
         assert!(deferred >= 19, "only {deferred} of 20 chunks were deferred");
         // A quote inside an unquoted field stops the scan: that block is parsed.
         let odd = text.replace("7,\"n,7\"\"\"", "7,n\"7");
-        let (_, rows, fewer) = by_source_counting(odd.as_bytes(), 64, 10, 128);
+        let (_, rows, fewer) = through_source(odd.as_bytes(), 64, 10, 128, true);
         assert_eq!(rows, by_csv_crate(odd.as_bytes(), b',', b'"')[1..].to_vec());
         assert!(fewer < deferred, "{fewer} deferred despite the odd quote");
     }
