@@ -1,9 +1,10 @@
 //! The only module that creates threads and channels: the whole data flow on one screen.
 //!
 //! ```text
-//!  reader ──chunks──▶ dispatcher ──rayon──▶ packer ──requests──▶ senders ×N ──acks──▶ collector
-//!    ▲                     │                  │                                   (this thread)
-//!    └──── free chunks ◀───┘                  └──▶ rejects file
+//!  reader ──rayon::spawn──▶ mappers ──mapped──▶ packer ──requests──▶ senders ×N ──acks──▶ collector
+//!    ▲  ▲                     │                   │                                  (this thread)
+//!    │  └──── free chunks ◀───┘                   │
+//!    └──────────── free mapped buffers ◀──────────┘
 //! ```
 //!
 //! Every channel is bounded and every buffer is recycled, so memory does not grow with
@@ -169,7 +170,6 @@ pub fn run_with_progress(
     // (perf stat -r 5: 0.44-0.45 s against 0.41-0.43 s with four). Capped so memory
     // stays flat on many cores (each is a 512 KiB block and its mapped calls).
     let pool = (rayon::current_num_threads() * 4 + 4).min(64);
-    let (raw_tx, raw_rx) = bounded::<(u64, Chunk)>(pool);
     let (free_raw_tx, free_raw_rx) = bounded::<Chunk>(pool);
     let (mapped_tx, mapped_rx) = bounded::<Mapped>(pool);
     let (free_mapped_tx, free_mapped_rx) = bounded::<Mapped>(pool);
@@ -203,32 +203,32 @@ pub fn run_with_progress(
     };
 
     let (read_result, pack_result, outcome) = std::thread::scope(|s| {
-        let reader = s.spawn(|| {
+        let dispatch = Dispatch {
+            free_raw: free_raw_tx,
+            mapped: mapped_tx,
+            free_mapped: free_mapped_rx,
+            mappings: &mappings,
+            opts: &encode_opts,
+        };
+        // The reader owns the dispatch, so the packer sees the mapped channel close
+        // when reading is done.
+        let (inputs, stop_ref, halt_ref, rows_ref) = (&inputs, &stop, &halt_reading, &input_rows);
+        let reader = s.spawn(move || {
             let r = read_inputs(
-                &inputs,
+                inputs,
                 src_opts,
                 start,
                 cfg.chunk_rows,
                 pool,
                 free_raw_rx,
-                raw_tx,
-                &[&stop, &halt_reading],
-                &input_rows,
+                &dispatch,
+                &[stop_ref, halt_ref],
+                rows_ref,
                 progress,
             );
             // A read error ends reading but not delivery: every row read before the
             // damage is still mapped, sent and checkpointed, then the run reports it.
             r
-        });
-        s.spawn(|| {
-            dispatch(
-                raw_rx,
-                free_raw_tx,
-                mapped_tx,
-                free_mapped_rx,
-                &mappings,
-                &encode_opts,
-            )
         });
         let spares_in = spares.clone();
         let packer = s.spawn(|| pack(mapped_rx, free_mapped_tx, work_tx, cfg.limits, spares_in));
@@ -398,7 +398,7 @@ fn read_inputs(
     chunk_rows: usize,
     pool: usize,
     free: Receiver<Chunk>,
-    out: Sender<(u64, Chunk)>,
+    out: &Dispatch<'_>,
     halt: &[&AtomicBool],
     input_rows: &Mutex<Vec<u64>>,
     progress: &Progress,
@@ -453,7 +453,7 @@ fn read_inputs(
             }
             rows = chunk.first_row() + chunk.len() as u64;
             progress.read(&chunk);
-            if out.send((seq, chunk)).is_err() {
+            if !out.map(seq, chunk) {
                 return Ok(());
             }
             seq += 1;
@@ -637,21 +637,31 @@ fn config_hash(cfg: &RunConfig, src: &SourceOptions) -> Result<String, RunError>
     Ok(format!("{:016x}", h.digest()))
 }
 
-/// Hands each chunk to rayon for mapping; returns chunks to the reader when done.
-fn dispatch(
-    raw: Receiver<(u64, Chunk)>,
+/// Hands chunks to rayon for mapping, from the reader's own thread (a thread of its own
+/// between them was one more wake-up per chunk on two busy cores).
+struct Dispatch<'a> {
+    /// Where mapped chunks go back to the reader.
     free_raw: Sender<Chunk>,
     mapped: Sender<Mapped>,
+    /// Buffers for mapped calls, back from the packer: at most `pool` chunks are in
+    /// flight, so the reader waits here when the mappers or the packer fall behind.
     free_mapped: Receiver<Mapped>,
-    mappings: &[Arc<CompiledMapping>],
-    opts: &Arc<EncodeOptions>,
-) {
-    for (seq, mut chunk) in raw {
-        let Ok(mut out) = free_mapped.recv() else {
-            return;
+    mappings: &'a [Arc<CompiledMapping>],
+    opts: &'a Arc<EncodeOptions>,
+}
+
+impl Dispatch<'_> {
+    /// Maps chunk number `seq` on rayon. False when the run is shutting down.
+    fn map(&self, seq: u64, mut chunk: Chunk) -> bool {
+        let Ok(mut out) = self.free_mapped.recv() else {
+            return false;
         };
-        let mapping = mappings[chunk.input().index as usize].clone();
-        let (free_raw, mapped, opts) = (free_raw.clone(), mapped.clone(), opts.clone());
+        let mapping = self.mappings[chunk.input().index as usize].clone();
+        let (free_raw, mapped, opts) = (
+            self.free_raw.clone(),
+            self.mapped.clone(),
+            self.opts.clone(),
+        );
         rayon::spawn(move || {
             // The reader may have only scanned a CSV block: its rows are parsed here,
             // in parallel with other chunks.
@@ -663,6 +673,7 @@ fn dispatch(
             let _ = free_raw.send(chunk);
             let _ = mapped.send(out);
         });
+        true
     }
 }
 
