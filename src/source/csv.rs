@@ -294,7 +294,12 @@ impl CsvSource {
         };
         let mut chunk = CsvChunk::new(input.clone(), src.header.clone());
         let before = (src.pos, src.line);
-        src.fill(&mut chunk, 1)?;
+        // Without a header the first record is data and is read again below, so its
+        // bytes must stay as they are (only its fields are counted here).
+        src.parser.in_place = opts.has_header;
+        let first = src.fill(&mut chunk, 1);
+        src.parser.in_place = true;
+        first?;
         if chunk.len == 0 {
             return Err(SourceError::Empty {
                 path: input.display.clone(),
@@ -482,7 +487,9 @@ impl CsvSource {
                     self.pos += len;
                     self.line += newlines;
                     self.first = false;
-                    if len > limit as u64 {
+                    // (Not while counting a headerless input's first record: it is read
+                    // again, and rejected then.)
+                    if len > limit as u64 && self.parser.in_place {
                         // Drop its bytes now; the row is rejected by its size alone.
                         chunk.fields.truncate(first);
                         chunk.raw.copy_within(end..filled, at);
@@ -943,6 +950,63 @@ mod tests {
         let whole = text[..cut].matches('\n').count() - 1;
         assert_eq!(rows, whole);
         assert!(err.contains("disk on fire"), "{err}");
+    }
+
+    #[test]
+    fn without_a_header_the_first_record_is_read_as_data_exactly() {
+        for text in [
+            "\"a\"\"b\",c\r\nd,\"e\"\"\"\n",
+            "\"x\"y,z\n1,2\n",
+            "\"open,2\n3,4\n",
+            "p,q",
+        ] {
+            let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
+            let stream: Stream = Box::new(BufReader::new(std::io::Cursor::new(
+                text.as_bytes().to_vec(),
+            )));
+            let opts = CsvOptions {
+                has_header: false,
+                ..CsvOptions::default()
+            };
+            let mut src = CsvSource::open(info.clone(), stream, opts).unwrap();
+            let mut chunk = CsvChunk::new(info, src.header().clone());
+            src.fill(&mut chunk, 100).unwrap();
+            let got: Rows = (0..chunk.len)
+                .map(|i| {
+                    let row = chunk.row(i);
+                    let fields = (0..row.fields.len())
+                        .map(|c| match row.field(&ColumnRef::Index(c)) {
+                            Field::Text(s) => s.as_bytes().to_vec(),
+                            Field::Raw(b) => b.to_vec(),
+                            other => panic!("{other:?}"),
+                        })
+                        .collect();
+                    (fields, chunk.offsets[i], row.line())
+                })
+                .collect();
+            assert_eq!(got, by_csv_crate(text.as_bytes(), b',', b'"'), "{text:?}");
+            let n = got[0].0.len();
+            assert_eq!(src.header().names.len(), n, "{text:?}");
+        }
+        // A first record over the limit is rejected as row 0, not lost.
+        let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
+        let text = "\"aaaa\"\"bbbb\",cccc\nd,e\n";
+        let stream: Stream = Box::new(BufReader::new(std::io::Cursor::new(
+            text.as_bytes().to_vec(),
+        )));
+        let opts = CsvOptions {
+            has_header: false,
+            max_record_bytes: 10,
+            ..CsvOptions::default()
+        };
+        let mut src = CsvSource::open(info.clone(), stream, opts).unwrap();
+        let mut chunk = CsvChunk::new(info, src.header().clone());
+        src.fill(&mut chunk, 100).unwrap();
+        assert_eq!(chunk.len, 2);
+        assert_eq!(chunk.oversize, vec![(0, 18, 10)]);
+        assert_eq!(chunk.row(0).problem_code(), "record_too_large");
+        assert_eq!(chunk.offsets, vec![0, 18]);
+        assert_eq!(chunk.row(1).field(&ColumnRef::Index(1)), Field::Text("e"));
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct Parser {
     ends: Vec<usize>,
     /// Fields of the record being parsed that hold `""` and must be unescaped.
     unescape: Vec<usize>,
+    /// Rewrite records in place (unescape `""`, csv-core's output over the input). Off
+    /// only to count a record's fields while keeping its bytes as read.
+    pub(super) in_place: bool,
 }
 
 impl Parser {
@@ -67,6 +70,7 @@ impl Parser {
             out: Vec::new(),
             ends: Vec::new(),
             unescape: Vec::new(),
+            in_place: true,
         }
     }
 
@@ -200,8 +204,10 @@ impl Parser {
                 return self.slow(buf, at, body, filled, eof, fields);
             }
         };
-        for &f in &self.unescape {
-            fields[f] = unescape_in_place(buf, fields[f], q);
+        if self.in_place {
+            for &f in &self.unescape {
+                fields[f] = unescape_in_place(buf, fields[f], q);
+            }
         }
         Parsed::Record { end, newlines }
     }
@@ -265,8 +271,10 @@ impl Parser {
         }
         let end = from + nin;
         let newlines = count_newlines(&buf[at..end]);
-        buf[from..from + nout].copy_from_slice(&self.out[..nout]);
-        buf[from + nout..end].fill(b' ');
+        if self.in_place {
+            buf[from..from + nout].copy_from_slice(&self.out[..nout]);
+            buf[from + nout..end].fill(b' ');
+        }
         let mut prev = from;
         for &e in &self.ends[..nend] {
             fields.push((prev, from + e));
