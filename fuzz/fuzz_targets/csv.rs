@@ -56,7 +56,9 @@ fn read(bytes: &[u8], opts: CsvOptions, max_rows: usize, defer: bool) -> Option<
     for _ in 0..100_000 {
         if defer {
             src.fill_deferred(&mut chunk, max_rows).ok()?;
-            chunk.materialize().expect("a scanned block parses as scanned");
+            chunk
+                .materialize()
+                .expect("a scanned block parses as scanned");
         } else {
             src.fill(&mut chunk, max_rows).ok()?;
         }
