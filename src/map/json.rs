@@ -132,10 +132,6 @@ fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn next_escape(bytes: &[u8], mut i: usize) -> Option<usize> {
-    use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
-        _mm_set1_epi8,
-    };
     let n = bytes.len();
     if n < 16 {
         // Most strings are short (ids, names, codes): one test of the whole rest,
@@ -147,24 +143,7 @@ fn next_escape(bytes: &[u8], mut i: usize) -> Option<usize> {
         return next_escape_swar(bytes, i);
     }
     // Bit k set when byte k of the 16 at `at` is `"`, `\` or below 0x20.
-    let mask_at = |at: usize| -> u32 {
-        debug_assert!(at + 16 <= n);
-        // SAFETY: `at + 16 <= bytes.len()` (checked by every caller below), so the
-        // unaligned 16-byte load stays inside `bytes`; SSE2 is always present on x86_64.
-        unsafe {
-            let v = _mm_loadu_si128(bytes.as_ptr().add(at) as *const __m128i);
-            let ctl = _mm_set1_epi8(0x1f);
-            let hit = _mm_or_si128(
-                _mm_or_si128(
-                    _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8)),
-                    _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8)),
-                ),
-                // v <= 0x1f (unsigned) exactly when max(v, 0x1f) == 0x1f.
-                _mm_cmpeq_epi8(_mm_max_epu8(v, ctl), ctl),
-            );
-            _mm_movemask_epi8(hit) as u32
-        }
-    };
+    let mask_at = |at: usize| specials16(&bytes[at..at + 16]);
     while i + 16 <= n {
         let m = mask_at(i);
         if m != 0 {
@@ -185,6 +164,34 @@ fn next_escape(bytes: &[u8], mut i: usize) -> Option<usize> {
 #[inline]
 fn next_escape(bytes: &[u8], i: usize) -> Option<usize> {
     next_escape_swar(bytes, i)
+}
+
+/// Bit `k` set when byte `k` of `block` (sixteen bytes) is `"`, `\` or below 0x20: the
+/// bytes a JSON string must escape. SSE2, part of the x86_64 baseline. Also the
+/// receiver's string scan (`serve::scan`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn specials16(block: &[u8]) -> u32 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    let block: &[u8; 16] = block.try_into().expect("sixteen bytes");
+    // SAFETY: `block` is sixteen bytes, so the unaligned 16-byte load stays inside it;
+    // SSE2 is always present on x86_64.
+    unsafe {
+        let v = _mm_loadu_si128(block.as_ptr().cast::<__m128i>());
+        let ctl = _mm_set1_epi8(0x1f);
+        let hit = _mm_or_si128(
+            _mm_or_si128(
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8)),
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8)),
+            ),
+            // v <= 0x1f (unsigned) exactly when max(v, 0x1f) == 0x1f.
+            _mm_cmpeq_epi8(_mm_max_epu8(v, ctl), ctl),
+        );
+        _mm_movemask_epi8(hit) as u32
+    }
 }
 
 /// True when some byte of `b` (shorter than 16 bytes) is `"`, `\` or below 0x20: the
@@ -215,10 +222,18 @@ fn short_has_escape(b: &[u8]) -> bool {
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 
-/// True when some byte of the word is `"`, `\` or below 0x20. `has_less(x, n)` is
-/// non-zero exactly when some byte of `x` is below `n` (n <= 128; "Bit Twiddling Hacks").
+/// True when some byte of the word is `"`, `\` or below 0x20.
 #[inline(always)]
 fn swar_has_escape(w: u64) -> bool {
+    specials_swar(w) != 0
+}
+
+/// The high bit of each byte of `w` (eight bytes, little-endian) that is `"`, `\` or
+/// below 0x20. `has_less(x, n)` marks the bytes of `x` below `n` (n <= 128; "Bit
+/// Twiddling Hacks"); a borrow can also mark a byte above a marked one, never below, so
+/// `trailing_zeros() / 8` is the first such byte. Also the receiver's (`serve::scan`).
+#[inline(always)]
+pub(crate) fn specials_swar(w: u64) -> u64 {
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     #[inline(always)]
     fn has_less(x: u64, n: u8) -> u64 {
@@ -226,7 +241,7 @@ fn swar_has_escape(w: u64) -> bool {
     }
     let quote = w ^ (ONES * b'"' as u64);
     let backslash = w ^ (ONES * b'\\' as u64);
-    has_less(w, 0x20) | has_less(quote, 1) | has_less(backslash, 1) != 0
+    has_less(w, 0x20) | has_less(quote, 1) | has_less(backslash, 1)
 }
 
 /// The portable scan: eight bytes at a time (SWAR), then a table for the tail. A word

@@ -346,6 +346,39 @@ pub fn run_until_signal(cfg: ServeConfig) -> Result<Stats, ServeError> {
     Ok(stats)
 }
 
+/// `n` copies of `base`, each with one to three random edits (a byte of `alphabet` put
+/// over, before, or instead of a byte), from a fixed seed: the receiver's fast paths are
+/// checked against the serde and chrono paths on these.
+#[cfg(test)]
+fn mutations<'a>(
+    base: &'a [u8],
+    alphabet: &'a [u8],
+    n: usize,
+) -> impl Iterator<Item = Vec<u8>> + 'a {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    (0..n).map(move |_| {
+        let mut b = base.to_vec();
+        for _ in 0..1 + rand(3) {
+            let at = rand(b.len());
+            let c = alphabet[rand(alphabet.len())];
+            match rand(3) {
+                0 => b[at] = c,
+                1 => b.insert(at, c),
+                _ => {
+                    b.remove(at);
+                }
+            }
+        }
+        b
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

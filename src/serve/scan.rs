@@ -18,6 +18,10 @@
 use std::borrow::Cow;
 
 use super::validate::CallFields;
+// The bytes a JSON string must escape, found as the engine's writer finds them.
+#[cfg(target_arch = "x86_64")]
+use crate::map::json::specials16;
+use crate::map::json::specials_swar as specials;
 
 /// The scan cannot vouch for this body: run the serde path on it.
 #[derive(Debug, PartialEq, Eq)]
@@ -98,20 +102,6 @@ fn wanted(key: &[u8]) -> Option<u8> {
     })
 }
 
-const ONES: u64 = u64::MAX / 255;
-const HIGHS: u64 = ONES << 7;
-
-/// Bytes of `w` (8 bytes, little-endian) that are `"`, `\` or below 0x20, as high bits.
-#[inline]
-fn specials(w: u64) -> u64 {
-    let ctrl = w.wrapping_sub(ONES * 0x20) & !w;
-    let q = w ^ (ONES * u64::from(b'"'));
-    let quote = q.wrapping_sub(ONES) & !q;
-    let bs = w ^ (ONES * u64::from(b'\\'));
-    let backslash = bs.wrapping_sub(ONES) & !bs;
-    (ctrl | quote | backslash) & HIGHS
-}
-
 /// The index of the first `"`, `\` or control byte in `b` from `i` on, or `b.len()`.
 ///
 /// On x86_64, sixteen bytes at a time with SSE2 (part of the x86_64 baseline, so no
@@ -122,26 +112,8 @@ fn specials(w: u64) -> u64 {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn find_special(b: &[u8], mut i: usize) -> usize {
-    use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
-        _mm_set1_epi8,
-    };
     while let Some(block) = b.get(i..i + 16) {
-        // SAFETY: `block` is 16 bytes long, so the unaligned 16-byte load stays inside
-        // it; SSE2 is always present on x86_64.
-        let m = unsafe {
-            let v = _mm_loadu_si128(block.as_ptr().cast::<__m128i>());
-            let ctl = _mm_set1_epi8(0x1f);
-            let hit = _mm_or_si128(
-                _mm_or_si128(
-                    _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8)),
-                    _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8)),
-                ),
-                // v <= 0x1f (unsigned) exactly when max(v, 0x1f) == 0x1f.
-                _mm_cmpeq_epi8(_mm_max_epu8(v, ctl), ctl),
-            );
-            _mm_movemask_epi8(hit) as u32
-        };
+        let m = specials16(block);
         if m != 0 {
             return i + m.trailing_zeros() as usize;
         }
@@ -558,29 +530,10 @@ mod tests {
     fn mutated_bodies_are_judged_as_serde_judges_them() {
         let base = r#"{"batch":[{"type":"track","messageId":"m-1","userId":"u1","event":"Order \"x\" é","timestamp":"2024-01-02T03:04:05.678Z","properties":{"amount":-12.5e-3,"n":[0,1,true,false,null],"o":{}}},{"type":"identify","anonymousId":"a","traits":{"s":"\u00e9\n"}},{"type":"group","groupId":"g","userId":null}],"context":{"library":{"name":"x"}}}"#;
         let alphabet = br#"{}[]:,"\ u0aeE.-+1tfnlrsx"#;
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rand = move |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
         assert_eq!(by_scan(base).map(|c| c.len()), Ok(3));
         assert!(agrees(base));
         let mut scanned = 0;
-        for _ in 0..3000 {
-            let mut b = base.as_bytes().to_vec();
-            for _ in 0..1 + rand(3) {
-                let at = rand(b.len());
-                let c = alphabet[rand(alphabet.len())];
-                match rand(3) {
-                    0 => b[at] = c,
-                    1 => b.insert(at, c),
-                    _ => {
-                        b.remove(at);
-                    }
-                }
-            }
+        for b in super::super::mutations(base.as_bytes(), alphabet, 3000) {
             let Ok(body) = std::str::from_utf8(&b) else {
                 continue;
             };

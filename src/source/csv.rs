@@ -729,6 +729,23 @@ mod tests {
         through_source(input, step, max_rows, block, false).1
     }
 
+    /// A chunk's rows as (fields, byte offset, line), as `by_csv_crate` gives them.
+    fn rows_of(chunk: &CsvChunk) -> Rows {
+        (0..chunk.len)
+            .map(|i| {
+                let row = chunk.row(i);
+                let fields = (0..row.fields.len())
+                    .map(|c| match row.field(&ColumnRef::Index(c)) {
+                        Field::Text(s) => s.as_bytes().to_vec(),
+                        Field::Raw(b) => b.to_vec(),
+                        other => panic!("a CSV field came as {other:?}"),
+                    })
+                    .collect();
+                (fields, chunk.offsets[i], row.line())
+            })
+            .collect()
+    }
+
     /// As `by_source` (`defer`: with `fill_deferred`, else `fill`), also counting the
     /// chunks that were deferred.
     fn through_source(
@@ -770,17 +787,7 @@ mod tests {
             deferred += chunk.pending.is_some() as usize;
             chunk.materialize().unwrap();
             assert_eq!(chunk.first_row, rows.len() as u64);
-            for i in 0..chunk.len {
-                let row = chunk.row(i);
-                let fields = (0..row.fields.len())
-                    .map(|c| match row.field(&ColumnRef::Index(c)) {
-                        Field::Text(s) => s.as_bytes().to_vec(),
-                        Field::Raw(b) => b.to_vec(),
-                        other => panic!("a CSV field came as {other:?}"),
-                    })
-                    .collect();
-                rows.push((fields, chunk.offsets[i], row.line()));
-            }
+            rows.extend(rows_of(&chunk));
             assert_eq!(chunk.end.row, rows.len() as u64);
         }
         (names, rows, deferred)
@@ -971,19 +978,7 @@ mod tests {
             let mut src = CsvSource::open(info.clone(), stream, opts).unwrap();
             let mut chunk = CsvChunk::new(info, src.header().clone());
             src.fill(&mut chunk, 100).unwrap();
-            let got: Rows = (0..chunk.len)
-                .map(|i| {
-                    let row = chunk.row(i);
-                    let fields = (0..row.fields.len())
-                        .map(|c| match row.field(&ColumnRef::Index(c)) {
-                            Field::Text(s) => s.as_bytes().to_vec(),
-                            Field::Raw(b) => b.to_vec(),
-                            other => panic!("{other:?}"),
-                        })
-                        .collect();
-                    (fields, chunk.offsets[i], row.line())
-                })
-                .collect();
+            let got = rows_of(&chunk);
             assert_eq!(got, by_csv_crate(text.as_bytes(), b',', b'"'), "{text:?}");
             let n = got[0].0.len();
             assert_eq!(src.header().names.len(), n, "{text:?}");
