@@ -86,65 +86,6 @@ pub enum OutKind {
     Object(Vec<OutNode>),
 }
 
-/// One step of an object's flat write plan: the [`OutNode`] tree of traits, properties
-/// or context flattened at compile time, so the encoder runs one loop over the steps
-/// instead of recursing through the tree and re-deciding per value what each node is.
-/// Writes the same bytes as the tree (see `encode::write_object`).
-#[derive(Debug, Clone)]
-pub enum PlanOp {
-    /// `,"key":` and the value; the comma is left out for an object's first member, and
-    /// key and comma are both dropped when the value is omitted.
-    Value { key: Box<[u8]>, v: ValueSource },
-    /// `,"key":{`: opens a nested object (comma as for `Value`).
-    Open { key: Box<[u8]> },
-    /// `}`: closes the innermost open object; one with no members is dropped with its key,
-    /// whose `Open` wrote `key_len` bytes (`,"key":{`, less the comma when it had none).
-    Close { key_len: usize },
-    /// The NDJSON `source::ndjson::LATER_KEYS` column: its object's members inline.
-    LaterKeys(ColumnRef),
-}
-
-/// Objects nested deeper than this keep the tree walk (the plan keeps one bit per open
-/// object in a `u64`).
-pub const PLAN_MAX_DEPTH: usize = 63;
-
-/// The flat plan of an object's members, or `None` when it nests deeper than
-/// [`PLAN_MAX_DEPTH`] (the encoder then walks the tree).
-pub fn plan(nodes: &[OutNode]) -> Option<Vec<PlanOp>> {
-    fn add(nodes: &[OutNode], depth: usize, ops: &mut Vec<PlanOp>) -> Option<()> {
-        for n in nodes {
-            let mut key = Vec::with_capacity(n.key.len() + 1);
-            key.push(b',');
-            key.extend_from_slice(&n.key);
-            match &n.kind {
-                OutKind::Leaf(ValueSource::Column(c))
-                    if n.name == crate::source::ndjson::LATER_KEYS =>
-                {
-                    ops.push(PlanOp::LaterKeys(c.col.clone()));
-                }
-                OutKind::Leaf(v) => ops.push(PlanOp::Value {
-                    key: key.into(),
-                    v: v.clone(),
-                }),
-                OutKind::Object(children) => {
-                    if depth + 1 > PLAN_MAX_DEPTH {
-                        return None;
-                    }
-                    key.push(b'{');
-                    let key_len = key.len();
-                    ops.push(PlanOp::Open { key: key.into() });
-                    add(children, depth + 1, ops)?;
-                    ops.push(PlanOp::Close { key_len });
-                }
-            }
-        }
-        Some(())
-    }
-    let mut ops = Vec::new();
-    add(nodes, 0, &mut ops)?;
-    Some(ops)
-}
-
 #[derive(Debug, Clone)]
 pub enum KindSource {
     Const(CallKind),
@@ -169,9 +110,6 @@ pub struct CompiledCall {
     pub payload: Vec<OutNode>,
     /// Call-level `context`, written inside the call.
     pub context: Vec<OutNode>,
-    /// [`plan`] of `payload` and of `context`.
-    pub payload_plan: Option<Vec<PlanOp>>,
-    pub context_plan: Option<Vec<PlanOp>>,
 }
 
 /// The whole mapping compiled against one input.
@@ -183,9 +121,6 @@ pub struct CompiledMapping {
     /// their bytes, so calls with different values never share a request.
     pub batch_context: Vec<OutNode>,
     pub batch_integrations: Vec<OutNode>,
-    /// [`plan`] of `batch_context` and of `batch_integrations`.
-    pub batch_context_plan: Option<Vec<PlanOp>>,
-    pub batch_integrations_plan: Option<Vec<PlanOp>>,
 }
 
 impl CompiledMapping {
@@ -557,8 +492,6 @@ pub fn compile(
             previous_id: id(&c.previous_id, "previous_id")?,
             timestamp,
             message_id: id(&c.message_id, "message_id")?,
-            payload_plan: plan(&payload),
-            context_plan: plan(&context),
             payload,
             context,
         };
@@ -570,8 +503,6 @@ pub fn compile(
     Ok(CompiledMapping {
         calls,
         max_future_ms: (spec.defaults.max_future_hours as i64).saturating_mul(3_600_000),
-        batch_context_plan: plan(&batch_context),
-        batch_integrations_plan: plan(&batch_integrations),
         batch_context,
         batch_integrations,
     })

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use super::compile::{
-    ColumnValue, CompiledCall, CompiledMapping, KindSource, OutKind, OutNode, PlanOp, TemplatePart,
+    ColumnValue, CompiledCall, CompiledMapping, KindSource, OutKind, OutNode, TemplatePart,
     TsFormat, UnixUnit, ValueSource,
 };
 use super::json;
@@ -288,24 +288,16 @@ fn write_batch_context<R: Row>(
     m: &CompiledMapping,
     opts: &EncodeOptions,
 ) -> Result<(), Reject> {
-    for (key, nodes, plan) in [
-        (
-            &b",\"context\":"[..],
-            &m.batch_context,
-            &m.batch_context_plan,
-        ),
-        (
-            &b",\"integrations\":"[..],
-            &m.batch_integrations,
-            &m.batch_integrations_plan,
-        ),
+    for (key, nodes) in [
+        (&b",\"context\":"[..], &m.batch_context),
+        (&b",\"integrations\":"[..], &m.batch_integrations),
     ] {
         if nodes.is_empty() {
             continue;
         }
         let mark = out.len();
         out.extend_from_slice(key);
-        write_members(out, row, nodes, plan, opts)?;
+        write_object(out, row, nodes, opts)?;
         if out.ends_with(b"{}") {
             out.truncate(mark);
         }
@@ -443,12 +435,12 @@ fn encode_call<R: Row>(
             "traits" => b",\"traits\":",
             _ => b",\"properties\":",
         });
-        write_members(out, row, &call.payload, &call.payload_plan, opts)?;
+        write_object(out, row, &call.payload, opts)?;
     }
     if !call.context.is_empty() {
         let mark = out.len();
         out.extend_from_slice(b",\"context\":");
-        write_members(out, row, &call.context, &call.context_plan, opts)?;
+        write_object(out, row, &call.context, opts)?;
         if out.ends_with(b"{}") {
             out.truncate(mark);
         }
@@ -673,80 +665,6 @@ fn source_hint(v: &Option<ValueSource>) -> String {
     }
 }
 
-/// An object from its compiled plan when it has one, else by walking the tree.
-#[inline]
-fn write_members<R: Row>(
-    out: &mut Vec<u8>,
-    row: &R,
-    nodes: &[OutNode],
-    plan: &Option<Vec<PlanOp>>,
-    opts: &EncodeOptions,
-) -> Result<(), Reject> {
-    match plan {
-        Some(ops) => write_plan(out, row, ops, opts),
-        None => write_object(out, row, nodes, opts),
-    }
-}
-
-/// Writes an object from its flat plan ([`super::compile::plan`]): the same bytes as
-/// [`write_object`] on the tree it was made from, in one loop.
-fn write_plan<R: Row>(
-    out: &mut Vec<u8>,
-    row: &R,
-    ops: &[PlanOp],
-    opts: &EncodeOptions,
-) -> Result<(), Reject> {
-    out.push(b'{');
-    // Whether the innermost open object has a member yet (then the next one needs a comma).
-    let mut any = false;
-    // One bit per open nested object: its parent's `any` (innermost in bit 0).
-    let mut parents = 0u64;
-    for op in ops {
-        match op {
-            PlanOp::Value { key, v } => {
-                let mark = out.len();
-                json::extend_short(out, &key[usize::from(!any)..]);
-                if write_value_inline(out, row, v, opts, false)? {
-                    any = true;
-                } else {
-                    out.truncate(mark);
-                }
-            }
-            PlanOp::Open { key } => {
-                parents = parents << 1 | u64::from(any);
-                json::extend_short(out, &key[usize::from(!any)..]);
-                any = false;
-            }
-            PlanOp::Close { key_len } => {
-                let parent_any = parents & 1 == 1;
-                parents >>= 1;
-                if any {
-                    out.push(b'}');
-                } else {
-                    // `{}` says nothing: dropped with its key (as `write_object` does).
-                    // Nothing was written since the key, which had a comma iff the
-                    // parent had a member.
-                    out.truncate(out.len() - key_len + usize::from(!parent_any));
-                    any = parent_any;
-                }
-            }
-            PlanOp::LaterKeys(col) => {
-                if let Field::Json(obj) = row.field(col) {
-                    if obj.len() > 2 {
-                        if any {
-                            out.push(b',');
-                        }
-                        out.extend_from_slice(&obj[1..obj.len() - 1]);
-                        any = true;
-                    }
-                }
-            }
-        }
-    }
-    out.push(b'}');
-    Ok(())
-}
-
 fn write_object<R: Row>(
     out: &mut Vec<u8>,
     row: &R,
@@ -779,7 +697,7 @@ fn write_object<R: Row>(
         }
         json::extend_short(out, &n.key);
         let wrote = match &n.kind {
-            OutKind::Leaf(v) => write_value(out, row, v, opts, false)?,
+            OutKind::Leaf(v) => write_value_inline(out, row, v, opts, false)?,
             // An object whose every value is omitted is omitted too: `{}` says nothing,
             // and an empty `context.device` would even make the call ambiguous.
             OutKind::Object(children) => {
@@ -851,7 +769,7 @@ fn write_value<R: Row>(
     write_value_inline(out, row, v, opts, is_id)
 }
 
-/// [`write_value`], inlined into [`write_plan`]'s loop: one call frame per object
+/// [`write_value`], inlined into [`write_object`]'s loop: one call frame per object
 /// instead of one per value.
 #[inline(always)]
 fn write_value_inline<R: Row>(
@@ -1265,7 +1183,7 @@ fn check_range(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::map::compile::{compile, plan, PLAN_MAX_DEPTH};
+    use crate::map::compile::compile;
     use crate::map::spec;
     use crate::source::{ndjson::LATER_KEYS, ColumnRef, Schema};
     use proptest::prelude::*;
@@ -1339,21 +1257,25 @@ context = { "device.token" = "a", "device.type" = "d" }
         }
     }
 
-    fn both(
-        nodes: &[OutNode],
-        row: &TestRow,
-    ) -> (Result<Vec<u8>, String>, Result<Vec<u8>, String>) {
-        let ops = plan(nodes).expect("the test trees nest shallowly");
-        let run = |f: &dyn Fn(&mut Vec<u8>) -> Result<(), Reject>| {
-            let mut out = b"prefix".to_vec();
-            f(&mut out)
-                .map(|()| out)
-                .map_err(|r| format!("{}: {}", r.code, r.detail))
-        };
-        (
-            run(&|out| write_plan(out, row, &ops, &opts())),
-            run(&|out| write_object(out, row, nodes, &opts())),
-        )
+    /// The object `write_object` writes (after a prefix it must leave alone), or the
+    /// reject's code and detail.
+    fn written(nodes: &[OutNode], row: &TestRow) -> Result<Vec<u8>, String> {
+        let mut out = b"prefix".to_vec();
+        write_object(&mut out, row, nodes, &opts())
+            .map_err(|r| format!("{}: {}", r.code, r.detail))?;
+        assert!(out.starts_with(b"prefix"));
+        Ok(out.split_off(6))
+    }
+
+    /// No object nested in `v` is empty: `{}` says nothing and is dropped with its key.
+    fn no_empty_member(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => m.values().all(|c| {
+                !matches!(c, serde_json::Value::Object(o) if o.is_empty()) && no_empty_member(c)
+            }),
+            serde_json::Value::Array(a) => a.iter().all(no_empty_member),
+            _ => true,
+        }
     }
 
     fn value() -> impl Strategy<Value = Option<String>> {
@@ -1377,10 +1299,10 @@ context = { "device.token" = "a", "device.type" = "d" }
     }
 
     proptest! {
-        /// The flat plan writes exactly what the tree walk writes (or fails the same
-        /// way), for every mix of missing, null, empty and present values.
+        /// For every mix of missing, null, empty and present values, an object is one
+        /// JSON object with no empty object in it, or a reject naming the column.
         #[test]
-        fn plan_writes_what_the_tree_walk_writes(
+        fn objects_are_json_without_empty_members(
             vals in proptest::collection::vec(value(), 5),
             later in later_keys(),
         ) {
@@ -1391,33 +1313,38 @@ context = { "device.token" = "a", "device.type" = "d" }
             fields.push(later);
             let row = TestRow(fields);
             let call = &m.calls[0];
-            for nodes in [&call.payload, &call.context, &m.batch_context] {
-                let (p, t) = both(nodes, &row);
-                prop_assert_eq!(p, t);
-            }
             // "rest": every column one key, LATER_KEYS inline.
             let rest = spec::parse("[[call]]\ntype = \"identify\"\nuser_id = \"e\"\ntraits = \"rest\"\n")
                 .expect("rest mapping parses");
-            let m = compile(&rest, &schema, "test").expect("rest mapping compiles");
-            let (p, t) = both(&m.calls[0].payload, &row);
-            prop_assert_eq!(p, t);
+            let r = compile(&rest, &schema, "test").expect("rest mapping compiles");
+            for nodes in [&call.payload, &call.context, &m.batch_context, &r.calls[0].payload] {
+                match written(nodes, &row) {
+                    Ok(out) => {
+                        let mut v: serde_json::Value = serde_json::from_slice(&out)
+                            .map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&out))))?;
+                        prop_assert!(v.is_object());
+                        // LATER_KEYS members ("m", "n") are the source's own JSON, copied
+                        // as they are, `{}` included.
+                        if let Some(o) = v.as_object_mut() {
+                            o.remove("m");
+                            o.remove("n");
+                        }
+                        prop_assert!(no_empty_member(&v), "{}", v);
+                    }
+                    Err(e) => prop_assert!(e.starts_with("bad_value: column d:"), "{}", e),
+                }
+            }
         }
     }
 
     #[test]
-    fn plan_drops_empty_objects_with_their_key_and_comma() {
+    fn empty_objects_are_dropped_with_their_key_and_comma() {
         let spec = spec::parse(MAPPING).expect("test mapping parses");
         let schema = TestSchema(COLUMNS.iter().map(|c| c.to_string()).collect());
         let m = compile(&spec, &schema, "test").expect("test mapping compiles");
         let row = TestRow(vec![None, None, None, None, None, None]);
         let mut out = Vec::new();
-        write_plan(
-            &mut out,
-            &row,
-            m.calls[0].payload_plan.as_ref().expect("planned"),
-            &opts(),
-        )
-        .expect("writes");
+        write_object(&mut out, &row, &m.calls[0].payload, &opts()).expect("writes");
         // Missing values are dropped whatever their empty policy, so `o` (three deep)
         // and `v` come out `{}` and go with their keys; the constant and template stay.
         assert_eq!(out, br#"{"k":1,"t":{"u":"-"}}"#);
@@ -1430,12 +1357,7 @@ context = { "device.token" = "a", "device.type" = "d" }
             None,
         ]);
         let mut out = Vec::new();
-        let r = write_plan(
-            &mut out,
-            &row,
-            m.calls[0].payload_plan.as_ref().expect("planned"),
-            &opts(),
-        );
+        let r = write_object(&mut out, &row, &m.calls[0].payload, &opts());
         assert_eq!(
             r.map_err(|r| r.detail).unwrap_err(),
             "column d: \"x\" is not an integer"
@@ -1449,13 +1371,7 @@ context = { "device.token" = "a", "device.type" = "d" }
             None,
         ]);
         let mut out = Vec::new();
-        write_plan(
-            &mut out,
-            &row,
-            m.calls[0].payload_plan.as_ref().expect("planned"),
-            &opts(),
-        )
-        .expect("writes");
+        write_object(&mut out, &row, &m.calls[0].payload, &opts()).expect("writes");
         assert_eq!(
             out,
             br#"{"a":"q","k":1,"o":{"b":null,"p":{"q":"q"}},"t":{"u":"q-"},"v":{"w":{"x":"q"}}}"#
@@ -1463,31 +1379,21 @@ context = { "device.token" = "a", "device.type" = "d" }
     }
 
     #[test]
-    fn too_deep_a_tree_is_not_planned() {
-        let path = vec!["n"; PLAN_MAX_DEPTH + 2].join(".");
-        let text = format!(
-            "[[call]]\ntype = \"identify\"\nuser_id = \"e\"\ntraits = {{ \"{path}\" = \"a\" }}\n"
-        );
-        let spec = spec::parse(&text).expect("deep mapping parses");
+    fn objects_nest_to_any_depth() {
         let schema = TestSchema(COLUMNS.iter().map(|c| c.to_string()).collect());
-        let m = compile(&spec, &schema, "test").expect("deep mapping compiles");
-        assert!(m.calls[0].payload_plan.is_none());
-        let path = vec!["n"; PLAN_MAX_DEPTH + 1].join(".");
-        let text = format!(
-            "[[call]]\ntype = \"identify\"\nuser_id = \"e\"\ntraits = {{ \"{path}\" = \"a\" }}\n"
-        );
-        let spec = spec::parse(&text).expect("deep mapping parses");
-        let m = compile(&spec, &schema, "test").expect("deep mapping compiles");
-        let ops = m.calls[0]
-            .payload_plan
-            .as_ref()
-            .expect("planned at the limit");
-        for a in [None, Some("v".to_string())] {
-            let row = TestRow(vec![a, None, None, None, None, None]);
-            let (p, t) = both(&m.calls[0].payload, &row);
-            assert_eq!(p, t);
-            let mut out = Vec::new();
-            write_plan(&mut out, &row, ops, &opts()).expect("writes");
+        for depth in [1, 64, 65, 200] {
+            let path = vec!["n"; depth].join(".");
+            let text = format!(
+                "[[call]]\ntype = \"identify\"\nuser_id = \"e\"\ntraits = {{ \"{path}\" = \"a\" }}\n"
+            );
+            let spec = spec::parse(&text).expect("deep mapping parses");
+            let m = compile(&spec, &schema, "test").expect("deep mapping compiles");
+            let row = TestRow(vec![Some("v".into()), None, None, None, None, None]);
+            let want = "{\"n\":".repeat(depth) + "\"v\"" + &"}".repeat(depth);
+            assert_eq!(written(&m.calls[0].payload, &row), Ok(want.into_bytes()));
+            // All empty: every level goes, with its key.
+            let row = TestRow(vec![None, None, None, None, None, None]);
+            assert_eq!(written(&m.calls[0].payload, &row), Ok(b"{}".to_vec()));
         }
     }
 }
