@@ -50,9 +50,11 @@ impl Window {
         self.freed.notify_all();
     }
 
-    /// True when a sender is (or would be) waiting: time to write a checkpoint.
-    pub fn is_full(&self) -> bool {
-        *self.used.lock().unwrap_or_else(|p| p.into_inner()) >= self.limit
+    /// True when half the permits or more are taken: time to write a checkpoint, so that
+    /// it is on disk (and gives its permits back) while the senders still have the other
+    /// half, instead of after they have run out and wait.
+    pub fn is_half_full(&self) -> bool {
+        *self.used.lock().unwrap_or_else(|p| p.into_inner()) * 2 >= self.limit
     }
 
     pub fn limit(&self) -> usize {
@@ -67,10 +69,18 @@ mod tests {
 
     #[test]
     fn permits_are_bounded_and_released() {
-        let w = Arc::new(Window::new(2));
-        assert!(w.acquire(|| false));
-        assert!(w.acquire(|| false));
-        assert!(w.is_full());
+        let w = Arc::new(Window::new(4));
+        assert!(!w.is_half_full());
+        for _ in 0..2 {
+            assert!(w.acquire(|| false));
+        }
+        assert!(
+            w.is_half_full(),
+            "two of four permits taken: time to checkpoint"
+        );
+        for _ in 0..2 {
+            assert!(w.acquire(|| false));
+        }
         assert!(!w.acquire(|| true), "a full window gives up when told to");
         let w2 = w.clone();
         let t = std::thread::spawn(move || w2.acquire(|| false));

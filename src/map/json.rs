@@ -505,8 +505,10 @@ mod tests {
             scan_matches_naive(&v);
         }
 
+        /// Includes strings dense with bytes to escape, of every length around the
+        /// 16-byte blocks the escape scan tests.
         #[test]
-        fn escaping_matches_serde_json(s in "\\PC*|[\"\\\\\u{0}-\u{1f}a-z]{0,40}") {
+        fn escaping_matches_serde_json(s in "\\PC*|[\"\\\\\u{0}-\u{1f}a-zé🎉]{0,100}") {
             proptest::prop_assert_eq!(enc(&s), serde_json::to_string(&s).unwrap());
         }
     }
