@@ -182,7 +182,7 @@ impl<'a> Scanner<'a> {
     /// At a `"`: reads a string and returns its raw content and whether it holds an
     /// escape. Checks what serde_json checks when it skips a string: no control
     /// characters, only the JSON escapes, four hex digits after `\u`.
-    #[inline]
+    #[inline(always)]
     fn string(&mut self) -> Result<(&'a [u8], bool), Fallback> {
         self.expect(b'"')?;
         let start = self.i;
@@ -229,7 +229,7 @@ impl<'a> Scanner<'a> {
                     self.ws();
                     self.expect(b':')?;
                     self.ws();
-                    self.value(depth + 1)?;
+                    self.member(depth + 1)?;
                     self.ws();
                     match self.next()? {
                         b',' => self.ws(),
@@ -249,7 +249,7 @@ impl<'a> Scanner<'a> {
                     return Ok(());
                 }
                 loop {
-                    self.value(depth + 1)?;
+                    self.member(depth + 1)?;
                     self.ws();
                     match self.next()? {
                         b',' => self.ws(),
@@ -263,6 +263,17 @@ impl<'a> Scanner<'a> {
             b'n' => self.literal(b"null"),
             b'-' | b'0'..=b'9' => self.number(),
             _ => Err(Fallback),
+        }
+    }
+
+    /// A value inside an object or array. Strings and numbers, most such values, are
+    /// read here, with no call (a call frame per property was a tenth of the scan).
+    #[inline(always)]
+    fn member(&mut self, depth: u32) -> Result<(), Fallback> {
+        match self.peek() {
+            Some(b'"') => self.string().map(|_| ()),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => self.value(depth),
         }
     }
 
@@ -284,6 +295,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    #[inline]
     fn number(&mut self) -> Result<(), Fallback> {
         if self.peek() == Some(b'-') {
             self.i += 1;
