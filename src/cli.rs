@@ -270,7 +270,7 @@ pub struct RunArgs {
     /// After Ctrl-C or SIGTERM, seconds to let requests in flight finish.
     #[arg(long, default_value_t = config::DEFAULT_DRAIN_TIMEOUT.as_secs_f64(), value_name = "SECS")]
     pub drain_timeout: f64,
-    /// Seconds between checkpoint writes at most (sooner when half the replay window is taken).
+    /// Seconds between checkpoint writes at most (sooner while half the replay window is taken).
     #[arg(long, default_value_t = config::DEFAULT_CHECKPOINT_INTERVAL.as_secs_f64(), value_name = "SECS", hide = true)]
     pub checkpoint_interval: f64,
 }

@@ -95,6 +95,12 @@ pub fn run_with_progress(
         }
     }
     let rejects_len0 = durable.as_ref().map_or(0, |d| d.base.rejects_len);
+    // Before the rejects file is touched: a run that cannot start its threads changes
+    // nothing on disk.
+    let mappers = mapper_pool().map_err(|e| RunError::Io {
+        path: "cannot start the mapper threads".into(),
+        source: std::io::Error::other(e),
+    })?;
     let rejects_file = open_rejects(&cfg.rejects_path, rejects_len0)?;
 
     // The receiver for `--endpoint local` lives as long as the run.
@@ -169,8 +175,6 @@ pub fn run_with_progress(
     // other thread: with two per thread a 1M-row dry run idled a core 15% of the time
     // (perf stat -r 5: 0.44-0.45 s against 0.41-0.43 s with four). Capped so memory
     // stays flat on many cores (each is a 512 KiB block and its mapped calls).
-    let mappers = mapper_pool()
-        .map_err(|e| RunError::Config(format!("cannot start the mapper threads: {e}")))?;
     let pool = (mappers.current_num_threads() * 4 + 4).min(64);
     let (free_raw_tx, free_raw_rx) = bounded::<Chunk>(pool);
     let (mapped_tx, mapped_rx) = bounded::<Mapped>(pool);
@@ -645,9 +649,11 @@ fn config_hash(cfg: &RunConfig, src: &SourceOptions) -> Result<String, RunError>
 /// On a machine with fewer cores than busy threads, the reader and the packer (each one
 /// thread, in input order) must not wait behind the parallel mapping, or every mapper
 /// runs dry behind them. With the mappers at a lower priority, a contested core goes to
-/// the serial stages first and the mappers take whatever is left. A 1M-row dry run on
-/// two cores, 16 interleaved pairs: median 0.46 s at equal priority, 0.42 s with the
-/// mappers ten levels lower (faster in 13 of 16 pairs); see BENCHMARKS.md.
+/// the serial stages first and the mappers take whatever is left. The mappers also give
+/// way to any other thread at the run's own priority, in this process or another (a
+/// backfill's bulk yields to other work on the machine). A 1M-row dry run on two cores,
+/// 16 interleaved triples: median 0.395 s at equal priority, 0.38 s five levels lower,
+/// 0.37 s ten levels lower (faster in 13 of 16); see BENCHMARKS.md.
 const MAPPER_NICE: i32 = 10;
 
 /// The run's mapper threads (`RAYON_NUM_THREADS`, else one per core), each at
@@ -1206,6 +1212,9 @@ impl Collector<'_> {
                         false,
                         &rows,
                     );
+                } else {
+                    // `exit` drops nothing: the buffered reject lines go out now or never.
+                    let _ = self.flush_rejects();
                 }
                 eprintln!("error: requests still in flight after --drain-timeout; the checkpoint is up to date, rerun the same command to resume");
                 std::process::exit(130);
@@ -1241,8 +1250,8 @@ impl Collector<'_> {
             o.all_acknowledged = false;
         }
         // The final checkpoint counts the rejects file's length, so the file must be on
-        // disk first. With no checkpoint (a dry run) nothing relies on that: writing the
-        // file out is enough, and the run does not wait for the disk.
+        // disk first. With no checkpoint (a dry run, --no-checkpoint) nothing relies on
+        // that: writing the file out is enough, and the run does not wait for the disk.
         let end = if self.durable.is_some() {
             self.sync_rejects()
         } else {

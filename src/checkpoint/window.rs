@@ -50,9 +50,11 @@ impl Window {
         self.freed.notify_all();
     }
 
-    /// True when half the permits or more are taken: time to write a checkpoint, so that
-    /// it is on disk (and gives its permits back) while the senders still have the other
-    /// half, instead of after they have run out and wait.
+    /// True when half the permits or more are taken (requests waiting for a sender, in
+    /// flight, or acknowledged but not yet covered by a checkpoint): time to write one
+    /// as soon as anything is acknowledged, instead of once the senders have run out of
+    /// permits and wait. Under load this is nearly always true, so a checkpoint follows
+    /// every batch of acknowledgements; each covers more when the disk is slower.
     pub fn is_half_full(&self) -> bool {
         *self.used.lock().unwrap_or_else(|p| p.into_inner()) * 2 >= self.limit
     }
