@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cdp_backfill::map::compile::{compile, CompiledMapping};
-use cdp_backfill::map::encode::EncodeOptions;
+use cdp_backfill::map::encode::{map_chunk, EmitKind, EncodeOptions, Mapped};
 use cdp_backfill::pack::Packer;
 use cdp_backfill::source::{self, Chunk, InputInfo, SourceOptions};
 
@@ -77,6 +77,37 @@ pub fn read_chunks(input: &Arc<InputInfo>) -> Vec<Chunk> {
         }
         chunks.push(c);
     }
+}
+
+/// The encoded calls of `rows` generated events (`fixtures/events.toml`), back to back in
+/// one arena, each as its own byte range (start, length).
+pub fn encoded_calls(rows: u64) -> (Vec<u8>, Vec<(usize, usize)>) {
+    let bytes = csv_bytes(rows);
+    let path = input_file(&format!("calls-{rows}.csv"), &bytes);
+    let input = input_info(&path);
+    let mapping = events_mapping(&input);
+    let opts = encode_options();
+    let mut arena = Vec::new();
+    let mut ranges = Vec::new();
+    let mut out = Mapped::default();
+    for chunk in read_chunks(&input) {
+        map_chunk(&chunk, &mapping, &opts, &mut out);
+        let mut at = 0;
+        for e in &out.emits {
+            match e.kind {
+                EmitKind::Call(_) => {
+                    let call = &out.calls[at..at + e.len as usize];
+                    ranges.push((arena.len(), call.len()));
+                    arena.extend_from_slice(call);
+                    at += e.len as usize;
+                }
+                // Batch-level context bytes share the calls arena; events.toml has none.
+                EmitKind::Context => at += e.len as usize,
+                EmitKind::Reject(_) => {}
+            }
+        }
+    }
+    (arena, ranges)
 }
 
 /// The generated events as NDJSON, one object per row with typed values (numbers and
