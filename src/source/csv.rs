@@ -932,6 +932,21 @@ mod tests {
         }
     }
 
+    /// A source named `t.csv` over `stream`, and an empty chunk for it.
+    fn opened(stream: Stream, opts: CsvOptions) -> (CsvSource, CsvChunk) {
+        let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
+        let src = CsvSource::open(info.clone(), stream, opts).unwrap();
+        let chunk = CsvChunk::new(info, src.header().clone());
+        (src, chunk)
+    }
+
+    /// `text` read through an ordinary buffered stream.
+    fn stream_of(text: &str) -> Stream {
+        Box::new(BufReader::new(std::io::Cursor::new(
+            text.as_bytes().to_vec(),
+        )))
+    }
+
     #[test]
     fn after_a_read_error_every_whole_row_read_goes_out_before_the_error() {
         let mut text = String::from("id,name\n");
@@ -939,13 +954,11 @@ mod tests {
             text.push_str(&format!("{i},\"n {i}\"\n"));
         }
         let cut = 700;
-        let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
         let stream: Stream = Box::new(BufReader::new(Broken(std::io::Cursor::new(
             text.as_bytes()[..cut].to_vec(),
         ))));
-        let mut src = CsvSource::open(info.clone(), stream, CsvOptions::default()).unwrap();
+        let (mut src, mut chunk) = opened(stream, CsvOptions::default());
         src.block = 256;
-        let mut chunk = CsvChunk::new(info, src.header().clone());
         let mut rows = 0;
         let err = loop {
             match src.fill(&mut chunk, 7) {
@@ -967,16 +980,11 @@ mod tests {
             "\"open,2\n3,4\n",
             "p,q",
         ] {
-            let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
-            let stream: Stream = Box::new(BufReader::new(std::io::Cursor::new(
-                text.as_bytes().to_vec(),
-            )));
             let opts = CsvOptions {
                 has_header: false,
                 ..CsvOptions::default()
             };
-            let mut src = CsvSource::open(info.clone(), stream, opts).unwrap();
-            let mut chunk = CsvChunk::new(info, src.header().clone());
+            let (mut src, mut chunk) = opened(stream_of(text), opts);
             src.fill(&mut chunk, 100).unwrap();
             let got = rows_of(&chunk);
             assert_eq!(got, by_csv_crate(text.as_bytes(), b',', b'"'), "{text:?}");
@@ -984,18 +992,12 @@ mod tests {
             assert_eq!(src.header().names.len(), n, "{text:?}");
         }
         // A first record over the limit is rejected as row 0, not lost.
-        let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
-        let text = "\"aaaa\"\"bbbb\",cccc\nd,e\n";
-        let stream: Stream = Box::new(BufReader::new(std::io::Cursor::new(
-            text.as_bytes().to_vec(),
-        )));
         let opts = CsvOptions {
             has_header: false,
             max_record_bytes: 10,
             ..CsvOptions::default()
         };
-        let mut src = CsvSource::open(info.clone(), stream, opts).unwrap();
-        let mut chunk = CsvChunk::new(info, src.header().clone());
+        let (mut src, mut chunk) = opened(stream_of("\"aaaa\"\"bbbb\",cccc\nd,e\n"), opts);
         src.fill(&mut chunk, 100).unwrap();
         assert_eq!(chunk.len, 2);
         assert_eq!(chunk.oversize, vec![(0, 18, 10)]);
@@ -1006,7 +1008,6 @@ mod tests {
 
     #[test]
     fn a_record_over_the_limit_is_dropped_and_the_next_one_read_whole() {
-        let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
         let long = "x".repeat(100);
         let text = format!("a,b\n1,2\n3,{long}\n5,6\n");
         let stream: Stream = Box::new(BufReader::new(Trickle {
@@ -1018,8 +1019,7 @@ mod tests {
             max_record_bytes: 50,
             ..CsvOptions::default()
         };
-        let mut src = CsvSource::open(info.clone(), stream, opts).unwrap();
-        let mut chunk = CsvChunk::new(info, src.header().clone());
+        let (mut src, mut chunk) = opened(stream, opts);
         src.fill(&mut chunk, 10).unwrap();
         assert_eq!(chunk.len, 3);
         assert_eq!(chunk.oversize, vec![(1, 103, 50)]);
@@ -1032,7 +1032,6 @@ mod tests {
 
     #[test]
     fn a_record_over_four_times_the_limit_stops_with_its_offset() {
-        let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
         let text = format!("a,b\n1,\"{}", "x".repeat(5000));
         let stream: Stream = Box::new(BufReader::new(Trickle {
             data: text.into_bytes(),
@@ -1043,11 +1042,10 @@ mod tests {
             max_record_bytes: 1000,
             ..CsvOptions::default()
         };
-        let mut src = CsvSource::open(info.clone(), stream, opts).unwrap();
+        let (mut src, mut chunk) = opened(stream, opts);
         // A buffer smaller than the record, as a 1 MiB one is for a runaway quote in a
         // big file: the record must not be read into memory whole.
         src.block = 256;
-        let mut chunk = CsvChunk::new(info, src.header().clone());
         let err = src.fill(&mut chunk, 10).unwrap_err().to_string();
         assert!(
             err.contains("the record starting at byte 4 is longer than 4000 bytes"),
