@@ -21,6 +21,8 @@ fn readme_first_command_delivers_or_rejects_every_fixture_row() {
     let dir = tempfile::tempdir().unwrap();
     let rejects = dir.path().join("rejects.ndjson");
     let summary = dir.path().join("summary.json");
+    // An earlier run's longer rejects file: replaced, none of it left behind.
+    std::fs::write(&rejects, "{\"source\":\"old\",\"row\":1}\n".repeat(100_000)).unwrap();
     let out = run(bin()
         .current_dir(repo())
         .args([
