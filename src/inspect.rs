@@ -259,7 +259,8 @@ impl ColumnProfile {
         match f {
             Field::Missing | Field::Null => self.nulls += 1,
             Field::Raw(b) => self.add_text(b, keep),
-            Field::Text(s) | Field::Str(s) => self.add_text(s.as_bytes(), keep),
+            Field::Text(b) => self.add_text(b, keep),
+            Field::Str(s) => self.add_text(s.as_bytes(), keep),
             Field::Int(v) => {
                 self.values += 1;
                 self.sample(&v.to_string(), keep);

@@ -115,9 +115,9 @@ pub fn map_chunk(chunk: &Chunk, mapping: &CompiledMapping, opts: &EncodeOptions,
     }
     match chunk {
         Chunk::Csv(c) => {
-            let text = c.text();
+            let utf8 = c.is_utf8();
             for i in 0..c.len {
-                map_row(&c.row_in(i, text), i as u32, mapping, opts, out, &input);
+                map_row(&c.row_in(i, utf8), i as u32, mapping, opts, out, &input);
             }
         }
         Chunk::Ndjson(c) => {
@@ -721,7 +721,10 @@ fn field_text<'a>(f: Field<'a>, name: &str) -> Result<std::borrow::Cow<'a, str>,
     Ok(match f {
         Field::Missing | Field::Null => Cow::Borrowed(""),
         Field::Raw(b) => Cow::Borrowed(utf8(b, name)?),
-        Field::Text(s) | Field::Str(s) => Cow::Borrowed(s),
+        // Known valid: the check cannot fail (templates and call types are rare next
+        // to field values, so the second look is cheap here).
+        Field::Text(b) => Cow::Borrowed(utf8(b, name)?),
+        Field::Str(s) => Cow::Borrowed(s),
         Field::Int(v) => Cow::Owned(v.to_string()),
         Field::UInt(v) => Cow::Owned(v.to_string()),
         Field::Float(v) => Cow::Owned(v.to_string()),
@@ -841,10 +844,10 @@ fn write_column(
         Field::Missing => Ok(false),
         Field::Null => Ok(write_empty(out, c, is_id)),
         Field::Raw(b) | Field::Json(b) if b.is_empty() => Ok(write_empty(out, c, is_id)),
-        Field::Str("") | Field::Text("") => Ok(write_empty(out, c, is_id)),
-        Field::Raw(b) => write_text(out, b, None, c, opts, false).map(|_| true),
-        Field::Text(s) => write_text(out, s.as_bytes(), Some(s), c, opts, false).map(|_| true),
-        Field::Str(s) => write_text(out, s.as_bytes(), Some(s), c, opts, true).map(|_| true),
+        Field::Str("") | Field::Text(b"") => Ok(write_empty(out, c, is_id)),
+        Field::Raw(b) => write_text(out, b, false, c, opts, false).map(|_| true),
+        Field::Text(b) => write_text(out, b, true, c, opts, false).map(|_| true),
+        Field::Str(s) => write_text(out, s.as_bytes(), true, c, opts, true).map(|_| true),
         Field::Int(v) => write_number_field(
             out,
             c,
@@ -957,25 +960,24 @@ fn significant_digits(b: &[u8]) -> usize {
 fn write_text(
     out: &mut Vec<u8>,
     b: &[u8],
-    text: Option<&str>,
+    // `b` is known to be valid UTF-8 (else it is checked before it is written as text).
+    valid: bool,
     c: &ColumnValue,
     opts: &EncodeOptions,
     typed_string: bool,
 ) -> Result<(), Reject> {
     match c.ty {
         ColType::String => {
-            let s = match text {
-                Some(s) => s,
-                None => utf8(b, &c.name)?,
-            };
-            json::write_str(out, s);
+            if !valid {
+                utf8(b, &c.name)?;
+            }
+            json::write_str_bytes(out, b);
         }
         ColType::Auto if typed_string => {
-            let s = match text {
-                Some(s) => s,
-                None => utf8(b, &c.name)?,
-            };
-            json::write_str(out, s);
+            if !valid {
+                utf8(b, &c.name)?;
+            }
+            json::write_str_bytes(out, b);
         }
         ColType::Auto => {
             // A JSON number whose value overflows a double (`1e400`) is valid JSON text,
@@ -992,11 +994,10 @@ fn write_text(
             if literal {
                 json::extend_short(out, b);
             } else {
-                let s = match text {
-                    Some(s) => s,
-                    None => utf8(b, &c.name)?,
-                };
-                json::write_str(out, s);
+                if !valid {
+                    utf8(b, &c.name)?;
+                }
+                json::write_str_bytes(out, b);
             }
         }
         // The common case: the text is already what writing the integer gives.
@@ -1212,7 +1213,7 @@ mod tests {
                 None => Field::Missing,
                 Some("<null>") => Field::Null,
                 Some(s) if s.starts_with('{') => Field::Json(s.as_bytes()),
-                Some(s) => Field::Text(s),
+                Some(s) => Field::Text(s.as_bytes()),
             }
         }
         fn write_record_json(&self, out: &mut Vec<u8>) {

@@ -75,14 +75,15 @@ pub fn extend_short(out: &mut Vec<u8>, b: &[u8]) {
 /// Appends `s` as a JSON string literal, quotes included.
 #[inline]
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
+    write_str_bytes(out, s.as_bytes())
+}
+
+/// [`write_str`] for bytes already known to be valid UTF-8.
+#[inline]
+pub fn write_str_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.reserve(bytes.len() + 2);
     out.push(b'"');
-    if next_escape(bytes, 0).is_none() {
-        extend_short(out, bytes);
-    } else {
-        write_escaped(out, bytes);
-    }
+    write_str_body(out, bytes);
     out.push(b'"');
 }
 
@@ -90,18 +91,19 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 #[inline]
 pub fn write_str_body(out: &mut Vec<u8>, bytes: &[u8]) {
     // Most field text has nothing to escape: one test, one copy.
-    if next_escape(bytes, 0).is_none() {
-        extend_short(out, bytes);
-        return;
+    match next_escape(bytes, 0) {
+        None => extend_short(out, bytes),
+        Some(first) => write_escaped(out, bytes, first),
     }
-    write_escaped(out, bytes);
 }
 
-/// [`write_str_body`] for text with at least one byte to escape.
+/// [`write_str_body`] for text whose first byte to escape is at `first` (found once,
+/// not again here).
 #[inline(never)]
-fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+fn write_escaped(out: &mut Vec<u8>, bytes: &[u8], first: usize) {
     let mut start = 0;
-    while let Some(i) = next_escape(bytes, start) {
+    let mut at = Some(first);
+    while let Some(i) = at {
         extend_short(out, &bytes[start..i]);
         let b = bytes[i];
         match b {
@@ -119,6 +121,7 @@ fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
             }
         }
         start = i + 1;
+        at = next_escape(bytes, start);
     }
     extend_short(out, &bytes[start..]);
 }

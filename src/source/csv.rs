@@ -189,31 +189,28 @@ impl CsvChunk {
         Ok(())
     }
 
-    /// The bytes of all the chunk's rows, when they are valid UTF-8: one check per chunk
+    /// True when the bytes of all the chunk's rows are valid UTF-8: one check per chunk
     /// (for [`CsvChunk::row_in`]) instead of one per row.
-    pub fn text(&self) -> Option<&str> {
+    pub fn is_utf8(&self) -> bool {
         let end = self.rows.last().map_or(0, |r| r.end);
-        simdutf8::basic::from_utf8(&self.raw[..end]).ok()
+        simdutf8::basic::from_utf8(&self.raw[..end]).is_ok()
     }
 
     pub fn row(&self, i: usize) -> CsvRow<'_> {
-        self.row_in(i, None)
+        self.row_in(i, false)
     }
 
-    /// Row `i`; `text` is [`CsvChunk::text`] (`None`: the row is checked on its own).
+    /// Row `i`; `utf8` is [`CsvChunk::is_utf8`] (false: the row is checked on its own).
     #[inline]
-    pub fn row_in<'a>(&'a self, i: usize, text: Option<&'a str>) -> CsvRow<'a> {
+    pub fn row_in(&self, i: usize, utf8: bool) -> CsvRow<'_> {
         let at = self.rows[i];
-        let text = match text {
-            // Rows split at ASCII bytes, so a row of valid text is on char boundaries.
-            Some(t) => t.get(at.start..at.end),
-            // One check of the whole record instead of one per field.
-            None => simdutf8::basic::from_utf8(&self.raw[at.start..at.end]).ok(),
-        };
+        // Rows split at ASCII bytes, so each row of valid text is valid on its own;
+        // otherwise one check of the whole record instead of one per field.
+        let valid = utf8 || simdutf8::basic::from_utf8(&self.raw[at.start..at.end]).is_ok();
         CsvRow {
             raw: &self.raw,
             fields: &self.fields[at.first..at.first + at.count],
-            text: text.map(|t| (at.start, t)),
+            valid,
             header: &self.header,
             line: at.line,
             line_base: self.line_base,
@@ -599,8 +596,8 @@ fn read_some(stream: &mut Stream, buf: &mut [u8]) -> std::io::Result<usize> {
 pub struct CsvRow<'a> {
     raw: &'a [u8],
     fields: &'a [Span],
-    /// The record's bytes (from this index of `raw`), when they are valid UTF-8.
-    text: Option<(usize, &'a str)>,
+    /// The record's bytes are valid UTF-8.
+    valid: bool,
     header: &'a CsvHeader,
     line: u64,
     line_base: u64,
@@ -609,17 +606,25 @@ pub struct CsvRow<'a> {
 }
 
 impl<'a> CsvRow<'a> {
-    /// A field as text, when the record is valid UTF-8 and the field starts and ends on
-    /// character boundaries (so the field alone is valid too).
+    /// A field's bytes, known to be valid UTF-8 when the record is: every span starts
+    /// and ends at an ASCII delimiter, a quote or the record's ends, so on character
+    /// boundaries, and unescaping a doubled quote removes only ASCII bytes.
     #[inline]
-    fn text_of(&self, (s, e): Span) -> Option<&'a str> {
-        let (base, text) = self.text?;
-        text.get(s - base..e - base)
+    fn text_of(&self, (s, e): Span) -> Option<&'a [u8]> {
+        if !self.valid {
+            return None;
+        }
+        let field = &self.raw[s..e];
+        debug_assert!(
+            std::str::from_utf8(field).is_ok(),
+            "a span of a valid record is valid: {field:?}"
+        );
+        Some(field)
     }
 
     fn write_field_json(&self, out: &mut Vec<u8>, span: Span) {
         match self.text_of(span) {
-            Some(s) => super::write_json_str(out, s),
+            Some(b) => crate::map::json::write_str_bytes(out, b),
             None => super::write_json_str(out, &String::from_utf8_lossy(&self.raw[span.0..span.1])),
         }
     }
@@ -731,14 +736,22 @@ mod tests {
 
     /// A chunk's rows as (fields, byte offset, line), as `by_csv_crate` gives them.
     fn rows_of(chunk: &CsvChunk) -> Rows {
+        // The mappers' way to a row: one UTF-8 check for the whole chunk stands for the
+        // row's own (and text_of asserts each field valid in debug builds).
+        let utf8 = chunk.is_utf8();
         (0..chunk.len)
             .map(|i| {
                 let row = chunk.row(i);
+                let checked_once = chunk.row_in(i, utf8);
                 let fields = (0..row.fields.len())
-                    .map(|c| match row.field(&ColumnRef::Index(c)) {
-                        Field::Text(s) => s.as_bytes().to_vec(),
-                        Field::Raw(b) => b.to_vec(),
-                        other => panic!("a CSV field came as {other:?}"),
+                    .map(|c| {
+                        let field = row.field(&ColumnRef::Index(c));
+                        assert_eq!(field, checked_once.field(&ColumnRef::Index(c)));
+                        match field {
+                            Field::Text(b) => b.to_vec(),
+                            Field::Raw(b) => b.to_vec(),
+                            other => panic!("a CSV field came as {other:?}"),
+                        }
                     })
                     .collect();
                 (fields, chunk.offsets[i], row.line())
@@ -1003,7 +1016,7 @@ mod tests {
         assert_eq!(chunk.oversize, vec![(0, 18, 10)]);
         assert_eq!(chunk.row(0).problem_code(), "record_too_large");
         assert_eq!(chunk.offsets, vec![0, 18]);
-        assert_eq!(chunk.row(1).field(&ColumnRef::Index(1)), Field::Text("e"));
+        assert_eq!(chunk.row(1).field(&ColumnRef::Index(1)), Field::Text(b"e"));
     }
 
     #[test]
@@ -1026,7 +1039,7 @@ mod tests {
         assert_eq!(chunk.row(1).problem_code(), "record_too_large");
         assert_eq!(chunk.offsets, vec![4, 8, 111]);
         let last = chunk.row(2);
-        assert_eq!(last.field(&ColumnRef::Index(1)), Field::Text("6"));
+        assert_eq!(last.field(&ColumnRef::Index(1)), Field::Text(b"6"));
         assert_eq!(last.line(), 4);
     }
 

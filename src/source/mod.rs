@@ -197,9 +197,11 @@ pub enum Field<'a> {
     /// Untyped text (every CSV field): the mapping's column type decides what it becomes.
     /// Not yet checked for UTF-8. Parquet decimals come as their exact decimal text.
     Raw(&'a [u8]),
-    /// Untyped text like [`Field::Raw`], already known to be valid UTF-8 (a CSV record
-    /// checked once as a whole, which is far cheaper than field by field).
-    Text(&'a str),
+    /// Untyped text like [`Field::Raw`], already known to be valid UTF-8: a field of a
+    /// CSV record checked once as a whole (far cheaper than field by field), cut at the
+    /// ASCII delimiters around it, so on character boundaries. Bytes, not `str`: the
+    /// slice needs no second look at those boundaries.
+    Text(&'a [u8]),
     /// A typed string (valid UTF-8, unescaped).
     Str(&'a str),
     Int(i64),
