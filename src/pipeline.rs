@@ -501,7 +501,11 @@ fn open_rejects(path: &std::path::Path, keep: u64) -> Result<RejectsFile, RunErr
             path.display()
         )));
     }
-    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(keep)).map_err(io)?;
+    // Opened without O_APPEND, so writes start at 0; a pipe or a terminal (which
+    // cannot seek) is only ever opened afresh.
+    if keep > 0 {
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(keep)).map_err(io)?;
+    }
     let cut = if len > keep {
         let f = file.try_clone().map_err(io)?;
         Some(
@@ -1396,6 +1400,23 @@ mod tests {
         std::fs::write(&path, b"short\n").unwrap();
         assert!(matches!(open_rejects(&path, 100), Err(RunError::Config(_))));
         assert_eq!(read(), b"short\n");
+    }
+
+    /// `--rejects /dev/stderr` and the like: a pipe cannot seek, and need not.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn rejects_can_go_to_a_pipe() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let (mut rx, tx) = std::io::pipe().unwrap();
+        let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", tx.as_raw_fd()));
+        let mut f = open_rejects(&path, 0).unwrap();
+        f.write_all(b"line\n").unwrap();
+        f.flush().unwrap();
+        drop((f, tx));
+        let mut got = String::new();
+        rx.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "line\n");
     }
 
     /// The mapper threads give way to the reader and the packer on a contested core.
