@@ -517,25 +517,45 @@ fn open_rejects(path: &std::path::Path, keep: u64) -> Result<RejectsFile, RunErr
     } else {
         None
     };
-    Ok(RejectsFile { file, cut })
+    Ok(RejectsFile {
+        file,
+        cut,
+        failed: None,
+    })
 }
 
 /// The rejects file, positioned where this run writes, while an earlier run's lines
 /// past that point may still be being cut away ([`open_rejects`]).
+///
+/// A run killed (SIGKILL, a second Ctrl-C) in the moment before the cut finishes leaves
+/// the earlier lines in place, where an `O_TRUNC` open would not have: the next run
+/// cuts them, and no checkpoint can count them (one is written only after a sync,
+/// which waits for the cut).
 struct RejectsFile {
     file: File,
     cut: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// Why the cut failed, if it did: every later write fails too, so no line of this
+    /// run lands among an earlier run's.
+    failed: Option<(std::io::ErrorKind, String)>,
 }
 
 impl RejectsFile {
     /// The file, once nothing is left beyond where this run writes.
     fn ready(&mut self) -> std::io::Result<&mut File> {
         if let Some(cut) = self.cut.take() {
-            cut.join().map_err(|_| {
-                std::io::Error::other("the thread cutting the file back panicked")
-            })??;
+            let done = cut.join().unwrap_or_else(|_| {
+                Err(std::io::Error::other(
+                    "the thread cutting the file back panicked",
+                ))
+            });
+            if let Err(e) = done {
+                self.failed = Some((e.kind(), format!("cannot cut it back: {e}")));
+            }
         }
-        Ok(&mut self.file)
+        match &self.failed {
+            Some((kind, why)) => Err(std::io::Error::new(*kind, why.clone())),
+            None => Ok(&mut self.file),
+        }
     }
 
     fn sync_data(&mut self) -> std::io::Result<()> {
@@ -1402,21 +1422,48 @@ mod tests {
         assert_eq!(read(), b"short\n");
     }
 
-    /// `--rejects /dev/stderr` and the like: a pipe cannot seek, and need not.
+    /// `--rejects` naming a FIFO (or /dev/stderr and the like): a pipe cannot seek, and
+    /// need not.
     #[cfg(target_os = "linux")]
     #[test]
-    fn rejects_can_go_to_a_pipe() {
-        use std::io::Read;
-        use std::os::fd::AsRawFd;
-        let (mut rx, tx) = std::io::pipe().unwrap();
-        let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", tx.as_raw_fd()));
-        let mut f = open_rejects(&path, 0).unwrap();
+    fn rejects_can_go_to_a_named_pipe() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("rejects.fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a plain system call on a NUL-terminated path that outlives it.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let reader = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || std::fs::read_to_string(fifo).unwrap()
+        });
+        let mut f = open_rejects(&fifo, 0).unwrap();
         f.write_all(b"line\n").unwrap();
         f.flush().unwrap();
-        drop((f, tx));
-        let mut got = String::new();
-        rx.read_to_string(&mut got).unwrap();
-        assert_eq!(got, "line\n");
+        drop(f);
+        assert_eq!(reader.join().unwrap(), "line\n");
+    }
+
+    /// A cut that failed fails every later write, not just the first.
+    #[test]
+    fn a_failed_cut_fails_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = RejectsFile {
+            file: File::create(dir.path().join("r")).unwrap(),
+            cut: Some(std::thread::spawn(|| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "sealed",
+                ))
+            })),
+            failed: None,
+        };
+        for _ in 0..3 {
+            let e = f.write(b"x").unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+            assert!(e.to_string().contains("sealed"), "{e}");
+        }
+        assert!(f.flush().is_err() && f.sync_data().is_err());
     }
 
     /// The mapper threads give way to the reader and the packer on a contested core.

@@ -71,7 +71,7 @@ fn read(bytes: &[u8], opts: CsvOptions, max_rows: usize, defer: bool) -> Option<
                 let mut fields = Vec::new();
                 for c in 0.. {
                     match row.field(&ColumnRef::Index(c)) {
-                        Field::Text(s) => fields.push(s.as_bytes().to_vec()),
+                        Field::Text(b) => fields.push(b.to_vec()),
                         Field::Raw(b) => fields.push(b.to_vec()),
                         _ => break,
                     }

@@ -7,7 +7,8 @@
 //! Only a quoted field with doubled quotes (`""`) is rewritten, in place, to its unescaped
 //! bytes (it only gets shorter), and the bytes it freed become spaces, so the record's
 //! bytes stay valid UTF-8 whenever its fields are (the mapper checks a record once, as a
-//! whole).
+//! whole, and then only that each field starts and ends on a character boundary: a
+//! record csv-core rewrites has no delimiters left between its fields).
 //!
 //! The result is exactly the `csv` crate's (csv-core with its defaults: CR, LF or CRLF
 //! ends a record, blank lines are skipped, `""` is a quote inside quotes, a quote inside
