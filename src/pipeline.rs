@@ -101,7 +101,7 @@ pub fn run_with_progress(
         path: "cannot start the mapper threads".into(),
         source: std::io::Error::other(e),
     })?;
-    let rejects_file = open_rejects(&cfg.rejects_path, rejects_len0)?;
+    let rejects_file = open_rejects(&cfg.rejects_path, rejects_len0, durable.is_some())?;
 
     // The receiver for `--endpoint local` lives as long as the run.
     let mut local = None;
@@ -480,14 +480,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// checkpoint recorded, so it never holds a line twice.
 ///
 /// The cut itself runs on a thread of its own: freeing what an earlier run left (7.5 ms
-/// for a 30 MB rejects file, 0.25 s for 1 GB) is kernel work the pipeline need not wait
-/// for. Every write, flush and sync waits for it first, so nothing is ever written
-/// before it and then cut away.
-fn open_rejects(path: &std::path::Path, keep: u64) -> Result<RejectsFile, RunError> {
+/// for a 30 MB rejects file, so about a quarter of a second per GB) is kernel work the
+/// pipeline need not wait for. Every write, flush and sync waits for it first, so
+/// nothing is ever written before it and then cut away.
+///
+/// With a checkpoint (`durable`), which counts the file's length and syncs it first,
+/// the path must be a regular file: a pipe or a terminal is refused here, before
+/// anything is sent, not at the first checkpoint.
+fn open_rejects(path: &std::path::Path, keep: u64, durable: bool) -> Result<RejectsFile, RunError> {
     let io = |source| RunError::Io {
         path: path.display().to_string(),
         source,
     };
+    if durable {
+        if let Ok(m) = std::fs::metadata(path) {
+            if !m.is_file() {
+                return Err(RunError::Config(format!(
+                    "--rejects {} is not a regular file: a checkpoint counts the rejects file's length and syncs it to disk, which only a regular file allows (not a pipe, a terminal or a device). Name a file, or add --no-checkpoint (or --dry-run) to send rejects there.",
+                    path.display()
+                )));
+            }
+        }
+    }
     let mut file = std::fs::OpenOptions::new()
         .read(keep > 0)
         .write(true)
@@ -1398,14 +1412,14 @@ mod tests {
 
         // Afresh: the old lines go, the new ones start the file.
         std::fs::write(&path, &old).unwrap();
-        let mut f = open_rejects(&path, 0).unwrap();
+        let mut f = open_rejects(&path, 0, true).unwrap();
         f.write_all(b"new\n").unwrap();
         drop(f);
         assert_eq!(read(), b"new\n");
 
         // Resuming: kept up to the recorded length, written after it, synced.
         std::fs::write(&path, [&b"kept\n"[..], &old].concat()).unwrap();
-        let mut f = open_rejects(&path, 5).unwrap();
+        let mut f = open_rejects(&path, 5, true).unwrap();
         f.write_all(b"more\n").unwrap();
         f.sync_data().unwrap();
         drop(f);
@@ -1413,12 +1427,15 @@ mod tests {
 
         // A run that writes nothing still leaves the file cut back.
         std::fs::write(&path, &old).unwrap();
-        drop(open_rejects(&path, 0).unwrap());
+        drop(open_rejects(&path, 0, true).unwrap());
         assert_eq!(read(), b"");
 
         // Shorter than the checkpoint says: refused, and left as it is.
         std::fs::write(&path, b"short\n").unwrap();
-        assert!(matches!(open_rejects(&path, 100), Err(RunError::Config(_))));
+        assert!(matches!(
+            open_rejects(&path, 100, true),
+            Err(RunError::Config(_))
+        ));
         assert_eq!(read(), b"short\n");
     }
 
@@ -1437,7 +1454,13 @@ mod tests {
             let fifo = fifo.clone();
             move || std::fs::read_to_string(fifo).unwrap()
         });
-        let mut f = open_rejects(&fifo, 0).unwrap();
+        // With a checkpoint it is refused before anything is opened (or sent): the
+        // checkpoint syncs the file, which a pipe cannot do.
+        assert!(matches!(
+            open_rejects(&fifo, 0, true),
+            Err(RunError::Config(m)) if m.contains("--no-checkpoint")
+        ));
+        let mut f = open_rejects(&fifo, 0, false).unwrap();
         f.write_all(b"line\n").unwrap();
         f.flush().unwrap();
         drop(f);

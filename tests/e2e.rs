@@ -209,6 +209,29 @@ fn a_mapping_naming_a_missing_column_fails_before_anything_is_sent() {
     assert_eq!(server.shutdown().requests, 0, "nothing was sent");
 }
 
+/// A checkpoint counts the rejects file and syncs it, which a device or a pipe cannot
+/// do: refused up front, not at the first checkpoint after requests went out.
+#[cfg(target_os = "linux")]
+#[test]
+fn rejects_to_a_device_with_a_checkpoint_fail_before_anything_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _record) = receiver(dir.path(), Default::default());
+    let out = run(bin()
+        .current_dir(repo())
+        .args([
+            "run",
+            "fixtures/events.csv",
+            "--mapping",
+            "fixtures/events.toml",
+        ])
+        .args(["--endpoint", &server.base_url()])
+        .args(ckpt(&dir))
+        .args(["--rejects", "/dev/null"]));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--no-checkpoint"), "{}", stderr(&out));
+    assert_eq!(server.shutdown().requests, 0, "nothing was sent");
+}
+
 #[test]
 fn dry_run_writes_each_body_as_sent_and_sends_nothing() {
     let dir = tempfile::tempdir().unwrap();
