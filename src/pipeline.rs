@@ -521,7 +521,7 @@ fn open_rejects(path: &std::path::Path, keep: u64, durable: bool) -> Result<Reje
         std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(keep)).map_err(io)?;
     }
     let cut = if len > keep {
-        let f = file.try_clone().map_err(io)?;
+        let f = cut_handle(&file).map_err(io)?;
         Some(
             std::thread::Builder::new()
                 .name("rejects-cut".into())
@@ -536,6 +536,27 @@ fn open_rejects(path: &std::path::Path, keep: u64, durable: bool) -> Result<Reje
         cut,
         failed: None,
     })
+}
+
+/// The file again, for the thread that cuts it back: on Linux a second open file
+/// description of the same file (through /proc/self/fd), closed as soon as the cut is
+/// done. ext4 flushes a file cut to nothing when its last description closes; closing
+/// this one ends that while the file is still empty. Through a mere duplicate of the
+/// run's own description, ext4 instead wrote back every line of the run when the run
+/// closed the file, on the way to exit (1.3–7.9 ms for 30 MB, against 0.02 ms).
+/// Elsewhere, or without /proc, a duplicate.
+fn cut_handle(file: &File) -> std::io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let again = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        if let Ok(f) = again {
+            return Ok(f);
+        }
+    }
+    file.try_clone()
 }
 
 /// The rejects file, positioned where this run writes, while an earlier run's lines
@@ -1465,6 +1486,22 @@ mod tests {
         f.flush().unwrap();
         drop(f);
         assert_eq!(reader.join().unwrap(), "line\n");
+    }
+
+    /// The cut goes through an open file description of its own (so ext4's flush of a
+    /// file cut to nothing happens when the cut is done, not when the run closes it).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_cut_goes_through_a_description_of_its_own() {
+        use std::io::Seek;
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = File::create(dir.path().join("r")).unwrap();
+        f.write_all(b"0123456789").unwrap();
+        let mut again = cut_handle(&f).unwrap();
+        // A duplicate would share the run's offset (10); a description of its own
+        // starts at 0.
+        assert_eq!(again.stream_position().unwrap(), 0);
+        assert_eq!(f.stream_position().unwrap(), 10);
     }
 
     /// A cut that failed fails every later write, not just the first.
