@@ -12,6 +12,22 @@ fn ckpt(dir: &tempfile::TempDir) -> [String; 2] {
 }
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::process::Command;
+
+/// The bundled events fixture, backfilled to `endpoint` with a checkpoint in `dir`.
+fn backfill_events(dir: &tempfile::TempDir, endpoint: &str) -> Command {
+    let mut c = bin();
+    c.current_dir(repo())
+        .args([
+            "run",
+            "fixtures/events.csv",
+            "--mapping",
+            "fixtures/events.toml",
+        ])
+        .args(["--endpoint", endpoint])
+        .args(ckpt(dir));
+    c
+}
 
 use cdp_backfill::map::message_id::{input_seed, message_id};
 use common::*;
@@ -134,17 +150,7 @@ fn a_generated_100k_row_csv_arrives_exactly_packed_full_and_within_limits() {
 fn calls_arrive_exactly_as_the_rows_said() {
     let dir = tempfile::tempdir().unwrap();
     let (server, record) = receiver(dir.path(), Default::default());
-    let out = run(bin()
-        .current_dir(repo())
-        .args([
-            "run",
-            "fixtures/events.csv",
-            "--mapping",
-            "fixtures/events.toml",
-            "--endpoint",
-            &server.base_url(),
-        ])
-        .args(ckpt(&dir))
+    let out = run(backfill_events(&dir, &server.base_url())
         .arg("--rejects")
         .arg(dir.path().join("r.ndjson")));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
@@ -216,17 +222,7 @@ fn a_mapping_naming_a_missing_column_fails_before_anything_is_sent() {
 fn rejects_to_a_device_with_a_checkpoint_fail_before_anything_is_sent() {
     let dir = tempfile::tempdir().unwrap();
     let (server, _record) = receiver(dir.path(), Default::default());
-    let out = run(bin()
-        .current_dir(repo())
-        .args([
-            "run",
-            "fixtures/events.csv",
-            "--mapping",
-            "fixtures/events.toml",
-        ])
-        .args(["--endpoint", &server.base_url()])
-        .args(ckpt(&dir))
-        .args(["--rejects", "/dev/null"]));
+    let out = run(backfill_events(&dir, &server.base_url()).args(["--rejects", "/dev/null"]));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--no-checkpoint"), "{}", stderr(&out));
     assert_eq!(server.shutdown().requests, 0, "nothing was sent");
