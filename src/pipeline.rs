@@ -62,6 +62,10 @@ pub fn run_with_progress(
         sent_at: cfg.sent_at,
     });
 
+    // Before the checkpoint is touched: a run refused here changes nothing on disk.
+    if cfg.checkpoint.is_some() {
+        refuse_unsyncable_rejects(&cfg.rejects_path)?;
+    }
     // A matching checkpoint says where to start; a mismatching one stops the run here.
     let durable = Durable::open(cfg, src_opts, &inputs)?;
     let start = durable
@@ -101,7 +105,7 @@ pub fn run_with_progress(
         path: "cannot start the mapper threads".into(),
         source: std::io::Error::other(e),
     })?;
-    let rejects_file = open_rejects(&cfg.rejects_path, rejects_len0, durable.is_some())?;
+    let rejects_file = open_rejects(&cfg.rejects_path, rejects_len0)?;
 
     // The receiver for `--endpoint local` lives as long as the run.
     let mut local = None;
@@ -483,25 +487,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// for a 30 MB rejects file, so about a quarter of a second per GB) is kernel work the
 /// pipeline need not wait for. Every write, flush and sync waits for it first, so
 /// nothing is ever written before it and then cut away.
-///
-/// With a checkpoint (`durable`), which counts the file's length and syncs it first,
-/// the path must be a regular file: a pipe or a terminal is refused here, before
-/// anything is sent, not at the first checkpoint.
-fn open_rejects(path: &std::path::Path, keep: u64, durable: bool) -> Result<RejectsFile, RunError> {
+fn open_rejects(path: &std::path::Path, keep: u64) -> Result<RejectsFile, RunError> {
     let io = |source| RunError::Io {
         path: path.display().to_string(),
         source,
     };
-    if durable {
-        if let Ok(m) = std::fs::metadata(path) {
-            if !m.is_file() {
-                return Err(RunError::Config(format!(
-                    "--rejects {} is not a regular file: a checkpoint counts the rejects file's length and syncs it to disk, which only a regular file allows (not a pipe, a terminal or a device). Name a file, or add --no-checkpoint (or --dry-run) to send rejects there.",
-                    path.display()
-                )));
-            }
-        }
-    }
     let mut file = std::fs::OpenOptions::new()
         .read(keep > 0)
         .write(true)
@@ -536,6 +526,29 @@ fn open_rejects(path: &std::path::Path, keep: u64, durable: bool) -> Result<Reje
         cut,
         failed: None,
     })
+}
+
+/// A run that keeps a checkpoint counts the rejects file's length and syncs the file
+/// before each checkpoint, which only a regular file allows: a pipe, a terminal or a
+/// device is refused before the checkpoint or anything else is touched, not at the first
+/// checkpoint after requests went out. (A path that does not exist yet becomes a file.)
+fn refuse_unsyncable_rejects(path: &std::path::Path) -> Result<(), RunError> {
+    let Ok(m) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    if m.is_dir() {
+        return Err(RunError::Config(format!(
+            "--rejects {} is a directory: name a file (in it, or anywhere else).",
+            path.display()
+        )));
+    }
+    if !m.is_file() {
+        return Err(RunError::Config(format!(
+            "--rejects {} is not a regular file: a checkpoint counts the rejects file's length and syncs it to disk, which only a regular file allows (not a pipe, a terminal or a device). Name a file, or add --no-checkpoint (or --dry-run) to send rejects there.",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The file again, for the thread that cuts it back: on Linux a second open file
@@ -1433,14 +1446,14 @@ mod tests {
 
         // Afresh: the old lines go, the new ones start the file.
         std::fs::write(&path, &old).unwrap();
-        let mut f = open_rejects(&path, 0, true).unwrap();
+        let mut f = open_rejects(&path, 0).unwrap();
         f.write_all(b"new\n").unwrap();
         drop(f);
         assert_eq!(read(), b"new\n");
 
         // Resuming: kept up to the recorded length, written after it, synced.
         std::fs::write(&path, [&b"kept\n"[..], &old].concat()).unwrap();
-        let mut f = open_rejects(&path, 5, true).unwrap();
+        let mut f = open_rejects(&path, 5).unwrap();
         f.write_all(b"more\n").unwrap();
         f.sync_data().unwrap();
         drop(f);
@@ -1448,15 +1461,12 @@ mod tests {
 
         // A run that writes nothing still leaves the file cut back.
         std::fs::write(&path, &old).unwrap();
-        drop(open_rejects(&path, 0, true).unwrap());
+        drop(open_rejects(&path, 0).unwrap());
         assert_eq!(read(), b"");
 
         // Shorter than the checkpoint says: refused, and left as it is.
         std::fs::write(&path, b"short\n").unwrap();
-        assert!(matches!(
-            open_rejects(&path, 100, true),
-            Err(RunError::Config(_))
-        ));
+        assert!(matches!(open_rejects(&path, 100), Err(RunError::Config(_))));
         assert_eq!(read(), b"short\n");
     }
 
@@ -1478,10 +1488,15 @@ mod tests {
         // With a checkpoint it is refused before anything is opened (or sent): the
         // checkpoint syncs the file, which a pipe cannot do.
         assert!(matches!(
-            open_rejects(&fifo, 0, true),
+            refuse_unsyncable_rejects(&fifo),
             Err(RunError::Config(m)) if m.contains("--no-checkpoint")
         ));
-        let mut f = open_rejects(&fifo, 0, false).unwrap();
+        assert!(matches!(
+            refuse_unsyncable_rejects(dir.path()),
+            Err(RunError::Config(m)) if m.contains("is a directory")
+        ));
+        assert!(refuse_unsyncable_rejects(&dir.path().join("new.ndjson")).is_ok());
+        let mut f = open_rejects(&fifo, 0).unwrap();
         f.write_all(b"line\n").unwrap();
         f.flush().unwrap();
         drop(f);

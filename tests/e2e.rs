@@ -216,7 +216,8 @@ fn a_mapping_naming_a_missing_column_fails_before_anything_is_sent() {
 }
 
 /// A checkpoint counts the rejects file and syncs it, which a device or a pipe cannot
-/// do: refused up front, not at the first checkpoint after requests went out.
+/// do: refused up front, before the checkpoint or anything else is touched, not at the
+/// first checkpoint after requests went out.
 #[cfg(target_os = "linux")]
 #[test]
 fn rejects_to_a_device_with_a_checkpoint_fail_before_anything_is_sent() {
@@ -226,6 +227,10 @@ fn rejects_to_a_device_with_a_checkpoint_fail_before_anything_is_sent() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--no-checkpoint"), "{}", stderr(&out));
     assert_eq!(server.shutdown().requests, 0, "nothing was sent");
+    assert!(
+        !dir.path().join("cp.json").exists(),
+        "nor a checkpoint written, which a rerun would resume from"
+    );
 }
 
 #[test]
