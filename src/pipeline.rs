@@ -493,7 +493,6 @@ fn open_rejects(path: &std::path::Path, keep: u64) -> Result<RejectsFile, RunErr
         source,
     };
     let mut file = std::fs::OpenOptions::new()
-        .read(keep > 0)
         .write(true)
         .create(keep == 0)
         .open(path)

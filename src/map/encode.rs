@@ -967,18 +967,8 @@ fn write_text(
     typed_string: bool,
 ) -> Result<(), Reject> {
     match c.ty {
-        ColType::String => {
-            if !valid {
-                utf8(b, &c.name)?;
-            }
-            json::write_str_bytes(out, b);
-        }
-        ColType::Auto if typed_string => {
-            if !valid {
-                utf8(b, &c.name)?;
-            }
-            json::write_str_bytes(out, b);
-        }
+        ColType::String => write_text_str(out, b, valid, c)?,
+        ColType::Auto if typed_string => write_text_str(out, b, valid, c)?,
         ColType::Auto => {
             // A JSON number whose value overflows a double (`1e400`) is valid JSON text,
             // but receivers reject it or read infinity: `auto` keeps such text a string
@@ -994,10 +984,7 @@ fn write_text(
             if literal {
                 json::extend_short(out, b);
             } else {
-                if !valid {
-                    utf8(b, &c.name)?;
-                }
-                json::write_str_bytes(out, b);
+                write_text_str(out, b, valid, c)?;
             }
         }
         // The common case: the text is already what writing the integer gives.
@@ -1022,6 +1009,16 @@ fn write_text(
         ColType::Json => write_json_text(out, b, c)?,
         ColType::Timestamp => write_ts_text(out, b, c, opts)?,
     }
+    Ok(())
+}
+
+/// Text as a JSON string, checked for UTF-8 first unless known `valid`.
+#[inline(always)]
+fn write_text_str(out: &mut Vec<u8>, b: &[u8], valid: bool, c: &ColumnValue) -> Result<(), Reject> {
+    if !valid {
+        utf8(b, &c.name)?;
+    }
+    json::write_str_bytes(out, b);
     Ok(())
 }
 

@@ -198,9 +198,9 @@ pub enum Field<'a> {
     /// Not yet checked for UTF-8. Parquet decimals come as their exact decimal text.
     Raw(&'a [u8]),
     /// Untyped text like [`Field::Raw`], already known to be valid UTF-8: a field of a
-    /// CSV record checked once as a whole (far cheaper than field by field), cut at the
-    /// ASCII delimiters around it, so on character boundaries. Bytes, not `str`: the
-    /// slice needs no second look at those boundaries.
+    /// CSV record checked once as a whole (far cheaper than field by field) that starts
+    /// and ends on character boundaries (`CsvRow::text_of` tests both ends). Bytes, not
+    /// `str`: making a `str` would re-check the range and the boundaries.
     Text(&'a [u8]),
     /// A typed string (valid UTF-8, unescaped).
     Str(&'a str),
