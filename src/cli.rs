@@ -412,16 +412,24 @@ impl RunArgs {
             Some("local") => Endpoint::Local,
             Some(u) if u.starts_with("https://") || u.starts_with("http://") => {
                 let u = u.trim_end_matches('/').trim_end_matches("/v1").to_string();
+                // Messages show the URL without any user name or password in it.
+                let shown = config::strip_userinfo(&u);
                 if u.starts_with("http://") && !config::url_is_loopback(&u) {
                     return Err(UsageError(format!(
-                        "--endpoint {u}: plain http:// is allowed only for loopback addresses, so the key never crosses a network in clear; use https://"
+                        "--endpoint {shown}: plain http:// is allowed only for loopback addresses, so the key never crosses a network in clear; use https://"
+                    )));
+                }
+                if shown != u {
+                    return Err(UsageError(format!(
+                        "--endpoint {shown}: the URL holds a user name or password; give the URL without them and the API key in CDP_API_KEY or --api-key-file (the key is sent as HTTP Basic auth, and kept out of logs, checkpoints and reports)"
                     )));
                 }
                 Endpoint::Url(u)
             }
             Some(other) => {
                 return Err(UsageError(format!(
-                    "--endpoint \"{other}\" is not us, eu, local or an http(s):// URL"
+                    "--endpoint \"{}\" is not us, eu, local or an http(s):// URL",
+                    config::strip_userinfo(other)
                 )))
             }
         };
@@ -473,7 +481,19 @@ impl RunArgs {
                 "--events-rate must be at least 1 call per second".into(),
             ));
         }
+        let own_files = [
+            ("--rejects", Some(&self.rejects)),
+            ("--checkpoint", Some(&self.checkpoint)),
+            ("--output", self.output.as_ref()),
+            ("--local-record", self.local_record.as_ref()),
+            ("--summary-json", self.summary_json.as_ref()),
+            ("--report", self.report.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, p)| p.map(|p| (flag, p.clone())))
+        .collect();
         let cfg = RunConfig {
+            own_files,
             inputs: self.inputs,
             mapping_path: self.mapping,
             endpoint,

@@ -86,6 +86,20 @@ impl Endpoint {
     }
 }
 
+/// `https://user:pass@host/x` → `https://host/x`: credentials never reach a report, a
+/// checkpoint or a message.
+pub fn strip_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(host_end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if scheme.is_empty() {
+        format!("{host}{path}")
+    } else {
+        format!("{scheme}://{host}{path}")
+    }
+}
+
 /// `http(s)://127.x.x.x`, `localhost` or `[::1]`, with or without a port.
 pub fn url_is_loopback(url: &str) -> bool {
     let rest = url
@@ -168,6 +182,10 @@ pub struct RunConfig {
     pub quiet: bool,
     /// `--sent-at now`: stamp `sentAt` with the send time on every attempt (issue 4).
     pub sent_at: bool,
+    /// Every file this run writes, with the flag that names it, and the checkpoint's path
+    /// even when the run keeps none: never read as inputs, never an input or the mapping,
+    /// never two of them one file.
+    pub own_files: Vec<(&'static str, PathBuf)>,
 }
 
 #[cfg(test)]

@@ -341,7 +341,12 @@ pub fn inspect(opts: &InspectOptions, src: &SourceOptions) -> Result<Profile, Ru
     let names = opened.schema().column_names();
     let cols: Vec<ColumnRef> = names
         .iter()
-        .filter_map(|n| opened.schema().resolve(n))
+        .enumerate()
+        .filter_map(|(i, n)| match opened.schema().resolve(n)? {
+            // A repeated header name resolves to its first column: profile each one itself.
+            ColumnRef::Index(_) => Some(ColumnRef::Index(i)),
+            other => Some(other),
+        })
         .collect();
     let mut p = Profile {
         input: info.display.clone(),
@@ -377,6 +382,38 @@ pub fn inspect(opts: &InspectOptions, src: &SourceOptions) -> Result<Profile, Ru
     Ok(p)
 }
 
+impl Profile {
+    /// Column names the input holds more than once, in header order, with their 1-based
+    /// positions.
+    pub fn duplicates(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, c) in self.columns.iter().enumerate() {
+            match out.iter_mut().find(|(n, _)| *n == c.name) {
+                Some((_, at)) => at.push(i + 1),
+                None => out.push((c.name.clone(), vec![i + 1])),
+            }
+        }
+        out.retain(|(_, at)| at.len() > 1);
+        out
+    }
+
+    /// One warning line per repeated column name (a run refuses a mapping that uses one).
+    fn duplicate_warnings(&self) -> Vec<String> {
+        self.duplicates()
+            .into_iter()
+            .map(|(name, at)| {
+                let at: Vec<String> = at.iter().map(usize::to_string).collect();
+                format!(
+                    "warning: {} has {} columns named \"{name}\" (columns {}): a run refuses a mapping that uses this name or \"rest\"; rename one of them in the header",
+                    self.input,
+                    at.len(),
+                    at.join(", ")
+                )
+            })
+            .collect()
+    }
+}
+
 impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -386,6 +423,9 @@ impl fmt::Display for Profile {
             self.rows,
             self.columns.len()
         )?;
+        for w in self.duplicate_warnings() {
+            writeln!(f, "  {w}")?;
+        }
         for c in &self.columns {
             writeln!(
                 f,
@@ -501,6 +541,9 @@ pub fn starter_mapping(p: &Profile) -> String {
         "# then run `cdp-backfill validate {} --mapping THIS_FILE` before sending.",
         p.input
     );
+    for w in p.duplicate_warnings() {
+        let _ = writeln!(m, "# {w}.");
+    }
     let _ = writeln!(
         m,
         "\n# Mixed into every messageId; change it to re-send the same rows as new calls."
@@ -634,6 +677,36 @@ mod tests {
             c.add(Field::Raw(v.as_bytes()), 3);
         }
         c
+    }
+
+    #[test]
+    fn a_repeated_column_name_is_warned_about_with_its_positions() {
+        let p = Profile {
+            input: "dup.csv".into(),
+            rows: 1,
+            columns: vec![
+                col("uid", &["u1"]),
+                col("a", &["first"]),
+                col("b", &["x"]),
+                col("a", &["second"]),
+            ],
+        };
+        assert_eq!(p.duplicates(), vec![("a".to_string(), vec![2, 4])]);
+        let shown = p.to_string();
+        assert!(
+            shown.contains("warning: dup.csv has 2 columns named \"a\" (columns 2, 4)"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("rename one of them in the header"),
+            "{shown}"
+        );
+        assert!(starter_mapping(&p).contains("# warning: dup.csv has 2 columns named \"a\""));
+        let unique = Profile {
+            columns: vec![col("uid", &["u1"]), col("a", &["first"])],
+            ..p
+        };
+        assert!(!unique.to_string().contains("warning"));
     }
 
     #[test]

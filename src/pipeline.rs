@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -30,7 +31,7 @@ use crate::pack::{resume_points, KeyedPacker, Packed, Packer, Spares, TooLarge};
 use crate::progress::Progress;
 use crate::send::transport::{DryRunTransport, HttpTransport, Transport};
 use crate::send::{self, Ack, AckResult, CallOrigin, Gate, RetryPolicy, Work};
-use crate::source::{self, Chunk, InputInfo, Position, SourceOptions};
+use crate::source::{self, Chunk, FileId, InputInfo, Position, SourceOptions};
 use crate::summary::Summary;
 use crate::RunError;
 
@@ -47,7 +48,9 @@ pub fn run_with_progress(
 ) -> Result<Summary, RunError> {
     let started = Instant::now();
     let spec = crate::map::load(&cfg.mapping_path)?;
-    let inputs = source::discover(&cfg.inputs, &spec.namespace, src_opts)?;
+    let own: Vec<PathBuf> = cfg.own_files.iter().map(|(_, p)| p.clone()).collect();
+    let inputs = source::discover_excluding(&cfg.inputs, &spec.namespace, src_opts, &own)?;
+    refuse_overlapping_paths(cfg, &inputs)?;
 
     // Resolve the mapping against every input before anything is read or sent.
     let mut mappings = Vec::with_capacity(inputs.len());
@@ -65,9 +68,17 @@ pub fn run_with_progress(
     // Before the checkpoint is touched: a run refused here changes nothing on disk.
     if cfg.checkpoint.is_some() {
         refuse_unsyncable_rejects(&cfg.rejects_path)?;
+    } else {
+        refuse_taking_unfinished_rejects(cfg)?;
     }
     // A matching checkpoint says where to start; a mismatching one stops the run here.
     let durable = Durable::open(cfg, src_opts, &inputs)?;
+    // Held to the end of the run (a checkpoint holds its own): a second run of the same
+    // command stops here.
+    let _rejects_lock = match durable {
+        Some(_) => None,
+        None => lock_rejects(&cfg.rejects_path)?,
+    };
     let start = durable
         .as_ref()
         .map_or(Position::default(), |d| d.base.resume);
@@ -527,6 +538,105 @@ fn open_rejects(path: &std::path::Path, keep: u64) -> Result<RejectsFile, RunErr
     })
 }
 
+/// Refuses, before anything is opened for writing, a run that would write over one of
+/// its inputs or its mapping file, or write two of its outputs to one file: the same
+/// file by any name (a symlink, `./x`, a hard link), compared by device and inode.
+fn refuse_overlapping_paths(cfg: &RunConfig, inputs: &[Arc<InputInfo>]) -> Result<(), RunError> {
+    let written: Vec<(&str, &std::path::Path, FileId)> = cfg
+        .own_files
+        .iter()
+        .filter(|(flag, _)| *flag != "--checkpoint" || cfg.checkpoint.is_some())
+        .filter_map(|(flag, p)| FileId::of(p).map(|id| (*flag, p.as_path(), id)))
+        .collect();
+    let mapping = FileId::of(&cfg.mapping_path);
+    for (i, (flag, path, id)) in written.iter().enumerate() {
+        let what = if let Some(input) = inputs
+            .iter()
+            .find(|input| FileId::of(&input.path).as_ref() == Some(id))
+        {
+            format!("an input of this run ({})", input.display)
+        } else if mapping.as_ref() == Some(id) {
+            format!("the mapping file ({})", cfg.mapping_path.display())
+        } else if let Some((other, _, _)) = written[..i].iter().find(|(_, _, o)| o == id) {
+            format!("also the {other} file")
+        } else {
+            continue;
+        };
+        return Err(RunError::Config(format!(
+            "{flag} {} is {what}: the run would overwrite it. Give {flag} a path of its own.",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A run that keeps no checkpoint (a dry run, `--no-checkpoint`) starts its rejects file
+/// afresh, so it may not take the one an unfinished backfill's checkpoint (at the
+/// `--checkpoint` path, by default in this directory) counts: a rehearsal would cut away
+/// that backfill's rejects.
+fn refuse_taking_unfinished_rejects(cfg: &RunConfig) -> Result<(), RunError> {
+    let Some((_, path)) = cfg.own_files.iter().find(|(f, _)| *f == "--checkpoint") else {
+        return Ok(());
+    };
+    // A checkpoint that cannot be read is not this run's business: it reads none.
+    let Ok(Some(cp)) = checkpoint::load(path) else {
+        return Ok(());
+    };
+    if cp.complete
+        || cp.rejects_len == 0
+        || FileId::of(std::path::Path::new(&cp.rejects_file)) != FileId::of(&cfg.rejects_path)
+    {
+        return Ok(());
+    }
+    Err(RunError::Config(format!(
+        "{} holds the rejects of the unfinished backfill recorded in {}, and this run keeps no checkpoint, so it would start that file afresh. Give this run another --rejects path.",
+        cfg.rejects_path.display(),
+        path.display()
+    )))
+}
+
+/// Locks the rejects file (a regular file, or none yet) for this run, so that a second
+/// run of the same command, at the same time, stops before it touches the checkpoint:
+/// two runs would send everything twice and interleave their reject lines. The lock
+/// (`flock`) goes with the returned handle, and with the process if it dies.
+fn lock_rejects(path: &std::path::Path) -> Result<Option<File>, RunError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            return Ok(None); // a pipe or a device: nothing to cut, nothing to guard
+        }
+        let io = |source| RunError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        // SAFETY: `flock` takes a file descriptor that `file` keeps open for the call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Err(RunError::Config(format!(
+                    "another run is writing {} (its rejects file) now: wait for it to end. Two runs of one backfill at once would send everything twice.",
+                    path.display()
+                )));
+            }
+            // A file system without locks (some network mounts): run unguarded.
+            log::warn!("cannot lock {}: {e}", path.display());
+        }
+        Ok(Some(file))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(None)
+    }
+}
+
 /// A run that keeps a checkpoint counts the rejects file's length and syncs the file
 /// before each checkpoint, which only a regular file allows: a pipe, a terminal or a
 /// device is refused before the checkpoint or anything else is touched, not at the first
@@ -637,6 +747,9 @@ struct Durable {
     /// starting point of this run.
     base: Checkpoint,
     resumed: bool,
+    /// The rejects file's lock ([`lock_rejects`]), taken once the checkpoint is known to
+    /// fit this run and before it is written: a refused run writes nothing.
+    _lock: Option<File>,
 }
 
 impl Durable {
@@ -671,9 +784,25 @@ impl Durable {
         } else {
             checkpoint::load(&path).map_err(ck)?
         };
-        if let Some(cp) = existing {
+        if let Some(mut cp) = existing {
             checkpoint::check_matches(&cp, &path, &endpoint, &config_hash, &prints).map_err(ck)?;
+            let recorded = std::path::Path::new(&cp.rejects_file);
+            if FileId::of(recorded) != FileId::of(&cfg.rejects_path) {
+                if cp.rejects_len > 0 {
+                    return Err(RunError::Config(format!(
+                        "{} counts {} bytes of this backfill's rejects in {}, but this run names --rejects {}: resuming would cut that file, and leave the earlier rejects elsewhere. Resume with --rejects {} (restore it if it is gone), or start over with --restart.",
+                        path.display(),
+                        cp.rejects_len,
+                        cp.rejects_file,
+                        cfg.rejects_path.display(),
+                        cp.rejects_file
+                    )));
+                }
+                // Nothing rejected yet: the rejects go where this run says.
+                cp.rejects_file = cfg.rejects_path.display().to_string();
+            }
             return Ok(Some(Durable {
+                _lock: lock_rejects(&cfg.rejects_path)?,
                 path,
                 base: cp,
                 resumed: true,
@@ -695,6 +824,7 @@ impl Durable {
         };
         // Written before anything is sent, so a crash at any point leaves a checkpoint.
         let d = Durable {
+            _lock: lock_rejects(&cfg.rejects_path)?,
             path,
             base,
             resumed: false,

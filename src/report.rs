@@ -28,7 +28,7 @@ pub fn settings(cfg: &RunConfig, src: &SourceOptions) -> Vec<(&'static str, Stri
     let secs = |d: std::time::Duration| format!("{} s", d.as_secs_f64());
     let endpoint = match &cfg.endpoint {
         Endpoint::Local => "local (built-in receiver on loopback)".to_string(),
-        Endpoint::Url(u) => strip_userinfo(u),
+        Endpoint::Url(u) => crate::config::strip_userinfo(u),
     };
     vec![
         ("inputs", paths(&cfg.inputs)),
@@ -105,19 +105,6 @@ fn show_byte(b: u8) -> String {
         b'\t' => "tab".to_string(),
         b' ' => "space".to_string(),
         _ => (b as char).to_string(),
-    }
-}
-
-/// `https://user:pass@host/x` → `https://host/x`: credentials never reach the report.
-fn strip_userinfo(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(host_end);
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if scheme.is_empty() {
-        format!("{host}{path}")
-    } else {
-        format!("{scheme}://{host}{path}")
     }
 }
 
@@ -719,11 +706,11 @@ mod tests {
     #[test]
     fn credentials_in_an_endpoint_url_never_reach_the_report() {
         assert_eq!(
-            strip_userinfo("https://k3y:x@cdp.customer.io/v1"),
+            crate::config::strip_userinfo("https://k3y:x@cdp.customer.io/v1"),
             "https://cdp.customer.io/v1"
         );
         assert_eq!(
-            strip_userinfo("https://cdp.customer.io"),
+            crate::config::strip_userinfo("https://cdp.customer.io"),
             "https://cdp.customer.io"
         );
     }

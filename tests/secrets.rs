@@ -387,6 +387,40 @@ fn there_is_no_api_key_flag() {
 }
 
 #[test]
+fn credentials_in_the_endpoint_url_are_refused_and_never_shown() {
+    let dir = workdir();
+    for url in [
+        "https://user:PASSWD55@127.0.0.1:9",
+        "http://user:PASSWD55@127.0.0.1:9",
+        "https://PASSWD55@cdp.customer.io",
+        "user:PASSWD55@cdp.customer.io",
+    ] {
+        let mut c = run_cmd(dir.path(), url);
+        c.env("CDP_API_KEY", KEY);
+        let o = common::run(&mut c);
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{url}: {err}");
+        assert!(!err.contains("PASSWD55"), "{url}: {err}");
+        assert!(
+            !String::from_utf8_lossy(&o.stdout).contains("PASSWD55"),
+            "{url}"
+        );
+        assert_output_clean(&o);
+    }
+    // Refused before anything is written: no checkpoint (which would record the endpoint).
+    assert!(!dir.path().join("state/checkpoint.json").exists());
+    assert!(!dir.path().join("rejects.ndjson").exists());
+    let o = common::run(
+        run_cmd(dir.path(), "https://user:PASSWD55@127.0.0.1:9").env("CDP_API_KEY", KEY),
+    );
+    assert!(
+        common::stderr(&o).contains("the URL holds a user name or password"),
+        "{}",
+        common::stderr(&o)
+    );
+}
+
+#[test]
 fn plain_http_is_refused_for_hosts_that_only_look_like_loopback() {
     for url in [
         "http://127.0.0.1.evil.com",

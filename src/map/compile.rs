@@ -2,8 +2,11 @@
 //!
 //! Every column name is resolved into a [`ColumnRef`] here, once per input, before any
 //! row is read; a name the input does not have is a configuration error that lists the
-//! columns it does have. JSON keys and constants are pre-encoded to bytes so the encoder
-//! only copies them.
+//! columns it does have. A name the input's header holds more than once is one too, when
+//! the mapping uses it (by name, or through `"rest"`): a row could only ever be read from
+//! the first of those columns, so the others would be dropped without a word (and `"rest"`
+//! would send one key twice). Duplicates the mapping never uses stay harmless. JSON keys
+//! and constants are pre-encoded to bytes so the encoder only copies them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -134,10 +137,57 @@ struct Ctx<'a> {
     spec: &'a MappingSpec,
     schema: &'a dyn Schema,
     input: &'a str,
+    /// Column names the schema holds more than once, with their 1-based positions.
+    dups: BTreeMap<String, Vec<usize>>,
+}
+
+/// Names that occur more than once in `names`, with their 1-based positions.
+fn duplicate_names(names: &[String]) -> BTreeMap<String, Vec<usize>> {
+    let mut at: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, n) in names.iter().enumerate() {
+        at.entry(n.as_str()).or_default().push(i + 1);
+    }
+    at.into_iter()
+        .filter(|(_, p)| p.len() > 1)
+        .map(|(n, p)| (n.to_string(), p))
+        .collect()
+}
+
+/// `1 and 3`, `2, 4 and 7`.
+fn list_positions(p: &[usize]) -> String {
+    let strs: Vec<String> = p.iter().map(usize::to_string).collect();
+    match strs.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => strs.concat(),
+    }
 }
 
 impl Ctx<'_> {
+    /// The error for a used column name that the input holds at several `positions`.
+    /// `uses` says how the mapping uses it, e.g. `names column "a"`.
+    fn duplicate(
+        &self,
+        at: &str,
+        what: &str,
+        uses: &str,
+        name: &str,
+        positions: &[usize],
+    ) -> CompileError {
+        CompileError(format!(
+            "mapping{}: {what} {uses}, but {} has {} columns named \"{name}\" (columns {} of its header): only the first of them would ever be read and the others silently dropped. Rename one of them in the header of {} so that each column has its own name.",
+            self.spec.locate(at),
+            self.input,
+            positions.len(),
+            list_positions(positions),
+            self.input,
+        ))
+    }
+
     fn resolve(&self, name: &str, what: &str) -> Result<ColumnRef, CompileError> {
+        if let Some(positions) = self.dups.get(name) {
+            let uses = format!("names column \"{name}\"");
+            return Err(self.duplicate(name, what, &uses, name, positions));
+        }
         self.schema.resolve(name).ok_or_else(|| {
             let cols = self.schema.column_names();
             let shown: Vec<&str> = cols.iter().take(40).map(String::as_str).collect();
@@ -399,6 +449,7 @@ pub fn compile(
         spec,
         schema,
         input,
+        dups: duplicate_names(&schema.column_names()),
     };
     for name in spec.columns.keys() {
         cx.resolve(name, &format!("[columns] entry \"{name}\""))?;
@@ -432,7 +483,31 @@ pub fn compile(
             match p {
                 PayloadSpec::Rest => {
                     let used = used_columns(spec, c);
-                    for name in schema.column_names() {
+                    let names = schema.column_names();
+                    // A used duplicate is refused where it is named, with that field in
+                    // the message; here only the ones "rest" itself would take.
+                    let label = if c.traits.is_some() {
+                        "traits"
+                    } else {
+                        "properties"
+                    };
+                    if let Some((name, positions)) = names
+                        .iter()
+                        .filter(|n| !used.contains(*n))
+                        .find_map(|n| cx.dups.get(n).map(|p| (n, p)))
+                    {
+                        let uses = format!(
+                            "takes every column not otherwise used, so column \"{name}\" too"
+                        );
+                        return Err(cx.duplicate(
+                            "rest",
+                            &what(&format!("{label} = \"rest\"")),
+                            &uses,
+                            name,
+                            positions,
+                        ));
+                    }
+                    for name in names {
                         if !used.contains(&name) {
                             let v = cx.column_value(
                                 &name,
@@ -608,5 +683,97 @@ fn check_required(c: &CompiledCall, what: &str) -> Result<(), CompileError> {
             need(c.user_id.is_some(), "user_id")?;
             need(c.previous_id.is_some(), "previous_id")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::spec;
+
+    /// A CSV-like header: the first of duplicate names resolves, as `CsvHeader` does.
+    struct Header(Vec<String>);
+
+    impl Schema for Header {
+        fn resolve(&self, name: &str) -> Option<ColumnRef> {
+            self.0.iter().position(|c| c == name).map(ColumnRef::Index)
+        }
+        fn column_names(&self) -> Vec<String> {
+            self.0.clone()
+        }
+    }
+
+    fn header(names: &[&str]) -> Header {
+        Header(names.iter().map(|n| n.to_string()).collect())
+    }
+
+    fn compile_err(mapping: &str, names: &[&str]) -> String {
+        let spec = spec::parse(mapping).expect("test mapping parses");
+        match compile(&spec, &header(names), "dup.csv") {
+            Ok(_) => panic!("mapping compiled against {names:?}, expected a duplicate error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_duplicate_column_named_by_the_mapping_is_refused_with_its_positions() {
+        let m =
+            "[[call]]\ntype = \"track\"\nuser_id = \"uid\"\nevent = \"ev\"\nproperties = [\"b\"]\n";
+        let e = compile_err(m, &["uid", "ev", "uid", "b"]);
+        assert!(e.contains("call #1 user_id"), "{e}");
+        assert!(e.contains("dup.csv has 2 columns named \"uid\""), "{e}");
+        assert!(e.contains("(columns 1 and 3 of its header)"), "{e}");
+        assert!(
+            e.contains("Rename one of them in the header of dup.csv"),
+            "{e}"
+        );
+
+        // Every way of naming a column goes through the same check.
+        let cols = "[columns]\nb = { type = \"int\" }\n[[call]]\ntype = \"track\"\nuser_id = \"uid\"\nevent = \"ev\"\n";
+        let e = compile_err(cols, &["uid", "ev", "b", "b", "b"]);
+        assert!(e.contains("[columns] entry \"b\""), "{e}");
+        assert!(
+            e.contains("3 columns named \"b\" (columns 3, 4 and 5"),
+            "{e}"
+        );
+        let tmpl =
+            "[[call]]\ntype = \"track\"\nuser_id = \"uid\"\nevent = { template = \"{ev}!\" }\n";
+        let e = compile_err(tmpl, &["uid", "ev", "ev"]);
+        assert!(e.contains("names column \"ev\""), "{e}");
+    }
+
+    #[test]
+    fn rest_refuses_a_duplicate_column_it_would_send() {
+        let m = "[[call]]\ntype = \"track\"\nuser_id = \"uid\"\nevent = \"ev\"\nproperties = \"rest\"\n";
+        let e = compile_err(m, &["uid", "ev", "a", "a"]);
+        assert!(e.contains("call #1 properties = \"rest\""), "{e}");
+        assert!(e.contains("column \"a\""), "{e}");
+        assert!(
+            e.contains("dup.csv has 2 columns named \"a\" (columns 3 and 4"),
+            "{e}"
+        );
+        assert!(e.contains("Rename one of them"), "{e}");
+
+        // "rest" leaves `uid` out, but user_id still reads it: refused there.
+        let e = compile_err(m, &["uid", "ev", "uid", "b"]);
+        assert!(e.contains("call #1 user_id names column \"uid\""), "{e}");
+        assert!(e.contains("(columns 1 and 3 of its header)"), "{e}");
+    }
+
+    #[test]
+    fn a_duplicate_column_the_mapping_never_uses_is_harmless() {
+        let m =
+            "[[call]]\ntype = \"track\"\nuser_id = \"uid\"\nevent = \"ev\"\nproperties = [\"b\"]\n";
+        let spec = spec::parse(m).expect("test mapping parses");
+        let schema = header(&["uid", "ev", "x", "b", "x"]);
+        let compiled = compile(&spec, &schema, "dup.csv").expect("an unused duplicate is harmless");
+        assert_eq!(compiled.calls[0].payload.len(), 1);
+        assert_eq!(compiled.calls[0].payload[0].name, "b");
+    }
+
+    #[test]
+    fn positions_are_listed_in_prose() {
+        assert_eq!(list_positions(&[1, 3]), "1 and 3");
+        assert_eq!(list_positions(&[2, 4, 7]), "2, 4 and 7");
     }
 }

@@ -363,6 +363,20 @@ pub fn discover(
     namespace: &str,
     opts: &SourceOptions,
 ) -> Result<Vec<Arc<InputInfo>>, SourceError> {
+    discover_excluding(paths, namespace, opts, &[])
+}
+
+/// [`discover`], leaving out of directories and glob matches every file that is one of
+/// `own` (the run's own rejects file, checkpoint and other outputs, compared as files, not
+/// names): a run over `.` must not read what it writes. A file named on its own is kept;
+/// the run refuses it as an input that is also an output.
+pub fn discover_excluding(
+    paths: &[PathBuf],
+    namespace: &str,
+    opts: &SourceOptions,
+    own: &[PathBuf],
+) -> Result<Vec<Arc<InputInfo>>, SourceError> {
+    let own: Vec<FileId> = own.iter().filter_map(|p| FileId::of(p)).collect();
     let mut files: Vec<(PathBuf, Format)> = Vec::new();
     let mut stdin_seen = false;
     for p in paths {
@@ -401,8 +415,8 @@ pub fn discover(
                     source: std::io::Error::new(e.error().kind(), e.error().to_string()),
                 })?;
                 if m.is_dir() {
-                    walk(&m, &mut found, opts)?;
-                } else if !is_hidden(&m) {
+                    walk(&m, &mut found, opts, &own)?;
+                } else if !is_hidden(&m) && !is_own(&m, &own) {
                     let f = file_format(&m, opts)?;
                     found.push((m, f));
                 }
@@ -422,7 +436,7 @@ pub fn discover(
         })?;
         if meta.is_dir() {
             let mut found = Vec::new();
-            walk(p, &mut found, opts)?;
+            walk(p, &mut found, opts, &own)?;
             found.sort();
             if found.is_empty() {
                 return Err(SourceError::Other(format!(
@@ -456,6 +470,7 @@ fn walk(
     dir: &Path,
     out: &mut Vec<(PathBuf, Format)>,
     opts: &SourceOptions,
+    own: &[FileId],
 ) -> Result<(), SourceError> {
     let rd = std::fs::read_dir(dir).map_err(|source| SourceError::Open {
         path: dir.display().to_string(),
@@ -475,14 +490,55 @@ fn walk(
             source,
         })?;
         if ft.is_dir() {
-            walk(&path, out, opts)?;
-        } else if ft.is_file() {
+            walk(&path, out, opts, own)?;
+        } else if ft.is_file() && !is_own(&path, own) {
             if let Some(f) = opts.format.or_else(|| Format::from_path(&path)) {
                 out.push((path, f));
             }
         }
     }
     Ok(())
+}
+
+/// What makes two paths the same file: device and inode when it exists (so a symlink or
+/// a second name is caught), else the absolute path with its directory resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileId {
+    Inode(u64, u64),
+    Path(PathBuf),
+}
+
+impl FileId {
+    /// `None` for standard input (`-`).
+    pub fn of(p: &Path) -> Option<FileId> {
+        if p.as_os_str() == STDIN_ARG {
+            return None;
+        }
+        #[cfg(unix)]
+        if let Ok(m) = std::fs::metadata(p) {
+            use std::os::unix::fs::MetadataExt;
+            return Some(FileId::Inode(m.dev(), m.ino()));
+        }
+        let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let resolved = match (abs.parent(), abs.file_name()) {
+            (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+                .map(|d| d.join(name))
+                .unwrap_or(abs.clone()),
+            _ => abs,
+        };
+        Some(FileId::Path(resolved))
+    }
+}
+
+fn is_own(path: &Path, own: &[FileId]) -> bool {
+    if own.is_empty() {
+        return false;
+    }
+    let hit = FileId::of(path).is_some_and(|id| own.contains(&id));
+    if hit {
+        log::info!("leaving out {}: this run writes it", path.display());
+    }
+    hit
 }
 
 /// An open input, ready to fill chunks.

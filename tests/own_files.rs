@@ -1,0 +1,288 @@
+//! A run never reads, overwrites or shares the files it writes: an output that is an input,
+//! the mapping or another output is refused before anything is touched; a directory input
+//! leaves out the run's own checkpoint, rejects and summary; a rejects file that a
+//! checkpoint counts is not cut by a run that is not resuming that checkpoint; and a second
+//! run of the same command at the same time is refused.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn workdir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for f in ["events.csv", "events.toml"] {
+        std::fs::copy(common::fixture(f), d.path().join(f)).unwrap();
+    }
+    d
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    common::run(common::bin().current_dir(dir).args(args))
+}
+
+fn summary(dir: &Path, name: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap()
+}
+
+#[test]
+fn an_output_that_is_an_input_the_mapping_or_another_output_is_refused_untouched() {
+    let d = workdir();
+    let dir = d.path();
+    let csv = std::fs::read(dir.join("events.csv")).unwrap();
+    let toml = std::fs::read(dir.join("events.toml")).unwrap();
+    std::os::unix::fs::symlink("events.csv", dir.join("link.csv")).unwrap();
+    let base = [
+        "run",
+        "events.csv",
+        "--mapping",
+        "events.toml",
+        "--endpoint",
+        "local",
+    ];
+    for (extra, says) in [
+        (
+            &["--rejects", "events.csv"][..],
+            "--rejects events.csv is an input of this run",
+        ),
+        (
+            &["--rejects", "./events.csv"][..],
+            "is an input of this run",
+        ),
+        (
+            &["--checkpoint", "events.csv", "--restart"][..],
+            "--checkpoint events.csv is an input",
+        ),
+        (
+            &["--rejects", "link.csv"][..],
+            "--rejects link.csv is an input of this run (events.csv)",
+        ),
+        (
+            &["--rejects", "events.toml", "--no-checkpoint"][..],
+            "is the mapping file",
+        ),
+        (
+            &["--rejects", "ck.json", "--checkpoint", "ck.json"][..],
+            "--checkpoint ck.json is also the --rejects file",
+        ),
+        (
+            &["--summary-json", "r.ndjson", "--rejects", "r.ndjson"][..],
+            "also the --rejects file",
+        ),
+        (
+            &["--dry-run", "--output", "link.csv"][..],
+            "--output link.csv is an input",
+        ),
+    ] {
+        let o = run_in(dir, &[&base[..], extra].concat());
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(says), "{extra:?}: {err}");
+        assert_eq!(
+            std::fs::read(dir.join("events.csv")).unwrap(),
+            csv,
+            "{extra:?}"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("events.toml")).unwrap(),
+            toml,
+            "{extra:?}"
+        );
+        for f in [
+            "cdp-backfill.checkpoint.json",
+            "cdp-backfill.rejects.ndjson",
+            "ck.json",
+            "r.ndjson",
+        ] {
+            assert!(!dir.join(f).exists(), "{extra:?} wrote {f}");
+        }
+    }
+}
+
+#[test]
+fn a_directory_input_leaves_out_the_runs_own_files() {
+    let d = tempfile::tempdir().unwrap();
+    let export = d.path().join("export");
+    std::fs::create_dir(&export).unwrap();
+    std::fs::copy(common::fixture("events.csv"), export.join("events.csv")).unwrap();
+    let mapping = common::fixture("events.toml");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "run",
+            ".",
+            "--mapping",
+            mapping.to_str().unwrap(),
+            "--endpoint",
+            "local",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(["--summary-json", "s.json"].iter().map(|s| s.to_string()));
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    // The first run writes the checkpoint, the rejects and s.json (NDJSON by name) into
+    // the directory it reads; the second finds them there, the third starts over.
+    for (i, extra) in [&[][..], &[][..], &["--restart"][..]]
+        .into_iter()
+        .enumerate()
+    {
+        let o = common::run(common::bin().current_dir(&export).args(args(extra)));
+        assert_eq!(o.status.code(), Some(3), "run {i}: {}", common::stderr(&o));
+        let s = summary(&export, "s.json");
+        assert_eq!(s["inputs"], 1, "run {i}: {s}");
+        if i != 1 {
+            assert_eq!(s["rows_read"], 40, "run {i}: {s}");
+        } else {
+            assert!(
+                s["outcome"].as_str().unwrap().contains("already complete"),
+                "{s}"
+            );
+        }
+    }
+}
+
+/// A completed backfill's checkpoint, made to look unfinished with its rejects counted.
+fn unfinished_backfill(dir: &Path) -> Vec<u8> {
+    let o = run_in(
+        dir,
+        &[
+            "run",
+            "events.csv",
+            "--mapping",
+            "events.toml",
+            "--endpoint",
+            "local",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
+    let path = dir.join("cdp-backfill.checkpoint.json");
+    let mut cp: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(cp["rejects_len"].as_u64().unwrap() > 0, "{cp}");
+    cp["complete"] = false.into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&cp).unwrap()).unwrap();
+    std::fs::read(dir.join("cdp-backfill.rejects.ndjson")).unwrap()
+}
+
+#[test]
+fn a_rejects_file_counted_by_an_unfinished_checkpoint_is_not_cut_by_another_run() {
+    let d = workdir();
+    let dir = d.path();
+    let rejects = unfinished_backfill(dir);
+    // A rehearsal that keeps no checkpoint, into the default rejects path.
+    let o = run_in(
+        dir,
+        &["run", "events.csv", "--mapping", "events.toml", "--dry-run"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("holds the rejects of the unfinished backfill"));
+    // A resume that names another rejects file.
+    std::fs::write(dir.join("important.ndjson"), "keep me\n").unwrap();
+    let o = run_in(
+        dir,
+        &[
+            "run",
+            "events.csv",
+            "--mapping",
+            "events.toml",
+            "--endpoint",
+            "local",
+            "--rejects",
+            "important.ndjson",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).contains("Resume with --rejects cdp-backfill.rejects.ndjson"),
+        "{}",
+        common::stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("important.ndjson")).unwrap(),
+        "keep me\n"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("cdp-backfill.rejects.ndjson")).unwrap(),
+        rejects
+    );
+    // With another rejects path, the rehearsal runs.
+    let o = run_in(
+        dir,
+        &[
+            "run",
+            "events.csv",
+            "--mapping",
+            "events.toml",
+            "--dry-run",
+            "--rejects",
+            "dry.ndjson",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
+    assert_eq!(
+        std::fs::read(dir.join("cdp-backfill.rejects.ndjson")).unwrap(),
+        rejects
+    );
+}
+
+#[test]
+fn a_second_run_of_the_same_command_at_the_same_time_is_refused() {
+    let d = workdir();
+    let dir = d.path();
+    let args = [
+        "run",
+        "events.csv",
+        "--mapping",
+        "events.toml",
+        "--endpoint",
+        "local",
+        "--rate",
+        "2",
+        "--max-request-bytes",
+        "2000",
+        "--max-call-bytes",
+        "1900",
+        "--progress",
+        "never",
+    ];
+    let mut first: std::process::Child = common::bin()
+        .current_dir(dir)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the first run holds its checkpoint (it takes ~10 s to send at 2 requests/s).
+    let t0 = Instant::now();
+    while !dir.join("cdp-backfill.checkpoint.json").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the first run never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = run_in(dir, &args);
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("another run is writing cdp-backfill.rejects.ndjson"));
+    let o = run_in(dir, &[&args[..], &["--restart"]].concat());
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "--restart too: {}",
+        common::stderr(&o)
+    );
+    // A run killed outright leaves no lock behind: the same command (faster) resumes.
+    Command::new("kill")
+        .args(["-KILL", &first.id().to_string()])
+        .status()
+        .unwrap();
+    first.wait().unwrap();
+    let fast: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "2" { "1000" } else { a })
+        .collect();
+    let o = run_in(dir, &fast);
+    assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
+}
