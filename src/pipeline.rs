@@ -381,6 +381,13 @@ pub fn run_with_progress(
         server.shutdown();
     }
     summary.finish(started.elapsed());
+    // What the rejects file holds: the earlier runs' lines and the ones this run wrote
+    // for acknowledged work. A run that stops early has found more bad rows than that
+    // (`rows_rejected`); the rest are found again when it resumes.
+    summary.rows_rejected_total = outcome.counters.rows_rejected
+        + durable
+            .as_ref()
+            .map_or(0, |d| d.base.counters.rows_rejected);
     if outcome.interrupted && read_result.is_ok() && fatal.is_none() {
         summary.outcome = "interrupted".into();
         return Err(RunError::Interrupted {
@@ -403,10 +410,6 @@ pub fn run_with_progress(
         });
     }
     summary.outcome = "completed".into();
-    summary.rows_rejected_total = summary.rows_rejected
-        + durable
-            .as_ref()
-            .map_or(0, |d| d.base.counters.rows_rejected);
     Ok(summary)
 }
 

@@ -286,3 +286,60 @@ fn a_second_run_of_the_same_command_at_the_same_time_is_refused() {
     let o = run_in(dir, &fast);
     assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
 }
+
+#[test]
+fn an_interrupted_run_counts_the_reject_lines_its_rejects_file_holds() {
+    let d = workdir();
+    let dir = d.path();
+    // Every fifth row has no id: rejected, its line written once its request is delivered.
+    let mut csv = String::from("user_id,anonymous_id,event,timestamp,plan,amount,currency,country,city,item_count,is_trial,description\n");
+    for i in 0..600 {
+        let id = if i % 5 == 0 {
+            String::new()
+        } else {
+            format!("u{i}")
+        };
+        csv.push_str(&format!(
+            "{id},,Ev,2023-01-01T00:00:00Z,pro,1.5,EUR,DE,Köln,1,false,row {i}\n"
+        ));
+    }
+    std::fs::write(dir.join("rows.csv"), csv).unwrap();
+    let mut run = common::bin()
+        .current_dir(dir)
+        .args([
+            "run",
+            "rows.csv",
+            "--mapping",
+            "events.toml",
+            "--endpoint",
+            "local",
+            "--rate",
+            "20",
+            "--max-request-bytes",
+            "3000",
+            "--max-call-bytes",
+            "2900",
+            "--summary-json",
+            "s.json",
+            "--progress",
+            "never",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    Command::new("kill")
+        .args(["-INT", &run.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(run.wait().unwrap().code(), Some(130));
+    let s = summary(dir, "s.json");
+    let lines = std::fs::read_to_string(dir.join("cdp-backfill.rejects.ndjson"))
+        .unwrap()
+        .lines()
+        .count() as u64;
+    assert!(lines > 0, "nothing was rejected before the interrupt: {s}");
+    assert_eq!(s["rows_rejected_total"], lines, "{s}");
+    assert!(s["rows_rejected"].as_u64().unwrap() >= lines, "{s}");
+}
