@@ -609,16 +609,18 @@ fn lock_rejects(path: &std::path::Path) -> Result<Option<File>, RunError> {
         if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
             return Ok(None); // a pipe or a device: nothing to cut, nothing to guard
         }
-        let io = |source| RunError::Io {
-            path: path.display().to_string(),
-            source,
-        };
+        // Found before anything is sent (and before a fresh checkpoint is written).
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(io)?;
+            .map_err(|e| {
+                RunError::Config(format!(
+                    "--rejects {}: cannot open it for writing: {e}. Create its directory, or name another path.",
+                    path.display()
+                ))
+            })?;
         // SAFETY: `flock` takes a file descriptor that `file` keeps open for the call.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();

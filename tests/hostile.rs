@@ -302,6 +302,21 @@ fn nul_bytes_and_invalid_utf8_are_rejects_or_escaped_never_crashes() {
 }
 
 #[test]
+fn a_header_that_is_not_utf8_is_an_error_naming_the_column_not_a_changed_key() {
+    let mut csv = b"user_id,event,ts,amount,caf\xe9\n".to_vec();
+    csv.extend_from_slice(b"u1,Signed Up,2024-01-02T03:04:05Z,1.5,x\n");
+    let dir = setup(&[("latin1.csv", &csv)]);
+    let o = run(dir.path(), &["latin1.csv", "--mapping", "csv.toml"]);
+    assert_eq!(o.code, Some(1), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("latin1.csv: column 5 of the header") && o.stderr.contains("UTF-8"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.calls().is_empty(), "nothing is sent");
+}
+
+#[test]
 fn a_byte_order_mark_is_not_part_of_the_first_column_name() {
     let csv = format!("\u{feff}{HEADER}{ROW}");
     let ndjson = "\u{feff}{\"user_id\":\"u1\",\"event\":\"E\"}\n";

@@ -343,3 +343,28 @@ fn an_interrupted_run_counts_the_reject_lines_its_rejects_file_holds() {
     assert_eq!(s["rows_rejected_total"], lines, "{s}");
     assert!(s["rows_rejected"].as_u64().unwrap() >= lines, "{s}");
 }
+
+#[test]
+fn a_rejects_path_that_cannot_be_written_is_a_usage_error_before_anything_is_written() {
+    let d = workdir();
+    let dir = d.path();
+    let o = run_in(
+        dir,
+        &[
+            "run",
+            "events.csv",
+            "--mapping",
+            "events.toml",
+            "--endpoint",
+            "local",
+            "--rejects",
+            "nodir/r.ndjson",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("--rejects nodir/r.ndjson: cannot open it for writing"));
+    assert!(
+        !dir.join("cdp-backfill.checkpoint.json").exists(),
+        "a refused run wrote a checkpoint"
+    );
+}

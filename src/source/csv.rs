@@ -304,10 +304,25 @@ impl CsvSource {
         }
         let row = chunk.row(0);
         let names = if opts.has_header {
-            row.fields
-                .iter()
-                .map(|&(s, e)| String::from_utf8_lossy(&chunk.raw[s..e]).into_owned())
-                .collect()
+            // Names become JSON keys and are matched against the mapping: a byte that is
+            // not UTF-8 would change a key without a word.
+            let mut names = Vec::with_capacity(row.fields.len());
+            for (i, &(s, e)) in row.fields.iter().enumerate() {
+                match std::str::from_utf8(&chunk.raw[s..e]) {
+                    Ok(name) => names.push(name.to_string()),
+                    Err(_) => {
+                        return Err(SourceError::Read {
+                            path: input.display.clone(),
+                            message: format!(
+                                "column {} of the header (\"{}\") is not valid UTF-8. Save the file as UTF-8 (for example `iconv -f latin1 -t utf-8`), or pass --no-header if the first line is data.",
+                                i + 1,
+                                String::from_utf8_lossy(&chunk.raw[s..e])
+                            ),
+                        })
+                    }
+                }
+            }
+            names
         } else {
             // Without a header the first record is data: put it back to be read as row 0.
             let mut back = chunk.raw[chunk.rows[0].start..chunk.rows[0].end].to_vec();
