@@ -10,12 +10,17 @@ const REST: &str =
 /// Runs `cdp-backfill run dup.csv --dry-run` in `dir`, writing only inside `dir`.
 fn dry_run(dir: &Path, header_and_rows: &str, mapping: &str) -> Output {
     std::fs::write(dir.join("dup.csv"), header_and_rows).expect("write the input");
+    run_input(dir, "dup.csv", mapping)
+}
+
+/// Runs `cdp-backfill run INPUT --dry-run` in `dir` with `mapping` as m.toml.
+fn run_input(dir: &Path, input: &str, mapping: &str) -> Output {
     std::fs::write(dir.join("m.toml"), mapping).expect("write the mapping");
     Command::new(env!("CARGO_BIN_EXE_cdp-backfill"))
         .current_dir(dir)
         .args([
             "run",
-            "dup.csv",
+            input,
             "--mapping",
             "m.toml",
             "--dry-run",
@@ -98,25 +103,7 @@ fn a_parquet_schema_with_a_duplicated_name_is_refused_the_same_way() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("dup.parquet"), bytes).expect("write the input");
-    std::fs::write(dir.path().join("m.toml"), REST).expect("write the mapping");
-    let out = Command::new(env!("CARGO_BIN_EXE_cdp-backfill"))
-        .current_dir(dir.path())
-        .args([
-            "run",
-            "dup.parquet",
-            "--mapping",
-            "m.toml",
-            "--dry-run",
-            "--output",
-            "out.ndjson",
-            "--rejects",
-            "rej.ndjson",
-            "--checkpoint",
-            "cp.json",
-            "-q",
-        ])
-        .output()
-        .expect("run the binary");
+    let out = run_input(dir.path(), "dup.parquet", REST);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {err}");
     assert!(

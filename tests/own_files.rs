@@ -22,6 +22,20 @@ fn run_in(dir: &Path, args: &[&str]) -> std::process::Output {
     common::run(common::bin().current_dir(dir).args(args))
 }
 
+/// `run events.csv --mapping events.toml --endpoint local` and `extra`, in `dir`.
+fn backfill(dir: &Path, extra: &[&str]) -> std::process::Output {
+    run_in(dir, &[&BACKFILL[..], extra].concat())
+}
+
+const BACKFILL: [&str; 6] = [
+    "run",
+    "events.csv",
+    "--mapping",
+    "events.toml",
+    "--endpoint",
+    "local",
+];
+
 fn summary(dir: &Path, name: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap()
 }
@@ -33,14 +47,6 @@ fn an_output_that_is_an_input_the_mapping_or_another_output_is_refused_untouched
     let csv = std::fs::read(dir.join("events.csv")).unwrap();
     let toml = std::fs::read(dir.join("events.toml")).unwrap();
     std::os::unix::fs::symlink("events.csv", dir.join("link.csv")).unwrap();
-    let base = [
-        "run",
-        "events.csv",
-        "--mapping",
-        "events.toml",
-        "--endpoint",
-        "local",
-    ];
     for (extra, says) in [
         (
             &["--rejects", "events.csv"][..],
@@ -75,7 +81,7 @@ fn an_output_that_is_an_input_the_mapping_or_another_output_is_refused_untouched
             "--output link.csv is an input",
         ),
     ] {
-        let o = run_in(dir, &[&base[..], extra].concat());
+        let o = backfill(dir, extra);
         let err = common::stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
         assert!(err.contains(says), "{extra:?}: {err}");
@@ -146,17 +152,7 @@ fn a_directory_input_leaves_out_the_runs_own_files() {
 
 /// A completed backfill's checkpoint, made to look unfinished with its rejects counted.
 fn unfinished_backfill(dir: &Path) -> Vec<u8> {
-    let o = run_in(
-        dir,
-        &[
-            "run",
-            "events.csv",
-            "--mapping",
-            "events.toml",
-            "--endpoint",
-            "local",
-        ],
-    );
+    let o = backfill(dir, &[]);
     assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
     let path = dir.join("cdp-backfill.checkpoint.json");
     let mut cp: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -180,19 +176,7 @@ fn a_rejects_file_counted_by_an_unfinished_checkpoint_is_not_cut_by_another_run(
     assert!(common::stderr(&o).contains("holds the rejects of the unfinished backfill"));
     // A resume that names another rejects file.
     std::fs::write(dir.join("important.ndjson"), "keep me\n").unwrap();
-    let o = run_in(
-        dir,
-        &[
-            "run",
-            "events.csv",
-            "--mapping",
-            "events.toml",
-            "--endpoint",
-            "local",
-            "--rejects",
-            "important.ndjson",
-        ],
-    );
+    let o = backfill(dir, &["--rejects", "important.ndjson"]);
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
     assert!(
         common::stderr(&o).contains("Resume with --rejects cdp-backfill.rejects.ndjson"),
@@ -208,18 +192,7 @@ fn a_rejects_file_counted_by_an_unfinished_checkpoint_is_not_cut_by_another_run(
         rejects
     );
     // With another rejects path, the rehearsal runs.
-    let o = run_in(
-        dir,
-        &[
-            "run",
-            "events.csv",
-            "--mapping",
-            "events.toml",
-            "--dry-run",
-            "--rejects",
-            "dry.ndjson",
-        ],
-    );
+    let o = backfill(dir, &["--dry-run", "--rejects", "dry.ndjson"]);
     assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
     assert_eq!(
         std::fs::read(dir.join("cdp-backfill.rejects.ndjson")).unwrap(),
@@ -232,24 +205,22 @@ fn a_second_run_of_the_same_command_at_the_same_time_is_refused() {
     let d = workdir();
     let dir = d.path();
     let args = [
-        "run",
-        "events.csv",
-        "--mapping",
-        "events.toml",
-        "--endpoint",
-        "local",
-        "--rate",
-        "2",
-        "--max-request-bytes",
-        "2000",
-        "--max-call-bytes",
-        "1900",
-        "--progress",
-        "never",
-    ];
+        &BACKFILL[..],
+        &[
+            "--rate",
+            "2",
+            "--max-request-bytes",
+            "2000",
+            "--max-call-bytes",
+            "1900",
+            "--progress",
+            "never",
+        ],
+    ]
+    .concat();
     let mut first: std::process::Child = common::bin()
         .current_dir(dir)
-        .args(args)
+        .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -348,19 +319,7 @@ fn an_interrupted_run_counts_the_reject_lines_its_rejects_file_holds() {
 fn a_rejects_path_that_cannot_be_written_is_a_usage_error_before_anything_is_written() {
     let d = workdir();
     let dir = d.path();
-    let o = run_in(
-        dir,
-        &[
-            "run",
-            "events.csv",
-            "--mapping",
-            "events.toml",
-            "--endpoint",
-            "local",
-            "--rejects",
-            "nodir/r.ndjson",
-        ],
-    );
+    let o = backfill(dir, &["--rejects", "nodir/r.ndjson"]);
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
     assert!(common::stderr(&o).contains("--rejects nodir/r.ndjson: cannot open it for writing"));
     assert!(
