@@ -488,6 +488,9 @@ impl RunArgs {
             ("--local-record", self.local_record.as_ref()),
             ("--summary-json", self.summary_json.as_ref()),
             ("--report", self.report.as_ref()),
+            // Never written: listed so that no directory input reads it and no output
+            // overwrites it.
+            ("--api-key-file", self.api_key_file.as_ref()),
         ]
         .into_iter()
         .filter_map(|(flag, p)| p.map(|p| (flag, p.clone())))

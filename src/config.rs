@@ -87,16 +87,15 @@ impl Endpoint {
 }
 
 /// `https://user:pass@host/x` → `https://host/x`: credentials never reach a report, a
-/// checkpoint or a message.
+/// checkpoint or a message. Everything up to the last `@` goes, so a password with an
+/// unescaped `/` in it goes too (a base URL has no other use for `@`).
 pub fn strip_userinfo(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(host_end);
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     if scheme.is_empty() {
-        format!("{host}{path}")
+        rest.to_string()
     } else {
-        format!("{scheme}://{host}{path}")
+        format!("{scheme}://{rest}")
     }
 }
 
@@ -182,9 +181,9 @@ pub struct RunConfig {
     pub quiet: bool,
     /// `--sent-at now`: stamp `sentAt` with the send time on every attempt (issue 4).
     pub sent_at: bool,
-    /// Every file this run writes, with the flag that names it, and the checkpoint's path
-    /// even when the run keeps none: never read as inputs, never an input or the mapping,
-    /// never two of them one file.
+    /// Every file this run writes, with the flag that names it, the checkpoint's path even
+    /// when the run keeps none, and the API key file: never read as inputs; the ones
+    /// written are never an input, the mapping, the key file, or two of them one file.
     pub own_files: Vec<(&'static str, PathBuf)>,
 }
 

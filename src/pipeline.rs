@@ -48,7 +48,13 @@ pub fn run_with_progress(
 ) -> Result<Summary, RunError> {
     let started = Instant::now();
     let spec = crate::map::load(&cfg.mapping_path)?;
-    let own: Vec<PathBuf> = cfg.own_files.iter().map(|(_, p)| p.clone()).collect();
+    // Never read as inputs: what the run writes, its mapping and its API key file.
+    let own: Vec<PathBuf> = cfg
+        .own_files
+        .iter()
+        .map(|(_, p)| p.clone())
+        .chain([cfg.mapping_path.clone()])
+        .collect();
     let inputs = source::discover_excluding(&cfg.inputs, &spec.namespace, src_opts, &own)?;
     refuse_overlapping_paths(cfg, &inputs)?;
 
@@ -77,7 +83,7 @@ pub fn run_with_progress(
     // command stops here.
     let _rejects_lock = match durable {
         Some(_) => None,
-        None => lock_rejects(&cfg.rejects_path)?,
+        None => lock_rejects(&cfg.rejects_path, true)?,
     };
     let start = durable
         .as_ref()
@@ -506,11 +512,20 @@ fn open_rejects(path: &std::path::Path, keep: u64) -> Result<RejectsFile, RunErr
         path: path.display().to_string(),
         source,
     };
-    let mut file = std::fs::OpenOptions::new()
+    let mut file = match std::fs::OpenOptions::new()
         .write(true)
         .create(keep == 0)
         .open(path)
-        .map_err(io)?;
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && keep > 0 => {
+            return Err(RunError::Config(format!(
+                "the rejects file {} is missing, and the checkpoint counts {keep} bytes of rejects in it. Restore it, or start over with --restart.",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(io(e)),
+    };
     let len = file.metadata().map_err(io)?.len();
     if len < keep {
         return Err(RunError::Config(format!(
@@ -545,12 +560,20 @@ fn open_rejects(path: &std::path::Path, keep: u64) -> Result<RejectsFile, RunErr
 /// its inputs or its mapping file, or write two of its outputs to one file: the same
 /// file by any name (a symlink, `./x`, a hard link), compared by device and inode.
 fn refuse_overlapping_paths(cfg: &RunConfig, inputs: &[Arc<InputInfo>]) -> Result<(), RunError> {
+    // A device (/dev/null, a terminal) may take several outputs; a pipe is read once.
     let written: Vec<(&str, &std::path::Path, FileId)> = cfg
         .own_files
         .iter()
         .filter(|(flag, _)| *flag != "--checkpoint" || cfg.checkpoint.is_some())
+        .filter(|(flag, _)| *flag != "--api-key-file")
+        .filter(|(_, p)| std::fs::metadata(p).map_or(true, |m| m.is_file()))
         .filter_map(|(flag, p)| FileId::of(p).map(|id| (*flag, p.as_path(), id)))
         .collect();
+    let key_file = cfg
+        .own_files
+        .iter()
+        .find(|(flag, _)| *flag == "--api-key-file")
+        .and_then(|(_, p)| FileId::of(p));
     let mapping = FileId::of(&cfg.mapping_path);
     for (i, (flag, path, id)) in written.iter().enumerate() {
         let what = if let Some(input) = inputs
@@ -560,6 +583,8 @@ fn refuse_overlapping_paths(cfg: &RunConfig, inputs: &[Arc<InputInfo>]) -> Resul
             format!("an input of this run ({})", input.display)
         } else if mapping.as_ref() == Some(id) {
             format!("the mapping file ({})", cfg.mapping_path.display())
+        } else if key_file.as_ref() == Some(id) {
+            "the API key file".to_string()
         } else if let Some((other, _, _)) = written[..i].iter().find(|(_, _, o)| o == id) {
             format!("also the {other} file")
         } else {
@@ -598,48 +623,74 @@ fn refuse_taking_unfinished_rejects(cfg: &RunConfig) -> Result<(), RunError> {
     )))
 }
 
-/// Locks the rejects file (a regular file, or none yet) for this run, so that a second
-/// run of the same command, at the same time, stops before it touches the checkpoint:
-/// two runs would send everything twice and interleave their reject lines. The lock
-/// (`flock`) goes with the returned handle, and with the process if it dies.
-fn lock_rejects(path: &std::path::Path) -> Result<Option<File>, RunError> {
+/// Locks the rejects file (a regular file, or none yet) for this run: two runs writing
+/// one rejects file would interleave their lines. `create`: make the file if it is not
+/// there (false when a checkpoint counts lines in it: then [`open_rejects`] reports it
+/// missing, and a refused run leaves nothing behind).
+fn lock_rejects(path: &std::path::Path, create: bool) -> Result<Option<File>, RunError> {
+    if std::fs::metadata(path).map_or(!create, |m| !m.is_file()) {
+        return Ok(None); // a pipe or a device: nothing to cut, nothing to guard
+    }
+    // Found before anything is sent (and before a fresh checkpoint is written).
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| {
+            RunError::Config(format!(
+                "--rejects {}: cannot open it for writing: {e}. Create its directory, or name another path.",
+                path.display()
+            ))
+        })?;
+    lock_exclusive(file, path, "its rejects file")
+}
+
+/// Locks the checkpoint for this run, through a hidden file beside it (the checkpoint
+/// itself is replaced by each write): a second run on the same checkpoint stops before
+/// it reads the checkpoint, whatever its other paths.
+fn lock_checkpoint(path: &std::path::Path) -> Result<Option<File>, RunError> {
+    let name = path
+        .file_name()
+        .map_or_else(|| "checkpoint".into(), |n| n.to_string_lossy().into_owned());
+    let lock = path.with_file_name(format!(".{name}.lock"));
+    let Ok(file) = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+    else {
+        return Ok(None); // the checkpoint's own write reports an unwritable directory
+    };
+    lock_exclusive(file, path, "its checkpoint")
+}
+
+/// Takes `flock(LOCK_EX | LOCK_NB)` on `file`, held as long as the returned handle (and
+/// released by the kernel if the process dies). Busy: another run holds `path`.
+fn lock_exclusive(
+    file: File,
+    path: &std::path::Path,
+    what: &str,
+) -> Result<Option<File>, RunError> {
     #[cfg(unix)]
     {
         use std::os::unix::io::AsRawFd;
-        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
-            return Ok(None); // a pipe or a device: nothing to cut, nothing to guard
-        }
-        // Found before anything is sent (and before a fresh checkpoint is written).
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| {
-                RunError::Config(format!(
-                    "--rejects {}: cannot open it for writing: {e}. Create its directory, or name another path.",
-                    path.display()
-                ))
-            })?;
         // SAFETY: `flock` takes a file descriptor that `file` keeps open for the call.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 return Err(RunError::Config(format!(
-                    "another run is writing {} (its rejects file) now: wait for it to end. Two runs of one backfill at once would send everything twice.",
+                    "another run is using {} ({what}) now: wait for it to end. Two runs of one backfill at once would send everything twice.",
                     path.display()
                 )));
             }
             // A file system without locks (some network mounts): run unguarded.
             log::warn!("cannot lock {}: {e}", path.display());
         }
-        Ok(Some(file))
     }
     #[cfg(not(unix))]
-    {
-        let _ = path;
-        Ok(None)
-    }
+    let _ = (path, what);
+    Ok(Some(file))
 }
 
 /// A run that keeps a checkpoint counts the rejects file's length and syncs the file
@@ -752,9 +803,9 @@ struct Durable {
     /// starting point of this run.
     base: Checkpoint,
     resumed: bool,
-    /// The rejects file's lock ([`lock_rejects`]), taken once the checkpoint is known to
-    /// fit this run and before it is written: a refused run writes nothing.
-    _lock: Option<File>,
+    /// The checkpoint's lock, taken before it is read, and the rejects file's, taken
+    /// once the checkpoint is known to fit this run and before it is written.
+    _locks: [Option<File>; 2],
 }
 
 impl Durable {
@@ -767,6 +818,7 @@ impl Durable {
             return Ok(None);
         };
         let ck = |e: checkpoint::CheckpointError| RunError::Checkpoint(Box::new(e));
+        let checkpoint_lock = lock_checkpoint(&path)?;
         let mut prints = Vec::with_capacity(inputs.len());
         for i in inputs {
             if i.path.as_os_str() == "-" {
@@ -804,10 +856,11 @@ impl Durable {
                     )));
                 }
                 // Nothing rejected yet: the rejects go where this run says.
-                cp.rejects_file = cfg.rejects_path.display().to_string();
+                cp.rejects_file = source::absolute(&cfg.rejects_path).display().to_string();
             }
+            let rejects_lock = lock_rejects(&cfg.rejects_path, cp.rejects_len == 0)?;
             return Ok(Some(Durable {
-                _lock: lock_rejects(&cfg.rejects_path)?,
+                _locks: [checkpoint_lock, rejects_lock],
                 path,
                 base: cp,
                 resumed: true,
@@ -822,14 +875,15 @@ impl Durable {
             inputs: prints,
             resume: Position::default(),
             complete: false,
-            rejects_file: cfg.rejects_path.display().to_string(),
+            // Absolute, so that a resume from another directory finds the same file.
+            rejects_file: source::absolute(&cfg.rejects_path).display().to_string(),
             rejects_len: 0,
             input_rows: vec![0; inputs.len()],
             counters: Default::default(),
         };
         // Written before anything is sent, so a crash at any point leaves a checkpoint.
         let d = Durable {
-            _lock: lock_rejects(&cfg.rejects_path)?,
+            _locks: [checkpoint_lock, lock_rejects(&cfg.rejects_path, true)?],
             path,
             base,
             resumed: false,

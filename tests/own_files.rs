@@ -107,11 +107,31 @@ fn an_output_that_is_an_input_the_mapping_or_another_output_is_refused_untouched
 }
 
 #[test]
+fn devices_may_take_several_outputs() {
+    let d = workdir();
+    let o = backfill(
+        d.path(),
+        &[
+            "--dry-run",
+            "--output",
+            "/dev/null",
+            "--rejects",
+            "/dev/null",
+            "--summary-json",
+            "/dev/null",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
+}
+
+#[test]
 fn a_directory_input_leaves_out_the_runs_own_files() {
     let d = tempfile::tempdir().unwrap();
     let export = d.path().join("export");
     std::fs::create_dir(&export).unwrap();
     std::fs::copy(common::fixture("events.csv"), export.join("events.csv")).unwrap();
+    // A key file there too (`.txt` reads as CSV): never an input, never shown.
+    std::fs::write(export.join("key.txt"), "sk_SENTINEL_in_the_export\n").unwrap();
     let mapping = common::fixture("events.toml");
     let args = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = [
@@ -125,7 +145,11 @@ fn a_directory_input_leaves_out_the_runs_own_files() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        v.extend(["--summary-json", "s.json"].iter().map(|s| s.to_string()));
+        v.extend(
+            ["--summary-json", "s.json", "--api-key-file", "key.txt"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
@@ -137,6 +161,7 @@ fn a_directory_input_leaves_out_the_runs_own_files() {
     {
         let o = common::run(common::bin().current_dir(&export).args(args(extra)));
         assert_eq!(o.status.code(), Some(3), "run {i}: {}", common::stderr(&o));
+        assert!(!common::stderr(&o).contains("SENTINEL"), "run {i}");
         let s = summary(&export, "s.json");
         assert_eq!(s["inputs"], 1, "run {i}: {s}");
         if i != 1 {
@@ -179,7 +204,7 @@ fn a_rejects_file_counted_by_an_unfinished_checkpoint_is_not_cut_by_another_run(
     let o = backfill(dir, &["--rejects", "important.ndjson"]);
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
     assert!(
-        common::stderr(&o).contains("Resume with --rejects cdp-backfill.rejects.ndjson"),
+        common::stderr(&o).contains("cdp-backfill.rejects.ndjson (restore it if it is gone)"),
         "{}",
         common::stderr(&o)
     );
@@ -236,7 +261,12 @@ fn a_second_run_of_the_same_command_at_the_same_time_is_refused() {
     }
     let o = run_in(dir, &args);
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
-    assert!(common::stderr(&o).contains("another run is writing cdp-backfill.rejects.ndjson"));
+    assert!(common::stderr(&o)
+        .contains("another run is using cdp-backfill.checkpoint.json (its checkpoint)"));
+    // Another rejects file does not get round the checkpoint's lock.
+    let o = run_in(dir, &[&args[..], &["--rejects", "other.ndjson"]].concat());
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert!(!dir.join("other.ndjson").exists());
     let o = run_in(dir, &[&args[..], &["--restart"]].concat());
     assert_eq!(
         o.status.code(),

@@ -393,6 +393,7 @@ fn credentials_in_the_endpoint_url_are_refused_and_never_shown() {
         "https://user:PASSWD55@127.0.0.1:9",
         "http://user:PASSWD55@127.0.0.1:9",
         "https://PASSWD55@cdp.customer.io",
+        "https://user:pa/PASSWD55@cdp.customer.io",
         "user:PASSWD55@cdp.customer.io",
     ] {
         let mut c = run_cmd(dir.path(), url);

@@ -173,12 +173,18 @@ impl Ctx<'_> {
         name: &str,
         positions: &[usize],
     ) -> CompileError {
+        let named = if name.is_empty() {
+            "without a name".to_string()
+        } else {
+            format!("named \"{name}\"")
+        };
         CompileError(format!(
-            "mapping{}: {what} {uses}, but {} has {} columns named \"{name}\" (columns {} of its header): only the first of them would ever be read and the others silently dropped. Rename one of them in the header of {} so that each column has its own name.",
+            "mapping{}: {what} {uses}, but {} has {} columns {named} (columns {} of its header{}): only the first of them would ever be read and the others silently dropped. Rename one of them in the header of {} so that each column has its own name.",
             self.spec.locate(at),
             self.input,
             positions.len(),
             list_positions(positions),
+            if name.is_empty() { "; trailing delimiters?" } else { "" },
             self.input,
         ))
     }

@@ -519,14 +519,19 @@ impl FileId {
             use std::os::unix::fs::MetadataExt;
             return Some(FileId::Inode(m.dev(), m.ino()));
         }
-        let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-        let resolved = match (abs.parent(), abs.file_name()) {
-            (Some(dir), Some(name)) => std::fs::canonicalize(dir)
-                .map(|d| d.join(name))
-                .unwrap_or(abs.clone()),
-            _ => abs,
-        };
-        Some(FileId::Path(resolved))
+        Some(FileId::Path(absolute(p)))
+    }
+}
+
+/// `p` as an absolute path with its directory resolved (symlinks, `..`), whether or not
+/// the file exists; as given when that fails.
+pub fn absolute(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+            .map(|d| d.join(name))
+            .unwrap_or(abs.clone()),
+        _ => abs,
     }
 }
 
