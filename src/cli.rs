@@ -102,11 +102,19 @@ pub struct InputArgs {
 
 impl InputArgs {
     fn source_options(&self) -> Result<SourceOptions, UsageError> {
+        let delimiter = one_byte("delimiter", &self.delimiter)?;
+        let quote = one_byte("quote", &self.quote)?;
+        if delimiter == quote {
+            return Err(UsageError(format!(
+                "--delimiter and --quote are both {:?}: a CSV dialect needs two different characters",
+                quote as char
+            )));
+        }
         Ok(SourceOptions {
             format: self.format.as_deref().and_then(Format::parse),
             csv: CsvOptions {
-                delimiter: one_byte("delimiter", &self.delimiter)?,
-                quote: one_byte("quote", &self.quote)?,
+                delimiter,
+                quote,
                 has_header: !self.no_header,
                 ..CsvOptions::default()
             },

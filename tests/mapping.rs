@@ -899,3 +899,20 @@ fn emitted_payloads_are_pinned() {
     let bodies = std::fs::read_to_string(d.path("bodies.ndjson")).unwrap();
     insta::assert_snapshot!(bodies);
 }
+
+#[test]
+fn a_quote_that_is_also_the_delimiter_is_a_usage_error() {
+    for flags in [["--quote", ","], ["--delimiter", "\""]] {
+        let o = Command::new(BIN)
+            .args(["run", "x.csv", "--mapping", "m.toml", "--dry-run"])
+            .args(flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(
+            err.contains("--delimiter and --quote are both"),
+            "{flags:?}: {err}"
+        );
+    }
+}
