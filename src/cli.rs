@@ -489,19 +489,24 @@ impl RunArgs {
                 "--events-rate must be at least 1 call per second".into(),
             ));
         }
+        let keeps_checkpoint = !self.dry_run && !self.no_checkpoint;
         let own_files = [
-            ("--rejects", Some(&self.rejects)),
-            ("--checkpoint", Some(&self.checkpoint)),
-            ("--output", self.output.as_ref()),
-            ("--local-record", self.local_record.as_ref()),
-            ("--summary-json", self.summary_json.as_ref()),
-            ("--report", self.report.as_ref()),
-            // Never written: listed so that no directory input reads it and no output
-            // overwrites it.
-            ("--api-key-file", self.api_key_file.as_ref()),
+            ("--rejects", Some(&self.rejects), true),
+            ("--checkpoint", Some(&self.checkpoint), keeps_checkpoint),
+            ("--output", self.output.as_ref(), true),
+            ("--local-record", self.local_record.as_ref(), true),
+            ("--summary-json", self.summary_json.as_ref(), true),
+            ("--report", self.report.as_ref(), true),
+            ("--api-key-file", self.api_key_file.as_ref(), false),
         ]
         .into_iter()
-        .filter_map(|(flag, p)| p.map(|p| (flag, p.clone())))
+        .filter_map(|(flag, p, written)| {
+            p.map(|p| config::OwnFile {
+                flag,
+                path: p.clone(),
+                written,
+            })
+        })
         .collect();
         let cfg = RunConfig {
             own_files,
@@ -527,7 +532,7 @@ impl RunArgs {
             max_record_bytes: self.max_record_bytes,
             local_record: self.local_record,
             sent_at: self.sent_at.is_some(),
-            checkpoint: (!self.dry_run && !self.no_checkpoint).then_some(self.checkpoint),
+            checkpoint: keeps_checkpoint.then_some(self.checkpoint),
             restart: self.restart,
             checkpoint_interval: secs("checkpoint-interval", self.checkpoint_interval)?,
             drain_timeout: secs("drain-timeout", self.drain_timeout)?,

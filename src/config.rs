@@ -181,10 +181,18 @@ pub struct RunConfig {
     pub quiet: bool,
     /// `--sent-at now`: stamp `sentAt` with the send time on every attempt (issue 4).
     pub sent_at: bool,
-    /// Every file this run writes, with the flag that names it, the checkpoint's path even
-    /// when the run keeps none, and the API key file: never read as inputs; the ones
-    /// written are never an input, the mapping, the key file, or two of them one file.
-    pub own_files: Vec<(&'static str, PathBuf)>,
+    /// The run's own files: never read as inputs, and none that it writes may be an
+    /// input, the mapping or another of them.
+    pub own_files: Vec<OwnFile>,
+}
+
+/// A file of the run's own, with the flag that names it: one it writes, or (`written`
+/// false) the API key file, or the checkpoint's path when the run keeps none.
+#[derive(Debug, Clone)]
+pub struct OwnFile {
+    pub flag: &'static str,
+    pub path: PathBuf,
+    pub written: bool,
 }
 
 #[cfg(test)]

@@ -386,14 +386,12 @@ impl Profile {
     /// Column names the input holds more than once, in header order, with their 1-based
     /// positions.
     pub fn duplicates(&self) -> Vec<(String, Vec<usize>)> {
-        let mut out: Vec<(String, Vec<usize>)> = Vec::new();
-        for (i, c) in self.columns.iter().enumerate() {
-            match out.iter_mut().find(|(n, _)| *n == c.name) {
-                Some((_, at)) => at.push(i + 1),
-                None => out.push((c.name.clone(), vec![i + 1])),
-            }
-        }
-        out.retain(|(_, at)| at.len() > 1);
+        let names: Vec<String> = self.columns.iter().map(|c| c.name.clone()).collect();
+        // As the run finds them (`compile`), put back in header order.
+        let mut out: Vec<_> = crate::map::compile::duplicate_names(&names)
+            .into_iter()
+            .collect();
+        out.sort_by_key(|(_, at)| at[0]);
         out
     }
 

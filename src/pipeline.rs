@@ -23,7 +23,7 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::checkpoint::{self, window::Window, Checkpoint};
-use crate::config::{Endpoint, Limits, RunConfig};
+use crate::config::{Endpoint, Limits, OwnFile, RunConfig};
 use crate::map::compile::{compile, CompiledMapping};
 use crate::map::encode::{map_chunk, EmitKind, EncodeOptions, Mapped, Reject};
 use crate::map::spec::CallKind;
@@ -52,7 +52,7 @@ pub fn run_with_progress(
     let own: Vec<PathBuf> = cfg
         .own_files
         .iter()
-        .map(|(_, p)| p.clone())
+        .map(|f| f.path.clone())
         .chain([cfg.mapping_path.clone()])
         .collect();
     let inputs = source::discover_excluding(&cfg.inputs, &spec.namespace, src_opts, &own)?;
@@ -557,42 +557,46 @@ fn open_rejects(path: &std::path::Path, keep: u64) -> Result<RejectsFile, RunErr
 }
 
 /// Refuses, before anything is opened for writing, a run that would write over one of
-/// its inputs or its mapping file, or write two of its outputs to one file: the same
-/// file by any name (a symlink, `./x`, a hard link), compared by device and inode.
+/// its inputs, its mapping file or another of its own files (an output, the API key
+/// file, an unused checkpoint): the same file by any name (a symlink, `./x`, a hard
+/// link), compared by device and inode. A device (/dev/null, a terminal) may take
+/// several outputs.
 fn refuse_overlapping_paths(cfg: &RunConfig, inputs: &[Arc<InputInfo>]) -> Result<(), RunError> {
-    // A device (/dev/null, a terminal) may take several outputs; a pipe is read once.
-    let written: Vec<(&str, &std::path::Path, FileId)> = cfg
+    let own: Vec<(&OwnFile, FileId)> = cfg
         .own_files
         .iter()
-        .filter(|(flag, _)| *flag != "--checkpoint" || cfg.checkpoint.is_some())
-        .filter(|(flag, _)| *flag != "--api-key-file")
-        .filter(|(_, p)| std::fs::metadata(p).map_or(true, |m| m.is_file()))
-        .filter_map(|(flag, p)| FileId::of(p).map(|id| (*flag, p.as_path(), id)))
+        .filter_map(|f| FileId::of(&f.path).map(|id| (f, id)))
         .collect();
-    let key_file = cfg
-        .own_files
+    let inputs: Vec<(FileId, &str)> = inputs
         .iter()
-        .find(|(flag, _)| *flag == "--api-key-file")
-        .and_then(|(_, p)| FileId::of(p));
+        .filter_map(|i| FileId::of(&i.path).map(|id| (id, i.display.as_str())))
+        .collect();
     let mapping = FileId::of(&cfg.mapping_path);
-    for (i, (flag, path, id)) in written.iter().enumerate() {
-        let what = if let Some(input) = inputs
-            .iter()
-            .find(|input| FileId::of(&input.path).as_ref() == Some(id))
-        {
-            format!("an input of this run ({})", input.display)
+    for (i, (out, id)) in own.iter().enumerate() {
+        if !out.written || std::fs::metadata(&out.path).is_ok_and(|m| !m.is_file()) {
+            continue;
+        }
+        let what = if let Some((_, shown)) = inputs.iter().find(|(input, _)| input == id) {
+            format!("an input of this run ({shown})")
         } else if mapping.as_ref() == Some(id) {
             format!("the mapping file ({})", cfg.mapping_path.display())
-        } else if key_file.as_ref() == Some(id) {
-            "the API key file".to_string()
-        } else if let Some((other, _, _)) = written[..i].iter().find(|(_, _, o)| o == id) {
-            format!("also the {other} file")
+        } else if let Some((other, _)) = own
+            .iter()
+            .enumerate()
+            // Two outputs on one file: named at the second of them.
+            .find(|&(j, (other, o))| o == id && (j < i || (j != i && !other.written)))
+            .map(|(_, o)| o)
+        {
+            let also = if other.written { "also " } else { "" };
+            format!("{also}the {} file", other.flag)
         } else {
             continue;
         };
         return Err(RunError::Config(format!(
-            "{flag} {} is {what}: the run would overwrite it. Give {flag} a path of its own.",
-            path.display()
+            "{} {} is {what}: the run would overwrite it. Give {} a path of its own.",
+            out.flag,
+            out.path.display(),
+            out.flag
         )));
     }
     Ok(())
@@ -603,7 +607,7 @@ fn refuse_overlapping_paths(cfg: &RunConfig, inputs: &[Arc<InputInfo>]) -> Resul
 /// `--checkpoint` path, by default in this directory) counts: a rehearsal would cut away
 /// that backfill's rejects.
 fn refuse_taking_unfinished_rejects(cfg: &RunConfig) -> Result<(), RunError> {
-    let Some((_, path)) = cfg.own_files.iter().find(|(f, _)| *f == "--checkpoint") else {
+    let Some(OwnFile { path, .. }) = cfg.own_files.iter().find(|f| f.flag == "--checkpoint") else {
         return Ok(());
     };
     // A checkpoint that cannot be read is not this run's business: it reads none.

@@ -47,6 +47,7 @@ fn an_output_that_is_an_input_the_mapping_or_another_output_is_refused_untouched
     let csv = std::fs::read(dir.join("events.csv")).unwrap();
     let toml = std::fs::read(dir.join("events.toml")).unwrap();
     std::os::unix::fs::symlink("events.csv", dir.join("link.csv")).unwrap();
+    std::fs::write(dir.join("events.toml.key"), "sk_test_key\n").unwrap();
     for (extra, says) in [
         (
             &["--rejects", "events.csv"][..],
@@ -80,6 +81,20 @@ fn an_output_that_is_an_input_the_mapping_or_another_output_is_refused_untouched
             &["--dry-run", "--output", "link.csv"][..],
             "--output link.csv is an input",
         ),
+        // Files the run owns but does not write: its key file, an unused checkpoint.
+        (
+            &[
+                "--rejects",
+                "events.toml.key",
+                "--api-key-file",
+                "events.toml.key",
+            ][..],
+            "--rejects events.toml.key is the --api-key-file file",
+        ),
+        (
+            &["--dry-run", "--rejects", "cdp-backfill.checkpoint.json"][..],
+            "is the --checkpoint file",
+        ),
     ] {
         let o = backfill(dir, extra);
         let err = common::stderr(&o);
@@ -93,6 +108,11 @@ fn an_output_that_is_an_input_the_mapping_or_another_output_is_refused_untouched
         assert_eq!(
             std::fs::read(dir.join("events.toml")).unwrap(),
             toml,
+            "{extra:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("events.toml.key")).unwrap(),
+            "sk_test_key\n",
             "{extra:?}"
         );
         for f in [

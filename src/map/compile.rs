@@ -142,7 +142,7 @@ struct Ctx<'a> {
 }
 
 /// Names that occur more than once in `names`, with their 1-based positions.
-fn duplicate_names(names: &[String]) -> BTreeMap<String, Vec<usize>> {
+pub(crate) fn duplicate_names(names: &[String]) -> BTreeMap<String, Vec<usize>> {
     let mut at: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, n) in names.iter().enumerate() {
         at.entry(n.as_str()).or_default().push(i + 1);

@@ -541,7 +541,10 @@ fn is_own(path: &Path, own: &[FileId]) -> bool {
     }
     let hit = FileId::of(path).is_some_and(|id| own.contains(&id));
     if hit {
-        log::info!("leaving out {}: this run writes it", path.display());
+        log::info!(
+            "leaving out {}: it is one of this run's own files",
+            path.display()
+        );
     }
     hit
 }
