@@ -432,6 +432,50 @@ fn huge_and_negative_zero_numbers_and_duplicate_keys_give_valid_json_or_a_refusa
     assert!(!dir.path().join("bodies.ndjson").exists());
 }
 
+#[test]
+fn an_object_array_or_boolean_where_an_id_or_event_belongs_is_a_reject_not_its_text() {
+    // An id column holding an object is a mapping or export mistake. It used to be sent
+    // as its text (`"userId":"{\"a\":1}"`), a user nobody can find again. Numbers
+    // stay ids, written as their digits.
+    let ndjson = concat!(
+        "{\"user_id\":{\"a\":1},\"event\":\"E\"}\n",
+        "{\"user_id\":[1,2],\"event\":\"E\"}\n",
+        "{\"user_id\":true,\"event\":\"E\"}\n",
+        "{\"user_id\":\"u4\",\"event\":{\"name\":\"E\"}}\n",
+        "{\"user_id\":12345,\"event\":\"E\"}\n",
+        "{\"user_id\":\"u6\",\"event\":\"E\",\"flag\":true,\"obj\":{\"a\":1}}\n",
+    );
+    let dir = setup(&[("ids.ndjson", ndjson.as_bytes())]);
+    let o = run(dir.path(), &["ids.ndjson", "--mapping", "ndjson.toml"]);
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
+    assert_eq!(
+        reasons(&o),
+        vec!["bad_value@1", "bad_value@2", "bad_value@3", "bad_value@4"]
+    );
+    let details: Vec<String> = o
+        .rejects()
+        .iter()
+        .map(|r| r["detail"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        details[0].starts_with(
+            "column user_id: {\"a\":1} is a JSON object, where the call needs a string"
+        ),
+        "{details:?}"
+    );
+    assert!(details[1].contains("[1,2] is a JSON array"), "{details:?}");
+    assert!(details[2].contains("true is a boolean"), "{details:?}");
+    assert!(details[3].starts_with("column event: "), "{details:?}");
+    // The rejected rows keep their record as read.
+    assert_eq!(o.rejects()[0]["record"]["user_id"]["a"], 1);
+    let calls = o.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0]["userId"], "12345");
+    // Properties are not ids: booleans and objects stay what they are there.
+    assert_eq!(calls[1]["properties"]["flag"], true);
+    assert_eq!(calls[1]["properties"]["obj"]["a"], 1);
+}
+
 /// Writes `members` gzip members, each `member_bytes` of `byte`, without ever holding
 /// the expansion in memory: one member is compressed once from a small buffer and
 /// repeated (concatenated members are one stream, as `cat a.gz b.gz`).

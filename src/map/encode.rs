@@ -877,6 +877,10 @@ fn write_column(
                 None,
             )
         }
+        // Ids and names (`userId`, `anonymousId`, `groupId`, `event`, ...) are strings in
+        // the spec, and numbers are written as their digits, but an object, an array or
+        // a boolean there is a mapping or export mistake: rejected, never sent as text.
+        Field::Bool(_) | Field::Json(_) if is_id => Err(not_text(c, f)),
         Field::Bool(v) => {
             match c.ty {
                 ColType::String => json::write_str(out, if v { "true" } else { "false" }),
@@ -903,6 +907,24 @@ fn write_column(
             Ok(true)
         }
     }
+}
+
+/// The reject for a value that cannot be an id or a name.
+#[cold]
+fn not_text(c: &ColumnValue, f: Field<'_>) -> Reject {
+    let (what, text) = match f {
+        Field::Bool(v) => ("a boolean", v.to_string()),
+        Field::Json(b) if b.first() == Some(&b'[') => ("a JSON array", shown(b)),
+        Field::Json(b) => ("a JSON object", shown(b)),
+        _ => ("neither a string nor a number", String::new()),
+    };
+    reject(
+        "bad_value",
+        format!(
+            "column {}: {text} is {what}, where the call needs a string (an id or a name); map the column that holds it, or fix the export",
+            c.name
+        ),
+    )
 }
 
 /// A typed number from a typed source, written as the column's type asks.
