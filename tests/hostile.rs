@@ -275,6 +275,12 @@ fn an_unclosed_quote_at_the_end_of_a_file_is_a_reject() {
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     assert_eq!(o.calls().len(), 1);
     assert_eq!(reasons(&o), vec!["field_count@2"]);
+    // The reason points at the quote, not only at the count.
+    let detail = o.rejects()[0]["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.starts_with("expected 4 fields (as in the header), found 2; field 2 holds a line break, so a quote in it was probably never closed"),
+        "{detail}"
+    );
 }
 
 #[test]

@@ -709,7 +709,23 @@ impl Row for CsvRow<'_> {
         }
         let want = self.header.names.len();
         let got = self.fields.len();
-        (got != want).then(|| format!("expected {want} fields (as in the header), found {got}"))
+        if got == want {
+            return None;
+        }
+        let mut why = format!("expected {want} fields (as in the header), found {got}");
+        // A quote opened and never closed takes in the delimiters and line ends after it,
+        // so the record comes up short, and its field holds a line break.
+        let broken = self
+            .fields
+            .iter()
+            .position(|&(s, e)| self.raw[s..e].contains(&b'\n') || self.raw[s..e].contains(&b'\r'));
+        if let Some(k) = broken {
+            why.push_str(&format!(
+                "; field {} holds a line break, so a quote in it was probably never closed: check the quotes in this record (the rows after it may have been read into it)",
+                k + 1
+            ));
+        }
+        Some(why)
     }
 
     fn line(&self) -> u64 {

@@ -442,6 +442,12 @@ impl NdjsonSource {
                     &mut chunk.arena,
                 )
                 .err()
+                .map(|(code, detail)| match code {
+                    "bad_json" if detail.starts_with(MALFORMED) => {
+                        (code, explain_bad_json(&self.line_buf, detail))
+                    }
+                    _ => (code, detail),
+                })
             };
             if problem.is_some() {
                 // A rejected row still has its cells, so the chunk stays rectangular.
@@ -563,6 +569,35 @@ fn walk(nodes: &[Node<'_>], segs: &[String]) -> Option<usize> {
     Some(at)
 }
 
+/// How a reject for JSON that does not parse begins.
+const MALFORMED: &str = "malformed JSON: ";
+
+/// A reject's words for a line that is not JSON: serde_json's account of what it expected
+/// where (simd-json's own errors name its internal state, such as `InternalError at
+/// character 27`), and a hint when the line holds a carriage return, which is how a file
+/// with CR-only line ends arrives: as one long line. Runs only for rejected lines.
+#[cold]
+fn explain_bad_json(line: &[u8], simd_message: String) -> String {
+    let why = match serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+        // simd-json refused what serde_json reads: keep simd-json's words.
+        Ok(_) => simd_message,
+        Err(e) => {
+            let text = e.to_string();
+            let what = text
+                .rsplit_once(" at line ")
+                .map_or(text.as_str(), |(w, _)| w);
+            format!("{MALFORMED}{what} at column {} of the line", e.column())
+        }
+    };
+    match memchr::memchr(b'\r', line.strip_suffix(b"\r").unwrap_or(line)) {
+        Some(at) => format!(
+            "{why}; the line holds a carriage return (\\r) at column {}: if the file's lines end with CR alone, convert them to LF (for example tr '\\r' '\\n' < in.ndjson > out.ndjson)",
+            at + 1
+        ),
+        None => why,
+    }
+}
+
 /// Parses one line (in `scratch`, which parsing overwrites) and appends one cell per
 /// path to `cells`. `Err` is the row's problem.
 fn extract(
@@ -582,7 +617,7 @@ fn extract(
                 "invalid_utf8",
                 format!("invalid UTF-8 at byte {at} of the line; re-export the file as UTF-8"),
             ),
-            None => ("bad_json", format!("malformed JSON: {e}")),
+            None => ("bad_json", format!("{MALFORMED}{e}")),
         }),
         Ok(()) => {
             let nodes = &tape.0;
@@ -759,6 +794,22 @@ mod tests {
         );
     }
 
+    /// A file with CR-only line ends reads as one line; its reject says so, in
+    /// serde_json's words rather than simd-json's internal state.
+    #[test]
+    fn a_line_with_carriage_returns_is_a_reject_that_names_them() {
+        let text = b"{\"a\":1}\r{\"a\":2}\r";
+        let input = Arc::new(InputInfo::new(0, "t.ndjson".into(), Format::Ndjson, ""));
+        let mut s = NdjsonSource::open(input, Box::new(Cursor::new(text.to_vec()))).unwrap();
+        let mut c = s.new_chunk();
+        s.fill(&mut c, 100).unwrap();
+        assert_eq!(c.len, 1);
+        assert_eq!(
+            c.row(0).source_problem().unwrap(),
+            "malformed JSON: trailing characters at column 9 of the line; the line holds a carriage return (\\r) at column 8: if the file's lines end with CR alone, convert them to LF (for example tr '\\r' '\\n' < in.ndjson > out.ndjson)"
+        );
+    }
+
     #[test]
     fn bad_lines_are_row_problems_with_line_and_offset() {
         let text = b"{\"a\":1}\n\n{\"a\":\n[1]\n{\"a\":\"\xff\"}\n{\"a\":2}";
@@ -772,11 +823,10 @@ mod tests {
         assert_eq!(c.lines, vec![1, 3, 4, 5, 6]);
         assert_eq!(c.offsets, vec![0, 9, 15, 19, 29]);
         assert!(c.row(0).source_problem().is_none());
-        assert!(c
-            .row(1)
-            .source_problem()
-            .unwrap()
-            .contains("malformed JSON"));
+        assert_eq!(
+            c.row(1).source_problem().unwrap(),
+            "malformed JSON: EOF while parsing a value at column 5 of the line"
+        );
         assert!(c.row(2).source_problem().unwrap().contains("not an object"));
         assert!(c
             .row(3)
