@@ -331,16 +331,47 @@ impl fmt::Display for Report {
         if !self.first_rejects.is_empty() {
             writeln!(f, "first rejects:")?;
             for r in &self.first_rejects {
-                writeln!(f, "  {r}")?;
+                writeln!(f, "  {}", shorten(r, SHOWN_REJECT_BYTES))?;
             }
         }
         Ok(())
     }
 }
 
+/// How much of each reject line the text report shows: a record with a 40 KB field
+/// would otherwise fill the terminal. `--report-json` keeps the lines whole.
+const SHOWN_REJECT_BYTES: usize = 600;
+
+/// `line` cut after `max` bytes (at a character boundary), saying how long it was.
+fn shorten(line: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if line.len() <= max {
+        return line.into();
+    }
+    let mut cut = max;
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}… ({} bytes in all; --report-json keeps the whole line)",
+        &line[..cut],
+        line.len()
+    )
+    .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_reject_lines_are_shortened_at_a_character_boundary() {
+        assert_eq!(shorten("abc", 3), "abc");
+        // 'é' is two bytes: the cut moves back to the boundary before it.
+        assert_eq!(
+            shorten("abé", 3),
+            "ab… (4 bytes in all; --report-json keeps the whole line)"
+        );
+    }
 
     #[test]
     fn the_top_level_timestamp_is_found_and_sizes_bucket_by_power_of_two() {

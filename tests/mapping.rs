@@ -884,6 +884,21 @@ fn validate_reports_counts_rejects_time_range_and_sizes_without_sending() {
     assert!(r["requests"].as_u64().unwrap() >= 1);
     assert!(r["first_timestamp"].as_str().unwrap() <= r["last_timestamp"].as_str().unwrap());
     assert_eq!(r["first_rejects"].as_array().unwrap().len(), 4);
+    // The call over the limit carries its whole record: the text report shows the start
+    // of that line and its length, the JSON report all of it.
+    assert!(
+        text.lines().all(|l| l.len() < 1000),
+        "a reject line was shown whole: {text}"
+    );
+    assert!(
+        text.contains("bytes in all; --report-json keeps the whole line)"),
+        "{text}"
+    );
+    assert!(r["first_rejects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l.as_str().unwrap().len() > 10_000));
 }
 
 #[test]
