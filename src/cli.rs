@@ -827,19 +827,39 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// SIGINT/SIGTERM set the returned flag (the run drains and stops); a second one exits at
-/// once with 130, leaving the last checkpoint written, which is always a valid one.
+/// SIGINT/SIGTERM set the returned flag (the run drains and stops); a second one says so
+/// and exits at once with 130, leaving the last checkpoint written, which is always a
+/// valid one.
 fn install_interrupt_handler() -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     use signal_hook::flag;
+    use std::sync::atomic::Ordering;
     let term = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [SIGINT, SIGTERM] {
-        // Order matters: the conditional exit sees the flag set by an earlier signal.
-        flag::register_conditional_shutdown(sig, EXIT_INTERRUPTED as i32, term.clone())?;
+        // Order matters: this action sees the flag set by an earlier signal, before the
+        // one registered next sets it for this one.
+        let earlier = term.clone();
+        let second = move || {
+            if earlier.load(Ordering::SeqCst) {
+                let msg = SECOND_INTERRUPT.as_bytes();
+                // SAFETY: write(2) on stderr from a static buffer; async-signal-safe.
+                unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+                signal_hook::low_level::exit(EXIT_INTERRUPTED as i32);
+            }
+        };
+        // SAFETY: the action only loads an atomic, calls write(2) and _exit(2), all
+        // async-signal-safe; it allocates nothing and takes no lock.
+        unsafe { signal_hook::low_level::register(sig, second)? };
         flag::register(sig, term.clone())?;
     }
     Ok(term)
 }
+
+/// What a second Ctrl-C prints as the run stops at once.
+const SECOND_INTERRUPT: &str = "\ncdp-backfill: interrupted again: stopping now, exit code 130. \
+The last checkpoint written is valid: run the same command to resume. Requests that were in \
+flight may have arrived and are sent again on resume, with the same messageIds, so the API \
+can drop the repeats.\n";
 
 /// The command line that was run, without `--restart`, quoted for a POSIX shell (it never
 /// holds the key: the key is only read from the environment or a file).

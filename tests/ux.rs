@@ -689,3 +689,98 @@ fn exit_codes_zero_and_three_and_interrupt_130() {
     );
     assert!(dir.path().join("cdp-backfill.checkpoint.json").exists());
 }
+
+/// A second Ctrl-C while the first drains slow requests stops at once, says so (it used
+/// to exit without a word), and leaves a checkpoint the same command resumes from: every
+/// row then arrives, the repeats with the messageIds they had.
+#[test]
+fn a_second_interrupt_stops_at_once_with_a_message_and_the_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = generated(dir.path(), 5_000);
+    let (slow, record) = receiver(
+        dir.path(),
+        cdp_backfill::serve::Faults {
+            latency_ms: 4_000,
+            ..Default::default()
+        },
+    );
+    let args = |endpoint: &str| {
+        let mut c = bin();
+        c.current_dir(dir.path())
+            .arg("run")
+            .arg(&input)
+            .arg("--mapping")
+            .arg(fixture("events.toml"))
+            .args([
+                "--endpoint",
+                endpoint,
+                "--max-request-bytes",
+                "100000",
+                "-q",
+            ])
+            .args(["--summary-json", "s.json"]);
+        c
+    };
+    let child = args(&slow.base_url())
+        .args(["--rate", "4", "--concurrency", "2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let interrupt = || {
+        let ok = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    // Requests are in flight (each answered after 4 s) when the first signal comes.
+    std::thread::sleep(Duration::from_millis(1500));
+    interrupt();
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Instant::now();
+    interrupt();
+    let out: Output = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "it did not wait for the drain: {:?}",
+        second.elapsed()
+    );
+    assert!(
+        err.contains("interrupted again: stopping now, exit code 130")
+            && err.contains("run the same command to resume"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let checkpoint = dir.path().join("cdp-backfill.checkpoint.json");
+    let text = std::fs::read_to_string(&checkpoint).expect("the checkpoint is kept");
+    serde_json::from_str::<serde_json::Value>(&text).expect("the checkpoint is whole JSON");
+    let (addr, endpoint) = (slow.local_addr(), slow.base_url());
+    slow.shutdown();
+
+    // The same command resumes and finishes, against a receiver on the same address
+    // (the checkpoint names the endpoint) that now answers at once.
+    let record2 = dir.path().join("received-after.ndjson");
+    let fast = cdp_backfill::serve::Server::start(cdp_backfill::serve::ServeConfig {
+        addr,
+        api_key: None,
+        limits: Default::default(),
+        record: Some(record2.clone()),
+        faults: Default::default(),
+    })
+    .expect("the receiver starts again on the same port");
+    let out = run(&mut args(&endpoint));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let s = summary(&dir.path().join("s.json"));
+    assert_eq!(s.outcome, "completed", "{s:?}");
+    let stats = fast.shutdown();
+    let mut ids = message_ids(&recorded_calls(&record));
+    ids.extend(message_ids(&recorded_calls(&record2)));
+    assert_eq!(stats.calls_accepted, s.calls_delivered);
+    assert_eq!(
+        ids.len() as u64 + s.rows_rejected_total,
+        5_000,
+        "every row arrived once or is a reject"
+    );
+}
