@@ -37,6 +37,17 @@ fn generated(dir: &Path, rows: u64) -> (std::path::PathBuf, u64) {
     (path, planted)
 }
 
+/// `cdp-backfill run INPUT --mapping fixtures/events.toml` in `dir`; the caller adds the rest.
+fn run_events(dir: &Path, input: &Path) -> Command {
+    let mut c = bin();
+    c.current_dir(dir)
+        .arg("run")
+        .arg(input)
+        .arg("--mapping")
+        .arg(fixture("events.toml"));
+    c
+}
+
 fn summary(p: &Path) -> Summary {
     serde_json::from_slice(&std::fs::read(p).expect("the summary JSON was written"))
         .expect("the summary JSON parses as a Summary")
@@ -115,12 +126,7 @@ fn progress_lines_without_a_terminal_count_up_to_the_summary_and_the_report_draw
         dir.path().join("report.html"),
         dir.path().join("rejects.ndjson"),
     );
-    let out = run(bin()
-        .current_dir(dir.path())
-        .arg("run")
-        .arg(&input)
-        .arg("--mapping")
-        .arg(fixture("events.toml"))
+    let out = run(run_events(dir.path(), &input)
         .args([
             "--endpoint",
             "local",
@@ -218,20 +224,15 @@ fn progress_lines_without_a_terminal_count_up_to_the_summary_and_the_report_draw
 fn quiet_prints_nothing_and_never_prints_no_progress() {
     let dir = tempfile::tempdir().unwrap();
     let base = |extra: &[&str]| {
-        let mut c = bin();
-        c.current_dir(dir.path())
-            .arg("run")
-            .arg(fixture("events.csv"))
-            .arg("--mapping")
-            .arg(fixture("events.toml"))
-            .args([
-                "--endpoint",
-                "local",
-                "--no-checkpoint",
-                "--progress-interval",
-                "0.1",
-            ])
-            .args(extra);
+        let mut c = run_events(dir.path(), &fixture("events.csv"));
+        c.args([
+            "--endpoint",
+            "local",
+            "--no-checkpoint",
+            "--progress-interval",
+            "0.1",
+        ])
+        .args(extra);
         c
     };
     let out = run(&mut base(&["-q"]));
@@ -641,12 +642,7 @@ fn exit_codes_zero_and_three_and_interrupt_130() {
     // Interrupted: a slow run (2 requests/s) gets SIGINT, drains, keeps its checkpoint.
     let (input, _) = generated(dir.path(), 20_000);
     let sum = dir.path().join("s.json");
-    let child = bin()
-        .current_dir(dir.path())
-        .arg("run")
-        .arg(&input)
-        .arg("--mapping")
-        .arg(fixture("events.toml"))
+    let child = run_events(dir.path(), &input)
         .args([
             "--endpoint",
             "local",
@@ -705,20 +701,15 @@ fn a_second_interrupt_stops_at_once_with_a_message_and_the_run_resumes() {
         },
     );
     let args = |endpoint: &str| {
-        let mut c = bin();
-        c.current_dir(dir.path())
-            .arg("run")
-            .arg(&input)
-            .arg("--mapping")
-            .arg(fixture("events.toml"))
-            .args([
-                "--endpoint",
-                endpoint,
-                "--max-request-bytes",
-                "100000",
-                "-q",
-            ])
-            .args(["--summary-json", "s.json"]);
+        let mut c = run_events(dir.path(), &input);
+        c.args([
+            "--endpoint",
+            endpoint,
+            "--max-request-bytes",
+            "100000",
+            "-q",
+        ])
+        .args(["--summary-json", "s.json"]);
         c
     };
     let child = args(&slow.base_url())
