@@ -632,7 +632,16 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(UsageError(m)) => return fail(EXIT_USAGE, &m),
             };
-            match install_interrupt_handler() {
+            // What a second Ctrl-C prints, written now: the handler may not allocate.
+            let second = match &cfg.checkpoint {
+                Some(p) => format!(
+                    "\ncdp-backfill: interrupted again: stopping now, exit code 130. The last checkpoint written ({}) is valid; resume with:\n  {}\nRequests that were in flight may have arrived; on resume they are sent again with the messageIds they had, so the API can drop the repeats.\n",
+                    p.display(),
+                    resume_command()
+                ),
+                None => "\ncdp-backfill: interrupted again: stopping now, exit code 130. No checkpoint was kept: a rerun starts from the beginning.\n".to_string(),
+            };
+            match install_interrupt_handler(second.into_bytes()) {
                 Ok(flag) => cfg.interrupt = Some(flag),
                 Err(e) => {
                     return fail(
@@ -830,19 +839,24 @@ pub fn main() -> ExitCode {
 /// SIGINT/SIGTERM set the returned flag (the run drains and stops); a second one says so
 /// and exits at once with 130, leaving the last checkpoint written, which is always a
 /// valid one.
-fn install_interrupt_handler() -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+/// `second`: what the second signal prints.
+fn install_interrupt_handler(
+    second: Vec<u8>,
+) -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     use signal_hook::flag;
     use std::sync::atomic::Ordering;
     let term = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let message = std::sync::Arc::new(second);
     for sig in [SIGINT, SIGTERM] {
         // Order matters: this action sees the flag set by an earlier signal, before the
         // one registered next sets it for this one.
         let earlier = term.clone();
+        let msg = message.clone();
         let second = move || {
             if earlier.load(Ordering::SeqCst) {
-                let msg = SECOND_INTERRUPT.as_bytes();
-                // SAFETY: write(2) on stderr from a static buffer; async-signal-safe.
+                // SAFETY: write(2) on stderr from a buffer built before the handler was
+                // installed and never changed; async-signal-safe.
                 unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
                 signal_hook::low_level::exit(EXIT_INTERRUPTED as i32);
             }
@@ -854,12 +868,6 @@ fn install_interrupt_handler() -> std::io::Result<std::sync::Arc<std::sync::atom
     }
     Ok(term)
 }
-
-/// What a second Ctrl-C prints as the run stops at once.
-const SECOND_INTERRUPT: &str = "\ncdp-backfill: interrupted again: stopping now, exit code 130. \
-The last checkpoint written is valid: run the same command to resume. Requests that were in \
-flight may have arrived and are sent again on resume, with the same messageIds, so the API \
-can drop the repeats.\n";
 
 /// The command line that was run, without `--restart`, quoted for a POSIX shell (it never
 /// holds the key: the key is only read from the environment or a file).

@@ -274,11 +274,56 @@ fn an_unclosed_quote_at_the_end_of_a_file_is_a_reject() {
     let o = run(dir.path(), &["q.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     assert_eq!(o.calls().len(), 1);
-    assert_eq!(reasons(&o), vec!["field_count@2"]);
-    // The reason points at the quote, not only at the count.
+    assert_eq!(reasons(&o), vec!["unclosed_quote@2"]);
+    let detail = o.rejects()[0]["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.starts_with(
+            "the quote that opens field 2 (event) is never closed, so the rest of the input"
+        ),
+        "{detail}"
+    );
+
+    // In the last column the field count comes out right, and the rows after the quote
+    // used to be sent inside one field of one call, without a word.
+    let text = format!("{HEADER}{ROW}u2,E,2024-01-02T03:04:05Z,\"1\nu3,E,2024-01-02T03:04:05Z,2\nu4,E,2024-01-02T03:04:05Z,3\n");
+    std::fs::write(dir.path().join("last.csv"), text).unwrap();
+    std::fs::remove_file(dir.path().join("bodies.ndjson")).unwrap();
+    let o = run(dir.path(), &["last.csv", "--mapping", "csv.toml"]);
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
+    assert_eq!(o.calls().len(), 1, "only the row before the quote is sent");
+    assert_eq!(reasons(&o), vec!["unclosed_quote@2"]);
+    let detail = o.rejects()[0]["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.starts_with("the quote that opens field 4 (amount) is never closed, so the rest of the input, lines 3 to 5, was read into this one field"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn a_quote_closed_lines_later_leaves_a_short_row_whose_reason_points_at_it() {
+    // The quote closes at the next quote, two lines on: one short row holds them all.
+    let text = format!("{HEADER}u1,\"Signed Up,2024-01-02T03:04:05Z,1\nu2,E,2024-01-02T03:04:05Z,2\nu3,E,2024-01-02T03:04:05Z,\"3\"\n{ROW}");
+    let dir = setup(&[("q.csv", text.as_bytes())]);
+    let o = run(dir.path(), &["q.csv", "--mapping", "csv.toml"]);
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
     let detail = o.rejects()[0]["detail"].as_str().unwrap().to_string();
     assert!(
         detail.starts_with("expected 4 fields (as in the header), found 2; field 2 holds a line break, so a quote in it was probably never closed"),
+        "{detail}"
+    );
+    assert_eq!(
+        o.calls().len(),
+        1,
+        "the row after it is read as it should be"
+    );
+    // A multi-line field that is properly quoted gets no such hint when the count is off.
+    let text = format!("{HEADER}u1,\"Signed\nUp\",2024-01-02T03:04:05Z\n");
+    std::fs::write(dir.path().join("ok.csv"), text).unwrap();
+    std::fs::remove_file(dir.path().join("bodies.ndjson")).unwrap();
+    let o = run(dir.path(), &["ok.csv", "--mapping", "csv.toml"]);
+    let detail = o.rejects()[0]["detail"].as_str().unwrap().to_string();
+    assert_eq!(
+        detail, "expected 4 fields (as in the header), found 3",
         "{detail}"
     );
 }
@@ -480,6 +525,28 @@ fn an_object_array_or_boolean_where_an_id_or_event_belongs_is_a_reject_not_its_t
     // Properties are not ids: booleans and objects stay what they are there.
     assert_eq!(calls[1]["properties"]["flag"], true);
     assert_eq!(calls[1]["properties"]["obj"]["a"], 1);
+
+    // Nor is an id built by a template any different; a constant number is its digits.
+    let template = "[[call]]\ntype = \"track\"\nuser_id = { template = \"user-{user_id}\" }\nanonymous_id = { const = 42 }\nevent = \"event\"\n";
+    std::fs::write(dir.path().join("template.toml"), template).unwrap();
+    std::fs::remove_file(dir.path().join("bodies.ndjson")).unwrap();
+    let o = run(dir.path(), &["ids.ndjson", "--mapping", "template.toml"]);
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
+    assert_eq!(
+        reasons(&o),
+        vec!["bad_value@1", "bad_value@2", "bad_value@3", "bad_value@4"]
+    );
+    assert!(
+        o.rejects()[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("column user_id (in a template): {\"a\":1} is a JSON object"),
+        "{:?}",
+        o.rejects()[0]
+    );
+    let calls = o.calls();
+    assert_eq!(calls[0]["userId"], "user-12345");
+    assert_eq!(calls[0]["anonymousId"], "42");
 }
 
 /// Writes `members` gzip members, each `member_bytes` of `byte`, without ever holding

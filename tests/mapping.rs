@@ -637,6 +637,13 @@ fn mapping_errors_name_the_line_and_column_and_stop_before_anything_is_read() {
             &["call #1", "device.token"],
         ),
         ("zone needed", format!("{base}event = \"event\"\ntimestamp = {{ column = \"ts\", format = \"%Y-%m-%d\" }}\n"), &["line 5", "timezone"]),
+        // Ids and names are strings: a type would send a number or an object.
+        (
+            "typed id",
+            "[[call]]\ntype = \"track\"\nuser_id = { column = \"user_id\", type = \"int\" }\nevent = \"event\"\n".to_string(),
+            &["call #1 user_id: type = \"int\" is not allowed here", "leave `type` out"],
+        ),
+        ("boolean event", format!("{base}event = {{ const = true }}\n"), &["call #1 event: const = true is not allowed here"]),
     ];
     for (what, text, needles) in cases {
         let mapping = d.write("bad.toml", text);

@@ -696,7 +696,7 @@ fn a_second_interrupt_stops_at_once_with_a_message_and_the_run_resumes() {
     let (slow, record) = receiver(
         dir.path(),
         cdp_backfill::serve::Faults {
-            latency_ms: 4_000,
+            latency_ms: 5_000,
             ..Default::default()
         },
     );
@@ -712,36 +712,55 @@ fn a_second_interrupt_stops_at_once_with_a_message_and_the_run_resumes() {
         .args(["--summary-json", "s.json"]);
         c
     };
-    let child = args(&slow.base_url())
-        .args(["--rate", "4", "--concurrency", "2"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let interrupt = || {
-        let ok = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
+    // Two SIGINTs, 300 ms apart, while requests are in flight (each answered after 5 s);
+    // returns the run's output and how long it took to stop after the second.
+    let interrupted_twice = |extra: &[&str]| {
+        let child = args(&slow.base_url())
+            .args(["--rate", "4", "--concurrency", "2"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
-        assert!(ok.success());
+        let interrupt = || {
+            let ok = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        };
+        std::thread::sleep(Duration::from_millis(1500));
+        interrupt();
+        std::thread::sleep(Duration::from_millis(300));
+        let second = Instant::now();
+        interrupt();
+        let out: Output = child.wait_with_output().unwrap();
+        (out, second.elapsed())
     };
-    // Requests are in flight (each answered after 4 s) when the first signal comes.
-    std::thread::sleep(Duration::from_millis(1500));
-    interrupt();
-    std::thread::sleep(Duration::from_millis(300));
-    let second = Instant::now();
-    interrupt();
-    let out: Output = child.wait_with_output().unwrap();
+
+    // Without a checkpoint, it says a rerun starts over (not "resume").
+    let (out, _) = interrupted_twice(&["--no-checkpoint"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(
-        second.elapsed() < Duration::from_secs(2),
-        "it did not wait for the drain: {:?}",
-        second.elapsed()
+        err.contains("interrupted again: stopping now, exit code 130. No checkpoint was kept: a rerun starts from the beginning."),
+        "{err}"
+    );
+
+    let (out, took) = interrupted_twice(&[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    // Well before the 5 s the drain would have waited.
+    assert!(
+        took < Duration::from_millis(3500),
+        "it waited for the drain: {took:?}"
     );
     assert!(
-        err.contains("interrupted again: stopping now, exit code 130")
-            && err.contains("run the same command to resume"),
+        err.contains("interrupted again: stopping now, exit code 130. The last checkpoint written (cdp-backfill.checkpoint.json) is valid; resume with:"),
         "{err}"
+    );
+    assert!(
+        err.contains("--rate 4 --concurrency 2"),
+        "the command is given: {err}"
     );
     assert!(!err.contains("panicked"), "{err}");
     let checkpoint = dir.path().join("cdp-backfill.checkpoint.json");

@@ -440,6 +440,23 @@ fn key_bytes(k: &str) -> Vec<u8> {
     v
 }
 
+/// A constant id or name as a JSON string: a string as it is, a number as its digits;
+/// anything else is a mapping error.
+fn id_constant(bytes: &[u8], what: &str) -> Result<Vec<u8>, CompileError> {
+    match bytes.first() {
+        Some(b'"') => Ok(bytes.to_vec()),
+        Some(b'-' | b'0'..=b'9') => {
+            let mut out = Vec::with_capacity(bytes.len() + 2);
+            crate::map::json::write_str_bytes(&mut out, bytes);
+            Ok(out)
+        }
+        _ => Err(CompileError(format!(
+            "mapping: {what}: const = {} is not allowed here: ids and names are strings (or numbers, sent as their digits)",
+            String::from_utf8_lossy(bytes)
+        ))),
+    }
+}
+
 /// Compiles `spec` against `schema`. `input` names the input in error messages.
 pub fn compile(
     spec: &MappingSpec,
@@ -469,10 +486,27 @@ pub fn compile(
                 KindSource::Column(cx.resolve(column, &what("type"))?, column.clone())
             }
         };
+        // Ids and names are JSON strings in the spec: a column's text as it is (numbers as
+        // their digits), a constant string or number, or a template.
         let id = |f: &Option<FieldSpec>, name: &str| -> Result<Option<ValueSource>, CompileError> {
-            f.as_ref()
-                .map(|f| cx.value(f, &what(name), Some(ColType::String)))
-                .transpose()
+            let Some(f) = f else { return Ok(None) };
+            if let FieldSpec::Detail(FieldDetail { ty: Some(ty), .. }) = f {
+                if *ty != ColType::String {
+                    return Err(CompileError(format!(
+                        "mapping: {}: type = \"{}\" is not allowed here: ids and names are sent as strings (numbers as their digits); leave `type` out",
+                        what(name),
+                        format!("{ty:?}").to_lowercase()
+                    )));
+                }
+            }
+            Ok(Some(
+                match cx.value(f, &what(name), Some(ColType::String))? {
+                    ValueSource::Const(bytes) => {
+                        ValueSource::Const(id_constant(&bytes, &what(name))?)
+                    }
+                    v => v,
+                },
+            ))
         };
         let mut payload = Vec::new();
         let payload_spec = match (&c.traits, &c.properties) {

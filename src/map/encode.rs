@@ -793,7 +793,11 @@ fn write_value_inline<R: Row>(
                 match p {
                     TemplatePart::Lit(s) => json::write_str_body(out, s.as_bytes()),
                     TemplatePart::Col(col, name) => {
-                        let t = field_text(row.field(col), name)?;
+                        let f = row.field(col);
+                        if is_id && matches!(f, Field::Bool(_) | Field::Json(_)) {
+                            return Err(not_text_in_template(name, f));
+                        }
+                        let t = field_text(f, name)?;
                         json::write_str_body(out, t.as_bytes());
                     }
                 }
@@ -912,6 +916,16 @@ fn write_column(
 /// The reject for a value that cannot be an id or a name.
 #[cold]
 fn not_text(c: &ColumnValue, f: Field<'_>) -> Reject {
+    not_text_named(&c.name, f, "")
+}
+
+/// [`not_text`] for a column placed in an id's or a name's template.
+#[cold]
+fn not_text_in_template(name: &str, f: Field<'_>) -> Reject {
+    not_text_named(name, f, " (in a template)")
+}
+
+fn not_text_named(name: &str, f: Field<'_>, place: &str) -> Reject {
     let (what, text) = match f {
         Field::Bool(v) => ("a boolean", v.to_string()),
         Field::Json(b) if b.first() == Some(&b'[') => ("a JSON array", shown(b)),
@@ -921,8 +935,7 @@ fn not_text(c: &ColumnValue, f: Field<'_>) -> Reject {
     reject(
         "bad_value",
         format!(
-            "column {}: {text} is {what}, where the call needs a string (an id or a name); map the column that holds it, or fix the export",
-            c.name
+            "column {name}{place}: {text} is {what}, where the call needs a string (an id or a name). If the id is inside it, map that field by its path (for example user_id = \"{name}.id\"); otherwise fix the export"
         ),
     )
 }

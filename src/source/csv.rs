@@ -48,16 +48,22 @@ impl Default for CsvOptions {
 pub struct CsvHeader {
     pub names: Vec<String>,
     index: HashMap<String, usize>,
+    /// The input's field delimiter (for the reasons given for malformed rows).
+    delimiter: u8,
 }
 
 impl CsvHeader {
-    fn new(names: Vec<String>) -> Self {
+    fn new(names: Vec<String>, delimiter: u8) -> Self {
         let mut index = HashMap::with_capacity(names.len());
         for (i, n) in names.iter().enumerate() {
             // The first of duplicate names wins, as in most CSV tools.
             index.entry(n.clone()).or_insert(i);
         }
-        CsvHeader { names, index }
+        CsvHeader {
+            names,
+            index,
+            delimiter,
+        }
     }
 }
 
@@ -103,6 +109,9 @@ pub struct CsvChunk {
     /// Rows longer than `--max-record-bytes`: (row index, record bytes, limit). Their
     /// bytes were dropped, so they are rejected with this reason.
     pub oversize: Vec<(usize, u64, usize)>,
+    /// Rows whose quote was never closed: (row index, field index). csv-core read the
+    /// rest of the input into that field, so the row is rejected, never sent.
+    pub unclosed: Vec<(usize, usize)>,
     /// A block the reader scanned but did not parse (see [`CsvSource::fill_deferred`]):
     /// [`CsvChunk::materialize`] finds its rows.
     pending: Option<Pending>,
@@ -138,6 +147,7 @@ impl CsvChunk {
             end: Position::default(),
             line_base: 0,
             oversize: Vec::new(),
+            unclosed: Vec::new(),
             pending: None,
             parser: None,
         }
@@ -219,6 +229,11 @@ impl CsvChunk {
             } else {
                 self.oversize.iter().find(|o| o.0 == i).map(|o| (o.1, o.2))
             },
+            unclosed: if self.unclosed.is_empty() {
+                None
+            } else {
+                self.unclosed.iter().find(|u| u.0 == i).map(|u| u.1)
+            },
         }
     }
 }
@@ -281,7 +296,7 @@ impl CsvSource {
             pos: 0,
             line: 1,
             first: true,
-            header: Arc::new(CsvHeader::new(Vec::new())),
+            header: Arc::new(CsvHeader::new(Vec::new(), opts.delimiter)),
             input: input.clone(),
             next_row: 0,
             opts,
@@ -332,7 +347,7 @@ impl CsvSource {
             src.first = true;
             (1..=row.fields.len()).map(|i| i.to_string()).collect()
         };
-        src.header = Arc::new(CsvHeader::new(names));
+        src.header = Arc::new(CsvHeader::new(names, src.opts.delimiter));
         src.next_row = 0;
         Ok(src)
     }
@@ -416,6 +431,7 @@ impl CsvSource {
         chunk.rows.clear();
         chunk.offsets.clear();
         chunk.oversize.clear();
+        chunk.unclosed.clear();
         chunk.pending = None;
         if chunk.raw.len() > self.block.max(KEEP_BLOCK_BYTES) || chunk.raw.len() < self.block {
             chunk.raw = vec![0; self.block];
@@ -510,6 +526,9 @@ impl CsvSource {
                         row.end = at;
                         chunk.oversize.push((chunk.len, len, limit));
                     } else {
+                        if let Some(field) = self.parser.unclosed {
+                            chunk.unclosed.push((chunk.len, field));
+                        }
                         at = end;
                     }
                     chunk.rows.push(row);
@@ -618,6 +637,8 @@ pub struct CsvRow<'a> {
     line_base: u64,
     /// (record bytes, limit) when the record was over `--max-record-bytes`.
     oversize: Option<(u64, usize)>,
+    /// The field whose opening quote was never closed.
+    unclosed: Option<usize>,
 }
 
 impl<'a> CsvRow<'a> {
@@ -696,6 +717,8 @@ impl Row for CsvRow<'_> {
     fn problem_code(&self) -> &'static str {
         if self.oversize.is_some() {
             "record_too_large"
+        } else if self.unclosed.is_some() {
+            "unclosed_quote"
         } else {
             "field_count"
         }
@@ -709,16 +732,44 @@ impl Row for CsvRow<'_> {
         }
         let want = self.header.names.len();
         let got = self.fields.len();
+        if let Some(k) = self.unclosed {
+            let name = self
+                .header
+                .names
+                .get(k)
+                .map_or_else(String::new, |n| format!(" ({n})"));
+            // Lines the field runs over (a line break that ends the input opens none).
+            let breaks = self.fields.get(k).map_or(0, |&(s, e)| {
+                let f = &self.raw[s..e];
+                let f = f.strip_suffix(b"\n").unwrap_or(f);
+                memchr::memchr_iter(b'\n', f).count() as u64
+            });
+            let first = Row::line(self);
+            let lines = match (first, breaks) {
+                (super::LINE_UNKNOWN, _) => String::new(),
+                (_, 0) => format!(", line {first},"),
+                _ => format!(", lines {first} to {},", first + breaks),
+            };
+            return Some(format!(
+                "the quote that opens field {}{name} is never closed, so the rest of the input{lines} was read into this one field; close the quote, or double the quotes inside the field (\"\")",
+                k + 1
+            ));
+        }
         if got == want {
             return None;
         }
         let mut why = format!("expected {want} fields (as in the header), found {got}");
-        // A quote opened and never closed takes in the delimiters and line ends after it,
-        // so the record comes up short, and its field holds a line break.
-        let broken = self
-            .fields
-            .iter()
-            .position(|&(s, e)| self.raw[s..e].contains(&b'\n') || self.raw[s..e].contains(&b'\r'));
+        // A quote closed lines after it should have been takes in the rows between, so
+        // the record comes up short, with a field that holds a line break followed by
+        // what looks like the next row's fields.
+        let d = self.header.delimiter;
+        let swallowed = |&(s, e): &Span| {
+            let f = &self.raw[s..e];
+            memchr::memchr2(b'\n', b'\r', f).is_some_and(|at| f[at..].contains(&d))
+        };
+        let broken = (got < want)
+            .then(|| self.fields.iter().position(swallowed))
+            .flatten();
         if let Some(k) = broken {
             why.push_str(&format!(
                 "; field {} holds a line break, so a quote in it was probably never closed: check the quotes in this record (the rows after it may have been read into it)",

@@ -422,13 +422,14 @@ impl NdjsonSource {
             }
             chunk.raw_ends.push(chunk.raw.len());
             let problem = if r.too_long {
-                Some((
-                    "record_too_large",
-                    format!(
-                        "the line is longer than {} bytes; split the record or leave it out",
-                        self.max_line
-                    ),
-                ))
+                let mut why = format!(
+                    "the line is longer than {} bytes; split the record or leave it out",
+                    self.max_line
+                );
+                if let Some(hint) = cr_line_ends(&self.line_buf) {
+                    why = format!("{why}; {hint}");
+                }
+                Some(("record_too_large", why))
             } else {
                 self.scratch.clear();
                 self.scratch.extend_from_slice(&self.line_buf);
@@ -574,8 +575,8 @@ const MALFORMED: &str = "malformed JSON: ";
 
 /// A reject's words for a line that is not JSON: serde_json's account of what it expected
 /// where (simd-json's own errors name its internal state, such as `InternalError at
-/// character 27`), and a hint when the line holds a carriage return, which is how a file
-/// with CR-only line ends arrives: as one long line. Runs only for rejected lines.
+/// character 27`), and a hint when the line is several records joined by carriage returns,
+/// which is how a file with CR-only line ends arrives. Runs only for rejected lines.
 #[cold]
 fn explain_bad_json(line: &[u8], simd_message: String) -> String {
     let why = match serde_json::from_slice::<serde::de::IgnoredAny>(line) {
@@ -586,16 +587,25 @@ fn explain_bad_json(line: &[u8], simd_message: String) -> String {
             let what = text
                 .rsplit_once(" at line ")
                 .map_or(text.as_str(), |(w, _)| w);
-            format!("{MALFORMED}{what} at column {} of the line", e.column())
+            // serde_json counts bytes, from 1.
+            format!("{MALFORMED}{what} near byte {} of the line", e.column())
         }
     };
-    match memchr::memchr(b'\r', line.strip_suffix(b"\r").unwrap_or(line)) {
-        Some(at) => format!(
-            "{why}; the line holds a carriage return (\\r) at column {}: if the file's lines end with CR alone, convert them to LF (for example tr '\\r' '\\n' < in.ndjson > out.ndjson)",
-            at + 1
-        ),
+    match cr_line_ends(line) {
+        Some(hint) => format!("{why}; {hint}"),
         None => why,
     }
+}
+
+/// A hint when `line` holds records joined by a carriage return (`}\r{`): the file's
+/// lines end with CR alone, so the reader sees them as one line. A CR inside a value is
+/// not one.
+fn cr_line_ends(line: &[u8]) -> Option<String> {
+    let at = memchr::memmem::find(line, b"}\r{")? + 1;
+    Some(format!(
+        "the line holds a carriage return between two records (byte {}): the file's lines seem to end with CR alone; convert them to LF first (for example tr '\\r' '\\n' < in.ndjson > out.ndjson)",
+        at + 1
+    ))
 }
 
 /// Parses one line (in `scratch`, which parsing overwrites) and appends one cell per
@@ -806,7 +816,37 @@ mod tests {
         assert_eq!(c.len, 1);
         assert_eq!(
             c.row(0).source_problem().unwrap(),
-            "malformed JSON: trailing characters at column 9 of the line; the line holds a carriage return (\\r) at column 8: if the file's lines end with CR alone, convert them to LF (for example tr '\\r' '\\n' < in.ndjson > out.ndjson)"
+            "malformed JSON: trailing characters near byte 9 of the line; the line holds a carriage return between two records (byte 8): the file's lines seem to end with CR alone; convert them to LF first (for example tr '\\r' '\\n' < in.ndjson > out.ndjson)"
+        );
+    }
+
+    /// A carriage return inside a value is no sign of CR line ends; records joined by
+    /// CRs in a line too long to read are.
+    #[test]
+    fn the_cr_hint_is_given_only_between_records() {
+        let text = b"{\"a\":\"x\ry\"}\n";
+        let input = Arc::new(InputInfo::new(0, "t.ndjson".into(), Format::Ndjson, ""));
+        let mut s =
+            NdjsonSource::open(input.clone(), Box::new(Cursor::new(text.to_vec()))).unwrap();
+        let mut c = s.new_chunk();
+        s.fill(&mut c, 100).unwrap();
+        let why = c.row(0).source_problem().unwrap();
+        assert!(
+            why.starts_with("malformed JSON: control character"),
+            "{why}"
+        );
+        assert!(!why.contains("carriage return"), "{why}");
+
+        let long = b"{\"a\":1}\r".repeat(100);
+        let mut s = NdjsonSource::open(input, Box::new(Cursor::new(long))).unwrap();
+        s.set_max_record_bytes(64);
+        let mut c = s.new_chunk();
+        s.fill(&mut c, 100).unwrap();
+        assert_eq!(c.len, 1);
+        let why = c.row(0).source_problem().unwrap();
+        assert!(
+            why.starts_with("the line is longer than 64 bytes; split the record or leave it out; the line holds a carriage return between two records (byte 8)"),
+            "{why}"
         );
     }
 
@@ -825,7 +865,7 @@ mod tests {
         assert!(c.row(0).source_problem().is_none());
         assert_eq!(
             c.row(1).source_problem().unwrap(),
-            "malformed JSON: EOF while parsing a value at column 5 of the line"
+            "malformed JSON: EOF while parsing a value near byte 5 of the line"
         );
         assert!(c.row(2).source_problem().unwrap().contains("not an object"));
         assert!(c

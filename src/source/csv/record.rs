@@ -53,6 +53,9 @@ pub struct Parser {
     /// Rewrite records in place (unescape `""`, csv-core's output over the input). Off
     /// only to count a record's fields while keeping its bytes as read.
     pub(super) in_place: bool,
+    /// After [`Parser::parse`] returned a record: the index of its field whose opening
+    /// quote was never closed, so that csv-core read the rest of the input into it.
+    pub unclosed: Option<usize>,
 }
 
 impl Parser {
@@ -72,6 +75,7 @@ impl Parser {
             ends: Vec::new(),
             unescape: Vec::new(),
             in_place: true,
+            unclosed: None,
         }
     }
 
@@ -92,6 +96,7 @@ impl Parser {
         first: bool,
         fields: &mut Vec<Span>,
     ) -> Parsed {
+        self.unclosed = None;
         let mut i = at;
         if first {
             if filled - at < BOM.len() && !eof && BOM.starts_with(&buf[at..filled]) {
@@ -159,13 +164,18 @@ impl Parser {
             let mut doubled = false;
             loop {
                 let Some(close) = find_quote_or_lf(buf, r, filled, q) else {
+                    let field = fields.len() - mark;
                     fields.truncate(mark);
-                    // An unclosed quote at the end of input: csv-core's reading of it.
-                    return if eof {
-                        self.slow(buf, at, body, filled, eof, fields)
-                    } else {
-                        Parsed::NeedMore
-                    };
+                    if !eof {
+                        return Parsed::NeedMore;
+                    }
+                    // An unclosed quote at the end of input: csv-core's reading of it,
+                    // which takes everything after the quote into this field.
+                    let parsed = self.slow(buf, at, body, filled, eof, fields);
+                    if let Parsed::Record { .. } = parsed {
+                        self.unclosed = Some(field);
+                    }
+                    return parsed;
                 };
                 if buf[close] == b'\n' {
                     // A line break inside quotes: data, but it counts as a line.
