@@ -753,6 +753,19 @@ pub fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(UsageError(m)) => return fail(EXIT_USAGE, &m),
             };
+            // A starter mapping never replaces a file: not the input, and not a mapping
+            // that may hold a user's edits.
+            if let Some(path) = &args.emit_mapping {
+                if std::fs::symlink_metadata(path).is_ok() {
+                    return fail(
+                        EXIT_USAGE,
+                        &format!(
+                            "--emit-mapping {} already exists; inspect does not overwrite files (it may be your input or a mapping you edited). Give a new path, or remove that file first.",
+                            path.display()
+                        ),
+                    );
+                }
+            }
             let opts = crate::inspect::InspectOptions {
                 input: args.input,
                 max_rows: args.rows.max(1),
@@ -762,7 +775,15 @@ pub fn main() -> ExitCode {
                 Ok(p) => {
                     print!("{p}");
                     if let Some(path) = &args.emit_mapping {
-                        if let Err(e) = std::fs::write(path, crate::inspect::starter_mapping(&p)) {
+                        let written = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(path)
+                            .and_then(|mut f| {
+                                use std::io::Write;
+                                f.write_all(crate::inspect::starter_mapping(&p).as_bytes())
+                            });
+                        if let Err(e) = written {
                             return fail(
                                 EXIT_FAILURE,
                                 &format!("cannot write {}: {e}", path.display()),
@@ -793,6 +814,7 @@ pub fn main() -> ExitCode {
                 limits,
                 show_rejects: args.show_rejects,
                 output: args.output,
+                report_json: args.report_json.clone(),
                 chunk_rows: config::DEFAULT_CHUNK_ROWS,
             };
             match crate::validate::validate(&opts, &src) {

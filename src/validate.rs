@@ -31,6 +31,8 @@ pub struct ValidateOptions {
     pub show_rejects: usize,
     /// Also write every request body that would be sent, one per line.
     pub output: Option<PathBuf>,
+    /// Where the caller writes the JSON report (checked here, before anything is written).
+    pub report_json: Option<PathBuf>,
     pub chunk_rows: usize,
 }
 
@@ -129,6 +131,14 @@ impl Tally<'_> {
 pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, RunError> {
     let spec = crate::map::load(&opts.mapping)?;
     let inputs = source::discover(&opts.inputs, &spec.namespace, src)?;
+    let outputs: Vec<(&str, &std::path::Path)> = [
+        ("--output", opts.output.as_deref()),
+        ("--report-json", opts.report_json.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, p)| p.map(|p| (flag, p)))
+    .collect();
+    source::refuse_overwriting(&outputs, &inputs, Some(&opts.mapping)).map_err(RunError::Config)?;
     let mut mappings = Vec::with_capacity(inputs.len());
     for info in &inputs {
         let opened = source::open(info, src)?;

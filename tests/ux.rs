@@ -562,6 +562,73 @@ fn each_user_mistake_is_one_clear_message_with_the_right_exit_code() {
     );
     mistake(d, &["completions", "tcsh"], 2, &["tcsh", "bash"]);
     mistake(d, &["frobnicate"], 2, &["frobnicate"]);
+    // `validate` and `inspect` never write over what they read (they used to: the input
+    // was truncated, or replaced by a starter mapping).
+    let before = std::fs::read(d.join("ev.csv")).unwrap();
+    let mapping = std::fs::read(d.join("map.toml")).unwrap();
+    mistake(
+        d,
+        &[
+            "validate",
+            "ev.csv",
+            "--mapping",
+            "map.toml",
+            "--output",
+            "ev.csv",
+        ],
+        2,
+        &["--output ev.csv is an input (ev.csv)", "a path of its own"],
+    );
+    mistake(
+        d,
+        &[
+            "validate",
+            "ev.csv",
+            "--mapping",
+            "map.toml",
+            "--report-json",
+            "map.toml",
+        ],
+        2,
+        &["--report-json map.toml is the mapping file (map.toml)"],
+    );
+    mistake(
+        d,
+        &[
+            "validate",
+            "ev.csv",
+            "--mapping",
+            "map.toml",
+            "--output",
+            "./out.ndjson",
+            "--report-json",
+            "out.ndjson",
+        ],
+        2,
+        &["--report-json out.ndjson is also the --output file"],
+    );
+    mistake(
+        d,
+        &["inspect", "ev.csv", "--emit-mapping", "ev.csv"],
+        2,
+        &["--emit-mapping ev.csv already exists", "does not overwrite"],
+    );
+    mistake(
+        d,
+        &["inspect", "ev.csv", "--emit-mapping", "map.toml"],
+        2,
+        &["--emit-mapping map.toml already exists"],
+    );
+    assert_eq!(
+        std::fs::read(d.join("ev.csv")).unwrap(),
+        before,
+        "the input is intact"
+    );
+    assert_eq!(
+        std::fs::read(d.join("map.toml")).unwrap(),
+        mapping,
+        "the mapping is intact"
+    );
 }
 
 #[test]

@@ -523,6 +523,44 @@ impl FileId {
     }
 }
 
+/// Refuses an output (`(flag, path)`) that is one of `inputs`, the mapping file, or the
+/// path of an earlier output: writing it would destroy what the command reads, or what
+/// another output wrote. Devices and pipes do not count (`/dev/null` may serve twice).
+/// The message names the flag, the path and what it would overwrite.
+pub fn refuse_overwriting(
+    outputs: &[(&str, &Path)],
+    inputs: &[Arc<InputInfo>],
+    mapping: Option<&Path>,
+) -> Result<(), String> {
+    // Devices and pipes (`/dev/null`, `/dev/stdout`) may serve as several outputs.
+    let special = |p: &Path| std::fs::metadata(p).is_ok_and(|m| !m.is_file());
+    for (i, &(flag, path)) in outputs.iter().enumerate() {
+        let Some(id) = FileId::of(path).filter(|_| !special(path)) else {
+            continue;
+        };
+        let what = if let Some(input) = inputs
+            .iter()
+            .find(|i| FileId::of(&i.path).as_ref() == Some(&id))
+        {
+            format!("an input ({})", input.display)
+        } else if let Some(m) = mapping.filter(|m| FileId::of(m).as_ref() == Some(&id)) {
+            format!("the mapping file ({})", m.display())
+        } else if let Some((other, _)) = outputs[..i]
+            .iter()
+            .find(|(_, o)| FileId::of(o).as_ref() == Some(&id))
+        {
+            format!("also the {other} file")
+        } else {
+            continue;
+        };
+        return Err(format!(
+            "{flag} {} is {what}: writing it would overwrite it. Give {flag} a path of its own.",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 /// `p` as an absolute path with its directory resolved (symlinks, `..`), whether or not
 /// the file exists; as given when that fails.
 pub fn absolute(p: &Path) -> PathBuf {
