@@ -462,10 +462,21 @@ impl fmt::Display for Profile {
 }
 
 /// The first column whose lower-cased name is one of `names`.
+/// The first column with one of `names` (any case) that can hold an id or a name: text
+/// or numbers, not objects, booleans or nothing at all.
 fn pick<'a>(p: &'a Profile, names: &[&str]) -> Option<&'a ColumnProfile> {
-    names
-        .iter()
-        .find_map(|n| p.columns.iter().find(|c| c.name.to_ascii_lowercase() == *n))
+    let textual = |c: &&ColumnProfile| {
+        matches!(
+            c.inferred(),
+            Inferred::String | Inferred::Int | Inferred::Float
+        )
+    };
+    names.iter().find_map(|n| {
+        p.columns
+            .iter()
+            .filter(textual)
+            .find(|c| c.name.to_ascii_lowercase() == *n)
+    })
 }
 
 fn toml_str(s: &str) -> String {
@@ -575,6 +586,22 @@ pub fn starter_mapping(p: &Profile) -> String {
         .map(|c| c.name.as_str())
         .collect();
     for c in &p.columns {
+        // NDJSON keys first seen after the sample are not a column a mapping can name.
+        if c.name == crate::source::ndjson::LATER_KEYS {
+            continue;
+        }
+        // Ids and names are sent as text whatever their values look like ("007" must
+        // not become 7), and one entry per column: TOML refuses a key written twice.
+        if used.contains(c.name.as_str()) {
+            if c.inferred() != Inferred::String {
+                let _ = writeln!(
+                    m,
+                    "{} = \"string\"  # an id or a name: keep it text",
+                    toml_str(&c.name)
+                );
+            }
+            continue;
+        }
         let line = match c.inferred() {
             Inferred::Empty => format!(
                 "{} = \"string\"  # always empty in the sample",
@@ -593,20 +620,10 @@ pub fn starter_mapping(p: &Profile) -> String {
                     toml_str(&c.name)
                 )
             }
-            Inferred::String if used.contains(c.name.as_str()) => continue,
-            // Ids and codes that look numeric stay strings: "007" must not become 7.
+            // Codes that look numeric stay strings: "007" must not become 7.
             Inferred::String => format!("{} = \"string\"", toml_str(&c.name)),
         };
         let _ = writeln!(m, "{line}");
-    }
-    for c in [user, anon].into_iter().flatten() {
-        if c.inferred() != Inferred::String {
-            let _ = writeln!(
-                m,
-                "{} = \"string\"  # an id: keep it text",
-                toml_str(&c.name)
-            );
-        }
     }
     let ids = |m: &mut String| {
         match user {

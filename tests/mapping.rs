@@ -807,6 +807,46 @@ fn sent_at_is_left_out_by_default_and_stamped_at_send_time_when_asked() {
     }
 }
 
+/// The starter mapping is used as written: numeric ids (which it used to write twice in
+/// `[columns]`, a TOML error) and an NDJSON object named like an id (which it used to
+/// pick as `user_id`) included.
+#[test]
+fn a_starter_mapping_runs_unchanged_with_numeric_ids_and_nested_objects() {
+    let d = Dir::new();
+    let csv = d.write(
+        "num.csv",
+        "user_id,event,timestamp,amount\n123,Buy,2024-03-05T10:20:30Z,1.5\n124,Buy,2024-03-05T10:21:30Z,2\n",
+    );
+    let ndjson = d.write(
+        "nested.ndjson",
+        "{\"id\":1,\"user\":{\"email\":\"a@x\"},\"event\":\"E\",\"ts\":\"2024-03-05T10:20:30Z\"}\n{\"id\":2,\"user\":{\"email\":\"b@x\"},\"event\":\"E\",\"ts\":\"2024-03-05T10:20:31Z\"}\n",
+    );
+    for (input, mapping, user_ids) in [
+        (&csv, "num.toml", ["123", "124"]),
+        (&ndjson, "nested.toml", ["1", "2"]),
+    ] {
+        let out = d
+            .cmd()
+            .arg("inspect")
+            .arg(input)
+            .args(["--emit-mapping", mapping])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let (out, bodies) = d.dry_run(input, &d.path(mapping), &[]);
+        let starter = std::fs::read_to_string(d.path(mapping)).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}\n{starter}", stderr(&out));
+        let calls = calls_of(&bodies);
+        let got: Vec<&str> = calls
+            .iter()
+            .filter(|c| c["type"] == "track")
+            .map(|c| c["userId"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, user_ids, "{starter}");
+        std::fs::remove_file(d.path("bodies.ndjson")).unwrap();
+    }
+}
+
 #[test]
 fn inspect_profiles_an_input_and_emits_a_mapping_that_validates() {
     let d = Dir::new();
