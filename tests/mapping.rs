@@ -606,6 +606,24 @@ fn unparseable_pre_1970_and_far_future_timestamps_are_rejected_with_the_value() 
     let (_, bodies) = d.dry_run(&input, &mapping, &[]);
     let ts: Vec<String> = timestamps(&bodies).into_iter().map(|(_, t)| t).collect();
     assert_eq!(ts, ["2999-01-01T00:00:00.000Z", "2024-03-05T10:20:30.000Z"]);
+
+    // Only the call's own timestamp is held to the API's range: a birth date before
+    // 1970 or a plan's end years ahead, typed as timestamps in traits, are sent as
+    // they are (they used to reject the row).
+    let input = d.write(
+        "people.csv",
+        "u,t,born,plan_ends\nr1,2024-03-05T10:20:30Z,1965-03-01,2031-01-01\n",
+    );
+    let mapping = d.write(
+        "people.toml",
+        "[columns]\nborn = { type = \"timestamp\", format = \"date\", timezone = \"UTC\" }\nplan_ends = { type = \"timestamp\", format = \"date\", timezone = \"UTC\" }\n[[call]]\ntype = \"identify\"\nuser_id = \"u\"\ntimestamp = \"t\"\ntraits = \"rest\"\n",
+    );
+    std::fs::remove_file(d.path("bodies.ndjson")).unwrap();
+    let (out, bodies) = d.dry_run(&input, &mapping, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let calls = calls_of(&bodies);
+    assert_eq!(calls[0]["traits"]["born"], "1965-03-01T00:00:00.000Z");
+    assert_eq!(calls[0]["traits"]["plan_ends"], "2031-01-01T00:00:00.000Z");
 }
 
 #[test]

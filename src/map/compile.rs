@@ -58,6 +58,10 @@ pub struct ColumnValue {
     pub ts_format: TsFormat,
     /// Zone of offset-less timestamps.
     pub tz: Option<Tz>,
+    /// The call's own `timestamp`: the API takes none before 1970 or far ahead, so such a
+    /// value rejects the row. A timestamp elsewhere (a birth date in traits, a plan's
+    /// end in properties) is any date at all.
+    pub event_time: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -261,6 +265,7 @@ impl Ctx<'_> {
             empty,
             ts_format,
             tz,
+            event_time: false,
         })
     }
 
@@ -591,7 +596,14 @@ pub fn compile(
             .timestamp
             .as_ref()
             .map(|f| cx.value(f, &what("timestamp"), Some(ColType::Timestamp)))
-            .transpose()?;
+            .transpose()?
+            .map(|v| match v {
+                ValueSource::Column(c) => ValueSource::Column(ColumnValue {
+                    event_time: true,
+                    ..c
+                }),
+                v => v,
+            });
         let context = match &c.context {
             Some(t) => cx.tree(t, &what("context"))?,
             None => Vec::new(),

@@ -904,7 +904,11 @@ fn write_column(
             match c.ty {
                 ColType::Int => json::write_i64(out, ms),
                 _ => {
-                    check_range(ms, c, opts, || n.to_string())?;
+                    check_range(ms, c, opts, || {
+                        let mut v = Vec::new();
+                        timestamp::write_iso_millis(&mut v, ms);
+                        String::from_utf8_lossy(&v).trim_matches('"').to_string()
+                    })?;
                     timestamp::write_iso_millis(out, ms);
                 }
             }
@@ -1190,6 +1194,9 @@ fn check_range(
     opts: &EncodeOptions,
     shown_value: impl FnOnce() -> String,
 ) -> Result<(), Reject> {
+    if !c.event_time {
+        return Ok(());
+    }
     if ms < 0 {
         return Err(reject(
             "bad_timestamp",
