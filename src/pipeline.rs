@@ -410,9 +410,22 @@ pub fn run_with_progress(
     }
     if let Some(why) = fatal {
         summary.outcome = "failed".into();
+        let (calls, requests) = outcome.beyond;
+        let again = if durable.is_some() {
+            "The checkpoint stays before this request; the same command resumes from there"
+        } else {
+            "No checkpoint was kept: a rerun starts from the beginning"
+        };
+        let beyond = if calls > 0 {
+            format!(
+                " ({calls} calls in {requests} requests sent after it were accepted, and are counted as delivered; they are sent again then, with the messageIds they had, so the API can drop the repeats)"
+            )
+        } else {
+            String::new()
+        };
         return Err(RunError::Partial {
             summary: Box::new(summary),
-            cause: why,
+            cause: format!("{why}. {again}{beyond}"),
         });
     }
     summary.outcome = "completed".into();
@@ -1414,6 +1427,10 @@ struct CollectOutcome {
     interrupted: bool,
     /// Every piece of work was acknowledged (none failed or was skipped).
     all_acknowledged: bool,
+    /// Calls and requests the server accepted after the first that failed: counted as
+    /// delivered in the summary, but the checkpoint cannot pass the failed request, so a
+    /// resume sends them again (with the same messageIds).
+    beyond: (u64, u64),
 }
 
 /// Folds acknowledgements, in request order, into the summary, the rejects file and the
@@ -1567,6 +1584,21 @@ impl Collector<'_> {
         }
         if !waiting.is_empty() {
             o.all_acknowledged = false;
+        }
+        // Requests answered 2xx after one that failed did arrive: the summary says so,
+        // though the watermark (and so the checkpoint and the rejects file) stops before
+        // the failed one.
+        for ack in waiting.values() {
+            if ack.result == AckResult::Delivered {
+                let s = &mut *self.summary;
+                s.calls_delivered += ack.delivered_calls as u64;
+                s.calls_rejected_by_server +=
+                    ack.work.calls.saturating_sub(ack.delivered_calls) as u64;
+                s.requests += 1;
+                s.request_bytes += ack.work.body.as_ref().map_or(0, |b| b.len() as u64);
+                o.beyond.0 += ack.delivered_calls as u64;
+                o.beyond.1 += 1;
+            }
         }
         // The final checkpoint counts the rejects file's length, so the file must be on
         // disk first. With no checkpoint (a dry run, --no-checkpoint) nothing relies on

@@ -421,7 +421,10 @@ fn the_rate_limit_holds_in_every_second_and_is_nearly_reached() {
 }
 
 #[test]
-fn running_out_of_retries_stops_with_the_status_and_counts_only_the_acknowledged_prefix() {
+/// Requests answered 2xx after the one that failed arrived too: they count as delivered
+/// (the summary used to leave them out, saying fewer calls had arrived than had), while
+/// the checkpoint stays before the failed request and the message says they are resent.
+fn running_out_of_retries_stops_with_the_status_and_counts_every_call_the_server_accepted() {
     let _serial = serial();
     let env = Env::new(1500, 12);
     let limits = ["--max-request-bytes", "20000", "--max-call-bytes", "16000"];
@@ -447,7 +450,7 @@ fn running_out_of_retries_stops_with_the_status_and_counts_only_the_acknowledged
     args.extend(limits);
     args.extend(FAST_BACKOFF);
     let run = env.run("live", &args);
-    let _stats = server.shutdown();
+    let stats = server.shutdown();
 
     assert_eq!(run.code(), 1, "{}", run.stderr());
     let err = run.stderr();
@@ -455,17 +458,20 @@ fn running_out_of_retries_stops_with_the_status_and_counts_only_the_acknowledged
         err.contains("--max-retries 1") && err.contains("HTTP 50"),
         "names the retries and the status: {err}"
     );
+    assert!(
+        err.contains(
+            "The checkpoint stays before this request; the same command resumes from there"
+        ),
+        "{err}"
+    );
     assert_eq!(run.summary["outcome"], "failed");
     let delivered = run.count("calls_delivered") as usize;
     assert!(delivered < expected.len());
-    // What counts as delivered is a prefix of the packed calls, all of which arrived.
+    // Delivered means received, no more and no less.
     let got: BTreeSet<String> = recorded_ids(&record).into_iter().collect();
-    for id in &expected[..delivered] {
-        assert!(
-            got.contains(id),
-            "counted as delivered but not received: {id}"
-        );
-    }
+    assert_eq!(stats.calls_accepted as usize, delivered, "{err}");
+    assert_eq!(got.len(), delivered);
+    assert!(got.iter().all(|id| expected.contains(id)));
     assert_eq!(
         run.count("calls_undelivered"),
         (expected.len() - delivered) as u64

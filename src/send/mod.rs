@@ -216,7 +216,7 @@ impl Poster<'_> {
                     }
                     if attempt >= self.policy.max_retries {
                         return Sent::Failed(format!(
-                            "a request still failed after {} attempt{} (--max-retries {}); the server last answered: {why}. The checkpoint stays before this request: run the same command again to resume",
+                            "a request still failed after {} attempt{} (--max-retries {}); the server last answered: {why}",
                             attempt + 1,
                             if attempt == 0 { "" } else { "s" },
                             self.policy.max_retries
