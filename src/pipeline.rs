@@ -1552,7 +1552,18 @@ impl Collector<'_> {
                     // `exit` drops nothing: the buffered reject lines go out now or never.
                     let _ = self.flush_rejects();
                 }
-                eprintln!("error: requests still in flight after --drain-timeout; the checkpoint is up to date, rerun the same command to resume");
+                // The senders are stuck in their requests, so the run cannot wind down
+                // and report: it says where things stand and exits.
+                let next = if self.durable.is_some() {
+                    "the checkpoint is up to date: rerun the same command to resume (the requests still in flight are sent again)"
+                } else {
+                    "no checkpoint was kept: a rerun starts from the beginning"
+                };
+                eprintln!(
+                    "error: requests still in flight after --drain-timeout ({}s); {next}. {} calls were delivered. No summary file or report is written.",
+                    self.drain_timeout.as_secs(),
+                    self.summary.calls_delivered
+                );
                 std::process::exit(130);
             }
             let due = last_write.elapsed() >= self.interval || self.window.is_half_full();
