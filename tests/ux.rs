@@ -861,3 +861,61 @@ fn a_second_interrupt_stops_at_once_with_a_message_and_the_run_resumes() {
         "every row arrived once or is a reject"
     );
 }
+
+/// Requests that still hang when --drain-timeout ends: the run exits 130 and says where
+/// things stand, with or without a checkpoint (it used to claim one either way).
+#[test]
+fn a_drain_timeout_says_what_was_delivered_and_how_to_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = generated(dir.path(), 2_000);
+    let (slow, _) = receiver(
+        dir.path(),
+        cdp_backfill::serve::Faults {
+            latency_ms: 6_000,
+            ..Default::default()
+        },
+    );
+    for (extra, says) in [
+        (
+            &["--no-checkpoint"][..],
+            "no checkpoint was kept: a rerun starts from the beginning",
+        ),
+        (
+            &[][..],
+            "the checkpoint is up to date: rerun the same command to resume",
+        ),
+    ] {
+        let child = run_events(dir.path(), &input)
+            .args(["--endpoint", &slow.base_url(), "--drain-timeout", "1"])
+            .args(["--max-request-bytes", "100000", "--rate", "4", "-q"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let signalled = Instant::now();
+        let ok = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(130), "{err}");
+        assert!(
+            signalled.elapsed() < Duration::from_millis(4500),
+            "the drain timeout held: {:?}",
+            signalled.elapsed()
+        );
+        assert!(
+            err.contains("requests still in flight after --drain-timeout (1s); ")
+                && err.contains(says),
+            "{extra:?}: {err}"
+        );
+        assert!(
+            err.contains("No summary file or report is written"),
+            "{err}"
+        );
+    }
+    slow.shutdown();
+}
