@@ -194,6 +194,24 @@ fn directories_and_globs_read_every_part_in_path_order() {
     );
     assert_eq!(by_glob.code(), 3, "{}", by_glob.stderr());
     assert_eq!(by_glob.calls, whole.calls);
+    // A file named twice (the directory, a glob over it, another spelling of one part) is
+    // read once: it used to be sent once per naming, under different messageIds.
+    let overlapping = run(
+        dir.path(),
+        &["export", "export/part-*", "./export/part-0000.ndjson"],
+        &fixture("typed.toml"),
+        &[],
+        None,
+    );
+    assert_eq!(overlapping.code(), 3, "{}", overlapping.stderr());
+    assert_eq!(overlapping.calls, whole.calls);
+    assert!(
+        overlapping
+            .stderr()
+            .contains("note: ./export/part-0000.ndjson is the same file as export/part-0000.ndjson; it is read once"),
+        "{}",
+        overlapping.stderr()
+    );
 
     let none = run(
         dir.path(),

@@ -450,6 +450,29 @@ pub fn discover_excluding(
             files.push((p.clone(), format));
         }
     }
+    // The same file named twice (a directory and a glob over it, `a.csv ./a.csv`, a hard
+    // link) would be read and sent twice, under different messageIds when the paths are
+    // spelled differently: it is read once, where it first appears.
+    let mut seen: Vec<(FileId, PathBuf)> = Vec::with_capacity(files.len());
+    files.retain(|(path, _)| {
+        let Some(id) = FileId::of(path) else {
+            return true;
+        };
+        match seen.iter().find(|(s, _)| *s == id) {
+            Some((_, first)) => {
+                eprintln!(
+                    "note: {} is the same file as {}; it is read once",
+                    path.display(),
+                    first.display()
+                );
+                false
+            }
+            None => {
+                seen.push((id, path.clone()));
+                true
+            }
+        }
+    });
     Ok(files
         .into_iter()
         .enumerate()
