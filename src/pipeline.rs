@@ -103,12 +103,13 @@ pub fn run_with_progress(
     if !cfg.quiet {
         if let Some(d) = &durable {
             if d.resumed {
+                let done = crate::checkpoint::fraction_done(&d.base)
+                    .map_or_else(String::new, |f| format!(" ({:.1}% done)", f * 100.0));
                 eprintln!(
-                    "resuming from {}: {} at row {} ({:.1}% done)",
+                    "resuming from {}: {} at row {}{done}",
                     d.path.display(),
                     inputs[start.input as usize].display,
                     start.row + 1,
-                    crate::checkpoint::fraction_done(&d.base) * 100.0
                 );
             } else {
                 eprintln!("checkpoint: {}", d.path.display());

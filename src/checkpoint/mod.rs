@@ -227,31 +227,53 @@ pub fn store(path: &Path, cp: &Checkpoint) -> Result<(), CheckpointError> {
     Ok(())
 }
 
-/// How far through the inputs `cp` is, 0.0 to 1.0, by bytes where positions are bytes.
-pub fn fraction_done(cp: &Checkpoint) -> f64 {
+/// How far through the inputs `cp` is, 0.0 to 1.0, by bytes. `None` when the input being
+/// read is Parquet or compressed: its position is a row group or a decompressed offset,
+/// which says nothing against the file's size.
+pub fn fraction_done(cp: &Checkpoint) -> Option<f64> {
     if cp.complete {
-        return 1.0;
+        return Some(1.0);
     }
     let total: u64 = cp.inputs.iter().map(|i| i.size).sum();
     if total == 0 {
-        return 0.0;
+        return Some(0.0);
     }
     let i = cp.resume.input as usize;
     let before: u64 = cp.inputs.iter().take(i).map(|f| f.size).sum();
-    let within = cp.inputs.get(i).map_or(0, |f| cp.resume.offset.min(f.size));
-    (before + within) as f64 / total as f64
+    let within = match cp.inputs.get(i) {
+        _ if cp.resume.row == 0 => 0,
+        Some(f) if positions_are_bytes(&f.path) && cp.resume.offset <= f.size => cp.resume.offset,
+        Some(_) => return None,
+        None => 0,
+    };
+    Some((before + within) as f64 / total as f64)
+}
+
+/// A plain CSV or NDJSON file, whose resume offset is a byte of the file itself.
+fn positions_are_bytes(path: &str) -> bool {
+    let p = path.to_ascii_lowercase();
+    ![".parquet", ".gz", ".zst", ".zstd"]
+        .iter()
+        .any(|ext| p.ends_with(ext))
 }
 
 /// `cdp-backfill status`: a human description of a checkpoint.
 pub fn describe(cp: &Checkpoint) -> String {
     let mut s = String::new();
-    let pct = fraction_done(cp) * 100.0;
+    let done = match fraction_done(cp) {
+        Some(f) => format!("{:.1}%", f * 100.0),
+        None => format!(
+            "{} of {} inputs, and part of the next (Parquet or compressed: not measured in bytes)",
+            cp.resume.input,
+            cp.inputs.len()
+        ),
+    };
     s.push_str(&format!(
         "checkpoint written {} by cdp-backfill {}\n",
         cp.written_at, cp.tool_version
     ));
     s.push_str(&format!("  endpoint         {}\n", cp.endpoint));
-    s.push_str(&format!("  done             {pct:.1}%\n"));
+    s.push_str(&format!("  done             {done}\n"));
     s.push_str(&format!("  rows done        {}\n", cp.counters.rows_done));
     s.push_str(&format!(
         "  rows rejected    {}  ({}, {} bytes)\n",
@@ -272,10 +294,14 @@ pub fn describe(cp: &Checkpoint) -> String {
             .inputs
             .get(cp.resume.input as usize)
             .map_or("?", |f| f.path.as_str());
+        let byte = if positions_are_bytes(input) {
+            format!(" (byte {})", cp.resume.offset)
+        } else {
+            String::new()
+        };
         s.push_str(&format!(
-            "  a resume would continue {input} at row {} (byte {}), input {} of {}\n",
+            "  a resume would continue {input} at row {}{byte}, input {} of {}\n",
             cp.resume.row + 1,
-            cp.resume.offset,
             cp.resume.input + 1,
             cp.inputs.len()
         ));
@@ -324,7 +350,32 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
-        assert!((fraction_done(&sample()) - 0.5).abs() < 1e-9);
+        assert!((fraction_done(&sample()).unwrap() - 0.5).abs() < 1e-9);
+    }
+
+    /// A Parquet or compressed input's position is not a byte of the file: no percentage
+    /// (it showed 0.0% part way through a Parquet file, and 100% with a gzip file's rows
+    /// still to go), and no byte.
+    #[test]
+    fn parquet_and_compressed_positions_are_not_read_as_bytes_of_the_file() {
+        for path in ["a.parquet", "a.csv.gz", "b.ndjson.zst"] {
+            let mut cp = sample();
+            cp.inputs[0].path = path.into();
+            cp.resume.offset = 500;
+            assert_eq!(fraction_done(&cp), None, "{path}");
+            let text = describe(&cp);
+            assert!(text.contains("not measured in bytes"), "{text}");
+            assert!(
+                text.contains(&format!("continue {path} at row 11, input 1 of 1")),
+                "{text}"
+            );
+            // Not started yet: nothing of it is done, whatever it is.
+            cp.resume.row = 0;
+            cp.resume.offset = 0;
+            assert_eq!(fraction_done(&cp), Some(0.0));
+        }
+        assert!(describe(&sample()).contains("done             50.0%"));
+        assert!(describe(&sample()).contains("at row 11 (byte 50)"));
     }
 
     #[test]
