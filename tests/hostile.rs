@@ -549,6 +549,29 @@ fn an_object_array_or_boolean_where_an_id_or_event_belongs_is_a_reject_not_its_t
     assert_eq!(calls[0]["anonymousId"], "42");
 }
 
+#[test]
+fn integers_too_long_for_a_double_go_as_strings_as_in_csv() {
+    // CSV text of more than 15 significant digits already went as a string under auto;
+    // the same integer typed in NDJSON went as a number, which the API's JSON reader
+    // rounds (1234567890123456789 arrives as 1234567890123456800).
+    let ndjson = "{\"user_id\":\"u1\",\"event\":\"E\",\"big\":1234567890123456789,\"neg\":-9007199254740993,\"small\":123456789012345,\"f\":1.5}\n";
+    let csv = "user_id,event,ts,amount,big\nu1,E,2024-01-02T03:04:05Z,1,1234567890123456789\n";
+    let dir = setup(&[
+        ("big.ndjson", ndjson.as_bytes()),
+        ("big.csv", csv.as_bytes()),
+    ]);
+    let o = run(dir.path(), &["big.ndjson", "--mapping", "ndjson.toml"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let p = &o.calls()[0]["properties"];
+    assert_eq!(p["big"], "1234567890123456789");
+    assert_eq!(p["neg"], "-9007199254740993");
+    assert_eq!(p["small"], 123456789012345u64);
+    assert_eq!(p["f"], 1.5);
+    std::fs::remove_file(dir.path().join("bodies.ndjson")).unwrap();
+    let o = run(dir.path(), &["big.csv", "--mapping", "csv.toml"]);
+    assert_eq!(o.calls()[0]["properties"]["big"], "1234567890123456789");
+}
+
 /// Writes `members` gzip members, each `member_bytes` of `byte`, without ever holding
 /// the expansion in memory: one member is compressed once from a small buffer and
 /// repeated (concatenated members are one stream, as `cat a.gz b.gz`).

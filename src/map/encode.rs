@@ -972,7 +972,18 @@ fn write_number_field(
             None => return Err(bad(c, text().as_bytes(), "an integer")),
         },
         ColType::Bool => out.extend_from_slice(if as_f64 != 0.0 { b"true" } else { b"false" }),
-        _ => out.extend_from_slice(text().as_bytes()),
+        _ => {
+            let t = text();
+            // As for CSV text under `auto`: an integer of more than 15 significant digits
+            // goes as a string, since JSON readers that hold numbers as doubles (the
+            // API's among them) would round it (1234567890123456789 → ...800).
+            let integer = t.bytes().all(|b| b.is_ascii_digit() || b == b'-');
+            if c.ty == ColType::Auto && integer && significant_digits(t.as_bytes()) > 15 {
+                json::write_str(out, &t);
+            } else {
+                out.extend_from_slice(t.as_bytes());
+            }
+        }
     }
     Ok(true)
 }
