@@ -662,6 +662,11 @@ fn mapping_errors_name_the_line_and_column_and_stop_before_anything_is_read() {
             &["call #1 user_id: type = \"int\" is not allowed here", "leave `type` out"],
         ),
         ("boolean event", format!("{base}event = {{ const = true }}\n"), &["call #1 event: const = true is not allowed here"]),
+        (
+            "one pair of brackets",
+            "[call]\ntype = \"track\"\nuser_id = \"user_id\"\nevent = \"event\"\n".to_string(),
+            &["line 1, column 1", "hint: write each call as [[call]]"],
+        ),
     ];
     for (what, text, needles) in cases {
         let mapping = d.write("bad.toml", text);

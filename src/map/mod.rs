@@ -30,9 +30,21 @@ pub fn load(path: &Path) -> Result<spec::MappingSpec, MappingError> {
         path: path.display().to_string(),
         source,
     })?;
-    let mut spec = spec::parse(&text).map_err(|e| MappingError::Parse {
-        path: path.display().to_string(),
-        message: e.to_string(),
+    let mut spec = spec::parse(&text).map_err(|e| {
+        let mut message = e.to_string().trim_end().to_string();
+        // `[call]` (one pair of brackets) makes one table where a list of them belongs.
+        if message.contains("expected a sequence")
+            && text.lines().any(|l| {
+                let l = l.trim();
+                l.starts_with("[call]") || l.starts_with("[ call ]")
+            })
+        {
+            message.push_str("\nhint: write each call as [[call]], with two pairs of brackets: the mapping holds a list of calls");
+        }
+        MappingError::Parse {
+            path: path.display().to_string(),
+            message,
+        }
     })?;
     spec.source = Some(spec::SpecSource {
         path: path.display().to_string(),
