@@ -541,3 +541,30 @@ fn events_rate_charges_each_request_its_calls() {
     assert!(elapsed >= floor * 0.98, "{calls} calls in {elapsed:.2} s");
     assert!(elapsed < floor + 2.0, "{calls} calls in {elapsed:.2} s");
 }
+
+#[test]
+fn a_connection_closed_without_an_answer_is_named_so() {
+    let _serial = serial();
+    let env = Env::new(300, 14);
+    let record = env.path("received.ndjson");
+    let server = start(
+        Faults {
+            drop_rate: 1.0,
+            ..Faults::default()
+        },
+        &record,
+    );
+    let url = server.base_url();
+    let mut args = vec!["--endpoint", &url, "--max-retries", "0"];
+    args.extend(FAST_BACKOFF);
+    let run = env.run("live", &args);
+    server.shutdown();
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    // curl's own words were "the server made an unrecoverable HTTP protocol violation".
+    assert!(
+        run.stderr()
+            .contains("the connection closed without a complete answer"),
+        "{}",
+        run.stderr()
+    );
+}

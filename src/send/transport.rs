@@ -127,10 +127,15 @@ impl Transport for HttpTransport {
                         | K::ClientInitialization
                         | K::InvalidTlsConfiguration
                 );
-                Attempt::NoResponse {
-                    why: e.to_string(),
-                    fatal,
-                }
+                // curl calls an answer cut off, or none at all on a reused connection, a
+                // protocol violation; for a user it is a dropped connection.
+                let why = match e.kind() {
+                    K::ProtocolViolation => {
+                        format!("the connection closed without a complete answer ({e})")
+                    }
+                    _ => e.to_string(),
+                };
+                Attempt::NoResponse { why, fatal }
             }
         }
     }
