@@ -860,7 +860,11 @@ impl Durable {
             checkpoint::load(&path).map_err(ck)?
         };
         if let Some(mut cp) = existing {
-            checkpoint::check_matches(&cp, &path, &endpoint, &config_hash, &prints).map_err(ck)?;
+            let notes = checkpoint::check_matches(&mut cp, &path, &endpoint, &config_hash, &prints)
+                .map_err(ck)?;
+            for n in notes {
+                eprintln!("note: {n}");
+            }
             let recorded = std::path::Path::new(&cp.rejects_file);
             if FileId::of(recorded) != FileId::of(&cfg.rejects_path) {
                 if cp.rejects_len > 0 {

@@ -338,3 +338,69 @@ fn resuming_refuses_changed_inputs_mappings_and_damaged_checkpoints() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     server.shutdown();
 }
+
+/// Inputs a backfill has not started may change, appear or go before a resume (none of
+/// their rows were sent; a resume used to be refused, and only --restart, which sends
+/// everything again, got past it), while an input with rows already sent must stay as
+/// it was. Every row arrives once.
+#[test]
+fn inputs_not_yet_started_may_change_or_be_added_before_a_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let parts = dir.path().join("parts");
+    std::fs::create_dir(&parts).unwrap();
+    let (a, b, c) = (
+        parts.join("a.csv"),
+        parts.join("b.csv"),
+        parts.join("c.csv"),
+    );
+    cdp_backfill::generate::generate_file(&a, 30_000, 21).unwrap();
+    cdp_backfill::generate::generate_file(&b, 1_500, 22).unwrap();
+    let (server, record) = receiver(dir.path(), Default::default());
+    let url = server.base_url();
+    interrupted_run(dir.path(), &parts, &url);
+    assert_eq!(
+        resume_row(dir.path()).map(|(input, _)| input),
+        Some(0),
+        "stopped in a.csv"
+    );
+
+    // b.csv changes and c.csv appears while a.csv is still being sent.
+    let mut more = std::fs::read(&b).unwrap();
+    more.extend_from_slice(b"u1,,Signed Up,2024-01-01T00:00:00Z,free,1.00,USD,US,X,1,false,x\n");
+    std::fs::write(&b, more).unwrap();
+    cdp_backfill::generate::generate_file(&c, 500, 23).unwrap();
+    let out = run(&mut backfill(dir.path(), &parts, &url, &[]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("b.csv changed since the checkpoint, before any of its rows were sent: it is read as it is now"),
+        "{err}"
+    );
+    assert!(
+        err.contains("c.csv is new since the checkpoint: it will be read"),
+        "{err}"
+    );
+    let stats = server.stats();
+    assert_eq!(stats.duplicate_message_ids, 0, "{stats:?}");
+    let calls = recorded_calls(&record);
+    let rejects = read_lines(&dir.path().join("rejects.ndjson"));
+    assert_eq!(
+        message_ids(&calls).len() + rejects.len(),
+        30_000 + 1_501 + 500,
+        "every row arrived once or is a reject"
+    );
+
+    // An input whose rows were sent may not change.
+    let mut more = std::fs::read(&a).unwrap();
+    more.extend_from_slice(b"u1,,Signed Up,2024-01-01T00:00:00Z,free,1.00,USD,US,X,1,false,x\n");
+    std::fs::write(&a, more).unwrap();
+    let out = run(&mut backfill(dir.path(), &parts, &url, &[]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("a.csv changed since the checkpoint was written"),
+        "{err}"
+    );
+    assert!(err.contains("rows were already sent"), "{err}");
+    server.shutdown();
+}

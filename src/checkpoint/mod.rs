@@ -151,14 +151,18 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
         .map_err(|e| corrupt(e.to_string()))
 }
 
-/// Checks that `cp` was written for this very run.
+/// Checks that `cp` was written for this very run, and takes in what may change between
+/// runs: the inputs the backfill has not started yet (index past the one being read, or
+/// that one before its first row) may be changed, added or removed, since none of their
+/// rows were sent; `cp` then lists the inputs as they are now. Returns a note for each
+/// such change. The inputs already read, or being read, must be as they were.
 pub fn check_matches(
-    cp: &Checkpoint,
+    cp: &mut Checkpoint,
     path: &Path,
     endpoint: &str,
     config_hash: &str,
     inputs: &[Fingerprint],
-) -> Result<(), CheckpointError> {
+) -> Result<Vec<String>, CheckpointError> {
     let mismatch = |why: String| CheckpointError::Mismatch {
         path: path.display().to_string(),
         why,
@@ -174,28 +178,83 @@ pub fn check_matches(
             cp.endpoint
         )));
     }
-    if cp.inputs.len() != inputs.len() {
-        return Err(mismatch(format!(
-            "it lists {} inputs, this run has {}",
-            cp.inputs.len(),
-            inputs.len()
-        )));
-    }
-    for (old, new) in cp.inputs.iter().zip(inputs) {
+    let at = cp.resume.input as usize;
+    let begun = cp.resume.row > 0 || cp.resume.offset > 0;
+    // Inputs with rows already sent: done, or being read.
+    let fixed = if cp.complete {
+        cp.inputs.len()
+    } else {
+        (at + begun as usize).min(cp.inputs.len())
+    };
+    let sent = |j: usize| {
+        if j == at && !cp.complete {
+            cp.resume.row
+        } else {
+            cp.input_rows.get(j).copied().unwrap_or(0)
+        }
+    };
+    for (j, old) in cp.inputs.iter().enumerate().take(fixed) {
+        let Some(new) = inputs.get(j) else {
+            return Err(mismatch(format!(
+                "input {} ({} of its rows already sent) is no longer among this run's inputs",
+                old.path,
+                sent(j)
+            )));
+        };
         if old.path != new.path {
-            return Err(mismatch(format!("input {} is now {}", old.path, new.path)));
+            return Err(mismatch(format!(
+                "input {} ({} of its rows already sent) is now {}",
+                old.path,
+                sent(j),
+                new.path
+            )));
         }
         if old.size != new.size
             || old.sample_hash != new.sample_hash
             || old.modified_ns != new.modified_ns
         {
             return Err(mismatch(format!(
-                "input {} changed since the checkpoint was written (size, content or modification time)",
-                old.path
+                "input {} changed since the checkpoint was written (size, content or modification time), and {} of its rows were already sent",
+                old.path,
+                sent(j)
             )));
         }
     }
-    Ok(())
+    if cp.complete && inputs.len() != cp.inputs.len() {
+        return Err(mismatch(format!(
+            "it lists {} inputs, this run has {}",
+            cp.inputs.len(),
+            inputs.len()
+        )));
+    }
+    let mut notes = Vec::new();
+    for new in &inputs[fixed.min(inputs.len())..] {
+        match cp.inputs[fixed..].iter().find(|o| o.path == new.path) {
+            None => notes.push(format!("{} is new since the checkpoint: it will be read", new.path)),
+            Some(o) if o != new => notes.push(format!(
+                "{} changed since the checkpoint, before any of its rows were sent: it is read as it is now",
+                new.path
+            )),
+            Some(_) => {}
+        }
+    }
+    for old in &cp.inputs[fixed..] {
+        if !inputs[fixed.min(inputs.len())..]
+            .iter()
+            .any(|n| n.path == old.path)
+        {
+            notes.push(format!(
+                "{} is no longer among the inputs; none of its rows had been sent",
+                old.path
+            ));
+        }
+    }
+    if !notes.is_empty() || inputs.len() != cp.inputs.len() {
+        cp.inputs = inputs.to_vec();
+        cp.input_rows.resize(fixed, 0);
+        cp.input_rows.resize(inputs.len(), 0);
+    }
+    Ok(notes)
 }
 
 /// Writes `cp` atomically and durably.
