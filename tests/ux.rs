@@ -566,47 +566,24 @@ fn each_user_mistake_is_one_clear_message_with_the_right_exit_code() {
     // was truncated, or replaced by a starter mapping).
     let before = std::fs::read(d.join("ev.csv")).unwrap();
     let mapping = std::fs::read(d.join("map.toml")).unwrap();
-    mistake(
-        d,
-        &[
-            "validate",
-            "ev.csv",
-            "--mapping",
-            "map.toml",
-            "--output",
-            "ev.csv",
-        ],
-        2,
-        &["--output ev.csv is an input (ev.csv)", "a path of its own"],
-    );
-    mistake(
-        d,
-        &[
-            "validate",
-            "ev.csv",
-            "--mapping",
-            "map.toml",
-            "--report-json",
-            "map.toml",
-        ],
-        2,
-        &["--report-json map.toml is the mapping file (map.toml)"],
-    );
-    mistake(
-        d,
-        &[
-            "validate",
-            "ev.csv",
-            "--mapping",
-            "map.toml",
-            "--output",
-            "./out.ndjson",
-            "--report-json",
-            "out.ndjson",
-        ],
-        2,
-        &["--report-json out.ndjson is also the --output file"],
-    );
+    let validate = ["validate", "ev.csv", "--mapping", "map.toml"];
+    for (outputs, says) in [
+        (
+            &["--output", "ev.csv"][..],
+            "--output ev.csv is an input (ev.csv)",
+        ),
+        (
+            &["--report-json", "map.toml"][..],
+            "--report-json map.toml is the mapping file (map.toml)",
+        ),
+        (
+            &["--output", "./out.ndjson", "--report-json", "out.ndjson"][..],
+            "--report-json out.ndjson is also the --output file",
+        ),
+    ] {
+        let args: Vec<&str> = validate.iter().chain(outputs).copied().collect();
+        mistake(d, &args, 2, &[says, "a path of its own"]);
+    }
     mistake(
         d,
         &["inspect", "ev.csv", "--emit-mapping", "ev.csv"],
@@ -753,6 +730,17 @@ fn exit_codes_zero_and_three_and_interrupt_130() {
     assert!(dir.path().join("cdp-backfill.checkpoint.json").exists());
 }
 
+/// A receiver on loopback that answers every request after `latency_ms`.
+fn slow_receiver(dir: &Path, latency_ms: u64) -> (cdp_backfill::serve::Server, std::path::PathBuf) {
+    receiver(
+        dir,
+        cdp_backfill::serve::Faults {
+            latency_ms,
+            ..Default::default()
+        },
+    )
+}
+
 /// A second Ctrl-C while the first drains slow requests stops at once, says so (it used
 /// to exit without a word), and leaves a checkpoint the same command resumes from: every
 /// row then arrives, the repeats with the messageIds they had.
@@ -760,13 +748,7 @@ fn exit_codes_zero_and_three_and_interrupt_130() {
 fn a_second_interrupt_stops_at_once_with_a_message_and_the_run_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let (input, _) = generated(dir.path(), 5_000);
-    let (slow, record) = receiver(
-        dir.path(),
-        cdp_backfill::serve::Faults {
-            latency_ms: 5_000,
-            ..Default::default()
-        },
-    );
+    let (slow, record) = slow_receiver(dir.path(), 5_000);
     let args = |endpoint: &str| {
         let mut c = run_events(dir.path(), &input);
         c.args([
@@ -868,13 +850,7 @@ fn a_second_interrupt_stops_at_once_with_a_message_and_the_run_resumes() {
 fn a_drain_timeout_says_what_was_delivered_and_how_to_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let (input, _) = generated(dir.path(), 2_000);
-    let (slow, _) = receiver(
-        dir.path(),
-        cdp_backfill::serve::Faults {
-            latency_ms: 6_000,
-            ..Default::default()
-        },
-    );
+    let (slow, _) = slow_receiver(dir.path(), 6_000);
     for (extra, says) in [
         (
             &["--no-checkpoint"][..],
