@@ -897,6 +897,7 @@ impl Durable {
             inputs: prints,
             resume: Position::default(),
             complete: false,
+            drained: false,
             // Absolute, so that a resume from another directory finds the same file.
             rejects_file: source::absolute(&cfg.rejects_path).display().to_string(),
             rejects_len: 0,
@@ -920,6 +921,8 @@ impl Durable {
         Ok(Some(d))
     }
 
+    /// Writes a checkpoint taken while the run goes on: requests past `resume` may be on
+    /// their way (not drained).
     fn store(
         &self,
         resume: Position,
@@ -928,11 +931,24 @@ impl Durable {
         complete: bool,
         input_rows: &[u64],
     ) -> Result<(), RunError> {
+        self.store_as(resume, rejects_len, run, complete, false, input_rows)
+    }
+
+    fn store_as(
+        &self,
+        resume: Position,
+        rejects_len: u64,
+        run: &checkpoint::Counters,
+        complete: bool,
+        drained: bool,
+        input_rows: &[u64],
+    ) -> Result<(), RunError> {
         let mut cp = self.base.clone();
         cp.written_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         cp.resume = resume;
         cp.rejects_len = rejects_len;
         cp.complete = complete;
+        cp.drained = drained;
         cp.input_rows = input_rows.to_vec();
         let before: u64 = input_rows.iter().take(resume.input as usize).sum();
         cp.counters = checkpoint::Counters {
@@ -952,11 +968,13 @@ impl Durable {
         input_rows: &Mutex<Vec<u64>>,
     ) -> Result<(), RunError> {
         let rows = lock(input_rows).clone();
-        self.store(
+        // Every request handed out was acknowledged and counted: none is past `resume`.
+        self.store_as(
             o.watermark.unwrap_or(self.base.resume),
             o.rejects_len,
             &o.counters,
             complete,
+            o.all_acknowledged,
             &rows,
         )
     }

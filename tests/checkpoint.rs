@@ -404,3 +404,37 @@ fn inputs_not_yet_started_may_change_or_be_added_before_a_resume() {
     assert!(err.contains("rows were already sent"), "{err}");
     server.shutdown();
 }
+
+/// After a run that did not end drained (here `kill -9`), requests past the checkpoint
+/// may have reached the server with rows of inputs not reached yet, under messageIds a
+/// changed file would reuse for other rows: then no input may change before a resume.
+#[test]
+fn after_a_kill_no_input_may_change_before_a_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let parts = dir.path().join("parts");
+    std::fs::create_dir(&parts).unwrap();
+    let (a, b) = (parts.join("a.csv"), parts.join("b.csv"));
+    cdp_backfill::generate::generate_file(&a, 30_000, 31).unwrap();
+    cdp_backfill::generate::generate_file(&b, 1_000, 32).unwrap();
+    let (server, _record) = receiver(dir.path(), Default::default());
+    let url = server.base_url();
+    let child = spawn(backfill(dir.path(), &parts, &url, &["--rate", "10"]));
+    std::thread::sleep(Duration::from_millis(800));
+    Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = child.wait_with_output();
+    assert!(resume_row(dir.path()).is_some(), "a checkpoint was written");
+    let mut more = std::fs::read(&b).unwrap();
+    more.extend_from_slice(b"u1,,Signed Up,2024-01-01T00:00:00Z,free,1.00,USD,US,X,1,false,x\n");
+    std::fs::write(&b, more).unwrap();
+    let out = run(&mut backfill(dir.path(), &parts, &url, &[]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("b.csv changed since the checkpoint was written"),
+        "{err}"
+    );
+    server.shutdown();
+}
