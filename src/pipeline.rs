@@ -1624,10 +1624,10 @@ impl Collector<'_> {
         // the failed one.
         for ack in waiting.values() {
             if ack.result == AckResult::Delivered {
+                // Calls the server refused in such a request stay undelivered here: their
+                // reject lines are written when a resume sends the request again.
                 let s = &mut *self.summary;
                 s.calls_delivered += ack.delivered_calls as u64;
-                s.calls_rejected_by_server +=
-                    ack.work.calls.saturating_sub(ack.delivered_calls) as u64;
                 s.requests += 1;
                 s.request_bytes += ack.work.body.as_ref().map_or(0, |b| b.len() as u64);
                 o.beyond.0 += ack.delivered_calls as u64;
