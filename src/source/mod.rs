@@ -453,11 +453,18 @@ pub fn discover_excluding(
     // The same file named twice (a directory and a glob over it, `a.csv ./a.csv`, a hard
     // link) would be read and sent twice, under different messageIds when the paths are
     // spelled differently: it is read once, where it first appears.
-    let mut seen: Vec<(FileId, PathBuf)> = Vec::with_capacity(files.len());
+    // Size and modification time are compared too: on some network and FUSE mounts
+    // inode numbers are not unique, and two different files must never be merged.
+    let mut seen: Vec<((FileId, Option<(u64, std::time::SystemTime)>), PathBuf)> =
+        Vec::with_capacity(files.len());
     files.retain(|(path, _)| {
         let Some(id) = FileId::of(path) else {
             return true;
         };
+        let shape = std::fs::metadata(path)
+            .ok()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)));
+        let id = (id, shape);
         match seen.iter().find(|(s, _)| *s == id) {
             Some((_, first)) => {
                 eprintln!(
