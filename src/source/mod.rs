@@ -455,8 +455,8 @@ pub fn discover_excluding(
     // spelled differently: it is read once, where it first appears.
     // Size and modification time are compared too: on some network and FUSE mounts
     // inode numbers are not unique, and two different files must never be merged.
-    let mut seen: Vec<((FileId, Option<(u64, std::time::SystemTime)>), PathBuf)> =
-        Vec::with_capacity(files.len());
+    type Identity = (FileId, Option<(u64, std::time::SystemTime)>);
+    let mut seen: Vec<(Identity, PathBuf)> = Vec::with_capacity(files.len());
     files.retain(|(path, _)| {
         let Some(id) = FileId::of(path) else {
             return true;
