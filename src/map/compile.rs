@@ -744,19 +744,8 @@ mod tests {
     use crate::map::spec;
 
     /// A CSV-like header: the first of duplicate names resolves, as `CsvHeader` does.
-    struct Header(Vec<String>);
-
-    impl Schema for Header {
-        fn resolve(&self, name: &str) -> Option<ColumnRef> {
-            self.0.iter().position(|c| c == name).map(ColumnRef::Index)
-        }
-        fn column_names(&self) -> Vec<String> {
-            self.0.clone()
-        }
-    }
-
-    fn header(names: &[&str]) -> Header {
-        Header(names.iter().map(|n| n.to_string()).collect())
+    fn header(names: &[&str]) -> crate::source::NamesSchema {
+        crate::source::NamesSchema::of(names)
     }
 
     fn compile_err(mapping: &str, names: &[&str]) -> String {

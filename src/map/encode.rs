@@ -1236,19 +1236,8 @@ mod tests {
     use super::*;
     use crate::map::compile::compile;
     use crate::map::spec;
-    use crate::source::{ndjson::LATER_KEYS, ColumnRef, Schema};
+    use crate::source::{ndjson::LATER_KEYS, ColumnRef, NamesSchema};
     use proptest::prelude::*;
-
-    struct TestSchema(Vec<String>);
-
-    impl Schema for TestSchema {
-        fn resolve(&self, name: &str) -> Option<ColumnRef> {
-            self.0.iter().position(|c| c == name).map(ColumnRef::Index)
-        }
-        fn column_names(&self) -> Vec<String> {
-            self.0.clone()
-        }
-    }
 
     /// A row of texts: `None` is a missing field, `"<null>"` a null, text starting
     /// with `{` a JSON object (as NDJSON hands nested objects over).
@@ -1358,7 +1347,7 @@ context = { "device.token" = "a", "device.type" = "d" }
             later in later_keys(),
         ) {
             let spec = spec::parse(MAPPING).expect("test mapping parses");
-            let schema = TestSchema(COLUMNS.iter().map(|c| c.to_string()).collect());
+            let schema = NamesSchema::of(&COLUMNS);
             let m = compile(&spec, &schema, "test").expect("test mapping compiles");
             let mut fields = vals;
             fields.push(later);
@@ -1391,7 +1380,7 @@ context = { "device.token" = "a", "device.type" = "d" }
     #[test]
     fn empty_objects_are_dropped_with_their_key_and_comma() {
         let spec = spec::parse(MAPPING).expect("test mapping parses");
-        let schema = TestSchema(COLUMNS.iter().map(|c| c.to_string()).collect());
+        let schema = NamesSchema::of(&COLUMNS);
         let m = compile(&spec, &schema, "test").expect("test mapping compiles");
         let row = TestRow(vec![None, None, None, None, None, None]);
         let mut out = Vec::new();
@@ -1431,7 +1420,7 @@ context = { "device.token" = "a", "device.type" = "d" }
 
     #[test]
     fn objects_nest_to_any_depth() {
-        let schema = TestSchema(COLUMNS.iter().map(|c| c.to_string()).collect());
+        let schema = NamesSchema::of(&COLUMNS);
         for depth in [1, 64, 65, 200] {
             let path = vec!["n"; depth].join(".");
             let text = format!(

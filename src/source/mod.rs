@@ -231,6 +231,28 @@ pub trait Schema {
     fn column_names(&self) -> Vec<String>;
 }
 
+/// A schema of column names only, for tests: a name resolves to its first position, as
+/// in a CSV header.
+#[cfg(test)]
+pub(crate) struct NamesSchema(pub Vec<String>);
+
+#[cfg(test)]
+impl NamesSchema {
+    pub fn of(names: &[&str]) -> Self {
+        NamesSchema(names.iter().map(|n| n.to_string()).collect())
+    }
+}
+
+#[cfg(test)]
+impl Schema for NamesSchema {
+    fn resolve(&self, name: &str) -> Option<ColumnRef> {
+        self.0.iter().position(|c| c == name).map(ColumnRef::Index)
+    }
+    fn column_names(&self) -> Vec<String> {
+        self.0.clone()
+    }
+}
+
 /// One row, as the mapper reads it.
 pub trait Row {
     fn field(&self, col: &ColumnRef) -> Field<'_>;
