@@ -56,7 +56,8 @@ pub fn run_with_progress(
         .chain([cfg.mapping_path.clone()])
         .collect();
     let inputs = source::discover_excluding(&cfg.inputs, &spec.namespace, src_opts, &own)?;
-    refuse_overlapping_paths(cfg, &inputs)?;
+    source::refuse_overwriting(&cfg.own_files, &inputs, Some(&cfg.mapping_path))
+        .map_err(RunError::Config)?;
 
     // Resolve the mapping against every input before anything is read or sent.
     let mut mappings = Vec::with_capacity(inputs.len());
@@ -568,52 +569,6 @@ fn open_rejects(path: &std::path::Path, keep: u64) -> Result<RejectsFile, RunErr
         cut,
         failed: None,
     })
-}
-
-/// Refuses, before anything is opened for writing, a run that would write over one of
-/// its inputs, its mapping file or another of its own files (an output, the API key
-/// file, an unused checkpoint): the same file by any name (a symlink, `./x`, a hard
-/// link), compared by device and inode. A device (/dev/null, a terminal) may take
-/// several outputs.
-fn refuse_overlapping_paths(cfg: &RunConfig, inputs: &[Arc<InputInfo>]) -> Result<(), RunError> {
-    let own: Vec<(&OwnFile, FileId)> = cfg
-        .own_files
-        .iter()
-        .filter_map(|f| FileId::of(&f.path).map(|id| (f, id)))
-        .collect();
-    let inputs: Vec<(FileId, &str)> = inputs
-        .iter()
-        .filter_map(|i| FileId::of(&i.path).map(|id| (id, i.display.as_str())))
-        .collect();
-    let mapping = FileId::of(&cfg.mapping_path);
-    for (i, (out, id)) in own.iter().enumerate() {
-        if !out.written || std::fs::metadata(&out.path).is_ok_and(|m| !m.is_file()) {
-            continue;
-        }
-        let what = if let Some((_, shown)) = inputs.iter().find(|(input, _)| input == id) {
-            format!("an input of this run ({shown})")
-        } else if mapping.as_ref() == Some(id) {
-            format!("the mapping file ({})", cfg.mapping_path.display())
-        } else if let Some((other, _)) = own
-            .iter()
-            .enumerate()
-            // Two outputs on one file: named at the second of them.
-            .find(|&(j, (other, o))| o == id && (j < i || (j != i && !other.written)))
-            .map(|(_, o)| o)
-        {
-            let also = if other.written { "also " } else { "" };
-            format!("{also}the {} file", other.flag)
-        } else {
-            continue;
-        };
-        return Err(RunError::Config(format!(
-            "{} {} is {what}: the run would overwrite it. Give {} a path of its own.",
-            out.flag,
-            out.path.display(),
-            out.flag
-        )));
-    }
-    Ok(())
 }
 
 /// A run that keeps no checkpoint (a dry run, `--no-checkpoint`) starts its rejects file

@@ -12,7 +12,7 @@ use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
 
-use crate::config::Limits;
+use crate::config::{Limits, OwnFile};
 use crate::map::compile::compile;
 use crate::map::encode::{map_chunk, EmitKind, EncodeOptions, Mapped};
 use crate::map::spec::CallKind;
@@ -131,12 +131,18 @@ impl Tally<'_> {
 pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, RunError> {
     let spec = crate::map::load(&opts.mapping)?;
     let inputs = source::discover(&opts.inputs, &spec.namespace, src)?;
-    let outputs: Vec<(&str, &std::path::Path)> = [
+    let outputs: Vec<OwnFile> = [
         ("--output", opts.output.as_deref()),
         ("--report-json", opts.report_json.as_deref()),
     ]
     .into_iter()
-    .filter_map(|(flag, p)| p.map(|p| (flag, p)))
+    .filter_map(|(flag, p)| {
+        p.map(|p| OwnFile {
+            flag,
+            path: p.to_path_buf(),
+            written: true,
+        })
+    })
     .collect();
     source::refuse_overwriting(&outputs, &inputs, Some(&opts.mapping)).map_err(RunError::Config)?;
     let mut mappings = Vec::with_capacity(inputs.len());

@@ -51,19 +51,16 @@ fn an_output_that_is_an_input_the_mapping_or_another_output_is_refused_untouched
     for (extra, says) in [
         (
             &["--rejects", "events.csv"][..],
-            "--rejects events.csv is an input of this run",
+            "--rejects events.csv is an input (events.csv)",
         ),
-        (
-            &["--rejects", "./events.csv"][..],
-            "is an input of this run",
-        ),
+        (&["--rejects", "./events.csv"][..], "is an input ("),
         (
             &["--checkpoint", "events.csv", "--restart"][..],
             "--checkpoint events.csv is an input",
         ),
         (
             &["--rejects", "link.csv"][..],
-            "--rejects link.csv is an input of this run (events.csv)",
+            "--rejects link.csv is an input (events.csv)",
         ),
         (
             &["--rejects", "events.toml", "--no-checkpoint"][..],

@@ -31,6 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use compress::{Compression, Origin, StdinReplay};
 
+use crate::config::OwnFile;
+
 /// Where a row starts, precisely enough to seek back to it on resume.
 ///
 /// `row` counts data rows from 0 within the input. `offset` is, for CSV and NDJSON, the
@@ -575,39 +577,51 @@ impl FileId {
     }
 }
 
-/// Refuses an output (`(flag, path)`) that is one of `inputs`, the mapping file, or the
-/// path of an earlier output: writing it would destroy what the command reads, or what
-/// another output wrote. Devices and pipes do not count (`/dev/null` may serve twice).
+/// Refuses, before anything is opened for writing, a command that would write over one
+/// of its inputs, its mapping file or another of its own files (`own`: what it writes,
+/// and what it reads and must keep, such as an API key file or a checkpoint it does not
+/// use): the same file by any name (a symlink, `./x`, a hard link), compared by
+/// [`FileId`]. Devices and pipes do not count (`/dev/null` may take several outputs).
 /// The message names the flag, the path and what it would overwrite.
 pub fn refuse_overwriting(
-    outputs: &[(&str, &Path)],
+    own: &[OwnFile],
     inputs: &[Arc<InputInfo>],
     mapping: Option<&Path>,
 ) -> Result<(), String> {
-    // Devices and pipes (`/dev/null`, `/dev/stdout`) may serve as several outputs.
-    let special = |p: &Path| std::fs::metadata(p).is_ok_and(|m| !m.is_file());
-    for (i, &(flag, path)) in outputs.iter().enumerate() {
-        let Some(id) = FileId::of(path).filter(|_| !special(path)) else {
+    let own: Vec<(&OwnFile, FileId)> = own
+        .iter()
+        .filter_map(|f| FileId::of(&f.path).map(|id| (f, id)))
+        .collect();
+    let inputs: Vec<(FileId, &str)> = inputs
+        .iter()
+        .filter_map(|i| FileId::of(&i.path).map(|id| (id, i.display.as_str())))
+        .collect();
+    let mapping = mapping.and_then(|m| FileId::of(m).map(|id| (m, id)));
+    for (i, (out, id)) in own.iter().enumerate() {
+        if !out.written || std::fs::metadata(&out.path).is_ok_and(|m| !m.is_file()) {
             continue;
-        };
-        let what = if let Some(input) = inputs
-            .iter()
-            .find(|i| FileId::of(&i.path).as_ref() == Some(&id))
-        {
-            format!("an input ({})", input.display)
-        } else if let Some(m) = mapping.filter(|m| FileId::of(m).as_ref() == Some(&id)) {
+        }
+        let what = if let Some((_, shown)) = inputs.iter().find(|(input, _)| input == id) {
+            format!("an input ({shown})")
+        } else if let Some((m, _)) = mapping.as_ref().filter(|(_, m)| m == id) {
             format!("the mapping file ({})", m.display())
-        } else if let Some((other, _)) = outputs[..i]
+        } else if let Some((other, _)) = own
             .iter()
-            .find(|(_, o)| FileId::of(o).as_ref() == Some(&id))
+            .enumerate()
+            // Two outputs on one file: named at the second of them.
+            .find(|&(j, (other, o))| o == id && (j < i || (j != i && !other.written)))
+            .map(|(_, o)| o)
         {
-            format!("also the {other} file")
+            let also = if other.written { "also " } else { "" };
+            format!("{also}the {} file", other.flag)
         } else {
             continue;
         };
         return Err(format!(
-            "{flag} {} is {what}: writing it would overwrite it. Give {flag} a path of its own.",
-            path.display()
+            "{} {} is {what}: writing it would overwrite it. Give {} a path of its own.",
+            out.flag,
+            out.path.display(),
+            out.flag
         ));
     }
     Ok(())
