@@ -35,6 +35,9 @@ use crate::source::{self, Chunk, FileId, InputInfo, Position, SourceOptions};
 use crate::summary::Summary;
 use crate::RunError;
 
+/// The most requests queued for the gate, and for the senders past it; see `run_with_progress`.
+const QUEUE_AHEAD: usize = 16;
+
 /// Runs a backfill to the end (or to the first fatal error).
 pub fn run(cfg: &RunConfig, src_opts: &SourceOptions) -> Result<Summary, RunError> {
     run_with_progress(cfg, src_opts, &Progress::hidden())
@@ -207,8 +210,11 @@ pub fn run_with_progress(
             .send(Mapped::default())
             .expect("the pool channel has room for `pool` buffers");
     }
-    let (work_tx, packed_rx) = bounded::<Work>(concurrency * 2);
-    let (gated_tx, work_rx) = bounded::<Work>(concurrency);
+    // The queues ahead of the senders: deep enough to ride out the packer's bursts, but
+    // not as deep as --concurrency is wide, since each entry holds a body of up to the
+    // request limit (at --concurrency 128 they held 384 bodies, about 190 MB).
+    let (work_tx, packed_rx) = bounded::<Work>((concurrency * 2).min(QUEUE_AHEAD));
+    let (gated_tx, work_rx) = bounded::<Work>(concurrency.min(QUEUE_AHEAD));
     // Requests sent but not yet covered by a durable checkpoint: what a crash can replay.
     let window = Window::new(2 * concurrency);
     let halt_reading = AtomicBool::new(false);
@@ -218,9 +224,12 @@ pub fn run_with_progress(
             .map_or_else(|| vec![0; inputs.len()], |d| d.base.input_rows.clone()),
     );
     let (ack_tx, ack_rx) = unbounded::<Ack>();
-    // Bodies come back from the collector: at most the window, the two channels to the
-    // senders and the senders' own can be in flight at once.
-    let spares = Spares::new(4 * concurrency + 4, cfg.limits.max_request_bytes);
+    // Bodies come back from the collector: at most the two queues, the senders' own and
+    // the acknowledgements not yet folded can be in flight at once.
+    let spares = Spares::new(
+        2 * concurrency + 2 * QUEUE_AHEAD + 4,
+        cfg.limits.max_request_bytes,
+    );
     let stop = AtomicBool::new(false);
     let rejects_path = cfg.rejects_path.display().to_string();
 

@@ -568,3 +568,87 @@ fn a_connection_closed_without_an_answer_is_named_so() {
         run.stderr()
     );
 }
+
+/// Runs `cmd` to its end and returns its exit code and peak resident memory in KiB, from
+/// the kernel's own accounting of that one child (`wait4`).
+#[allow(clippy::zombie_processes)] // reaped by `wait4`, which also reports its memory
+fn exit_and_peak_rss_kib(cmd: &mut Command) -> (i32, u64) {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run the binary");
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of a plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own unwaited child; both pointers are to live locals.
+    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(got, pid, "wait4: {}", std::io::Error::last_os_error());
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (code, usage.ru_maxrss as u64)
+}
+
+/// The queues ahead of the senders do not widen with `--concurrency`: each entry holds a
+/// whole body, and at `--concurrency 128` the two queues held up to 384 of them, on top
+/// of the 128 in flight. Against a slow receiver (the senders drain more slowly than
+/// the packer fills) a run at 128 now peaks within the bodies in flight, the two short
+/// queues and curl's buffers of a run at 8. With the queues at 2 × and 1 × the
+/// concurrency, the difference was about 87 MiB here; now it is about 43 MiB.
+#[test]
+fn queued_requests_do_not_grow_with_concurrency() {
+    let _serial = serial();
+    let env = Env::new(240_000, 41);
+    let slow = Server::start(ServeConfig {
+        faults: Faults {
+            latency_ms: 500,
+            ..Faults::default()
+        },
+        ..ServeConfig::default()
+    })
+    .expect("start the receiver");
+    let fast = Server::start(ServeConfig::default()).expect("start the receiver");
+    let peak = |server: &Server, concurrency: &str| {
+        let rejects = env.path(&format!("c{concurrency}.rejects.ndjson"));
+        let (code, kib) = exit_and_peak_rss_kib(
+            Command::new(BIN)
+                .current_dir(env.dir.path())
+                .arg("run")
+                .arg(&env.input)
+                .arg("--mapping")
+                .arg(mapping())
+                .arg("--rejects")
+                .arg(&rejects)
+                .args(["--endpoint", &server.base_url()])
+                .args(["--max-request-bytes", "150000", "--rate", "100000"])
+                .args(["--concurrency", concurrency, "--no-checkpoint", "--quiet"]),
+        );
+        assert!(
+            matches!(code, 0 | 3),
+            "--concurrency {concurrency}: exit {code}"
+        );
+        kib
+    };
+    let narrow = peak(&fast, "8");
+    let wide = peak(&slow, "128");
+    let sent = slow.stats().requests;
+    assert!(
+        sent > 600,
+        "only {sent} requests: too few to fill the queues"
+    );
+    // 128 bodies of 150 kB in flight, 2 × 16 queued, 120 more connections with curl's
+    // buffers: about 43 MiB more. Queues as wide as the concurrency would add another
+    // 350 bodies, about 45 MiB.
+    let extra_mib = wide.saturating_sub(narrow) / 1024;
+    assert!(
+        extra_mib < 65,
+        "peak RSS {} MiB at --concurrency 128 against {} MiB at 8: {extra_mib} MiB more",
+        wide / 1024,
+        narrow / 1024
+    );
+}
