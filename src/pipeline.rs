@@ -9,7 +9,8 @@
 //!
 //! Every channel is bounded and every buffer is recycled, so memory does not grow with
 //! the input: at most `pool` chunks of rows and `pool` mapped chunks exist at once, and
-//! at most `2 × concurrency` packed requests wait for a sender. Mapping runs on rayon in
+//! at most 16 packed requests wait for the gate and 16 more for a sender, however many
+//! senders there are (each request holds its body). Mapping runs on rayon in
 //! parallel; the packer restores input order by sequence number before packing.
 
 use std::collections::{BTreeMap, HashMap};
