@@ -42,7 +42,11 @@ fn main() -> ExitCode {
     };
     let totals = Arc::new(Totals::default());
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
+        let Ok(stream) = stream else {
+            // Out of file descriptors, say: wait a moment instead of spinning.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            continue;
+        };
         let totals = Arc::clone(&totals);
         std::thread::spawn(move || {
             let _ = serve(stream, &totals);
@@ -72,7 +76,7 @@ fn serve(mut stream: TcpStream, totals: &Totals) -> io::Result<()> {
                     break (n, length, req.method == Some("GET"));
                 }
                 Ok(httparse::Status::Partial) if have < head.len() => {
-                    let n = stream.read(&mut head[have..])?;
+                    let n = read(&mut stream, &mut head[have..])?;
                     if n == 0 {
                         return Ok(());
                     }
@@ -103,7 +107,7 @@ fn serve(mut stream: TcpStream, totals: &Totals) -> io::Result<()> {
         have -= head_len + buffered;
         while left > 0 {
             let want = left.min(SINK as u64) as usize;
-            let n = stream.read(&mut sink[..want])?;
+            let n = read(&mut stream, &mut sink[..want])?;
             if n == 0 {
                 return Ok(());
             }
@@ -112,6 +116,16 @@ fn serve(mut stream: TcpStream, totals: &Totals) -> io::Result<()> {
         totals.requests.fetch_add(1, Ordering::Relaxed);
         totals.bytes.fetch_add(length, Ordering::Relaxed);
         reply(&mut stream, 200, b"{\"ok\":true}")?;
+    }
+}
+
+/// One `read`, retried when a signal interrupts it.
+fn read(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
     }
 }
 
