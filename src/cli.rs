@@ -509,6 +509,7 @@ impl RunArgs {
         })
         .collect();
         let cfg = RunConfig {
+            on_abandon: None,
             own_files,
             inputs: self.inputs,
             mapping_path: self.mapping,
@@ -641,6 +642,25 @@ pub fn main() -> ExitCode {
                 ),
                 None => "\ncdp-backfill: interrupted again: stopping now, exit code 130. No checkpoint was kept: a rerun starts from the beginning.\n".to_string(),
             };
+            // Requests hanging past the drain timeout end the process from inside the
+            // run: it prints and writes the summary there, as below.
+            let (outputs, settings) = (
+                RunOutputs {
+                    summary_json: summary_json.clone(),
+                    report: report_path.clone(),
+                    quiet,
+                },
+                crate::report::settings(&cfg, &src),
+            );
+            cfg.on_abandon = Some(config::AbandonHook(std::sync::Arc::new(
+                move |s: &crate::summary::Summary,
+                      recorded: &crate::progress::Recorded,
+                      why: &str| {
+                    if let Err(m) = outputs.write(s, recorded, &settings, Some(why)) {
+                        eprintln!("error: {m}");
+                    }
+                },
+            )));
             match install_interrupt_handler(second.into_bytes()) {
                 Ok(flag) => cfg.interrupt = Some(flag),
                 Err(e) => {
@@ -679,35 +699,15 @@ pub fn main() -> ExitCode {
                 Err(e) => (None, Some((exit_code(&e), e.to_string()))),
             };
             if let Some(s) = &summary {
-                if !quiet {
-                    eprint!("{s}");
-                }
-                if let Some(p) = &summary_json {
-                    let json = serde_json::to_vec_pretty(s).unwrap_or_default();
-                    if let Err(e) = std::fs::write(p, json) {
-                        return fail(
-                            EXIT_FAILURE,
-                            &format!("cannot write --summary-json {}: {e}", p.display()),
-                        );
-                    }
-                }
-                if let Some(p) = &report_path {
-                    let stopped = err.as_ref().map(|(_, m)| m.as_str());
-                    let html = crate::report::render(
-                        s,
-                        &progress.recorded(),
-                        &crate::report::settings(&cfg, &src),
-                        stopped,
-                    );
-                    if let Err(e) = std::fs::write(p, html) {
-                        return fail(
-                            EXIT_FAILURE,
-                            &format!("cannot write --report {}: {e}", p.display()),
-                        );
-                    }
-                    if !quiet {
-                        eprintln!("report: {}", p.display());
-                    }
+                let outputs = RunOutputs {
+                    summary_json,
+                    report: report_path,
+                    quiet,
+                };
+                let stopped = err.as_ref().map(|(_, m)| m.as_str());
+                let settings = crate::report::settings(&cfg, &src);
+                if let Err(m) = outputs.write(s, &progress.recorded(), &settings, stopped) {
+                    return fail(EXIT_FAILURE, &m);
                 }
             }
             match (err, summary) {
@@ -912,6 +912,42 @@ fn resume_command() -> String {
 }
 
 /// An output file that cannot be written is a usage error found before the run starts.
+/// Where a run's summary goes: stderr (unless quiet), `--summary-json`, `--report`.
+struct RunOutputs {
+    summary_json: Option<PathBuf>,
+    report: Option<PathBuf>,
+    quiet: bool,
+}
+
+impl RunOutputs {
+    /// `stopped`: why the run ended early, for the report.
+    fn write(
+        &self,
+        s: &crate::summary::Summary,
+        recorded: &crate::progress::Recorded,
+        settings: &[(&'static str, String)],
+        stopped: Option<&str>,
+    ) -> Result<(), String> {
+        if !self.quiet {
+            eprint!("{s}");
+        }
+        if let Some(p) = &self.summary_json {
+            let json = serde_json::to_vec_pretty(s).unwrap_or_default();
+            std::fs::write(p, json)
+                .map_err(|e| format!("cannot write --summary-json {}: {e}", p.display()))?;
+        }
+        if let Some(p) = &self.report {
+            let html = crate::report::render(s, recorded, settings, stopped);
+            std::fs::write(p, html)
+                .map_err(|e| format!("cannot write --report {}: {e}", p.display()))?;
+            if !self.quiet {
+                eprintln!("report: {}", p.display());
+            }
+        }
+        Ok(())
+    }
+}
+
 fn check_output_path(flag: &str, p: &std::path::Path) -> Result<(), String> {
     if p.is_dir() {
         return Err(format!(

@@ -321,6 +321,19 @@ pub fn run_with_progress(
             spares,
         };
         let outcome = c.run(ack_rx);
+        if outcome.abandoned {
+            let durable_base = durable.as_ref().map(|d| &d.base);
+            abandon(
+                cfg,
+                &mut summary,
+                &outcome,
+                durable_base,
+                reader,
+                packer,
+                progress,
+                started,
+            );
+        }
         let read_result = reader
             .join()
             .unwrap_or_else(|_| Err(source::SourceError::Other("reader thread panicked".into())));
@@ -355,36 +368,7 @@ pub fn run_with_progress(
         d.write(&outcome, complete, &input_rows)?;
     }
 
-    let totals = pack_result?;
-    summary.rows_read = totals.rows;
-    summary.rows_rejected = totals.rows_rejected;
-    summary.rows_mapped = totals.rows - totals.rows_rejected;
-    summary.rejected_by_reason = totals
-        .rejected_by_reason
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    summary.calls_built = totals.calls;
-    summary.calls_by_type = CallKind::ALL
-        .iter()
-        .zip(totals.calls_by_type)
-        .filter(|&(_, n)| n > 0)
-        .map(|(k, n)| (k.as_str().to_string(), n))
-        .collect();
-    // Calls the API refused in strict mode are rejected rows too (exactly one row per
-    // call when the mapping makes one call per row).
-    let refused = summary.calls_rejected_by_server;
-    if refused > 0 {
-        summary.rows_rejected += refused;
-        summary.rows_mapped = summary.rows_mapped.saturating_sub(refused);
-        *summary
-            .rejected_by_reason
-            .entry("invalid_call".into())
-            .or_default() += refused;
-    }
-    summary.calls_undelivered = summary
-        .calls_built
-        .saturating_sub(summary.calls_delivered + refused);
+    fill_summary(&mut summary, pack_result?);
     if let Some(d) = &dry {
         d.flush().map_err(|source| RunError::Io {
             path: cfg
@@ -399,13 +383,7 @@ pub fn run_with_progress(
         server.shutdown();
     }
     summary.finish(started.elapsed());
-    // What the rejects file holds: the earlier runs' lines and the ones this run wrote
-    // for acknowledged work. A run that stops early has found more bad rows than that
-    // (`rows_rejected`); the rest are found again when it resumes.
-    summary.rows_rejected_total = outcome.counters.rows_rejected
-        + durable
-            .as_ref()
-            .map_or(0, |d| d.base.counters.rows_rejected);
+    summary.rows_rejected_total = rejected_total(&outcome, durable.as_ref().map(|d| &d.base));
     if outcome.interrupted && read_result.is_ok() && fatal.is_none() {
         summary.outcome = "interrupted".into();
         return Err(RunError::Interrupted {
@@ -579,6 +557,107 @@ fn open_rejects(path: &std::path::Path, keep: u64) -> Result<RejectsFile, RunErr
         cut,
         failed: None,
     })
+}
+
+/// The packer's totals into the summary, with the calls the API refused in strict mode
+/// counted as rejected rows too (exactly one row per call when the mapping makes one
+/// call per row).
+fn fill_summary(summary: &mut Summary, totals: PackTotals) {
+    summary.rows_read = totals.rows;
+    summary.rows_rejected = totals.rows_rejected;
+    summary.rows_mapped = totals.rows - totals.rows_rejected;
+    summary.rejected_by_reason = totals
+        .rejected_by_reason
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    summary.calls_built = totals.calls;
+    summary.calls_by_type = CallKind::ALL
+        .iter()
+        .zip(totals.calls_by_type)
+        .filter(|&(_, n)| n > 0)
+        .map(|(k, n)| (k.as_str().to_string(), n))
+        .collect();
+    let refused = summary.calls_rejected_by_server;
+    if refused > 0 {
+        summary.rows_rejected += refused;
+        summary.rows_mapped = summary.rows_mapped.saturating_sub(refused);
+        *summary
+            .rejected_by_reason
+            .entry("invalid_call".into())
+            .or_default() += refused;
+    }
+    summary.calls_undelivered = summary
+        .calls_built
+        .saturating_sub(summary.calls_delivered + refused);
+}
+
+/// What the rejects file holds: the earlier runs' lines and the ones this run wrote for
+/// acknowledged work. A run that stops early has found more bad rows than that
+/// (`rows_rejected`); the rest are found again when it resumes.
+fn rejected_total(outcome: &CollectOutcome, base: Option<&Checkpoint>) -> u64 {
+    outcome.counters.rows_rejected + base.map_or(0, |b| b.counters.rows_rejected)
+}
+
+/// Ends a run whose requests still hang after the drain timeout: the checkpoint is
+/// already written, and the senders cannot be joined (they are inside their requests),
+/// so this completes the summary from the reader's and packer's ends (they stop soon
+/// after reading halts), hands it to `cfg.on_abandon`, says where things stand and exits
+/// with 130. Never returns.
+#[allow(clippy::too_many_arguments)] // one call site, inside the thread scope
+fn abandon(
+    cfg: &RunConfig,
+    summary: &mut Summary,
+    outcome: &CollectOutcome,
+    base: Option<&Checkpoint>,
+    reader: std::thread::ScopedJoinHandle<'_, Result<(), source::SourceError>>,
+    packer: std::thread::ScopedJoinHandle<'_, PackTotals>,
+    progress: &Progress,
+    started: Instant,
+) -> ! {
+    let next = if cfg.checkpoint.is_some() {
+        "the checkpoint is up to date: rerun the same command to resume (the requests still in flight are sent again)"
+    } else {
+        "no checkpoint was kept: a rerun starts from the beginning"
+    };
+    let why = format!(
+        "requests still in flight after --drain-timeout ({}s); {next}",
+        cfg.drain_timeout.as_secs()
+    );
+    // Reading stopped when the interrupt came, so both end within moments; a stage that
+    // does not is left behind, and so is the summary.
+    let until = Instant::now() + std::time::Duration::from_secs(2);
+    while !(reader.is_finished() && packer.is_finished()) && Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let totals = if reader.is_finished() && packer.is_finished() {
+        let _ = reader.join();
+        packer.join().ok()
+    } else {
+        None
+    };
+    let written = match (totals, &cfg.on_abandon) {
+        (Some(totals), Some(hook)) => {
+            fill_summary(summary, totals);
+            summary.finish(started.elapsed());
+            summary.rows_rejected_total = rejected_total(outcome, base);
+            summary.outcome = "interrupted".into();
+            progress.finish();
+            (hook.0)(summary, &progress.recorded(), &why);
+            true
+        }
+        _ => false,
+    };
+    eprintln!(
+        "error: {why}. {} calls were delivered.{}",
+        summary.calls_delivered,
+        if written || cfg.on_abandon.is_none() {
+            ""
+        } else {
+            " No summary file or report is written."
+        }
+    );
+    std::process::exit(130);
 }
 
 /// A run that keeps no checkpoint (a dry run, `--no-checkpoint`) starts its rejects file
@@ -1419,6 +1498,9 @@ struct CollectOutcome {
     /// delivered in the summary, but the checkpoint cannot pass the failed request, so a
     /// resume sends them again (with the same messageIds).
     beyond: (u64, u64),
+    /// Requests still hung when the drain timeout ended: the senders are stuck in them,
+    /// so the run reports and exits instead of winding down.
+    abandoned: bool,
 }
 
 /// Folds acknowledgements, in request order, into the summary, the rejects file and the
@@ -1540,19 +1622,11 @@ impl Collector<'_> {
                     // `exit` drops nothing: the buffered reject lines go out now or never.
                     let _ = self.flush_rejects();
                 }
-                // The senders are stuck in their requests, so the run cannot wind down
-                // and report: it says where things stand and exits.
-                let next = if self.durable.is_some() {
-                    "the checkpoint is up to date: rerun the same command to resume (the requests still in flight are sent again)"
-                } else {
-                    "no checkpoint was kept: a rerun starts from the beginning"
-                };
-                eprintln!(
-                    "error: requests still in flight after --drain-timeout ({}s); {next}. {} calls were delivered. No summary file or report is written.",
-                    self.drain_timeout.as_secs(),
-                    self.summary.calls_delivered
-                );
-                std::process::exit(130);
+                // The senders are stuck in their requests, so the run cannot wind down:
+                // `abandon` reports and exits.
+                o.abandoned = true;
+                o.all_acknowledged = false;
+                break;
             }
             let due = last_write.elapsed() >= self.interval || self.window.is_half_full();
             if dirty && due {

@@ -845,7 +845,9 @@ fn a_second_interrupt_stops_at_once_with_a_message_and_the_run_resumes() {
 }
 
 /// Requests that still hang when --drain-timeout ends: the run exits 130 and says where
-/// things stand, with or without a checkpoint (it used to claim one either way).
+/// things stand, with or without a checkpoint (it used to claim one either way), and
+/// writes its summary and report as an interrupted run does (it used to write neither:
+/// the senders are stuck in their requests, so the run cannot return).
 #[test]
 fn a_drain_timeout_says_what_was_delivered_and_how_to_go_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -861,9 +863,17 @@ fn a_drain_timeout_says_what_was_delivered_and_how_to_go_on() {
             "the checkpoint is up to date: rerun the same command to resume",
         ),
     ] {
+        let summary = dir.path().join("summary.json");
+        let report = dir.path().join("report.html");
+        let _ = std::fs::remove_file(&summary);
+        let _ = std::fs::remove_file(&report);
         let child = run_events(dir.path(), &input)
             .args(["--endpoint", &slow.base_url(), "--drain-timeout", "1"])
             .args(["--max-request-bytes", "100000", "--rate", "4", "-q"])
+            .arg("--summary-json")
+            .arg(&summary)
+            .arg("--report")
+            .arg(&report)
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()
@@ -888,10 +898,30 @@ fn a_drain_timeout_says_what_was_delivered_and_how_to_go_on() {
                 && err.contains(says),
             "{extra:?}: {err}"
         );
+        assert!(!err.contains("No summary file"), "{err}");
+        let s: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&summary).expect("the summary is written"))
+                .unwrap();
+        assert_eq!(s["outcome"], "interrupted", "{s}");
+        let delivered = s["calls_delivered"].as_u64().unwrap();
         assert!(
-            err.contains("No summary file or report is written"),
-            "{err}"
+            err.contains(&format!(" {delivered} calls were delivered.")),
+            "the summary and the message agree: {s}\n{err}"
         );
+        // Reading stopped at the interrupt; what was read is counted, and adds up.
+        let read = s["rows_read"].as_u64().unwrap();
+        assert!(read > 0, "{s}");
+        assert_eq!(
+            read,
+            s["rows_mapped"].as_u64().unwrap() + s["rows_rejected"].as_u64().unwrap(),
+            "{s}"
+        );
+        assert!(
+            s["calls_undelivered"].as_u64().unwrap() > 0,
+            "a request was still hanging: {s}"
+        );
+        let html = std::fs::read_to_string(&report).expect("the report is written");
+        assert!(html.contains("--drain-timeout"), "the report says why it stopped");
     }
     slow.shutdown();
 }
