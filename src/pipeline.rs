@@ -1667,8 +1667,8 @@ impl Collector<'_> {
                 // reject lines are written when a resume sends the request again.
                 let s = &mut *self.summary;
                 s.calls_delivered += ack.delivered_calls as u64;
-                s.requests += 1;
-                s.request_bytes += ack.work.body.as_ref().map_or(0, |b| b.len() as u64);
+                s.requests += ack.accepted_requests as u64;
+                s.request_bytes += ack.accepted_bytes;
                 o.beyond.0 += ack.delivered_calls as u64;
                 o.beyond.1 += 1;
             }
@@ -1693,10 +1693,11 @@ impl Collector<'_> {
         if ack.result == AckResult::Delivered {
             s.calls_delivered += ack.delivered_calls as u64;
             s.calls_rejected_by_server += ack.work.calls.saturating_sub(ack.delivered_calls) as u64;
-            s.requests += 1;
-            s.request_bytes += ack.work.body.as_ref().map_or(0, |b| b.len() as u64);
+            // What the server accepted: with strict mode's split, the pieces.
+            s.requests += ack.accepted_requests as u64;
+            s.request_bytes += ack.accepted_bytes;
             o.counters.calls_delivered += ack.delivered_calls as u64;
-            o.counters.requests += 1;
+            o.counters.requests += ack.accepted_requests as u64;
         }
         for part in [&ack.work.rejects, &ack.server_rejects] {
             if part.is_empty() {

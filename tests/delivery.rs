@@ -375,6 +375,15 @@ fn calls_refused_in_strict_mode_are_isolated_into_rejects_and_the_rest_delivered
         run.summary["rejected_by_reason"]["invalid_call"].as_u64(),
         Some(refused_ids.len() as u64)
     );
+    // The requests counted are those the server accepted: the split pieces included,
+    // the refused ones not (it used to count each packed request once, split or not).
+    assert_eq!(
+        run.count("requests"),
+        status_count(&stats, "200"),
+        "{}",
+        run.summary
+    );
+    assert_eq!(run.count("request_bytes"), stats.bytes, "{}", run.summary);
     run.assert_counters_add_up();
 }
 

@@ -921,7 +921,10 @@ fn a_drain_timeout_says_what_was_delivered_and_how_to_go_on() {
             "a request was still hanging: {s}"
         );
         let html = std::fs::read_to_string(&report).expect("the report is written");
-        assert!(html.contains("--drain-timeout"), "the report says why it stopped");
+        assert!(
+            html.contains("--drain-timeout"),
+            "the report says why it stopped"
+        );
     }
     slow.shutdown();
 }

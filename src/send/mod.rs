@@ -83,6 +83,10 @@ pub struct Ack {
     pub delivered_calls: u32,
     /// Reject lines for calls the server refused as invalid (strict mode), NDJSON.
     pub server_rejects: Vec<u8>,
+    /// HTTP requests the server accepted, and their bodies' bytes (uncompressed): the
+    /// request itself, or the pieces strict mode split it into.
+    pub accepted_requests: u32,
+    pub accepted_bytes: u64,
 }
 
 /// How requests are sent and retried.
@@ -253,6 +257,8 @@ fn deliver(work: Work, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> Ack {
         throttled: 0,
         delivered_calls: 0,
         server_rejects: Vec::new(),
+        accepted_requests: 0,
+        accepted_bytes: 0,
     };
     let Some(body) = ack.work.body.clone() else {
         ack.result = AckResult::Marker;
@@ -263,6 +269,8 @@ fn deliver(work: Work, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> Ack {
         Sent::Accepted => {
             ack.result = AckResult::Delivered;
             ack.delivered_calls = ack.work.calls;
+            ack.accepted_requests = 1;
+            ack.accepted_bytes = body.len() as u64;
             return ack;
         }
         Sent::Stopped => return ack,
@@ -393,6 +401,8 @@ impl Bisect<'_> {
                 match s.send(self.path, &body, r.len() as u32, ack) {
                     Sent::Accepted => {
                         self.delivered += r.len() as u32;
+                        ack.accepted_requests += 1;
+                        ack.accepted_bytes += body.len() as u64;
                         return Ok(true);
                     }
                     Sent::Refused(why) => why,
