@@ -1554,6 +1554,7 @@ impl Collector<'_> {
                 self.progress.ack(&ack);
                 self.summary.retries += ack.retries as u64;
                 self.summary.throttled += ack.throttled as u64;
+                self.summary.retries_no_answer += ack.no_answer as u64;
                 match &ack.result {
                     AckResult::Failed(why) => {
                         o.fatal.get_or_insert(why.clone());

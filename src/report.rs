@@ -671,6 +671,12 @@ pub fn render(
     );
     row(&mut h, "retries", thousands(s.retries), false);
     row(&mut h, "429s", thousands(s.throttled), false);
+    row(
+        &mut h,
+        "retries after no answer",
+        thousands(s.retries_no_answer),
+        false,
+    );
     row(&mut h, "elapsed", format!("{:.2} s", s.elapsed_secs), false);
     row(
         &mut h,

@@ -31,6 +31,10 @@ pub struct Summary {
     pub requests: u64,
     pub request_bytes: u64,
     pub retries: u64,
+    /// Of `retries`, those after an attempt that got no answer (a dropped connection,
+    /// a timeout).
+    #[serde(default)]
+    pub retries_no_answer: u64,
     pub throttled: u64,
     pub elapsed_secs: f64,
     pub rows_per_sec: f64,
@@ -108,9 +112,10 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "  retries           {:>14}  (429s: {})",
+            "  retries           {:>14}  (429s: {}, after no answer: {})",
             thousands(self.retries),
-            thousands(self.throttled)
+            thousands(self.throttled),
+            thousands(self.retries_no_answer)
         )?;
         writeln!(
             f,

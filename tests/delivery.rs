@@ -237,6 +237,13 @@ fn chaos_of_5xx_429_and_drops_still_delivers_every_call_once() {
         stats.requests - run.count("requests"),
         "every attempt beyond the first of each request is a retry: {stats:?}"
     );
+    // Each connection the receiver closed unanswered was retried as such.
+    assert_eq!(
+        run.count("retries_no_answer"),
+        inj.dropped,
+        "{}",
+        run.summary
+    );
 }
 
 /// `cdp-backfill serve` with its fault flags, as a user would start it.

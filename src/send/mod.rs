@@ -79,6 +79,9 @@ pub struct Ack {
     pub result: AckResult,
     pub retries: u32,
     pub throttled: u32,
+    /// Of `retries`, those after an attempt that got no answer (a dropped connection, a
+    /// timeout); the rest followed a 429 or a 5xx.
+    pub no_answer: u32,
     /// Calls the server accepted (all of them unless strict mode refused some).
     pub delivered_calls: u32,
     /// Reject lines for calls the server refused as invalid (strict mode), NDJSON.
@@ -205,6 +208,7 @@ impl Poster<'_> {
             let outcome =
                 self.transport
                     .post(path, stamped.as_ref().unwrap_or(&wire), self.policy.gzip);
+            let answered = !matches!(outcome, retry::Attempt::NoResponse { .. });
             match classify(&outcome, self.policy.strict) {
                 Decision::Success => return Sent::Accepted,
                 Decision::Invalid { why } => return Sent::Refused(why),
@@ -230,6 +234,7 @@ impl Poster<'_> {
                     let wait = backoff(attempt, p.base, p.cap, after, self.jitter.unit());
                     attempt += 1;
                     ack.retries += 1;
+                    ack.no_answer += u32::from(!answered);
                     if !sleep_unless_stopped(wait, self.stop) {
                         return Sent::Stopped;
                     }
@@ -255,6 +260,7 @@ fn deliver(work: Work, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> Ack {
         result: AckResult::Skipped,
         retries: 0,
         throttled: 0,
+        no_answer: 0,
         delivered_calls: 0,
         server_rejects: Vec::new(),
         accepted_requests: 0,
