@@ -657,7 +657,8 @@ pub fn main() -> ExitCode {
                       recorded: &crate::progress::Recorded,
                       why: &str| {
                     if let Err(m) = outputs.write(s, recorded, &settings, Some(why)) {
-                        eprintln!("error: {m}");
+                        use std::io::Write as _;
+                        let _ = writeln!(std::io::stderr(), "error: {m}");
                     }
                 },
             )));
@@ -911,7 +912,6 @@ fn resume_command() -> String {
         .join(" ")
 }
 
-/// An output file that cannot be written is a usage error found before the run starts.
 /// Where a run's summary goes: stderr (unless quiet), `--summary-json`, `--report`.
 struct RunOutputs {
     summary_json: Option<PathBuf>,
@@ -928,8 +928,11 @@ impl RunOutputs {
         settings: &[(&'static str, String)],
         stopped: Option<&str>,
     ) -> Result<(), String> {
+        use std::io::Write as _;
+        // Writes to a closed stderr (`| head`) are dropped, not a panic: the files below
+        // still matter, and on a drain timeout a panic would wait for stuck senders.
         if !self.quiet {
-            eprint!("{s}");
+            let _ = write!(std::io::stderr(), "{s}");
         }
         if let Some(p) = &self.summary_json {
             let json = serde_json::to_vec_pretty(s).unwrap_or_default();
@@ -941,13 +944,14 @@ impl RunOutputs {
             std::fs::write(p, html)
                 .map_err(|e| format!("cannot write --report {}: {e}", p.display()))?;
             if !self.quiet {
-                eprintln!("report: {}", p.display());
+                let _ = writeln!(std::io::stderr(), "report: {}", p.display());
             }
         }
         Ok(())
     }
 }
 
+/// An output file that cannot be written is a usage error found before the run starts.
 fn check_output_path(flag: &str, p: &std::path::Path) -> Result<(), String> {
     if p.is_dir() {
         return Err(format!(

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, SendTimeoutError, Sender};
 
 use crate::checkpoint::{self, window::Window, Checkpoint};
 use crate::config::{Endpoint, Limits, OwnFile, RunConfig};
@@ -274,22 +274,44 @@ pub fn run_with_progress(
         let packer = s.spawn(|| pack(mapped_rx, free_mapped_tx, work_tx, cfg.limits, spares_in));
         // Holds each request until the durable window has room. Owns `gated_tx`, so the
         // senders see the channel close when the packer is done.
-        // After an interrupt it forwards nothing more (and discards the rest, so the
-        // packer is not blocked): every request a sender was handed is still delivered,
-        // so nothing delivered can lie beyond the watermark and a resume replays nothing.
+        // After an interrupt it forwards nothing more, not even a request it was waiting
+        // to forward, and discards the rest, so the packer is never blocked (even with
+        // every sender stuck in a request, as when the drain times out): every request a
+        // sender was handed is still delivered, so nothing delivered can lie beyond the
+        // watermark and a resume replays nothing.
         let (win, st, checkpointing, halted, prog) =
             (&window, &stop, durable.is_some(), &halt_reading, progress);
         s.spawn(move || {
-            for w in packed_rx {
-                if halted.load(Ordering::Relaxed) {
+            let is_halted = || halted.load(Ordering::Relaxed);
+            for mut w in packed_rx {
+                if is_halted() {
                     continue;
                 }
-                if w.body.is_some() && checkpointing {
-                    win.acquire(|| st.load(Ordering::Relaxed));
-                }
                 let has_body = w.body.is_some();
-                if gated_tx.send(w).is_err() {
-                    return;
+                let permit = has_body
+                    && checkpointing
+                    && win.acquire(|| st.load(Ordering::Relaxed) || is_halted());
+                if is_halted() {
+                    if permit {
+                        win.release(1);
+                    }
+                    continue;
+                }
+                // The senders may all be stuck in requests (a drain that times out):
+                // wait for room only until an interrupt.
+                let handed = loop {
+                    match gated_tx.send_timeout(w, std::time::Duration::from_millis(50)) {
+                        Ok(()) => break true,
+                        Err(SendTimeoutError::Timeout(_)) if is_halted() => break false,
+                        Err(SendTimeoutError::Timeout(back)) => w = back,
+                        Err(SendTimeoutError::Disconnected(_)) => return,
+                    }
+                };
+                if !handed {
+                    if permit {
+                        win.release(1);
+                    }
+                    continue;
                 }
                 if has_body {
                     prog.forwarded();
@@ -602,8 +624,8 @@ fn rejected_total(outcome: &CollectOutcome, base: Option<&Checkpoint>) -> u64 {
 /// Ends a run whose requests still hang after the drain timeout: the checkpoint is
 /// already written, and the senders cannot be joined (they are inside their requests),
 /// so this completes the summary from the reader's and packer's ends (they stop soon
-/// after reading halts), hands it to `cfg.on_abandon`, says where things stand and exits
-/// with 130. Never returns.
+/// after reading halts: the gate discards what the stuck senders cannot take), hands it
+/// to `cfg.on_abandon`, says where things stand and exits with 130. Never returns.
 #[allow(clippy::too_many_arguments)] // one call site, inside the thread scope
 fn abandon(
     cfg: &RunConfig,
@@ -615,40 +637,70 @@ fn abandon(
     progress: &Progress,
     started: Instant,
 ) -> ! {
-    let next = if cfg.checkpoint.is_some() {
-        "the checkpoint is up to date: rerun the same command to resume (the requests still in flight are sent again)"
-    } else {
-        "no checkpoint was kept: a rerun starts from the beginning"
-    };
-    let why = format!(
-        "requests still in flight after --drain-timeout ({}s); {next}",
-        cfg.drain_timeout.as_secs()
-    );
+    use std::io::Write as _;
     // Reading stopped when the interrupt came, so both end within moments; a stage that
     // does not is left behind, and so is the summary.
     let until = Instant::now() + std::time::Duration::from_secs(2);
     while !(reader.is_finished() && packer.is_finished()) && Instant::now() < until {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let totals = if reader.is_finished() && packer.is_finished() {
-        let _ = reader.join();
-        packer.join().ok()
+    let ended = reader.is_finished() && packer.is_finished();
+    let (read, totals) = if ended {
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(source::SourceError::Other("reader thread panicked".into())));
+        (read, packer.join().ok())
     } else {
-        None
+        (Ok(()), None)
     };
+    // What else went wrong before the interrupt, as the normal end reports it.
+    let failed = outcome
+        .fatal
+        .clone()
+        .or_else(|| outcome.io_error.clone())
+        .or_else(|| read.err().map(|e| e.to_string()))
+        .or_else(|| totals.as_ref().and_then(|t| t.failed.clone()));
+    let (calls, requests) = outcome.beyond;
+    let again = if calls > 0 {
+        format!(
+            "; {calls} calls in {requests} requests accepted after the first hanging one are counted as delivered, and are sent again too, with the messageIds they had"
+        )
+    } else {
+        String::new()
+    };
+    let next = if cfg.checkpoint.is_some() {
+        format!("the checkpoint is up to date: rerun the same command to resume (the requests still in flight are sent again{again})")
+    } else {
+        "no checkpoint was kept: a rerun starts from the beginning".to_string()
+    };
+    let mut why = format!(
+        "requests still in flight after --drain-timeout ({}s); {next}",
+        cfg.drain_timeout.as_secs()
+    );
+    if let Some(f) = &failed {
+        why = format!("{f}; then {why}");
+    }
+    progress.finish();
     let written = match (totals, &cfg.on_abandon) {
         (Some(totals), Some(hook)) => {
             fill_summary(summary, totals);
             summary.finish(started.elapsed());
             summary.rows_rejected_total = rejected_total(outcome, base);
-            summary.outcome = "interrupted".into();
-            progress.finish();
+            summary.outcome = if failed.is_some() {
+                "failed"
+            } else {
+                "interrupted"
+            }
+            .into();
             (hook.0)(summary, &progress.recorded(), &why);
             true
         }
         _ => false,
     };
-    eprintln!(
+    // A closed stderr must not turn the exit into a panic inside the thread scope, which
+    // would wait for the stuck senders.
+    let _ = writeln!(
+        std::io::stderr(),
         "error: {why}. {} calls were delivered.{}",
         summary.calls_delivered,
         if written || cfg.on_abandon.is_none() {
@@ -1599,7 +1651,9 @@ impl Collector<'_> {
                     self.halt_reading.store(true, Ordering::SeqCst);
                     drain_deadline = Some(Instant::now() + self.drain_timeout);
                     if !self.quiet {
-                        eprintln!(
+                        // Not `eprintln!`: a closed stderr must not stop the drain.
+                        let _ = writeln!(
+                            std::io::stderr(),
                             "interrupted: letting the requests in flight finish (up to {}s; press Ctrl-C again to quit at once)",
                             self.drain_timeout.as_secs()
                         );

@@ -851,7 +851,9 @@ fn a_second_interrupt_stops_at_once_with_a_message_and_the_run_resumes() {
 #[test]
 fn a_drain_timeout_says_what_was_delivered_and_how_to_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    let (input, _) = generated(dir.path(), 2_000);
+    // Far more requests than the queues ahead of the senders hold: with every sender
+    // stuck, the gate must still let the packer (and so the summary's totals) finish.
+    let (input, _) = generated(dir.path(), 60_000);
     let (slow, _) = slow_receiver(dir.path(), 6_000);
     for (extra, says) in [
         (
