@@ -294,8 +294,12 @@ pub struct ServeArgs {
     /// Append every accepted call to this file (NDJSON).
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Largest request body accepted, in bytes; a larger one gets 200 and is dropped, as
+    /// the real API does (a 400 naming the limit in strict mode).
     #[arg(long, default_value_t = config::DEFAULT_MAX_REQUEST_BYTES, value_name = "BYTES")]
     pub max_request_bytes: usize,
+    /// Largest single call accepted, in bytes; larger calls are dropped (refused in
+    /// strict mode).
     #[arg(long, default_value_t = config::DEFAULT_MAX_CALL_BYTES, value_name = "BYTES")]
     pub max_call_bytes: usize,
     /// Fraction of requests answered 500/502/503.
@@ -326,10 +330,13 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
+    /// How many event rows to write (after the header).
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub rows: u64,
+    /// Seed of the generator: the same seed and row count give the same file.
     #[arg(long, default_value_t = 42, value_name = "N")]
     pub seed: u64,
+    /// The CSV file to write.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
 }

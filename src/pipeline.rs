@@ -62,6 +62,17 @@ pub fn run_with_progress(
     let inputs = source::discover_excluding(&cfg.inputs, &spec.namespace, src_opts, &own)?;
     source::refuse_overwriting(&cfg.own_files, &inputs, Some(&cfg.mapping_path))
         .map_err(RunError::Config)?;
+    // An earlier run's summary or report must not pass for this run's when this one ends
+    // without writing them (a refused configuration, a second Ctrl-C, a crash).
+    for f in cfg
+        .own_files
+        .iter()
+        .filter(|f| f.written && matches!(f.flag, "--summary-json" | "--report"))
+    {
+        if std::fs::metadata(&f.path).is_ok_and(|m| m.is_file()) {
+            let _ = std::fs::remove_file(&f.path);
+        }
+    }
 
     // Resolve the mapping against every input before anything is read or sent.
     let mut mappings = Vec::with_capacity(inputs.len());
@@ -430,7 +441,8 @@ pub fn run_with_progress(
         };
         let beyond = if calls > 0 {
             format!(
-                " ({calls} calls in {requests} requests sent after it were accepted, and are counted as delivered; they are sent again then, with the messageIds they had, so the API can drop the repeats)"
+                " ({calls} calls in {requests} request{} sent after it were accepted, and are counted as delivered; they are sent again then, with the messageIds they had, so the API can drop the repeats)",
+                if requests == 1 { "" } else { "s" }
             )
         } else {
             String::new()
@@ -663,7 +675,8 @@ fn abandon(
     let (calls, requests) = outcome.beyond;
     let again = if calls > 0 {
         format!(
-            "; {calls} calls in {requests} requests accepted after the first hanging one are counted as delivered, and are sent again too, with the messageIds they had"
+            "; {calls} calls in {requests} request{} accepted after the first hanging one are counted as delivered, and are sent again too, with the messageIds they had",
+            if requests == 1 { "" } else { "s" }
         )
     } else {
         String::new()
@@ -1654,7 +1667,7 @@ impl Collector<'_> {
                         // Not `eprintln!`: a closed stderr must not stop the drain.
                         let _ = writeln!(
                             std::io::stderr(),
-                            "interrupted: letting the requests in flight finish (up to {}s; press Ctrl-C again to quit at once)",
+                            "interrupted: reading stopped; the requests already handed to the senders (in flight, and those queued for them) finish, for at most {}s (--drain-timeout). Interrupt again (Ctrl-C) to quit at once.",
                             self.drain_timeout.as_secs()
                         );
                     }

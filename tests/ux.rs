@@ -930,3 +930,50 @@ fn a_drain_timeout_says_what_was_delivered_and_how_to_go_on() {
     }
     slow.shutdown();
 }
+
+/// A summary or report left by an earlier run is removed as the run starts (once its
+/// paths are known not to be inputs), so a run that ends without writing its own (a
+/// refused mapping here; a second Ctrl-C, a crash) never leaves the old one to be read
+/// as its outcome. Before, an old `"outcome": "completed"` stayed in place.
+#[test]
+fn an_earlier_runs_summary_and_report_do_not_outlive_a_run_that_writes_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = generated(dir.path(), 50);
+    let mapping = dir.path().join("bad.toml");
+    std::fs::write(
+        &mapping,
+        "[[call]]\ntype = \"track\"\nuser_id = \"no_such_column\"\nevent = \"event\"\n",
+    )
+    .unwrap();
+    let summary = dir.path().join("s.json");
+    let report = dir.path().join("r.html");
+    std::fs::write(&summary, r#"{"outcome":"completed"}"#).unwrap();
+    std::fs::write(&report, "<html>old</html>").unwrap();
+    let out = run(bin()
+        .current_dir(dir.path())
+        .arg("run")
+        .arg(&input)
+        .arg("--mapping")
+        .arg(&mapping)
+        .args(["--endpoint", "local", "--no-checkpoint", "-q"])
+        .arg("--summary-json")
+        .arg(&summary)
+        .arg("--report")
+        .arg(&report));
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no_such_column"), "{}", stderr(&out));
+    assert!(!summary.exists(), "the old summary is gone");
+    assert!(!report.exists(), "the old report is gone");
+    // An input named as an output is refused before anything is removed.
+    let out = run(bin()
+        .current_dir(dir.path())
+        .arg("run")
+        .arg(&input)
+        .arg("--mapping")
+        .arg(fixture("events.toml"))
+        .args(["--endpoint", "local", "--no-checkpoint", "-q"])
+        .arg("--summary-json")
+        .arg(&input));
+    assert_ne!(out.status.code(), Some(0));
+    assert!(input.exists(), "the input is untouched");
+}

@@ -233,11 +233,13 @@ impl Poster<'_> {
                     let p = self.policy;
                     let wait = backoff(attempt, p.base, p.cap, after, self.jitter.unit());
                     attempt += 1;
-                    ack.retries += 1;
-                    ack.no_answer += u32::from(!answered);
                     if !sleep_unless_stopped(wait, self.stop) {
                         return Sent::Stopped;
                     }
+                    // Counted once it is about to go: a run that stops during the
+                    // backoff sent no retry.
+                    ack.retries += 1;
+                    ack.no_answer += u32::from(!answered);
                 }
             }
         }
