@@ -332,7 +332,7 @@ pub fn run_with_progress(
         for _ in 0..concurrency {
             let (rx, tx) = (work_rx.clone(), ack_tx.clone());
             let (t, g, st, ins) = (&*transport, &gate, &stop, &inputs[..]);
-            s.spawn(move || send::worker(rx, tx, t, g, policy, st, ins));
+            s.spawn(move || send::worker(rx, tx, t, g, policy, st, ins, progress));
         }
         drop(work_rx);
         drop(ack_tx);
@@ -401,7 +401,7 @@ pub fn run_with_progress(
         d.write(&outcome, complete, &input_rows)?;
     }
 
-    fill_summary(&mut summary, pack_result?);
+    fill_summary(&mut summary, pack_result?, progress);
     if let Some(d) = &dry {
         d.flush().map_err(|source| RunError::Io {
             path: cfg
@@ -593,10 +593,17 @@ fn open_rejects(path: &std::path::Path, keep: u64) -> Result<RejectsFile, RunErr
     })
 }
 
-/// The packer's totals into the summary, with the calls the API refused in strict mode
+/// The packer's totals and the senders' retry counts into the summary, with the calls the API refused in strict mode
 /// counted as rejected rows too (exactly one row per call when the mapping makes one
 /// call per row).
-fn fill_summary(summary: &mut Summary, totals: PackTotals) {
+fn fill_summary(summary: &mut Summary, totals: PackTotals, progress: &Progress) {
+    // Counted by the senders as they happen, so they include the retries of requests
+    // that never finished (a failed run, a drain timeout).
+    (
+        summary.retries,
+        summary.throttled,
+        summary.retries_no_answer,
+    ) = progress.attempts();
     summary.rows_read = totals.rows;
     summary.rows_rejected = totals.rows_rejected;
     summary.rows_mapped = totals.rows - totals.rows_rejected;
@@ -696,7 +703,7 @@ fn abandon(
     progress.finish();
     let written = match (totals, &cfg.on_abandon) {
         (Some(totals), Some(hook)) => {
-            fill_summary(summary, totals);
+            fill_summary(summary, totals, progress);
             summary.finish(started.elapsed());
             summary.rows_rejected_total = rejected_total(outcome, base);
             summary.outcome = if failed.is_some() {
@@ -1617,9 +1624,6 @@ impl Collector<'_> {
                 .chain(std::iter::from_fn(|| acks.try_recv().ok()))
             {
                 self.progress.ack(&ack);
-                self.summary.retries += ack.retries as u64;
-                self.summary.throttled += ack.throttled as u64;
-                self.summary.retries_no_answer += ack.no_answer as u64;
                 match &ack.result {
                     AckResult::Failed(why) => {
                         o.fatal.get_or_insert(why.clone());

@@ -245,6 +245,7 @@ struct State {
     calls_delivered: u64,
     requests: u64,
     retries: u64,
+    retries_no_answer: u64,
     throttled: u64,
     rejected: u64,
     call_sizes: [u64; SIZE_BUCKETS],
@@ -349,6 +350,7 @@ impl Progress {
                 calls_delivered: 0,
                 requests: 0,
                 retries: 0,
+                retries_no_answer: 0,
                 throttled: 0,
                 rejected: 0,
                 call_sizes: [0; SIZE_BUCKETS],
@@ -425,11 +427,29 @@ impl Progress {
     }
 
     /// One acknowledgement, in whatever order they arrive.
+    /// A retry about to be sent (`no_answer`: the attempt before it got none). Counted
+    /// as it happens, so a storm of 429s or 5xx shows at once, and so the summary counts
+    /// the retries of requests that never finished too.
+    pub fn retried(&self, no_answer: bool) {
+        let mut st = lock(&self.state);
+        st.retries += 1;
+        st.retries_no_answer += u64::from(no_answer);
+    }
+
+    /// A 429 received.
+    pub fn throttled(&self) {
+        lock(&self.state).throttled += 1;
+    }
+
+    /// Retries sent, 429s received, and retries after no answer, so far.
+    pub fn attempts(&self) -> (u64, u64, u64) {
+        let st = lock(&self.state);
+        (st.retries, st.throttled, st.retries_no_answer)
+    }
+
     pub fn ack(&self, ack: &Ack) {
         let max_req = lock(&self.layout).max_request_bytes.max(1);
         let mut st = lock(&self.state);
-        st.retries += ack.retries as u64;
-        st.throttled += ack.throttled as u64;
         for part in [&ack.work.rejects, &ack.server_rejects] {
             st.rejected += memchr::memchr_iter(b'\n', part).count() as u64;
         }

@@ -977,3 +977,50 @@ fn an_earlier_runs_summary_and_report_do_not_outlive_a_run_that_writes_none() {
     assert_ne!(out.status.code(), Some(0));
     assert!(input.exists(), "the input is untouched");
 }
+
+/// Retries and 429s are counted as they happen, not when their request is finally
+/// acknowledged: here every answer is a 429 asking for a minute's pause, Ctrl-C comes
+/// while the senders wait, and the drain timeout ends the run with no request finished.
+/// The summary still counts every 429 the receiver sent (it used to say 0).
+#[test]
+fn throttling_is_counted_even_when_no_request_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = generated(dir.path(), 5_000);
+    let (server, _) = receiver(
+        dir.path(),
+        cdp_backfill::serve::Faults {
+            throttle_rate: 1.0,
+            retry_after_secs: 60,
+            ..Default::default()
+        },
+    );
+    let summary_path = dir.path().join("s.json");
+    let child = run_events(dir.path(), &input)
+        .args([
+            "--endpoint",
+            &server.base_url(),
+            "--drain-timeout",
+            "1",
+            "-q",
+        ])
+        .args(["--max-request-bytes", "100000", "--no-checkpoint"])
+        .arg("--summary-json")
+        .arg(&summary_path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let stats = server.shutdown();
+    let sent_429 = stats.responses_by_status.get("429").copied().unwrap_or(0);
+    assert!(sent_429 > 0, "{stats:?}");
+    let s = summary(&summary_path);
+    assert_eq!(s.calls_delivered, 0);
+    assert_eq!(s.throttled, sent_429, "{}", stderr(&out));
+}

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::map::encode::Reject;
+use crate::progress::Progress;
 use crate::source::{InputInfo, Position};
 pub use gate::Gate;
 use retry::{backoff, classify, Decision};
@@ -132,6 +133,7 @@ impl Jitter {
 
 /// One sender worker: runs until `rx` closes. After `stop` is set it sends nothing more
 /// and acknowledges the rest as skipped. `inputs` names the sources in reject lines.
+#[allow(clippy::too_many_arguments)] // one call site (pipeline.rs); all of it is shared state
 pub fn worker(
     rx: Receiver<Work>,
     acks: Sender<Ack>,
@@ -140,6 +142,7 @@ pub fn worker(
     policy: RetryPolicy,
     stop: &AtomicBool,
     inputs: &[Arc<InputInfo>],
+    progress: &Progress,
 ) {
     let mut s = Poster {
         transport,
@@ -147,6 +150,7 @@ pub fn worker(
         policy,
         stop,
         jitter: Jitter::new(),
+        progress,
     };
     for work in rx {
         let ack = deliver(work, &mut s, inputs);
@@ -184,6 +188,9 @@ struct Poster<'a> {
     policy: RetryPolicy,
     stop: &'a AtomicBool,
     jitter: Jitter,
+    /// Counts retries and 429s as they happen (for the progress line and the summary),
+    /// not when their request is finally acknowledged.
+    progress: &'a Progress,
 }
 
 impl Poster<'_> {
@@ -220,6 +227,7 @@ impl Poster<'_> {
                 } => {
                     if throttled {
                         ack.throttled += 1;
+                        self.progress.throttled();
                         self.gate.pause(after.unwrap_or(DEFAULT_THROTTLE_PAUSE));
                     }
                     if attempt >= self.policy.max_retries {
@@ -240,6 +248,7 @@ impl Poster<'_> {
                     // backoff sent no retry.
                     ack.retries += 1;
                     ack.no_answer += u32::from(!answered);
+                    self.progress.retried(!answered);
                 }
             }
         }
@@ -531,12 +540,14 @@ mod tests {
     fn run(fake: &Fake, w: Work) -> Ack {
         let gate = Gate::new(None, None);
         let stop = AtomicBool::new(false);
+        let progress = Progress::hidden();
         let mut p = Poster {
             transport: fake,
             gate: &gate,
             policy: policy(),
             stop: &stop,
             jitter: Jitter::new(),
+            progress: &progress,
         };
         deliver(w, &mut p, &[])
     }
