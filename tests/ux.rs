@@ -48,6 +48,15 @@ fn run_events(dir: &Path, input: &Path) -> Command {
     c
 }
 
+/// Sends SIGINT to `pid`, as Ctrl-C would.
+fn interrupt(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill -INT {pid}");
+}
+
 fn summary(p: &Path) -> Summary {
     serde_json::from_slice(&std::fs::read(p).expect("the summary JSON was written"))
         .expect("the summary JSON parses as a Summary")
@@ -704,11 +713,7 @@ fn exit_codes_zero_and_three_and_interrupt_130() {
         .unwrap();
     let started = Instant::now();
     std::thread::sleep(Duration::from_millis(1200));
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    interrupt(child.id());
     let out: Output = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert!(
@@ -770,18 +775,11 @@ fn a_second_interrupt_stops_at_once_with_a_message_and_the_run_resumes() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let interrupt = || {
-            let ok = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(ok.success());
-        };
         std::thread::sleep(Duration::from_millis(1500));
-        interrupt();
+        interrupt(child.id());
         std::thread::sleep(Duration::from_millis(300));
         let second = Instant::now();
-        interrupt();
+        interrupt(child.id());
         let out: Output = child.wait_with_output().unwrap();
         (out, second.elapsed())
     };
@@ -882,11 +880,7 @@ fn a_drain_timeout_says_what_was_delivered_and_how_to_go_on() {
             .unwrap();
         std::thread::sleep(Duration::from_millis(1500));
         let signalled = Instant::now();
-        let ok = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        interrupt(child.id());
         let out = child.wait_with_output().unwrap();
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(130), "{err}");
@@ -1010,11 +1004,7 @@ fn throttling_is_counted_even_when_no_request_finishes() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let ok = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    interrupt(child.id());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     let stats = server.shutdown();
