@@ -497,21 +497,28 @@ impl RunArgs {
             ));
         }
         let keeps_checkpoint = !self.dry_run && !self.no_checkpoint;
+        // (flag, path, written, written only at the end)
         let own_files = [
-            ("--rejects", Some(&self.rejects), true),
-            ("--checkpoint", Some(&self.checkpoint), keeps_checkpoint),
-            ("--output", self.output.as_ref(), true),
-            ("--local-record", self.local_record.as_ref(), true),
-            ("--summary-json", self.summary_json.as_ref(), true),
-            ("--report", self.report.as_ref(), true),
-            ("--api-key-file", self.api_key_file.as_ref(), false),
+            ("--rejects", Some(&self.rejects), true, false),
+            (
+                "--checkpoint",
+                Some(&self.checkpoint),
+                keeps_checkpoint,
+                false,
+            ),
+            ("--output", self.output.as_ref(), true, false),
+            ("--local-record", self.local_record.as_ref(), true, false),
+            ("--summary-json", self.summary_json.as_ref(), true, true),
+            ("--report", self.report.as_ref(), true, true),
+            ("--api-key-file", self.api_key_file.as_ref(), false, false),
         ]
         .into_iter()
-        .filter_map(|(flag, p, written)| {
+        .filter_map(|(flag, p, written, at_end)| {
             p.map(|p| config::OwnFile {
                 flag,
                 path: p.clone(),
                 written,
+                at_end,
             })
         })
         .collect();

@@ -212,6 +212,9 @@ pub struct OwnFile {
     pub flag: &'static str,
     pub path: PathBuf,
     pub written: bool,
+    /// Written only as the run ends (its summary and report): an earlier run's copy is
+    /// removed at the start, so it never passes for this run's.
+    pub at_end: bool,
 }
 
 #[cfg(test)]

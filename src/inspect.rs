@@ -304,9 +304,7 @@ impl ColumnProfile {
 }
 
 fn iso(ms: UnixMillis) -> String {
-    let mut v = Vec::with_capacity(26);
-    timestamp::write_iso_millis(&mut v, ms.max(0));
-    String::from_utf8_lossy(&v).trim_matches('"').to_string()
+    timestamp::iso_millis(ms.max(0))
 }
 
 fn profile_rows<R: Row>(
@@ -461,7 +459,6 @@ impl fmt::Display for Profile {
     }
 }
 
-/// The first column whose lower-cased name is one of `names`.
 /// The first column with one of `names` (any case) that can hold an id or a name: text
 /// or numbers, not objects, booleans or nothing at all.
 fn pick<'a>(p: &'a Profile, names: &[&str]) -> Option<&'a ColumnProfile> {

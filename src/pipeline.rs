@@ -64,11 +64,7 @@ pub fn run_with_progress(
         .map_err(RunError::Config)?;
     // An earlier run's summary or report must not pass for this run's when this one ends
     // without writing them (a refused configuration, a second Ctrl-C, a crash).
-    for f in cfg
-        .own_files
-        .iter()
-        .filter(|f| f.written && matches!(f.flag, "--summary-json" | "--report"))
-    {
+    for f in cfg.own_files.iter().filter(|f| f.at_end) {
         if std::fs::metadata(&f.path).is_ok_and(|m| m.is_file()) {
             let _ = std::fs::remove_file(&f.path);
         }
@@ -302,22 +298,17 @@ pub fn run_with_progress(
                 let permit = has_body
                     && checkpointing
                     && win.acquire(|| st.load(Ordering::Relaxed) || is_halted());
-                if is_halted() {
-                    if permit {
-                        win.release(1);
-                    }
-                    continue;
-                }
                 // The senders may all be stuck in requests (a drain that times out):
                 // wait for room only until an interrupt.
-                let handed = loop {
-                    match gated_tx.send_timeout(w, std::time::Duration::from_millis(50)) {
-                        Ok(()) => break true,
-                        Err(SendTimeoutError::Timeout(_)) if is_halted() => break false,
-                        Err(SendTimeoutError::Timeout(back)) => w = back,
-                        Err(SendTimeoutError::Disconnected(_)) => return,
-                    }
-                };
+                let handed = !is_halted()
+                    && loop {
+                        match gated_tx.send_timeout(w, std::time::Duration::from_millis(50)) {
+                            Ok(()) => break true,
+                            Err(SendTimeoutError::Timeout(_)) if is_halted() => break false,
+                            Err(SendTimeoutError::Timeout(back)) => w = back,
+                            Err(SendTimeoutError::Disconnected(_)) => return,
+                        }
+                    };
                 if !handed {
                     if permit {
                         win.release(1);
@@ -433,20 +424,13 @@ pub fn run_with_progress(
     }
     if let Some(why) = fatal {
         summary.outcome = "failed".into();
-        let (calls, requests) = outcome.beyond;
         let again = if durable.is_some() {
             "The checkpoint stays before this request; the same command resumes from there"
         } else {
             "No checkpoint was kept: a rerun starts from the beginning"
         };
-        let beyond = if calls > 0 {
-            format!(
-                " ({calls} calls in {requests} request{} sent after it were accepted, and are counted as delivered; they are sent again then, with the messageIds they had, so the API can drop the repeats)",
-                if requests == 1 { "" } else { "s" }
-            )
-        } else {
-            String::new()
-        };
+        let beyond = resent_beyond(outcome.beyond, "sent after it")
+            .map_or_else(String::new, |b| format!(" ({b})"));
         return Err(RunError::Partial {
             summary: Box::new(summary),
             cause: format!("{why}. {again}{beyond}"),
@@ -633,6 +617,18 @@ fn fill_summary(summary: &mut Summary, totals: PackTotals, progress: &Progress) 
         .saturating_sub(summary.calls_delivered + refused);
 }
 
+/// Says that `beyond` (calls, requests) was accepted past a request that did not finish
+/// (`after` says where), counted as delivered, and is sent again on resume; `None` when
+/// there is none.
+fn resent_beyond((calls, requests): (u64, u64), after: &str) -> Option<String> {
+    (calls > 0).then(|| {
+        format!(
+            "{calls} calls in {requests} request{} {after} were accepted, and are counted as delivered; a resume sends them again, with the messageIds they had, so the API can drop the repeats",
+            if requests == 1 { "" } else { "s" }
+        )
+    })
+}
+
 /// What the rejects file holds: the earlier runs' lines and the ones this run wrote for
 /// acknowledged work. A run that stops early has found more bad rows than that
 /// (`rows_rejected`); the rest are found again when it resumes.
@@ -679,15 +675,8 @@ fn abandon(
         .or_else(|| outcome.io_error.clone())
         .or_else(|| read.err().map(|e| e.to_string()))
         .or_else(|| totals.as_ref().and_then(|t| t.failed.clone()));
-    let (calls, requests) = outcome.beyond;
-    let again = if calls > 0 {
-        format!(
-            "; {calls} calls in {requests} request{} accepted after the first hanging one are counted as delivered, and are sent again too, with the messageIds they had",
-            if requests == 1 { "" } else { "s" }
-        )
-    } else {
-        String::new()
-    };
+    let again = resent_beyond(outcome.beyond, "after the first hanging one")
+        .map_or_else(String::new, |b| format!("; {b}"));
     let next = if cfg.checkpoint.is_some() {
         format!("the checkpoint is up to date: rerun the same command to resume (the requests still in flight are sent again{again})")
     } else {

@@ -426,7 +426,6 @@ impl Progress {
         self.forwarded.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// One acknowledgement, in whatever order they arrive.
     /// A retry about to be sent (`no_answer`: the attempt before it got none). Counted
     /// as it happens, so a storm of 429s or 5xx shows at once, and so the summary counts
     /// the retries of requests that never finished too.
@@ -447,6 +446,7 @@ impl Progress {
         (st.retries, st.throttled, st.retries_no_answer)
     }
 
+    /// One acknowledgement, in whatever order they arrive.
     pub fn ack(&self, ack: &Ack) {
         let max_req = lock(&self.layout).max_request_bytes.max(1);
         let mut st = lock(&self.state);

@@ -85,12 +85,6 @@ pub struct Report {
     pub first_rejects: Vec<String>,
 }
 
-fn iso(ms: UnixMillis) -> String {
-    let mut v = Vec::with_capacity(26);
-    timestamp::write_iso_millis(&mut v, ms);
-    String::from_utf8_lossy(&v).trim_matches('"').to_string()
-}
-
 /// The event time of an encoded call: its top-level `"timestamp"`, which the encoder
 /// writes before any payload (so the first match is the top-level one; a `"` inside a
 /// string value is always escaped, so the pattern cannot start inside one).
@@ -141,6 +135,7 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
             flag,
             path: p.to_path_buf(),
             written: true,
+            at_end: false,
         })
     })
     .collect();
@@ -282,8 +277,8 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
     tally.packed(&mut closed).map_err(io_err)?;
     let mut report = tally.report;
     if let Some((lo, hi)) = tally.ts {
-        report.first_timestamp = Some(iso(lo));
-        report.last_timestamp = Some(iso(hi));
+        report.first_timestamp = Some(timestamp::iso_millis(lo));
+        report.last_timestamp = Some(timestamp::iso_millis(hi));
     }
     if let Some(mut w) = out_file {
         w.flush().map_err(io_err)?;
@@ -393,7 +388,7 @@ mod tests {
     fn the_top_level_timestamp_is_found_and_sizes_bucket_by_power_of_two() {
         let c = br#"{"type":"track","messageId":"m","userId":"u","event":"e","timestamp":"2024-03-05T10:20:30.000Z","properties":{"timestamp":"x"}}"#;
         assert_eq!(
-            call_timestamp(c).map(iso).as_deref(),
+            call_timestamp(c).map(timestamp::iso_millis).as_deref(),
             Some("2024-03-05T10:20:30.000Z")
         );
         assert_eq!(call_timestamp(br#"{"type":"identify"}"#), None);

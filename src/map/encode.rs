@@ -904,11 +904,7 @@ fn write_column(
             match c.ty {
                 ColType::Int => json::write_i64(out, ms),
                 _ => {
-                    check_range(ms, c, opts, || {
-                        let mut v = Vec::new();
-                        timestamp::write_iso_millis(&mut v, ms);
-                        String::from_utf8_lossy(&v).trim_matches('"').to_string()
-                    })?;
+                    check_range(ms, c, opts, || timestamp::iso_millis(ms))?;
                     timestamp::write_iso_millis(out, ms);
                 }
             }
@@ -976,9 +972,13 @@ fn write_number_field(
             let t = text();
             // As for CSV text under `auto`: an integer of more than 15 significant digits
             // goes as a string, since JSON readers that hold numbers as doubles (the
-            // API's among them) would round it (1234567890123456789 → ...800).
-            let integer = t.bytes().all(|b| b.is_ascii_digit() || b == b'-');
-            if c.ty == ColType::Auto && integer && significant_digits(t.as_bytes()) > 15 {
+            // API's among them) would round it (1234567890123456789 → ...800). Only a
+            // text of 16 bytes or more can be one, so most numbers skip the scan.
+            if c.ty == ColType::Auto
+                && t.len() > 15
+                && t.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+                && significant_digits(t.as_bytes()) > 15
+            {
                 json::write_str(out, &t);
             } else {
                 out.extend_from_slice(t.as_bytes());

@@ -457,6 +457,13 @@ fn put_minute(b: &mut [u8; 26], [y, mo, d, h, mi]: [i64; 5]) {
     }
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.sssZ` (no quotes), for messages and reports; years 0 to 9999.
+pub fn iso_millis(ms: UnixMillis) -> String {
+    let mut v = Vec::with_capacity(26);
+    write_iso_millis(&mut v, ms);
+    String::from_utf8_lossy(&v).trim_matches('"').to_string()
+}
+
 /// Appends `"YYYY-MM-DDTHH:MM:SS.sssZ"` (with quotes) for a non-negative instant.
 pub fn write_iso_millis(out: &mut Vec<u8>, ms: UnixMillis) {
     let secs = ms.div_euclid(1000);

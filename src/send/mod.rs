@@ -78,11 +78,6 @@ pub enum AckResult {
 pub struct Ack {
     pub work: Work,
     pub result: AckResult,
-    pub retries: u32,
-    pub throttled: u32,
-    /// Of `retries`, those after an attempt that got no answer (a dropped connection, a
-    /// timeout); the rest followed a 429 or a 5xx.
-    pub no_answer: u32,
     /// Calls the server accepted (all of them unless strict mode refused some).
     pub delivered_calls: u32,
     /// Reject lines for calls the server refused as invalid (strict mode), NDJSON.
@@ -195,7 +190,7 @@ struct Poster<'a> {
 
 impl Poster<'_> {
     /// Posts `body` (of `calls` calls) through the gate, retrying as `classify` says.
-    fn send(&mut self, path: &str, body: &Arc<Vec<u8>>, calls: u32, ack: &mut Ack) -> Sent {
+    fn send(&mut self, path: &str, body: &Arc<Vec<u8>>, calls: u32) -> Sent {
         let wire = if self.policy.gzip {
             match gzip(body) {
                 Ok(z) => Arc::new(z),
@@ -226,7 +221,6 @@ impl Poster<'_> {
                     why,
                 } => {
                     if throttled {
-                        ack.throttled += 1;
                         self.progress.throttled();
                         self.gate.pause(after.unwrap_or(DEFAULT_THROTTLE_PAUSE));
                     }
@@ -246,8 +240,6 @@ impl Poster<'_> {
                     }
                     // Counted once it is about to go: a run that stops during the
                     // backoff sent no retry.
-                    ack.retries += 1;
-                    ack.no_answer += u32::from(!answered);
                     self.progress.retried(!answered);
                 }
             }
@@ -269,9 +261,6 @@ fn deliver(work: Work, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> Ack {
     let mut ack = Ack {
         work,
         result: AckResult::Skipped,
-        retries: 0,
-        throttled: 0,
-        no_answer: 0,
         delivered_calls: 0,
         server_rejects: Vec::new(),
         accepted_requests: 0,
@@ -282,7 +271,7 @@ fn deliver(work: Work, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> Ack {
         return ack;
     };
     let path = ack.work.path;
-    let why = match s.send(path, &body, ack.work.calls, &mut ack) {
+    let why = match s.send(path, &body, ack.work.calls) {
         Sent::Accepted => {
             ack.result = AckResult::Delivered;
             ack.delivered_calls = ack.work.calls;
@@ -297,7 +286,7 @@ fn deliver(work: Work, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> Ack {
         }
         Sent::Refused(why) => why,
     };
-    // Borrowed by the split while `ack` counts the attempts; put back below.
+    // Borrowed by the split while `ack` counts the pieces accepted; put back below.
     let call_ends = std::mem::take(&mut ack.work.call_ends);
     let origins = std::mem::take(&mut ack.work.origins);
     let Some(split) = Split::new(&body, &call_ends, origins.len()) else {
@@ -415,7 +404,7 @@ impl Bisect<'_> {
             Some(why) => why,
             None => {
                 let body = Arc::new(self.split.body(r.clone()));
-                match s.send(self.path, &body, r.len() as u32, ack) {
+                match s.send(self.path, &body, r.len() as u32) {
                     Sent::Accepted => {
                         self.delivered += r.len() as u32;
                         ack.accepted_requests += 1;
@@ -538,16 +527,20 @@ mod tests {
     }
 
     fn run(fake: &Fake, w: Work) -> Ack {
+        run_counted(fake, w, &Progress::hidden())
+    }
+
+    /// As `run`, counting retries and 429s into `progress`.
+    fn run_counted(fake: &Fake, w: Work, progress: &Progress) -> Ack {
         let gate = Gate::new(None, None);
         let stop = AtomicBool::new(false);
-        let progress = Progress::hidden();
         let mut p = Poster {
             transport: fake,
             gate: &gate,
             policy: policy(),
             stop: &stop,
             jitter: Jitter::new(),
-            progress: &progress,
+            progress,
         };
         deliver(w, &mut p, &[])
     }
@@ -616,7 +609,8 @@ mod tests {
             status: Some(503),
             posts: Mutex::new(Vec::new()),
         };
-        let ack = run(&fake, work(&[r#"{"n":0}"#]));
+        let progress = Progress::hidden();
+        let ack = run_counted(&fake, work(&[r#"{"n":0}"#]), &progress);
         let AckResult::Failed(why) = &ack.result else {
             panic!("{:?}", ack.result)
         };
@@ -624,7 +618,8 @@ mod tests {
             why.contains("HTTP 503") && why.contains("3 attempts"),
             "{why}"
         );
-        assert_eq!(ack.retries, 2);
+        let (retries, _, _) = progress.attempts();
+        assert_eq!(retries, 2);
         assert_eq!(ack.delivered_calls, 0);
         assert_eq!(fake.posts.lock().unwrap().len(), 3);
     }
