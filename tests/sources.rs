@@ -389,7 +389,7 @@ fn damaged_inputs_stop_with_an_error_naming_the_file_after_the_rows_before_it() 
 /// Reads an input through the source API until it fails: rows read, and the error.
 fn rows_until_error(path: &Path) -> (usize, String) {
     let opts = SourceOptions::default();
-    let info = source::discover(&[path.to_path_buf()], "", &opts).unwrap()[0].clone();
+    let info = source::discover(&[path.to_path_buf()], &opts).unwrap()[0].clone();
     let mut opened = source::open(&info, &opts).unwrap();
     let mut chunk = opened.new_chunk(&info);
     let mut rows = 0;
@@ -461,7 +461,7 @@ fn check_resume(path: &Path, format: Format) {
         format: Some(format),
         ..SourceOptions::default()
     };
-    let info = source::discover(&[path.to_path_buf()], "", &opts).unwrap()[0].clone();
+    let info = source::discover(&[path.to_path_buf()], &opts).unwrap()[0].clone();
     let full = read_rows(&info, &mut source::open(&info, &opts).unwrap());
     assert_eq!(full.len(), 40, "{}", path.display());
     for k in [1usize, 6, 7, 15, 16, 17, 33, 39] {
@@ -521,7 +521,7 @@ fn open_at_resumes_every_format_exactly_at_the_row() {
 fn open_at_a_row_past_the_end_says_the_input_changed() {
     let opts = SourceOptions::default();
     for name in ["typed.csv", "typed.parquet"] {
-        let info = source::discover(&[fixture(name)], "", &opts).unwrap()[0].clone();
+        let info = source::discover(&[fixture(name)], &opts).unwrap()[0].clone();
         let pos = Position {
             input: 0,
             row: 1000,
