@@ -5,19 +5,15 @@
 //! body per line); the resume tests use the library's source API directly.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::sync::Arc;
 
 use cdp_backfill::source::{self, Format, InputInfo, Position, SourceOptions};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cdp-backfill");
+use common::fixture;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
+mod common;
 
 struct Run {
     out: Output,
@@ -40,7 +36,7 @@ fn run(dir: &Path, inputs: &[&str], mapping: &Path, extra: &[&str], stdin: Optio
     let output = dir.join("bodies.ndjson");
     let rejects = dir.join("rejects.ndjson");
     let _ = std::fs::remove_file(&output);
-    let mut cmd = Command::new(BIN);
+    let mut cmd = common::bin();
     cmd.arg("run")
         .args(inputs)
         .arg("--mapping")
@@ -605,7 +601,7 @@ fn csv_parsed_by_the_mappers_or_by_the_reader_gives_identical_output() {
     let outputs: Vec<(Vec<u8>, Vec<u8>)> = ["1", "4"]
         .iter()
         .map(|threads| {
-            let out = Command::new(BIN)
+            let out = common::bin()
                 .args(["run", "in.csv", "--mapping", "m.toml", "--dry-run"])
                 .args(["--output", "bodies.ndjson", "--rejects", "rejects.ndjson"])
                 .args(["--chunk-rows", "100", "--no-checkpoint", "--quiet"])
