@@ -214,6 +214,7 @@ pub fn run(
         progress,
         spares.clone(),
         (concurrency * 2).min(QUEUE_AHEAD),
+        Box::new(|_| {}),
     );
     // Requests sent but not yet covered by a durable checkpoint: what a crash can replay.
     let window = Arc::new(Window::new(2 * concurrency));
@@ -389,6 +390,7 @@ impl Front {
         progress: &Arc<Progress>,
         spares: Spares,
         queue: usize,
+        mut tap: Box<dyn FnMut(&Mapped) + Send>,
     ) -> (Front, Receiver<Request>) {
         // Chunks (and mapped buffers) in flight. Four per mapper thread keep a thread that
         // is descheduled mid-chunk from stalling the in-order packer and, behind it, every
@@ -447,7 +449,14 @@ impl Front {
         });
         let limits = plan.limits;
         let packer = std::thread::spawn(move || {
-            stage::pack(mapped, free_mapped_tx, requests_tx, limits, spares)
+            stage::pack(
+                mapped,
+                free_mapped_tx,
+                requests_tx,
+                limits,
+                spares,
+                &mut *tap,
+            )
         });
         (Front { reader, packer }, requests)
     }
