@@ -700,8 +700,13 @@ impl log::Log for StderrLogger {
             r.args()
         );
         match lock(&ACTIVE).as_ref() {
-            Some(pb) => pb.suspend(|| eprintln!("{line}")),
-            None => eprintln!("{line}"),
+            // A closed stderr loses the line and stops nothing.
+            Some(pb) => pb.suspend(|| {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }),
+            None => {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
         }
     }
 
