@@ -286,6 +286,21 @@ pub struct RunArgs {
     /// Ignore an existing checkpoint and start from the beginning.
     #[arg(long)]
     pub restart: bool,
+    /// Read only shard K of N (0 <= K < N): a contiguous part of the inputs, balanced by
+    /// bytes; each shard keeps its own checkpoint and rejects file (named after the
+    /// shard), and takes 1/N of --rate and --events-rate. The messageIds are those of a
+    /// single run.
+    #[arg(long, value_name = "K/N", value_parser = shard_arg)]
+    pub shard: Option<config::Shard>,
+    /// With --checkpoint in object storage: seconds its checkpoint must stay unchanged
+    /// before another process takes the backfill over (the holder writes it every third
+    /// of that; a run that ends releases it at once).
+    #[arg(long, default_value_t = config::DEFAULT_LEASE_TTL.as_secs_f64(), value_name = "SECS")]
+    pub lease_ttl: f64,
+    /// The exit code of a run that finished with rejected rows (default 3). A Kubernetes
+    /// Job would retry a pod that exits 3: give 0 there (`status` still shows the rejects).
+    #[arg(long, default_value_t = EXIT_REJECTS, value_name = "CODE")]
+    pub rejects_exit_code: u8,
     /// After Ctrl-C or SIGTERM, seconds to let requests in flight finish.
     #[arg(long, default_value_t = config::DEFAULT_DRAIN_TIMEOUT.as_secs_f64(), value_name = "SECS")]
     pub drain_timeout: f64,
@@ -360,6 +375,35 @@ fn per_second(s: &str) -> Result<u32, String> {
         .map_err(|_| "expected a whole number per second, such as 500".to_string())
 }
 
+fn shard_arg(s: &str) -> Result<config::Shard, String> {
+    config::Shard::parse(s)
+}
+
+/// The default `--rejects` path.
+const DEFAULT_REJECTS: &str = "cdp-backfill.rejects.ndjson";
+
+/// Shard `s`'s own copy of a path: inside a directory (a path ending in `/`, or one
+/// that is a directory) as `shard-K-of-N.NAME`, else the file name with the shard before
+/// its extension (`cdp-backfill.checkpoint.json` → `cdp-backfill.checkpoint.shard-0001-of-0004.json`).
+pub fn shard_path(path: &std::path::Path, s: config::Shard, name: &str) -> PathBuf {
+    let text = path.to_string_lossy();
+    if text.ends_with('/') || path.is_dir() {
+        return PathBuf::from(format!(
+            "{}/{}.{name}",
+            text.trim_end_matches('/'),
+            s.file_stem()
+        ));
+    }
+    let file = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let renamed = match file.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem}.{}.{ext}", s.file_stem()),
+        _ => format!("{file}.{}", s.file_stem()),
+    };
+    path.with_file_name(renamed)
+}
+
 /// A user mistake found while building the config.
 #[derive(Debug)]
 pub struct UsageError(pub String);
@@ -429,6 +473,8 @@ pub struct RunPlan {
     pub src: SourceOptions,
     pub progress: ProgressOptions,
     outputs: RunOutputs,
+    /// The exit code of a run that finished with rejects.
+    rejects_exit: u8,
 }
 
 impl RunArgs {
@@ -541,16 +587,52 @@ impl RunArgs {
                 "--events-rate must be at least 1 call per second".into(),
             ));
         }
+        // A shard takes its share of the workspace's budgets, and files of its own.
+        let (mut rate, mut events_rate) = (self.rate, self.events_rate);
+        let (mut checkpoint, mut rejects) = (self.checkpoint.clone(), self.rejects.clone());
+        if let Some(s) = self.shard {
+            let share = |flag: &str, total: u32| {
+                s.share(total).ok_or_else(|| {
+                    UsageError(format!(
+                        "{flag} {total} is the whole workspace's budget, shared by {} shards: it must be at least {}, one per shard",
+                        s.n, s.n
+                    ))
+                })
+            };
+            rate = share("--rate", rate)?;
+            events_rate = events_rate.map(|e| share("--events-rate", e)).transpose()?;
+            let in_dir = self.checkpoint.to_string_lossy().ends_with('/') || self.checkpoint.is_dir();
+            rejects = if self.rejects == std::path::Path::new(DEFAULT_REJECTS) && in_dir {
+                shard_path(&self.checkpoint, s, "rejects.ndjson")
+            } else {
+                shard_path(&self.rejects, s, "rejects.ndjson")
+            };
+            checkpoint = shard_path(&self.checkpoint, s, "checkpoint.json");
+        }
+        // State in object storage: a prefix holds the checkpoint, and the rejects go
+        // beside it as numbered parts under a prefix of their own.
+        let state_url = crate::source::remote::is_object_url(&checkpoint.to_string_lossy());
+        if state_url {
+            let c = checkpoint.to_string_lossy().into_owned();
+            if c.ends_with('/') {
+                checkpoint = PathBuf::from(format!("{c}checkpoint.json"));
+            }
+            if self.rejects == std::path::Path::new(DEFAULT_REJECTS) {
+                let c = checkpoint.to_string_lossy().into_owned();
+                let stem = c.strip_suffix(".json").unwrap_or(&c);
+                let stem = stem.strip_suffix(".checkpoint").unwrap_or(stem);
+                let stem = stem.strip_suffix("/checkpoint").map_or_else(
+                    || stem.to_string(),
+                    |dir| format!("{dir}/"),
+                );
+                rejects = PathBuf::from(format!("{stem}{}rejects/", if stem.ends_with('/') { "" } else { "." }));
+            }
+        }
         let keeps_checkpoint = !self.dry_run && !self.no_checkpoint;
         // (flag, path, written, written only at the end)
         let own_files = [
-            ("--rejects", Some(&self.rejects), true, false),
-            (
-                "--checkpoint",
-                Some(&self.checkpoint),
-                keeps_checkpoint,
-                false,
-            ),
+            ("--rejects", Some(&rejects), true, false),
+            ("--checkpoint", Some(&checkpoint), keeps_checkpoint, false),
             ("--output", self.output.as_ref(), true, false),
             ("--local-record", self.local_record.as_ref(), true, false),
             ("--summary-json", self.summary_json.as_ref(), true, true),
@@ -573,16 +655,16 @@ impl RunArgs {
             mapping_path: self.mapping,
             endpoint,
             api_key,
-            rate_per_sec: self.rate,
+            rate_per_sec: rate,
             concurrency: self.concurrency,
             limits,
-            rejects_path: self.rejects,
+            rejects_path: rejects,
             dry_run: self.dry_run,
             output: self.output,
             max_retries: self.max_retries,
             backoff_base,
             backoff_cap,
-            events_rate_per_sec: self.events_rate,
+            events_rate_per_sec: events_rate,
             gzip: self.gzip,
             connect_timeout: secs("connect-timeout", self.connect_timeout)?,
             request_timeout: secs("request-timeout", self.request_timeout)?,
@@ -591,17 +673,23 @@ impl RunArgs {
             max_record_bytes: self.max_record_bytes,
             local_record: self.local_record,
             sent_at: self.sent_at.is_some(),
-            checkpoint: keeps_checkpoint.then_some(self.checkpoint),
+            checkpoint: keeps_checkpoint.then_some(checkpoint),
             restart: self.restart,
             checkpoint_interval: secs("checkpoint-interval", self.checkpoint_interval)?,
             drain_timeout: secs("drain-timeout", self.drain_timeout)?,
             quiet: self.quiet,
+            shard: self.shard,
+            lease_ttl: match secs("lease-ttl", self.lease_ttl)? {
+                d if d >= Duration::from_secs(1) => d,
+                _ => return Err(UsageError("--lease-ttl must be at least 1 second".into())),
+            },
         };
         Ok(RunPlan {
             cfg,
             src,
             progress,
             outputs,
+            rejects_exit: self.rejects_exit_code,
         })
     }
 }
@@ -730,6 +818,7 @@ fn run(plan: RunPlan) -> ExitCode {
         src,
         progress,
         outputs,
+        rejects_exit,
     } = plan;
     // What a second Ctrl-C prints, written now: the handler may not allocate.
     let second = match &cfg.checkpoint {
@@ -815,7 +904,7 @@ fn run(plan: RunPlan) -> ExitCode {
     match (err, summary) {
         (Some((code, msg)), _) => fail(code, &msg),
         (None, Some(s)) if s.rows_rejected_total.max(s.rows_rejected) > 0 => {
-            ExitCode::from(EXIT_REJECTS)
+            ExitCode::from(rejects_exit)
         }
         _ => ExitCode::from(EXIT_OK),
     }
@@ -834,7 +923,22 @@ fn serve(cfg: ServeConfig) -> ExitCode {
 
 /// `status`: what a checkpoint says.
 fn status(args: StatusArgs) -> ExitCode {
-    match crate::checkpoint::load(&args.checkpoint) {
+    let loaded = match args.checkpoint.is_dir() {
+        true => Ok(None),
+        false => crate::checkpoint::load(&args.checkpoint),
+    };
+    // A sharded backfill: its shards' checkpoints in the directory, or beside the path.
+    if let Ok(None) = loaded {
+        match crate::checkpoint::find_shards(&args.checkpoint) {
+            Ok(shards) if !shards.is_empty() => {
+                return print_out(&crate::checkpoint::describe_shards(&shards))
+                    .map_or_else(|e| e, |()| ExitCode::from(EXIT_OK));
+            }
+            Ok(_) => {}
+            Err(e) => return fail(EXIT_FAILURE, &e.to_string()),
+        }
+    }
+    match loaded {
         Ok(Some(cp)) => print_out(&crate::checkpoint::describe(&cp))
             .map_or_else(|e| e, |()| ExitCode::from(EXIT_OK)),
         Ok(None) => fail(

@@ -80,6 +80,7 @@ impl RunError {
         match self {
             RunError::Mapping(_) | RunError::Compile(_) | RunError::Overwrite(_) => true,
             RunError::Checkpoint(e) => e.is_usage(),
+            RunError::Source(SourceError::Remote(e)) => e.is_usage(),
             _ => false,
         }
     }

@@ -39,17 +39,20 @@ use crossbeam_channel::{bounded, unbounded, Receiver, SendTimeoutError, Sender};
 
 use crate::checkpoint::collect::{CollectOutcome, Collector};
 use crate::checkpoint::durable::Durable;
-use crate::checkpoint::{self, rejects, window::Window};
+use crate::checkpoint::{self, rejects, window::Window, CheckpointError};
 use crate::config::{Endpoint, Limits, RunConfig};
 use crate::error::RunError;
 use crate::map::compile::{compile, CompiledMapping};
 use crate::map::encode::{map_chunk, EncodeOptions, Mapped};
+use crate::map::message_id;
 use crate::map::spec::MappingSpec;
 use crate::pack::{stage, PackTotals, Packer, Request, Spares};
 use crate::progress::Progress;
 use crate::send::transport::{DryRunTransport, HttpTransport, Transport};
 use crate::send::{self, Ack, Attempts, Delivery, Gate, RetryPolicy};
 use crate::source::read::Reading;
+use crate::source::remote::ObjectRuntime;
+use crate::source::shard::Stop;
 use crate::source::{self, Chunk, InputInfo, Position, SourceError, SourceOptions};
 use crate::summary::{Outcome, Summary};
 
@@ -80,7 +83,13 @@ pub fn run(
     // Never read as inputs: what the run writes, its mapping and its API key file.
     let own: Vec<PathBuf> = cfg.own_files.iter().map(|f| f.path.clone()).collect();
     let own = [own, vec![cfg.mapping_path.clone()]].concat();
-    let inputs = source::discover_excluding(&cfg.inputs, src, &own)?;
+    let objects = object_runtime(
+        cfg.inputs
+            .iter()
+            .chain(cfg.checkpoint.iter())
+            .map(PathBuf::as_path),
+    )?;
+    let inputs = source::discover_excluding(&cfg.inputs, src, &own, objects.as_ref())?;
     source::refuse_overwriting(&cfg.own_files, &inputs, Some(&cfg.mapping_path))?;
     // An earlier run's summary or report must not pass for this run's when this one ends
     // without writing them (a refused configuration, a second Ctrl-C, a crash).
@@ -89,24 +98,45 @@ pub fn run(
             let _ = std::fs::remove_file(&f.path);
         }
     }
-    let plan = Plan::new(&spec, inputs, src, cfg.limits, cfg.sent_at)?;
+    let mut plan = Plan::new(&spec, inputs, src, cfg.limits, cfg.sent_at)?;
     let ck = |e| RunError::Checkpoint(Box::new(e));
     if cfg.checkpoint.is_some() {
         rejects::refuse_unsyncable(&cfg.rejects_path).map_err(ck)?;
     } else {
         rejects::refuse_taking_unfinished(cfg).map_err(ck)?;
     }
+    // A shard reads from its start (scanned for on its first run only) to its stop.
+    let listed = plan.inputs.clone();
+    let shard_range = |find_start| match cfg.shard {
+        Some(s) => source::shard::range(&listed, src, s, find_start).map(Some),
+        None => Ok(None),
+    };
+    let stop = shard_range(false)?.and_then(|r| r.stop);
+    let first_start = || -> Result<Position, SourceError> {
+        Ok(shard_range(true)?.map_or_else(Position::default, |r| r.start))
+    };
     // A matching checkpoint says where to start; a mismatching one stops the run here.
-    let durable = Durable::open(cfg, src, &plan.inputs).map_err(ck)?;
+    let durable = Durable::open(cfg, src, &plan.inputs, objects.as_ref(), || {
+        first_start().map_err(|e| CheckpointError::Shard(e.to_string()))
+    })
+    .map_err(ck)?;
     // Held to the end of the run (a checkpoint holds its own): a second run of the same
     // command stops here.
     let _rejects_lock = match durable {
         Some(_) => None,
         None => rejects::lock_rejects(&cfg.rejects_path, true).map_err(ck)?,
     };
-    let start = durable
+    // A backfill started before content seeds goes on with the ids it started with.
+    if durable
         .as_ref()
-        .map_or_else(Position::default, |d| d.base.resume);
+        .is_some_and(|d| d.base.message_ids == checkpoint::IdScheme::Path)
+    {
+        plan.use_path_seeds(&spec);
+    }
+    let start = match &durable {
+        Some(d) => d.base.resume,
+        None => first_start()?,
+    };
     if let Some(d) = durable.as_ref().filter(|d| d.base.complete) {
         return Ok(Summary::already_complete(
             &d.path,
@@ -123,7 +153,14 @@ pub fn run(
     // Before the rejects file is touched: a run that cannot start its threads changes
     // nothing on disk.
     let mappers = Arc::new(mapper_pool().map_err(RunError::Threads)?);
-    let rejects_file = rejects::open(&cfg.rejects_path, rejects_len0).map_err(ck)?;
+    let rejects_file = match durable
+        .as_ref()
+        .and_then(|d| d.remote_rejects(&cfg.rejects_path, rejects_len0))
+    {
+        Some(parts) => parts,
+        None => rejects::open(&cfg.rejects_path, rejects_len0),
+    }
+    .map_err(ck)?;
 
     // --- where requests go: nowhere (a dry run), the built-in receiver, or a URL.
     let mut local = None;
@@ -206,7 +243,7 @@ pub fn run(
     let (front, packed) = Front::start(
         &plan,
         src,
-        start,
+        (start, stop),
         cfg.chunk_rows,
         &mappers,
         vec![delivery.stop.clone(), halt_reading.clone()],
@@ -276,7 +313,7 @@ pub fn run(
             && !outcome.interrupted
             && outcome.all_acknowledged;
         let rows = lock(&input_rows).clone();
-        d.store_as(
+        d.finish(
             outcome.watermark.unwrap_or(d.base.resume),
             outcome.rejects_len,
             &outcome.counters,
@@ -351,7 +388,11 @@ impl Plan {
         let mut mappings = Vec::with_capacity(inputs.len());
         for info in &inputs {
             let opened = source::open(info, src)?;
-            mappings.push(Arc::new(compile(spec, opened.schema(), &info.display)?));
+            let mut m = compile(spec, opened.schema(), &info.display)?;
+            if let Some(ends) = info.ends()? {
+                m.seed = message_id::content_seed(&spec.namespace, &ends);
+            }
+            mappings.push(Arc::new(m));
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let encode = Arc::new(EncodeOptions {
@@ -368,6 +409,37 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Seeds every input's messageIds from its path as given, as before content seeds
+    /// (a checkpoint that predates them).
+    pub fn use_path_seeds(&mut self, spec: &MappingSpec) {
+        let mappings: Vec<Arc<CompiledMapping>> = self
+            .mappings
+            .iter()
+            .zip(self.inputs.iter())
+            .map(|(m, info)| {
+                let mut m = CompiledMapping::clone(m);
+                m.seed = message_id::input_seed(&spec.namespace, &info.display);
+                Arc::new(m)
+            })
+            .collect();
+        self.mappings = mappings.into();
+    }
+}
+
+/// The object-store runtime, when any of `urls` (inputs, state) is in object storage.
+/// Its two worker threads are the run's, like every other thread: created here.
+pub(crate) fn object_runtime<'a>(
+    urls: impl IntoIterator<Item = &'a std::path::Path>,
+) -> Result<Option<Arc<ObjectRuntime>>, RunError> {
+    if !source::any_remote(urls) {
+        return Ok(None);
+    }
+    ObjectRuntime::new()
+        .map(|rt| Some(Arc::new(rt)))
+        .map_err(RunError::Spawn)
+}
+
 /// The stages before the senders: the reader, the mappers and the packer, on threads of
 /// their own. A run sends the requests they make; `validate` counts them.
 pub(crate) struct Front {
@@ -382,7 +454,7 @@ impl Front {
     pub fn start(
         plan: &Plan,
         src: &SourceOptions,
-        start: Position,
+        (start, stop): (Position, Option<Stop>),
         chunk_rows: usize,
         mappers: &Arc<rayon::ThreadPool>,
         halt: Vec<Arc<AtomicBool>>,
@@ -422,6 +494,7 @@ impl Front {
                 inputs: &inputs,
                 opts: &src,
                 start,
+                stop,
                 chunk_rows,
                 pool,
                 // The reader is the one serial stage. With three or more mapper threads

@@ -138,7 +138,8 @@ impl Calls {
 /// requests instead of sending them (so the counts are a dry run's); sends nothing.
 pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, RunError> {
     let spec = crate::map::load(&opts.mapping)?;
-    let inputs = source::discover(&opts.inputs, src)?;
+    let objects = crate::pipeline::object_runtime(opts.inputs.iter().map(|p| p.as_path()))?;
+    let inputs = source::discover_excluding(&opts.inputs, src, &[], objects.as_ref())?;
     let outputs: Vec<OwnFile> = [
         ("--output", opts.output.as_deref()),
         ("--report-json", opts.report_json.as_deref()),
@@ -172,7 +173,7 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
     let (front, requests) = Front::start(
         &plan,
         src,
-        Position::default(),
+        (Position::default(), None),
         opts.chunk_rows.max(1),
         &mappers,
         Vec::new(),

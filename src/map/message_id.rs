@@ -1,13 +1,34 @@
 //! Deterministic messageIds.
 //!
 //! `messageId = uuid_v8(xxh3_128(seed ‖ row ‖ call_index))`, where `seed` is derived from
-//! the mapping's namespace and the input's path as given. The same input, read by the same
-//! mapping, gives the same ids on every run, so a call replayed after a crash is the same
-//! call and the receiver can de-duplicate it.
+//! the mapping's namespace and the input's content identity ([`content_seed`]: its size
+//! and a hash of its first and last 64 KiB as stored). The same input, read by the same
+//! mapping, gives the same ids on every run, wherever it is read from (a local copy or
+//! object storage, any path or working directory), so a call replayed after a crash is
+//! the same call and the receiver can de-duplicate it. Two inputs with the very same
+//! bytes are the same data and share their ids.
+//!
+//! Standard input, which cannot be read twice, and checkpoints started before content
+//! seeds keep the path seed ([`input_seed`]).
 
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
-/// The per-input part of every messageId.
+use crate::source::Ends;
+
+/// The per-input part of every messageId, from the input's content identity.
+pub fn content_seed(namespace: &str, ends: &Ends) -> u64 {
+    let mut buf = Vec::with_capacity(namespace.len() + 3 + 8 + 32);
+    buf.extend_from_slice(namespace.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(b"v2");
+    buf.extend_from_slice(&ends.size.to_le_bytes());
+    buf.extend_from_slice(&xxh3_128(&ends.head).to_le_bytes());
+    buf.extend_from_slice(&xxh3_128(&ends.tail).to_le_bytes());
+    xxh3_64(&buf)
+}
+
+/// The per-input part of every messageId, from the input's path as given (standard
+/// input, and backfills whose checkpoint predates [`content_seed`]).
 pub fn input_seed(namespace: &str, input_path: &str) -> u64 {
     let mut buf = Vec::with_capacity(namespace.len() + input_path.len() + 1);
     buf.extend_from_slice(namespace.as_bytes());
@@ -74,6 +95,22 @@ mod tests {
         assert_ne!(a, message_id(input_seed("ns", "events.csv"), 0, 0));
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "8", "UUID version 8: {a}");
+    }
+
+    #[test]
+    fn content_seeds_follow_the_bytes_not_the_name() {
+        let ends = |size, head: &[u8], tail: &[u8]| Ends {
+            size,
+            head: head.to_vec(),
+            tail: tail.to_vec(),
+        };
+        let a = content_seed("", &ends(3, b"abc", b"abc"));
+        assert_eq!(a, content_seed("", &ends(3, b"abc", b"abc")));
+        assert_ne!(a, content_seed("ns", &ends(3, b"abc", b"abc")));
+        assert_ne!(a, content_seed("", &ends(4, b"abc", b"abc")));
+        assert_ne!(a, content_seed("", &ends(3, b"abd", b"abc")));
+        assert_ne!(a, content_seed("", &ends(3, b"abc", b"abd")));
+        insta::assert_snapshot!(message_id(content_seed("", &ends(3, b"abc", b"abc")), 41, 1), @"c41ef848-7e22-8b92-92b0-6eb72685b693");
     }
 
     #[test]
