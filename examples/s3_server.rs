@@ -22,9 +22,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let server = s3::Server::start();
-    server
-        .client()
-        .put_dir(std::path::Path::new(&args[1]), args[2].trim_end_matches('/'));
+    server.client().put_dir(
+        std::path::Path::new(&args[1]),
+        args[2].trim_end_matches('/'),
+    );
     println!("{}", server.endpoint());
     let secs: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3600);
     // Until stdin closes (the script that started it ends) or the time is up.

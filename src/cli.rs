@@ -601,7 +601,8 @@ impl RunArgs {
             };
             rate = share("--rate", rate)?;
             events_rate = events_rate.map(|e| share("--events-rate", e)).transpose()?;
-            let in_dir = self.checkpoint.to_string_lossy().ends_with('/') || self.checkpoint.is_dir();
+            let in_dir =
+                self.checkpoint.to_string_lossy().ends_with('/') || self.checkpoint.is_dir();
             rejects = if self.rejects == std::path::Path::new(DEFAULT_REJECTS) && in_dir {
                 shard_path(&self.checkpoint, s, "rejects.ndjson")
             } else {
@@ -621,11 +622,13 @@ impl RunArgs {
                 let c = checkpoint.to_string_lossy().into_owned();
                 let stem = c.strip_suffix(".json").unwrap_or(&c);
                 let stem = stem.strip_suffix(".checkpoint").unwrap_or(stem);
-                let stem = stem.strip_suffix("/checkpoint").map_or_else(
-                    || stem.to_string(),
-                    |dir| format!("{dir}/"),
-                );
-                rejects = PathBuf::from(format!("{stem}{}rejects/", if stem.ends_with('/') { "" } else { "." }));
+                let stem = stem
+                    .strip_suffix("/checkpoint")
+                    .map_or_else(|| stem.to_string(), |dir| format!("{dir}/"));
+                rejects = PathBuf::from(format!(
+                    "{stem}{}rejects/",
+                    if stem.ends_with('/') { "" } else { "." }
+                ));
             }
         }
         let keeps_checkpoint = !self.dry_run && !self.no_checkpoint;

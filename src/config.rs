@@ -159,7 +159,11 @@ impl Shard {
         let (k, n) = s
             .split_once('/')
             .ok_or_else(|| format!("--shard {s}: expected K/N, e.g. 0/4 (shards count from 0)"))?;
-        let num = |t: &str| t.trim().parse::<u32>().map_err(|_| format!("--shard {s}: {t:?} is not a number"));
+        let num = |t: &str| {
+            t.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("--shard {s}: {t:?} is not a number"))
+        };
         let (k, n) = (num(k)?, num(n)?);
         if n == 0 || k >= n {
             return Err(format!(

@@ -133,10 +133,13 @@ impl Extent {
         if info.format == Format::Parquet {
             // Known once the run opened the input (an object's footer is not read again).
             let known = info.parquet_groups.get();
-            let rows = known.map(|g| g.iter().map(|g| g.rows).sum()).or_else(|| match &info.object {
-                Some(_) => None,
-                None => parquet_rows(&info.path),
-            });
+            let rows =
+                known
+                    .map(|g| g.iter().map(|g| g.rows).sum())
+                    .or_else(|| match &info.object {
+                        Some(_) => None,
+                        None => parquet_rows(&info.path),
+                    });
             return match rows {
                 Some(rows) => Extent::Rows { size, rows },
                 None => Extent::Unknown(size),

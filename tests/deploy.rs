@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use clap::Parser;
 
 fn deploy(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(name)
 }
 
 /// The manifest's documents.
@@ -19,7 +21,8 @@ fn documents() -> Vec<serde_yaml::Value> {
 }
 
 fn s(v: &serde_yaml::Value) -> &str {
-    v.as_str().unwrap_or_else(|| panic!("expected a string, got {v:?}"))
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {v:?}"))
 }
 
 #[test]
@@ -70,7 +73,10 @@ fn the_job_is_an_indexed_job_whose_shards_match_its_completions() {
         "{checkpoint}: the state must survive the pod, as a prefix in object storage"
     );
     // Exit 3 (finished with rejects) would make the Job retry a finished shard.
-    assert!(args.iter().any(|a| a == "--rejects-exit-code=0"), "{args:?}");
+    assert!(
+        args.iter().any(|a| a == "--rejects-exit-code=0"),
+        "{args:?}"
+    );
     // The grace period outlasts the drain, so SIGTERM ends in a checkpoint.
     let drain: u64 = args
         .iter()
@@ -105,7 +111,11 @@ fn the_job_is_an_indexed_job_whose_shards_match_its_completions() {
 fn the_image_is_multi_stage_and_runs_the_binary_as_a_user_that_is_not_root() {
     let text = std::fs::read_to_string(deploy("Dockerfile")).unwrap();
     let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
-    assert_eq!(froms.len(), 2, "a build stage and a runtime stage: {froms:?}");
+    assert_eq!(
+        froms.len(),
+        2,
+        "a build stage and a runtime stage: {froms:?}"
+    );
     assert!(text.contains("--locked"), "the build uses Cargo.lock");
     let user = text
         .lines()

@@ -30,7 +30,12 @@ use common::{fixture, Workdir};
 use s3::{Proxy, Server};
 
 /// A dry run of `inputs`; its request bodies (one per line) and the process's output.
-fn dry_run(w: &Workdir, inputs: &[&str], mapping: &Path, endpoint: Option<&str>) -> (Output, String) {
+fn dry_run(
+    w: &Workdir,
+    inputs: &[&str],
+    mapping: &Path,
+    endpoint: Option<&str>,
+) -> (Output, String) {
     let out_file = w.path("bodies.ndjson");
     let _ = std::fs::remove_file(&out_file);
     let mut cmd = w.cmd();
@@ -68,7 +73,11 @@ fn export_dir(w: &Workdir) -> PathBuf {
         zstd::encode_all(&read("typed.ndjson")[..], 3).unwrap(),
     )
     .unwrap();
-    std::fs::write(dir.join("sub").join("part-0002.parquet"), read("typed.parquet")).unwrap();
+    std::fs::write(
+        dir.join("sub").join("part-0002.parquet"),
+        read("typed.parquet"),
+    )
+    .unwrap();
     std::fs::write(dir.join("_SUCCESS"), b"").unwrap();
     std::fs::write(dir.join(".part-0000.csv.gz.crc"), b"xx").unwrap();
     std::fs::write(dir.join("notes.md"), b"not an input").unwrap();
@@ -83,7 +92,10 @@ fn an_s3_prefix_gives_the_bodies_and_message_ids_of_a_local_run_of_the_same_file
     let c = server.client();
     c.put_dir(&dir, "export");
     // Neighbours a prefix must not reach: object keys are whole path segments.
-    c.put("export2/part-9.csv", std::fs::read(fixture("typed.csv")).unwrap());
+    c.put(
+        "export2/part-9.csv",
+        std::fs::read(fixture("typed.csv")).unwrap(),
+    );
     c.put("exportx.csv", std::fs::read(fixture("typed.csv")).unwrap());
 
     let (local, local_bodies) = dry_run(&w, &["export"], &fixture("typed.toml"), None);
@@ -98,25 +110,44 @@ fn an_s3_prefix_gives_the_bodies_and_message_ids_of_a_local_run_of_the_same_file
     assert_eq!(local_bodies.lines().count(), remote_bodies.lines().count());
     assert!(local_bodies.len() > 10_000);
     // Byte for byte: the same calls, in the same requests, under the same messageIds.
-    assert!(local_bodies == remote_bodies, "the S3 run's bodies differ from the local run's");
+    assert!(
+        local_bodies == remote_bodies,
+        "the S3 run's bodies differ from the local run's"
+    );
     // Every input was read: 3 parts x 39 valid rows (row 14 has no id).
     let calls: usize = remote_bodies
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["batch"].as_array().unwrap().len())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["batch"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
         .sum();
     assert_eq!(calls, 3 * 39);
     // The rejects name the object.
     let rejects = std::fs::read_to_string(w.path("rejects.ndjson")).unwrap();
-    assert!(rejects.contains("s3://exports/export/part-0000.csv.gz"), "{rejects}");
+    assert!(
+        rejects.contains("s3://exports/export/part-0000.csv.gz"),
+        "{rejects}"
+    );
 
     // The same objects named one by one, and by a glob, give the same bodies.
     let (by_glob, glob_bodies) = dry_run(
         &w,
-        &["s3://exports/export/part-*", "s3://exports/export/sub/*.parquet"],
+        &[
+            "s3://exports/export/part-*",
+            "s3://exports/export/sub/*.parquet",
+        ],
         &fixture("typed.toml"),
         Some(&server.endpoint()),
     );
-    assert_eq!(by_glob.status.code(), Some(3), "{}", common::stderr(&by_glob));
+    assert_eq!(
+        by_glob.status.code(),
+        Some(3),
+        "{}",
+        common::stderr(&by_glob)
+    );
     assert!(glob_bodies == local_bodies);
     // A prefix named without its slash reads as the prefix, as a local directory does.
     let (no_slash, bodies) = dry_run(
@@ -125,7 +156,12 @@ fn an_s3_prefix_gives_the_bodies_and_message_ids_of_a_local_run_of_the_same_file
         &fixture("typed.toml"),
         Some(&server.endpoint()),
     );
-    assert_eq!(no_slash.status.code(), Some(3), "{}", common::stderr(&no_slash));
+    assert_eq!(
+        no_slash.status.code(),
+        Some(3),
+        "{}",
+        common::stderr(&no_slash)
+    );
     assert!(bodies == local_bodies);
     // Nothing there: said, naming the URL.
     let (none, _) = dry_run(
@@ -154,7 +190,10 @@ fn plain_http_to_a_remote_endpoint_is_refused_before_any_request() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
     let err = common::stderr(&out);
-    assert!(err.contains("AWS_ALLOW_HTTP=true") && err.contains("192.0.2.1"), "{err}");
+    assert!(
+        err.contains("AWS_ALLOW_HTTP=true") && err.contains("192.0.2.1"),
+        "{err}"
+    );
 }
 
 /// A runtime and the objects of `url` on `endpoint`, as inputs.
@@ -192,7 +231,9 @@ fn a_resume_at_90_percent_of_a_plain_object_is_one_ranged_get_from_there() {
     let csv = w.generate("big.csv", 60_000, 11);
     let size = std::fs::metadata(&csv).unwrap().len();
     let server = Server::start();
-    server.client().put("big/events.csv", std::fs::read(&csv).unwrap());
+    server
+        .client()
+        .put("big/events.csv", std::fs::read(&csv).unwrap());
     let proxy = Proxy::start(server.addr);
     let (_rt, inputs) = objects(&proxy.endpoint(), "s3://exports/big/events.csv");
     let input = &inputs[0];
@@ -223,7 +264,8 @@ fn a_resume_at_90_percent_of_a_plain_object_is_one_ranged_get_from_there() {
         // The resume's GETs: the header's window from 0, and one from the offset on.
         let gets = proxy.faults.gets();
         assert!(
-            gets.iter().any(|g| g.contains(&format!("bytes={}-", at.offset))),
+            gets.iter()
+                .any(|g| g.contains(&format!("bytes={}-", at.offset))),
             "{gets:?}"
         );
     }
@@ -232,7 +274,10 @@ fn a_resume_at_90_percent_of_a_plain_object_is_one_ranged_get_from_there() {
     let (s, r) = (from_start[2], from_90[2]);
     eprintln!("first chunk: from the start {s:?}, resuming at 90% {r:?}");
     // A re-read of 90% of the object would take many times a start's time.
-    assert!(r < s * 3 + Duration::from_millis(50), "start {s:?}, resume {r:?}");
+    assert!(
+        r < s * 3 + Duration::from_millis(50),
+        "start {s:?}, resume {r:?}"
+    );
 
     // Read to the end from there: only the tail (and the header's window) is served.
     proxy.faults.reset_counters();
@@ -270,7 +315,12 @@ fn object_store_faults_are_retried_and_the_run_is_exact() {
     let mapping = fixture("events.toml");
     let check = |what: &str, url: &str| {
         let (out, bodies) = dry_run(&w, &[url], &mapping, Some(&proxy.endpoint()));
-        assert_eq!(out.status.code(), Some(3), "{what}: {}", common::stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{what}: {}",
+            common::stderr(&out)
+        );
         // Other bytes, other ids: compare the calls without them.
         assert_eq!(
             strip_ids(&bodies),
@@ -283,17 +333,28 @@ fn object_store_faults_are_retried_and_the_run_is_exact() {
     proxy.faults.reset_after.store(3 << 20, Ordering::SeqCst);
     check("500s and a reset", "s3://exports/f/events.csv");
     assert_eq!(proxy.faults.fail_next.load(Ordering::SeqCst), 0);
-    assert_eq!(proxy.faults.reset_after.load(Ordering::SeqCst), 0, "the reset happened");
+    assert_eq!(
+        proxy.faults.reset_after.load(Ordering::SeqCst),
+        0,
+        "the reset happened"
+    );
     // The same in a compressed body, which cannot seek: the stream resumes below it.
     proxy.faults.fail_next.store(1, Ordering::SeqCst);
     proxy.faults.reset_after.store(1 << 20, Ordering::SeqCst);
     check("a reset in gzip", "s3://exports/f/events.csv.gz");
-    assert_eq!(proxy.faults.reset_after.load(Ordering::SeqCst), 0, "the reset happened");
+    assert_eq!(
+        proxy.faults.reset_after.load(Ordering::SeqCst),
+        0,
+        "the reset happened"
+    );
     // A slow body (about 6 MB/s).
     proxy.faults.slow_bps.store(6_000_000, Ordering::SeqCst);
     check("a slow body", "s3://exports/f/events.csv");
     proxy.faults.slow_bps.store(0, Ordering::SeqCst);
-    assert!(size > 3 << 20, "the reset must fall inside the body ({size} bytes)");
+    assert!(
+        size > 3 << 20,
+        "the reset must fall inside the body ({size} bytes)"
+    );
 }
 
 /// Request bodies with every messageId taken out.
@@ -320,10 +381,16 @@ fn an_object_changed_since_the_checkpoint_is_refused() {
     let (receiver, _) = common::receiver(w.dir(), Default::default());
     let run = || {
         let mut cmd = w.cmd();
-        cmd.args(["run", "s3://exports/c/typed.csv", "--mapping", "typed.toml", "--quiet"])
-            .arg("--endpoint")
-            .arg(receiver.base_url())
-            .envs(Server::env(&server.endpoint()));
+        cmd.args([
+            "run",
+            "s3://exports/c/typed.csv",
+            "--mapping",
+            "typed.toml",
+            "--quiet",
+        ])
+        .arg("--endpoint")
+        .arg(receiver.base_url())
+        .envs(Server::env(&server.endpoint()));
         common::run(&mut cmd)
     };
     let first = run();
@@ -331,14 +398,23 @@ fn an_object_changed_since_the_checkpoint_is_refused() {
     // Done already: said, nothing sent (its one reject still counts: exit 3).
     let again = run();
     assert_eq!(again.status.code(), Some(3), "{}", common::stderr(&again));
-    assert!(!common::stderr(&again).contains("error"), "{}", common::stderr(&again));
+    assert!(
+        !common::stderr(&again).contains("error"),
+        "{}",
+        common::stderr(&again)
+    );
     // Replaced by other bytes of the same length: the ETag says so.
     let mut changed = csv.clone();
     let i = changed.iter().position(|&b| b == b'4').unwrap();
     changed[i] = b'5';
     c.put("c/typed.csv", changed);
     let refused = run();
-    assert_eq!(refused.status.code(), Some(2), "{}", common::stderr(&refused));
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "{}",
+        common::stderr(&refused)
+    );
     let err = common::stderr(&refused);
     assert!(
         err.contains("s3://exports/c/typed.csv changed since the checkpoint"),
@@ -381,7 +457,9 @@ fn parquet_objects_fetch_the_footer_and_the_mapped_columns_only() {
         "[[call]]\ntype = \"track\"\nuser_id = \"user_id\"\nevent = \"event\"\n",
     );
     let server = Server::start();
-    server.client().put("p/wide.parquet", std::fs::read(&path).unwrap());
+    server
+        .client()
+        .put("p/wide.parquet", std::fs::read(&path).unwrap());
     let proxy = Proxy::start(server.addr);
     let (local, local_bodies) = dry_run(&w, &["wide.parquet"], &mapping, None);
     assert_eq!(local.status.code(), Some(0), "{}", common::stderr(&local));
@@ -412,23 +490,36 @@ fn wide_parquet(path: &Path, rows: usize, groups: usize) {
     let mut cols: Vec<(String, ArrayRef)> = vec![
         (
             "user_id".into(),
-            Arc::new(StringArray::from_iter_values((0..rows).map(|i| format!("u{i}")))),
+            Arc::new(StringArray::from_iter_values(
+                (0..rows).map(|i| format!("u{i}")),
+            )),
         ),
         (
             "event".into(),
-            Arc::new(StringArray::from_iter_values((0..rows).map(|i| format!("E{}", i % 7)))),
+            Arc::new(StringArray::from_iter_values(
+                (0..rows).map(|i| format!("E{}", i % 7)),
+            )),
         ),
     ];
     for c in 0..18 {
         cols.push((
             format!("wide_{c}"),
             Arc::new(StringArray::from_iter_values((0..rows).map(|i| {
-                format!("{:016x}{:016x}", (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ c, i)
+                format!(
+                    "{:016x}{:016x}",
+                    (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ c,
+                    i
+                )
             }))),
         ));
     }
     let batch = RecordBatch::try_from_iter(cols).unwrap();
-    let mut wr = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), Some(props)).unwrap();
+    let mut wr = ArrowWriter::try_new(
+        std::fs::File::create(path).unwrap(),
+        batch.schema(),
+        Some(props),
+    )
+    .unwrap();
     wr.write(&batch).unwrap();
     wr.close().unwrap();
 }

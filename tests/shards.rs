@@ -52,12 +52,18 @@ fn calls(bodies: &str) -> Vec<(String, serde_json::Value)> {
 fn dry_run(w: &Workdir, server: &Server, mapping: &Path, extra: &[&str], out: &str) -> String {
     let out = w.path(out);
     let mut cmd = w.cmd();
-    cmd.args(["run", "s3://exports/s/", "--dry-run", "--quiet", "--mapping"])
-        .arg(mapping)
-        .arg("--output")
-        .arg(&out)
-        .args(extra)
-        .envs(Server::env(&server.endpoint()));
+    cmd.args([
+        "run",
+        "s3://exports/s/",
+        "--dry-run",
+        "--quiet",
+        "--mapping",
+    ])
+    .arg(mapping)
+    .arg("--output")
+    .arg(&out)
+    .args(extra)
+    .envs(Server::env(&server.endpoint()));
     let o = common::run(&mut cmd);
     assert!(
         matches!(o.status.code(), Some(0 | 3)),
@@ -83,7 +89,12 @@ fn shards_of_a_dry_run_add_up_to_the_single_run_exactly() {
                 &w,
                 &server,
                 &mapping,
-                &["--shard", &shard, "--rejects", &format!("rejects-{k}.ndjson")],
+                &[
+                    "--shard",
+                    &shard,
+                    "--rejects",
+                    &format!("rejects-{k}.ndjson"),
+                ],
                 &format!("shard-{k}.ndjson"),
             ));
             sizes.push(part.len());
@@ -107,16 +118,31 @@ fn shards_of_a_dry_run_add_up_to_the_single_run_exactly() {
 fn received(record: &Path) -> HashMap<String, usize> {
     let mut m = HashMap::new();
     for c in common::recorded_calls(record) {
-        *m.entry(c["messageId"].as_str().unwrap().to_string()).or_insert(0) += 1;
+        *m.entry(c["messageId"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
     }
     m
 }
 
-fn shard_cmd(w: &Workdir, server: &Server, base: &str, mapping: &Path, k: u32, extra: &[&str]) -> std::process::Command {
+fn shard_cmd(
+    w: &Workdir,
+    server: &Server,
+    base: &str,
+    mapping: &Path,
+    k: u32,
+    extra: &[&str],
+) -> std::process::Command {
     let mut cmd = w.cmd();
     cmd.args(["run", "s3://exports/s/", "--quiet", "--mapping"])
         .arg(mapping)
-        .args(["--endpoint", base, "--checkpoint", "state/", "--concurrency", "2"])
+        .args([
+            "--endpoint",
+            base,
+            "--checkpoint",
+            "state/",
+            "--concurrency",
+            "2",
+        ])
         .arg("--shard")
         .arg(format!("{k}/4"))
         .args(extra)
@@ -156,7 +182,10 @@ fn four_shards_one_killed_and_rerun_deliver_every_call_once_but_the_replay_bound
         if moved {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "shard 1 never checkpointed");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "shard 1 never checkpointed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let killed = &mut children[1].1;
@@ -168,11 +197,18 @@ fn four_shards_one_killed_and_rerun_deliver_every_call_once_but_the_replay_bound
     }
     // The killed shard, run again, resumes from its checkpoint.
     let out = common::run(&mut shard_cmd(&w, &server, &base, &mapping, 1, &[]));
-    assert!(matches!(out.status.code(), Some(0 | 3)), "{}", common::stderr(&out));
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "{}",
+        common::stderr(&out)
+    );
     let got = received(&record);
     let got_ids: HashSet<String> = got.keys().cloned().collect();
     assert_eq!(got_ids.len(), expected.len());
-    assert!(got_ids == expected, "the union is not the single run's set of messageIds");
+    assert!(
+        got_ids == expected,
+        "the union is not the single run's set of messageIds"
+    );
     // Repeats: only from the killed shard, at most its window of 2 x concurrency
     // requests of at most 500 calls each (and each repeat carries its first id).
     let repeats: usize = got.values().map(|n| n - 1).sum();

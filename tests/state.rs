@@ -18,7 +18,12 @@ fn cmd(w: &Workdir, server: &Server, base: &str, extra: &[&str]) -> Command {
     let mut c = w.cmd();
     c.args(["run", "s3://exports/in/", "--quiet", "--mapping"])
         .arg(fixture("events.toml"))
-        .args(["--endpoint", base, "--checkpoint", "s3://exports/state/run-1/"])
+        .args([
+            "--endpoint",
+            base,
+            "--checkpoint",
+            "s3://exports/state/run-1/",
+        ])
         .args(["--lease-ttl", "2", "--concurrency", "2"])
         .args(extra)
         .envs(Server::env(&server.endpoint()))
@@ -51,7 +56,14 @@ fn a_second_process_is_refused_a_dead_ones_lease_is_taken_over_and_the_union_is_
     // What a single local run sends, and rejects.
     let out = common::run(
         w.cmd()
-            .args(["run", "events.csv", "--dry-run", "--quiet", "--output", "whole.ndjson"])
+            .args([
+                "run",
+                "events.csv",
+                "--dry-run",
+                "--quiet",
+                "--output",
+                "whole.ndjson",
+            ])
             .arg("--mapping")
             .arg(fixture("events.toml"))
             .args(["--rejects", "local-rejects.ndjson"]),
@@ -76,8 +88,12 @@ fn a_second_process_is_refused_a_dead_ones_lease_is_taken_over_and_the_union_is_
     // A: slow (5 requests a second), holds the lease.
     let mut a = cmd(&w, &server, &base, &["--rate", "5"]).spawn().unwrap();
     let t = Instant::now();
-    while !checkpoint(&server).is_some_and(|v| v["counters"]["calls_delivered"].as_u64() > Some(0)) {
-        assert!(t.elapsed() < Duration::from_secs(60), "A never checkpointed");
+    let delivered = |v: &serde_json::Value| v["counters"]["calls_delivered"].as_u64().unwrap_or(0);
+    while checkpoint(&server).is_none_or(|v| delivered(&v) == 0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "A never checkpointed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let lease = checkpoint(&server).unwrap()["lease"].clone();
@@ -88,15 +104,26 @@ fn a_second_process_is_refused_a_dead_ones_lease_is_taken_over_and_the_union_is_
     let b = common::run(&mut cmd(&w, &server, &base, &[]));
     assert_eq!(b.status.code(), Some(2), "{}", common::stderr(&b));
     let err = common::stderr(&b);
-    assert!(err.contains("running elsewhere") && err.contains("s3://exports/state/run-1/checkpoint.json"), "{err}");
+    assert!(
+        err.contains("running elsewhere")
+            && err.contains("s3://exports/state/run-1/checkpoint.json"),
+        "{err}"
+    );
 
     // A dies without a word; C takes over once the lease stayed still for its ttl.
     a.kill().unwrap();
     let _ = a.wait();
     let t = Instant::now();
     let c_run = common::run(&mut cmd(&w, &server, &base, &[]));
-    assert!(matches!(c_run.status.code(), Some(3)), "{}", common::stderr(&c_run));
-    assert!(t.elapsed() >= Duration::from_secs(2), "took over before the ttl");
+    assert!(
+        matches!(c_run.status.code(), Some(3)),
+        "{}",
+        common::stderr(&c_run)
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "took over before the ttl"
+    );
     let cp = checkpoint(&server).unwrap();
     assert_eq!(cp["complete"], true);
     assert_eq!(cp["lease"]["generation"], 2, "{}", cp["lease"]);
@@ -105,7 +132,12 @@ fn a_second_process_is_refused_a_dead_ones_lease_is_taken_over_and_the_union_is_
     // Every call delivered; repeats only within A's replay window.
     let got = received(&record);
     let got_ids: HashSet<String> = got.keys().cloned().collect();
-    assert!(got_ids == expected, "{} of {} ids", got_ids.len(), expected.len());
+    assert!(
+        got_ids == expected,
+        "{} of {} ids",
+        got_ids.len(),
+        expected.len()
+    );
     let repeats: usize = got.values().map(|n| n - 1).sum();
     assert!(repeats <= 2 * 2 * 500, "{repeats}");
 
@@ -133,5 +165,9 @@ fn a_second_process_is_refused_a_dead_ones_lease_is_taken_over_and_the_union_is_
 
     // Finished and released: the next run says so at once.
     let again = common::run(&mut cmd(&w, &server, &base, &[]));
-    assert!(matches!(again.status.code(), Some(0 | 3)), "{}", common::stderr(&again));
+    assert!(
+        matches!(again.status.code(), Some(0 | 3)),
+        "{}",
+        common::stderr(&again)
+    );
 }

@@ -94,7 +94,7 @@ impl Durable {
             (true, Some(rt)) => Some(super::object::ObjectState::open(rt, &url, cfg.lease_ttl)?),
             _ => None,
         };
-        if is_remote && cfg!(not(feature = "object-store")) || (is_remote && objects.is_none()) {
+        if is_remote && (cfg!(not(feature = "object-store")) || objects.is_none()) {
             return Err(CheckpointError::Remote {
                 path: source::remote::redact::redact_url(&url),
                 why: "this cdp-backfill was built without the object-store feature".into(),

@@ -555,7 +555,11 @@ pub fn describe(cp: &Checkpoint) -> String {
 /// sorted by shard. Empty when there are none.
 pub fn find_shards(path: &Path) -> Result<Vec<(PathBuf, Checkpoint)>, CheckpointError> {
     let (dir, prefix, suffix) = if path.is_dir() {
-        (path.to_path_buf(), "shard-".to_string(), ".checkpoint.json".to_string())
+        (
+            path.to_path_buf(),
+            "shard-".to_string(),
+            ".checkpoint.json".to_string(),
+        )
     } else {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -595,7 +599,10 @@ pub fn describe_shards(shards: &[(PathBuf, Checkpoint)]) -> String {
         .unwrap_or(0);
     let mut total = Counters::default();
     let mut rejects = 0u64;
-    s.push_str(&format!("sharded backfill: {} of {n} shards have a checkpoint\n", shards.len()));
+    s.push_str(&format!(
+        "sharded backfill: {} of {n} shards have a checkpoint\n",
+        shards.len()
+    ));
     for (p, cp) in shards {
         let k = cp.shard.as_ref().map_or(0, |r| r.k);
         let state = if cp.complete {
@@ -624,12 +631,19 @@ pub fn describe_shards(shards: &[(PathBuf, Checkpoint)]) -> String {
         rejects += cp.rejects_len;
     }
     s.push_str(&format!("  rows done        {}\n", total.rows_done));
-    s.push_str(&format!("  rows rejected    {}  ({rejects} bytes of rejects)\n", total.rows_rejected));
+    s.push_str(&format!(
+        "  rows rejected    {}  ({rejects} bytes of rejects)\n",
+        total.rows_rejected
+    ));
     s.push_str(&format!("  calls delivered  {}\n", total.calls_delivered));
     s.push_str(&format!("  requests         {}\n", total.requests));
     let done = shards.iter().filter(|(_, c)| c.complete).count();
     let missing: Vec<String> = (0..n)
-        .filter(|k| !shards.iter().any(|(_, c)| c.shard.as_ref().is_some_and(|r| r.k == *k)))
+        .filter(|k| {
+            !shards
+                .iter()
+                .any(|(_, c)| c.shard.as_ref().is_some_and(|r| r.k == *k))
+        })
         .map(|k| k.to_string())
         .collect();
     if !missing.is_empty() {

@@ -27,14 +27,14 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use object_store::path::Path as Key;
-use object_store::{
-    GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
-};
 use super::{Checkpoint, CheckpointError, LeaseRecord, WriteError};
 use crate::source::remote::locate::{locate, StoreEnv};
 use crate::source::remote::redact::redact_text;
 use crate::source::remote::ObjectRuntime;
+use object_store::path::Path as Key;
+use object_store::{
+    GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
 
 /// Bytes of rejects buffered before a part is written anyway.
 pub const PART_BYTES: usize = 8 << 20;
@@ -44,7 +44,11 @@ pub fn owner_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
         .unwrap_or_else(|| "host".into());
     format!("{host}/{}", std::process::id())
 }
@@ -76,7 +80,11 @@ fn io_other(e: impl std::fmt::Display) -> io::Error {
 
 impl ObjectState {
     /// The checkpoint object at `url`.
-    pub fn open(rt: &Arc<ObjectRuntime>, url: &str, ttl: Duration) -> Result<ObjectState, CheckpointError> {
+    pub fn open(
+        rt: &Arc<ObjectRuntime>,
+        url: &str,
+        ttl: Duration,
+    ) -> Result<ObjectState, CheckpointError> {
         let env = StoreEnv::from_process();
         if env
             .var("AWS_CONDITIONAL_PUT")
@@ -166,7 +174,9 @@ impl ObjectState {
                         });
                     }
                     None => {
-                        return Err(self.read_error("the checkpoint was deleted while this run waited for its lease"))
+                        return Err(self.read_error(
+                            "the checkpoint was deleted while this run waited for its lease",
+                        ))
                     }
                 }
             }
@@ -258,7 +268,11 @@ pub struct ObjectRejects {
 impl ObjectRejects {
     /// Opens the parts under `url`, keeping the first ones that add up to `keep` bytes
     /// and deleting the rest (written after the last checkpoint).
-    pub fn open(rt: &Arc<ObjectRuntime>, url: &str, keep: u64) -> Result<ObjectRejects, CheckpointError> {
+    pub fn open(
+        rt: &Arc<ObjectRuntime>,
+        url: &str,
+        keep: u64,
+    ) -> Result<ObjectRejects, CheckpointError> {
         use futures::TryStreamExt;
         let env = StoreEnv::from_process();
         let shown = crate::source::remote::redact::redact_url(url);
@@ -267,7 +281,8 @@ impl ObjectRejects {
             source: io_other(e),
         })?;
         let (store, prefix) = (loc.store.clone(), loc.path.clone());
-        let listed = rt.block_on(async move { store.list(Some(&prefix)).try_collect::<Vec<_>>().await });
+        let listed =
+            rt.block_on(async move { store.list(Some(&prefix)).try_collect::<Vec<_>>().await });
         let mut parts = listed.map_err(|e| CheckpointError::RejectsUnopenable {
             path: shown.clone().into(),
             source: io_other(e),

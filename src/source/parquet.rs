@@ -196,7 +196,11 @@ pub struct ParquetSource {
 /// Refuses metadata whose column chunks lie outside the file: the `parquet` crate panics
 /// on a negative offset or size, and trusts sizes when it reads (found by the fuzzer,
 /// issue 9).
-fn check_chunk_ranges(len: u64, meta: &ArrowReaderMetadata, display: &str) -> Result<(), SourceError> {
+fn check_chunk_ranges(
+    len: u64,
+    meta: &ArrowReaderMetadata,
+    display: &str,
+) -> Result<(), SourceError> {
     for (g, rg) in meta.metadata().row_groups().iter().enumerate() {
         for (c, col) in rg.columns().iter().enumerate() {
             let start = col
@@ -224,11 +228,13 @@ fn check_chunk_ranges(len: u64, meta: &ArrowReaderMetadata, display: &str) -> Re
 impl ParquetSource {
     /// Opens the file and reads its metadata; reading starts at data row `start_row`.
     pub fn open(input: Arc<InputInfo>, start_row: u64) -> Result<Self, SourceError> {
-        let unreadable = |e: &dyn std::fmt::Display| SourceError::Read {
+        let unreadable = |e: &dyn std::fmt::Display| {
+            SourceError::Read {
             path: input.display.clone(),
             message: format!(
                 "cannot read the Parquet metadata (is the file complete? a truncated or damaged file has no readable footer): {e}"
             ),
+        }
         };
         let (file, meta, len) = match &input.object {
             Some(obj) => (
@@ -265,7 +271,10 @@ impl ParquetSource {
             let rows = g.num_rows().max(0) as u64;
             total = total.saturating_add(rows);
             ends.push(total);
-            let bytes = g.columns().iter().map(|c| c.compressed_size().max(0) as u64);
+            let bytes = g
+                .columns()
+                .iter()
+                .map(|c| c.compressed_size().max(0) as u64);
             extents.push(super::GroupExtent {
                 bytes: bytes.sum(),
                 rows,

@@ -93,7 +93,11 @@ impl Reading<'_> {
                 }
                 let cut = stop_here.and_then(|s| {
                     (0..chunk.len()).find(|&i| {
-                        s.excludes(info.index, chunk.first_row() + i as u64, chunk.row_offset(i))
+                        s.excludes(
+                            info.index,
+                            chunk.first_row() + i as u64,
+                            chunk.row_offset(i),
+                        )
                     })
                 });
                 if let Some(k) = cut {

@@ -183,10 +183,17 @@ fn cut(line: &[(u64, Cuttable)], c: u64) -> Cut {
                     } else if group as usize >= ends.len() {
                         Cut::InputStart(i + 1)
                     } else {
-                        Cut::Group { input: i, row, group }
+                        Cut::Group {
+                            input: i,
+                            row,
+                            group,
+                        }
                     }
                 }
-                Cuttable::Records => Cut::Byte { input: i, byte: local },
+                Cuttable::Records => Cut::Byte {
+                    input: i,
+                    byte: local,
+                },
             };
         }
         base += size;
@@ -257,8 +264,16 @@ mod tests {
         assert!(Shard::parse("x/4").is_err());
         assert!(Shard::parse("4").is_err());
         assert_eq!(Shard { k: 3, n: 8 }.file_stem(), "shard-0003-of-0008");
-        for (total, n) in [(1000u32, 3u32), (7, 7), (3000, 4), (1001, 10), (u32::MAX, 9)] {
-            let parts: Vec<u32> = (0..n).map(|k| Shard { k, n }.share(total).unwrap()).collect();
+        for (total, n) in [
+            (1000u32, 3u32),
+            (7, 7),
+            (3000, 4),
+            (1001, 10),
+            (u32::MAX, 9),
+        ] {
+            let parts: Vec<u32> = (0..n)
+                .map(|k| Shard { k, n }.share(total).unwrap())
+                .collect();
             assert_eq!(parts.iter().map(|&p| p as u64).sum::<u64>(), total as u64);
             assert!(parts.iter().max().unwrap() - parts.iter().min().unwrap() <= 1);
         }
@@ -276,8 +291,22 @@ mod tests {
         assert!(matches!(cut(&line, 49), Cut::InputStart(0)));
         assert!(matches!(cut(&line, 50), Cut::InputStart(1)));
         assert!(matches!(cut(&line, 100), Cut::InputStart(1)));
-        assert!(matches!(cut(&line, 135), Cut::Group { input: 1, row: 10, group: 1 }));
-        assert!(matches!(cut(&line, 150), Cut::Group { input: 1, row: 20, group: 2 }));
+        assert!(matches!(
+            cut(&line, 135),
+            Cut::Group {
+                input: 1,
+                row: 10,
+                group: 1
+            }
+        ));
+        assert!(matches!(
+            cut(&line, 150),
+            Cut::Group {
+                input: 1,
+                row: 20,
+                group: 2
+            }
+        ));
         assert!(matches!(cut(&line, 195), Cut::InputStart(2)));
         assert!(matches!(cut(&line, 250), Cut::Byte { input: 2, byte: 50 }));
         assert!(matches!(cut(&line, 300), Cut::InputStart(3)));
@@ -285,12 +314,20 @@ mod tests {
 
     #[test]
     fn a_stop_takes_rows_before_it_only() {
-        let s = Stop { input: 2, row: u64::MAX, offset: 500 };
+        let s = Stop {
+            input: 2,
+            row: u64::MAX,
+            offset: 500,
+        };
         assert!(!s.excludes(1, 10_000, 1 << 40));
         assert!(!s.excludes(2, 7, 499));
         assert!(s.excludes(2, 8, 500));
         assert!(s.excludes(3, 0, 0));
-        let s = Stop { input: 2, row: 0, offset: u64::MAX };
+        let s = Stop {
+            input: 2,
+            row: 0,
+            offset: u64::MAX,
+        };
         assert!(s.excludes(2, 0, 0));
     }
 }

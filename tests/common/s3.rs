@@ -27,9 +27,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use object_store::ObjectStoreExt;
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, S3};
-use object_store::ObjectStoreExt;
 use s3s_fs::FileSystem;
 
 pub const ACCESS_KEY: &str = "AKIDCDPBACKFILLTEST";
@@ -135,7 +135,11 @@ impl Client {
                 if p.is_dir() {
                     stack.push(p);
                 } else {
-                    let rel = p.strip_prefix(dir).unwrap().to_string_lossy().replace('\\', "/");
+                    let rel = p
+                        .strip_prefix(dir)
+                        .unwrap()
+                        .to_string_lossy()
+                        .replace('\\', "/");
                     self.put(&format!("{prefix}/{rel}"), std::fs::read(&p).unwrap());
                 }
             }

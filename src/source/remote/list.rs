@@ -40,7 +40,8 @@ pub fn expand(
     let loc = locate(arg, env)?;
     let object = |meta: ObjectMeta| {
         let display = loc.show(&meta.location);
-        let format = forced.or_else(|| Format::from_path(std::path::Path::new(meta.location.as_ref())));
+        let format =
+            forced.or_else(|| Format::from_path(std::path::Path::new(meta.location.as_ref())));
         (
             RemoteObject {
                 store: loc.store.clone(),
@@ -90,11 +91,7 @@ fn head(rt: &ObjectRuntime, loc: &Located) -> Result<Option<ObjectMeta>, RemoteE
 /// The objects under `loc.path` that are read: known formats (every name when
 /// `any_name`), none hidden, matching the glob if there is one, in path order, each
 /// with an ETag.
-fn list(
-    rt: &ObjectRuntime,
-    loc: &Located,
-    any_name: bool,
-) -> Result<Vec<ObjectMeta>, RemoteError> {
+fn list(rt: &ObjectRuntime, loc: &Located, any_name: bool) -> Result<Vec<ObjectMeta>, RemoteError> {
     let store = loc.store.clone();
     let prefix = loc.path.clone();
     let fail = |e: object_store::Error| RemoteError::List {

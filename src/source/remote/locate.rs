@@ -121,10 +121,13 @@ pub fn locate(arg: &str, env: &StoreEnv) -> Result<Located, RemoteError> {
     let mut key = url.path().trim_start_matches('/').to_string();
     let built = |e: object_store::Error| bad(redact_text(&e.to_string()));
     let (store, base): (Arc<dyn ObjectStore>, String) = match url.scheme() {
-        "s3" | "s3a" => (Arc::new(s3(arg, env).map_err(|e| match e {
-            Built::Store(e) => built(e),
-            Built::Refused(e) => e,
-        })?), format!("s3://{host}/")),
+        "s3" | "s3a" => (
+            Arc::new(s3(arg, env).map_err(|e| match e {
+                Built::Store(e) => built(e),
+                Built::Refused(e) => e,
+            })?),
+            format!("s3://{host}/"),
+        ),
         "gs" => {
             let s = GoogleCloudStorageBuilder::from_env()
                 .with_url(arg)
@@ -248,8 +251,7 @@ fn s3(arg: &str, env: &StoreEnv) -> Result<object_store::aws::AmazonS3, Built> {
         b = b.with_virtual_hosted_style_request(false);
     }
     let profile_name = env.var("AWS_PROFILE");
-    if env.var("AWS_ACCESS_KEY_ID").is_none() && env.var("AWS_WEB_IDENTITY_TOKEN_FILE").is_none()
-    {
+    if env.var("AWS_ACCESS_KEY_ID").is_none() && env.var("AWS_WEB_IDENTITY_TOKEN_FILE").is_none() {
         let name = profile_name.unwrap_or("default");
         let var = |k: &str| env.var(k).map(str::to_string);
         if let Some(file) = profile::credentials_file(var) {
@@ -370,9 +372,15 @@ mod tests {
         assert!(!l.display.contains("SECRETSIG"), "{}", l.display);
         assert_eq!(l.path.as_ref(), "part-0.csv");
         assert_eq!(l.base, "https://acct.blob.core.windows.net/exports/");
-        let err = locate("https://example.com/x.csv?X-Amz-Signature=SECRETSIG", &StoreEnv::default())
-            .unwrap_err()
-            .to_string();
-        assert!(!err.contains("SECRETSIG") && err.contains("not supported"), "{err}");
+        let err = locate(
+            "https://example.com/x.csv?X-Amz-Signature=SECRETSIG",
+            &StoreEnv::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            !err.contains("SECRETSIG") && err.contains("not supported"),
+            "{err}"
+        );
     }
 }

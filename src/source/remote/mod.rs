@@ -50,8 +50,7 @@ pub use off::{ObjectRuntime, RemoteObject};
 
 /// The schemes that name objects rather than local files.
 pub const SCHEMES: &[&str] = &[
-    "s3://", "s3a://", "gs://", "az://", "abfs://", "abfss://", "azure://", "https://",
-    "http://",
+    "s3://", "s3a://", "gs://", "az://", "abfs://", "abfss://", "azure://", "https://", "http://",
 ];
 
 /// True for an input (or `--checkpoint`) argument naming objects, not local files.
@@ -113,14 +112,20 @@ pub enum RemoteError {
         file: String,
         why: String,
     },
-    #[error("cannot list {url}: {why}. Check the URL, and that the credentials may list the bucket")]
+    #[error(
+        "cannot list {url}: {why}. Check the URL, and that the credentials may list the bucket"
+    )]
     List { url: String, why: String },
     #[error("{url}: no such object, and no objects under it as a prefix. Check the URL (a prefix ends with /)")]
     NotFound { url: String },
     #[error("{url} holds no input files (.csv, .tsv, .ndjson, .jsonl, .json, .parquet, optionally .gz or .zst); pass --format to read objects with other names")]
     Empty { url: String },
     #[error("{object}: reading failed at byte {at}: {why}. The run can be resumed once the store answers again")]
-    Read { object: String, at: u64, why: String },
+    Read {
+        object: String,
+        at: u64,
+        why: String,
+    },
     #[error("{object} changed while it was read (its ETag is no longer {e_tag}): refusing to mix two versions of it. If it was replaced on purpose, start over with --restart")]
     Changed { object: String, e_tag: String },
     #[error("{object}: row group {group} holds {bytes} bytes of the mapped columns, above the limit of {limit} bytes held at once. Map fewer or smaller columns, or re-export with smaller row groups")]

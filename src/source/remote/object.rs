@@ -157,7 +157,11 @@ impl RemoteObject {
     pub fn ends(&self, n: u64) -> Result<(Bytes, Bytes), RemoteError> {
         let size = self.meta.size;
         if size <= 2 * n {
-            let all = self.fetch(&[0..size])?.pop().unwrap_or_default();
+            let whole = 0..size;
+            let all = self
+                .fetch(std::slice::from_ref(&whole))?
+                .pop()
+                .unwrap_or_default();
             let head = all.slice(..(n.min(size) as usize));
             let tail = all.slice((size - n.min(size)) as usize..);
             return Ok((head, tail));

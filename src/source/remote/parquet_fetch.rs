@@ -45,9 +45,9 @@ pub fn fetch(obj: &RemoteObject, ranges: &[Range<u64>]) -> Result<Vec<Bytes>, Re
     let (store, meta, display) = (obj.store.clone(), obj.meta.clone(), obj.display.clone());
     let want = merged.clone();
     let got: Vec<Bytes> = obj.rt.block_on(async move {
-        let gets = want.into_iter().map(|r| {
-            RemoteObject::get_range(store.clone(), meta.clone(), display.clone(), r)
-        });
+        let gets = want
+            .into_iter()
+            .map(|r| RemoteObject::get_range(store.clone(), meta.clone(), display.clone(), r));
         futures::future::try_join_all(gets).await
     })?;
     ranges
@@ -67,7 +67,11 @@ pub fn fetch(obj: &RemoteObject, ranges: &[Range<u64>]) -> Result<Vec<Bytes>, Re
                 return Err(RemoteError::Read {
                     object: obj.display.clone(),
                     at: m.start + got[k].len() as u64,
-                    why: format!("the store sent {} bytes of {}", got[k].len(), m.end - m.start),
+                    why: format!(
+                        "the store sent {} bytes of {}",
+                        got[k].len(),
+                        m.end - m.start
+                    ),
                 });
             }
             Ok(got[k].slice(s..e))

@@ -174,7 +174,11 @@ sso_start_url = https://example.awsapps.com/start
             None
         );
         let c = dir.path().join("config");
-        std::fs::write(&c, "[profile backfill]\nregion = eu-west-1\n[default]\nregion=us-east-2\n").unwrap();
+        std::fs::write(
+            &c,
+            "[profile backfill]\nregion = eu-west-1\n[default]\nregion=us-east-2\n",
+        )
+        .unwrap();
         assert_eq!(region(&c, "backfill").as_deref(), Some("eu-west-1"));
         assert_eq!(region(&c, "default").as_deref(), Some("us-east-2"));
         assert_eq!(region(&c, "other"), None);

@@ -135,10 +135,7 @@ mod tests {
             "error sending request for url (https://h/x?sig=REDACTED): timed out"
         );
         let t = redact_text("a s3://b/k and http://u:pw@h:9/p?a=1, done");
-        assert_eq!(
-            t,
-            "a s3://b/k and http://u:REDACTED@h:9/p?a=REDACTED, done"
-        );
+        assert_eq!(t, "a s3://b/k and http://u:REDACTED@h:9/p?a=REDACTED, done");
         assert_eq!(redact_text("no urls here"), "no urls here");
     }
 }
