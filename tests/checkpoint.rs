@@ -8,7 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cdp_backfill::map::message_id::{input_seed, message_id};
+use cdp_backfill::map::message_id::{content_seed, message_id};
+use cdp_backfill::source::Ends;
 use common::*;
 
 const CONCURRENCY: usize = 2;
@@ -101,7 +102,8 @@ fn sigkill_at_random_moments_loses_nothing_and_replays_within_the_bound() {
     let stats = server.shutdown();
 
     let bad: HashSet<u64> = g.bad_rows.iter().map(|(r, _)| *r).collect();
-    let seed = input_seed("", &input.display().to_string());
+    // The seed is the input's content identity, not its path.
+    let seed = content_seed("", &Ends::of_file(&input).unwrap());
     let expected: HashSet<String> = (0..g.rows)
         .filter(|r| !bad.contains(r))
         .map(|r| message_id(seed, r, 0))
