@@ -25,6 +25,9 @@ fn cmd(w: &Workdir, server: &Server, base: &str, extra: &[&str]) -> Command {
             "s3://exports/state/run-1/",
         ])
         .args(["--lease-ttl", "2", "--concurrency", "2"])
+        // Small requests (about 130 calls), so that A is mid-way for a while at 5 a
+        // second and the replay bound is a small part of the whole.
+        .args(["--max-request-bytes", "50000"])
         .args(extra)
         .envs(Server::env(&server.endpoint()))
         .stdout(Stdio::null())
@@ -63,17 +66,22 @@ fn a_second_process_is_refused_a_dead_ones_lease_is_taken_over_and_the_union_is_
                 "--quiet",
                 "--output",
                 "whole.ndjson",
+                "--max-request-bytes",
+                "50000",
             ])
             .arg("--mapping")
             .arg(fixture("events.toml"))
             .args(["--rejects", "local-rejects.ndjson"]),
     );
     assert_eq!(out.status.code(), Some(3), "{}", common::stderr(&out));
-    let expected: HashSet<String> = std::fs::read_to_string(w.path("whole.ndjson"))
+    let bodies: Vec<serde_json::Value> = std::fs::read_to_string(w.path("whole.ndjson"))
         .unwrap()
         .lines()
-        .flat_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let expected: HashSet<String> = bodies
+        .iter()
+        .flat_map(|v| {
             v["batch"]
                 .as_array()
                 .unwrap()
@@ -82,6 +90,13 @@ fn a_second_process_is_refused_a_dead_ones_lease_is_taken_over_and_the_union_is_
                 .collect::<Vec<_>>()
         })
         .collect();
+    // The replay bound: 2 × --concurrency requests sent but not yet checkpointed.
+    let per_request = bodies
+        .iter()
+        .map(|v| v["batch"].as_array().unwrap().len())
+        .max()
+        .unwrap();
+    assert!(bodies.len() > 50, "{} requests", bodies.len());
     let (receiver, record) = common::receiver(w.dir(), Default::default());
     let base = receiver.base_url();
 
@@ -139,7 +154,10 @@ fn a_second_process_is_refused_a_dead_ones_lease_is_taken_over_and_the_union_is_
         expected.len()
     );
     let repeats: usize = got.values().map(|n| n - 1).sum();
-    assert!(repeats <= 2 * 2 * 500, "{repeats}");
+    assert!(
+        repeats <= 2 * 2 * per_request,
+        "{repeats} repeats, more than 4 requests of {per_request} calls"
+    );
 
     // The rejects, as parts: every rejected row once, as a local run rejects them.
     let parts = c.list("state/run-1/rejects");
