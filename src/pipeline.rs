@@ -27,7 +27,7 @@
 //! The senders and the gate forwarder run on threads that own what they use, and so do
 //! the reader and the packer: a run whose requests still hang after the drain timeout
 //! returns ([`RunError::Abandoned`]) and leaves the stuck senders behind; the process
-//! exits from `main`. `validate` runs the same reader, mappers and packer ([`Front`]) and
+//! exits from `main`. `validate` runs the same reader, mappers and packer (`Front`) and
 //! counts the requests instead of sending them.
 
 use std::io::{BufWriter, Write};

@@ -2,7 +2,7 @@
 //!
 //! The mapping is loaded and compiled against every input (a mapping error stops here,
 //! as it would stop a run), and the run's own front stages read, map and pack every row
-//! ([`crate::pipeline::Front`]: the same reader, encoder and packing stage), so the counts
+//! (`pipeline::Front`: the same reader, encoder and packing stage), so the counts
 //! and sizes reported are the ones a dry run produces: this module only counts the
 //! requests the packer hands out. There is no transport at all: nothing here can touch
 //! the network. Streaming: memory stays flat however large the input (sizes go into
