@@ -1018,17 +1018,17 @@ impl<'a, 'k> Scanner<'a, 'k> {
             let f = s.field(d)?;
             let k = f.kind;
             match key {
-                "category" | "url" | "referrer" | "path" | "search" => {
-                    if k != Kind::String && p.page_breach.is_none() {
-                        p.page_breach = Some((page_key(key), k));
-                    }
+                "category" | "url" | "referrer" | "path" | "search"
+                    if k != Kind::String && p.page_breach.is_none() =>
+                {
+                    p.page_breach = Some((page_key(key), k));
                 }
                 "objectId" => p.object_id = k,
                 "objectTypeId" => p.object_type_id = k,
-                "deliveryId" | "recipient" | "reason" | "actionValue" | "href" => {
-                    if k != Kind::String && p.delivery_breach.is_none() {
-                        p.delivery_breach = Some((delivery_key(key), k));
-                    }
+                "deliveryId" | "recipient" | "reason" | "actionValue" | "href"
+                    if k != Kind::String && p.delivery_breach.is_none() =>
+                {
+                    p.delivery_breach = Some((delivery_key(key), k));
                 }
                 "metric" => p.metric = f,
                 "activityType" => p.activity_type = k,
