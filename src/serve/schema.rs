@@ -64,7 +64,9 @@ enum ContextSchema {
     Mobile,
 }
 
-/// The semantic events: track calls whose `event` is a reserved name.
+/// The semantic events: track calls whose `event` is a reserved name. The engine's
+/// mapper keeps a list of its own (`map::encode::Semantic`); the receiver does not borrow
+/// it, so that a mistake in one is caught by the other rather than shared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Semantic {
     DeviceUpdated,
@@ -432,15 +434,10 @@ fn semantic(s: Semantic, name: &str, f: &CallFacts<'_>) -> Check {
                     return needs("anonymousId (the spec's group_deleted schema requires it)");
                 }
             }
-            match p.kind {
-                Kind::Object => {}
-                Kind::Absent => return needs("properties"),
-                k => {
-                    return Err(
-                        format!("properties must be an object, not {}", k.describe()).into(),
-                    )
-                }
+            if p.kind == Kind::Absent {
+                return needs("properties");
             }
+            kind(p.kind, Kind::Object, "properties")?;
             kind(p.object_id, Kind::String, "properties.objectId")?;
             if s == Semantic::RelationshipDeleted && p.object_id == Kind::Absent {
                 return needs("properties.objectId");
@@ -448,15 +445,10 @@ fn semantic(s: Semantic, name: &str, f: &CallFacts<'_>) -> Check {
             kind(p.object_type_id, Kind::Integer, "properties.objectTypeId")
         }
         Semantic::ReportDelivery | Semantic::ReportContent => {
-            match p.kind {
-                Kind::Object => {}
-                Kind::Absent => return needs("properties"),
-                k => {
-                    return Err(
-                        format!("properties must be an object, not {}", k.describe()).into(),
-                    )
-                }
+            if p.kind == Kind::Absent {
+                return needs("properties");
             }
+            kind(p.kind, Kind::Object, "properties")?;
             if s == Semantic::ReportDelivery {
                 if let Some((key, k)) = p.delivery_breach {
                     return Err(
