@@ -1,8 +1,12 @@
 //! The local receiver: a loopback HTTP/1.1 and HTTP/2 server that behaves like the Data
 //! Pipelines API, for tests, benchmarks and users rehearsing a backfill.
 //!
-//! It owns the listener and a small tokio runtime ([`RUNTIME_WORKERS`] threads) on which
-//! hyper serves every connection. Per request it applies, in order: injected faults
+//! It owns the listener and a current-thread tokio runtime on one thread, on which hyper
+//! serves every connection: checking a request costs microseconds per call and waits
+//! (latency, the bandwidth cap) are timers, so one thread keeps up with the engine
+//! under test and leaves it the other core. Measured against two and one worker threads
+//! of a multi-thread runtime, it used the least CPU per call at the same throughput
+//! (BENCHMARKS.md, "serve on hyper"). Per request it applies, in order: injected faults
 //! ([`Faults`]), the simulated round trip (latency with jitter), Basic auth, body
 //! decoding with a hard cap (read no faster than the simulated uplink,
 //! [`Faults::bandwidth_mbps`]), the vendor's size limits (a silent 200 and a dropped
@@ -48,10 +52,6 @@ use crate::config::{ApiKey, Limits};
 
 pub use conn::MAX_CONNECTIONS;
 pub use stats::{Injected, Stats, Violations};
-
-/// Threads of the receiver's runtime. Two, so that checking one large request does not
-/// hold up reading the others while the engine under test shares the same two cores.
-pub const RUNTIME_WORKERS: usize = 2;
 
 /// How to run the receiver.
 #[derive(Debug, Clone)]
@@ -227,9 +227,7 @@ impl Server {
         let listener = TcpListener::bind(cfg.addr).map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
         listener.set_nonblocking(true).map_err(bind_error)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(RUNTIME_WORKERS)
-            .thread_name("serve")
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .build()
@@ -251,7 +249,7 @@ impl Server {
         let thread = {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
-                .name("serve-accept".into())
+                .name("serve".into())
                 .spawn(move || {
                     runtime.block_on(conn::accept_loop(listener, shared, stopped));
                     // Connection tasks are gone; nothing blocking is left to wait for.

@@ -68,32 +68,38 @@ impl Kind {
 /// A string as received: the slice between its quotes, unescaped only on demand.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Text<'a> {
-    /// With its quotes.
-    quoted: &'a str,
+    /// Between the quotes, escapes as written.
+    inner: &'a str,
     escaped: bool,
 }
 
 impl<'a> Text<'a> {
     /// The string's value.
+    #[inline(always)]
     pub(crate) fn value(self) -> Cow<'a, str> {
-        let inner = self
-            .quoted
-            .get(1..self.quoted.len().saturating_sub(1))
-            .unwrap_or_default();
-        if !self.escaped {
-            return Cow::Borrowed(inner);
+        if self.escaped {
+            self.unescaped()
+        } else {
+            Cow::Borrowed(self.inner)
         }
-        // Rare: only strings with an escape get here. A lone surrogate (valid JSON
-        // grammar, no valid string) stays as written.
-        serde_json::from_str::<String>(self.quoted).map_or(Cow::Borrowed(inner), Cow::Owned)
+    }
+
+    /// Rare: only strings with an escape get here. A lone surrogate (valid JSON
+    /// grammar, no valid string) stays as written.
+    #[cold]
+    #[inline(never)]
+    fn unescaped(self) -> Cow<'a, str> {
+        serde_json::from_str::<String>(&format!("\"{}\"", self.inner))
+            .map_or(Cow::Borrowed(self.inner), Cow::Owned)
     }
 
     /// Whether the value equals `s`, without unescaping when it has no escape.
+    #[inline]
     pub(crate) fn is(self, s: &str) -> bool {
         if self.escaped {
             self.value() == s
         } else {
-            self.quoted.len() == s.len() + 2 && &self.quoted[1..self.quoted.len() - 1] == s
+            self.inner == s
         }
     }
 }
@@ -304,6 +310,8 @@ struct Scanner<'a, 'k> {
     keys: &'k mut Keys,
     /// The first repeated key since it was last taken.
     dup: Option<Cow<'a, str>>,
+    /// Where the last number read started.
+    number_start: usize,
 }
 
 /// The index of the first `"`, `\` or control byte in `b` from `i` on, or `b.len()`.
@@ -353,16 +361,43 @@ fn find_special_swar(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// A cheap summary of a key's bytes: equal keys have equal fingerprints.
-#[inline(always)]
+/// A cheap summary of a key's bytes: equal keys have equal fingerprints. Its first
+/// and last eight bytes (overlapping when shorter than sixteen) and its length.
 fn fingerprint(k: &[u8]) -> u64 {
-    let mut head = [0u8; 8];
-    let n = k.len().min(8);
-    head[..n].copy_from_slice(&k[..n]);
-    let mut tail = [0u8; 8];
-    let m = k.len().min(8);
-    tail[..m].copy_from_slice(&k[k.len() - m..]);
-    u64::from_le_bytes(head) ^ u64::from_le_bytes(tail).rotate_left(29) ^ (k.len() as u64)
+    let mut w = [0u8; 8];
+    for (d, s) in w.iter_mut().zip(k) {
+        *d = *s;
+    }
+    let tail = k.len().checked_sub(8).map_or(0, |e| load8(&k[e..]));
+    u64::from_le_bytes(w) ^ tail.rotate_left(29) ^ (k.len() as u64)
+}
+
+/// [`fingerprint`] of the key at `b[at..at + len]`, with whole-word loads where the
+/// body goes on for eight bytes past the key's start (it nearly always does: a key is
+/// followed by its closing quote, a colon and a value).
+#[inline(always)]
+fn fingerprint_at(b: &[u8], at: usize, len: usize) -> u64 {
+    let Some(word) = b.get(at..at + 8) else {
+        return fingerprint(&b[at..at + len]);
+    };
+    let head = if len >= 8 {
+        load8(word)
+    } else {
+        load8(word) & ((1u64 << (8 * len)) - 1)
+    };
+    let tail = if len >= 8 {
+        load8(&b[at + len - 8..])
+    } else {
+        0
+    };
+    head ^ tail.rotate_left(29) ^ (len as u64)
+}
+
+#[inline(always)]
+fn load8(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(w)
 }
 
 /// What a member must be, for [`Scanner::members`].
@@ -415,6 +450,7 @@ impl<'a, 'k> Scanner<'a, 'k> {
             i: 0,
             keys,
             dup: None,
+            number_start: 0,
         }
     }
 
@@ -467,10 +503,11 @@ impl<'a, 'k> Scanner<'a, 'k> {
             self.i = find_special(self.b, self.i);
             match self.next()? {
                 b'"' => {
+                    // Between two ASCII quotes of a UTF-8 text: a whole str.
                     return Ok(Text {
-                        quoted: &self.text[start..self.i],
+                        inner: &self.text[start + 1..self.i - 1],
                         escaped,
-                    })
+                    });
                 }
                 b'\\' => {
                     escaped = true;
@@ -544,14 +581,25 @@ impl<'a, 'k> Scanner<'a, 'k> {
                 return Err(Malformed);
             }
         }
-        if plain {
-            return Ok(Kind::Integer);
+        self.number_start = start;
+        Ok(if plain { Kind::Integer } else { Kind::Number })
+    }
+
+    /// The kind of a member the rules type as an integer: a number with a fraction or
+    /// an exponent is one too when it is whole (`1.0`, `1e3`), as JSON Schema counts.
+    /// Only asked of those few members, so other numbers are never parsed.
+    fn integer_kind(&self, f: Field<'a>) -> Kind {
+        if f.kind != Kind::Number {
+            return f.kind;
         }
-        // Rare: `1.0` or `1e3` is an integer to JSON Schema.
-        let whole = self.text[start..self.i]
+        let whole = self.text[self.number_start..self.i]
             .parse::<f64>()
             .is_ok_and(|v| v.is_finite() && v.fract() == 0.0);
-        Ok(if whole { Kind::Integer } else { Kind::Number })
+        if whole {
+            Kind::Integer
+        } else {
+            Kind::Number
+        }
     }
 
     /// Reads one value: a string's text, a scalar's kind, and skips (checking) an
@@ -674,7 +722,12 @@ impl<'a, 'k> Scanner<'a, 'k> {
     #[inline(always)]
     fn note_key(&mut self, base: usize, key: Text<'a>, name: &str) {
         let bytes = name.as_bytes();
-        let fp = fingerprint(bytes);
+        let fp = if key.escaped {
+            fingerprint(bytes)
+        } else {
+            let at = key.inner.as_ptr() as usize - self.b.as_ptr() as usize;
+            fingerprint_at(self.b, at, bytes.len())
+        };
         let open = &self.keys.spans[base..];
         if open.len() < LINEAR_KEYS {
             for k in open {
@@ -694,8 +747,7 @@ impl<'a, 'k> Scanner<'a, 'k> {
                 own: true,
             }
         } else {
-            // The content starts one past the opening quote.
-            let at = key.quoted.as_ptr() as usize - self.b.as_ptr() as usize + 1;
+            let at = key.inner.as_ptr() as usize - self.b.as_ptr() as usize;
             KeySpan {
                 fingerprint: fp,
                 at: at as u32,
@@ -1024,7 +1076,7 @@ impl<'a, 'k> Scanner<'a, 'k> {
                     p.page_breach = Some((page_key(key), k));
                 }
                 "objectId" => p.object_id = k,
-                "objectTypeId" => p.object_type_id = k,
+                "objectTypeId" => p.object_type_id = s.integer_kind(f),
                 "deliveryId" | "recipient" | "reason" | "actionValue" | "href"
                     if k != Kind::String && p.delivery_breach.is_none() =>
                 {
@@ -1033,8 +1085,8 @@ impl<'a, 'k> Scanner<'a, 'k> {
                 "metric" => p.metric = f,
                 "activityType" => p.activity_type = k,
                 "actionType" => p.action_type = f,
-                "contentId" => p.content_id = k,
-                "templateId" => p.template_id = k,
+                "contentId" => p.content_id = s.integer_kind(f),
+                "templateId" => p.template_id = s.integer_kind(f),
                 _ => {}
             }
             Ok(())
@@ -1283,6 +1335,20 @@ mod tests {
     }
 
     #[test]
+    fn fingerprints_from_the_body_equal_those_of_the_key_alone() {
+        let body: Vec<u8> = (0..64u8).map(|i| b'a' + i % 26).collect();
+        for at in 0..body.len() {
+            for len in 0..=body.len() - at {
+                assert_eq!(
+                    fingerprint_at(&body, at, len),
+                    fingerprint(&body[at..at + len]),
+                    "at {at} len {len}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn sixteen_byte_search_agrees_with_the_portable_one() {
         // Every special byte at every offset of a block, near the end of the input too.
         for len in 0..48 {
@@ -1307,9 +1373,12 @@ mod tests {
     #[test]
     fn numbers_are_integers_when_whole() {
         let kinds = |v: &str| {
-            let body = format!(r#"{{"batch":[{{"version":{v}}}]}}"#);
+            let body = format!(r#"{{"batch":[{{"properties":{{"objectTypeId":{v}}}}}]}}"#);
             let mut k = Kind::Absent;
-            batch(&body, &mut Keys::default(), &mut |_, f| k = f.version).expect("JSON");
+            batch(&body, &mut Keys::default(), &mut |_, f| {
+                k = f.properties.object_type_id
+            })
+            .expect("JSON");
             k
         };
         assert_eq!(kinds("1"), Kind::Integer);
