@@ -8,9 +8,10 @@
 //!
 //! Invariants: at most [`MAX_CONNECTIONS`] connections are served at once (past that a
 //! new one gets a 503 and is closed); a connection with no bytes moving for
-//! [`IDLE_TIMEOUT`] while none of its requests is being worked on is closed, so
-//! abandoned keep-alive connections do not hold slots forever; on shutdown every
-//! connection task is aborted, which closes its socket, idle or not.
+//! [`IDLE_TIMEOUT`] is closed (with a request open, for that plus the longest simulated
+//! latency), so abandoned keep-alive connections and stalled uploads do not hold slots
+//! forever; on shutdown every connection task is aborted, which closes its socket, idle
+//! or not.
 
 use std::io;
 use std::pin::Pin;
@@ -117,8 +118,8 @@ async fn refuse(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
-/// When bytes last moved on a connection, and how many of its requests are being worked
-/// on (waiting out the latency or the bandwidth cap, or checked), for the idle watchdog.
+/// When bytes last moved on a connection, and how many of its requests are open, for
+/// the idle watchdog.
 struct Activity {
     epoch: Instant,
     /// Milliseconds since `epoch`.
@@ -138,7 +139,7 @@ impl Activity {
     }
 }
 
-/// Marks one request as being worked on until dropped.
+/// Marks one request as open until dropped.
 struct Busy(Arc<Activity>);
 
 impl Busy {
@@ -168,6 +169,9 @@ async fn serve_connection(
         last_ms: AtomicU64::new(0),
         busy: AtomicUsize::new(0),
     });
+    // A request may rightly move no bytes for as long as its simulated round trip.
+    let f = &shared.faults;
+    let busy_limit = IDLE_TIMEOUT + Duration::from_millis(f.latency_ms + f.latency_jitter_ms);
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: Arc::clone(&activity),
@@ -187,19 +191,24 @@ async fn serve_connection(
     let conn = builder.serve_connection(io, service);
     tokio::select! {
         _ = conn => {}
-        () = watchdog(&activity) => {}
+        () = watchdog(&activity, busy_limit) => {}
     }
 }
 
-/// Returns once the connection has been idle for [`IDLE_TIMEOUT`].
-async fn watchdog(activity: &Activity) {
+/// Returns once no bytes have moved on the connection for [`IDLE_TIMEOUT`] (or, while
+/// a request is open, for `busy_limit`: a client stalled mid-body is dropped too).
+async fn watchdog(activity: &Activity, busy_limit: Duration) {
     loop {
         let idle = activity.idle_for();
-        if idle >= IDLE_TIMEOUT && activity.busy.load(Ordering::Acquire) == 0 {
+        let limit = if activity.busy.load(Ordering::Acquire) == 0 {
+            IDLE_TIMEOUT
+        } else {
+            busy_limit
+        };
+        if idle >= limit {
             return;
         }
-        let left = IDLE_TIMEOUT.saturating_sub(idle);
-        tokio::time::sleep(left.max(Duration::from_secs(1))).await;
+        tokio::time::sleep((limit - idle).max(Duration::from_secs(1))).await;
     }
 }
 
