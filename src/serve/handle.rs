@@ -177,7 +177,7 @@ async fn post(shared: &Shared, req: Request<Incoming>, route: Route) -> Result<A
             .put(scratch, 2 * shared.limits.max_request_bytes.max(1 << 20));
         return Err(Hangup);
     }
-    let reply = match faults(verdict, &mut delta) {
+    let mut reply = match faults(verdict, &mut delta) {
         Err(Hangup) => None,
         Ok(Some(reply)) => Some(reply),
         Ok(None) => {
@@ -186,7 +186,7 @@ async fn post(shared: &Shared, req: Request<Incoming>, route: Route) -> Result<A
                 tokio::time::sleep(wait).await;
             }
             scratch.ids.clear();
-            let mut reply = checks(
+            Some(checks(
                 shared,
                 &mut scratch,
                 &head,
@@ -194,12 +194,13 @@ async fn post(shared: &Shared, req: Request<Incoming>, route: Route) -> Result<A
                 body,
                 hard_cap,
                 &mut delta,
-            );
-            // Bodies we could not read to their end leave unread bytes on the wire.
-            reply.close |= body == Err(BodyError::TooLarge);
-            Some(reply)
+            ))
         }
     };
+    if let Some(r) = &mut reply {
+        // A body not read to its end leaves unread bytes on the wire, whatever the answer.
+        r.close |= body == Err(BodyError::TooLarge);
+    }
     delta.status = reply.as_ref().map(|r| r.status);
     settle(shared, &delta, &scratch.ids);
     shared
