@@ -65,6 +65,32 @@ pub struct CollectOutcome {
 }
 
 impl CollectOutcome {
+    /// Why a run whose requests still hang after the drain timeout stopped, and how to
+    /// go on (`failed`: what else went wrong before).
+    pub fn abandoned_why(
+        &self,
+        checkpointing: bool,
+        drain_timeout: Duration,
+        failed: &Option<String>,
+    ) -> String {
+        let again = self
+            .resent_beyond("after the first hanging one")
+            .map_or_else(String::new, |b| format!("; {b}"));
+        let next = if checkpointing {
+            format!("the checkpoint is up to date: rerun the same command to resume (the requests still in flight are sent again{again})")
+        } else {
+            "no checkpoint was kept: a rerun starts from the beginning".to_string()
+        };
+        let why = format!(
+            "requests still in flight after --drain-timeout ({}s); {next}",
+            drain_timeout.as_secs()
+        );
+        match failed {
+            Some(f) => format!("{f}; then {why}"),
+            None => why,
+        }
+    }
+
     /// Says that [`CollectOutcome::beyond`] was accepted past a request that did not
     /// finish (`after` says where), counted as delivered, and is sent again on resume;
     /// `None` when there is none.

@@ -1,4 +1,6 @@
-//! Sources: read input files into chunks of rows, one file format per submodule.
+//! Sources: read input files into chunks of rows, one file format per submodule, and the
+//! reading stage of a run ([`read`]). A source knows nothing of the mapping: it resolves
+//! names and hands fields.
 //!
 //! A source resolves the mapping's column names against its schema once, before any row
 //! is read ([`Schema::resolve`]), then fills reusable [`Chunk`]s. The mapper sees rows only
