@@ -103,7 +103,10 @@ fn a_generated_100k_row_csv_arrives_exactly_packed_full_and_within_limits() {
 
     let bad: BTreeMap<u64, &str> = g.bad_rows.iter().copied().collect();
     // The seed is the input's content identity, not its path.
-    let seed = content_seed("", &Ends::of_file(std::path::Path::new(&input_arg)).unwrap());
+    let seed = content_seed(
+        "",
+        &Ends::of_file(std::path::Path::new(&input_arg)).unwrap(),
+    );
     let expected: HashSet<String> = (0..g.rows)
         .filter(|r| !bad.contains_key(r))
         .map(|r| message_id(seed, r, 0))

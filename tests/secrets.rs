@@ -467,7 +467,10 @@ fn object_storage_credentials_and_signed_queries_never_reach_output() {
     let dir = workdir();
     let server = s3::Server::start();
     let c = server.client();
-    c.put("in/events.csv", std::fs::read(dir.path("events.csv")).unwrap());
+    c.put(
+        "in/events.csv",
+        std::fs::read(dir.path("events.csv")).unwrap(),
+    );
     let receiver = receiver(dir.dir(), KEY, Faults::default());
     let o = common::run(
         common::bin()
@@ -499,7 +502,11 @@ fn object_storage_credentials_and_signed_queries_never_reach_output() {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                assert_absent(&p.display().to_string(), &std::fs::read(&p).unwrap(), s3::SECRET_KEY);
+                assert_absent(
+                    &p.display().to_string(),
+                    &std::fs::read(&p).unwrap(),
+                    s3::SECRET_KEY,
+                );
             }
         }
     }
