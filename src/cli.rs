@@ -175,7 +175,8 @@ pub struct ValidateArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The checkpoint file.
+    /// The checkpoint: a file, a directory of shard checkpoints, or an object URL or
+    /// prefix (s3://bucket/state/).
     #[arg(default_value = config::DEFAULT_CHECKPOINT_PATH, value_name = "CHECKPOINT")]
     pub checkpoint: PathBuf,
 }
@@ -942,6 +943,10 @@ fn serve(cfg: ServeConfig) -> ExitCode {
 
 /// `status`: what a checkpoint says.
 fn status(args: StatusArgs) -> ExitCode {
+    let url = args.checkpoint.to_string_lossy();
+    if crate::source::remote::is_object_url(&url) {
+        return status_of_objects(&url);
+    }
     let loaded = match args.checkpoint.is_dir() {
         true => Ok(None),
         false => crate::checkpoint::load(&args.checkpoint),
@@ -969,6 +974,40 @@ fn status(args: StatusArgs) -> ExitCode {
         ),
         Err(e) => fail(EXIT_FAILURE, &e.to_string()),
     }
+}
+
+/// `status URL`: a checkpoint, or a sharded backfill's checkpoints, in object storage.
+#[cfg(feature = "object-store")]
+fn status_of_objects(url: &str) -> ExitCode {
+    use crate::checkpoint::object::{find, Found};
+    let found = crate::pipeline::object_runtime([std::path::Path::new(url)])
+        .map_err(|e| e.to_string())
+        .and_then(|rt| match rt {
+            Some(rt) => find(&rt, url).map_err(|e| e.to_string()),
+            None => Ok(Found::Nothing),
+        });
+    let text = match found {
+        Ok(Found::One(cp)) => crate::checkpoint::describe(&cp),
+        Ok(Found::Shards(shards)) => crate::checkpoint::describe_shards(&shards),
+        Ok(Found::Nothing) => {
+            let shown = crate::source::remote::redact::redact_url(url);
+            return fail(
+                EXIT_FAILURE,
+                &format!("no checkpoint at {shown}: no backfill has started with it (see `run --checkpoint`)"),
+            );
+        }
+        Err(e) => return fail(EXIT_FAILURE, &e),
+    };
+    print_out(&text).map_or_else(|e| e, |()| ExitCode::from(EXIT_OK))
+}
+
+#[cfg(not(feature = "object-store"))]
+fn status_of_objects(url: &str) -> ExitCode {
+    let shown = crate::source::remote::redact::redact_url(url);
+    fail(
+        EXIT_FAILURE,
+        &format!("{shown}: this cdp-backfill was built without the object-store feature"),
+    )
 }
 
 /// `inspect`: a profile of the input, and perhaps a starter mapping.

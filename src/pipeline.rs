@@ -88,8 +88,8 @@ pub fn run(
         start,
         stop,
     } = match preflight(cfg, src)? {
-        Preflight::Ready(r) => r,
-        Preflight::AlreadyComplete(s) => return Ok(s),
+        Preflight::Ready(r) => *r,
+        Preflight::AlreadyComplete(s) => return Ok(*s),
     };
     let rejects_len0 = durable.as_ref().map_or(0, |d| d.base.rejects_len);
     // Before the rejects file is touched: a run that cannot start its threads changes
@@ -287,9 +287,9 @@ struct Ready {
 }
 
 enum Preflight {
-    Ready(Ready),
+    Ready(Box<Ready>),
     /// The checkpoint says the backfill finished: nothing to do.
-    AlreadyComplete(Summary),
+    AlreadyComplete(Box<Summary>),
 }
 
 /// Everything checked before anything is read or sent, and before anything on disk
@@ -357,20 +357,20 @@ fn preflight(cfg: &RunConfig, src: &SourceOptions) -> Result<Preflight, RunError
         if d.base.complete {
             let (n, rejected) = (plan.inputs.len(), d.base.counters.rows_rejected);
             let s = Summary::already_complete(&d.path, n, &cfg.rejects_path, rejected);
-            return Ok(Preflight::AlreadyComplete(s));
+            return Ok(Preflight::AlreadyComplete(Box::new(s)));
         }
         if !cfg.quiet {
             // Not `eprintln!`: a closed stderr stops nothing.
             let _ = writeln!(std::io::stderr(), "{}", d.starting_at(&plan.inputs));
         }
     }
-    Ok(Preflight::Ready(Ready {
+    Ok(Preflight::Ready(Box::new(Ready {
         plan,
         durable,
         _rejects_lock: rejects_lock,
         start,
         stop,
-    }))
+    })))
 }
 
 /// Where requests go: nowhere (a dry run, perhaps writing them to `--output`), the

@@ -498,6 +498,19 @@ fn positions_are_bytes(path: &str) -> bool {
         .any(|ext| p.ends_with(ext))
 }
 
+/// Who holds an unfinished checkpoint kept in object storage: `, held by host/pid
+/// (generation 2)`, or `, released` when its last run ended; empty on disk.
+fn lease_note(cp: &Checkpoint) -> String {
+    match &cp.lease {
+        Some(l) if l.released => format!(", released by {} (generation {})", l.owner, l.generation),
+        Some(l) => format!(
+            ", held by {} (generation {}) unless it stopped writing",
+            l.owner, l.generation
+        ),
+        None => String::new(),
+    }
+}
+
 /// `cdp-backfill status`: a human description of a checkpoint.
 pub fn describe(cp: &Checkpoint) -> String {
     let mut s = String::new();
@@ -546,6 +559,9 @@ pub fn describe(cp: &Checkpoint) -> String {
             cp.resume.input + 1,
             cp.inputs.len()
         ));
+        if cp.lease.is_some() {
+            s.push_str(&format!("  lease           {}\n", &lease_note(cp)[2..]));
+        }
     }
     s
 }
@@ -554,22 +570,13 @@ pub fn describe(cp: &Checkpoint) -> String {
 /// files in a directory, or the `NAME.shard-K-of-N.EXT` files beside a checkpoint path,
 /// sorted by shard. Empty when there are none.
 pub fn find_shards(path: &Path) -> Result<Vec<(PathBuf, Checkpoint)>, CheckpointError> {
-    let (dir, prefix, suffix) = if path.is_dir() {
-        (
-            path.to_path_buf(),
-            "shard-".to_string(),
-            ".checkpoint.json".to_string(),
-        )
-    } else {
-        let dir = match path.parent() {
+    let is_shard = shard_names(path.is_dir(), &path.to_string_lossy());
+    let dir = match path.is_dir() {
+        true => path.to_path_buf(),
+        false => match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
-        };
-        let name = path
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let (stem, ext) = name.rsplit_once('.').unwrap_or((&name, ""));
-        (dir, format!("{stem}.shard-"), format!(".{ext}"))
+        },
     };
     let Ok(entries) = fs::read_dir(&dir) else {
         return Ok(Vec::new());
@@ -577,7 +584,7 @@ pub fn find_shards(path: &Path) -> Result<Vec<(PathBuf, Checkpoint)>, Checkpoint
     let mut found = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&prefix) && name.ends_with(&suffix) && name.contains("-of-") {
+        if is_shard(&name) {
             let p = e.path();
             if let Some(cp) = load(&p)? {
                 found.push((p, cp));
@@ -586,6 +593,27 @@ pub fn find_shards(path: &Path) -> Result<Vec<(PathBuf, Checkpoint)>, Checkpoint
     }
     found.sort_by_key(|(_, cp)| cp.shard.as_ref().map_or(0, |s| s.k));
     Ok(found)
+}
+
+/// Which names in the same directory (or under the same prefix) are the shard
+/// checkpoints of `path` (`cli::shard_path`'s names): in a directory (`dir`),
+/// `shard-K-of-N.checkpoint.json`; beside a checkpoint file `NAME.EXT`,
+/// `NAME.shard-K-of-N.EXT`.
+pub fn shard_names(dir: bool, path: &str) -> impl Fn(&str) -> bool {
+    let (prefix, suffix) = match dir {
+        true => ("shard-".to_string(), ".checkpoint.json".to_string()),
+        false => {
+            let name = path.rsplit('/').next().unwrap_or(path);
+            let (stem, ext) = name.rsplit_once('.').unwrap_or((name, ""));
+            (format!("{stem}.shard-"), format!(".{ext}"))
+        }
+    };
+    move |name: &str| {
+        name.len() > prefix.len() + suffix.len()
+            && name.starts_with(&prefix)
+            && name.ends_with(&suffix)
+            && name.contains("-of-")
+    }
 }
 
 /// `cdp-backfill status` of a sharded backfill: each shard's line, the totals, and what
@@ -609,11 +637,12 @@ pub fn describe_shards(shards: &[(PathBuf, Checkpoint)]) -> String {
             "done".to_string()
         } else {
             format!(
-                "at {} row {}",
+                "at {} row {}{}",
                 cp.inputs
                     .get(cp.resume.input as usize)
                     .map_or("?", |f| f.path.as_str()),
-                cp.resume.row + 1
+                cp.resume.row + 1,
+                lease_note(cp)
             )
         };
         s.push_str(&format!(

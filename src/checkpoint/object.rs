@@ -255,6 +255,85 @@ impl ObjectState {
     }
 }
 
+/// What `cdp-backfill status URL` finds in object storage.
+pub enum Found {
+    /// One checkpoint: the object `url` names, or `checkpoint.json` under a prefix.
+    One(Box<Checkpoint>),
+    /// A sharded backfill's checkpoints, by shard: `shard-K-of-N.checkpoint.json` under
+    /// the prefix, or `NAME.shard-K-of-N.EXT` beside a checkpoint object `NAME.EXT`
+    /// (the names `--shard` gives them), each with its URL.
+    Shards(Vec<(std::path::PathBuf, Checkpoint)>),
+    Nothing,
+}
+
+/// The checkpoint or the shard checkpoints at `url`, read without taking any lease.
+pub fn find(rt: &Arc<ObjectRuntime>, url: &str) -> Result<Found, CheckpointError> {
+    let shown = crate::source::remote::redact::redact_url(url);
+    let read_error = |e: &dyn std::fmt::Display| CheckpointError::Read {
+        path: shown.clone(),
+        source: io_other(e),
+    };
+    let loc = locate(url, &StoreEnv::from_process()).map_err(|e| read_error(&e))?;
+    let get = |key: Key| -> Result<Option<Checkpoint>, CheckpointError> {
+        let store = loc.store.clone();
+        let at = loc.show(&key);
+        let got = rt.block_on(async move {
+            match store.get(&key).await {
+                Ok(r) => r.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        match got.map_err(|e| read_error(&e))? {
+            Some(b) => super::parse(&b, &at).map(Some),
+            None => Ok(None),
+        }
+    };
+    // The object itself, or a prefix's single checkpoint.
+    let dir = loc.is_prefix;
+    let single = match dir {
+        true => loc.path.clone().join("checkpoint.json"),
+        false => loc.path.clone(),
+    };
+    if let Some(cp) = get(single)? {
+        return Ok(Found::One(Box::new(cp)));
+    }
+    // Shard checkpoints under the prefix, or beside the object.
+    let key = loc.path.as_ref().to_string();
+    let parent = match dir {
+        true => key.clone(),
+        false => key
+            .rsplit_once('/')
+            .map_or_else(String::new, |(p, _)| p.to_string()),
+    };
+    let is_shard = super::shard_names(dir, &key);
+    let store = loc.store.clone();
+    let prefix = (!parent.is_empty()).then(|| Key::from(parent.as_str()));
+    let listed = rt.block_on(async move {
+        store
+            .list_with_delimiter(prefix.as_ref())
+            .await
+            .map(|l| l.objects)
+    });
+    let mut found = Vec::new();
+    for o in listed.map_err(|e| read_error(&e))? {
+        let name = o.location.filename().unwrap_or("").to_string();
+        if is_shard(&name) {
+            let at = loc.show(&o.location);
+            if let Some(cp) = get(o.location)? {
+                found.push((std::path::PathBuf::from(at), cp));
+            }
+        }
+    }
+    found.sort_by_key(|(_, cp)| cp.shard.as_ref().map_or(0, |s| s.k));
+    match found.is_empty() {
+        // A prefix named without its slash, as a local directory may be.
+        true if !dir && !url.contains('?') => find(rt, &format!("{url}/")),
+        true => Ok(Found::Nothing),
+        false => Ok(Found::Shards(found)),
+    }
+}
+
 /// The rejects as numbered create-only parts under a prefix.
 pub struct ObjectRejects {
     rt: Arc<ObjectRuntime>,
