@@ -3,7 +3,8 @@
 //!
 //! The inputs live in object storage (s3s-fs on 127.0.0.1, `tests/common/s3.rs`): a
 //! large plain CSV whose quoted fields hold newlines (split at record boundaries found
-//! by the parser), a gzip part (never split), Parquet parts (split between row groups).
+//! by the parser), a gzip part (never split), a Parquet part of 8 row groups (split
+//! between groups) and another plain CSV.
 
 mod common;
 #[path = "common/s3.rs"]
@@ -13,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{fixture, Workdir};
@@ -31,10 +33,74 @@ fn export(w: &Workdir, server: &Server) -> std::path::PathBuf {
     c.put("s/part-0000.csv", std::fs::read(&big).unwrap());
     let small = w.generate("small.csv", 3_000, 4);
     c.put("s/part-0001.csv.gz", gzip(&std::fs::read(&small).unwrap()));
+    let groups = w.path("groups.parquet");
+    events_parquet(&groups, 8_000, 8);
+    c.put("s/part-0002.parquet", std::fs::read(&groups).unwrap());
     let more = w.generate("more.csv", 9_000, 6);
-    c.put("s/part-0002.csv", std::fs::read(&more).unwrap());
+    c.put("s/part-0003.csv", std::fs::read(&more).unwrap());
     c.put("s/_SUCCESS", Vec::new());
     fixture("events.toml")
+}
+
+/// Events the fixture mapping reads, as Parquet of `rows` rows in `groups` row groups
+/// (every 97th row has no user or anonymous id: rejected).
+fn events_parquet(path: &Path, rows: usize, groups: usize) {
+    use arrow_array::StringArray;
+    use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+    let text = |f: &dyn Fn(usize) -> Option<String>| -> ArrayRef {
+        Arc::new((0..rows).map(f).collect::<StringArray>())
+    };
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        (
+            "user_id",
+            text(&|i| (i % 97 != 0).then(|| format!("pq{i}"))),
+        ),
+        ("anonymous_id", text(&|_| None)),
+        ("event", text(&|i| Some(format!("Parquet Event {}", i % 5)))),
+        (
+            "timestamp",
+            text(&|i| Some(format!("2021-03-{:02}T10:{:02}:00Z", 1 + i % 28, i % 60))),
+        ),
+        ("plan", text(&|i| Some(["free", "pro"][i % 2].to_string()))),
+        (
+            "amount",
+            Arc::new(Float64Array::from_iter_values(
+                (0..rows).map(|i| i as f64 / 4.0),
+            )),
+        ),
+        (
+            "item_count",
+            Arc::new(Int64Array::from_iter_values(
+                (0..rows).map(|i| (i % 9) as i64),
+            )),
+        ),
+        (
+            "is_trial",
+            Arc::new(BooleanArray::from_iter((0..rows).map(|i| Some(i % 3 == 0)))),
+        ),
+        (
+            "description",
+            text(&|i| Some(format!("row {i}, \"quoted\"\nline"))),
+        ),
+    ];
+    let batch = RecordBatch::try_from_iter(cols).unwrap();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(rows / groups))
+        .build();
+    let file = std::fs::File::create(path).unwrap();
+    let mut wr = ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+    wr.write(&batch).unwrap();
+    wr.close().unwrap();
+    let meta = parquet::file::reader::FileReader::metadata(
+        &parquet::file::serialized_reader::SerializedFileReader::new(
+            std::fs::File::open(path).unwrap(),
+        )
+        .unwrap(),
+    )
+    .clone();
+    assert_eq!(meta.num_row_groups(), groups);
 }
 
 /// Every call of `bodies` (request bodies, one per line), by messageId.
@@ -49,21 +115,27 @@ fn calls(bodies: &str) -> Vec<(String, serde_json::Value)> {
     out
 }
 
+/// A dry run of the whole export: its bodies.
 fn dry_run(w: &Workdir, server: &Server, mapping: &Path, extra: &[&str], out: &str) -> String {
+    dry_run_of(w, server, "s3://exports/s/", mapping, extra, out)
+}
+
+fn dry_run_of(
+    w: &Workdir,
+    server: &Server,
+    input: &str,
+    mapping: &Path,
+    extra: &[&str],
+    out: &str,
+) -> String {
     let out = w.path(out);
     let mut cmd = w.cmd();
-    cmd.args([
-        "run",
-        "s3://exports/s/",
-        "--dry-run",
-        "--quiet",
-        "--mapping",
-    ])
-    .arg(mapping)
-    .arg("--output")
-    .arg(&out)
-    .args(extra)
-    .envs(Server::env(&server.endpoint()));
+    cmd.args(["run", input, "--dry-run", "--quiet", "--mapping"])
+        .arg(mapping)
+        .arg("--output")
+        .arg(&out)
+        .args(extra)
+        .envs(Server::env(&server.endpoint()));
     let o = common::run(&mut cmd);
     assert!(
         matches!(o.status.code(), Some(0 | 3)),
@@ -80,9 +152,24 @@ fn shards_of_a_dry_run_add_up_to_the_single_run_exactly() {
     let mapping = export(&w, &server);
     let whole = calls(&dry_run(&w, &server, &mapping, &[], "whole.ndjson"));
     assert!(whole.len() > 30_000, "{}", whole.len());
+    // The calls of the big plain CSV alone.
+    let big: HashSet<String> = calls(&dry_run_of(
+        &w,
+        &server,
+        "s3://exports/s/part-0000.csv",
+        &mapping,
+        &["--rejects", "big-rejects.ndjson"],
+        "big.ndjson",
+    ))
+    .into_iter()
+    .map(|(id, _)| id)
+    .collect();
+    // Which parts some N split between two shards or more.
+    let (mut csv_split, mut parquet_split) = (false, false);
     for n in [2u32, 3, 4, 7] {
         let mut union: Vec<(String, serde_json::Value)> = Vec::new();
         let mut sizes = Vec::new();
+        let (mut csv_shards, mut parquet_shards) = (0, 0);
         for k in 0..n {
             let shard = format!("{k}/{n}");
             let part = calls(&dry_run(
@@ -98,8 +185,16 @@ fn shards_of_a_dry_run_add_up_to_the_single_run_exactly() {
                 &format!("shard-{k}.ndjson"),
             ));
             sizes.push(part.len());
+            let event = |c: &serde_json::Value, p: &str| {
+                c["event"].as_str().is_some_and(|e| e.starts_with(p))
+            };
+            parquet_shards += part.iter().any(|(_, c)| event(c, "Parquet Event")) as u32;
+            csv_shards += part.iter().any(|(id, _)| big.contains(id)) as u32;
             union.extend(part);
         }
+        eprintln!("N={n}: {sizes:?}, parquet in {parquet_shards} shards");
+        parquet_split |= parquet_shards > 1;
+        csv_split |= csv_shards > 1;
         // Every call once, none twice, none new: the same ids, the same calls.
         assert_eq!(union.len(), whole.len(), "N={n}: shard sizes {sizes:?}");
         let by_id: HashMap<&str, &serde_json::Value> =
@@ -112,6 +207,11 @@ fn shards_of_a_dry_run_add_up_to_the_single_run_exactly() {
         // Balanced by bytes, within the largest unit that cannot be split.
         assert!(sizes.iter().all(|&s| s > 0), "N={n}: {sizes:?}");
     }
+    assert!(
+        parquet_split,
+        "no N split the Parquet part between row groups"
+    );
+    assert!(csv_split);
 }
 
 /// The ids of every call a receiver recorded, with how often each came.
@@ -124,10 +224,11 @@ fn received(record: &Path) -> HashMap<String, usize> {
     m
 }
 
+/// Shard `k` of 4, its state under `state` (a directory or a bucket prefix).
 fn shard_cmd(
     w: &Workdir,
     server: &Server,
-    base: &str,
+    (base, state): (&str, &str),
     mapping: &Path,
     k: u32,
     extra: &[&str],
@@ -135,14 +236,10 @@ fn shard_cmd(
     let mut cmd = w.cmd();
     cmd.args(["run", "s3://exports/s/", "--quiet", "--mapping"])
         .arg(mapping)
-        .args([
-            "--endpoint",
-            base,
-            "--checkpoint",
-            "state/",
-            "--concurrency",
-            "2",
-        ])
+        .args(["--endpoint", base, "--checkpoint", state])
+        .args(["--concurrency", "2", "--lease-ttl", "2"])
+        // Requests of about 130 calls: many of them, and a small replay bound.
+        .args(["--max-request-bytes", "50000"])
         .arg("--shard")
         .arg(format!("{k}/4"))
         .args(extra)
@@ -152,32 +249,43 @@ fn shard_cmd(
     cmd
 }
 
+/// The four shards of the export with their state in the bucket (what the Kubernetes Job
+/// does): one killed with SIGKILL once it has delivered something, and run again (it
+/// takes its dead predecessor's lease over after the ttl and resumes).
 #[test]
 fn four_shards_one_killed_and_rerun_deliver_every_call_once_but_the_replay_bound() {
     let w = Workdir::new();
-    std::fs::create_dir(w.path("state")).unwrap();
     let server = Server::start();
     let mapping = export(&w, &server);
-    let whole = calls(&dry_run(&w, &server, &mapping, &[], "whole.ndjson"));
+    let whole_bodies = dry_run(
+        &w,
+        &server,
+        &mapping,
+        &["--max-request-bytes", "50000"],
+        "whole.ndjson",
+    );
+    let whole = calls(&whole_bodies);
     let expected: HashSet<String> = whole.iter().map(|(id, _)| id.clone()).collect();
+    let per_request = whole_bodies.lines().map(|l| calls(l).len()).max().unwrap();
     let (receiver, record) = common::receiver(w.dir(), Default::default());
-    let base = receiver.base_url();
+    let target = (receiver.base_url(), "s3://exports/state/");
+    let target = (target.0.as_str(), target.1);
     // --rate 40 for the workspace: 10 requests a second each, slow enough to kill one.
     let mut children: Vec<(u32, Child)> = (0..4)
         .map(|k| {
-            let c = shard_cmd(&w, &server, &base, &mapping, k, &["--rate", "40"])
+            let c = shard_cmd(&w, &server, target, &mapping, k, &["--rate", "40"])
                 .spawn()
                 .unwrap();
             (k, c)
         })
         .collect();
     // Kill shard 1 once its checkpoint moved past its start.
-    let cp = w.path("state/shard-0001-of-0004.checkpoint.json");
+    let client = server.client();
     let t = Instant::now();
     loop {
-        let moved = std::fs::read_to_string(&cp)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        let moved = client
+            .get("state/shard-0001-of-0004.checkpoint.json")
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .is_some_and(|v| v["counters"]["calls_delivered"].as_u64().unwrap_or(0) > 0);
         if moved {
             break;
@@ -195,8 +303,8 @@ fn four_shards_one_killed_and_rerun_deliver_every_call_once_but_the_replay_bound
         let out = c.wait().unwrap();
         assert!(matches!(out.code(), Some(0 | 3)), "shard {k}: {out:?}");
     }
-    // The killed shard, run again, resumes from its checkpoint.
-    let out = common::run(&mut shard_cmd(&w, &server, &base, &mapping, 1, &[]));
+    // The killed shard, run again, takes the lease over and resumes from its checkpoint.
+    let out = common::run(&mut shard_cmd(&w, &server, target, &mapping, 1, &[]));
     assert!(
         matches!(out.status.code(), Some(0 | 3)),
         "{}",
@@ -210,12 +318,32 @@ fn four_shards_one_killed_and_rerun_deliver_every_call_once_but_the_replay_bound
         "the union is not the single run's set of messageIds"
     );
     // Repeats: only from the killed shard, at most its window of 2 x concurrency
-    // requests of at most 500 calls each (and each repeat carries its first id).
+    // requests.
     let repeats: usize = got.values().map(|n| n - 1).sum();
-    assert!(repeats <= 2 * 2 * 500, "{repeats} repeats");
-    // status combines the four checkpoints.
-    let out = common::run(w.cmd().args(["status", "state/"]));
+    assert!(
+        repeats <= 2 * 2 * per_request,
+        "{repeats} repeats, more than 4 requests of {per_request} calls"
+    );
+    // Each shard's rejects are parts of its own; together, every rejected row once.
+    let parts = client.list("state/");
+    let mut rejected = HashSet::new();
+    for p in parts.iter().filter(|p| p.contains(".rejects/")) {
+        for l in String::from_utf8(client.get(p).unwrap()).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let at = (v["source"].as_str().unwrap().to_string(), v["row"].as_u64());
+            assert!(rejected.insert(at), "{l} rejected twice");
+        }
+    }
+    let whole_rejects = common::read_lines(&w.path("cdp-backfill.rejects.ndjson"));
+    assert_eq!(rejected.len(), whole_rejects.len(), "{parts:?}");
+    // status combines the four checkpoints in the bucket.
+    let out = common::run(
+        w.cmd()
+            .args(["status", "s3://exports/state/"])
+            .envs(Server::env(&server.endpoint())),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
     assert!(text.contains("4 of 4 shards have a checkpoint"), "{text}");
     assert!(text.contains("every shard is done"), "{text}");
     let delivered: u64 = text
@@ -224,4 +352,48 @@ fn four_shards_one_killed_and_rerun_deliver_every_call_once_but_the_replay_bound
         .and_then(|v| v.trim().parse().ok())
         .unwrap();
     assert!(delivered >= expected.len() as u64, "{text}");
+}
+
+/// `status` of shards whose state is on a local disk: a state directory, and the files
+/// beside a `--checkpoint FILE`; a missing shard is named.
+#[test]
+fn status_combines_the_shard_checkpoints_of_a_directory_or_beside_a_file() {
+    let w = Workdir::new();
+    std::fs::create_dir(w.path("state")).unwrap();
+    let server = Server::start();
+    let mapping = export(&w, &server);
+    for (state, shards) in [("state/", [0u32, 1, 2, 3]), ("run.json", [0, 1, 3, 3])] {
+        for k in shards {
+            let o = common::run(&mut shard_cmd(
+                &w,
+                &server,
+                ("local", state),
+                &mapping,
+                k,
+                &[],
+            ));
+            assert!(
+                matches!(o.status.code(), Some(0 | 3)),
+                "{}",
+                common::stderr(&o)
+            );
+        }
+        let out = common::run(w.cmd().args(["status", state]));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+        match state {
+            "state/" => {
+                assert!(text.contains("4 of 4 shards have a checkpoint"), "{text}");
+                assert!(text.contains("every shard is done"), "{text}");
+            }
+            _ => {
+                assert!(text.contains("3 of 4 shards have a checkpoint"), "{text}");
+                assert!(
+                    text.contains("shards not started (no checkpoint): 2"),
+                    "{text}"
+                );
+                assert!(w.path("run.shard-0003-of-0004.json").is_file());
+            }
+        }
+    }
 }

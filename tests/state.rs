@@ -115,6 +115,21 @@ fn a_second_process_is_refused_a_dead_ones_lease_is_taken_over_and_the_union_is_
     assert_eq!(lease["generation"], 1, "{lease}");
     assert_eq!(lease["released"], false);
 
+    // status reads it from the bucket, without taking the lease: A holds it.
+    let st = common::run(
+        w.cmd()
+            .args(["status", "s3://exports/state/run-1/"])
+            .envs(Server::env(&server.endpoint())),
+    );
+    assert_eq!(st.status.code(), Some(0), "{}", common::stderr(&st));
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        text.contains("a resume would continue s3://exports/in/events.csv")
+            && text.contains("held by")
+            && text.contains("(generation 1)"),
+        "{text}"
+    );
+
     // B on the same state while A runs: refused, after watching the lease move.
     let b = common::run(&mut cmd(&w, &server, &base, &[]));
     assert_eq!(b.status.code(), Some(2), "{}", common::stderr(&b));
@@ -180,6 +195,31 @@ fn a_second_process_is_refused_a_dead_ones_lease_is_taken_over_and_the_union_is_
     // The total the checkpoint counts is what the parts hold.
     let bytes: u64 = parts.iter().map(|p| c.get(p).unwrap().len() as u64).sum();
     assert_eq!(cp["rejects_len"].as_u64(), Some(bytes));
+
+    // status of the checkpoint object itself; of a prefix holding none, a clear no.
+    for (url, code) in [
+        ("s3://exports/state/run-1/checkpoint.json", 0),
+        ("s3://exports/state/run-2/", 1),
+    ] {
+        let st = common::run(
+            w.cmd()
+                .args(["status", url])
+                .envs(Server::env(&server.endpoint())),
+        );
+        assert_eq!(st.status.code(), Some(code), "{}", common::stderr(&st));
+        match code {
+            0 => assert!(
+                String::from_utf8_lossy(&st.stdout).contains("every input is done"),
+                "{}",
+                String::from_utf8_lossy(&st.stdout)
+            ),
+            _ => assert!(
+                common::stderr(&st).contains("no checkpoint at s3://exports/state/run-2/"),
+                "{}",
+                common::stderr(&st)
+            ),
+        }
+    }
 
     // Finished and released: the next run says so at once.
     let again = common::run(&mut cmd(&w, &server, &base, &[]));
