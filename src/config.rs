@@ -165,7 +165,12 @@ impl Shard {
                 .map_err(|_| format!("--shard {s}: {t:?} is not a number"))
         };
         let (k, n) = (num(k)?, num(n)?);
-        if n == 0 || k >= n {
+        if n == 0 {
+            return Err(format!(
+                "--shard {s}: N, the number of shards, must be at least 1"
+            ));
+        }
+        if k >= n {
             return Err(format!(
                 "--shard {s}: K must be at least 0 and below N (shards count from 0: 0/{n} … {}/{n})",
                 n.saturating_sub(1)
@@ -258,6 +263,42 @@ pub struct OwnFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shard_shares_of_a_rate_add_up_to_it_exactly_and_never_to_zero() {
+        for n in 1..=17u32 {
+            for total in [n, n + 1, 2 * n - 1, 1000, 3001, u32::MAX] {
+                let parts: Vec<u32> = (0..n)
+                    .map(|k| Shard { k, n }.share(total).unwrap())
+                    .collect();
+                assert_eq!(parts.iter().map(|&p| p as u64).sum::<u64>(), total as u64);
+                assert!(parts.iter().all(|&p| p >= 1), "{n} {total} {parts:?}");
+                let (lo, hi) = (parts.iter().min().unwrap(), parts.iter().max().unwrap());
+                assert!(hi - lo <= 1, "{n} {total} {parts:?}");
+            }
+            if n > 1 {
+                assert_eq!(Shard { k: 0, n }.share(n - 1), None);
+            }
+        }
+    }
+
+    #[test]
+    fn shard_arguments_are_checked() {
+        assert_eq!(Shard::parse("3/8"), Ok(Shard { k: 3, n: 8 }));
+        assert_eq!(Shard::parse(" 0 / 1 "), Ok(Shard { k: 0, n: 1 }));
+        for (bad, says) in [
+            ("4/4", "below N"),
+            ("1/0", "at least 1"),
+            ("0/0", "at least 1"),
+            ("3", "expected K/N"),
+            ("-1/4", "not a number"),
+            ("a/4", "not a number"),
+        ] {
+            let e = Shard::parse(bad).unwrap_err();
+            assert!(e.contains(says) && e.contains(bad.trim()), "{bad}: {e}");
+        }
+        assert_eq!(Shard { k: 3, n: 8 }.file_stem(), "shard-0003-of-0008");
+    }
 
     #[test]
     fn api_key_never_shows_in_debug_or_display() {

@@ -4,8 +4,8 @@
 //!
 //! - an `s3://…/prefix/` of CSV.gz, NDJSON.zst and Parquet parts gives byte for byte the
 //!   request bodies (messageIds included) of a local run of the same files;
-//! - a resume at 90% of a plain object is one ranged GET from there: its first bytes
-//!   come as fast as a start's, and only the tail is served;
+//! - a resume at 90% of a plain object is one ranged GET from there: only the tail is
+//!   served (the time to its first chunk against a start's is printed; BENCHMARKS.md);
 //! - 500s, a reset part way into a body and a slow body are retried, and the run is
 //!   exact; an object changed since the checkpoint is refused, one replaced while it is
 //!   read is never spliced;
@@ -272,12 +272,9 @@ fn a_resume_at_90_percent_of_a_plain_object_is_one_ranged_get_from_there() {
     from_start.sort();
     from_90.sort();
     let (s, r) = (from_start[2], from_90[2]);
+    // The times are reported, not asserted (the machine's load is not the test's): the
+    // proof that a resume does not re-read is the bytes served, below.
     eprintln!("first chunk: from the start {s:?}, resuming at 90% {r:?}");
-    // A re-read of 90% of the object would take many times a start's time.
-    assert!(
-        r < s * 3 + Duration::from_millis(50),
-        "start {s:?}, resume {r:?}"
-    );
 
     // Read to the end from there: only the tail (and the header's window) is served.
     proxy.faults.reset_counters();

@@ -397,3 +397,34 @@ fn status_combines_the_shard_checkpoints_of_a_directory_or_beside_a_file() {
         }
     }
 }
+
+/// `--rate` and `--events-rate` are the workspace's budget: a shard refuses one too small
+/// to share, naming it, before anything is read.
+#[test]
+fn a_rate_below_the_number_of_shards_is_refused() {
+    let w = Workdir::new();
+    for (flag, value) in [("--rate", "3"), ("--events-rate", "2")] {
+        let o = common::run(
+            w.cmd()
+                .args([
+                    "run",
+                    "nothing.csv",
+                    "--endpoint",
+                    "local",
+                    "--shard",
+                    "1/4",
+                ])
+                .arg("--mapping")
+                .arg(fixture("events.toml"))
+                .args([flag, value]),
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+        let err = common::stderr(&o);
+        assert!(
+            err.contains(&format!(
+                "{flag} {value} is the whole workspace's budget, shared by 4 shards"
+            )),
+            "{err}"
+        );
+    }
+}
