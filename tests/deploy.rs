@@ -1,8 +1,15 @@
 //! `deploy/`: the Kubernetes Indexed Job and the Dockerfile, checked offline. (CI also
 //! runs `kubernetes-validate --strict` against the API schemas and `hadolint`; this test
-//! checks what a schema cannot: that the pieces agree with each other and with the tool.)
+//! checks what a schema cannot: that the pieces agree with each other and with the tool,
+//! and that the Job's pods, run as it runs them, finish the backfill exactly.)
 
+mod common;
+#[path = "common/s3.rs"]
+mod s3;
+
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::Stdio;
 
 use clap::Parser;
 
@@ -132,4 +139,146 @@ fn the_image_is_multi_stage_and_runs_the_binary_as_a_user_that_is_not_root() {
         Some(uid as u64)
     );
     assert!(text.contains("ENTRYPOINT [\"/usr/local/bin/cdp-backfill\"]"));
+}
+
+/// The Job's container arguments, with the `EDIT` values pointed at this test's bucket,
+/// receiver and mapping, for index `i`.
+fn pod_args(i: u64, receiver: &str, mapping: &str) -> Vec<String> {
+    let docs = documents();
+    let job = docs.iter().find(|d| d["kind"] == "Job").unwrap();
+    let c = &job["spec"]["template"]["spec"]["containers"][0];
+    c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            s(a).replace("$(JOB_COMPLETION_INDEX)", &i.to_string())
+                .replace("s3://acme-exports/", "s3://exports/")
+                .replace("s3://acme-backfill-state/", "s3://exports/state/")
+                .replace("--endpoint=us", &format!("--endpoint={receiver}"))
+                .replace("/config/mapping.toml", mapping)
+        })
+        .collect()
+}
+
+/// The Job's N pods, run as it runs them (its arguments, an environment holding only
+/// what the manifest and the cluster give, a working directory nothing may be written
+/// to), against an export in the test's S3 server: each exits 0, together they deliver
+/// every call of the export exactly once, they write nothing outside the bucket, and
+/// `status` of the state prefix says every shard is done. A pod run again for a finished
+/// index (a retried or re-created Job) exits 0 without sending.
+#[test]
+fn the_jobs_pods_deliver_the_export_exactly_once_between_them() {
+    let w = common::Workdir::new();
+    let server = s3::Server::start();
+    let c = server.client();
+    let export = w.path("export");
+    std::fs::create_dir(&export).unwrap();
+    for (i, rows) in [6_000u64, 2_500, 4_000].into_iter().enumerate() {
+        let part = w.generate(&format!("export/part-{i:04}.csv"), rows, 30 + i as u64);
+        c.put(
+            &format!("events/2024/part-{i:04}.csv"),
+            std::fs::read(&part).unwrap(),
+        );
+    }
+    c.put("events/2024/_SUCCESS", Vec::new());
+    // What one local run of the same files sends.
+    let mapping = common::fixture("events.toml");
+    let dry = common::run(
+        w.cmd()
+            .args([
+                "run",
+                "export",
+                "--dry-run",
+                "--quiet",
+                "--output",
+                "whole.ndjson",
+            ])
+            .arg("--mapping")
+            .arg(&mapping),
+    );
+    assert_eq!(dry.status.code(), Some(3), "{}", common::stderr(&dry));
+    let mut expected: Vec<String> = std::fs::read_to_string(w.path("whole.ndjson"))
+        .unwrap()
+        .lines()
+        .flat_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["batch"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["messageId"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    expected.sort();
+
+    let (receiver, record) = common::receiver(w.dir(), Default::default());
+    let pod_dir = w.path("pod");
+    std::fs::create_dir(&pod_dir).unwrap();
+    let completions = documents().iter().find(|d| d["kind"] == "Job").unwrap()["spec"]
+        ["completions"]
+        .as_u64()
+        .unwrap();
+    let pod = |i: u64| {
+        let mut cmd = common::bin();
+        cmd.current_dir(&pod_dir)
+            .env_clear()
+            .args(pod_args(
+                i,
+                &receiver.base_url(),
+                &mapping.to_string_lossy(),
+            ))
+            .env("CDP_API_KEY", "key-from-the-secret")
+            .env("HOSTNAME", format!("cdp-backfill-{i}-x7k2p"))
+            .env("JOB_COMPLETION_INDEX", i.to_string())
+            .envs(s3::Server::env(&server.endpoint()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let pods: Vec<_> = (0..completions)
+        .map(|i| (i, pod(i).spawn().unwrap()))
+        .collect();
+    for (i, p) in pods {
+        let out = p.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "pod {i}: {}",
+            common::stderr(&out)
+        );
+    }
+    let mut got = common::message_ids(&common::recorded_calls(&record))
+        .into_iter()
+        .collect::<Vec<_>>();
+    got.sort();
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "the pods' calls are not the local run's");
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for call in common::recorded_calls(&record) {
+        *count
+            .entry(call["messageId"].as_str().unwrap().into())
+            .or_default() += 1;
+    }
+    assert!(count.values().all(|&n| n == 1), "a call was sent twice");
+    // A finished index run again: exit 0, nothing sent.
+    let again = common::run(&mut pod(1));
+    assert_eq!(again.status.code(), Some(0), "{}", common::stderr(&again));
+    assert_eq!(common::recorded_calls(&record).len(), expected.len());
+    // Nothing written where the pod runs (its root filesystem is read-only).
+    let left: Vec<_> = std::fs::read_dir(&pod_dir).unwrap().collect();
+    assert!(left.is_empty(), "the pods wrote {left:?}");
+    let state = common::run(
+        common::bin()
+            .args(["status", "s3://exports/state/events-2024/"])
+            .envs(s3::Server::env(&server.endpoint())),
+    );
+    let text = String::from_utf8_lossy(&state.stdout);
+    assert!(
+        text.contains(&format!(
+            "{completions} of {completions} shards have a checkpoint"
+        )) && text.contains("every shard is done"),
+        "{text}"
+    );
 }
