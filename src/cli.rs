@@ -66,9 +66,11 @@ pub enum Command {
     #[command(after_help = "Example:
   cdp-backfill generate --rows 100000 --seed 7 --out target/events.csv")]
     Generate(GenerateArgs),
-    /// Show how far a backfill got, from its checkpoint file.
-    #[command(after_help = "Example:
-  cdp-backfill status cdp-backfill.checkpoint.json")]
+    /// Show how far the backfills in the state directory got (or one of them).
+    #[command(after_help = "Examples:
+  cdp-backfill status                       # every backfill in .cdp-backfill/
+  cdp-backfill status events-3f2a9c1e       # one, by name
+  cdp-backfill status cp.json               # one, by its checkpoint file")]
     Status(StatusArgs),
     /// Profile an input: columns, inferred types, empty ratios, samples, timestamp formats.
     #[command(after_help = "Examples:
@@ -175,9 +177,13 @@ pub struct ValidateArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The checkpoint file.
-    #[arg(default_value = config::DEFAULT_CHECKPOINT_PATH, value_name = "CHECKPOINT")]
-    pub checkpoint: PathBuf,
+    /// A backfill's name (as listed), its checkpoint file, or a plan file. Without it:
+    /// every backfill in the state directory.
+    #[arg(value_name = "NAME|CHECKPOINT|PLAN")]
+    pub what: Option<PathBuf>,
+    /// The state directory.
+    #[arg(long, env = "CDP_BACKFILL_STATE", default_value = config::DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -211,13 +217,10 @@ pub struct RunArgs {
     /// usually an unclosed quote).
     #[arg(long, default_value_t = config::DEFAULT_MAX_RECORD_BYTES, value_name = "BYTES")]
     pub max_record_bytes: usize,
-    /// Where rejected rows go (NDJSON: source, row, reason, record).
-    #[arg(
-        long,
-        default_value = "cdp-backfill.rejects.ndjson",
-        value_name = "FILE"
-    )]
-    pub rejects: PathBuf,
+    /// Where rejected rows go (NDJSON: source, row, reason, record). Default: the
+    /// backfill's directory in the state directory (rejects.ndjson).
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
     /// Read, map and pack, but send nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -277,9 +280,26 @@ pub struct RunArgs {
     /// default: sentAt invites the API's clock-skew correction of timestamps.
     #[arg(long, value_parser = ["now"], value_name = "now")]
     pub sent_at: Option<String>,
-    /// The checkpoint file: rerunning the same command resumes from it.
-    #[arg(long, default_value = config::DEFAULT_CHECKPOINT_PATH, value_name = "FILE")]
-    pub checkpoint: PathBuf,
+    /// The checkpoint file: rerunning the same command resumes from it. Default: the
+    /// backfill's directory in the state directory (checkpoint.json), found again by the
+    /// content of its inputs.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// The state directory: one directory per backfill (its checkpoint and rejects), so
+    /// backfills run in one place never collide.
+    #[arg(long, env = "CDP_BACKFILL_STATE", default_value = config::DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state: PathBuf,
+    /// A trial: stop once the first N rows of the inputs (in order) are done, sent under
+    /// the messageIds the full run gives them. The same command without --limit then
+    /// resumes after them: nothing is sent twice.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// A trial: send every K-th row of each input (rows 1, K+1, 2K+1, ...) under the
+    /// messageIds the full run gives them, and move no checkpoint: the full run sends
+    /// every row, the sampled ones again with the same messageIds (the API drops the
+    /// repeats).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample: Option<u64>,
     /// Keep no checkpoint (a rerun starts from the beginning).
     #[arg(long, conflicts_with = "restart")]
     pub no_checkpoint: bool,
@@ -541,13 +561,14 @@ impl RunArgs {
                 "--events-rate must be at least 1 call per second".into(),
             ));
         }
-        let keeps_checkpoint = !self.dry_run && !self.no_checkpoint;
+        // A sample sends rows the checkpoint cannot count (the full run sends them all).
+        let keeps_checkpoint = !self.dry_run && !self.no_checkpoint && self.sample.is_none();
         // (flag, path, written, written only at the end)
         let own_files = [
-            ("--rejects", Some(&self.rejects), true, false),
+            ("--rejects", self.rejects.as_ref(), true, false),
             (
                 "--checkpoint",
-                Some(&self.checkpoint),
+                self.checkpoint.as_ref(),
                 keeps_checkpoint,
                 false,
             ),
@@ -576,7 +597,8 @@ impl RunArgs {
             rate_per_sec: self.rate,
             concurrency: self.concurrency,
             limits,
-            rejects_path: self.rejects,
+            rejects_given: self.rejects.is_some(),
+            rejects_path: self.rejects.unwrap_or_default(),
             dry_run: self.dry_run,
             output: self.output,
             max_retries: self.max_retries,
@@ -591,7 +613,12 @@ impl RunArgs {
             max_record_bytes: self.max_record_bytes,
             local_record: self.local_record,
             sent_at: self.sent_at.is_some(),
-            checkpoint: keeps_checkpoint.then_some(self.checkpoint),
+            checkpoint_given: self.checkpoint.is_some(),
+            checkpoint: keeps_checkpoint.then(|| self.checkpoint.unwrap_or_default()),
+            state_dir: self.state,
+            backfill_name: None,
+            limit: self.limit,
+            sample: self.sample,
             restart: self.restart,
             checkpoint_interval: secs("checkpoint-interval", self.checkpoint_interval)?,
             drain_timeout: secs("drain-timeout", self.drain_timeout)?,
@@ -735,7 +762,10 @@ fn run(plan: RunPlan) -> ExitCode {
     let second = match &cfg.checkpoint {
         Some(p) => format!(
             "\ncdp-backfill: interrupted again: stopping now, exit code 130. The last checkpoint written ({}) is valid; resume with:\n  {}\nRequests that were in flight may have arrived; on resume they are sent again with the messageIds they had, so the API can drop the repeats.\n",
-            p.display(),
+            match cfg.checkpoint_given {
+                true => p.display().to_string(),
+                false => format!("in {}", cfg.state_dir.display()),
+            },
             resume_command()
         ),
         None => "\ncdp-backfill: interrupted again: stopping now, exit code 130. No checkpoint was kept: a rerun starts from the beginning.\n".to_string(),
@@ -834,14 +864,23 @@ fn serve(cfg: ServeConfig) -> ExitCode {
 
 /// `status`: what a checkpoint says.
 fn status(args: StatusArgs) -> ExitCode {
-    match crate::checkpoint::load(&args.checkpoint) {
+    use crate::checkpoint::state;
+    let Some(what) = args.what else {
+        return print_out(&state::describe_all(&args.state))
+            .map_or_else(|e| e, |()| ExitCode::from(EXIT_OK));
+    };
+    // A name in the state directory, else a checkpoint file.
+    let in_state = args.state.join(&what).join(state::CHECKPOINT_FILE);
+    let path = if what.is_file() { what } else { in_state };
+    match crate::checkpoint::load(&path) {
         Ok(Some(cp)) => print_out(&crate::checkpoint::describe(&cp))
             .map_or_else(|e| e, |()| ExitCode::from(EXIT_OK)),
         Ok(None) => fail(
             EXIT_FAILURE,
             &format!(
-                "no checkpoint at {}: no backfill has started with it (see `run --checkpoint`)",
-                args.checkpoint.display()
+                "no checkpoint at {}: no backfill of that name in {} (`cdp-backfill status` lists them), nor a checkpoint file of that path",
+                path.display(),
+                args.state.display()
             ),
         ),
         Err(e) => fail(EXIT_FAILURE, &e.to_string()),

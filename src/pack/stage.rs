@@ -64,6 +64,8 @@ pub struct Request {
 pub struct PackTotals {
     pub rows: u64,
     pub rows_rejected: u64,
+    /// Rows read but left out by `--sample`.
+    pub rows_skipped: u64,
     pub rejected_by_reason: BTreeMap<&'static str, u64>,
     pub calls: u64,
     /// Indexed by `CallKind as usize`: an array add per call, not a map search.
@@ -322,6 +324,7 @@ pub fn pack(
                 }
             }
             totals.rows += m.rows as u64;
+            totals.rows_skipped += m.skipped as u64;
             end = m.end;
             let _ = free_mapped.send(m);
         }
