@@ -866,7 +866,7 @@ fn serve(cfg: ServeConfig) -> ExitCode {
 fn status(args: StatusArgs) -> ExitCode {
     use crate::checkpoint::state;
     let Some(what) = args.what else {
-        return print_out(&state::describe_all(&args.state))
+        return print_out(&crate::status::describe_all(&args.state))
             .map_or_else(|e| e, |()| ExitCode::from(EXIT_OK));
     };
     // A name in the state directory, else a checkpoint file.

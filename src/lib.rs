@@ -12,7 +12,7 @@
 //! - sinks that read what the stages count: [`progress`], [`summary`], [`report`];
 //! - [`error`], then [`pipeline`], the only module that starts the run's threads and
 //!   channels;
-//! - commands: [`validate`], [`inspect`], [`generate`]; and [`cli`] on top.
+//! - commands: [`validate`], [`inspect`], [`generate`], [`status`]; and [`cli`] on top.
 
 pub mod checkpoint;
 pub mod cli;
@@ -29,6 +29,7 @@ pub mod report;
 pub mod send;
 pub mod serve;
 pub mod source;
+pub mod status;
 pub mod summary;
 pub mod timestamp;
 pub mod validate;

@@ -381,6 +381,9 @@ fn preflight(cfg: &RunConfig, src: &SourceOptions) -> Result<Preflight, RunError
     if cfg.checkpoint.is_some() {
         rejects::refuse_unsyncable(&cfg.rejects_path)?;
     }
+    for n in found.prepare()? {
+        say(&cfg, &format!("note: {n}"));
+    }
     rejects::refuse_counted_elsewhere(&cfg)?;
     // A matching checkpoint says where to start; a mismatching one stops the run here.
     let durable = Durable::open(&cfg, src, &plan.inputs, &found.backfill)?;
@@ -420,27 +423,24 @@ fn with_paths(cfg: &RunConfig, found: &state::Resolved) -> RunConfig {
     if cfg.checkpoint.is_some() {
         cfg.checkpoint = found.checkpoint.clone();
     }
-    let mut own: Vec<OwnFile> = cfg
-        .own_files
-        .iter()
-        .filter(|f| f.flag != "--rejects" && !(f.flag == "--checkpoint" && f.written))
-        .cloned()
-        .collect();
-    own.push(OwnFile {
-        flag: "--rejects",
-        path: cfg.rejects_path.clone(),
+    // In the order the command line gives them (a clash is named at the second file).
+    let mine = |flag: &'static str, path: &PathBuf| OwnFile {
+        flag,
+        path: path.clone(),
         written: true,
         at_end: false,
-    });
-    if let Some(p) = &cfg.checkpoint {
-        own.push(OwnFile {
-            flag: "--checkpoint",
-            path: p.clone(),
-            written: true,
-            at_end: false,
-        });
+    };
+    let at = |own: &[OwnFile], flag: &str| own.iter().position(|f| f.flag == flag && f.written);
+    match at(&cfg.own_files, "--rejects") {
+        Some(i) => cfg.own_files[i].path = cfg.rejects_path.clone(),
+        None => cfg.own_files.insert(0, mine("--rejects", &cfg.rejects_path)),
     }
-    cfg.own_files = own;
+    if let Some(p) = cfg.checkpoint.clone() {
+        match at(&cfg.own_files, "--checkpoint") {
+            Some(i) => cfg.own_files[i].path = p,
+            None => cfg.own_files.insert(1, mine("--checkpoint", &p)),
+        }
+    }
     cfg
 }
 

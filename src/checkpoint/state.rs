@@ -231,79 +231,6 @@ pub fn outcome(cp: &Checkpoint) -> &'static str {
     }
 }
 
-/// `status` without an argument: every backfill in `state` (and the old default
-/// checkpoint of the working directory, when there is one), one line each with its
-/// progress, rows, calls delivered, rejects, outcome and last write, then its inputs.
-pub fn describe_all(state: &Path) -> String {
-    use std::fmt::Write as _;
-    let mut rows: Vec<(String, Result<Option<Checkpoint>, CheckpointError>, bool)> = entries(state)
-        .into_iter()
-        .map(|e| (e.name, e.checkpoint, e.restarted))
-        .collect();
-    if let Ok(Some(cp)) = load(Path::new(LEGACY_CHECKPOINT_PATH)) {
-        rows.push((LEGACY_CHECKPOINT_PATH.to_string(), Ok(Some(cp)), false));
-    }
-    let mut s = String::new();
-    if rows.is_empty() {
-        let _ = writeln!(
-            s,
-            "no backfills in {} (a run keeps its state there; see --state)",
-            state.display()
-        );
-        return s;
-    }
-    let _ = writeln!(
-        s,
-        "backfills in {} ({}):",
-        state.display(),
-        rows.len()
-    );
-    let _ = writeln!(
-        s,
-        "  {:<34} {:>7} {:>13} {:>15} {:>10}  {:<30} last written",
-        "name", "done", "rows", "calls delivered", "rejected", "outcome"
-    );
-    for (name, cp, restarted) in rows {
-        match cp {
-            Ok(Some(cp)) => {
-                let done = super::fraction_done(&cp)
-                    .map_or_else(|| "?".to_string(), |f| format!("{:.1}%", f * 100.0));
-                let outcome = if restarted {
-                    "set aside by --restart"
-                } else {
-                    outcome(&cp)
-                };
-                let t = crate::progress::thousands;
-                let _ = writeln!(
-                    s,
-                    "  {name:<34} {done:>7} {:>13} {:>15} {:>10}  {outcome:<30} {}",
-                    t(cp.counters.rows_done),
-                    t(cp.counters.calls_delivered),
-                    t(cp.counters.rows_rejected),
-                    cp.written_at
-                );
-                let inputs: Vec<&str> = cp.inputs.iter().map(|f| f.path.as_str()).collect();
-                let shown = match inputs.len() {
-                    0..=3 => inputs.join(", "),
-                    n => format!("{}, ... ({n} inputs)", inputs[..2].join(", ")),
-                };
-                let _ = writeln!(s, "      inputs: {shown}");
-            }
-            Ok(None) => {
-                let _ = writeln!(
-                    s,
-                    "  {name:<34} no checkpoint (the rejects of a dry run or a trial)"
-                );
-            }
-            Err(e) => {
-                let _ = writeln!(s, "  {name:<34} unreadable: {e}");
-            }
-        }
-    }
-    let _ = writeln!(s, "details: cdp-backfill status NAME");
-    s
-}
-
 /// Where a run keeps its checkpoint and rejects file, once its backfill is known.
 #[derive(Debug)]
 pub struct Resolved {
@@ -314,6 +241,8 @@ pub struct Resolved {
     /// The backfill's directory in the state directory (`None` with an explicit
     /// `--checkpoint` or the old default checkpoint).
     pub dir: Option<PathBuf>,
+    /// `--restart`: the directory to set aside before the run starts afresh.
+    set_aside: Option<PathBuf>,
     /// What the run should say about it (a checkpoint found at the old default path, an
     /// earlier state set aside by `--restart`).
     pub notes: Vec<String>,
@@ -322,9 +251,9 @@ pub struct Resolved {
 /// Finds (or names) this run's backfill and the paths of its files: an explicit
 /// `--checkpoint`/`--rejects` wins; else its directory in the state directory, found
 /// by content ([`find`]), or a checkpoint at the old default path that matches the run
-/// (resumed where it is, with a note), or a new directory. `--restart` sets the found
-/// directory aside first. Creates the backfill's directory. Refuses `--restart` of an
-/// explicit checkpoint that records another backfill.
+/// (resumed where it is, with a note), or a new directory. Changes nothing on disk
+/// ([`Resolved::prepare`] does, once the run is known to start). Refuses `--restart` of
+/// an explicit checkpoint that records another backfill.
 pub fn resolve(
     cfg: &RunConfig,
     src: &SourceOptions,
@@ -373,6 +302,7 @@ pub fn resolve(
             rejects,
             backfill,
             dir: None,
+            set_aside: None,
             notes,
         });
     }
@@ -394,20 +324,10 @@ pub fn resolve(
             }
         },
     };
-    if cfg.restart && cfg.checkpoint.is_some() && dir.join(CHECKPOINT_FILE).exists() {
-        let kept = set_aside(&dir).map_err(|source| CheckpointError::StateDir {
-            path: dir.clone(),
-            source,
-        })?;
-        notes.push(format!(
-            "--restart: this backfill's earlier checkpoint and rejects are kept in {}",
-            kept.display()
-        ));
-    }
-    std::fs::create_dir_all(&dir).map_err(|source| CheckpointError::StateDir {
-        path: dir.clone(),
-        source,
-    })?;
+    // Set aside once the run is known to start (`Resolved::prepare`).
+    let set_aside =
+        (cfg.restart && cfg.checkpoint.is_some() && dir.join(CHECKPOINT_FILE).exists())
+            .then(|| dir.clone());
     let (checkpoint, rejects) = match cfg.checkpoint {
         Some(_) => (Some(dir.join(CHECKPOINT_FILE)), dir.join(REJECTS_FILE)),
         None => (None, dir.join(UNCHECKED_REJECTS_FILE)),
@@ -421,6 +341,7 @@ pub fn resolve(
         rejects: given_rejects.unwrap_or(rejects),
         backfill,
         dir: Some(dir),
+        set_aside,
         notes,
     })
 }
@@ -459,12 +380,36 @@ fn trials(dir: &Path) -> Vec<String> {
         .map(|t| {
             format!(
                 "a --sample {} trial of this backfill ({}) sent {} calls: this run sends them again with the same messageIds, and the API drops the repeats",
-                t.every,
-                t.at,
-                crate::progress::thousands(t.calls_delivered)
+                t.every, t.at, t.calls_delivered
             )
         })
         .collect()
+}
+
+impl Resolved {
+    /// Makes the backfill's directory (after setting its earlier state aside, with
+    /// `--restart`): called once everything that could refuse the run before it touches
+    /// anything has passed. Returns what to say about it.
+    pub fn prepare(&self) -> Result<Vec<String>, CheckpointError> {
+        let mut notes = Vec::new();
+        if let Some(dir) = &self.set_aside {
+            let kept = set_aside(dir).map_err(|source| CheckpointError::StateDir {
+                path: dir.clone(),
+                source,
+            })?;
+            notes.push(format!(
+                "--restart: this backfill's earlier checkpoint and rejects are kept in {}",
+                kept.display()
+            ));
+        }
+        if let Some(dir) = &self.dir {
+            std::fs::create_dir_all(dir).map_err(|source| CheckpointError::StateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(notes)
+    }
 }
 
 /// The content identity of each input as text (`-` for standard input).
@@ -553,6 +498,7 @@ fn legacy(
         rejects: given_rejects.unwrap_or_else(|| PathBuf::from(&cp.rejects_file)),
         backfill: backfill.clone(),
         dir: None,
+        set_aside: None,
         notes: vec![note],
     }))
 }
