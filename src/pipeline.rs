@@ -306,7 +306,13 @@ fn backfill_summary(
 ) -> crate::summary::BackfillSummary {
     let name = d.base.backfill.as_ref().map_or("", |b| b.name.as_str());
     crate::summary::BackfillSummary::new(
-        name, &d.path, &d.base, d.resumed, rows_before, now, complete,
+        name,
+        &d.path,
+        &d.base,
+        d.resumed,
+        rows_before,
+        now,
+        complete,
     )
 }
 
@@ -433,7 +439,9 @@ fn with_paths(cfg: &RunConfig, found: &state::Resolved) -> RunConfig {
     let at = |own: &[OwnFile], flag: &str| own.iter().position(|f| f.flag == flag && f.written);
     match at(&cfg.own_files, "--rejects") {
         Some(i) => cfg.own_files[i].path = cfg.rejects_path.clone(),
-        None => cfg.own_files.insert(0, mine("--rejects", &cfg.rejects_path)),
+        None => cfg
+            .own_files
+            .insert(0, mine("--rejects", &cfg.rejects_path)),
     }
     if let Some(p) = cfg.checkpoint.clone() {
         match at(&cfg.own_files, "--checkpoint") {
@@ -578,7 +586,10 @@ impl Plan {
                 if m.seed == seed {
                     m.clone()
                 } else {
-                    Arc::new(CompiledMapping { seed, ..(**m).clone() })
+                    Arc::new(CompiledMapping {
+                        seed,
+                        ..(**m).clone()
+                    })
                 }
             })
             .collect();

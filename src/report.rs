@@ -444,7 +444,11 @@ fn backfill_panel(h: &mut String, b: &crate::summary::BackfillSummary) {
         esc(&b.checkpoint)
     );
     let this_run = if b.this_run_last_row >= b.this_run_first_row {
-        format!("rows {}–{}", t(b.this_run_first_row), t(b.this_run_last_row))
+        format!(
+            "rows {}–{}",
+            t(b.this_run_first_row),
+            t(b.this_run_last_row)
+        )
     } else {
         "no rows".to_string()
     };
@@ -463,7 +467,10 @@ fn backfill_panel(h: &mut String, b: &crate::summary::BackfillSummary) {
         ("calls delivered (all runs)", t(b.calls_delivered)),
         ("rows rejected (all runs)", t(b.rows_rejected)),
         ("requests (all runs)", t(b.requests)),
-        ("complete", if b.complete { "yes" } else { "no" }.to_string()),
+        (
+            "complete",
+            if b.complete { "yes" } else { "no" }.to_string(),
+        ),
     ];
     for (k, v) in rows {
         let _ = write!(h, "<tr><td>{k}</td><td class=\"n\">{}</td></tr>", esc(&v));

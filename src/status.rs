@@ -13,10 +13,11 @@ use crate::progress::thousands;
 /// progress, rows, calls delivered, rejects, outcome and last write, then its inputs.
 pub fn describe_all(state: &Path) -> String {
     use std::fmt::Write as _;
-    let mut rows: Vec<(String, Result<Option<Checkpoint>, CheckpointError>, bool)> = state::entries(state)
-        .into_iter()
-        .map(|e| (e.name, e.checkpoint, e.restarted))
-        .collect();
+    let mut rows: Vec<(String, Result<Option<Checkpoint>, CheckpointError>, bool)> =
+        state::entries(state)
+            .into_iter()
+            .map(|e| (e.name, e.checkpoint, e.restarted))
+            .collect();
     if let Ok(Some(cp)) = checkpoint::load(Path::new(LEGACY_CHECKPOINT_PATH)) {
         rows.push((LEGACY_CHECKPOINT_PATH.to_string(), Ok(Some(cp)), false));
     }
@@ -29,12 +30,7 @@ pub fn describe_all(state: &Path) -> String {
         );
         return s;
     }
-    let _ = writeln!(
-        s,
-        "backfills in {} ({}):",
-        state.display(),
-        rows.len()
-    );
+    let _ = writeln!(s, "backfills in {} ({}):", state.display(), rows.len());
     let _ = writeln!(
         s,
         "  {:<34} {:>7} {:>13} {:>15} {:>10}  {:<30} last written",
@@ -80,4 +76,3 @@ pub fn describe_all(state: &Path) -> String {
     let _ = writeln!(s, "details: cdp-backfill status NAME");
     s
 }
-

@@ -237,9 +237,7 @@ fn a_checkpoint_that_cannot_be_written_stops_the_run_naming_it_and_the_run_resum
         common::stderr(&o)
     );
     assert_eq!(
-        std::fs::read(cp_path(&w))
-            .unwrap()
-            .len() as u64,
+        std::fs::read(cp_path(&w)).unwrap().len() as u64,
         first_len,
         "the first checkpoint stands"
     );
@@ -249,10 +247,7 @@ fn a_checkpoint_that_cannot_be_written_stops_the_run_naming_it_and_the_run_resum
     assert!(checkpoint(&w).complete);
     let calls = common::recorded_calls(&record);
     assert_eq!(common::message_ids(&calls), want_ids);
-    assert_once_each(
-        &rejected_rows(&rejects_path(&w)),
-        &want_rejects,
-    );
+    assert_once_each(&rejected_rows(&rejects_path(&w)), &want_rejects);
     server.shutdown();
 }
 

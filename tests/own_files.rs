@@ -87,7 +87,13 @@ fn an_output_that_is_an_input_the_mapping_or_another_output_is_refused_untouched
             "--rejects events.toml.key is the --api-key-file file",
         ),
         (
-            &["--dry-run", "--checkpoint", "ck.json", "--rejects", "ck.json"][..],
+            &[
+                "--dry-run",
+                "--checkpoint",
+                "ck.json",
+                "--rejects",
+                "ck.json",
+            ][..],
             "is the --checkpoint file",
         ),
     ] {
@@ -229,13 +235,17 @@ fn a_rejects_file_counted_by_an_unfinished_checkpoint_is_not_cut_by_another_run(
     );
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
     assert!(
-        common::stderr(&o).contains("that the backfill recorded in cdp-backfill.checkpoint.json counts"),
+        common::stderr(&o)
+            .contains("that the backfill recorded in cdp-backfill.checkpoint.json counts"),
         "{}",
         common::stderr(&o)
     );
     // A resume that names another rejects file.
     std::fs::write(dir.join("important.ndjson"), "keep me\n").unwrap();
-    let o = backfill(dir, &[&OLD_PATHS[..], &["--rejects", "important.ndjson"]].concat());
+    let o = backfill(
+        dir,
+        &[&OLD_PATHS[..], &["--rejects", "important.ndjson"]].concat(),
+    );
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
     assert!(
         common::stderr(&o).contains("cdp-backfill.rejects.ndjson (restore it if it is gone)"),

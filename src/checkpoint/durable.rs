@@ -58,8 +58,10 @@ impl Durable {
         if let Some(mut cp) = existing {
             let notes = check_matches(&mut cp, &path, &endpoint, &config_hash, &prints)?;
             let seeds = seeds_of(&mut cp, &path, inputs, &backfill.namespace)?;
-            // A version 1 checkpoint learns its name (it keeps its path and its seeds).
+            // A version 1 checkpoint learns its name and is written as version 2 from
+            // now on (it keeps its path and its seed scheme).
             cp.backfill.get_or_insert_with(|| backfill.clone());
+            cp.version = VERSION;
             for n in notes {
                 // Not `eprintln!`: a closed stderr must not stop the run.
                 let _ = writeln!(std::io::stderr(), "note: {n}");

@@ -211,8 +211,7 @@ pub fn counted_elsewhere(
             continue;
         }
         let Ok(Some(cp)) = load(&path) else { continue };
-        if cp.rejects_len > 0 && FileId::of(Path::new(&cp.rejects_file)) == Some(target.clone())
-        {
+        if cp.rejects_len > 0 && FileId::of(Path::new(&cp.rejects_file)) == Some(target.clone()) {
             return Some((path, cp.rejects_len));
         }
     }
@@ -325,9 +324,8 @@ pub fn resolve(
         },
     };
     // Set aside once the run is known to start (`Resolved::prepare`).
-    let set_aside =
-        (cfg.restart && cfg.checkpoint.is_some() && dir.join(CHECKPOINT_FILE).exists())
-            .then(|| dir.clone());
+    let set_aside = (cfg.restart && cfg.checkpoint.is_some() && dir.join(CHECKPOINT_FILE).exists())
+        .then(|| dir.clone());
     let (checkpoint, rejects) = match cfg.checkpoint {
         Some(_) => (Some(dir.join(CHECKPOINT_FILE)), dir.join(REJECTS_FILE)),
         None => (None, dir.join(UNCHECKED_REJECTS_FILE)),
@@ -590,7 +588,10 @@ mod tests {
     fn names_are_stable_safe_and_depend_on_every_part() {
         let n = name_for("events", "ns", &ids(&["A", "B"]));
         assert_eq!(n, name_for("events", "ns", &ids(&["B", "A"])));
-        assert!(n.starts_with("events-") && n.len() == "events-".len() + 8, "{n}");
+        assert!(
+            n.starts_with("events-") && n.len() == "events-".len() + 8,
+            "{n}"
+        );
         assert_ne!(n, name_for("events", "ns2", &ids(&["A", "B"])));
         assert_ne!(n, name_for("events", "ns", &ids(&["A", "C"])));
         assert_eq!(safe_name(".hidden/x y"), "_.hidden_x_y");

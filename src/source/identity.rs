@@ -87,7 +87,10 @@ impl ContentIdentity {
         let size = parts.next()?.parse().ok()?;
         let head = u128::from_str_radix(parts.next()?, 16).ok()?;
         let tail = u128::from_str_radix(parts.next()?, 16).ok()?;
-        parts.next().is_none().then_some(ContentIdentity { size, head, tail })
+        parts
+            .next()
+            .is_none()
+            .then_some(ContentIdentity { size, head, tail })
     }
 }
 

@@ -209,7 +209,12 @@ pub fn backfill_dir(dir: &Path) -> PathBuf {
         .map(|e| e.expect("a directory entry").path())
         .filter(|p| p.is_dir() && !p.to_string_lossy().contains(".restarted-"))
         .collect();
-    assert_eq!(found.len(), 1, "one backfill in {}: {found:?}", state.display());
+    assert_eq!(
+        found.len(),
+        1,
+        "one backfill in {}: {found:?}",
+        state.display()
+    );
     found.into_iter().next().expect("one backfill")
 }
 
