@@ -642,8 +642,17 @@ impl Front {
         let (requests_tx, requests) = bounded::<Request>(queue);
         let limits = plan.limits;
         let (mapped, free_mapped) = (m.mapped, m.free_mapped);
+        let start = span.start;
         let packer = std::thread::spawn(move || {
-            stage::pack(mapped, free_mapped, requests_tx, limits, spares, &mut *tap)
+            stage::pack(
+                start,
+                mapped,
+                free_mapped,
+                requests_tx,
+                limits,
+                spares,
+                &mut *tap,
+            )
         });
         (
             Front {

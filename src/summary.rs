@@ -150,13 +150,16 @@ impl BackfillSummary {
         complete: bool,
     ) -> BackfillSummary {
         let resumed_from = resumed.then(|| {
-            let input = base
-                .inputs
-                .get(base.resume.input as usize)
-                .map_or("?", |f| f.path.as_str());
+            // At the end of an input (a `--limit` reached there): the next one's row 1.
+            let (mut at, mut row) = (base.resume.input as usize, base.resume.row);
+            let rows_of = |i: usize| base.input_rows.get(i).copied().unwrap_or(0);
+            if rows_of(at) > 0 && row >= rows_of(at) && at + 1 < base.inputs.len() {
+                (at, row) = (at + 1, 0);
+            }
+            let input = base.inputs.get(at).map_or("?", |f| f.path.as_str());
             let done = crate::checkpoint::fraction_done(base)
                 .map_or_else(String::new, |f| format!(" ({:.1}% done)", f * 100.0));
-            format!("{input} row {}{done}", thousands(base.resume.row + 1))
+            format!("{input} row {}{done}", thousands(row + 1))
         });
         BackfillSummary {
             name: name.to_string(),
@@ -387,11 +390,14 @@ impl fmt::Display for BackfillSummary {
         } else {
             writeln!(f, "    this run        no rows")?;
         }
+        let runs = format!(
+            "all {} run{}",
+            t(self.runs),
+            if self.runs == 1 { "" } else { "s" }
+        );
         writeln!(
             f,
-            "    all {} run{}     {} rows done, {} calls delivered, {} rejected, {} requests{}",
-            t(self.runs),
-            if self.runs == 1 { " " } else { "s" },
+            "    {runs:<15} {} rows done, {} calls delivered, {} rejected, {} requests{}",
             t(self.rows_done),
             t(self.calls_delivered),
             t(self.rows_rejected),
