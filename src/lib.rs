@@ -12,7 +12,8 @@
 //! - sinks that read what the stages count: [`progress`], [`summary`], [`report`];
 //! - [`error`], then [`pipeline`], the only module that starts the run's threads and
 //!   channels;
-//! - commands: [`validate`], [`inspect`], [`generate`], [`status`]; and [`cli`] on top.
+//! - commands: [`validate`], [`inspect`], [`generate`], [`status`], [`migration`] (plan
+//!   files: a migration's ordered steps); and [`cli`] on top.
 
 pub mod checkpoint;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod generate;
 pub mod inspect;
 pub mod json;
 pub mod map;
+pub mod migration;
 pub mod pack;
 pub mod pipeline;
 pub mod progress;

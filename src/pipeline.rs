@@ -296,6 +296,21 @@ pub fn run(
     Err(RunError::Partial { summary, cause })
 }
 
+/// Runs `jobs` at once, each on a thread of its own, and returns their results in
+/// order: a plan's steps that may overlap. One job runs on this thread.
+pub fn together<'a, T: Send>(jobs: Vec<Box<dyn FnOnce() -> T + Send + 'a>>) -> Vec<T> {
+    if jobs.len() <= 1 {
+        return jobs.into_iter().map(|j| j()).collect();
+    }
+    std::thread::scope(|s| {
+        let running: Vec<_> = jobs.into_iter().map(|j| s.spawn(j)).collect();
+        running
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
 /// The backfill's part of the summary: where this run resumed, the rows it covered and
 /// the totals of every run (`now`).
 fn backfill_summary(

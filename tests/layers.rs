@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["report"],
     &["error"],
     &["pipeline"],
-    &["validate", "inspect", "generate", "status"],
+    &["validate", "inspect", "generate", "status", "migration"],
     &["cli"],
 ];
 
