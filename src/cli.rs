@@ -918,7 +918,7 @@ fn run_migration(
             s.source_options(src),
         ));
     }
-    if let Err((name, e)) = crate::migration::check(&steps) {
+    if let Err((name, e)) = crate::migration::check(m, &steps) {
         return fail(
             exit_code(&e),
             &format!(
@@ -946,7 +946,8 @@ fn run_migration(
                 ));
             }
         }
-        type Job<'a> = Box<dyn FnOnce() -> (u8, Option<Summary>) + Send + 'a>;
+        type Derived = Option<crate::migration::DerivedFile>;
+        type Job<'a> = Box<dyn FnOnce() -> (u8, Option<Summary>, Derived) + Send + 'a>;
         let jobs: Vec<Job> = wave
             .iter()
             .enumerate()
@@ -960,16 +961,45 @@ fn run_migration(
                         ..progress
                     },
                 };
-                let out = outputs.for_step(&m.steps[i]);
+                let step = &m.steps[i];
+                let out = outputs.for_step(step);
                 Box::new(move || {
+                    let stop = || {
+                        hooks
+                            .interrupt
+                            .as_ref()
+                            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+                    };
+                    // A step that derives one row per person runs over the derived file.
+                    let (cfg, src, derived) = match step.derive_input(cfg, src, &stop) {
+                        Ok(Some(x)) => x,
+                        Ok(None) => {
+                            note(&format!(
+                                "step {}: interrupted while deriving its rows; nothing was sent. Rerun the same command to start this step again",
+                                step.name
+                            ));
+                            return (EXIT_INTERRUPTED, None, None);
+                        }
+                        Err(e) => {
+                            note(&format!("error: step {}: {e}", step.name));
+                            return (exit_code(&e), None, None);
+                        }
+                    };
+                    if derived.derive.is_some() && !out.quiet {
+                        note(&derived.describe(&step.name));
+                    }
                     let p = Arc::new(Progress::new(shown));
-                    run_backfill(cfg, src, hooks, &p, &out)
+                    let (c, s) = run_backfill(&cfg, &src, hooks, &p, &out);
+                    (c, s, Some(derived))
                 }) as Job
             })
             .collect();
-        for (&i, (c, s)) in wave.iter().zip(crate::pipeline::together(jobs)) {
+        for (&i, (c, s, d)) in wave.iter().zip(crate::pipeline::together(jobs)) {
             if let Some(s) = s {
                 summary.set(i, s);
+            }
+            if let Some(d) = d {
+                summary.set_derived(i, d);
             }
             match c {
                 EXIT_OK => {}
@@ -1218,12 +1248,29 @@ fn validate_plan(
             Ok(p) => p,
             Err(e) => return fail(EXIT_FAILURE, &e.to_string()),
         };
-        let opts = ValidateOptions {
+        let mut opts = ValidateOptions {
             inputs: step.inputs.clone(),
             mapping,
             ..base.clone()
         };
-        match crate::validate::validate(&opts, &step.source_options(src)) {
+        let mut step_src = step.source_options(src);
+        // A step that derives one row per person: validated over the derived rows.
+        if step.derive.is_some() {
+            match step.derived(&step.inputs, state, &step_src, &|| false) {
+                Ok(Some((path, s, d))) => {
+                    note(&d.describe(&step.name));
+                    opts.inputs = vec![path];
+                    step_src = s;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    note(&format!("error: step {}: {e}", step.name));
+                    code = exit_code(&e).max(code);
+                    continue;
+                }
+            }
+        }
+        match crate::validate::validate(&opts, &step_src) {
             Ok(r) => {
                 if let Err(c) = print_out(&format!("{r}\n")) {
                     return c;

@@ -5,7 +5,7 @@
 //!
 //! - leaves: [`config`] (plain validated data and the named defaults), [`json`] (JSON
 //!   writing and scanning), [`timestamp`] (timestamps in, UTC milliseconds out);
-//! - [`source`] reads records; [`map`] turns them into encoded calls; [`pack`] packs calls
+//! - [`source`] reads records ([`derive`] makes one row per person of them); [`map`] turns them into encoded calls; [`pack`] packs calls
 //!   into requests; [`send`] delivers them under the rate gate; [`checkpoint`] folds the
 //!   acknowledgements into the durable watermark and the rejects file;
 //! - [`serve`], the local receiver (`--endpoint local`, the tests, the benchmarks);
@@ -18,6 +18,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod derive;
 pub mod error;
 pub mod generate;
 pub mod inspect;

@@ -85,7 +85,22 @@ struct StepToml {
     no_header: Option<bool>,
     #[serde(default)]
     overlap: bool,
+    derive: Option<DeriveToml>,
 }
+
+/// `derive = { identify_per = "user_id", latest_by = "timestamp" }` (or `first_by`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeriveToml {
+    identify_per: String,
+    latest_by: Option<String>,
+    first_by: Option<String>,
+    /// The sort's memory budget, MiB.
+    memory_mb: Option<usize>,
+}
+
+/// The sort's memory budget when a plan sets none, MiB.
+pub const DEFAULT_DERIVE_MEMORY_MB: usize = 128;
 
 /// A plan, read and checked: its steps in order.
 #[derive(Debug, Clone)]
@@ -121,6 +136,8 @@ pub struct Step {
     no_header: Option<bool>,
     /// Runs together with the step before it, not after it.
     pub overlap: bool,
+    /// One row per person, derived from the inputs, is what the mapping reads.
+    pub derive: Option<crate::derive::Derive>,
 }
 
 /// Whether `path` names a plan rather than an input: a `.toml` file (inputs are never
@@ -234,6 +251,32 @@ pub fn load(path: &Path) -> Result<MigrationPlan, PlanError> {
                 Some(c) => Err(bad(format!("{what} {c:?} is not a single ASCII character"))),
             }
         };
+        let derive = match &s.derive {
+            None => None,
+            Some(d) => {
+                let (by, pick) = match (&d.latest_by, &d.first_by) {
+                    (Some(c), None) => (c.clone(), crate::derive::Pick::Latest),
+                    (None, Some(c)) => (c.clone(), crate::derive::Pick::First),
+                    _ => {
+                        return Err(bad(
+                            "derive needs one of latest_by or first_by: the timestamp column that picks each person's row".into(),
+                        ))
+                    }
+                };
+                let mb = d.memory_mb.unwrap_or(DEFAULT_DERIVE_MEMORY_MB);
+                if !(16..=65_536).contains(&mb) {
+                    return Err(bad(format!(
+                        "derive.memory_mb = {mb}: give between 16 and 65536 (MiB)"
+                    )));
+                }
+                Some(crate::derive::Derive {
+                    key: d.identify_per.clone(),
+                    by,
+                    pick,
+                    memory: mb << 20,
+                })
+            }
+        };
         let format = match s.format.as_deref() {
             None => None,
             Some(f) => Some(Format::parse(f).ok_or_else(|| {
@@ -251,6 +294,7 @@ pub fn load(path: &Path) -> Result<MigrationPlan, PlanError> {
             quote: one_byte("quote", &s.quote)?,
             no_header: s.no_header,
             overlap: s.overlap,
+            derive,
             name: s.name,
         });
     }
@@ -347,6 +391,100 @@ impl Step {
         cfg
     }
 
+    /// For a step that derives one row per person: the derived file (NDJSON, in the
+    /// state directory), made now from the step's inputs unless the one made before is
+    /// of these very inputs (their content identities), with the same settings (a
+    /// resume, or a rerun of a complete step, reuses it). Returns `cfg`/`src` reading
+    /// it, and what was derived; `None` when `stop()` interrupted the derivation
+    /// (nothing was written). A step that derives nothing runs as it is.
+    pub fn derive_input(
+        &self,
+        cfg: &RunConfig,
+        src: &SourceOptions,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<(RunConfig, SourceOptions, DerivedFile)>, RunError> {
+        if self.derive.is_none() {
+            return Ok(Some((cfg.clone(), *src, DerivedFile::default())));
+        }
+        let Some((path, src, made)) = self.derived(&cfg.inputs, &cfg.state_dir, src, stop)? else {
+            return Ok(None);
+        };
+        let mut cfg = cfg.clone();
+        cfg.inputs = vec![path];
+        Ok(Some((cfg, src, made)))
+    }
+
+    /// [`Step::derive_input`]'s work: the derived file's path, the options that read it,
+    /// and how it was made.
+    pub fn derived(
+        &self,
+        inputs: &[PathBuf],
+        state_dir: &Path,
+        src: &SourceOptions,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<(PathBuf, SourceOptions, DerivedFile)>, RunError> {
+        let Some(d) = &self.derive else {
+            return Ok(Some((PathBuf::new(), *src, DerivedFile::default())));
+        };
+        let state_dir = &state_dir.to_path_buf();
+        let out = state_dir.join(format!("{}.derived.ndjson", self.backfill));
+        let record = state_dir.join(format!("{}.derived.json", self.backfill));
+        let inputs = source::discover_excluding(inputs, src, &[state_dir.clone()])?;
+        let mut identities = Vec::with_capacity(inputs.len());
+        for i in &inputs {
+            identities.push(
+                i.identity()?
+                    .map_or_else(|| "-".into(), |id| id.to_string()),
+            );
+        }
+        let write_err = |p: &Path, e: std::io::Error| {
+            RunError::Source(source::SourceError::Other(format!(
+                "cannot write {}: {e}",
+                p.display()
+            )))
+        };
+        let earlier: Option<DerivedFile> = std::fs::read(&record)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let now_identity = || -> Option<String> {
+            source::ContentIdentity::of_file(&out)
+                .ok()
+                .map(|i| i.to_string())
+        };
+        let reused = earlier.filter(|e| {
+            e.derive.as_ref() == Some(d)
+                && e.inputs == identities
+                && Some(&e.output) == now_identity().as_ref()
+        });
+        let made = match reused {
+            Some(mut e) => {
+                e.reused = true;
+                e
+            }
+            None => {
+                std::fs::create_dir_all(state_dir).map_err(|e| write_err(state_dir, e))?;
+                let tmp = state_dir.join(format!("{}.derive-tmp", self.backfill));
+                let Some(stats) = crate::derive::derive(&inputs, src, d, &out, &tmp, stop)? else {
+                    return Ok(None);
+                };
+                let e = DerivedFile {
+                    derive: Some(d.clone()),
+                    inputs: identities,
+                    output: now_identity().unwrap_or_default(),
+                    path: out.display().to_string(),
+                    stats,
+                    reused: false,
+                };
+                let json = serde_json::to_vec_pretty(&e).unwrap_or_default();
+                std::fs::write(&record, json).map_err(|x| write_err(&record, x))?;
+                e
+            }
+        };
+        let mut src = *src;
+        src.format = Some(Format::Ndjson);
+        Ok(Some((out, src, made)))
+    }
+
     /// `report.html` → `report.<step>.html`.
     pub fn report_path(&self, report: &Path) -> PathBuf {
         let stem = report
@@ -360,17 +498,99 @@ impl Step {
 /// are found, and each mapping resolves against each of its inputs' columns (a missing
 /// column stops the plan here, not after hours of earlier steps). Returns the step that
 /// failed with the error.
-pub fn check(steps: &[(String, RunConfig, SourceOptions)]) -> Result<(), (String, RunError)> {
-    for (name, cfg, src) in steps {
+/// A step that derives one row per person is checked against the inputs it derives
+/// from (the derived rows have their columns), and its key and timestamp columns too.
+pub fn check(
+    plan: &MigrationPlan,
+    steps: &[(String, RunConfig, SourceOptions)],
+) -> Result<(), (String, RunError)> {
+    for (step, (name, cfg, src)) in plan.steps.iter().zip(steps) {
         let one = || -> Result<(), RunError> {
             let spec = crate::map::load(&cfg.mapping_path)?;
             let inputs = source::discover_excluding(&cfg.inputs, src, &[cfg.state_dir.clone()])?;
+            if let Some(d) = &step.derive {
+                for info in &inputs {
+                    let opened = source::open(info, src)?;
+                    for (col, what) in [(&d.key, "identify_per"), (&d.by, "its timestamp")] {
+                        if opened.schema().resolve(col).is_none() {
+                            return Err(RunError::Source(source::SourceError::Other(format!(
+                                "{}: derive's {what} names the column {col:?}, which this input does not have (its columns: {})",
+                                info.display,
+                                opened.schema().column_names().join(", ")
+                            ))));
+                        }
+                    }
+                }
+            }
             crate::pipeline::Plan::new(&spec, inputs, src, cfg.limits, cfg.sent_at)?;
             Ok(())
         };
         one().map_err(|e| (name.clone(), e))?;
     }
     Ok(())
+}
+
+/// A step's derived file, and how it was made (kept beside it as
+/// `<backfill>.derived.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DerivedFile {
+    /// Absent (default) for a step that derives nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derive: Option<crate::derive::Derive>,
+    /// The content identities of the inputs it was derived from.
+    pub inputs: Vec<String>,
+    /// The derived file's content identity.
+    pub output: String,
+    pub path: String,
+    pub stats: crate::derive::Derived,
+    /// Made by an earlier run of these very inputs, not now.
+    #[serde(default)]
+    pub reused: bool,
+}
+
+impl DerivedFile {
+    /// What a run says of it.
+    pub fn describe(&self, step: &str) -> String {
+        let Some(d) = &self.derive else {
+            return String::new();
+        };
+        let t = thousands;
+        let x = &self.stats;
+        let how = match d.pick {
+            crate::derive::Pick::Latest => "latest",
+            crate::derive::Pick::First => "first",
+        };
+        let skipped = x.rows_without_key + x.rows_bad_timestamp + x.rows_broken;
+        format!(
+            "step {step}: {} {} (one row each, the {how} by {}) {} from {} rows{} in {}{}",
+            t(x.keys),
+            d.key,
+            d.by,
+            if self.reused {
+                "derived earlier"
+            } else {
+                "derived"
+            },
+            t(x.rows_read),
+            if skipped > 0 {
+                format!(
+                    " ({} without {}, {} without a timestamp, {} broken: left out)",
+                    t(x.rows_without_key),
+                    d.key,
+                    t(x.rows_bad_timestamp),
+                    t(x.rows_broken)
+                )
+            } else {
+                String::new()
+            },
+            self.path,
+            if x.spilled_runs > 0 {
+                format!(", sorted in {} runs on disk", x.spilled_runs)
+            } else {
+                String::new()
+            }
+        )
+    }
 }
 
 /// One step as the plan's summary shows it.
@@ -384,6 +604,9 @@ pub struct StepSummary {
     /// This run of the step (absent when it did not start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
+    /// What a step that derives one row per person derived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derived: Option<DerivedFile>,
 }
 
 /// Totals over the steps: this run's, and over every run of each step's backfill.
@@ -428,6 +651,7 @@ impl PlanSummary {
                     backfill: s.backfill.clone(),
                     outcome: "not started".into(),
                     summary: None,
+                    derived: None,
                 })
                 .collect(),
             total: PlanTotals::default(),
@@ -438,6 +662,11 @@ impl PlanSummary {
     pub fn set(&mut self, i: usize, s: Summary) {
         self.steps[i].outcome = s.outcome.to_string();
         self.steps[i].summary = Some(s);
+    }
+
+    /// Records what step `i` derived.
+    pub fn set_derived(&mut self, i: usize, d: DerivedFile) {
+        self.steps[i].derived = d.derive.is_some().then_some(d);
     }
 
     /// Fills the outcome and the totals once the plan has ended (`stopped`: the step

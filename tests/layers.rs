@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["config", "json", "timestamp"],
     &["source"],
+    &["derive"],
     &["map"],
     &["pack"],
     &["send"],
