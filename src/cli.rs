@@ -927,6 +927,10 @@ fn run_migration(
             ),
         );
     }
+    // An earlier run's summary must not pass for this one's if this one ends early.
+    if let Some(p) = outputs.summary_json.as_ref().filter(|p| p.is_file()) {
+        let _ = std::fs::remove_file(p);
+    }
     let mut summary = PlanSummary::new(m);
     let (mut code, mut stopped) = (EXIT_OK, None);
     let n = m.steps.len();

@@ -103,6 +103,8 @@ pub fn entries(state: &Path) -> Vec<Entry> {
     let mut out: Vec<Entry> = rd
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        // A plan step's sort, while it derives its rows: not a backfill.
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".derive-tmp"))
         .map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let dir = e.path();
