@@ -170,14 +170,6 @@ fn a_moved_export_resumes_where_it_stopped() {
     let _ = backfill_dir(w.dir());
 }
 
-fn interrupt(pid: u32) {
-    assert!(Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-}
-
 /// An NDJSON backfill, then a Parquet one, in the same directory with the default
 /// paths: both complete without `--restart` (the second used to be refused, and the
 /// advised `--restart` emptied the first one's rejects); each keeps its own rejects, a

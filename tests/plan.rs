@@ -264,14 +264,6 @@ fn a_three_step_plan_interrupted_and_killed_in_its_second_step_resumes_exact_and
         .is_file());
 }
 
-fn interrupt(pid: u32) {
-    assert!(Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-}
-
 /// A plan whose third step names a column its input lacks: `validate PLAN` reports
 /// every step and exits 2 naming it; `run PLAN` refuses before its first step sends
 /// anything; `status PLAN` says no step started.

@@ -205,11 +205,7 @@ fn a_resumed_runs_summary_json_and_report_show_its_segment_and_the_whole_backfil
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(700));
-    assert!(std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    interrupt(child.id());
     assert_eq!(child.wait_with_output().unwrap().status.code(), Some(130));
     let cp: serde_json::Value = serde_json::from_slice(
         &std::fs::read(backfill_dir(w.dir()).join("checkpoint.json")).unwrap(),

@@ -232,3 +232,12 @@ pub fn read_lines(p: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("valid JSON line"))
         .collect()
 }
+
+/// Sends SIGINT (Ctrl-C) to a child.
+pub fn interrupt(pid: u32) {
+    assert!(Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill runs")
+        .success());
+}
