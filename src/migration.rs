@@ -1018,8 +1018,11 @@ fn toml_str(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// `text` as `m.toml` in a directory of its own (tests run in parallel).
     fn plan(text: &str) -> Result<MigrationPlan, PlanError> {
-        let dir = std::env::temp_dir().join(format!("cdp-plan-{}", std::process::id()));
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("cdp-plan-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("m.toml");
         std::fs::write(&p, text).unwrap();
@@ -1037,8 +1040,8 @@ mod tests {
         .unwrap();
         assert_eq!(p.stem, "m");
         assert_eq!(p.steps[0].backfill, "m.a");
-        assert!(p.steps[0].inputs[0]
-            .ends_with("cdp-plan-".to_string() + &std::process::id().to_string() + "/x.csv"));
+        // Beside the plan, not in the working directory.
+        assert_eq!(p.steps[0].inputs[0], p.path.with_file_name("x.csv"));
         assert_eq!(p.steps[1].inputs[0], PathBuf::from("/abs/y.csv"));
         assert!(matches!(&p.steps[2].mapping, StepMapping::Inline(t) if t.contains("identify")));
         assert_eq!(p.waves(), vec![vec![0], vec![1, 2]]);

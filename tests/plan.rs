@@ -438,3 +438,61 @@ fn inspect_emit_plan_writes_one_step_per_kind_of_file() {
     assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
     assert_eq!(std::fs::read(w.path("plan.toml")).unwrap(), before);
 }
+
+/// A step's input options: a semicolon-separated CSV without a header row, read with
+/// `delimiter = ";"` and `no_header = true` (columns 1, 2, 3), while the step before it
+/// reads an ordinary CSV with the command line's options.
+#[test]
+fn a_steps_input_options_apply_to_that_step_only() {
+    let w = Workdir::new();
+    std::fs::write(
+        w.path("users.csv"),
+        "user_id,email\nu1,a@example.com\nu2,b@example.com\n",
+    )
+    .unwrap();
+    std::fs::write(
+        w.path("logins.txt"),
+        "u1;Logged In;2023-01-01T00:00:00Z\nu2;Logged In;2023-01-02T00:00:00Z\nu1;Logged Out;2023-01-03T00:00:00Z\n",
+    )
+    .unwrap();
+    std::fs::write(
+        w.path("plan.toml"),
+        r#"[[step]]
+name = "users"
+inputs = ["users.csv"]
+[step.mapping]
+[[step.mapping.call]]
+type = "identify"
+user_id = "user_id"
+traits = { email = "email" }
+
+[[step]]
+name = "logins"
+inputs = ["logins.txt"]
+format = "csv"
+delimiter = ";"
+no_header = true
+[step.mapping]
+[[step.mapping.call]]
+type = "track"
+user_id = "1"
+event = "2"
+timestamp = "3"
+"#,
+    )
+    .unwrap();
+    let (server, record) = receiver(w.dir(), Default::default());
+    let o = run(w
+        .cmd()
+        .args(["run", "plan.toml", "-q", "--endpoint", &server.base_url()]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    server.shutdown();
+    let calls = recorded_calls(&record);
+    let events: Vec<&str> = calls
+        .iter()
+        .filter(|c| c["type"] == "track")
+        .map(|c| c["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["Logged In", "Logged In", "Logged Out"]);
+    assert_eq!(calls.iter().filter(|c| c["type"] == "identify").count(), 2);
+}
