@@ -958,7 +958,7 @@ fn validate_reports_counts_rejects_time_range_and_sizes_without_sending() {
 
 #[test]
 fn emitted_payloads_are_pinned() {
-    // The messageIds are seeded by the input's content (not its path), so they are the
+    // The messageIds are seeded by the input's content and the namespace, so they are the
     // same on every machine and from any directory.
     let d = Workdir::new();
     for f in ["all_calls.csv", "all_calls.toml"] {

@@ -384,6 +384,10 @@ fn an_object_changed_since_the_checkpoint_is_refused() {
             "--mapping",
             "typed.toml",
             "--quiet",
+            // A named checkpoint: in the state directory, an export whose content
+            // changed is another backfill (found by content), not a refusal.
+            "--checkpoint",
+            "typed.checkpoint.json",
         ])
         .arg("--endpoint")
         .arg(receiver.base_url())

@@ -17,10 +17,11 @@ use std::sync::Arc;
 
 use super::rejects::{lock_checkpoint, lock_rejects};
 use super::{
-    check_matches, fingerprint, load, store, Checkpoint, CheckpointError, Counters, WriteError,
-    VERSION,
+    check_matches, fingerprint, load, store, Backfill, Checkpoint, CheckpointError, Counters,
+    WriteError, VERSION,
 };
 use crate::config::{Endpoint, RunConfig};
+use crate::map::message_id::{self, SeedScheme};
 use crate::source::remote::{is_object_url, ObjectRuntime};
 use crate::source::{self, FileId, InputInfo, Position, SourceOptions, STDIN_ARG};
 
@@ -31,6 +32,9 @@ pub struct Durable {
     /// starting point of this run.
     pub base: Checkpoint,
     pub resumed: bool,
+    /// Each input's messageId seed, as the checkpoint records them: a resumed backfill
+    /// keeps the seeds (and the scheme) it started with.
+    pub seeds: Vec<u64>,
     /// The checkpoint's lock, taken before it is read, and the rejects file's, taken
     /// once the checkpoint is known to fit this run and before it is written.
     _locks: [Option<File>; 2],
@@ -74,6 +78,7 @@ impl Durable {
         cfg: &RunConfig,
         src: &SourceOptions,
         inputs: &[Arc<InputInfo>],
+        backfill: &Backfill,
         objects: Option<&Arc<ObjectRuntime>>,
         first_start: impl FnOnce() -> Result<Position, CheckpointError>,
     ) -> Result<Option<Durable>, CheckpointError> {
@@ -109,22 +114,8 @@ impl Durable {
             true => PathBuf::from(source::remote::redact::redact_url(&url)),
             false => path,
         };
-        let mut prints = Vec::with_capacity(inputs.len());
-        for i in inputs {
-            if i.path.as_os_str() == STDIN_ARG {
-                return Err(CheckpointError::Stdin);
-            }
-            prints.push(
-                fingerprint(i).map_err(|source| CheckpointError::Fingerprint {
-                    input: i.display.clone(),
-                    source,
-                })?,
-            );
-        }
-        let endpoint = match &cfg.endpoint {
-            Endpoint::Local => "local".to_string(),
-            Endpoint::Url(u) => u.clone(),
-        };
+        let prints = fingerprints(inputs)?;
+        let endpoint = endpoint_of(cfg);
         let config_hash = config_hash(cfg, src)?;
         let shard = cfg.shard.map(|s| super::ShardRecord {
             k: s.k,
@@ -156,6 +147,11 @@ impl Durable {
                 });
             }
             let notes = check_matches(&mut cp, &path, &endpoint, &config_hash, &prints)?;
+            let seeds = seeds_of(&mut cp, &path, inputs, &backfill.namespace)?;
+            // A version 1 checkpoint learns its name and is written as version 2 from
+            // now on (it keeps its path and its seed scheme).
+            cp.backfill.get_or_insert_with(|| backfill.clone());
+            cp.version = VERSION;
             for n in notes {
                 // Not `eprintln!`: a closed stderr must not stop the run.
                 let _ = writeln!(std::io::stderr(), "note: {n}");
@@ -184,13 +180,16 @@ impl Durable {
                 resumed: true,
                 #[cfg(feature = "object-store")]
                 remote,
+                seeds,
             }));
         }
-        let base = Checkpoint {
+        let mut base = Checkpoint {
             version: VERSION,
             tool_version: env!("CARGO_PKG_VERSION").into(),
             written_at: String::new(),
             endpoint,
+            seeds: SeedScheme::Content,
+            backfill: Some(backfill.clone()),
             config_hash,
             inputs: prints,
             resume: Position::default(),
@@ -201,7 +200,6 @@ impl Durable {
             rejects_len: 0,
             input_rows: vec![0; inputs.len()],
             counters: Default::default(),
-            message_ids: super::IdScheme::Content,
             shard,
             start: Position::default(),
             lease: None,
@@ -210,9 +208,9 @@ impl Durable {
             true => None,
             false => lock_rejects(&cfg.rejects_path, true)?,
         };
-        let mut base = base;
         base.start = first_start()?;
         base.resume = base.start;
+        let seeds = seeds_of(&mut base, &path, inputs, &backfill.namespace)?;
         // Written before anything is sent, so a crash at any point leaves a checkpoint.
         let d = Durable {
             _locks: [checkpoint_lock, rejects_lock],
@@ -221,6 +219,7 @@ impl Durable {
             resumed: false,
             #[cfg(feature = "object-store")]
             remote,
+            seeds,
         };
         d.store(
             d.base.start,
@@ -346,15 +345,79 @@ impl Durable {
         cp.complete = complete;
         cp.drained = drained;
         cp.input_rows = input_rows.to_vec();
-        cp.counters = Counters {
+        cp.counters = self.totals(resume, run, input_rows);
+        cp
+    }
+
+    /// The backfill's counters over every run, this one's (`run`) included, with the
+    /// checkpoint at `resume`.
+    pub fn totals(&self, resume: Position, run: &Counters, input_rows: &[u64]) -> Counters {
+        Counters {
             rows_done: rows_between(self.base.start, resume, input_rows),
             rows_rejected: self.base.counters.rows_rejected + run.rows_rejected,
             calls_delivered: self.base.counters.calls_delivered + run.calls_delivered,
             requests: self.base.counters.requests + run.requests,
             runs: self.base.counters.runs + 1,
-        };
-        cp
+        }
     }
+
+    /// Rows of the backfill done before this run: those before its resume position
+    /// (from where a shard's reading began).
+    pub fn rows_done_before(&self) -> u64 {
+        rows_between(self.base.start, self.base.resume, &self.base.input_rows)
+    }
+}
+
+/// Every input's fingerprint; standard input cannot be resumed, so it has none.
+pub fn fingerprints(inputs: &[Arc<InputInfo>]) -> Result<Vec<super::Fingerprint>, CheckpointError> {
+    inputs
+        .iter()
+        .map(|i| {
+            if i.path.as_os_str() == STDIN_ARG {
+                return Err(CheckpointError::Stdin);
+            }
+            fingerprint(i).map_err(|source| CheckpointError::Fingerprint {
+                input: i.display.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// The endpoint as a checkpoint records it: the base URL, or `local`.
+pub fn endpoint_of(cfg: &RunConfig) -> String {
+    match &cfg.endpoint {
+        Endpoint::Local => "local".to_string(),
+        Endpoint::Url(u) => u.clone(),
+    }
+}
+
+/// The seeds of `cp`'s inputs (which list this run's inputs) under its scheme, written
+/// into it. A seed already recorded for an input must come out the same: the calls of
+/// its rows were sent with it.
+fn seeds_of(
+    cp: &mut Checkpoint,
+    path: &Path,
+    inputs: &[Arc<InputInfo>],
+    namespace: &str,
+) -> Result<Vec<u64>, CheckpointError> {
+    let seeds = message_id::seeds(cp.seeds, namespace, inputs).map_err(CheckpointError::Input)?;
+    for (f, seed) in cp.inputs.iter_mut().zip(&seeds) {
+        let hex = format!("{seed:016x}");
+        if let Some(recorded) = &f.seed {
+            if *recorded != hex {
+                return Err(CheckpointError::Mismatch {
+                    path: path.display().to_string(),
+                    why: format!(
+                        "the messageIds of {} were made with seed {recorded}, this run would use {hex} (the namespace or the input changed)",
+                        f.path
+                    ),
+                });
+            }
+        }
+        f.seed = Some(hex);
+    }
+    Ok(seeds)
 }
 
 /// Rows from `start` (included) to `resume` (excluded), given each input's row count

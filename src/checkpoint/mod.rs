@@ -21,6 +21,7 @@ pub mod durable;
 #[cfg(feature = "object-store")]
 pub mod object;
 pub mod rejects;
+pub mod state;
 pub mod window;
 
 use std::fs::{self, File};
@@ -29,10 +30,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::map::message_id::SeedScheme;
 use crate::source::{InputInfo, Position};
 
 /// Bump when the format changes; an unknown version is refused, never guessed at.
-pub const VERSION: u32 = 1;
+/// Version 2 records each input's content identity and messageId seed, and the seed
+/// scheme; version 1 files (no seeds: ids from the path as given) are still read and
+/// resume with the ids they started with ([`SeedScheme::Path`]).
+pub const VERSION: u32 = 2;
+/// The oldest version this build still reads.
+pub const OLDEST_VERSION: u32 = 1;
 /// How much of an input's head and tail the fingerprint hashes.
 const SAMPLE: u64 = 1 << 20;
 
@@ -52,18 +59,53 @@ pub struct Fingerprint {
     /// An object's version, when the store keeps versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The content identity ([`crate::source::identity`]): what finds the input again
+    /// whatever its path. Absent in version 1 files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// The messageId seed its calls were (or will be) made with, 16 hex digits. Absent
+    /// in version 1 files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
 }
 
-/// What an input's messageIds are seeded from ([`crate::map::message_id`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IdScheme {
-    /// The input's path as given: checkpoints written before content seeds (they have
-    /// no `message_ids` field) resume with the ids they started with.
-    #[default]
-    Path,
-    /// The input's content identity: every new backfill.
-    Content,
+impl Fingerprint {
+    /// Whether `self` (recorded) and `now` are the same input: by content identity when
+    /// both have one and the ids do not depend on the path, else by path.
+    fn same_input(&self, now: &Fingerprint, scheme: SeedScheme) -> bool {
+        match (&self.identity, &now.identity, scheme) {
+            (Some(a), Some(b), SeedScheme::Content) => a == b,
+            _ => self.path == now.path,
+        }
+    }
+
+    /// Whether the bytes are as they were: size, samples, modification time, an object's
+    /// ETag and version (and the identity, when both have one).
+    fn unchanged(&self, now: &Fingerprint) -> bool {
+        self.size == now.size
+            && self.sample_hash == now.sample_hash
+            && self.modified_ns == now.modified_ns
+            && match (&self.identity, &now.identity) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+            // An object's ETag and version, as listed.
+            && self.e_tag == now.e_tag
+            && self.version == now.version
+    }
+}
+
+/// What a backfill is, beyond its inputs: how it is named in the state directory and
+/// found again ([`state`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Backfill {
+    /// Its name: the directory of its files in the state directory
+    /// (`<mapping stem>-<8 hex>`, or `<plan stem>.<step>` for a plan's step).
+    pub name: String,
+    /// The mapping file's stem (or the plan's step), which a resume must share.
+    pub mapping: String,
+    /// The mapping's namespace.
+    pub namespace: String,
 }
 
 /// Cumulative counters over every run of this backfill.
@@ -85,6 +127,14 @@ pub struct Checkpoint {
     pub written_at: String,
     /// The base URL (or `local`); never the key.
     pub endpoint: String,
+    /// How the inputs' messageId seeds are made: `content` since version 2, `path` for
+    /// a backfill started by version 1 (absent in those files).
+    #[serde(default)]
+    pub seeds: SeedScheme,
+    /// The backfill's name and what finds it again in the state directory; absent for
+    /// version 1 files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<Backfill>,
     /// xxh3-64 of the mapping file and of the options that change the emitted calls.
     pub config_hash: String,
     pub inputs: Vec<Fingerprint>,
@@ -104,9 +154,6 @@ pub struct Checkpoint {
     /// Rows of each input once it has been read to the end (0 until then).
     pub input_rows: Vec<u64>,
     pub counters: Counters,
-    /// How the backfill's messageIds are seeded.
-    #[serde(default)]
-    pub message_ids: IdScheme,
     /// Set for one shard of a sharded backfill (`--shard K/N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<ShardRecord>,
@@ -163,7 +210,7 @@ pub enum CheckpointError {
     },
     #[error("checkpoint {path} is corrupt or truncated ({why}). It was not used: nothing was sent. Inspect it, or start over with --restart.")]
     Corrupt { path: String, why: String },
-    #[error("checkpoint {path} has version {found}, this cdp-backfill understands version {VERSION}. Use the cdp-backfill that wrote it, or start over with --restart.")]
+    #[error("checkpoint {path} has version {found}, this cdp-backfill understands versions {OLDEST_VERSION} to {VERSION}. Use the cdp-backfill that wrote it, or start over with --restart.")]
     Version { path: String, found: u64 },
     #[error("checkpoint {path} does not match this run: {why}. Resuming would lose or duplicate rows. Run the same command as before, or start over with --restart (or choose another --checkpoint).")]
     Mismatch { path: String, why: String },
@@ -193,6 +240,9 @@ pub enum CheckpointError {
     /// A shard's start could not be found (its inputs could not be read).
     #[error("cannot find where this shard starts: {0}")]
     Shard(String),
+    /// An input could not be read to find its content identity.
+    #[error(transparent)]
+    Input(crate::source::SourceError),
     #[error("cannot read {input} to fingerprint it: {source}")]
     Fingerprint {
         input: String,
@@ -227,12 +277,28 @@ pub enum CheckpointError {
     RejectsIsDirectory { path: PathBuf },
     #[error("--rejects {} is not a regular file: a checkpoint counts the rejects file's length and syncs it to disk, which only a regular file allows (not a pipe, a terminal or a device). Name a file, or add --no-checkpoint (or --dry-run) to send rejects there.", path.display())]
     RejectsNotAFile { path: PathBuf },
-    /// A run without a checkpoint would start afresh the rejects file an unfinished
-    /// backfill counts.
-    #[error("{} holds the rejects of the unfinished backfill recorded in {}, and this run keeps no checkpoint, so it would start that file afresh. Give this run another --rejects path.", rejects.display(), checkpoint.display())]
-    UnfinishedRejects {
+    /// A run that starts its rejects file afresh (a new backfill, `--restart`, a run
+    /// without a checkpoint) would empty one that another backfill's checkpoint counts.
+    #[error("{} holds {len} bytes of rejects that the backfill recorded in {} counts, and this run would start that file afresh. Give this run another --rejects path (or leave --rejects out: each backfill keeps its own in the state directory).", rejects.display(), checkpoint.display())]
+    CountedElsewhere {
         rejects: PathBuf,
         checkpoint: PathBuf,
+        len: u64,
+    },
+    /// `--restart` named a checkpoint that records another backfill.
+    #[error("--restart would replace {}, which records another backfill (other inputs: {rows} rows done, {rejected} rejected rows in {}). Give this backfill its own --checkpoint (or leave --checkpoint out: each backfill keeps its own in the state directory); to discard that backfill, delete its files yourself.", checkpoint.display(), rejects.display())]
+    RestartOther {
+        checkpoint: PathBuf,
+        rejects: PathBuf,
+        rows: u64,
+        rejected: u64,
+    },
+    /// The state directory (or a backfill's directory in it) cannot be made or changed.
+    #[error("state directory {}: {source}. Create it, or name another with --state.", path.display())]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -244,6 +310,7 @@ impl CheckpointError {
         !matches!(
             self,
             CheckpointError::Fingerprint { .. }
+                | CheckpointError::Input(_)
                 | CheckpointError::Mapping { .. }
                 | CheckpointError::Shard(_)
                 | CheckpointError::Write(_)
@@ -255,14 +322,20 @@ impl CheckpointError {
 /// an object by its identity as listed (size, modification time, ETag and version).
 pub fn fingerprint(input: &InputInfo) -> std::io::Result<Fingerprint> {
     if let Some(obj) = &input.object {
-        let id = obj.identity();
+        let listed = obj.identity();
+        let identity = input
+            .identity()
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .map(|id| id.to_string());
         return Ok(Fingerprint {
             path: input.display.clone(),
-            size: id.size,
-            modified_ns: id.modified_ns,
+            size: listed.size,
+            modified_ns: listed.modified_ns,
             sample_hash: String::new(),
-            e_tag: id.e_tag,
-            version: id.version,
+            e_tag: listed.e_tag,
+            version: listed.version,
+            identity,
+            seed: None,
         });
     }
     let mut f = File::open(&input.path)?;
@@ -284,6 +357,10 @@ pub fn fingerprint(input: &InputInfo) -> std::io::Result<Fingerprint> {
         f.read_exact(&mut buf)?;
         h.update(&buf);
     }
+    let identity = input
+        .identity()
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .map(|id| id.to_string());
     Ok(Fingerprint {
         path: input.display.clone(),
         size,
@@ -291,6 +368,8 @@ pub fn fingerprint(input: &InputInfo) -> std::io::Result<Fingerprint> {
         sample_hash: format!("{:016x}", h.digest()),
         e_tag: None,
         version: None,
+        identity,
+        seed: None,
     })
 }
 
@@ -321,7 +400,7 @@ pub fn parse(text: &[u8], shown: &str) -> Result<Checkpoint, CheckpointError> {
         .get("version")
         .and_then(|v| v.as_u64())
         .ok_or_else(|| corrupt("no version field".into()))?;
-    if version != VERSION as u64 {
+    if !(OLDEST_VERSION as u64..=VERSION as u64).contains(&version) {
         return Err(CheckpointError::Version {
             path: path.to_string(),
             found: version,
@@ -373,6 +452,8 @@ pub fn check_matches(
             cp.input_rows.get(j).copied().unwrap_or(0)
         }
     };
+    let scheme = cp.seeds;
+    let mut notes = Vec::new();
     for (j, old) in cp.inputs.iter().enumerate().take(fixed) {
         let Some(new) = inputs.get(j) else {
             return Err(mismatch(format!(
@@ -381,25 +462,36 @@ pub fn check_matches(
                 sent(j)
             )));
         };
-        if old.path != new.path {
-            return Err(mismatch(format!(
-                "input {} ({} of its rows already sent) is now {}",
-                old.path,
-                sent(j),
-                new.path
-            )));
+        if !old.same_input(new, scheme) && old.path != new.path {
+            let why = match scheme {
+                SeedScheme::Content => format!(
+                    "input {} ({} of its rows already sent) is now {}, whose content is not the same",
+                    old.path,
+                    sent(j),
+                    new.path
+                ),
+                // Version 1 backfills seeded their ids with the path as typed.
+                SeedScheme::Path => format!(
+                    "input {} ({} of its rows already sent) is now {}: this backfill was started by an older cdp-backfill, whose messageIds depend on the path as typed, so name it exactly as before",
+                    old.path,
+                    sent(j),
+                    new.path
+                ),
+            };
+            return Err(mismatch(why));
         }
-        if old.size != new.size
-            || old.sample_hash != new.sample_hash
-            || old.modified_ns != new.modified_ns
-            || old.e_tag != new.e_tag
-            || old.version != new.version
-        {
+        if !old.unchanged(new) {
             return Err(mismatch(format!(
                 "input {} changed since the checkpoint was written (size, content, ETag or modification time), and {} of its rows were already sent",
                 old.path,
                 sent(j)
             )));
+        }
+        if old.path != new.path {
+            notes.push(format!(
+                "{} is now named {} (same content): it is resumed with the messageIds it had",
+                old.path, new.path
+            ));
         }
     }
     if cp.complete && inputs.len() != cp.inputs.len() {
@@ -409,11 +501,17 @@ pub fn check_matches(
             inputs.len()
         )));
     }
-    let mut notes = Vec::new();
-    for new in &inputs[fixed.min(inputs.len())..] {
-        match cp.inputs[fixed..].iter().find(|o| o.path == new.path) {
+    let rest = &inputs[fixed.min(inputs.len())..];
+    for new in rest {
+        // By content first, then by path (a file edited in place keeps its name).
+        let old = &cp.inputs[fixed..];
+        let found = old
+            .iter()
+            .find(|o| o.same_input(new, scheme))
+            .or_else(|| old.iter().find(|o| o.path == new.path));
+        match found {
             None => notes.push(format!("{} is new since the checkpoint: it will be read", new.path)),
-            Some(o) if o != new => notes.push(format!(
+            Some(o) if !o.unchanged(new) => notes.push(format!(
                 "{} changed since the checkpoint, before any of its rows were sent: it is read as it is now",
                 new.path
             )),
@@ -421,9 +519,9 @@ pub fn check_matches(
         }
     }
     for old in &cp.inputs[fixed..] {
-        if !inputs[fixed.min(inputs.len())..]
+        if !rest
             .iter()
-            .any(|n| n.path == old.path)
+            .any(|n| old.same_input(n, scheme) || old.path == n.path)
         {
             notes.push(format!(
                 "{} is no longer among the inputs; none of its rows had been sent",
@@ -431,8 +529,13 @@ pub fn check_matches(
             ));
         }
     }
-    // The inputs as they are now (their order past `fixed` may differ without any note).
+    // The inputs as they are now (their order past `fixed` may differ without any note);
+    // those with rows sent keep the seed their calls were made with.
+    let recorded: Vec<Option<String>> = cp.inputs.iter().map(|f| f.seed.clone()).collect();
     cp.inputs = inputs.to_vec();
+    for (f, seed) in cp.inputs.iter_mut().zip(recorded).take(fixed) {
+        f.seed = seed;
+    }
     cp.input_rows.resize(fixed, 0);
     cp.input_rows.resize(inputs.len(), 0);
     Ok(notes)
@@ -705,6 +808,8 @@ mod tests {
             tool_version: "0.1.0".into(),
             written_at: "2026-11-28T12:00:00Z".into(),
             endpoint: "local".into(),
+            seeds: SeedScheme::Path,
+            backfill: None,
             config_hash: "abc".into(),
             inputs: vec![Fingerprint {
                 path: "a.csv".into(),
@@ -713,6 +818,8 @@ mod tests {
                 sample_hash: "00".into(),
                 e_tag: None,
                 version: None,
+                identity: None,
+                seed: None,
             }],
             resume: Position {
                 input: 0,
@@ -725,7 +832,6 @@ mod tests {
             rejects_len: 0,
             input_rows: vec![0],
             counters: Counters::default(),
-            message_ids: IdScheme::Content,
             shard: None,
             start: Position::default(),
             lease: None,
@@ -779,6 +885,8 @@ mod tests {
             sample_hash: "00".into(),
             e_tag: None,
             version: None,
+            identity: None,
+            seed: None,
         }
     }
 
@@ -823,7 +931,7 @@ mod tests {
         assert!(matches!(load(&p), Err(CheckpointError::Corrupt { .. })));
         fs::write(&p, "garbage").unwrap();
         assert!(matches!(load(&p), Err(CheckpointError::Corrupt { .. })));
-        fs::write(&p, full.replace("\"version\": 1", "\"version\": 99")).unwrap();
+        fs::write(&p, full.replace("\"version\": 2", "\"version\": 99")).unwrap();
         assert!(matches!(
             load(&p),
             Err(CheckpointError::Version { found: 99, .. })

@@ -19,9 +19,9 @@
 //! (`s3://bucket/export/`) names objects the same way ([`remote`]): its objects are
 //! sorted as the same files on a local disk would be, and read without being copied.
 //!
-//! An input's content identity ([`Ends`]: its size and its first and last bytes as
-//! stored) is the same for a file and for an object holding the same bytes; the
-//! mapping derives each input's messageIds from it.
+//! An input's content identity ([`identity`]: its size and its first and last bytes as
+//! stored) is the same for a file and for an object holding the same bytes (two ranged
+//! GETs); the mapping derives each input's messageIds from it.
 //!
 //! Invariant: rows are produced in input order and every row read is counted, whether it
 //! maps, is rejected by the mapper, or is rejected by the source itself (wrong field count,
@@ -29,6 +29,7 @@
 
 pub mod compress;
 pub mod csv;
+pub mod identity;
 pub mod ndjson;
 pub mod parquet;
 pub mod read;
@@ -36,11 +37,12 @@ pub mod remote;
 pub mod shard;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
 use compress::{Compression, Origin, StdinReplay};
+pub use identity::ContentIdentity;
 
 use crate::config::OwnFile;
 
@@ -126,6 +128,9 @@ pub struct InputInfo {
     pub object: Option<remote::RemoteObject>,
     /// A Parquet input's row groups (stored bytes, rows), once its footer was read.
     pub parquet_groups: std::sync::OnceLock<Vec<GroupExtent>>,
+    /// The input's content identity ([`identity`]), read once: from the file on first
+    /// use, or set by a reader that has it already ([`InputInfo::set_identity`]).
+    identity: OnceLock<ContentIdentity>,
 }
 
 /// One Parquet row group: its column chunks' stored bytes and its rows.
@@ -133,35 +138,6 @@ pub struct InputInfo {
 pub struct GroupExtent {
     pub bytes: u64,
     pub rows: u64,
-}
-
-/// What an input's content identity is made of: its size and its first and last bytes
-/// as stored (compressed bytes for `.gz`/`.zst`), [`Ends::SPAN`] of each; both are the
-/// whole input when it is at most twice that.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ends {
-    pub size: u64,
-    pub head: Vec<u8>,
-    pub tail: Vec<u8>,
-}
-
-impl Ends {
-    /// Bytes at each end.
-    pub const SPAN: u64 = 64 * 1024;
-
-    /// The ends of a local file.
-    pub fn of_file(path: &Path) -> std::io::Result<Ends> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = std::fs::File::open(path)?;
-        let size = f.metadata()?.len();
-        let n = Self::SPAN.min(size);
-        let mut head = vec![0; n as usize];
-        f.read_exact(&mut head)?;
-        let mut tail = vec![0; n as usize];
-        f.seek(SeekFrom::Start(size - n))?;
-        f.read_exact(&mut tail)?;
-        Ok(Ends { size, head, tail })
-    }
 }
 
 impl InputInfo {
@@ -183,6 +159,7 @@ impl InputInfo {
             stdin: is_stdin.then(Default::default),
             object: None,
             parquet_groups: Default::default(),
+            identity: OnceLock::new(),
             path,
             display,
             format,
@@ -197,6 +174,43 @@ impl InputInfo {
         info
     }
 
+    /// The input's content identity (what seeds its messageIds), read from the file on
+    /// first use (two reads of at most 64 KiB). `None` for standard input, which cannot
+    /// be read twice.
+    pub fn identity(&self) -> Result<Option<ContentIdentity>, SourceError> {
+        if self.stdin.is_some() {
+            return Ok(None);
+        }
+        if let Some(id) = self.identity.get() {
+            return Ok(Some(*id));
+        }
+        let id = match &self.object {
+            // Two ranged reads: the first and the last 64 KiB as stored.
+            Some(o) => {
+                let n = identity::IDENTITY_SAMPLE;
+                let (head, tail) = o.ends(n)?;
+                ContentIdentity::from_parts(o.size(), &head, &tail).map_err(|e| {
+                    SourceError::Open {
+                        path: self.display.clone(),
+                        source: std::io::Error::other(e),
+                    }
+                })?
+            }
+            None => ContentIdentity::of_file(&self.path).map_err(|source| SourceError::Open {
+                path: self.display.clone(),
+                source,
+            })?,
+        };
+        Ok(Some(*self.identity.get_or_init(|| id)))
+    }
+
+    /// Records an identity computed elsewhere (a remote reader's two ranged reads), so
+    /// [`InputInfo::identity`] does not read the file. A second call is ignored: the
+    /// first identity is the input's.
+    pub fn set_identity(&self, id: ContentIdentity) {
+        let _ = self.identity.set(id);
+    }
+
     /// A plain file or object (not stdin, not compressed) can be read from a byte offset.
     fn seekable(&self) -> bool {
         self.stdin.is_none() && self.compression == Compression::None
@@ -208,30 +222,6 @@ impl InputInfo {
             (Some(o), _) => o.size(),
             (None, Some(_)) => 0,
             (None, None) => std::fs::metadata(&self.path).map_or(0, |m| m.len()),
-        }
-    }
-
-    /// The input's content identity; `None` for standard input, which cannot be read
-    /// twice.
-    pub fn ends(&self) -> Result<Option<Ends>, SourceError> {
-        if self.stdin.is_some() {
-            return Ok(None);
-        }
-        match &self.object {
-            Some(o) => {
-                let (head, tail) = o.ends(Ends::SPAN)?;
-                Ok(Some(Ends {
-                    size: o.size(),
-                    head: head.to_vec(),
-                    tail: tail.to_vec(),
-                }))
-            }
-            None => Ends::of_file(&self.path)
-                .map(Some)
-                .map_err(|source| SourceError::Open {
-                    path: self.display.clone(),
-                    source,
-                }),
         }
     }
 
