@@ -13,6 +13,7 @@
 //! refused ones become reject lines carrying the server's answer. The split reuses the
 //! body's bytes through `Work::call_ends`, so nothing is re-encoded.
 
+pub mod adapt;
 pub mod gate;
 pub mod retry;
 pub mod transport;
