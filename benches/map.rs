@@ -13,7 +13,7 @@ use std::hint::black_box;
 
 use cdp_backfill::map::encode::{map_chunk, EmitKind, Mapped};
 use cdp_backfill::map::message_id::write_message_id;
-use cdp_backfill::map::timestamp::parse_rfc3339;
+use cdp_backfill::timestamp::parse_rfc3339;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const ROWS: u64 = 20_000;

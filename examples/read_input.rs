@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let opts = SourceOptions::default();
     let result = (|| -> Result<u64, source::SourceError> {
-        let inputs = source::discover(&[path.into()], "", &opts)?;
+        let inputs = source::discover(&[path.into()], &opts)?;
         let info = &inputs[0];
         let mut opened = source::open(info, &opts)?;
         let names: Vec<String> = if args.len() > 1 {

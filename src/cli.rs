@@ -1,16 +1,27 @@
-//! The command line: clap derive structs and their conversion into plain configs.
-//! Nothing else in the crate knows clap.
+//! The command line: clap derive structs (what was typed) and, for each subcommand, one
+//! fallible conversion that checks every flag into the plain configs the library runs
+//! (ripgrep's `LowArgs` into `HiArgs`); then one function per subcommand runs it and
+//! maps the result to an exit code. Nothing else in the crate knows clap, and the
+//! library never exits the process: `main` does, with the code returned here.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, ApiKey, Endpoint, Limits, RunConfig};
+use crate::error::RunError;
+use crate::inspect::InspectOptions;
+use crate::pipeline::Hooks;
+use crate::progress::{Progress, ProgressMode, ProgressOptions, Recorded};
 use crate::serve::{Faults, ServeConfig};
 use crate::source::csv::CsvOptions;
 use crate::source::{Format, SourceOptions};
+use crate::summary::Summary;
+use crate::validate::ValidateOptions;
 
 /// Exit codes (also in the README).
 pub const EXIT_OK: u8 = 0;
@@ -412,9 +423,43 @@ fn read_key(file: Option<&PathBuf>) -> Result<Option<ApiKey>, UsageError> {
         .map(ApiKey::new))
 }
 
+/// A validated `run`: what the library runs, and what the command does around it.
+pub struct RunPlan {
+    pub cfg: RunConfig,
+    pub src: SourceOptions,
+    pub progress: ProgressOptions,
+    outputs: RunOutputs,
+}
+
 impl RunArgs {
-    /// Validates the flags into a [`RunConfig`] and [`SourceOptions`].
-    pub fn into_config(self) -> Result<(RunConfig, SourceOptions), UsageError> {
+    /// Checks every flag and turns them into a [`RunPlan`], in one fallible step.
+    pub fn into_plan(self) -> Result<RunPlan, UsageError> {
+        // Found now, not after an hours-long run.
+        for (flag, p) in [
+            ("--summary-json", &self.summary_json),
+            ("--report", &self.report),
+        ] {
+            if let Some(p) = p {
+                check_output_path(flag, p)?;
+            }
+        }
+        let progress = ProgressOptions {
+            mode: ProgressMode::parse(&self.progress).unwrap_or_default(),
+            quiet: self.quiet,
+            log_interval: match secs("progress-interval", self.progress_interval) {
+                Ok(d) if d >= Duration::from_millis(100) => d,
+                _ => {
+                    return Err(UsageError(
+                        "--progress-interval must be at least 0.1 seconds".into(),
+                    ))
+                }
+            },
+        };
+        let outputs = RunOutputs {
+            summary_json: self.summary_json.clone(),
+            report: self.report.clone(),
+            quiet: self.quiet,
+        };
         let endpoint = match self.endpoint.as_deref() {
             None if self.dry_run => Endpoint::Local,
             None => {
@@ -523,7 +568,6 @@ impl RunArgs {
         })
         .collect();
         let cfg = RunConfig {
-            on_abandon: None,
             own_files,
             inputs: self.inputs,
             mapping_path: self.mapping,
@@ -551,10 +595,65 @@ impl RunArgs {
             restart: self.restart,
             checkpoint_interval: secs("checkpoint-interval", self.checkpoint_interval)?,
             drain_timeout: secs("drain-timeout", self.drain_timeout)?,
-            interrupt: None,
             quiet: self.quiet,
         };
-        Ok((cfg, src))
+        Ok(RunPlan {
+            cfg,
+            src,
+            progress,
+            outputs,
+        })
+    }
+}
+
+impl InspectArgs {
+    /// Checks the flags into what `inspect` runs, and where its starter mapping goes.
+    pub fn into_options(
+        self,
+    ) -> Result<(InspectOptions, SourceOptions, Option<PathBuf>), UsageError> {
+        let src = self.input_args.source_options()?;
+        // A starter mapping never replaces a file: not the input, and not a mapping that
+        // may hold a user's edits.
+        if let Some(path) = &self.emit_mapping {
+            if std::fs::symlink_metadata(path).is_ok() {
+                return Err(UsageError(format!(
+                    "--emit-mapping {} already exists; inspect does not overwrite files (it may be your input or a mapping you edited). Give a new path, or remove that file first.",
+                    path.display()
+                )));
+            }
+        }
+        let opts = InspectOptions {
+            input: self.input,
+            max_rows: self.rows.max(1),
+            samples: 3,
+        };
+        Ok((opts, src, self.emit_mapping))
+    }
+}
+
+impl ValidateArgs {
+    /// Checks the flags into what `validate` runs.
+    pub fn into_options(self) -> Result<(ValidateOptions, SourceOptions), UsageError> {
+        let src = self.input_args.source_options()?;
+        let limits = Limits {
+            max_request_bytes: self.max_request_bytes,
+            max_call_bytes: self.max_call_bytes,
+        };
+        if limits.max_call_bytes < 64 || limits.max_request_bytes < limits.max_call_bytes + 16 {
+            return Err(UsageError(
+                "--max-call-bytes must be at least 64 and --max-request-bytes at least 16 bytes more".into(),
+            ));
+        }
+        let opts = ValidateOptions {
+            inputs: self.inputs,
+            mapping: self.mapping,
+            limits,
+            show_rejects: self.show_rejects,
+            output: self.output,
+            report_json: self.report_json,
+            chunk_rows: config::DEFAULT_CHUNK_ROWS,
+        };
+        Ok((opts, src))
     }
 }
 
@@ -604,273 +703,226 @@ impl ServeArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::progress::init_logger(cli.verbose);
+    let usage = |UsageError(m)| fail(EXIT_USAGE, &m);
     match cli.command {
-        Command::Completions(args) => {
-            use clap::CommandFactory;
-            clap_complete::generate(
-                args.shell,
-                &mut Cli::command(),
-                "cdp-backfill",
-                &mut std::io::stdout(),
-            );
-            ExitCode::from(EXIT_OK)
+        Command::Run(args) => args.into_plan().map_or_else(usage, run),
+        Command::Serve(args) => args.into_config().map_or_else(usage, serve),
+        Command::Generate(args) => generate(args),
+        Command::Status(args) => status(args),
+        Command::Inspect(args) => args.into_options().map_or_else(usage, inspect),
+        Command::Validate(args) => args.into_options().map_or_else(usage, validate),
+        Command::Completions(args) => completions(args),
+    }
+}
+
+/// `run`: the backfill, with a signal handler, the progress display and the summary.
+fn run(plan: RunPlan) -> ExitCode {
+    let RunPlan {
+        cfg,
+        src,
+        progress,
+        outputs,
+    } = plan;
+    // What a second Ctrl-C prints, written now: the handler may not allocate.
+    let second = match &cfg.checkpoint {
+        Some(p) => format!(
+            "\ncdp-backfill: interrupted again: stopping now, exit code 130. The last checkpoint written ({}) is valid; resume with:\n  {}\nRequests that were in flight may have arrived; on resume they are sent again with the messageIds they had, so the API can drop the repeats.\n",
+            p.display(),
+            resume_command()
+        ),
+        None => "\ncdp-backfill: interrupted again: stopping now, exit code 130. No checkpoint was kept: a rerun starts from the beginning.\n".to_string(),
+    };
+    let hooks = match install_interrupt_handler(second.into_bytes()) {
+        Ok(flag) => Hooks {
+            interrupt: Some(flag),
+        },
+        Err(e) => {
+            return fail(
+                EXIT_FAILURE,
+                &format!("cannot install the signal handler: {e}"),
+            )
         }
-        Command::Run(args) => {
-            let quiet = args.quiet;
-            let summary_json = args.summary_json.clone();
-            let report_path = args.report.clone();
-            // Found now, not after an hours-long run.
-            for (flag, p) in [
-                ("--summary-json", &summary_json),
-                ("--report", &report_path),
-            ] {
-                if let Some(p) = p {
-                    if let Err(m) = check_output_path(flag, p) {
-                        return fail(EXIT_USAGE, &m);
-                    }
-                }
-            }
-            let progress_opts = crate::progress::ProgressOptions {
-                mode: crate::progress::ProgressMode::parse(&args.progress).unwrap_or_default(),
-                quiet,
-                log_interval: match secs("progress-interval", args.progress_interval) {
-                    Ok(d) if d >= Duration::from_millis(100) => d,
-                    _ => {
-                        return fail(
-                            EXIT_USAGE,
-                            "--progress-interval must be at least 0.1 seconds",
-                        )
-                    }
-                },
-            };
-            let (mut cfg, src) = match args.into_config() {
-                Ok(c) => c,
-                Err(UsageError(m)) => return fail(EXIT_USAGE, &m),
-            };
-            // What a second Ctrl-C prints, written now: the handler may not allocate.
-            let second = match &cfg.checkpoint {
+    };
+    log::info!(
+        "inputs: {:?}; mapping: {}",
+        cfg.inputs,
+        cfg.mapping_path.display()
+    );
+    let progress = Arc::new(Progress::new(progress));
+    let result = crate::pipeline::run(&cfg, &src, &hooks, &progress);
+    progress.finish();
+    let settings = crate::report::settings(&cfg, &src);
+    let write = |s: &Summary, stopped: Option<&str>| {
+        outputs.write(s, &progress.recorded(), &settings, stopped)
+    };
+    let (summary, err) = match result {
+        Ok(s) => (Some(s), None),
+        Err(RunError::Partial { summary, cause }) => (Some(*summary), Some((EXIT_FAILURE, cause))),
+        Err(RunError::Interrupted {
+            summary,
+            checkpoint,
+        }) => {
+            let how = match checkpoint {
                 Some(p) => format!(
-                    "\ncdp-backfill: interrupted again: stopping now, exit code 130. The last checkpoint written ({}) is valid; resume with:\n  {}\nRequests that were in flight may have arrived; on resume they are sent again with the messageIds they had, so the API can drop the repeats.\n",
+                    "interrupted; the checkpoint {} is up to date. Resume with the same command:\n  {}",
                     p.display(),
                     resume_command()
                 ),
-                None => "\ncdp-backfill: interrupted again: stopping now, exit code 130. No checkpoint was kept: a rerun starts from the beginning.\n".to_string(),
+                None => "interrupted (no checkpoint was kept; a rerun starts from the beginning)".to_string(),
             };
-            // Requests hanging past the drain timeout end the process from inside the
-            // run: it prints and writes the summary there, as below.
-            let (outputs, settings) = (
-                RunOutputs {
-                    summary_json: summary_json.clone(),
-                    report: report_path.clone(),
-                    quiet,
-                },
-                crate::report::settings(&cfg, &src),
-            );
-            cfg.on_abandon = Some(config::AbandonHook(std::sync::Arc::new(
-                move |s: &crate::summary::Summary,
-                      recorded: &crate::progress::Recorded,
-                      why: &str| {
-                    if let Err(m) = outputs.write(s, recorded, &settings, Some(why)) {
-                        use std::io::Write as _;
-                        let _ = writeln!(std::io::stderr(), "error: {m}");
-                    }
-                },
-            )));
-            match install_interrupt_handler(second.into_bytes()) {
-                Ok(flag) => cfg.interrupt = Some(flag),
-                Err(e) => {
-                    return fail(
-                        EXIT_FAILURE,
-                        &format!("cannot install the signal handler: {e}"),
-                    )
-                }
-            }
-            log::info!(
-                "inputs: {:?}; mapping: {}",
-                cfg.inputs,
-                cfg.mapping_path.display()
-            );
-            let progress = crate::progress::Progress::new(progress_opts);
-            let result = crate::pipeline::run_with_progress(&cfg, &src, &progress);
-            progress.finish();
-            let (summary, err) = match result {
-                Ok(s) => (Some(s), None),
-                Err(crate::RunError::Partial { summary, cause }) => {
-                    (Some(*summary), Some((EXIT_FAILURE, cause)))
-                }
-                Err(crate::RunError::Interrupted {
-                    summary,
-                    checkpoint,
-                }) => {
-                    let how = match checkpoint {
-                        Some(p) => format!(
-                            "interrupted; the checkpoint {p} is up to date. Resume with the same command:\n  {}",
-                            resume_command()
-                        ),
-                        None => "interrupted (no checkpoint was kept; a rerun starts from the beginning)".to_string(),
-                    };
-                    (Some(*summary), Some((EXIT_INTERRUPTED, how)))
-                }
-                Err(e) => (None, Some((exit_code(&e), e.to_string()))),
-            };
-            if let Some(s) = &summary {
-                let outputs = RunOutputs {
-                    summary_json,
-                    report: report_path,
-                    quiet,
-                };
-                let stopped = err.as_ref().map(|(_, m)| m.as_str());
-                let settings = crate::report::settings(&cfg, &src);
-                if let Err(m) = outputs.write(s, &progress.recorded(), &settings, stopped) {
-                    return fail(EXIT_FAILURE, &m);
-                }
-            }
-            match (err, summary) {
-                (Some((code, msg)), _) => fail(code, &msg),
-                (None, Some(s)) if s.rows_rejected_total.max(s.rows_rejected) > 0 => {
-                    ExitCode::from(EXIT_REJECTS)
-                }
-                _ => ExitCode::from(EXIT_OK),
-            }
+            (Some(*summary), Some((EXIT_INTERRUPTED, how)))
         }
-        Command::Serve(args) => {
-            let cfg = match args.into_config() {
-                Ok(c) => c,
-                Err(UsageError(m)) => return fail(EXIT_USAGE, &m),
-            };
-            match crate::serve::run_until_signal(cfg) {
-                Ok(stats) => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&stats).unwrap_or_default()
-                    );
-                    ExitCode::from(EXIT_OK)
+        Err(RunError::Abandoned {
+            summary,
+            complete,
+            why,
+        }) => {
+            // Requests still hang: the summary (when the run could complete it) is written
+            // as an interrupted run's is, and a failure to write it does not hide why the
+            // run stopped.
+            if complete {
+                if let Err(m) = write(&summary, Some(&why)) {
+                    note(&format!("error: {m}"));
                 }
-                Err(e) => fail(EXIT_FAILURE, &e.to_string()),
             }
+            note(&format!(
+                "error: {why}. {} calls were delivered.{}",
+                summary.calls_delivered,
+                if complete {
+                    ""
+                } else {
+                    " No summary file or report is written."
+                }
+            ));
+            return ExitCode::from(EXIT_INTERRUPTED);
         }
-        Command::Status(args) => match crate::checkpoint::load(&args.checkpoint) {
-            Ok(Some(cp)) => {
-                print!("{}", crate::checkpoint::describe(&cp));
-                ExitCode::from(EXIT_OK)
-            }
-            Ok(None) => fail(
-                EXIT_FAILURE,
-                &format!(
-                    "no checkpoint at {}: no backfill has started with it (see `run --checkpoint`)",
-                    args.checkpoint.display()
-                ),
-            ),
-            Err(e) => fail(EXIT_FAILURE, &e.to_string()),
-        },
-        Command::Inspect(args) => {
-            let src = match args.input_args.source_options() {
-                Ok(s) => s,
-                Err(UsageError(m)) => return fail(EXIT_USAGE, &m),
-            };
-            // A starter mapping never replaces a file: not the input, and not a mapping
-            // that may hold a user's edits.
-            if let Some(path) = &args.emit_mapping {
-                if std::fs::symlink_metadata(path).is_ok() {
-                    return fail(
-                        EXIT_USAGE,
-                        &format!(
-                            "--emit-mapping {} already exists; inspect does not overwrite files (it may be your input or a mapping you edited). Give a new path, or remove that file first.",
-                            path.display()
-                        ),
-                    );
-                }
-            }
-            let opts = crate::inspect::InspectOptions {
-                input: args.input,
-                max_rows: args.rows.max(1),
-                samples: 3,
-            };
-            match crate::inspect::inspect(&opts, &src) {
-                Ok(p) => {
-                    print!("{p}");
-                    if let Some(path) = &args.emit_mapping {
-                        let written = std::fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .open(path)
-                            .and_then(|mut f| {
-                                use std::io::Write;
-                                f.write_all(crate::inspect::starter_mapping(&p).as_bytes())
-                            });
-                        if let Err(e) = written {
-                            return fail(
-                                EXIT_FAILURE,
-                                &format!("cannot write {}: {e}", path.display()),
-                            );
-                        }
-                        eprintln!("wrote a starter mapping to {}", path.display());
-                    }
-                    ExitCode::from(EXIT_OK)
-                }
-                Err(e) => fail(exit_code(&e), &e.to_string()),
-            }
-        }
-        Command::Validate(args) => {
-            let src = match args.input_args.source_options() {
-                Ok(s) => s,
-                Err(UsageError(m)) => return fail(EXIT_USAGE, &m),
-            };
-            let limits = Limits {
-                max_request_bytes: args.max_request_bytes,
-                max_call_bytes: args.max_call_bytes,
-            };
-            if limits.max_call_bytes < 64 || limits.max_request_bytes < limits.max_call_bytes + 16 {
-                return fail(EXIT_USAGE, "--max-call-bytes must be at least 64 and --max-request-bytes at least 16 bytes more");
-            }
-            let opts = crate::validate::ValidateOptions {
-                inputs: args.inputs,
-                mapping: args.mapping,
-                limits,
-                show_rejects: args.show_rejects,
-                output: args.output,
-                report_json: args.report_json.clone(),
-                chunk_rows: config::DEFAULT_CHUNK_ROWS,
-            };
-            match crate::validate::validate(&opts, &src) {
-                Ok(r) => {
-                    print!("{r}");
-                    if let Some(p) = &args.report_json {
-                        let json = serde_json::to_vec_pretty(&r).unwrap_or_default();
-                        if let Err(e) = std::fs::write(p, json) {
-                            return fail(
-                                EXIT_FAILURE,
-                                &format!("cannot write --report-json {}: {e}", p.display()),
-                            );
-                        }
-                    }
-                    if r.rows_rejected > 0 {
-                        ExitCode::from(EXIT_REJECTS)
-                    } else {
-                        ExitCode::from(EXIT_OK)
-                    }
-                }
-                Err(e) => fail(exit_code(&e), &e.to_string()),
-            }
-        }
-        Command::Generate(args) => {
-            match crate::generate::generate_file(&args.out, args.rows, args.seed) {
-                Ok(g) => {
-                    eprintln!(
-                        "wrote {} rows to {} ({} planted bad rows)",
-                        g.rows,
-                        args.out.display(),
-                        g.bad_rows.len()
-                    );
-                    ExitCode::from(EXIT_OK)
-                }
-                Err(e) => fail(
-                    EXIT_FAILURE,
-                    &format!("cannot write {}: {e}", args.out.display()),
-                ),
-            }
+        Err(e) => (None, Some((exit_code(&e), e.to_string()))),
+    };
+    if let Some(s) = &summary {
+        let stopped = err.as_ref().map(|(_, m)| m.as_str());
+        if let Err(m) = write(s, stopped) {
+            return fail(EXIT_FAILURE, &m);
         }
     }
+    match (err, summary) {
+        (Some((code, msg)), _) => fail(code, &msg),
+        (None, Some(s)) if s.rows_rejected_total.max(s.rows_rejected) > 0 => {
+            ExitCode::from(EXIT_REJECTS)
+        }
+        _ => ExitCode::from(EXIT_OK),
+    }
+}
+
+/// `serve`: the local receiver until SIGINT/SIGTERM, then its stats as JSON.
+fn serve(cfg: ServeConfig) -> ExitCode {
+    match crate::serve::run_until_signal(cfg) {
+        Ok(stats) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&stats).unwrap_or_default()
+            );
+            ExitCode::from(EXIT_OK)
+        }
+        Err(e) => fail(EXIT_FAILURE, &e.to_string()),
+    }
+}
+
+/// `status`: what a checkpoint says.
+fn status(args: StatusArgs) -> ExitCode {
+    match crate::checkpoint::load(&args.checkpoint) {
+        Ok(Some(cp)) => {
+            print!("{}", crate::checkpoint::describe(&cp));
+            ExitCode::from(EXIT_OK)
+        }
+        Ok(None) => fail(
+            EXIT_FAILURE,
+            &format!(
+                "no checkpoint at {}: no backfill has started with it (see `run --checkpoint`)",
+                args.checkpoint.display()
+            ),
+        ),
+        Err(e) => fail(EXIT_FAILURE, &e.to_string()),
+    }
+}
+
+/// `inspect`: a profile of the input, and perhaps a starter mapping.
+fn inspect(
+    (opts, src, emit_mapping): (InspectOptions, SourceOptions, Option<PathBuf>),
+) -> ExitCode {
+    let p = match crate::inspect::inspect(&opts, &src) {
+        Ok(p) => p,
+        Err(e) => return fail(EXIT_FAILURE, &e.to_string()),
+    };
+    print!("{p}");
+    if let Some(path) = &emit_mapping {
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(crate::inspect::starter_mapping(&p).as_bytes()));
+        if let Err(e) = written {
+            return fail(
+                EXIT_FAILURE,
+                &format!("cannot write {}: {e}", path.display()),
+            );
+        }
+        eprintln!("wrote a starter mapping to {}", path.display());
+    }
+    ExitCode::from(EXIT_OK)
+}
+
+/// `validate`: everything a run does but sending, and a report.
+fn validate((opts, src): (ValidateOptions, SourceOptions)) -> ExitCode {
+    let r = match crate::validate::validate(&opts, &src) {
+        Ok(r) => r,
+        Err(e) => return fail(exit_code(&e), &e.to_string()),
+    };
+    print!("{r}");
+    if let Some(p) = &opts.report_json {
+        let json = serde_json::to_vec_pretty(&r).unwrap_or_default();
+        if let Err(e) = std::fs::write(p, json) {
+            return fail(
+                EXIT_FAILURE,
+                &format!("cannot write --report-json {}: {e}", p.display()),
+            );
+        }
+    }
+    if r.rows_rejected > 0 {
+        ExitCode::from(EXIT_REJECTS)
+    } else {
+        ExitCode::from(EXIT_OK)
+    }
+}
+
+/// `generate`: a realistic test input.
+fn generate(args: GenerateArgs) -> ExitCode {
+    match crate::generate::generate_file(&args.out, args.rows, args.seed) {
+        Ok(g) => {
+            eprintln!(
+                "wrote {} rows to {} ({} planted bad rows)",
+                g.rows,
+                args.out.display(),
+                g.bad_rows.len()
+            );
+            ExitCode::from(EXIT_OK)
+        }
+        Err(e) => fail(
+            EXIT_FAILURE,
+            &format!("cannot write {}: {e}", args.out.display()),
+        ),
+    }
+}
+
+/// `completions`: a shell completion script.
+fn completions(args: CompletionsArgs) -> ExitCode {
+    use clap::CommandFactory;
+    clap_complete::generate(
+        args.shell,
+        &mut Cli::command(),
+        "cdp-backfill",
+        &mut std::io::stdout(),
+    );
+    ExitCode::from(EXIT_OK)
 }
 
 /// SIGINT/SIGTERM set the returned flag (the run drains and stops); a second one says so
@@ -937,8 +989,8 @@ impl RunOutputs {
     /// `stopped`: why the run ended early, for the report.
     fn write(
         &self,
-        s: &crate::summary::Summary,
-        recorded: &crate::progress::Recorded,
+        s: &Summary,
+        recorded: &Recorded,
         settings: &[(&'static str, String)],
         stopped: Option<&str>,
     ) -> Result<(), String> {
@@ -966,26 +1018,26 @@ impl RunOutputs {
 }
 
 /// An output file that cannot be written is a usage error found before the run starts.
-fn check_output_path(flag: &str, p: &std::path::Path) -> Result<(), String> {
+fn check_output_path(flag: &str, p: &std::path::Path) -> Result<(), UsageError> {
     if p.is_dir() {
-        return Err(format!(
+        return Err(UsageError(format!(
             "{flag} {}: is a directory; name a file",
             p.display()
-        ));
+        )));
     }
     let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = parent.filter(|d| !d.is_dir()) {
-        return Err(format!(
+        return Err(UsageError(format!(
             "{flag} {}: the directory {} does not exist; create it or name another file",
             p.display(),
             dir.display()
-        ));
+        )));
     }
     Ok(())
 }
 
 /// 2 for mistakes found before any work (flags, mapping, checkpoint), 1 for the rest.
-fn exit_code(e: &crate::RunError) -> u8 {
+fn exit_code(e: &RunError) -> u8 {
     if e.is_usage() {
         EXIT_USAGE
     } else {
@@ -996,4 +1048,9 @@ fn exit_code(e: &crate::RunError) -> u8 {
 fn fail(code: u8, msg: &str) -> ExitCode {
     eprintln!("error: {msg}");
     ExitCode::from(code)
+}
+
+/// A line on stderr that a closed stderr does not turn into a panic.
+fn note(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

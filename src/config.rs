@@ -2,6 +2,8 @@
 //!
 //! `cli.rs` turns flags into these plain structs in one fallible step; nothing below
 //! this module knows clap. Every default the README talks about is a constant here.
+//! Config is data: runtime hooks (the interrupt flag) are given to the run separately
+//! ([`crate::pipeline::Hooks`]).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -175,8 +177,6 @@ pub struct RunConfig {
     pub checkpoint_interval: Duration,
     /// After an interrupt, how long requests in flight may take to finish.
     pub drain_timeout: Duration,
-    /// Set (by a signal handler) to stop reading and drain.
-    pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Print nothing but errors.
     pub quiet: bool,
     /// `--sent-at now`: stamp `sentAt` with the send time on every attempt (issue 4).
@@ -184,25 +184,6 @@ pub struct RunConfig {
     /// The run's own files: never read as inputs, and none that it writes may be an
     /// input, the mapping or another of them.
     pub own_files: Vec<OwnFile>,
-    /// Called when requests still hang after the drain timeout, just before the process
-    /// exits (the senders are stuck in them, so the run cannot return): the summary as
-    /// it stands, for the caller to print and write.
-    pub on_abandon: Option<AbandonHook>,
-}
-
-/// What [`RunConfig::on_abandon`] is given: the summary, the progress record (for a
-/// report) and why the run stopped.
-pub type AbandonFn =
-    dyn Fn(&crate::summary::Summary, &crate::progress::Recorded, &str) + Send + Sync;
-
-/// A shared [`AbandonFn`].
-#[derive(Clone)]
-pub struct AbandonHook(pub std::sync::Arc<AbandonFn>);
-
-impl fmt::Debug for AbandonHook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AbandonHook")
-    }
 }
 
 /// A file of the run's own, with the flag that names it: one it writes, or (`written`

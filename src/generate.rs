@@ -167,8 +167,7 @@ pub fn generate(w: &mut impl Write, rows: u64, seed: u64) -> std::io::Result<Gen
                 .as_bytes(),
             );
         } else {
-            let days =
-                rng.below(6 * 365) as i64 + crate::map::timestamp::days_from_civil(2019, 1, 1);
+            let days = rng.below(6 * 365) as i64 + crate::timestamp::days_from_civil(2019, 1, 1);
             let secs = rng.below(86_400) as i64;
             let t = days * 86_400 + secs;
             let dt = chrono::DateTime::from_timestamp(t, 0).unwrap_or_default();

@@ -10,9 +10,8 @@ use std::collections::BTreeSet;
 use std::fmt::{self, Write as _};
 use std::path::PathBuf;
 
-use crate::map::timestamp::{self, UnixMillis};
-use crate::source::{self, Chunk, ColumnRef, Field, Row, SourceOptions};
-use crate::RunError;
+use crate::source::{self, Chunk, ColumnRef, Field, Row, SourceError, SourceOptions};
+use crate::timestamp::{self, UnixMillis};
 
 /// What to inspect.
 #[derive(Debug, Clone)]
@@ -226,7 +225,7 @@ impl ColumnProfile {
             if let Some(ms) = self.epoch_ms(v) {
                 self.add_ts(ms);
             }
-        } else if crate::map::json::is_json_number(t.as_bytes()) {
+        } else if crate::json::is_json_number(t.as_bytes()) {
             self.floats += 1;
         } else if let Ok(ms) = timestamp::parse_rfc3339(t.as_bytes()) {
             self.rfc3339 += 1;
@@ -327,10 +326,10 @@ fn profile_rows<R: Row>(
 }
 
 /// Reads up to `opts.max_rows` rows of the input and profiles its columns.
-pub fn inspect(opts: &InspectOptions, src: &SourceOptions) -> Result<Profile, RunError> {
-    let inputs = source::discover(std::slice::from_ref(&opts.input), "", src)?;
+pub fn inspect(opts: &InspectOptions, src: &SourceOptions) -> Result<Profile, SourceError> {
+    let inputs = source::discover(std::slice::from_ref(&opts.input), src)?;
     let Some(info) = inputs.first() else {
-        return Err(RunError::Config(format!(
+        return Err(SourceError::Other(format!(
             "{} holds no input files",
             opts.input.display()
         )));
@@ -479,7 +478,7 @@ fn pick<'a>(p: &'a Profile, names: &[&str]) -> Option<&'a ColumnProfile> {
 fn toml_str(s: &str) -> String {
     // A TOML basic string is a JSON string for the characters a column name holds.
     let mut v = Vec::new();
-    crate::map::json::write_str(&mut v, s);
+    crate::json::write_str(&mut v, s);
     String::from_utf8_lossy(&v).into_owned()
 }
 

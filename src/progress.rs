@@ -28,7 +28,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::config::Limits;
-use crate::send::{Ack, AckResult};
+use crate::send::{Ack, AckResult, Attempts};
 use crate::source::{Chunk, Format, InputInfo, Position};
 
 /// Most points the time series keeps.
@@ -244,9 +244,6 @@ struct State {
     acked_with_body: u64,
     calls_delivered: u64,
     requests: u64,
-    retries: u64,
-    retries_no_answer: u64,
-    throttled: u64,
     rejected: u64,
     call_sizes: [u64; SIZE_BUCKETS],
     fill: [u64; FILL_BUCKETS],
@@ -278,6 +275,8 @@ struct Layout {
     total: Option<u64>,
     max_request_bytes: u64,
     concurrency: u64,
+    /// The senders' counts of retries and 429s.
+    attempts: Option<Arc<Attempts>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -349,9 +348,6 @@ impl Progress {
                 acked_with_body: 0,
                 calls_delivered: 0,
                 requests: 0,
-                retries: 0,
-                retries_no_answer: 0,
-                throttled: 0,
                 rejected: 0,
                 call_sizes: [0; SIZE_BUCKETS],
                 fill: [0; FILL_BUCKETS],
@@ -371,14 +367,15 @@ impl Progress {
         })
     }
 
-    /// Learns the inputs' sizes (file metadata; Parquet row counts from footers) and
-    /// where the run starts, and starts drawing.
+    /// Learns the inputs' sizes (file metadata; Parquet row counts from footers), where
+    /// the run starts and where the senders count their retries, and starts drawing.
     pub fn begin(
         &self,
         inputs: &[Arc<InputInfo>],
         start: Position,
         limits: Limits,
         concurrency: usize,
+        attempts: Arc<Attempts>,
     ) {
         let extents: Vec<Extent> = inputs.iter().map(|i| Extent::of(i)).collect();
         let mut before = Vec::with_capacity(extents.len());
@@ -396,6 +393,7 @@ impl Progress {
             total,
             max_request_bytes: limits.max_request_bytes as u64,
             concurrency: concurrency as u64,
+            attempts: Some(attempts),
         };
         let done = l.done_at(start);
         drop(l);
@@ -426,34 +424,14 @@ impl Progress {
         self.forwarded.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A retry about to be sent (`no_answer`: the attempt before it got none). Counted
-    /// as it happens, so a storm of 429s or 5xx shows at once, and so the summary counts
-    /// the retries of requests that never finished too.
-    pub fn retried(&self, no_answer: bool) {
-        let mut st = lock(&self.state);
-        st.retries += 1;
-        st.retries_no_answer += u64::from(no_answer);
-    }
-
-    /// A 429 received.
-    pub fn throttled(&self) {
-        lock(&self.state).throttled += 1;
-    }
-
-    /// Retries sent, 429s received, and retries after no answer, so far.
-    pub fn attempts(&self) -> (u64, u64, u64) {
-        let st = lock(&self.state);
-        (st.retries, st.throttled, st.retries_no_answer)
-    }
-
     /// One acknowledgement, in whatever order they arrive.
     pub fn ack(&self, ack: &Ack) {
         let max_req = lock(&self.layout).max_request_bytes.max(1);
         let mut st = lock(&self.state);
-        for part in [&ack.work.rejects, &ack.server_rejects] {
+        for part in [&ack.request.rejects, &ack.server_rejects] {
             st.rejected += memchr::memchr_iter(b'\n', part).count() as u64;
         }
-        let Some(body) = &ack.work.body else {
+        let Some(body) = &ack.request.body else {
             return;
         };
         st.acked_with_body += 1;
@@ -468,15 +446,15 @@ impl Progress {
         // batch body starts with `{"batch":[`, so the first call's start is unknown here:
         // it is measured against the previous end + 1 for all but the first.
         let mut prev: Option<u32> = None;
-        for &end in &ack.work.call_ends {
+        for &end in &ack.request.call_ends {
             if let Some(p) = prev {
                 st.call_sizes[size_bucket(end.saturating_sub(p + 1) as u64)] += 1;
             }
             prev = Some(end);
         }
-        if let (Some(&first), n) = (ack.work.call_ends.first(), ack.work.call_ends.len()) {
+        if let (Some(&first), n) = (ack.request.call_ends.first(), ack.request.call_ends.len()) {
             // The first call: estimate from the body's prefix (`{"batch":[` is 10 bytes).
-            let len = if n == 1 && ack.work.path != "/v1/batch" {
+            let len = if n == 1 && ack.request.path != "/v1/batch" {
                 body.len() as u64
             } else {
                 (first as u64).saturating_sub(10)
@@ -491,14 +469,19 @@ impl Progress {
             .load(Ordering::Relaxed)
             .saturating_sub(st.acked_with_body)
             .min(lock(&self.layout).concurrency.max(1));
+        let attempts = lock(&self.layout)
+            .attempts
+            .as_ref()
+            .map(|a| a.counts())
+            .unwrap_or_default();
         Sample {
             t: self.started.elapsed().as_secs_f64(),
             rows_read: self.rows_read.load(Ordering::Relaxed),
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
             calls_delivered: st.calls_delivered,
             requests: st.requests,
-            retries: st.retries,
-            throttled: st.throttled,
+            retries: attempts.retries,
+            throttled: attempts.throttled,
             rejected: st.rejected,
             in_flight,
         }
@@ -645,6 +628,15 @@ impl Progress {
     }
 }
 
+impl crate::checkpoint::collect::Watch for Progress {
+    fn ack(&self, ack: &Ack) {
+        Progress::ack(self, ack)
+    }
+    fn tick(&self) {
+        Progress::tick(self)
+    }
+}
+
 impl Layout {
     fn done_at(&self, at: Position) -> u64 {
         let i = at.input as usize;
@@ -762,7 +754,13 @@ mod tests {
     #[test]
     fn recorded_before_and_after_finish_holds_the_last_sample() {
         let p = Progress::hidden();
-        p.begin(&[], Position::default(), Limits::default(), 4);
+        p.begin(
+            &[],
+            Position::default(),
+            Limits::default(),
+            4,
+            Default::default(),
+        );
         p.forwarded();
         assert_eq!(p.recorded().samples.last().map(|s| s.in_flight), Some(1));
         p.finish();

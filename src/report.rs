@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use crate::config::{Endpoint, RunConfig};
 use crate::progress::{clock, thousands, Recorded, Sample};
 use crate::source::SourceOptions;
-use crate::summary::Summary;
+use crate::summary::{Outcome, Summary};
 
 /// The run's settings as (name, value) rows, in the order the report lists them.
 pub fn settings(cfg: &RunConfig, src: &SourceOptions) -> Vec<(&'static str, String)> {
@@ -442,14 +442,14 @@ pub fn render(
 ) -> String {
     let mut h = String::with_capacity(64 * 1024);
     let rejected_total = s.rows_rejected_total.max(s.rows_rejected);
-    let (badge, class) = match (s.outcome.as_str(), stopped) {
-        ("completed", _) if rejected_total == 0 && s.calls_rejected_by_server == 0 => {
+    let (badge, class) = match (s.outcome, stopped) {
+        (Outcome::Completed, _) if rejected_total == 0 && s.calls_rejected_by_server == 0 => {
             ("completed", "ok")
         }
-        ("completed", _) => ("completed with rejects", "warn"),
-        ("interrupted", _) => ("interrupted", "warn"),
-        (o, None) if o.starts_with("already complete") => ("already complete", "ok"),
-        (o, _) => (o, "bad"),
+        (Outcome::Completed, _) => ("completed with rejects", "warn"),
+        (Outcome::Interrupted, _) => ("interrupted", "warn"),
+        (Outcome::AlreadyComplete, None) => ("already complete", "ok"),
+        (o, _) => (o.as_str(), "bad"),
     };
     let _ = write!(
         h,
@@ -618,7 +618,8 @@ pub fn render(
             esc(&v)
         );
     };
-    row(&mut h, "outcome", s.outcome.clone(), false);
+    let outcome = s.note.clone().unwrap_or_else(|| s.outcome.to_string());
+    row(&mut h, "outcome", outcome, false);
     row(&mut h, "inputs", thousands(s.inputs), false);
     row(&mut h, "rows read", thousands(s.rows_read), false);
     row(&mut h, "mapped", thousands(s.rows_mapped), true);
@@ -741,7 +742,7 @@ mod tests {
     #[test]
     fn report_is_self_contained_and_names_no_key() {
         let s = Summary {
-            outcome: "completed".into(),
+            outcome: Outcome::Completed,
             rows_read: 10,
             rows_mapped: 9,
             rows_rejected: 1,

@@ -9,12 +9,59 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::checkpoint::collect::CollectOutcome;
+use crate::checkpoint::Checkpoint;
+use crate::map::spec::CallKind;
+use crate::pack::PackTotals;
 use crate::progress::thousands;
+use crate::send::AttemptCounts;
+
+/// How a run ended, as scripts read it: serialized as `completed`, `interrupted`,
+/// `failed` or `already complete`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum Outcome {
+    #[default]
+    #[serde(rename = "completed")]
+    Completed,
+    #[serde(rename = "interrupted")]
+    Interrupted,
+    #[serde(rename = "failed")]
+    Failed,
+    /// The checkpoint says the backfill finished before: nothing was sent.
+    #[serde(rename = "already complete")]
+    AlreadyComplete,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Interrupted => "interrupted",
+            Outcome::Failed => "failed",
+            Outcome::AlreadyComplete => "already complete",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `summary.outcome == "completed"`: the outcome as its JSON text.
+impl PartialEq<&str> for Outcome {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
 
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct Summary {
-    /// `completed`, `failed` or `interrupted`.
-    pub outcome: String,
+    pub outcome: Outcome,
+    /// A sentence on the outcome when it needs one (`already complete according to ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub inputs: u64,
     pub rows_read: u64,
     pub rows_mapped: u64,
@@ -46,6 +93,86 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The summary of a run that found its backfill finished: every counter at zero
+    /// (nothing was sent), but the rejects the earlier runs left.
+    pub fn already_complete(
+        checkpoint: &std::path::Path,
+        inputs: usize,
+        rejects: &std::path::Path,
+        rows_rejected_total: u64,
+    ) -> Summary {
+        Summary {
+            outcome: Outcome::AlreadyComplete,
+            note: Some(format!(
+                "already complete according to {} (use --restart to send everything again)",
+                checkpoint.display()
+            )),
+            inputs: inputs as u64,
+            rejects_file: rejects.display().to_string(),
+            rows_rejected_total,
+            ..Summary::default()
+        }
+    }
+
+    /// The run's figures: the packer's totals, the collector's deliveries (and `base`,
+    /// the checkpoint the run started from, for the rejects file's total) and the
+    /// senders' retries, with the calls the API refused in strict mode counted as
+    /// rejected rows too (exactly one row per call when the mapping makes one call per
+    /// row).
+    pub fn fill(
+        &mut self,
+        totals: &PackTotals,
+        outcome: &CollectOutcome,
+        base: Option<&Checkpoint>,
+        a: &AttemptCounts,
+    ) {
+        let summary = self;
+        // Counted by the senders as they happen, so they include the retries of
+        // requests that never finished (a failed run, a drain timeout).
+        (
+            summary.retries,
+            summary.throttled,
+            summary.retries_no_answer,
+        ) = (a.retries, a.throttled, a.retries_no_answer);
+        let d = outcome.delivered;
+        summary.calls_delivered = d.calls;
+        summary.calls_rejected_by_server = d.refused;
+        summary.requests = d.requests;
+        summary.request_bytes = d.request_bytes;
+        summary.rows_read = totals.rows;
+        summary.rows_rejected = totals.rows_rejected;
+        summary.rows_mapped = totals.rows - totals.rows_rejected;
+        summary.rejected_by_reason = totals
+            .rejected_by_reason
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        summary.calls_built = totals.calls;
+        summary.calls_by_type = CallKind::ALL
+            .iter()
+            .zip(totals.calls_by_type)
+            .filter(|&(_, n)| n > 0)
+            .map(|(k, n)| (k.as_str().to_string(), n))
+            .collect();
+        let refused = d.refused;
+        if refused > 0 {
+            summary.rows_rejected += refused;
+            summary.rows_mapped = summary.rows_mapped.saturating_sub(refused);
+            *summary
+                .rejected_by_reason
+                .entry("invalid_call".into())
+                .or_default() += refused;
+        }
+        summary.calls_undelivered = summary
+            .calls_built
+            .saturating_sub(summary.calls_delivered + refused);
+        // What the rejects file holds: the earlier runs' lines and the ones this run wrote
+        // for acknowledged work. A run that stops early has found more bad rows than that
+        // (`rows_rejected`); the rest are found again when it resumes.
+        summary.rows_rejected_total =
+            outcome.counters.rows_rejected + base.map_or(0, |b| b.counters.rows_rejected);
+    }
+
     pub fn finish(&mut self, elapsed: std::time::Duration) {
         self.elapsed_secs = elapsed.as_secs_f64();
         self.rows_per_sec = if self.elapsed_secs > 0.0 {
@@ -62,7 +189,7 @@ impl fmt::Display for Summary {
         writeln!(
             f,
             "cdp-backfill: {}{}",
-            self.outcome,
+            self.note.as_deref().unwrap_or(self.outcome.as_str()),
             if self.dry_run {
                 " (dry run: nothing sent)"
             } else {

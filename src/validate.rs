@@ -12,14 +12,15 @@ use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
 
+use crate::checkpoint::WriteError;
 use crate::config::{Limits, OwnFile};
+use crate::error::RunError;
 use crate::map::compile::compile;
 use crate::map::encode::{map_chunk, EmitKind, EncodeOptions, Mapped};
 use crate::map::spec::CallKind;
-use crate::map::timestamp::{self, UnixMillis};
 use crate::pack::{KeyedPacker, Packed, Packer};
 use crate::source::{self, SourceOptions};
-use crate::RunError;
+use crate::timestamp::{self, UnixMillis};
 
 /// What to validate.
 #[derive(Debug, Clone)]
@@ -124,7 +125,7 @@ impl Tally<'_> {
 /// Reads, maps and packs every input; sends nothing.
 pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, RunError> {
     let spec = crate::map::load(&opts.mapping)?;
-    let inputs = source::discover(&opts.inputs, &spec.namespace, src)?;
+    let inputs = source::discover(&opts.inputs, src)?;
     let outputs: Vec<OwnFile> = [
         ("--output", opts.output.as_deref()),
         ("--report-json", opts.report_json.as_deref()),
@@ -139,7 +140,7 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
         })
     })
     .collect();
-    source::refuse_overwriting(&outputs, &inputs, Some(&opts.mapping)).map_err(RunError::Config)?;
+    source::refuse_overwriting(&outputs, &inputs, Some(&opts.mapping))?;
     let mut mappings = Vec::with_capacity(inputs.len());
     for info in &inputs {
         let opened = source::open(info, src)?;
@@ -148,8 +149,9 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut out_file = match &opts.output {
         Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
-            |source| RunError::Io {
-                path: p.display().to_string(),
+            |source| WriteError {
+                what: "--output",
+                path: p.clone(),
                 source,
             },
         )?)),
@@ -164,11 +166,9 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
         out: out_file.as_mut().map(|w| w as &mut dyn Write),
         show: opts.show_rejects,
     };
-    let io_err = |source: std::io::Error| RunError::Io {
-        path: opts
-            .output
-            .as_ref()
-            .map_or(String::new(), |p| p.display().to_string()),
+    let io_err = |source: std::io::Error| WriteError {
+        what: "--output",
+        path: opts.output.clone().unwrap_or_default(),
         source,
     };
     let mut packer: KeyedPacker<()> = KeyedPacker::new(opts.limits, 16);
@@ -223,7 +223,7 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
                         }
                         let result = if kind == CallKind::Alias {
                             // Its own request, as pipeline::pack builds it.
-                            match crate::pipeline::alias_body(
+                            match crate::pack::stage::alias_body(
                                 call,
                                 &key,
                                 opts.limits.max_call_bytes,

@@ -13,42 +13,32 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use cdp_backfill::serve::{Faults, ServeConfig, Server, Stats};
+use common::Workdir;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cdp-backfill");
+mod common;
 
 fn mapping() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/events.toml")
+    common::fixture("events.toml")
 }
 
-/// A temp dir with a generated input.
-struct Env {
-    dir: tempfile::TempDir,
-    input: PathBuf,
+/// A test's own directory with a generated input in it.
+fn generated(rows: u64, seed: u64) -> (Workdir, PathBuf) {
+    let w = Workdir::new();
+    let input = w.generate("events.csv", rows, seed);
+    (w, input)
 }
 
-impl Env {
-    fn new(rows: u64, seed: u64) -> Env {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let input = dir.path().join("events.csv");
-        cdp_backfill::generate::generate_file(&input, rows, seed).expect("generate input");
-        Env { dir, input }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Runs `cdp-backfill run` on the input (always by the same absolute path, so the
-    /// messageIds match between runs), with its own rejects, summary and checkpoint
-    /// files named after `tag`.
-    fn run(&self, tag: &str, args: &[&str]) -> Run {
-        let rejects = self.path(&format!("{tag}.rejects.ndjson"));
-        let summary = self.path(&format!("{tag}.summary.json"));
-        let mut cmd = Command::new(BIN);
-        cmd.current_dir(self.dir.path())
-            .arg("run")
-            .arg(&self.input)
+/// Runs `cdp-backfill run` on `input` (always by the same absolute path, so the
+/// messageIds match between runs), with its own rejects, summary and checkpoint files
+/// named after `tag`.
+fn run(w: &Workdir, input: &Path, tag: &str, args: &[&str]) -> Run {
+    {
+        let rejects = w.path(&format!("{tag}.rejects.ndjson"));
+        let summary = w.path(&format!("{tag}.summary.json"));
+        let mut cmd = w.cmd();
+        cmd.arg("run")
+            .arg(input)
             .arg("--mapping")
             .arg(mapping())
             .arg("--rejects")
@@ -58,7 +48,7 @@ impl Env {
             .arg("--quiet");
         if !args.contains(&"--dry-run") {
             cmd.arg("--checkpoint")
-                .arg(self.path(&format!("{tag}.checkpoint.json")));
+                .arg(w.path(&format!("{tag}.checkpoint.json")));
         }
         let out = cmd.args(args).output().expect("run the binary");
         let summary: Value = std::fs::read(&summary)
@@ -76,13 +66,16 @@ impl Env {
             rejects,
         }
     }
+}
 
-    /// The messageIds a dry run packs with the same size `limits`, in request order.
-    fn expected_ids(&self, limits: &[&str]) -> Vec<String> {
-        let bodies = self.path("dry.bodies.ndjson");
+/// The messageIds a dry run of `input` packs with the same size `limits`, in request
+/// order.
+fn expected_ids(w: &Workdir, input: &Path, limits: &[&str]) -> Vec<String> {
+    {
+        let bodies = w.path("dry.bodies.ndjson");
         let mut args = vec!["--dry-run", "--output", bodies.to_str().unwrap()];
         args.extend(limits);
-        let dry = self.run("dry", &args);
+        let dry = run(w, input, "dry", &args);
         assert!(
             matches!(dry.code(), 0 | 3),
             "dry run failed: {}",
@@ -193,9 +186,9 @@ const FAST_BACKOFF: [&str; 4] = ["--backoff-base", "0.005", "--backoff-cap", "0.
 #[test]
 fn chaos_of_5xx_429_and_drops_still_delivers_every_call_once() {
     let _serial = serial();
-    let env = Env::new(2000, 7);
+    let (env, input) = generated(2000, 7);
     let limits = ["--max-request-bytes", "30000", "--max-call-bytes", "16000"];
-    let expected = env.expected_ids(&limits);
+    let expected = expected_ids(&env, &input, &limits);
     let record = env.path("received.ndjson");
     let server = start(
         Faults {
@@ -212,7 +205,7 @@ fn chaos_of_5xx_429_and_drops_still_delivers_every_call_once() {
     let mut args = vec!["--endpoint", &url, "--max-retries", "20"];
     args.extend(limits);
     args.extend(FAST_BACKOFF);
-    let run = env.run("live", &args);
+    let run = run(&env, &input, "live", &args);
     let stats = server.shutdown();
 
     assert_eq!(run.code(), 3, "planted bad rows only: {}", run.stderr());
@@ -254,7 +247,7 @@ struct ServeProcess {
 
 impl ServeProcess {
     fn spawn(args: &[&str]) -> ServeProcess {
-        let mut child = Command::new(BIN)
+        let mut child = common::bin()
             .arg("serve")
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
@@ -304,16 +297,16 @@ impl Drop for ServeProcess {
 #[test]
 fn a_server_cap_below_the_rate_is_met_with_pauses_and_the_run_completes() {
     let _serial = serial();
-    let env = Env::new(1200, 8);
+    let (env, input) = generated(1200, 8);
     let limits = ["--max-request-bytes", "8000", "--max-call-bytes", "7000"];
-    let expected = env.expected_ids(&limits);
+    let expected = expected_ids(&env, &input, &limits);
     let record = env.path("received.ndjson");
     let serve = ServeProcess::spawn(&["--max-rps", "20", "--record", record.to_str().unwrap()]);
     let url = serve.url();
     let mut args = vec!["--endpoint", &url, "--rate", "50"];
     args.extend(limits);
     args.extend(FAST_BACKOFF);
-    let run = env.run("live", &args);
+    let run = run(&env, &input, "live", &args);
     let stats = serve.stats();
 
     assert_eq!(run.code(), 3, "{}", run.stderr());
@@ -328,9 +321,9 @@ fn a_server_cap_below_the_rate_is_met_with_pauses_and_the_run_completes() {
 #[test]
 fn calls_refused_in_strict_mode_are_isolated_into_rejects_and_the_rest_delivered() {
     let _serial = serial();
-    let env = Env::new(1500, 9);
+    let (env, input) = generated(1500, 9);
     let limits = ["--max-request-bytes", "60000"];
-    let expected = env.expected_ids(&limits);
+    let expected = expected_ids(&env, &input, &limits);
     let record = env.path("received.ndjson");
     let server = start(
         Faults {
@@ -344,7 +337,7 @@ fn calls_refused_in_strict_mode_are_isolated_into_rejects_and_the_rest_delivered
     let mut args = vec!["--endpoint", &url, "--gzip"];
     args.extend(limits);
     args.extend(FAST_BACKOFF);
-    let run = env.run("live", &args);
+    let run = run(&env, &input, "live", &args);
     let stats = server.shutdown();
 
     assert_eq!(run.code(), 3, "{}", run.stderr());
@@ -398,7 +391,7 @@ fn calls_refused_in_strict_mode_are_isolated_into_rejects_and_the_rest_delivered
 fn the_rate_limit_holds_in_every_second_and_is_nearly_reached() {
     let _serial = serial();
     const RATE: u64 = 50;
-    let env = Env::new(900, 10);
+    let (env, input) = generated(900, 10);
     let record = env.path("received.ndjson");
     let server = start(Faults::default(), &record);
     let url = server.base_url();
@@ -412,7 +405,7 @@ fn the_rate_limit_holds_in_every_second_and_is_nearly_reached() {
         "--max-call-bytes",
         "1000",
     ];
-    let run = env.run("live", &args);
+    let run = run(&env, &input, "live", &args);
     let stats = server.shutdown();
 
     assert_eq!(run.code(), 3, "{}", run.stderr());
@@ -442,9 +435,9 @@ fn the_rate_limit_holds_in_every_second_and_is_nearly_reached() {
 /// the checkpoint stays before the failed request and the message says they are resent.
 fn running_out_of_retries_stops_with_the_status_and_counts_every_call_the_server_accepted() {
     let _serial = serial();
-    let env = Env::new(1500, 12);
+    let (env, input) = generated(1500, 12);
     let limits = ["--max-request-bytes", "20000", "--max-call-bytes", "16000"];
-    let expected = env.expected_ids(&limits);
+    let expected = expected_ids(&env, &input, &limits);
     let record = env.path("received.ndjson");
     let server = start(
         Faults {
@@ -465,7 +458,7 @@ fn running_out_of_retries_stops_with_the_status_and_counts_every_call_the_server
     ];
     args.extend(limits);
     args.extend(FAST_BACKOFF);
-    let run = env.run("live", &args);
+    let run = run(&env, &input, "live", &args);
     let stats = server.shutdown();
 
     assert_eq!(run.code(), 1, "{}", run.stderr());
@@ -498,7 +491,7 @@ fn running_out_of_retries_stops_with_the_status_and_counts_every_call_the_server
 #[test]
 fn a_refused_key_stops_the_run_at_once_naming_key_and_region() {
     let _serial = serial();
-    let env = Env::new(300, 13);
+    let (env, input) = generated(300, 13);
     let record = env.path("received.ndjson");
     let server = Server::start(ServeConfig {
         api_key: Some(cdp_backfill::config::ApiKey::new("the-right-key")),
@@ -511,7 +504,7 @@ fn a_refused_key_stops_the_run_at_once_naming_key_and_region() {
     std::fs::write(&key, "a-wrong-key\n").unwrap();
     let mut args = vec!["--endpoint", &url, "--api-key-file", key.to_str().unwrap()];
     args.extend(FAST_BACKOFF);
-    let run = env.run("live", &args);
+    let run = run(&env, &input, "live", &args);
     let stats = server.shutdown();
 
     assert_eq!(run.code(), 1, "{}", run.stderr());
@@ -531,11 +524,13 @@ fn a_refused_key_stops_the_run_at_once_naming_key_and_region() {
 #[test]
 fn events_rate_charges_each_request_its_calls() {
     let _serial = serial();
-    let env = Env::new(700, 14);
+    let (env, input) = generated(700, 14);
     let record = env.path("received.ndjson");
     let server = start(Faults::default(), &record);
     let url = server.base_url();
-    let run = env.run(
+    let run = run(
+        &env,
+        &input,
         "live",
         &[
             "--endpoint",
@@ -561,7 +556,7 @@ fn events_rate_charges_each_request_its_calls() {
 #[test]
 fn a_connection_closed_without_an_answer_is_named_so() {
     let _serial = serial();
-    let env = Env::new(300, 14);
+    let (env, input) = generated(300, 14);
     let record = env.path("received.ndjson");
     let server = start(
         Faults {
@@ -573,7 +568,7 @@ fn a_connection_closed_without_an_answer_is_named_so() {
     let url = server.base_url();
     let mut args = vec!["--endpoint", &url, "--max-retries", "0"];
     args.extend(FAST_BACKOFF);
-    let run = env.run("live", &args);
+    let run = run(&env, &input, "live", &args);
     server.shutdown();
     assert_eq!(run.code(), 1, "{}", run.stderr());
     // curl's own words were "the server made an unrecoverable HTTP protocol violation".
@@ -585,46 +580,23 @@ fn a_connection_closed_without_an_answer_is_named_so() {
     );
 }
 
-/// This process's resident memory in KiB, from /proc/self/status.
-fn own_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status")
-}
-
-/// Runs `cmd` to its end and returns its exit code and peak resident memory in KiB, from
-/// the kernel's own accounting of that one child (`wait4`). That figure starts from this
-/// process's resident memory at the spawn, so it is checked to be the child's own.
-#[allow(clippy::zombie_processes)] // reaped by `wait4`, which also reports its memory
+/// Runs `cmd` to its end and returns its exit code and peak resident memory in KiB
+/// ([`common::run_measured`]), checked to be the child's own: `ru_maxrss` starts from this
+/// process's resident memory at the spawn.
 fn exit_and_peak_rss_kib(cmd: &mut Command) -> (i32, u64) {
-    let own = own_rss_kib();
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run the binary");
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: an all-zero rusage is a valid value of a plain C struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our own unwaited child; both pointers are to live locals.
-    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(got, pid, "wait4: {}", std::io::Error::last_os_error());
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    let peak = usage.ru_maxrss as u64;
+    let own = common::own_rss_kib();
+    let m = common::run_measured(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        Duration::from_secs(300),
+    );
+    let peak = m.peak_rss_kib;
     assert!(
         own * 2 < peak,
         "the test process holds {own} KiB, so a child's peak of {peak} KiB may be that, not its own"
     );
-    (code, peak)
+    (m.code().unwrap_or(-1), peak)
 }
 
 /// The queues ahead of the senders do not widen with `--concurrency`: each entry holds a
@@ -637,7 +609,7 @@ fn exit_and_peak_rss_kib(cmd: &mut Command) -> (i32, u64) {
 #[test]
 fn queued_requests_do_not_grow_with_concurrency() {
     let _serial = serial();
-    let env = Env::new(280_000, 41);
+    let (env, input) = generated(280_000, 41);
     let slow = Server::start(ServeConfig {
         faults: Faults {
             latency_ms: 1000,
@@ -650,10 +622,9 @@ fn queued_requests_do_not_grow_with_concurrency() {
     let peak = |server: &Server, concurrency: &str| {
         let rejects = env.path(&format!("c{concurrency}.rejects.ndjson"));
         let (code, kib) = exit_and_peak_rss_kib(
-            Command::new(BIN)
-                .current_dir(env.dir.path())
+            env.cmd()
                 .arg("run")
-                .arg(&env.input)
+                .arg(&input)
                 .arg("--mapping")
                 .arg(mapping())
                 .arg("--rejects")

@@ -2,7 +2,9 @@
 //! when the mapping uses that name (by name or through `"rest"`), harmless otherwise.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
 
 const REST: &str =
     "[[call]]\ntype = \"track\"\nuser_id = \"uid\"\nevent = \"ev\"\nproperties = \"rest\"\n";
@@ -16,7 +18,7 @@ fn dry_run(dir: &Path, header_and_rows: &str, mapping: &str) -> Output {
 /// Runs `cdp-backfill run INPUT --dry-run` in `dir` with `mapping` as m.toml.
 fn run_input(dir: &Path, input: &str, mapping: &str) -> Output {
     std::fs::write(dir.join("m.toml"), mapping).expect("write the mapping");
-    Command::new(env!("CARGO_BIN_EXE_cdp-backfill"))
+    common::bin()
         .current_dir(dir)
         .args([
             "run",

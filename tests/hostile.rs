@@ -15,10 +15,13 @@
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cdp-backfill");
+use common::Workdir;
+
+mod common;
+
 /// Peak RSS allowed for any run here, with the default 16 MiB record limit: one record
 /// held up to the 64 MiB hard stop (the csv crate may double its buffer to 128 MiB),
 /// plus the chunks in flight. Measured peaks are far lower (see the issue 9 notes).
@@ -65,19 +68,11 @@ fn json_lines(p: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn peak_rss_kb(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// Runs `cdp-backfill run <args> --dry-run --output bodies.ndjson --rejects rejects.ndjson`
 /// in `dir`, killing it at the deadline, and checks the properties every case shares.
 fn run(dir: &Path, args: &[&str]) -> Outcome {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = common::bin();
     cmd.current_dir(dir)
-        .env_remove("CDP_API_KEY")
-        .env_remove("CDP_ENDPOINT")
         .arg("run")
         .args(args)
         .args([
@@ -90,23 +85,8 @@ fn run(dir: &Path, args: &[&str]) -> Outcome {
         .stdin(Stdio::null())
         .stdout(File::create(dir.join("stdout.txt")).unwrap())
         .stderr(File::create(dir.join("stderr.txt")).unwrap());
-    let started = Instant::now();
-    let mut child = cmd.spawn().expect("the binary starts");
-    let mut peak = 0;
-    let status = loop {
-        if let Some(kb) = peak_rss_kb(child.id()) {
-            peak = peak.max(kb);
-        }
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("cdp-backfill {args:?} hung: still running after {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let m = common::run_measured(&mut cmd, DEADLINE);
+    let (status, peak) = (m.status, m.peak_rss_kib);
     let stderr = std::fs::read_to_string(dir.join("stderr.txt")).unwrap();
     assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
     assert!(
@@ -117,7 +97,7 @@ fn run(dir: &Path, args: &[&str]) -> Outcome {
         code: status.code(),
         stderr,
         peak_rss_kb: peak,
-        elapsed: started.elapsed(),
+        elapsed: m.elapsed,
         dir: dir.to_path_buf(),
     };
     // Whatever happened, what was written is well-formed.
@@ -149,14 +129,15 @@ event = "event"
 properties = "rest"
 "#;
 
-fn setup(files: &[(&str, &[u8])]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("csv.toml"), CSV_MAPPING).unwrap();
-    std::fs::write(dir.path().join("ndjson.toml"), NDJSON_MAPPING).unwrap();
+/// A test's own directory holding both mappings and `files`.
+fn workdir(files: &[(&str, &[u8])]) -> Workdir {
+    let w = Workdir::new();
+    w.write("csv.toml", CSV_MAPPING);
+    w.write("ndjson.toml", NDJSON_MAPPING);
     for (name, bytes) in files {
-        std::fs::write(dir.path().join(name), bytes).unwrap();
+        w.write(name, bytes);
     }
-    dir
+    w
 }
 
 const ROW: &str = "u1,Signed Up,2024-01-02T03:04:05Z,1.5\n";
@@ -171,9 +152,8 @@ fn reasons(o: &Outcome) -> Vec<String> {
 
 #[test]
 fn a_100_mb_csv_field_stops_the_run_with_a_clear_error_and_bounded_memory() {
-    let dir = setup(&[]);
-    let mut w =
-        BufWriter::with_capacity(1 << 20, File::create(dir.path().join("big.csv")).unwrap());
+    let dir = workdir(&[]);
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(dir.path("big.csv")).unwrap());
     w.write_all(HEADER.as_bytes()).unwrap();
     w.write_all(ROW.as_bytes()).unwrap();
     w.write_all(b"u2,\"").unwrap();
@@ -184,7 +164,7 @@ fn a_100_mb_csv_field_stops_the_run_with_a_clear_error_and_bounded_memory() {
     w.write_all(b"\",2024-01-02T03:04:05Z,1\n").unwrap();
     w.write_all(ROW.as_bytes()).unwrap();
     drop(w);
-    let o = run(dir.path(), &["big.csv", "--mapping", "csv.toml"]);
+    let o = run(dir.dir(), &["big.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
     assert!(
         o.stderr.contains("big.csv")
@@ -201,9 +181,9 @@ fn a_csv_record_over_max_record_bytes_is_rejected_and_the_run_goes_on() {
     let mut text = format!("{HEADER}{ROW}u2,\"");
     text.push_str(&"y".repeat(3 << 20));
     text.push_str(&format!("\",2024-01-02T03:04:05Z,1\n{ROW}"));
-    let dir = setup(&[("long.csv", text.as_bytes())]);
+    let dir = workdir(&[("long.csv", text.as_bytes())]);
     let o = run(
-        dir.path(),
+        dir.dir(),
         &[
             "long.csv",
             "--mapping",
@@ -225,18 +205,13 @@ fn a_csv_record_over_max_record_bytes_is_rejected_and_the_run_goes_on() {
         "{detail}"
     );
     // The record itself is not copied into the rejects file.
-    assert!(
-        std::fs::metadata(dir.path().join("rejects.ndjson"))
-            .unwrap()
-            .len()
-            < 4096
-    );
+    assert!(std::fs::metadata(dir.path("rejects.ndjson")).unwrap().len() < 4096);
 }
 
 #[test]
 fn an_ndjson_line_over_max_record_bytes_is_rejected_without_buffering_it() {
-    let dir = setup(&[]);
-    let mut w = BufWriter::new(File::create(dir.path().join("long.ndjson")).unwrap());
+    let dir = workdir(&[]);
+    let mut w = BufWriter::new(File::create(dir.path("long.ndjson")).unwrap());
     w.write_all(b"{\"user_id\":\"u1\",\"event\":\"E\"}\n{\"user_id\":\"u2\",\"event\":\"")
         .unwrap();
     let block = vec![b'z'; 1 << 20];
@@ -247,7 +222,7 @@ fn an_ndjson_line_over_max_record_bytes_is_rejected_without_buffering_it() {
         .unwrap();
     drop(w);
     let o = run(
-        dir.path(),
+        dir.dir(),
         &[
             "long.ndjson",
             "--mapping",
@@ -270,8 +245,8 @@ fn an_ndjson_line_over_max_record_bytes_is_rejected_without_buffering_it() {
 #[test]
 fn an_unclosed_quote_at_the_end_of_a_file_is_a_reject() {
     let text = format!("{HEADER}{ROW}u2,\"Signed Up,2024-01-02T03:04:05Z,1\n");
-    let dir = setup(&[("q.csv", text.as_bytes())]);
-    let o = run(dir.path(), &["q.csv", "--mapping", "csv.toml"]);
+    let dir = workdir(&[("q.csv", text.as_bytes())]);
+    let o = run(dir.dir(), &["q.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     assert_eq!(o.calls().len(), 1);
     assert_eq!(reasons(&o), vec!["unclosed_quote@2"]);
@@ -286,9 +261,9 @@ fn an_unclosed_quote_at_the_end_of_a_file_is_a_reject() {
     // In the last column the field count comes out right, and the rows after the quote
     // used to be sent inside one field of one call, without a word.
     let text = format!("{HEADER}{ROW}u2,E,2024-01-02T03:04:05Z,\"1\nu3,E,2024-01-02T03:04:05Z,2\nu4,E,2024-01-02T03:04:05Z,3\n");
-    std::fs::write(dir.path().join("last.csv"), text).unwrap();
-    std::fs::remove_file(dir.path().join("bodies.ndjson")).unwrap();
-    let o = run(dir.path(), &["last.csv", "--mapping", "csv.toml"]);
+    std::fs::write(dir.path("last.csv"), text).unwrap();
+    std::fs::remove_file(dir.path("bodies.ndjson")).unwrap();
+    let o = run(dir.dir(), &["last.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     assert_eq!(o.calls().len(), 1, "only the row before the quote is sent");
     assert_eq!(reasons(&o), vec!["unclosed_quote@2"]);
@@ -303,8 +278,8 @@ fn an_unclosed_quote_at_the_end_of_a_file_is_a_reject() {
 fn a_quote_closed_lines_later_leaves_a_short_row_whose_reason_points_at_it() {
     // The quote closes at the next quote, two lines on: one short row holds them all.
     let text = format!("{HEADER}u1,\"Signed Up,2024-01-02T03:04:05Z,1\nu2,E,2024-01-02T03:04:05Z,2\nu3,E,2024-01-02T03:04:05Z,\"3\"\n{ROW}");
-    let dir = setup(&[("q.csv", text.as_bytes())]);
-    let o = run(dir.path(), &["q.csv", "--mapping", "csv.toml"]);
+    let dir = workdir(&[("q.csv", text.as_bytes())]);
+    let o = run(dir.dir(), &["q.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     let detail = o.rejects()[0]["detail"].as_str().unwrap().to_string();
     assert!(
@@ -318,9 +293,9 @@ fn a_quote_closed_lines_later_leaves_a_short_row_whose_reason_points_at_it() {
     );
     // A multi-line field that is properly quoted gets no such hint when the count is off.
     let text = format!("{HEADER}u1,\"Signed\nUp\",2024-01-02T03:04:05Z\n");
-    std::fs::write(dir.path().join("ok.csv"), text).unwrap();
-    std::fs::remove_file(dir.path().join("bodies.ndjson")).unwrap();
-    let o = run(dir.path(), &["ok.csv", "--mapping", "csv.toml"]);
+    std::fs::write(dir.path("ok.csv"), text).unwrap();
+    std::fs::remove_file(dir.path("bodies.ndjson")).unwrap();
+    let o = run(dir.dir(), &["ok.csv", "--mapping", "csv.toml"]);
     let detail = o.rejects()[0]["detail"].as_str().unwrap().to_string();
     assert_eq!(
         detail, "expected 4 fields (as in the header), found 3",
@@ -332,8 +307,8 @@ fn a_quote_closed_lines_later_leaves_a_short_row_whose_reason_points_at_it() {
 fn nul_bytes_and_invalid_utf8_are_rejects_or_escaped_never_crashes() {
     let csv = b"user_id,event,ts,amount\nu\x001,E\x00,2024-01-02T03:04:05Z,1\nu2,\xff\xfe,2024-01-02T03:04:05Z,1\nu3,E,2024-01-02T03:04:05Z,\xc3\n";
     let ndjson = b"{\"user_id\":\"u\\u00001\",\"event\":\"E\"}\n{\"user_id\":\"u\x002\",\"event\":\"E\"}\n{\"user_id\":\"u3\",\"event\":\"\xff\"}\n\x00\x00\x00\n";
-    let dir = setup(&[("n.csv", csv), ("n.ndjson", ndjson)]);
-    let o = run(dir.path(), &["n.csv", "--mapping", "csv.toml"]);
+    let dir = workdir(&[("n.csv", csv), ("n.ndjson", ndjson)]);
+    let o = run(dir.dir(), &["n.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     let calls = o.calls();
     assert_eq!(calls.len(), 1);
@@ -341,7 +316,7 @@ fn nul_bytes_and_invalid_utf8_are_rejects_or_escaped_never_crashes() {
     assert_eq!(calls[0]["event"], "E\u{0}");
     assert_eq!(reasons(&o), vec!["invalid_utf8@2", "bad_value@3"]);
 
-    let o = run(dir.path(), &["n.ndjson", "--mapping", "ndjson.toml"]);
+    let o = run(dir.dir(), &["n.ndjson", "--mapping", "ndjson.toml"]);
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     let calls = o.calls();
     assert_eq!(calls.len(), 1);
@@ -356,8 +331,8 @@ fn nul_bytes_and_invalid_utf8_are_rejects_or_escaped_never_crashes() {
 fn a_header_that_is_not_utf8_is_an_error_naming_the_column_not_a_changed_key() {
     let mut csv = b"user_id,event,ts,amount,caf\xe9\n".to_vec();
     csv.extend_from_slice(b"u1,Signed Up,2024-01-02T03:04:05Z,1.5,x\n");
-    let dir = setup(&[("latin1.csv", &csv)]);
-    let o = run(dir.path(), &["latin1.csv", "--mapping", "csv.toml"]);
+    let dir = workdir(&[("latin1.csv", &csv)]);
+    let o = run(dir.dir(), &["latin1.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
     assert!(
         o.stderr.contains("latin1.csv: column 5 of the header") && o.stderr.contains("UTF-8"),
@@ -371,14 +346,14 @@ fn a_header_that_is_not_utf8_is_an_error_naming_the_column_not_a_changed_key() {
 fn a_byte_order_mark_is_not_part_of_the_first_column_name() {
     let csv = format!("\u{feff}{HEADER}{ROW}");
     let ndjson = "\u{feff}{\"user_id\":\"u1\",\"event\":\"E\"}\n";
-    let dir = setup(&[
+    let dir = workdir(&[
         ("bom.csv", csv.as_bytes()),
         ("bom.ndjson", ndjson.as_bytes()),
     ]);
-    let o = run(dir.path(), &["bom.csv", "--mapping", "csv.toml"]);
+    let o = run(dir.dir(), &["bom.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     assert_eq!(o.calls()[0]["userId"], "u1");
-    let o = run(dir.path(), &["bom.ndjson", "--mapping", "ndjson.toml"]);
+    let o = run(dir.dir(), &["bom.ndjson", "--mapping", "ndjson.toml"]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     assert_eq!(o.calls()[0]["userId"], "u1");
 }
@@ -387,24 +362,24 @@ fn a_byte_order_mark_is_not_part_of_the_first_column_name() {
 fn cr_lf_and_crlf_line_ends_all_read_as_rows() {
     for (name, end) in [("lf.csv", "\n"), ("cr.csv", "\r"), ("crlf.csv", "\r\n")] {
         let text = format!("{HEADER}{ROW}{ROW}{ROW}").replace('\n', end);
-        let dir = setup(&[(name, text.as_bytes())]);
-        let o = run(dir.path(), &[name, "--mapping", "csv.toml"]);
+        let dir = workdir(&[(name, text.as_bytes())]);
+        let o = run(dir.dir(), &[name, "--mapping", "csv.toml"]);
         assert_eq!(o.code, Some(0), "{name}: {}", o.stderr);
         let calls = o.calls();
         assert_eq!(calls.len(), 3, "{name}");
         assert_eq!(calls[2]["properties"]["amount"], 1.5, "{name}");
     }
     let text = "{\"user_id\":\"u1\",\"event\":\"E\"}\r\n{\"user_id\":\"u2\",\"event\":\"E\"}\r\n";
-    let dir = setup(&[("crlf.ndjson", text.as_bytes())]);
-    let o = run(dir.path(), &["crlf.ndjson", "--mapping", "ndjson.toml"]);
+    let dir = workdir(&[("crlf.ndjson", text.as_bytes())]);
+    let o = run(dir.dir(), &["crlf.ndjson", "--mapping", "ndjson.toml"]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     assert_eq!(o.calls().len(), 2);
 }
 
 #[test]
 fn a_header_of_100000_columns_is_read() {
-    let dir = setup(&[]);
-    let mut w = BufWriter::new(File::create(dir.path().join("wide.csv")).unwrap());
+    let dir = workdir(&[]);
+    let mut w = BufWriter::new(File::create(dir.path("wide.csv")).unwrap());
     w.write_all(b"user_id,event,ts").unwrap();
     for i in 0..100_000 {
         write!(w, ",c{i}").unwrap();
@@ -416,11 +391,11 @@ fn a_header_of_100000_columns_is_read() {
     w.write_all(b"\n").unwrap();
     drop(w);
     std::fs::write(
-        dir.path().join("wide.toml"),
+        dir.path("wide.toml"),
         "[[call]]\ntype = \"track\"\nuser_id = \"user_id\"\nevent = \"event\"\nproperties = [\"c0\", \"c99999\"]\n",
     )
     .unwrap();
-    let o = run(dir.path(), &["wide.csv", "--mapping", "wide.toml"]);
+    let o = run(dir.dir(), &["wide.csv", "--mapping", "wide.toml"]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     assert_eq!(o.calls().len(), 1);
 }
@@ -432,8 +407,8 @@ fn ndjson_nested_100000_levels_deep_is_a_reject() {
     line.push_str(&"[".repeat(depth));
     line.push_str(&"]".repeat(depth));
     line.push_str("}\n{\"user_id\":\"u2\",\"event\":\"E\"}\n");
-    let dir = setup(&[("deep.ndjson", line.as_bytes())]);
-    let o = run(dir.path(), &["deep.ndjson", "--mapping", "ndjson.toml"]);
+    let dir = workdir(&[("deep.ndjson", line.as_bytes())]);
+    let o = run(dir.dir(), &["deep.ndjson", "--mapping", "ndjson.toml"]);
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     assert_eq!(o.calls().len(), 1);
     assert_eq!(reasons(&o), vec!["bad_json@1"]);
@@ -444,12 +419,12 @@ fn huge_and_negative_zero_numbers_and_duplicate_keys_give_valid_json_or_a_refusa
     let csv = "user_id,event,ts,amount,n\nu1,E,2024-01-02T03:04:05Z,1e400,-0\nu2,E,2024-01-02T03:04:05Z,-0,1e400\n";
     let ndjson = "{\"user_id\":\"u1\",\"event\":\"E\",\"x\":1e400}\n{\"user_id\":\"u2\",\"event\":\"E\",\"x\":-0,\"y\":-0.0}\n{\"user_id\":\"u3\",\"user_id\":\"u4\",\"event\":\"E\"}\n";
     let dup = "user_id,event,ts,amount,amount\nu1,E,2024-01-02T03:04:05Z,1,2\n";
-    let dir = setup(&[
+    let dir = workdir(&[
         ("n.csv", csv.as_bytes()),
         ("n.ndjson", ndjson.as_bytes()),
         ("dup.csv", dup.as_bytes()),
     ]);
-    let o = run(dir.path(), &["n.csv", "--mapping", "csv.toml"]);
+    let o = run(dir.dir(), &["n.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     // 1e400 is not a float (it overflows): a reject, never `inf` in the JSON.
     assert_eq!(reasons(&o), vec!["bad_value@1"]);
@@ -458,7 +433,7 @@ fn huge_and_negative_zero_numbers_and_duplicate_keys_give_valid_json_or_a_refusa
     assert_eq!(calls[0]["properties"]["amount"], -0.0);
     assert_eq!(calls[0]["properties"]["n"], "1e400");
 
-    let o = run(dir.path(), &["n.ndjson", "--mapping", "ndjson.toml"]);
+    let o = run(dir.dir(), &["n.ndjson", "--mapping", "ndjson.toml"]);
     let calls = o.calls();
     let rej = reasons(&o);
     assert_eq!(calls.len() + rej.len(), 3, "{rej:?}");
@@ -471,8 +446,8 @@ fn huge_and_negative_zero_numbers_and_duplicate_keys_give_valid_json_or_a_refusa
 
     // A header naming `amount` twice: which value the mapping means is ambiguous, so the
     // run stops before sending (the second value used to be dropped without a word).
-    std::fs::remove_file(dir.path().join("bodies.ndjson")).unwrap();
-    let o = run(dir.path(), &["dup.csv", "--mapping", "csv.toml"]);
+    std::fs::remove_file(dir.path("bodies.ndjson")).unwrap();
+    let o = run(dir.dir(), &["dup.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(2), "{}", o.stderr);
     assert!(
         o.stderr
@@ -480,7 +455,7 @@ fn huge_and_negative_zero_numbers_and_duplicate_keys_give_valid_json_or_a_refusa
         "{}",
         o.stderr
     );
-    assert!(!dir.path().join("bodies.ndjson").exists());
+    assert!(!dir.path("bodies.ndjson").exists());
 }
 
 #[test]
@@ -496,8 +471,8 @@ fn an_object_array_or_boolean_where_an_id_or_event_belongs_is_a_reject_not_its_t
         "{\"user_id\":12345,\"event\":\"E\"}\n",
         "{\"user_id\":\"u6\",\"event\":\"E\",\"flag\":true,\"obj\":{\"a\":1}}\n",
     );
-    let dir = setup(&[("ids.ndjson", ndjson.as_bytes())]);
-    let o = run(dir.path(), &["ids.ndjson", "--mapping", "ndjson.toml"]);
+    let dir = workdir(&[("ids.ndjson", ndjson.as_bytes())]);
+    let o = run(dir.dir(), &["ids.ndjson", "--mapping", "ndjson.toml"]);
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     assert_eq!(
         reasons(&o),
@@ -528,9 +503,9 @@ fn an_object_array_or_boolean_where_an_id_or_event_belongs_is_a_reject_not_its_t
 
     // Nor is an id built by a template any different; a constant number is its digits.
     let template = "[[call]]\ntype = \"track\"\nuser_id = { template = \"user-{user_id}\" }\nanonymous_id = { const = 42 }\nevent = \"event\"\n";
-    std::fs::write(dir.path().join("template.toml"), template).unwrap();
-    std::fs::remove_file(dir.path().join("bodies.ndjson")).unwrap();
-    let o = run(dir.path(), &["ids.ndjson", "--mapping", "template.toml"]);
+    std::fs::write(dir.path("template.toml"), template).unwrap();
+    std::fs::remove_file(dir.path("bodies.ndjson")).unwrap();
+    let o = run(dir.dir(), &["ids.ndjson", "--mapping", "template.toml"]);
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     assert_eq!(
         reasons(&o),
@@ -556,19 +531,19 @@ fn integers_too_long_for_a_double_go_as_strings_as_in_csv() {
     // rounds (1234567890123456789 arrives as 1234567890123456800).
     let ndjson = "{\"user_id\":\"u1\",\"event\":\"E\",\"big\":1234567890123456789,\"neg\":-9007199254740993,\"small\":123456789012345,\"f\":1.5}\n";
     let csv = "user_id,event,ts,amount,big\nu1,E,2024-01-02T03:04:05Z,1,1234567890123456789\n";
-    let dir = setup(&[
+    let dir = workdir(&[
         ("big.ndjson", ndjson.as_bytes()),
         ("big.csv", csv.as_bytes()),
     ]);
-    let o = run(dir.path(), &["big.ndjson", "--mapping", "ndjson.toml"]);
+    let o = run(dir.dir(), &["big.ndjson", "--mapping", "ndjson.toml"]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     let p = &o.calls()[0]["properties"];
     assert_eq!(p["big"], "1234567890123456789");
     assert_eq!(p["neg"], "-9007199254740993");
     assert_eq!(p["small"], 123456789012345u64);
     assert_eq!(p["f"], 1.5);
-    std::fs::remove_file(dir.path().join("bodies.ndjson")).unwrap();
-    let o = run(dir.path(), &["big.csv", "--mapping", "csv.toml"]);
+    std::fs::remove_file(dir.path("bodies.ndjson")).unwrap();
+    let o = run(dir.dir(), &["big.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.calls()[0]["properties"]["big"], "1234567890123456789");
 }
 
@@ -592,11 +567,11 @@ fn write_bomb(path: &Path, byte: u8, member_bytes: usize, members: usize) -> u64
 
 #[test]
 fn a_gzip_bomb_is_streamed_in_bounded_memory() {
-    let dir = setup(&[]);
+    let dir = workdir(&[]);
     // 32 members of 64 MiB of NUL bytes: about 2 MB on disk, 2 GiB expanded, one line.
-    let size = write_bomb(&dir.path().join("bomb.ndjson.gz"), 0, 64 << 20, 32);
+    let size = write_bomb(&dir.path("bomb.ndjson.gz"), 0, 64 << 20, 32);
     assert!(size < 4 << 20, "the bomb is {size} bytes");
-    let o = run(dir.path(), &["bomb.ndjson.gz", "--mapping", "ndjson.toml"]);
+    let o = run(dir.dir(), &["bomb.ndjson.gz", "--mapping", "ndjson.toml"]);
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     assert_eq!(reasons(&o), vec!["record_too_large@1"]);
     assert!(o.rejects()[0]["detail"]
@@ -604,19 +579,10 @@ fn a_gzip_bomb_is_streamed_in_bounded_memory() {
         .unwrap()
         .contains("longer than 16777216 bytes"));
     // The line itself is not copied into the rejects file.
-    assert!(
-        std::fs::metadata(dir.path().join("rejects.ndjson"))
-            .unwrap()
-            .len()
-            < 4096
-    );
+    assert!(std::fs::metadata(dir.path("rejects.ndjson")).unwrap().len() < 4096);
     // The same bytes as CSV: one record of NULs, stopped at the hard limit.
-    std::fs::rename(
-        dir.path().join("bomb.ndjson.gz"),
-        dir.path().join("bomb.csv.gz"),
-    )
-    .unwrap();
-    let o = run(dir.path(), &["bomb.csv.gz", "--mapping", "csv.toml"]);
+    std::fs::rename(dir.path("bomb.ndjson.gz"), dir.path("bomb.csv.gz")).unwrap();
+    let o = run(dir.dir(), &["bomb.csv.gz", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
     assert!(
         o.stderr.contains("longer than 67108864 bytes"),
@@ -634,8 +600,8 @@ fn a_truncated_gzip_stream_is_a_clear_error() {
     }
     let mut gz = enc.finish().unwrap();
     gz.truncate(gz.len() / 2);
-    let dir = setup(&[("t.csv.gz", &gz)]);
-    let o = run(dir.path(), &["t.csv.gz", "--mapping", "csv.toml"]);
+    let dir = workdir(&[("t.csv.gz", &gz)]);
+    let o = run(dir.dir(), &["t.csv.gz", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
     assert!(
         o.stderr.contains("t.csv.gz") && o.stderr.contains("read failed"),
@@ -704,7 +670,7 @@ fn parquet_metadata_claiming_enormous_sizes_is_a_clear_error() {
     for b in &mut smash[n - 8 - meta_len / 2..n - 8] {
         *b = 0xff;
     }
-    let dir = setup(&[
+    let dir = workdir(&[
         ("good.parquet", &good),
         ("rows.parquet", &rows),
         ("len.parquet", &len),
@@ -712,18 +678,18 @@ fn parquet_metadata_claiming_enormous_sizes_is_a_clear_error() {
         ("empty.parquet", b""),
     ]);
     std::fs::write(
-        dir.path().join("pq.toml"),
+        dir.path("pq.toml"),
         "[[call]]\ntype = \"track\"\nuser_id = \"user_id\"\nevent = \"event\"\nproperties = \"rest\"\n",
     )
     .unwrap();
     // Row counts in the metadata are not trusted for reading: the pages say 1000.
     for name in ["good.parquet", "rows.parquet"] {
-        let o = run(dir.path(), &[name, "--mapping", "pq.toml"]);
+        let o = run(dir.dir(), &[name, "--mapping", "pq.toml"]);
         assert_eq!(o.code, Some(0), "{name}: {}", o.stderr);
         assert_eq!(o.calls().len(), 1000, "{name}");
     }
     for name in ["len.parquet", "smash.parquet", "empty.parquet"] {
-        let o = run(dir.path(), &[name, "--mapping", "pq.toml"]);
+        let o = run(dir.dir(), &[name, "--mapping", "pq.toml"]);
         assert_eq!(o.code, Some(1), "{name}: {}", o.stderr);
         assert!(
             o.stderr.starts_with("error: ") && o.stderr.contains(name),
@@ -735,13 +701,13 @@ fn parquet_metadata_claiming_enormous_sizes_is_a_clear_error() {
 
 #[test]
 fn empty_and_header_only_files_say_so() {
-    let dir = setup(&[
+    let dir = workdir(&[
         ("empty.csv", b""),
         ("header.csv", HEADER.as_bytes()),
         ("empty.ndjson", b""),
         ("blank.ndjson", b"\n\n  \n"),
     ]);
-    let o = run(dir.path(), &["empty.csv", "--mapping", "csv.toml"]);
+    let o = run(dir.dir(), &["empty.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
     assert!(
         o.stderr
@@ -749,7 +715,7 @@ fn empty_and_header_only_files_say_so() {
         "{}",
         o.stderr
     );
-    let o = run(dir.path(), &["header.csv", "--mapping", "csv.toml"]);
+    let o = run(dir.dir(), &["header.csv", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     assert!(
         o.stderr
@@ -759,7 +725,7 @@ fn empty_and_header_only_files_say_so() {
     );
     assert_eq!(o.calls().len(), 0);
     for name in ["empty.ndjson", "blank.ndjson"] {
-        let o = run(dir.path(), &[name, "--mapping", "ndjson.toml"]);
+        let o = run(dir.dir(), &[name, "--mapping", "ndjson.toml"]);
         assert_eq!(o.code, Some(0), "{name}: {}", o.stderr);
         assert_eq!(o.calls().len(), 0);
     }
@@ -767,16 +733,16 @@ fn empty_and_header_only_files_say_so() {
 
 #[test]
 fn a_symlink_loop_under_a_directory_input_is_not_followed() {
-    let dir = setup(&[]);
-    let data = dir.path().join("data");
+    let dir = workdir(&[]);
+    let data = dir.path("data");
     std::fs::create_dir_all(data.join("sub")).unwrap();
     std::fs::write(data.join("sub/a.csv"), format!("{HEADER}{ROW}")).unwrap();
     std::os::unix::fs::symlink(&data, data.join("sub/loop")).unwrap();
     std::os::unix::fs::symlink("self", data.join("self")).unwrap();
-    let o = run(dir.path(), &["data", "--mapping", "csv.toml"]);
+    let o = run(dir.dir(), &["data", "--mapping", "csv.toml"]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     assert_eq!(o.calls().len(), 1);
-    let o = run(dir.path(), &["data/**/*.csv", "--mapping", "csv.toml"]);
+    let o = run(dir.dir(), &["data/**/*.csv", "--mapping", "csv.toml"]);
     assert!(matches!(o.code, Some(0 | 1)), "{}", o.stderr);
     if o.code == Some(0) {
         assert!(!o.calls().is_empty());
@@ -790,10 +756,10 @@ fn the_rss_probe_sees_a_process_that_allocates() {
     let mut text = format!("{HEADER}u2,\"");
     text.push_str(&"y".repeat(48 << 20));
     text.push_str("\",2024-01-02T03:04:05Z,1\n");
-    let dir = setup(&[("mid.csv", text.as_bytes())]);
+    let dir = workdir(&[("mid.csv", text.as_bytes())]);
     drop(text);
     let o = run(
-        dir.path(),
+        dir.dir(),
         &[
             "mid.csv",
             "--mapping",
@@ -804,7 +770,7 @@ fn the_rss_probe_sees_a_process_that_allocates() {
     );
     assert!(o.peak_rss_kb > 48 * 1024, "peak RSS {} kB", o.peak_rss_kb);
     let mut s = String::new();
-    File::open(dir.path().join("stderr.txt"))
+    File::open(dir.path("stderr.txt"))
         .unwrap()
         .read_to_string(&mut s)
         .unwrap();
@@ -817,13 +783,13 @@ fn the_rss_probe_sees_a_process_that_allocates() {
 #[test]
 fn a_json_column_with_a_lone_surrogate_or_invalid_utf8_is_a_reject() {
     let csv = b"user_id,event,meta\nu1,E,\"{\"\"\\ud800\"\":1}\"\nu2,E,\"{\"\"a\"\":\"\"\xe6\xe6\"\"}\"\nu3,E,\"[1,{\"\"b\"\":\"\"\\ud83d\\ude00\"\"}]\"\n";
-    let dir = setup(&[("j.csv", csv)]);
+    let dir = workdir(&[("j.csv", csv)]);
     std::fs::write(
-        dir.path().join("j.toml"),
+        dir.path("j.toml"),
         "[columns]\nmeta = \"json\"\n[[call]]\ntype = \"track\"\nuser_id = \"user_id\"\nevent = \"event\"\nproperties = \"rest\"\n",
     )
     .unwrap();
-    let o = run(dir.path(), &["j.csv", "--mapping", "j.toml"]);
+    let o = run(dir.dir(), &["j.csv", "--mapping", "j.toml"]);
     assert_eq!(o.code, Some(3), "{}", o.stderr);
     assert_eq!(reasons(&o), vec!["bad_value@1", "bad_value@2"]);
     let calls = o.calls();
@@ -846,13 +812,13 @@ fn a_parquet_column_chunk_at_a_negative_offset_is_a_clear_error() {
         .read_to_end(&mut file)
         .unwrap();
     assert_eq!(file.len(), 4765);
-    let dir = setup(&[("neg.parquet", &file)]);
+    let dir = workdir(&[("neg.parquet", &file)]);
     std::fs::write(
-        dir.path().join("pq.toml"),
+        dir.path("pq.toml"),
         "[[call]]\ntype = \"track\"\nanonymous_id = { const = \"a\" }\nevent = { const = \"e\" }\nproperties = \"rest\"\n",
     )
     .unwrap();
-    let o = run(dir.path(), &["neg.parquet", "--mapping", "pq.toml"]);
+    let o = run(dir.dir(), &["neg.parquet", "--mapping", "pq.toml"]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
     assert!(
         o.stderr.contains("neg.parquet: the Parquet metadata is damaged: row group 0, column 6 claims 64 bytes at offset -289"),
@@ -894,17 +860,16 @@ LbNl65aMfgaupC2EGMU/sgLXgn5zYOs/7SAR+J0SAAA=
 /// while decoding definition levels. It must be an error naming the file and row group.
 #[test]
 fn a_damaged_parquet_page_is_an_error_naming_the_row_group_not_a_panic() {
-    let dir = tempfile::tempdir().unwrap();
-    let mapping = dir.path().join("m.toml");
+    let dir = Workdir::new();
+    let mapping = dir.path("m.toml");
     std::fs::write(
         &mapping,
         "[[call]]\ntype = \"track\"\nuser_id = { const = \"u\" }\nevent = { const = \"E\" }\nproperties = \"rest\"\n",
     )
     .unwrap();
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/hostile/damaged-page.parquet");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cdp-backfill"))
-        .current_dir(dir.path())
+    let fixture = common::fixture("hostile/damaged-page.parquet");
+    let out = dir
+        .cmd()
         .arg("run")
         .arg(&fixture)
         .arg("--mapping")

@@ -1,29 +1,29 @@
 //! The mapping language end to end: every kind of call the engine emits is validated
-//! against the vendor's OpenAPI schemas (/work/shared/spec, copied at
-//! `SPEC` below), timestamps in every supported form, per-row context splitting requests,
+//! against the vendor's OpenAPI schemas (`../shared/spec` beside the repository, or the
+//! copy in `fixtures/`), timestamps in every supported form, per-row context splitting requests,
 //! semantic-event rejects, mapping errors with locations, and the `inspect` and
 //! `validate` commands. Each test drives the real binary in its own temp dir.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cdp-backfill");
-const SPEC: &str = "/work/shared/spec/pipelines-openapi.json";
+use common::Workdir;
+
+mod common;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    common::repo().join("fixtures")
 }
 
-/// The OpenAPI document, or the copy kept with the fixtures when the shared one is absent.
+/// The OpenAPI document ([`common::openapi_spec`]).
 fn spec_doc() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
     DOC.get_or_init(|| {
-        let text = std::fs::read_to_string(SPEC)
-            .or_else(|_| std::fs::read_to_string(fixtures().join("pipelines-openapi.json")))
-            .expect("the vendor's OpenAPI spec");
+        let text =
+            std::fs::read_to_string(common::openapi_spec()).expect("the vendor's OpenAPI spec");
         serde_json::from_str(&text).expect("the spec is JSON")
     })
 }
@@ -87,58 +87,40 @@ fn assert_valid(name: &str, instance: &Value) {
     );
 }
 
-struct Dir(tempfile::TempDir);
+/// `run --dry-run --output bodies.ndjson`; returns the process output and the bodies.
+fn dry_run(d: &Workdir, input: &Path, mapping: &Path, extra: &[&str]) -> (Output, Vec<Value>) {
+    let out = d
+        .cmd()
+        .arg("run")
+        .arg(input)
+        .arg("--mapping")
+        .arg(mapping)
+        .args([
+            "--dry-run",
+            "--output",
+            "bodies.ndjson",
+            "--rejects",
+            "rejects.ndjson",
+        ])
+        .args(extra)
+        .output()
+        .expect("run the binary");
+    let text = std::fs::read_to_string(d.path("bodies.ndjson")).unwrap_or_default();
+    let bodies = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).expect("each body is JSON"))
+        .collect();
+    (out, bodies)
+}
 
-impl Dir {
-    fn new() -> Self {
-        Dir(tempfile::tempdir().expect("a temp dir"))
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.path().join(name)
-    }
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, text).expect("write a test file");
-        p
-    }
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(BIN);
-        c.current_dir(self.0.path());
-        c
-    }
-    /// `run --dry-run --output bodies.ndjson`; returns the process output and the bodies.
-    fn dry_run(&self, input: &Path, mapping: &Path, extra: &[&str]) -> (Output, Vec<Value>) {
-        let out = self
-            .cmd()
-            .arg("run")
-            .arg(input)
-            .arg("--mapping")
-            .arg(mapping)
-            .args([
-                "--dry-run",
-                "--output",
-                "bodies.ndjson",
-                "--rejects",
-                "rejects.ndjson",
-            ])
-            .args(extra)
-            .output()
-            .expect("run the binary");
-        let text = std::fs::read_to_string(self.path("bodies.ndjson")).unwrap_or_default();
-        let bodies = text
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_str(l).expect("each body is JSON"))
-            .collect();
-        (out, bodies)
-    }
-    fn rejects(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.path("rejects.ndjson"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("each reject line is JSON"))
-            .collect()
-    }
+/// The rejects file of the last run in `d`.
+fn rejects(d: &Workdir) -> Vec<Value> {
+    std::fs::read_to_string(d.path("rejects.ndjson"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each reject line is JSON"))
+        .collect()
 }
 
 fn stderr(o: &Output) -> String {
@@ -252,8 +234,9 @@ fn count_types(calls: &[Value]) -> std::collections::BTreeMap<String, usize> {
 
 #[test]
 fn all_six_call_types_match_the_spec_with_and_without_context() {
-    let d = Dir::new();
-    let (out, bodies) = d.dry_run(
+    let d = Workdir::new();
+    let (out, bodies) = dry_run(
+        &d,
         &fixtures().join("all_calls.csv"),
         &fixtures().join("all_calls.toml"),
         &[],
@@ -312,8 +295,9 @@ fn all_six_call_types_match_the_spec_with_and_without_context() {
 
 #[test]
 fn semantic_events_match_their_schemas_and_a_missing_required_field_is_rejected_by_name() {
-    let d = Dir::new();
-    let (out, bodies) = d.dry_run(
+    let d = Workdir::new();
+    let (out, bodies) = dry_run(
+        &d,
         &fixtures().join("semantic.csv"),
         &fixtures().join("semantic.toml"),
         &[],
@@ -344,7 +328,7 @@ fn semantic_events_match_their_schemas_and_a_missing_required_field_is_rejected_
         assert_valid(schema_for(c), c);
         assert_valid("track", c);
     }
-    let rejects = d.rejects();
+    let rejects = rejects(&d);
     let got: Vec<(u64, &str)> = rejects
         .iter()
         .map(|r| (r["row"].as_u64().unwrap(), r["detail"].as_str().unwrap()))
@@ -371,7 +355,7 @@ fn semantic_events_match_their_schemas_and_a_missing_required_field_is_rejected_
 
 #[test]
 fn rows_with_different_context_never_share_a_request() {
-    let d = Dir::new();
+    let d = Workdir::new();
     let mut csv = String::from("user_id,event,ip,n\n");
     for i in 0..300 {
         let ip = ["10.0.0.1", "10.0.0.2", "192.168.1.9"][(i * 7 / 3) % 3];
@@ -392,7 +376,8 @@ event = "event"
 properties = { row_ip = "ip", n = "n" }
 "#,
     );
-    let (out, bodies) = d.dry_run(
+    let (out, bodies) = dry_run(
+        &d,
         &input,
         &mapping,
         &["--max-request-bytes", "2000", "--max-call-bytes", "400"],
@@ -436,7 +421,7 @@ properties = { row_ip = "ip", n = "n" }
 
 #[test]
 fn the_local_receiver_accepts_every_call_type_including_alias_on_its_own_route() {
-    let d = Dir::new();
+    let d = Workdir::new();
     let out = d
         .cmd()
         .arg("run")
@@ -495,7 +480,7 @@ fn timestamps(bodies: &[Value]) -> Vec<(String, String)> {
 
 #[test]
 fn timestamps_in_every_form_become_utc_milliseconds() {
-    let d = Dir::new();
+    let d = Workdir::new();
     let input = d.write(
         "ts.csv",
         "u,iso,naive,date,pat,s,ms,us,ns,auto\n\
@@ -524,7 +509,7 @@ fn timestamps_in_every_form_become_utc_milliseconds() {
             "timezone = \"UTC\"",
         ),
     );
-    let (out, bodies) = d.dry_run(&input, &mapping, &[]);
+    let (out, bodies) = dry_run(&d, &input, &mapping, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let got: std::collections::BTreeMap<String, String> = timestamps(&bodies).into_iter().collect();
     let want = [
@@ -571,7 +556,7 @@ fn timestamps_in_every_form_become_utc_milliseconds() {
 
 #[test]
 fn unparseable_pre_1970_and_far_future_timestamps_are_rejected_with_the_value() {
-    let d = Dir::new();
+    let d = Workdir::new();
     let input = d.write(
         "bad.csv",
         "u,t\nr1,yesterday\nr2,1969-12-31T23:59:59Z\nr3,2999-01-01T00:00:00Z\nr4,2024-03-05T10:20:30\nr5,2024-03-05T10:20:30Z\n",
@@ -580,10 +565,10 @@ fn unparseable_pre_1970_and_far_future_timestamps_are_rejected_with_the_value() 
         "bad.toml",
         &ts_mapping(&[("t", "")], "max_future_hours = 24"),
     );
-    let (out, bodies) = d.dry_run(&input, &mapping, &[]);
+    let (out, bodies) = dry_run(&d, &input, &mapping, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert_eq!(calls_of(&bodies).len(), 1);
-    let rejects = d.rejects();
+    let rejects = rejects(&d);
     let details: Vec<&str> = rejects
         .iter()
         .map(|r| r["detail"].as_str().unwrap())
@@ -603,7 +588,7 @@ fn unparseable_pre_1970_and_far_future_timestamps_are_rejected_with_the_value() 
         "far.toml",
         &ts_mapping(&[("t", "")], "max_future_hours = 10000000"),
     );
-    let (_, bodies) = d.dry_run(&input, &mapping, &[]);
+    let (_, bodies) = dry_run(&d, &input, &mapping, &[]);
     let ts: Vec<String> = timestamps(&bodies).into_iter().map(|(_, t)| t).collect();
     assert_eq!(ts, ["2999-01-01T00:00:00.000Z", "2024-03-05T10:20:30.000Z"]);
 
@@ -619,7 +604,7 @@ fn unparseable_pre_1970_and_far_future_timestamps_are_rejected_with_the_value() 
         "[columns]\nborn = { type = \"timestamp\", format = \"date\", timezone = \"UTC\" }\nplan_ends = { type = \"timestamp\", format = \"date\", timezone = \"UTC\" }\n[[call]]\ntype = \"identify\"\nuser_id = \"u\"\ntimestamp = \"t\"\ntraits = \"rest\"\n",
     );
     std::fs::remove_file(d.path("bodies.ndjson")).unwrap();
-    let (out, bodies) = d.dry_run(&input, &mapping, &[]);
+    let (out, bodies) = dry_run(&d, &input, &mapping, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let calls = calls_of(&bodies);
     assert_eq!(calls[0]["traits"]["born"], "1965-03-01T00:00:00.000Z");
@@ -628,7 +613,7 @@ fn unparseable_pre_1970_and_far_future_timestamps_are_rejected_with_the_value() 
 
 #[test]
 fn mapping_errors_name_the_line_and_column_and_stop_before_anything_is_read() {
-    let d = Dir::new();
+    let d = Workdir::new();
     let input = d.write("in.csv", "user_id,event,ts\nu1,E,2024-03-05T10:20:30Z\n");
     let base = "[[call]]\ntype = \"track\"\nuser_id = \"user_id\"\n";
     let cases: &[(&str, String, &[&str])] = &[
@@ -670,7 +655,7 @@ fn mapping_errors_name_the_line_and_column_and_stop_before_anything_is_read() {
     ];
     for (what, text, needles) in cases {
         let mapping = d.write("bad.toml", text);
-        let (out, _) = d.dry_run(&input, &mapping, &[]);
+        let (out, _) = dry_run(&d, &input, &mapping, &[]);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{what}: {err}");
         for n in *needles {
@@ -685,7 +670,7 @@ fn mapping_errors_name_the_line_and_column_and_stop_before_anything_is_read() {
 
 #[test]
 fn the_call_type_can_come_from_a_column_in_a_mixed_file() {
-    let d = Dir::new();
+    let d = Workdir::new();
     let input = d.write(
         "mixed.csv",
         "kind,user_id,event,name,group,prev\n\
@@ -701,7 +686,7 @@ fn the_call_type_can_come_from_a_column_in_a_mixed_file() {
         "mixed.toml",
         "[[call]]\ntype = { column = \"kind\" }\nuser_id = \"user_id\"\nevent = \"event\"\nname = \"name\"\ngroup_id = \"group\"\nprevious_id = \"prev\"\n",
     );
-    let (out, bodies) = d.dry_run(&input, &mapping, &[]);
+    let (out, bodies) = dry_run(&d, &input, &mapping, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let calls = calls_of(&bodies);
     let types: Vec<&str> = calls.iter().map(|c| c["type"].as_str().unwrap()).collect();
@@ -712,7 +697,7 @@ fn the_call_type_can_come_from_a_column_in_a_mixed_file() {
     for c in &calls {
         assert_valid(schema_for(c), c);
     }
-    let rejects = d.rejects();
+    let rejects = rejects(&d);
     assert_eq!(rejects.len(), 1);
     assert_eq!(rejects[0]["reason"], "bad_call_type");
     assert!(rejects[0]["detail"]
@@ -723,7 +708,7 @@ fn the_call_type_can_come_from_a_column_in_a_mixed_file() {
 
 #[test]
 fn column_types_and_empty_policies_are_applied_exactly() {
-    let d = Dir::new();
+    let d = Workdir::new();
     let input = d.write(
         "typed.csv",
         "id,i,f,b,j,s,auto,n_omit,n_null,n_empty\n\
@@ -750,7 +735,7 @@ user_id = "id"
 traits = { i = "i", f = "f", b = "b", j = "j", s = "s", auto = "auto", "nested.omit" = "n_omit", "nested.null" = "n_null", "nested.empty" = "n_empty" }
 "#,
     );
-    let (out, bodies) = d.dry_run(&input, &mapping, &[]);
+    let (out, bodies) = dry_run(&d, &input, &mapping, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let calls = calls_of(&bodies);
     assert_eq!(calls.len(), 2);
@@ -764,7 +749,7 @@ traits = { i = "i", f = "f", b = "b", j = "j", s = "s", auto = "auto", "nested.o
         json!({"i": -7, "f": 3, "b": false, "j": [], "s": "x", "auto": true,
                "nested": {"omit": 1, "null": 2, "empty": 3}})
     );
-    let r = d.rejects();
+    let r = rejects(&d);
     assert_eq!(r.len(), 1);
     assert_eq!(r[0]["reason"], "bad_value");
     assert!(r[0]["detail"]
@@ -775,14 +760,14 @@ traits = { i = "i", f = "f", b = "b", j = "j", s = "s", auto = "auto", "nested.o
 
 #[test]
 fn message_ids_are_deterministic_unless_mapped_from_a_column() {
-    let d = Dir::new();
+    let d = Workdir::new();
     let input = d.write("m.csv", "u,mid\nu1,my-id-1\nu2,\n");
     let mapping = d.write(
         "m.toml",
         "namespace = \"crm\"\n[[call]]\ntype = \"identify\"\nuser_id = \"u\"\nmessage_id = \"mid\"\n[[call]]\ntype = \"identify\"\nuser_id = \"u\"\n",
     );
-    let ids = |d: &Dir| -> Vec<String> {
-        let (out, bodies) = d.dry_run(&input, &mapping, &[]);
+    let ids = |d: &Workdir| -> Vec<String> {
+        let (out, bodies) = dry_run(&d, &input, &mapping, &[]);
         assert!(out.status.success(), "{}", stderr(&out));
         calls_of(&bodies)
             .iter()
@@ -803,20 +788,20 @@ fn message_ids_are_deterministic_unless_mapped_from_a_column() {
             .unwrap()
             .replace("crm", "crm2"),
     );
-    let (_, bodies) = d.dry_run(&input, &other, &[]);
+    let (_, bodies) = dry_run(&d, &input, &other, &[]);
     let b = calls_of(&bodies);
     assert_ne!(b[1]["messageId"], json!(a[1]));
 }
 
 #[test]
 fn sent_at_is_left_out_by_default_and_stamped_at_send_time_when_asked() {
-    let d = Dir::new();
+    let d = Workdir::new();
     let input = fixtures().join("all_calls.csv");
     let mapping = fixtures().join("all_calls.toml");
-    let (_, plain) = d.dry_run(&input, &mapping, &[]);
+    let (_, plain) = dry_run(&d, &input, &mapping, &[]);
     assert!(calls_of(&plain).iter().all(|c| c.get("sentAt").is_none()));
     let before = chrono::Utc::now() - chrono::Duration::seconds(1);
-    let (out, stamped) = d.dry_run(&input, &mapping, &["--sent-at", "now"]);
+    let (out, stamped) = dry_run(&d, &input, &mapping, &["--sent-at", "now"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let after = chrono::Utc::now() + chrono::Duration::seconds(1);
     let calls = calls_of(&stamped);
@@ -835,7 +820,7 @@ fn sent_at_is_left_out_by_default_and_stamped_at_send_time_when_asked() {
 /// pick as `user_id`) included.
 #[test]
 fn a_starter_mapping_runs_unchanged_with_numeric_ids_and_nested_objects() {
-    let d = Dir::new();
+    let d = Workdir::new();
     let csv = d.write(
         "num.csv",
         "user_id,event,timestamp,amount\n123,Buy,2024-03-05T10:20:30Z,1.5\n124,Buy,2024-03-05T10:21:30Z,2\n",
@@ -856,7 +841,7 @@ fn a_starter_mapping_runs_unchanged_with_numeric_ids_and_nested_objects() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
-        let (out, bodies) = d.dry_run(input, &d.path(mapping), &[]);
+        let (out, bodies) = dry_run(&d, input, &d.path(mapping), &[]);
         let starter = std::fs::read_to_string(d.path(mapping)).unwrap();
         assert_eq!(out.status.code(), Some(0), "{}\n{starter}", stderr(&out));
         let calls = calls_of(&bodies);
@@ -872,7 +857,7 @@ fn a_starter_mapping_runs_unchanged_with_numeric_ids_and_nested_objects() {
 
 #[test]
 fn inspect_profiles_an_input_and_emits_a_mapping_that_validates() {
-    let d = Dir::new();
+    let d = Workdir::new();
     let out = d
         .cmd()
         .arg("inspect")
@@ -919,7 +904,7 @@ fn inspect_profiles_an_input_and_emits_a_mapping_that_validates() {
 
 #[test]
 fn validate_reports_counts_rejects_time_range_and_sizes_without_sending() {
-    let d = Dir::new();
+    let d = Workdir::new();
     let out = d
         .cmd()
         .arg("validate")
@@ -975,11 +960,16 @@ fn validate_reports_counts_rejects_time_range_and_sizes_without_sending() {
 fn emitted_payloads_are_pinned() {
     // Run from a temp dir with relative paths, so the messageIds (seeded by the input path
     // as given) are the same on every machine.
-    let d = Dir::new();
+    let d = Workdir::new();
     for f in ["all_calls.csv", "all_calls.toml"] {
         std::fs::copy(fixtures().join(f), d.path(f)).unwrap();
     }
-    let (out, _) = d.dry_run(Path::new("all_calls.csv"), Path::new("all_calls.toml"), &[]);
+    let (out, _) = dry_run(
+        &d,
+        Path::new("all_calls.csv"),
+        Path::new("all_calls.toml"),
+        &[],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let bodies = std::fs::read_to_string(d.path("bodies.ndjson")).unwrap();
     insta::assert_snapshot!(bodies);
@@ -988,7 +978,7 @@ fn emitted_payloads_are_pinned() {
 #[test]
 fn a_quote_that_is_also_the_delimiter_is_a_usage_error() {
     for flags in [["--quote", ","], ["--delimiter", "\""]] {
-        let o = Command::new(BIN)
+        let o = common::bin()
             .args(["run", "x.csv", "--mapping", "m.toml", "--dry-run"])
             .args(flags)
             .output()

@@ -10,12 +10,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn workdir() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    for f in ["events.csv", "events.toml"] {
-        std::fs::copy(common::fixture(f), d.path().join(f)).unwrap();
-    }
-    d
+/// The work dir: the events fixture and its mapping copied in, so every path the tool
+/// writes is under it.
+fn workdir() -> common::Workdir {
+    common::Workdir::with_fixtures(&["events.csv", "events.toml"])
 }
 
 fn run_in(dir: &Path, args: &[&str]) -> std::process::Output {
@@ -43,7 +41,7 @@ fn summary(dir: &Path, name: &str) -> serde_json::Value {
 #[test]
 fn an_output_that_is_an_input_the_mapping_or_another_output_is_refused_untouched() {
     let d = workdir();
-    let dir = d.path();
+    let dir = d.dir();
     let csv = std::fs::read(dir.join("events.csv")).unwrap();
     let toml = std::fs::read(dir.join("events.toml")).unwrap();
     std::os::unix::fs::symlink("events.csv", dir.join("link.csv")).unwrap();
@@ -127,7 +125,7 @@ fn an_output_that_is_an_input_the_mapping_or_another_output_is_refused_untouched
 fn devices_may_take_several_outputs() {
     let d = workdir();
     let o = backfill(
-        d.path(),
+        d.dir(),
         &[
             "--dry-run",
             "--output",
@@ -143,8 +141,8 @@ fn devices_may_take_several_outputs() {
 
 #[test]
 fn a_directory_input_leaves_out_the_runs_own_files() {
-    let d = tempfile::tempdir().unwrap();
-    let export = d.path().join("export");
+    let d = common::Workdir::new();
+    let export = d.dir().join("export");
     std::fs::create_dir(&export).unwrap();
     std::fs::copy(common::fixture("events.csv"), export.join("events.csv")).unwrap();
     // A key file there too (`.txt` reads as CSV): never an input, never shown.
@@ -207,7 +205,7 @@ fn unfinished_backfill(dir: &Path) -> Vec<u8> {
 #[test]
 fn a_rejects_file_counted_by_an_unfinished_checkpoint_is_not_cut_by_another_run() {
     let d = workdir();
-    let dir = d.path();
+    let dir = d.dir();
     let rejects = unfinished_backfill(dir);
     // A rehearsal that keeps no checkpoint, into the default rejects path.
     let o = run_in(
@@ -245,7 +243,7 @@ fn a_rejects_file_counted_by_an_unfinished_checkpoint_is_not_cut_by_another_run(
 #[test]
 fn a_second_run_of_the_same_command_at_the_same_time_is_refused() {
     let d = workdir();
-    let dir = d.path();
+    let dir = d.dir();
     let args = [
         &BACKFILL[..],
         &[
@@ -308,7 +306,7 @@ fn a_second_run_of_the_same_command_at_the_same_time_is_refused() {
 #[test]
 fn an_interrupted_run_counts_the_reject_lines_its_rejects_file_holds() {
     let d = workdir();
-    let dir = d.path();
+    let dir = d.dir();
     // Every fifth row has no id: rejected, its line written once its request is delivered.
     let mut csv = String::from("user_id,anonymous_id,event,timestamp,plan,amount,currency,country,city,item_count,is_trial,description\n");
     for i in 0..600 {
@@ -365,7 +363,7 @@ fn an_interrupted_run_counts_the_reject_lines_its_rejects_file_holds() {
 #[test]
 fn a_rejects_path_that_cannot_be_written_is_a_usage_error_before_anything_is_written() {
     let d = workdir();
-    let dir = d.path();
+    let dir = d.dir();
     let o = backfill(dir, &["--rejects", "nodir/r.ndjson"]);
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
     assert!(common::stderr(&o).contains("--rejects nodir/r.ndjson: cannot open it for writing"));

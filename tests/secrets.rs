@@ -102,13 +102,10 @@ fn receiver(dir: &Path, key: &str, faults: Faults) -> Server {
     .expect("the receiver starts on loopback")
 }
 
-/// The work dir: inputs copied in, so every path the tool writes is under it.
-fn workdir() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    for f in ["events.csv", "events.toml"] {
-        std::fs::copy(common::fixture(f), d.path().join(f)).unwrap();
-    }
-    d
+/// The work dir: the events fixture and its mapping copied in, so every path the tool
+/// writes is under it.
+fn workdir() -> common::Workdir {
+    common::Workdir::with_fixtures(&["events.csv", "events.toml"])
 }
 
 /// `run` with every output the tool can write, into `dir`.
@@ -145,29 +142,29 @@ fn run_cmd(dir: &Path, endpoint: &str) -> Command {
 #[test]
 fn a_successful_run_with_the_key_from_the_environment_leaks_nothing() {
     let dir = workdir();
-    let server = receiver(dir.path(), KEY, Faults::default());
-    let o = common::run(run_cmd(dir.path(), &server.base_url()).env("CDP_API_KEY", KEY));
+    let server = receiver(dir.dir(), KEY, Faults::default());
+    let o = common::run(run_cmd(dir.dir(), &server.base_url()).env("CDP_API_KEY", KEY));
     assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
     assert!(server.stats().calls_accepted > 0);
     assert_output_clean(&o);
     let status = common::run(
         common::bin()
-            .current_dir(dir.path())
+            .current_dir(dir.dir())
             .args(["status", "state/checkpoint.json"]),
     );
     assert!(status.status.success(), "{}", common::stderr(&status));
     assert_output_clean(&status);
     drop(server);
-    assert!(assert_no_key_under(dir.path()) >= 6);
+    assert!(assert_no_key_under(dir.dir()) >= 6);
 }
 
 #[test]
 fn a_key_file_works_and_a_shared_one_gets_a_chmod_warning() {
     let dir = workdir();
-    let server = receiver(dir.path(), KEY, Faults::default());
+    let server = receiver(dir.dir(), KEY, Faults::default());
     let (_kd, key) = key_file(0o600);
     let o = common::run(
-        run_cmd(dir.path(), &server.base_url())
+        run_cmd(dir.dir(), &server.base_url())
             .arg("--api-key-file")
             .arg(&key),
     );
@@ -177,7 +174,7 @@ fn a_key_file_works_and_a_shared_one_gets_a_chmod_warning() {
 
     let (_kd2, shared) = key_file(0o644);
     let o = common::run(
-        run_cmd(dir.path(), &server.base_url())
+        run_cmd(dir.dir(), &server.base_url())
             .args(["--restart", "--api-key-file"])
             .arg(&shared),
     );
@@ -193,17 +190,17 @@ fn a_key_file_works_and_a_shared_one_gets_a_chmod_warning() {
     );
     assert_output_clean(&o);
     drop(server);
-    assert_no_key_under(dir.path());
+    assert_no_key_under(dir.dir());
 }
 
 #[test]
 fn a_refused_key_fails_the_run_without_showing_either_key() {
     let dir = workdir();
     // The receiver wants another key: every request is answered 401.
-    let server = receiver(dir.path(), "sk_OTHER_key_0000", Faults::default());
+    let server = receiver(dir.dir(), "sk_OTHER_key_0000", Faults::default());
     let (_kd, key) = key_file(0o600);
     let o = common::run(
-        run_cmd(dir.path(), &server.base_url())
+        run_cmd(dir.dir(), &server.base_url())
             .arg("--api-key-file")
             .arg(&key),
     );
@@ -216,14 +213,14 @@ fn a_refused_key_fails_the_run_without_showing_either_key() {
     assert_eq!(st.calls_accepted, 0);
     assert!(st.violations.auth_failures > 0, "{st:?}");
     drop(server);
-    assert_no_key_under(dir.path());
+    assert_no_key_under(dir.dir());
 }
 
 #[test]
 fn retries_leak_nothing() {
     let dir = workdir();
     let server = receiver(
-        dir.path(),
+        dir.dir(),
         KEY,
         Faults {
             fail_rate: 0.5,
@@ -234,7 +231,7 @@ fn retries_leak_nothing() {
         },
     );
     let o = common::run(
-        run_cmd(dir.path(), &server.base_url())
+        run_cmd(dir.dir(), &server.base_url())
             .env("CDP_API_KEY", KEY)
             .args([
                 "--max-retries",
@@ -247,7 +244,7 @@ fn retries_leak_nothing() {
     );
     assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
     let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dir.dir().join("summary.json")).unwrap()).unwrap();
     assert!(
         summary.to_string().contains("retr"),
         "the summary counts retries: {summary}"
@@ -256,14 +253,14 @@ fn retries_leak_nothing() {
     assert!(st.injected.failures + st.injected.throttled > 0, "{st:?}");
     assert_output_clean(&o);
     drop(server);
-    assert_no_key_under(dir.path());
+    assert_no_key_under(dir.dir());
 }
 
 #[test]
 fn a_run_killed_mid_way_and_resumed_leaks_nothing() {
     let dir = workdir();
     // A bigger input, sent slowly, so the kill lands mid-run.
-    let gen = common::run(common::bin().current_dir(dir.path()).args([
+    let gen = common::run(common::bin().current_dir(dir.dir()).args([
         "generate",
         "--rows",
         "20000",
@@ -274,14 +271,14 @@ fn a_run_killed_mid_way_and_resumed_leaks_nothing() {
     ]));
     assert!(gen.status.success(), "{}", common::stderr(&gen));
     let server = receiver(
-        dir.path(),
+        dir.dir(),
         KEY,
         Faults {
             latency_ms: 30,
             ..Faults::default()
         },
     );
-    let mut child = run_cmd(dir.path(), &server.base_url())
+    let mut child = run_cmd(dir.dir(), &server.base_url())
         .env("CDP_API_KEY", KEY)
         .args([
             "--rate",
@@ -292,10 +289,10 @@ fn a_run_killed_mid_way_and_resumed_leaks_nothing() {
             "2",
         ])
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("killed-stderr.txt")).unwrap())
+        .stderr(std::fs::File::create(dir.dir().join("killed-stderr.txt")).unwrap())
         .spawn()
         .unwrap();
-    let cp = dir.path().join("state/checkpoint.json");
+    let cp = dir.dir().join("state/checkpoint.json");
     let t = Instant::now();
     while !cp.exists() && t.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(20));
@@ -304,16 +301,16 @@ fn a_run_killed_mid_way_and_resumed_leaks_nothing() {
     assert!(
         child.try_wait().unwrap().is_none(),
         "the run ended before the kill: {}",
-        std::fs::read_to_string(dir.path().join("killed-stderr.txt")).unwrap()
+        std::fs::read_to_string(dir.dir().join("killed-stderr.txt")).unwrap()
     );
     // SIGKILL: no chance to clean up.
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(cp.exists(), "a checkpoint was written before the kill");
-    assert_no_key_under(dir.path());
+    assert_no_key_under(dir.dir());
 
     let o = common::run(
-        run_cmd(dir.path(), &server.base_url())
+        run_cmd(dir.dir(), &server.base_url())
             .env("CDP_API_KEY", KEY)
             .args(["--rate", "1000", "--max-request-bytes", "40000"]),
     );
@@ -324,7 +321,7 @@ fn a_run_killed_mid_way_and_resumed_leaks_nothing() {
     );
     assert_output_clean(&o);
     drop(server);
-    assert_no_key_under(dir.path());
+    assert_no_key_under(dir.dir());
 }
 
 #[test]
@@ -333,7 +330,7 @@ fn a_dry_run_and_the_help_texts_leak_nothing() {
     let (_kd, key) = key_file(0o600);
     let o = common::run(
         common::bin()
-            .current_dir(dir.path())
+            .current_dir(dir.dir())
             .env("CDP_API_KEY", KEY)
             .args([
                 "run",
@@ -351,7 +348,7 @@ fn a_dry_run_and_the_help_texts_leak_nothing() {
     );
     assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
     assert!(
-        std::fs::metadata(dir.path().join("bodies.ndjson"))
+        std::fs::metadata(dir.dir().join("bodies.ndjson"))
             .unwrap()
             .len()
             > 0
@@ -375,7 +372,7 @@ fn a_dry_run_and_the_help_texts_leak_nothing() {
         assert!(o.status.success(), "{args:?}: {}", common::stderr(&o));
         assert_output_clean(&o);
     }
-    assert_no_key_under(dir.path());
+    assert_no_key_under(dir.dir());
 }
 
 #[test]
@@ -396,7 +393,7 @@ fn credentials_in_the_endpoint_url_are_refused_and_never_shown() {
         "https://user:pa/PASSWD55@cdp.customer.io",
         "user:PASSWD55@cdp.customer.io",
     ] {
-        let mut c = run_cmd(dir.path(), url);
+        let mut c = run_cmd(dir.dir(), url);
         c.env("CDP_API_KEY", KEY);
         let o = common::run(&mut c);
         let err = common::stderr(&o);
@@ -409,10 +406,10 @@ fn credentials_in_the_endpoint_url_are_refused_and_never_shown() {
         assert_output_clean(&o);
     }
     // Refused before anything is written: no checkpoint (which would record the endpoint).
-    assert!(!dir.path().join("state/checkpoint.json").exists());
-    assert!(!dir.path().join("rejects.ndjson").exists());
+    assert!(!dir.dir().join("state/checkpoint.json").exists());
+    assert!(!dir.dir().join("rejects.ndjson").exists());
     let o = common::run(
-        run_cmd(dir.path(), "https://user:PASSWD55@127.0.0.1:9").env("CDP_API_KEY", KEY),
+        run_cmd(dir.dir(), "https://user:PASSWD55@127.0.0.1:9").env("CDP_API_KEY", KEY),
     );
     assert!(
         common::stderr(&o).contains("the URL holds a user name or password"),

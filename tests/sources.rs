@@ -5,19 +5,15 @@
 //! body per line); the resume tests use the library's source API directly.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::sync::Arc;
 
 use cdp_backfill::source::{self, Format, InputInfo, Position, SourceOptions};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cdp-backfill");
+use common::fixture;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
+mod common;
 
 struct Run {
     out: Output,
@@ -40,7 +36,7 @@ fn run(dir: &Path, inputs: &[&str], mapping: &Path, extra: &[&str], stdin: Optio
     let output = dir.join("bodies.ndjson");
     let rejects = dir.join("rejects.ndjson");
     let _ = std::fs::remove_file(&output);
-    let mut cmd = Command::new(BIN);
+    let mut cmd = common::bin();
     cmd.arg("run")
         .args(inputs)
         .arg("--mapping")
@@ -389,7 +385,7 @@ fn damaged_inputs_stop_with_an_error_naming_the_file_after_the_rows_before_it() 
 /// Reads an input through the source API until it fails: rows read, and the error.
 fn rows_until_error(path: &Path) -> (usize, String) {
     let opts = SourceOptions::default();
-    let info = source::discover(&[path.to_path_buf()], "", &opts).unwrap()[0].clone();
+    let info = source::discover(&[path.to_path_buf()], &opts).unwrap()[0].clone();
     let mut opened = source::open(&info, &opts).unwrap();
     let mut chunk = opened.new_chunk(&info);
     let mut rows = 0;
@@ -461,7 +457,7 @@ fn check_resume(path: &Path, format: Format) {
         format: Some(format),
         ..SourceOptions::default()
     };
-    let info = source::discover(&[path.to_path_buf()], "", &opts).unwrap()[0].clone();
+    let info = source::discover(&[path.to_path_buf()], &opts).unwrap()[0].clone();
     let full = read_rows(&info, &mut source::open(&info, &opts).unwrap());
     assert_eq!(full.len(), 40, "{}", path.display());
     for k in [1usize, 6, 7, 15, 16, 17, 33, 39] {
@@ -521,7 +517,7 @@ fn open_at_resumes_every_format_exactly_at_the_row() {
 fn open_at_a_row_past_the_end_says_the_input_changed() {
     let opts = SourceOptions::default();
     for name in ["typed.csv", "typed.parquet"] {
-        let info = source::discover(&[fixture(name)], "", &opts).unwrap()[0].clone();
+        let info = source::discover(&[fixture(name)], &opts).unwrap()[0].clone();
         let pos = Position {
             input: 0,
             row: 1000,
@@ -605,7 +601,7 @@ fn csv_parsed_by_the_mappers_or_by_the_reader_gives_identical_output() {
     let outputs: Vec<(Vec<u8>, Vec<u8>)> = ["1", "4"]
         .iter()
         .map(|threads| {
-            let out = Command::new(BIN)
+            let out = common::bin()
                 .args(["run", "in.csv", "--mapping", "m.toml", "--dry-run"])
                 .args(["--output", "bodies.ndjson", "--rejects", "rejects.ndjson"])
                 .args(["--chunk-rows", "100", "--no-checkpoint", "--quiet"])

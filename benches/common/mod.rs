@@ -39,7 +39,7 @@ pub fn input_file(name: &str, bytes: &[u8]) -> PathBuf {
 
 /// The input as a run would see it (messageId seed, format from the extension).
 pub fn input_info(path: &std::path::Path) -> Arc<InputInfo> {
-    let mut found = source::discover(&[path.to_path_buf()], "", &SourceOptions::default())
+    let mut found = source::discover(&[path.to_path_buf()], &SourceOptions::default())
         .expect("the bench input exists and has a known extension");
     found.remove(0)
 }

@@ -94,7 +94,7 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(p, &bytes).is_err() {
         return;
     }
-    let info = Arc::new(InputInfo::new(0, p.clone(), Format::Parquet, "fuzz"));
+    let info = Arc::new(InputInfo::new(0, p.clone(), Format::Parquet));
     let Ok(src) = ParquetSource::open(info.clone(), 0) else {
         return;
     };

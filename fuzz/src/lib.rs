@@ -81,7 +81,7 @@ pub fn input(format: Format) -> Arc<InputInfo> {
         Format::Ndjson => "fuzz.ndjson",
         Format::Parquet => "fuzz.parquet",
     };
-    Arc::new(InputInfo::new(0, name.into(), format, "fuzz"))
+    Arc::new(InputInfo::new(0, name.into(), format))
 }
 
 pub const MAX_CALL_BYTES: usize = 32_000;

@@ -1,4 +1,12 @@
-//! The checkpoint: a durable watermark of acknowledged work.
+//! The checkpoint: a durable watermark of acknowledged work, and the stage that keeps it.
+//!
+//! This file is the format: what the file holds, how it is loaded, checked against a run
+//! and stored. Around it: [`window`] bounds what a crash can replay; [`durable`] is this
+//! run's checkpoint (opened, matched, written, with [`durable::config_hash`]);
+//! [`rejects`] is the rejects file the checkpoint counts, and the locks that keep a second
+//! run off both; [`acks`] folds acknowledgements that arrive in any order into the
+//! contiguous prefix a checkpoint may cover; [`collect`] is the stage at the end of the
+//! pipeline that does all of this as acknowledgements arrive.
 //!
 //! It records where to resume (the position after the longest prefix of requests the
 //! server acknowledged), how long the rejects file was at that point, fingerprints of the
@@ -7,6 +15,10 @@
 //! in the same directory, fsync, rename over the old one, fsync the directory. A crash at
 //! any moment leaves either the old or the new checkpoint, never a torn one.
 
+pub mod acks;
+pub mod collect;
+pub mod durable;
+pub mod rejects;
 pub mod window;
 
 use std::fs::{self, File};
@@ -73,7 +85,21 @@ pub struct Checkpoint {
     pub counters: Counters,
 }
 
-/// Why a checkpoint cannot be used. Each says the way out.
+/// A file the run writes that the system would not write: which file, where, and the
+/// system's own error (its kind kept: a full disk is `StorageFull`, a file over
+/// `RLIMIT_FSIZE` is `FileTooLarge`).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {what} {}: {source}", path.display())]
+pub struct WriteError {
+    /// What the file is to the run: `checkpoint`, `--rejects`, `--output`, ...
+    pub what: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Why a checkpoint (or the rejects file it counts) cannot be used or kept. Each says the
+/// way out.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("cannot read checkpoint {path}: {source}")]
@@ -88,12 +114,73 @@ pub enum CheckpointError {
     Version { path: String, found: u64 },
     #[error("checkpoint {path} does not match this run: {why}. Resuming would lose or duplicate rows. Run the same command as before, or start over with --restart (or choose another --checkpoint).")]
     Mismatch { path: String, why: String },
-    #[error("cannot write checkpoint {path}: {source}")]
-    Write {
-        path: String,
+    /// Written while the run went on, or as it ended.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The first checkpoint, written before anything is sent: a path that cannot be
+    /// written is a usage error, found before any work.
+    #[error(transparent)]
+    First(WriteError),
+    /// Another run holds the lock on `path`.
+    #[error("another run is using {} ({what}) now: wait for it to end. Two runs of one backfill at once would send everything twice.", path.display())]
+    Busy { path: PathBuf, what: &'static str },
+    #[error("standard input cannot be resumed: pass --no-checkpoint, or save the data to a file")]
+    Stdin,
+    #[error("cannot read {input} to fingerprint it: {source}")]
+    Fingerprint {
+        input: String,
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read mapping file {}: {source}", path.display())]
+    Mapping {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The checkpoint counts rejects in another file than this run's `--rejects`.
+    #[error("{} counts {len} bytes of this backfill's rejects in {recorded}, but this run names --rejects {}: resuming would cut that file, and leave the earlier rejects elsewhere. Resume with --rejects {recorded} (restore it if it is gone), or start over with --restart.", checkpoint.display(), given.display())]
+    RejectsElsewhere {
+        checkpoint: PathBuf,
+        len: u64,
+        recorded: String,
+        given: PathBuf,
+    },
+    #[error("the rejects file {} is missing, and the checkpoint counts {len} bytes of rejects in it. Restore it, or start over with --restart.", path.display())]
+    RejectsMissing { path: PathBuf, len: u64 },
+    #[error("the rejects file {} is shorter ({found} bytes) than the checkpoint recorded ({len} bytes): it was truncated or replaced. Restore it, or start over with --restart.", path.display())]
+    RejectsShorter { path: PathBuf, found: u64, len: u64 },
+    #[error("--rejects {}: cannot open it for writing: {source}. Create its directory, or name another path.", path.display())]
+    RejectsUnopenable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--rejects {} is a directory: name a file (in it, or anywhere else).", path.display())]
+    RejectsIsDirectory { path: PathBuf },
+    #[error("--rejects {} is not a regular file: a checkpoint counts the rejects file's length and syncs it to disk, which only a regular file allows (not a pipe, a terminal or a device). Name a file, or add --no-checkpoint (or --dry-run) to send rejects there.", path.display())]
+    RejectsNotAFile { path: PathBuf },
+    /// A run without a checkpoint would start afresh the rejects file an unfinished
+    /// backfill counts.
+    #[error("{} holds the rejects of the unfinished backfill recorded in {}, and this run keeps no checkpoint, so it would start that file afresh. Give this run another --rejects path.", rejects.display(), checkpoint.display())]
+    UnfinishedRejects {
+        rejects: PathBuf,
+        checkpoint: PathBuf,
+    },
+}
+
+impl CheckpointError {
+    /// True when the run stopped before it read or sent anything because of how it was
+    /// started (its flags, its files, another run): a usage error. Reading an input or
+    /// writing a file that fails is not.
+    pub fn is_usage(&self) -> bool {
+        !matches!(
+            self,
+            CheckpointError::Fingerprint { .. }
+                | CheckpointError::Mapping { .. }
+                | CheckpointError::Write(_)
+        )
+    }
 }
 
 /// Fingerprints an input file.
@@ -264,9 +351,10 @@ pub fn check_matches(
 }
 
 /// Writes `cp` atomically and durably.
-pub fn store(path: &Path, cp: &Checkpoint) -> Result<(), CheckpointError> {
-    let err = |source| CheckpointError::Write {
-        path: path.display().to_string(),
+pub fn store(path: &Path, cp: &Checkpoint) -> Result<(), WriteError> {
+    let err = |source| WriteError {
+        what: "checkpoint",
+        path: path.to_path_buf(),
         source,
     };
     let dir = match path.parent() {

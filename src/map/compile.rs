@@ -13,13 +13,13 @@ use std::sync::Arc;
 
 use chrono_tz::Tz;
 
-use super::json;
 use super::spec::{
     CallKind, CallSpec, ColType, EmptyPolicy, FieldDetail, FieldSpec, KindSpec, MappingSpec,
     PayloadSpec, TsFormatName,
 };
-use super::timestamp::PatternKind;
+use crate::json;
 use crate::source::{ColumnRef, Schema};
+use crate::timestamp::PatternKind;
 
 /// A mapping error found while compiling against an input. Names what is wrong and
 /// what would be valid.
@@ -91,6 +91,9 @@ pub struct OutNode {
 pub enum OutKind {
     Leaf(ValueSource),
     Object(Vec<OutNode>),
+    /// A column holding one JSON object per row whose members are written in this
+    /// node's place ([`Schema::spreads`]: NDJSON's keys first seen after the sample).
+    Spread(ColumnRef),
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +126,9 @@ pub struct CompiledCall {
 #[derive(Debug, Clone)]
 pub struct CompiledMapping {
     pub calls: Vec<CompiledCall>,
+    /// The per-input part of every messageId: the mapping's namespace and the input's
+    /// path as given ([`super::message_id::input_seed`]).
+    pub seed: u64,
     pub max_future_ms: i64,
     /// Batch-level `context` and `integrations`: the request they go in is chosen by
     /// their bytes, so calls with different values never share a request.
@@ -428,7 +434,7 @@ fn insert_path(
         }
         (Some(t), Some(i)) => match &mut nodes[i].kind {
             OutKind::Object(children) => insert_path(children, t, value),
-            OutKind::Leaf(_) => Err(CompileError(format!(
+            OutKind::Leaf(_) | OutKind::Spread(_) => Err(CompileError(format!(
                 "mapping: output \"{head}\" is both a value and an object (at \"{path}\")"
             ))),
         },
@@ -452,7 +458,7 @@ fn id_constant(bytes: &[u8], what: &str) -> Result<Vec<u8>, CompileError> {
         Some(b'"') => Ok(bytes.to_vec()),
         Some(b'-' | b'0'..=b'9') => {
             let mut out = Vec::with_capacity(bytes.len() + 2);
-            crate::map::json::write_str_bytes(&mut out, bytes);
+            crate::json::write_str_bytes(&mut out, bytes);
             Ok(out)
         }
         _ => Err(CompileError(format!(
@@ -462,7 +468,8 @@ fn id_constant(bytes: &[u8], what: &str) -> Result<Vec<u8>, CompileError> {
     }
 }
 
-/// Compiles `spec` against `schema`. `input` names the input in error messages.
+/// Compiles `spec` against `schema`. `input` is the input's path as shown (in error
+/// messages), which with the mapping's namespace seeds every messageId.
 pub fn compile(
     spec: &MappingSpec,
     schema: &dyn Schema,
@@ -625,14 +632,35 @@ pub fn compile(
         check_required(&compiled, &what(""))?;
         calls.push(compiled);
     }
-    let batch_context = cx.tree(&spec.context, "[context]")?;
-    let batch_integrations = cx.tree(&spec.integrations, "[integrations]")?;
+    let mut batch_context = cx.tree(&spec.context, "[context]")?;
+    let mut batch_integrations = cx.tree(&spec.integrations, "[integrations]")?;
+    for c in &mut calls {
+        mark_spreads(&mut c.payload, schema);
+        mark_spreads(&mut c.context, schema);
+    }
+    mark_spreads(&mut batch_context, schema);
+    mark_spreads(&mut batch_integrations, schema);
     Ok(CompiledMapping {
         calls,
+        seed: super::message_id::input_seed(&spec.namespace, input),
         max_future_ms: (spec.defaults.max_future_hours as i64).saturating_mul(3_600_000),
         batch_context,
         batch_integrations,
     })
+}
+
+/// Turns every leaf named after a column the schema spreads, and reading a column, into
+/// an [`OutKind::Spread`], decided once here rather than by name for every row.
+fn mark_spreads(nodes: &mut [OutNode], schema: &dyn Schema) {
+    for n in nodes {
+        match &mut n.kind {
+            OutKind::Object(children) => mark_spreads(children, schema),
+            OutKind::Leaf(ValueSource::Column(c)) if schema.spreads(&n.name) => {
+                n.kind = OutKind::Spread(c.col.clone());
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A constant semantic event's required fields must be mapped at all (a row can still
@@ -641,7 +669,7 @@ fn check_semantic(
     c: &CompiledCall,
     need: &dyn Fn(bool, &str) -> Result<(), CompileError>,
 ) -> Result<(), CompileError> {
-    use super::encode::Semantic;
+    use super::semantic::Semantic;
     let Some(ValueSource::Const(b)) = &c.event else {
         return Ok(());
     };

@@ -12,11 +12,12 @@ use super::compile::{
     ColumnValue, CompiledCall, CompiledMapping, KindSource, OutKind, OutNode, TemplatePart,
     TsFormat, UnixUnit, ValueSource,
 };
-use super::json;
 use super::message_id::write_message_id;
+use super::semantic::Semantic;
 use super::spec::{CallKind, ColType, EmptyPolicy};
-use super::timestamp::{self, UnixMillis};
+use crate::json;
 use crate::source::{Chunk, Field, InputInfo, Position, Row};
+use crate::timestamp::{self, UnixMillis};
 
 /// What one step of a row produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +147,7 @@ fn map_row<R: Row>(
     let row_no = out.first_row + i as u64;
     let result = match row.source_problem() {
         Some(p) => Err(reject(row.problem_code(), p)),
-        None => encode_calls(row, row_no, input, m, opts, out, i),
+        None => encode_calls(row, row_no, m, opts, out, i),
     };
     if let Err(r) = result {
         out.calls.truncate(calls_mark);
@@ -228,7 +229,6 @@ fn reason_fields(out: &mut Vec<u8>, r: &Reject) {
 fn encode_calls<R: Row>(
     row: &R,
     row_no: u64,
-    input: &InputInfo,
     m: &CompiledMapping,
     opts: &EncodeOptions,
     out: &mut Mapped,
@@ -245,21 +245,13 @@ fn encode_calls<R: Row>(
     }
     for (ci, call) in m.calls.iter().enumerate() {
         let start = out.calls.len();
-        let kind = encode_call(
-            row,
-            row_no,
-            ci as u32,
-            input.seed,
-            call,
-            opts,
-            &mut out.calls,
-        )
-        .map_err(|mut r| {
-            if m.calls.len() > 1 {
-                r.detail = format!("call #{}: {}", ci + 1, r.detail);
-            }
-            r
-        })?;
+        let kind = encode_call(row, row_no, ci as u32, m.seed, call, opts, &mut out.calls)
+            .map_err(|mut r| {
+                if m.calls.len() > 1 {
+                    r.detail = format!("call #{}: {}", ci + 1, r.detail);
+                }
+                r
+            })?;
         let len = out.calls.len() - start;
         if len > opts.max_call_bytes {
             return Err(reject(
@@ -450,7 +442,8 @@ fn encode_call<R: Row>(
     }
     out.push(b'}');
     if let Some(ev) = semantic {
-        ev.check(&out[start..])?;
+        ev.check(&out[start..])
+            .map_err(|detail| reject("semantic_event", detail))?;
     }
     Ok(kind)
 }
@@ -487,176 +480,6 @@ fn write_object_type_id<R: Row>(
     ))
 }
 
-/// The semantic events: track calls with reserved names whose fields the spec requires
-/// (`components.schemas` `create_update_device`, `delete_device`, `delete_person`,
-/// `suppress_person`, `unsuppress_person`, `relationship_deleted`, `group_deleted`,
-/// `report_delivery_event`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Semantic {
-    DeviceUpdated,
-    DeviceDeleted,
-    UserDeleted,
-    UserSuppressed,
-    UserUnsuppressed,
-    RelationshipDeleted,
-    ObjectDeleted,
-    ReportDelivery,
-}
-
-impl Semantic {
-    pub const ALL: [(Semantic, &'static str); 8] = [
-        (Semantic::DeviceUpdated, "Device Created or Updated"),
-        (Semantic::DeviceDeleted, "Device Deleted"),
-        (Semantic::UserDeleted, "User Deleted"),
-        (Semantic::UserSuppressed, "User Suppressed"),
-        (Semantic::UserUnsuppressed, "User Unsuppressed"),
-        (Semantic::RelationshipDeleted, "Relationship Deleted"),
-        (Semantic::ObjectDeleted, "Object Deleted"),
-        (Semantic::ReportDelivery, "Report Delivery Event"),
-    ];
-
-    /// The semantic event named by an encoded event value (`"Device Deleted"`, quotes
-    /// included), if any. A byte comparison: no allocation on the hot path.
-    pub fn of(encoded: &[u8]) -> Option<Semantic> {
-        let name = encoded.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-        Semantic::ALL
-            .iter()
-            .find(|(_, n)| n.as_bytes() == name)
-            .map(|(s, _)| *s)
-    }
-
-    pub fn name(self) -> &'static str {
-        Semantic::ALL
-            .iter()
-            .find(|(s, _)| *s == self)
-            .map_or("", |(_, n)| n)
-    }
-
-    /// Checks an encoded call against the fields the spec requires of this event. Runs
-    /// only for semantic events, which are rare next to custom events.
-    fn check(self, call: &[u8]) -> Result<(), Reject> {
-        use serde_json::value::RawValue;
-        #[derive(serde::Deserialize)]
-        struct Device<'a> {
-            #[serde(borrow)]
-            token: Option<&'a RawValue>,
-            #[serde(borrow, rename = "type")]
-            ty: Option<&'a RawValue>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Ctx<'a> {
-            #[serde(borrow)]
-            device: Option<Device<'a>>,
-        }
-        #[derive(serde::Deserialize)]
-        #[allow(non_snake_case)]
-        struct Props<'a> {
-            #[serde(borrow)]
-            objectId: Option<&'a RawValue>,
-            #[serde(borrow)]
-            objectTypeId: Option<&'a RawValue>,
-            #[serde(borrow)]
-            deliveryId: Option<&'a RawValue>,
-            #[serde(borrow)]
-            metric: Option<&'a RawValue>,
-        }
-        #[derive(serde::Deserialize)]
-        #[allow(non_snake_case)]
-        struct Probe<'a> {
-            #[serde(borrow)]
-            userId: Option<&'a RawValue>,
-            #[serde(borrow)]
-            anonymousId: Option<&'a RawValue>,
-            #[serde(borrow)]
-            properties: Option<Props<'a>>,
-            #[serde(borrow)]
-            context: Option<Ctx<'a>>,
-        }
-        let p: Probe = serde_json::from_slice(call).map_err(|e| {
-            reject(
-                "semantic_event",
-                format!(
-                    "{}: the call is not a JSON object of the expected shape: {e}",
-                    self.name()
-                ),
-            )
-        })?;
-        let is_str = |v: Option<&RawValue>| v.is_some_and(|v| v.get().starts_with('"'));
-        let missing = |field: &str, hint: &str| {
-            Err(reject(
-                "semantic_event",
-                format!("a \"{}\" event needs {field}{hint}", self.name()),
-            ))
-        };
-        let props = p.properties.as_ref();
-        let device = p.context.as_ref().and_then(|c| c.device.as_ref());
-        match self {
-            Semantic::DeviceUpdated | Semantic::DeviceDeleted => {
-                if !is_str(p.userId) {
-                    return missing("userId", "");
-                }
-                if !is_str(device.and_then(|d| d.token)) {
-                    return missing(
-                        "context.device.token",
-                        " (map it in the call's own context: context = { \"device.token\" = \"column\" })",
-                    );
-                }
-                if let Some(t) = device.and_then(|d| d.ty) {
-                    if !matches!(t.get(), "\"ios\"" | "\"android\"") {
-                        return missing(
-                            "context.device.type to be \"ios\" or \"android\"",
-                            &format!(" (got {})", t.get()),
-                        );
-                    }
-                }
-            }
-            Semantic::UserDeleted | Semantic::UserSuppressed | Semantic::UserUnsuppressed => {
-                if !is_str(p.userId) {
-                    return missing("userId", "");
-                }
-            }
-            Semantic::RelationshipDeleted | Semantic::ObjectDeleted => {
-                if self == Semantic::RelationshipDeleted && !is_str(p.userId) {
-                    return missing("userId", "");
-                }
-                if self == Semantic::ObjectDeleted && !is_str(p.anonymousId) {
-                    return missing(
-                        "anonymousId",
-                        " (the spec's group_deleted schema requires it)",
-                    );
-                }
-                if !is_str(props.and_then(|p| p.objectId)) {
-                    return missing("properties.objectId (a string)", "");
-                }
-                if let Some(t) = props.and_then(|p| p.objectTypeId) {
-                    if t.get().parse::<i64>().is_err() {
-                        return missing(
-                            "properties.objectTypeId to be an integer",
-                            &format!(" (got {}; set the column's type to int)", t.get()),
-                        );
-                    }
-                }
-            }
-            Semantic::ReportDelivery => {
-                if !is_str(props.and_then(|p| p.deliveryId)) {
-                    return missing("properties.deliveryId (a string)", "");
-                }
-                match props.and_then(|p| p.metric).map(|m| m.get()) {
-                    Some("\"delivered\"" | "\"clicked\"" | "\"converted\"" | "\"opened\"") => {}
-                    Some(other) => {
-                        return missing(
-                            "properties.metric to be delivered, clicked, converted or opened",
-                            &format!(" (got {other})"),
-                        )
-                    }
-                    None => return missing("properties.metric", ""),
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 fn source_hint(v: &Option<ValueSource>) -> String {
     match v {
         Some(ValueSource::Column(c)) => format!(" (column {} is empty)", c.name),
@@ -674,36 +497,31 @@ fn write_object<R: Row>(
     out.push(b'{');
     let mut any = false;
     for n in nodes {
-        // --- NDJSON "rest" (source::ndjson::LATER_KEYS): keys first seen after the
-        // schema sample arrive as one object whose members are written inline.
-        if n.name == crate::source::ndjson::LATER_KEYS {
-            if let OutKind::Leaf(ValueSource::Column(c)) = &n.kind {
-                if let Field::Json(obj) = row.field(&c.col) {
-                    if obj.len() > 2 {
-                        if any {
-                            out.push(b',');
-                        }
-                        out.extend_from_slice(&obj[1..obj.len() - 1]);
-                        any = true;
-                    }
-                }
-                continue;
-            }
-        }
-        // --- end NDJSON "rest"
         let mark = out.len();
         if any {
             out.push(b',');
         }
-        json::extend_short(out, &n.key);
         let wrote = match &n.kind {
-            OutKind::Leaf(v) => write_value_inline(out, row, v, opts, false)?,
+            OutKind::Leaf(v) => {
+                json::extend_short(out, &n.key);
+                write_value_inline(out, row, v, opts, false)?
+            }
             // An object whose every value is omitted is omitted too: `{}` says nothing,
             // and an empty `context.device` would even make the call ambiguous.
             OutKind::Object(children) => {
+                json::extend_short(out, &n.key);
                 write_object(out, row, children, opts)?;
                 !out.ends_with(b"{}")
             }
+            // An object's members, written in the node's place (NDJSON's keys first
+            // seen after the sampled rows).
+            OutKind::Spread(col) => match row.field(col) {
+                Field::Json(obj) if obj.len() > 2 => {
+                    out.extend_from_slice(&obj[1..obj.len() - 1]);
+                    true
+                }
+                _ => false,
+            },
         };
         if wrote {
             any = true;

@@ -3,11 +3,10 @@
 
 pub mod compile;
 pub mod encode;
-pub mod json;
 pub mod message_id;
+pub mod semantic;
 pub mod sent_at;
 pub mod spec;
-pub mod timestamp;
 
 use std::path::Path;
 

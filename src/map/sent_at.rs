@@ -13,7 +13,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::timestamp;
+use crate::timestamp;
 
 /// What every call ends with (before its closing `}`) under `--sent-at now`.
 pub const SENT_AT_PLACEHOLDER: &[u8] = b",\"sentAt\":\"0000-00-00T00:00:00.000Z\"";

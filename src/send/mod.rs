@@ -11,7 +11,7 @@
 //! Strict mode: a request refused as invalid (400) is split in halves, recursively, until
 //! the refused calls stand alone; the others are delivered in the smaller requests, the
 //! refused ones become reject lines carrying the server's answer. The split reuses the
-//! body's bytes through `Work::call_ends`, so nothing is re-encoded.
+//! body's bytes through `Request::call_ends`, so nothing is re-encoded.
 
 pub mod adapt;
 pub mod gate;
@@ -20,47 +20,18 @@ pub mod transport;
 
 use std::io::Write as _;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::map::encode::Reject;
-use crate::progress::Progress;
-use crate::source::{InputInfo, Position};
+use crate::pack::{CallOrigin, Request};
+use crate::source::InputInfo;
 pub use gate::Gate;
 use retry::{backoff, classify, Decision};
 use transport::Transport;
-
-/// Where a call came from, so a call the server refuses can be reported by row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallOrigin {
-    pub input: u32,
-    /// 0-based data row.
-    pub row: u64,
-}
-
-/// One request to send (or, with no body, a marker that only moves the checkpoint).
-#[derive(Debug, Clone, Default)]
-pub struct Work {
-    /// Order of creation; the checkpoint advances over a contiguous prefix of these.
-    pub seq: u64,
-    pub path: &'static str,
-    pub body: Option<Arc<Vec<u8>>>,
-    pub calls: u32,
-    /// End offset of each call inside `body` (calls are separated by one comma), so a
-    /// refused request can be split without re-parsing it.
-    pub call_ends: Vec<u32>,
-    /// The row each call came from, in the same order.
-    pub origins: Vec<CallOrigin>,
-    /// Where to resume once this and every earlier request is acknowledged.
-    pub resume: Position,
-    /// Reject lines of rows before `resume` not yet written. The collector writes them
-    /// when this work joins the acknowledged prefix, so the rejects file never runs ahead
-    /// of the checkpoint.
-    pub rejects: Vec<u8>,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckResult {
@@ -74,10 +45,10 @@ pub enum AckResult {
     Failed(String),
 }
 
-/// What happened to one [`Work`].
+/// What happened to one [`Request`].
 #[derive(Debug, Clone)]
 pub struct Ack {
-    pub work: Work,
+    pub request: Request,
     pub result: AckResult,
     /// Calls the server accepted (all of them unless strict mode refused some).
     pub delivered_calls: u32,
@@ -127,31 +98,81 @@ impl Jitter {
     }
 }
 
-/// One sender worker: runs until `rx` closes. After `stop` is set it sends nothing more
-/// and acknowledges the rest as skipped. `inputs` names the sources in reject lines.
-#[allow(clippy::too_many_arguments)] // one call site (pipeline.rs); all of it is shared state
-pub fn worker(
-    rx: Receiver<Work>,
-    acks: Sender<Ack>,
-    transport: &dyn Transport,
-    gate: &Gate,
-    policy: RetryPolicy,
-    stop: &AtomicBool,
-    inputs: &[Arc<InputInfo>],
-    progress: &Progress,
-) {
+/// Retries and 429s, counted by the senders as they happen (so a storm of 429s shows at
+/// once, and a run that stops counts the retries of requests that never finished). The
+/// progress display and the summary read these; nothing here knows of either.
+#[derive(Debug, Default)]
+pub struct Attempts {
+    retries: AtomicU64,
+    throttled: AtomicU64,
+    retries_no_answer: AtomicU64,
+}
+
+/// [`Attempts`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttemptCounts {
+    /// Attempts sent again.
+    pub retries: u64,
+    /// 429 answers received.
+    pub throttled: u64,
+    /// Of `retries`, those after an attempt that got no answer.
+    pub retries_no_answer: u64,
+}
+
+impl Attempts {
+    /// A retry about to be sent (`no_answer`: the attempt before it got none).
+    pub fn retried(&self, no_answer: bool) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        if no_answer {
+            self.retries_no_answer.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A 429 received.
+    pub fn throttled(&self) {
+        self.throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counts(&self) -> AttemptCounts {
+        AttemptCounts {
+            retries: self.retries.load(Ordering::Relaxed),
+            throttled: self.throttled.load(Ordering::Relaxed),
+            retries_no_answer: self.retries_no_answer.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What every sender shares, owned, so a sender thread can outlive the run that started
+/// it: a sender stuck in a request after the drain timeout is left behind, and the run
+/// returns without it.
+#[derive(Clone)]
+pub struct Delivery {
+    pub transport: Arc<dyn Transport>,
+    pub gate: Arc<Gate>,
+    pub policy: RetryPolicy,
+    /// Set when a request failed for good (by the sender that saw it) or the run stops:
+    /// nothing more is sent.
+    pub stop: Arc<AtomicBool>,
+    /// The inputs, to name them in reject lines.
+    pub inputs: Arc<[Arc<InputInfo>]>,
+    pub attempts: Arc<Attempts>,
+}
+
+/// One sender: runs until `rx` closes. After `stop` is set it sends nothing more and
+/// acknowledges the rest as skipped.
+pub fn worker(rx: Receiver<Request>, acks: Sender<Ack>, d: &Delivery) {
     let mut s = Poster {
-        transport,
-        gate,
-        policy,
-        stop,
+        transport: &*d.transport,
+        gate: &d.gate,
+        policy: d.policy,
+        stop: &d.stop,
         jitter: Jitter::new(),
-        progress,
+        attempts: &d.attempts,
     };
-    for work in rx {
-        let ack = deliver(work, &mut s, inputs);
+    for request in rx {
+        let ack = deliver(request, &mut s, &d.inputs);
         if matches!(ack.result, AckResult::Failed(_)) {
-            stop.store(true, Ordering::SeqCst);
+            d.stop.store(true, Ordering::SeqCst);
         }
         if acks.send(ack).is_err() {
             return;
@@ -184,9 +205,9 @@ struct Poster<'a> {
     policy: RetryPolicy,
     stop: &'a AtomicBool,
     jitter: Jitter,
-    /// Counts retries and 429s as they happen (for the progress line and the summary),
-    /// not when their request is finally acknowledged.
-    progress: &'a Progress,
+    /// Counts retries and 429s as they happen, not when their request is finally
+    /// acknowledged.
+    attempts: &'a Attempts,
 }
 
 impl Poster<'_> {
@@ -222,7 +243,7 @@ impl Poster<'_> {
                     why,
                 } => {
                     if throttled {
-                        self.progress.throttled();
+                        self.attempts.throttled();
                         self.gate.pause(after.unwrap_or(DEFAULT_THROTTLE_PAUSE));
                     }
                     if attempt >= self.policy.max_retries {
@@ -241,7 +262,7 @@ impl Poster<'_> {
                     }
                     // Counted once it is about to go: a run that stops during the
                     // backoff sent no retry.
-                    self.progress.retried(!answered);
+                    self.attempts.retried(!answered);
                 }
             }
         }
@@ -258,24 +279,24 @@ fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
     z.finish()
 }
 
-fn deliver(work: Work, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> Ack {
+fn deliver(request: Request, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> Ack {
     let mut ack = Ack {
-        work,
+        request,
         result: AckResult::Skipped,
         delivered_calls: 0,
         server_rejects: Vec::new(),
         accepted_requests: 0,
         accepted_bytes: 0,
     };
-    let Some(body) = ack.work.body.clone() else {
+    let Some(body) = ack.request.body.clone() else {
         ack.result = AckResult::Marker;
         return ack;
     };
-    let path = ack.work.path;
-    let why = match s.send(path, &body, ack.work.calls) {
+    let path = ack.request.path;
+    let why = match s.send(path, &body, ack.request.calls) {
         Sent::Accepted => {
             ack.result = AckResult::Delivered;
-            ack.delivered_calls = ack.work.calls;
+            ack.delivered_calls = ack.request.calls;
             ack.accepted_requests = 1;
             ack.accepted_bytes = body.len() as u64;
             return ack;
@@ -288,11 +309,11 @@ fn deliver(work: Work, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> Ack {
         Sent::Refused(why) => why,
     };
     // Borrowed by the split while `ack` counts the pieces accepted; put back below.
-    let call_ends = std::mem::take(&mut ack.work.call_ends);
-    let origins = std::mem::take(&mut ack.work.origins);
+    let call_ends = std::mem::take(&mut ack.request.call_ends);
+    let origins = std::mem::take(&mut ack.request.origins);
     let Some(split) = Split::new(&body, &call_ends, origins.len()) else {
-        ack.work.call_ends = call_ends;
-        ack.work.origins = origins;
+        ack.request.call_ends = call_ends;
+        ack.request.origins = origins;
         ack.result = AckResult::Failed(format!(
             "the API refused a request as invalid (strict mode) and its calls cannot be told apart to isolate the bad ones: {why}"
         ));
@@ -308,8 +329,8 @@ fn deliver(work: Work, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> Ack {
     };
     let halted = b.run(s, 0..split.len(), Some(why), &mut ack);
     let (delivered, rejects) = (b.delivered, b.rejects);
-    ack.work.call_ends = call_ends;
-    ack.work.origins = origins;
+    ack.request.call_ends = call_ends;
+    ack.request.origins = origins;
     match halted {
         Ok(_) => {
             ack.result = AckResult::Delivered;
@@ -493,7 +514,7 @@ mod tests {
         }
     }
 
-    fn work(calls: &[&str]) -> Work {
+    fn work(calls: &[&str]) -> Request {
         let mut body = BATCH_PREFIX.to_vec();
         let mut call_ends = Vec::new();
         for (i, c) in calls.iter().enumerate() {
@@ -504,7 +525,7 @@ mod tests {
             call_ends.push(body.len() as u32);
         }
         body.extend_from_slice(b"],\"context\":{\"k\":1}}");
-        Work {
+        Request {
             seq: 0,
             path: "/v1/batch",
             body: Some(Arc::new(body)),
@@ -513,7 +534,7 @@ mod tests {
             origins: (0..calls.len() as u64)
                 .map(|row| CallOrigin { input: 0, row })
                 .collect(),
-            ..Work::default()
+            ..Request::default()
         }
     }
 
@@ -527,12 +548,12 @@ mod tests {
         }
     }
 
-    fn run(fake: &Fake, w: Work) -> Ack {
-        run_counted(fake, w, &Progress::hidden())
+    fn run(fake: &Fake, w: Request) -> Ack {
+        run_counted(fake, w, &Attempts::default())
     }
 
-    /// As `run`, counting retries and 429s into `progress`.
-    fn run_counted(fake: &Fake, w: Work, progress: &Progress) -> Ack {
+    /// As `run`, counting retries and 429s into `attempts`.
+    fn run_counted(fake: &Fake, w: Request, attempts: &Attempts) -> Ack {
         let gate = Gate::new(None, None);
         let stop = AtomicBool::new(false);
         let mut p = Poster {
@@ -541,7 +562,7 @@ mod tests {
             policy: policy(),
             stop: &stop,
             jitter: Jitter::new(),
-            progress,
+            attempts,
         };
         deliver(w, &mut p, &[])
     }
@@ -610,8 +631,8 @@ mod tests {
             status: Some(503),
             posts: Mutex::new(Vec::new()),
         };
-        let progress = Progress::hidden();
-        let ack = run_counted(&fake, work(&[r#"{"n":0}"#]), &progress);
+        let attempts = Attempts::default();
+        let ack = run_counted(&fake, work(&[r#"{"n":0}"#]), &attempts);
         let AckResult::Failed(why) = &ack.result else {
             panic!("{:?}", ack.result)
         };
@@ -619,8 +640,7 @@ mod tests {
             why.contains("HTTP 503") && why.contains("3 attempts"),
             "{why}"
         );
-        let (retries, _, _) = progress.attempts();
-        assert_eq!(retries, 2);
+        assert_eq!(attempts.counts().retries, 2);
         assert_eq!(ack.delivered_calls, 0);
         assert_eq!(fake.posts.lock().unwrap().len(), 3);
     }

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, SystemTime};
@@ -19,6 +20,11 @@ pub trait Transport: Send + Sync {
     fn post(&self, path: &str, body: &Arc<Vec<u8>>, gzipped: bool) -> Attempt;
 }
 
+/// The HTTP client could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the HTTP client: {0}")]
+pub struct ClientError(#[source] isahc::Error);
+
 /// HTTPS (or loopback HTTP) to a Segment-compatible API, through one client shared by
 /// every worker: connections are kept alive and reused (up to `max_connections` to the
 /// host), and HTTP/2 is used where the server offers it (ALPN), HTTP/1.1 otherwise.
@@ -35,7 +41,7 @@ impl HttpTransport {
         connect_timeout: Duration,
         request_timeout: Duration,
         max_connections: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ClientError> {
         let mut b = HttpClient::builder()
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)
@@ -56,9 +62,7 @@ impl HttpTransport {
         if let Some(k) = key {
             b = b.default_header("Authorization", k.basic_auth_header());
         }
-        let client = b
-            .build()
-            .map_err(|e| format!("cannot start the HTTP client: {e}"))?;
+        let client = b.build().map_err(ClientError)?;
         Ok(HttpTransport {
             client,
             base: base.trim_end_matches('/').to_string(),
@@ -188,20 +192,22 @@ fn block_on<F: Future>(fut: F) -> F::Output {
     }
 }
 
-/// `--dry-run`: sends nothing; with `--output`, writes each body as one line.
+/// `--dry-run`: sends nothing; with `--output`, writes each body as one line to the file
+/// at that path.
 pub struct DryRunTransport {
-    out: Option<Mutex<Box<dyn Write + Send>>>,
+    out: Option<(PathBuf, Mutex<Box<dyn Write + Send>>)>,
 }
 
 impl DryRunTransport {
-    pub fn new(out: Option<Box<dyn Write + Send>>) -> Self {
+    pub fn new(out: Option<(PathBuf, Box<dyn Write + Send>)>) -> Self {
         DryRunTransport {
-            out: out.map(Mutex::new),
+            out: out.map(|(p, w)| (p, Mutex::new(w))),
         }
     }
 
+    /// Writes out what is buffered.
     pub fn flush(&self) -> std::io::Result<()> {
-        if let Some(o) = &self.out {
+        if let Some((_, o)) = &self.out {
             let mut w = o.lock().unwrap_or_else(|p| p.into_inner());
             w.flush()?;
         }
@@ -211,11 +217,11 @@ impl DryRunTransport {
 
 impl Transport for DryRunTransport {
     fn post(&self, _path: &str, body: &Arc<Vec<u8>>, _gzipped: bool) -> Attempt {
-        if let Some(o) = &self.out {
+        if let Some((path, o)) = &self.out {
             let mut w = o.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = w.write_all(body).and_then(|_| w.write_all(b"\n")) {
                 return Attempt::NoResponse {
-                    why: format!("cannot write --output: {e}"),
+                    why: format!("cannot write --output {}: {e}", path.display()),
                     fatal: true,
                 };
             }

@@ -20,8 +20,8 @@ use std::borrow::Cow;
 use super::validate::CallFields;
 // The bytes a JSON string must escape, found as the engine's writer finds them.
 #[cfg(target_arch = "x86_64")]
-use crate::map::json::specials16;
-use crate::map::json::specials_swar as specials;
+use crate::json::specials16;
+use crate::json::specials_swar as specials;
 
 /// The scan cannot vouch for this body: run the serde path on it.
 #[derive(Debug, PartialEq, Eq)]

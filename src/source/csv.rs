@@ -668,7 +668,7 @@ impl<'a> CsvRow<'a> {
 
     fn write_field_json(&self, out: &mut Vec<u8>, span: Span) {
         match self.text_of(span) {
-            Some(b) => crate::map::json::write_str_bytes(out, b),
+            Some(b) => crate::json::write_str_bytes(out, b),
             None => super::write_json_str(out, &String::from_utf8_lossy(&self.raw[span.0..span.1])),
         }
     }
@@ -862,7 +862,7 @@ mod tests {
         block: usize,
         defer: bool,
     ) -> (Vec<String>, Rows, usize) {
-        let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
+        let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv));
         let stream: Stream = Box::new(BufReader::with_capacity(
             step,
             Trickle {
@@ -1080,7 +1080,7 @@ mod tests {
 
     /// A source named `t.csv` over `stream`, and an empty chunk for it.
     fn opened(stream: Stream, opts: CsvOptions) -> (CsvSource, CsvChunk) {
-        let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv, ""));
+        let info = Arc::new(InputInfo::new(0, "t.csv".into(), Format::Csv));
         let src = CsvSource::open(info.clone(), stream, opts).unwrap();
         let chunk = CsvChunk::new(info, src.header().clone());
         (src, chunk)

@@ -23,6 +23,7 @@ pub mod compress;
 pub mod csv;
 pub mod ndjson;
 pub mod parquet;
+pub mod read;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -105,8 +106,6 @@ pub struct InputInfo {
     /// The path as shown in rejects and messages.
     pub display: String,
     pub format: Format,
-    /// The per-input part of every messageId ([`crate::map::message_id::input_seed`]).
-    pub seed: u64,
     /// Compression the file name says (`None`: the first bytes decide).
     pub compression: Compression,
     /// The column names resolved against this input so far, in first-resolved order.
@@ -117,7 +116,7 @@ pub struct InputInfo {
 
 impl InputInfo {
     /// An input at `path`, as [`discover`] makes them.
-    pub fn new(index: u32, path: PathBuf, format: Format, namespace: &str) -> InputInfo {
+    pub fn new(index: u32, path: PathBuf, format: Format) -> InputInfo {
         let is_stdin = path.as_os_str() == STDIN_ARG;
         let display = if is_stdin {
             "<stdin>".to_string()
@@ -126,7 +125,6 @@ impl InputInfo {
         };
         InputInfo {
             index,
-            seed: crate::map::message_id::input_seed(namespace, &display),
             compression: path
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -231,10 +229,16 @@ pub trait Schema {
     fn resolve(&self, name: &str) -> Option<ColumnRef>;
     /// Column names in source order (for "rest" and for error messages).
     fn column_names(&self) -> Vec<String>;
+    /// True for a column whose value, in every row, is one JSON object whose members are
+    /// written in the column's place rather than under its name (NDJSON's keys first
+    /// seen after the sampled rows, [`ndjson::LATER_KEYS`]).
+    fn spreads(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 /// A schema of column names only, for tests: a name resolves to its first position, as
-/// in a CSV header.
+/// in a CSV header, and [`ndjson::LATER_KEYS`] spreads as it does in NDJSON.
 #[cfg(test)]
 pub(crate) struct NamesSchema(pub Vec<String>);
 
@@ -252,6 +256,9 @@ impl Schema for NamesSchema {
     }
     fn column_names(&self) -> Vec<String> {
         self.0.clone()
+    }
+    fn spreads(&self, name: &str) -> bool {
+        name == ndjson::LATER_KEYS
     }
 }
 
@@ -384,10 +391,9 @@ fn is_hidden(path: &Path) -> bool {
 /// each sorted by path.
 pub fn discover(
     paths: &[PathBuf],
-    namespace: &str,
     opts: &SourceOptions,
 ) -> Result<Vec<Arc<InputInfo>>, SourceError> {
-    discover_excluding(paths, namespace, opts, &[])
+    discover_excluding(paths, opts, &[])
 }
 
 /// [`discover`], leaving out of directories and glob matches every file that is one of
@@ -396,7 +402,6 @@ pub fn discover(
 /// the run refuses it as an input that is also an output.
 pub fn discover_excluding(
     paths: &[PathBuf],
-    namespace: &str,
     opts: &SourceOptions,
     own: &[PathBuf],
 ) -> Result<Vec<Arc<InputInfo>>, SourceError> {
@@ -507,7 +512,7 @@ pub fn discover_excluding(
     Ok(files
         .into_iter()
         .enumerate()
-        .map(|(i, (path, format))| Arc::new(InputInfo::new(i as u32, path, format, namespace)))
+        .map(|(i, (path, format))| Arc::new(InputInfo::new(i as u32, path, format)))
         .collect())
 }
 
@@ -577,6 +582,42 @@ impl FileId {
     }
 }
 
+/// A command that would write one of its files over another file it needs.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} {} is {clash}: writing it would overwrite it. Give {flag} a path of its own.", path.display())]
+pub struct Overwrite {
+    /// The output's flag (`--rejects`, `--output`, ...) and path.
+    pub flag: &'static str,
+    pub path: PathBuf,
+    pub clash: Clash,
+}
+
+/// What an output would overwrite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Clash {
+    /// An input, as shown.
+    Input(String),
+    Mapping(PathBuf),
+    /// Another of the command's own files, by its flag; `written`: that one is written
+    /// too.
+    Own {
+        flag: &'static str,
+        written: bool,
+    },
+}
+
+impl std::fmt::Display for Clash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Clash::Input(shown) => write!(f, "an input ({shown})"),
+            Clash::Mapping(m) => write!(f, "the mapping file ({})", m.display()),
+            Clash::Own { flag, written } => {
+                write!(f, "{}the {flag} file", if *written { "also " } else { "" })
+            }
+        }
+    }
+}
+
 /// Refuses, before anything is opened for writing, a command that would write over one
 /// of its inputs, its mapping file or another of its own files (`own`: what it writes,
 /// and what it reads and must keep, such as an API key file or a checkpoint it does not
@@ -587,7 +628,7 @@ pub fn refuse_overwriting(
     own: &[OwnFile],
     inputs: &[Arc<InputInfo>],
     mapping: Option<&Path>,
-) -> Result<(), String> {
+) -> Result<(), Overwrite> {
     let own: Vec<(&OwnFile, FileId)> = own
         .iter()
         .filter_map(|f| FileId::of(&f.path).map(|id| (f, id)))
@@ -601,10 +642,10 @@ pub fn refuse_overwriting(
         if !out.written || std::fs::metadata(&out.path).is_ok_and(|m| !m.is_file()) {
             continue;
         }
-        let what = if let Some((_, shown)) = inputs.iter().find(|(input, _)| input == id) {
-            format!("an input ({shown})")
+        let clash = if let Some((_, shown)) = inputs.iter().find(|(input, _)| input == id) {
+            Clash::Input(shown.to_string())
         } else if let Some((m, _)) = mapping.as_ref().filter(|(_, m)| m == id) {
-            format!("the mapping file ({})", m.display())
+            Clash::Mapping(m.to_path_buf())
         } else if let Some((other, _)) = own
             .iter()
             .enumerate()
@@ -612,17 +653,18 @@ pub fn refuse_overwriting(
             .find(|&(j, (other, o))| o == id && (j < i || (j != i && !other.written)))
             .map(|(_, o)| o)
         {
-            let also = if other.written { "also " } else { "" };
-            format!("{also}the {} file", other.flag)
+            Clash::Own {
+                flag: other.flag,
+                written: other.written,
+            }
         } else {
             continue;
         };
-        return Err(format!(
-            "{} {} is {what}: writing it would overwrite it. Give {} a path of its own.",
-            out.flag,
-            out.path.display(),
-            out.flag
-        ));
+        return Err(Overwrite {
+            flag: out.flag,
+            path: out.path.clone(),
+            clash,
+        });
     }
     Ok(())
 }
@@ -816,5 +858,5 @@ pub const LINE_UNKNOWN: u64 = 0;
 /// Appends `s` as a JSON string literal (quotes included) to `out`.
 /// Whole runs of safe bytes are copied at once; only `"`, `\` and control bytes are escaped.
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    crate::map::json::write_str(out, s)
+    crate::json::write_str(out, s)
 }

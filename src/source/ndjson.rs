@@ -27,7 +27,7 @@ use std::sync::Arc;
 use simd_json::{Node, StaticNode, Tape};
 
 use super::{ColumnRef, Field, InputInfo, Position, Row, Schema, SourceError, Stream};
-use crate::map::json;
+use crate::json;
 
 /// Rows read at open to learn the top-level keys.
 pub const SAMPLE_ROWS: usize = 1000;
@@ -54,6 +54,9 @@ impl Schema for NdjsonSchema {
         let mut names = self.keys.clone();
         names.push(LATER_KEYS.to_string());
         names
+    }
+    fn spreads(&self, name: &str) -> bool {
+        name == LATER_KEYS
     }
 }
 
@@ -766,7 +769,7 @@ mod tests {
     use crate::source::{Format, InputInfo};
 
     fn source(text: &str, names: &[&str]) -> (NdjsonSource, Vec<ColumnRef>) {
-        let input = Arc::new(InputInfo::new(0, "t.ndjson".into(), Format::Ndjson, ""));
+        let input = Arc::new(InputInfo::new(0, "t.ndjson".into(), Format::Ndjson));
         let stream: Stream = Box::new(Cursor::new(text.as_bytes().to_vec()));
         let s = NdjsonSource::open(input, stream).unwrap();
         let refs = names
@@ -809,7 +812,7 @@ mod tests {
     #[test]
     fn a_line_with_carriage_returns_is_a_reject_that_names_them() {
         let text = b"{\"a\":1}\r{\"a\":2}\r";
-        let input = Arc::new(InputInfo::new(0, "t.ndjson".into(), Format::Ndjson, ""));
+        let input = Arc::new(InputInfo::new(0, "t.ndjson".into(), Format::Ndjson));
         let mut s = NdjsonSource::open(input, Box::new(Cursor::new(text.to_vec()))).unwrap();
         let mut c = s.new_chunk();
         s.fill(&mut c, 100).unwrap();
@@ -825,7 +828,7 @@ mod tests {
     #[test]
     fn the_cr_hint_is_given_only_between_records() {
         let text = b"{\"a\":\"x\ry\"}\n";
-        let input = Arc::new(InputInfo::new(0, "t.ndjson".into(), Format::Ndjson, ""));
+        let input = Arc::new(InputInfo::new(0, "t.ndjson".into(), Format::Ndjson));
         let mut s =
             NdjsonSource::open(input.clone(), Box::new(Cursor::new(text.to_vec()))).unwrap();
         let mut c = s.new_chunk();
@@ -853,7 +856,7 @@ mod tests {
     #[test]
     fn bad_lines_are_row_problems_with_line_and_offset() {
         let text = b"{\"a\":1}\n\n{\"a\":\n[1]\n{\"a\":\"\xff\"}\n{\"a\":2}";
-        let input = Arc::new(InputInfo::new(0, "t.ndjson".into(), Format::Ndjson, ""));
+        let input = Arc::new(InputInfo::new(0, "t.ndjson".into(), Format::Ndjson));
         let stream: Stream = Box::new(Cursor::new(text.to_vec()));
         let mut s = NdjsonSource::open(input, stream).unwrap();
         let a = s.schema().resolve("a").unwrap();

@@ -43,7 +43,7 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::ProjectionMask;
 
 use super::{ColumnRef, Field, InputInfo, Position, Row, Schema, SourceError};
-use crate::map::json;
+use crate::json;
 
 /// The top-level columns of a Parquet file.
 #[derive(Debug)]
@@ -773,7 +773,7 @@ fn write_iso_nanos(out: &mut Vec<u8>, n: i64) {
     let ms = n.div_euclid(1_000_000);
     // Years 0000..=9999 only: beyond that ISO 8601 needs an expanded form.
     if (-62_167_219_200_000..253_402_300_800_000).contains(&ms) {
-        crate::map::timestamp::write_iso_millis(out, ms);
+        crate::timestamp::write_iso_millis(out, ms);
     } else {
         json::write_i64(out, ms);
     }
@@ -932,7 +932,7 @@ mod tests {
             ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None).unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
-        let input = Arc::new(InputInfo::new(0, path, Format::Parquet, ""));
+        let input = Arc::new(InputInfo::new(0, path, Format::Parquet));
         let mut s = ParquetSource::open(input, 0).unwrap();
         let names = s.schema().column_names();
         // Resolve all but the last column: it must not be read (projection).

@@ -16,8 +16,12 @@
 //! limit. Open bodies are kept in the order of their first call, so the first one holds
 //! the oldest call not yet handed out: that is what the checkpoint may not pass.
 
+pub mod stage;
+
 use crate::config::Limits;
 use crossbeam_channel::{Receiver, Sender};
+
+pub use stage::{CallOrigin, PackTotals, Request};
 
 const PREFIX: &[u8] = b"{\"batch\":[";
 const SUFFIX: &[u8] = b"]}";

@@ -1,0 +1,418 @@
+//! The packing stage: mapped chunks in, requests out.
+//!
+//! Mapped chunks arrive from the parallel mappers in any order; this stage restores input
+//! order by sequence number, keys calls by their batch-level `context`/`integrations`
+//! ([`KeyedPacker`], at most [`MAX_OPEN_BODIES`] bodies open at once), gives each alias
+//! call a request of its own to `/v1/alias` (the batch schema does not list alias), and
+//! hands out [`Request`]s in the order they close. Reject lines ride along with the first
+//! request whose resume position is past their row, so the collector writes them in
+//! acknowledgement order, never ahead of the checkpoint.
+//!
+//! The door: [`pack`] takes [`Mapped`] chunks and gives [`Request`]s and, at the end,
+//! [`PackTotals`]. A run sends the requests; `validate` only counts them, so its figures
+//! are the run's by construction.
+//!
+//! Checkpoint rule: a request's `resume` is the start of the oldest row that still has a
+//! call not yet handed out: the minimum over the open bodies' first calls and over the
+//! bodies closed in the same step but queued after it, or, when none is open, the row
+//! being packed (or the end of the input). Requests complete in `seq` order for the
+//! checkpoint, so once a request and all before it are acknowledged, every call before its
+//! `resume` has been delivered. The positions only grow: new bodies start at newer rows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{resume_points, Body, KeyedPacker, Packed, Spares, TooLarge};
+use crate::config::Limits;
+use crate::map::encode::{write_call_reject, EmitKind, Mapped, Reject};
+use crate::map::spec::CallKind;
+use crate::source::Position;
+
+/// Where a call came from, so a call the server refuses can be reported by row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallOrigin {
+    pub input: u32,
+    /// 0-based data row.
+    pub row: u64,
+}
+
+/// One request to send (or, with no body, a marker that only moves the checkpoint).
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Order of creation; the checkpoint advances over a contiguous prefix of these.
+    pub seq: u64,
+    pub path: &'static str,
+    pub body: Option<Arc<Vec<u8>>>,
+    pub calls: u32,
+    /// End offset of each call inside `body` (calls are separated by one comma), so a
+    /// refused request can be split without re-parsing it.
+    pub call_ends: Vec<u32>,
+    /// The row each call came from, in the same order.
+    pub origins: Vec<CallOrigin>,
+    /// Where to resume once this and every earlier request is acknowledged.
+    pub resume: Position,
+    /// Reject lines of rows before `resume` not yet written. The collector writes them
+    /// when this request joins the acknowledged prefix, so the rejects file never runs
+    /// ahead of the checkpoint.
+    pub rejects: Vec<u8>,
+}
+
+/// What the packing stage counted.
+#[derive(Debug, Default)]
+pub struct PackTotals {
+    pub rows: u64,
+    pub rows_rejected: u64,
+    pub rejected_by_reason: BTreeMap<&'static str, u64>,
+    pub calls: u64,
+    /// Indexed by `CallKind as usize`: an array add per call, not a map search.
+    pub calls_by_type: [u64; CallKind::ALL.len()],
+    /// A chunk that could not be read: packing stopped before it.
+    pub failed: Option<String>,
+}
+
+/// Reject lines waiting for a request to carry them are flushed as a marker beyond this.
+const MAX_PENDING_REJECT_BYTES: usize = 1 << 20;
+/// Most request bodies open at once, one per distinct batch-level `context` /
+/// `integrations` value. Bounds memory (this many bodies of up to max-request bytes).
+pub const MAX_OPEN_BODIES: usize = 16;
+/// An open body whose first call is this many calls older than the newest is closed even
+/// though not full, so a rare context value cannot hold the checkpoint back for long.
+const MAX_OPEN_LAG_CALLS: u64 = 50_000;
+
+/// What the packer keeps of each call in an open body.
+#[derive(Debug, Clone, Copy)]
+struct CallTag {
+    origin: CallOrigin,
+    /// Where the call's row starts: a checkpoint may not pass it while the call is unsent.
+    at: Position,
+    /// The call's number in input order (for [`MAX_OPEN_LAG_CALLS`]).
+    n: u64,
+}
+
+/// Reject lines not yet handed to a request, each with the position of its row, so a
+/// request takes exactly the lines of rows before its resume position.
+#[derive(Default)]
+struct PendingRejects {
+    bytes: Vec<u8>,
+    /// (row position, end of its line in `bytes` + `base`), in row order.
+    rows: std::collections::VecDeque<(Position, usize)>,
+    /// Bytes already taken, so the ends above stay valid without rewriting them.
+    base: usize,
+}
+
+impl PendingRejects {
+    fn push(&mut self, at: Position, line: &[u8]) {
+        self.bytes.extend_from_slice(line);
+        self.rows.push_back((at, self.base + self.bytes.len()));
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Takes the lines of rows before `resume`.
+    fn take_before(&mut self, resume: Position) -> Vec<u8> {
+        let mut cut = self.base;
+        while let Some(&(at, end)) = self.rows.front() {
+            if at >= resume {
+                break;
+            }
+            cut = end;
+            self.rows.pop_front();
+        }
+        let n = cut - self.base;
+        self.base = cut;
+        if n == self.bytes.len() {
+            // The next lines go into a buffer of the same size: growing a fresh one by
+            // doubling (reject lines can be tens of kB) copied more than it wrote.
+            let cap = self.bytes.capacity();
+            return std::mem::replace(&mut self.bytes, Vec::with_capacity(cap));
+        }
+        let rest = self.bytes.split_off(n);
+        std::mem::replace(&mut self.bytes, rest)
+    }
+}
+
+/// Restores input order and packs calls into requests. Reject lines ride along with the
+/// first request whose resume position is past their row, so that the collector writes
+/// them in acknowledgement order and never ahead of the checkpoint.
+///
+/// Calls whose rows carry different batch-level context go to different bodies
+/// ([`KeyedPacker`]); alias calls, which the batch schema does not list, each become a
+/// request of their own to `/v1/alias`.
+///
+/// Checkpoint rule: a request's `resume` is the start of the oldest row that still has a
+/// call not yet handed out — the minimum over the open bodies' first calls and over the
+/// bodies closed in the same step but queued after it — or, when none is open, the row
+/// being packed (or the end of the input). Handed-out requests complete in `seq` order
+/// for the checkpoint, so once a request and all before it are acknowledged, every call
+/// before its `resume` has been delivered. The positions only grow: new bodies start at
+/// newer rows.
+pub fn pack(
+    mapped: Receiver<Mapped>,
+    free_mapped: Sender<Mapped>,
+    requests: Sender<Request>,
+    limits: Limits,
+    spares: Spares,
+) -> PackTotals {
+    let mut packer: KeyedPacker<CallTag> =
+        KeyedPacker::new(limits, MAX_OPEN_BODIES).recycling(spares);
+    let mut closed: Vec<Packed<CallTag>> = Vec::new();
+    let mut totals = PackTotals::default();
+    let mut pending: HashMap<u64, Mapped> = HashMap::new();
+    let mut next = 0u64;
+    let mut work_seq = 0u64;
+    let mut end = Position::default();
+    let mut rejects = PendingRejects::default();
+    // The current row's batch-level context bytes (the packer's key) and its row.
+    let mut key: Vec<u8> = Vec::new();
+    let mut key_row: Option<(u64, u32)> = None;
+    let mut call_no = 0u64;
+    let mut gone = false;
+    let mut send = |w: Request| {
+        if !gone && requests.send(w).is_err() {
+            gone = true;
+        }
+    };
+    let mut make = |path: &'static str,
+                    body: Option<Body>,
+                    origins: Vec<CallOrigin>,
+                    resume: Position,
+                    rejects: Vec<u8>| {
+        let (calls, call_ends, body) = match body {
+            Some(b) => (b.calls, b.call_ends, Some(Arc::new(b.bytes))),
+            None => (0, Vec::new(), None),
+        };
+        let w = Request {
+            seq: work_seq,
+            path,
+            calls,
+            call_ends,
+            body,
+            origins,
+            resume,
+            rejects,
+        };
+        work_seq += 1;
+        w
+    };
+    'chunks: for m in mapped {
+        pending.insert(m.seq, m);
+        while let Some(mut m) = pending.remove(&next) {
+            if let Some(e) = m.failed.take() {
+                // Nothing from here on is packed, so no checkpoint passes this chunk.
+                totals.failed = Some(e);
+                break 'chunks;
+            }
+            next += 1;
+            let input = m.end.input;
+            let mut off = 0usize;
+            let mut rej_off = 0usize;
+            for e in &m.emits {
+                let len = e.len as usize;
+                let at = m.row_position(e.row);
+                match e.kind {
+                    EmitKind::Context => {
+                        key.clear();
+                        key.extend_from_slice(&m.calls[off..off + len]);
+                        off += len;
+                        key_row = Some((m.seq, e.row));
+                    }
+                    EmitKind::Call(kind) => {
+                        let bytes = &m.calls[off..off + len];
+                        off += len;
+                        if key_row != Some((m.seq, e.row)) {
+                            key.clear();
+                        }
+                        totals.calls_by_type[kind as usize] += 1;
+                        totals.calls += 1;
+                        call_no += 1;
+                        let origin = CallOrigin { input, row: at.row };
+                        let tag = CallTag {
+                            origin,
+                            at,
+                            n: call_no,
+                        };
+                        let result = if kind == CallKind::Alias {
+                            alias_body(bytes, &key, limits.max_call_bytes).map(|body| {
+                                // A request of its own; the checkpoint may not pass its
+                                // row (later calls of the row) nor any open body.
+                                let resume = packer.oldest_open().map_or(at, |t| t.at.min(at));
+                                let calls = vec![body.len() as u32];
+                                let b = Body {
+                                    bytes: body,
+                                    calls: 1,
+                                    call_ends: calls,
+                                };
+                                let w = make(
+                                    "/v1/alias",
+                                    Some(b),
+                                    vec![origin],
+                                    resume,
+                                    rejects.take_before(resume),
+                                );
+                                send(w);
+                            })
+                        } else {
+                            packer.push(&key, bytes, tag, &mut closed)
+                        };
+                        if let Err(too_large) = result {
+                            // The mapper refuses calls over the limit first; this is a
+                            // second line of defence (context bytes count here), never
+                            // a silent drop.
+                            let r = Reject {
+                                code: "call_too_large",
+                                detail: too_large.to_string(),
+                            };
+                            let mut line = Vec::new();
+                            write_call_reject(&mut line, m.input.as_deref(), at.row, bytes, &r);
+                            rejects.push(at, &line);
+                            totals.rows_rejected += 1;
+                            *totals
+                                .rejected_by_reason
+                                .entry("call_too_large")
+                                .or_default() += 1;
+                        }
+                        // A rare context value must not pin the checkpoint for long.
+                        while packer
+                            .oldest_open()
+                            .is_some_and(|t| t.n + MAX_OPEN_LAG_CALLS < call_no)
+                        {
+                            closed.extend(packer.finish_one());
+                        }
+                        for w in hand_out(&mut closed, &packer, at, &mut rejects, &mut make) {
+                            send(w);
+                        }
+                    }
+                    EmitKind::Reject(code) => {
+                        rejects.push(at, &m.rejects[rej_off..rej_off + len]);
+                        rej_off += len;
+                        totals.rows_rejected += 1;
+                        *totals.rejected_by_reason.entry(code).or_default() += 1;
+                        if rejects.len() > MAX_PENDING_REJECT_BYTES {
+                            // A marker may not move past calls still open: close the
+                            // bodies that hold rows up to this one first.
+                            while packer.oldest_open().is_some_and(|t| t.at <= at) {
+                                closed.extend(packer.finish_one());
+                            }
+                            let next_row = Position {
+                                row: at.row + 1,
+                                offset: m
+                                    .row_offsets
+                                    .get(e.row as usize + 1)
+                                    .copied()
+                                    .unwrap_or(m.end.offset),
+                                ..at
+                            };
+                            for w in
+                                hand_out(&mut closed, &packer, next_row, &mut rejects, &mut make)
+                            {
+                                send(w);
+                            }
+                            let resume = packer.oldest_open().map_or(next_row, |t| t.at);
+                            let w = make(
+                                "/v1/batch",
+                                None,
+                                Vec::new(),
+                                resume,
+                                rejects.take_before(resume),
+                            );
+                            send(w);
+                        }
+                    }
+                }
+            }
+            totals.rows += m.rows as u64;
+            end = m.end;
+            let _ = free_mapped.send(m);
+        }
+    }
+    while let Some(p) = packer.finish_one() {
+        closed.push(p);
+    }
+    let mut last = hand_out(&mut closed, &packer, end, &mut rejects, &mut make);
+    match last.last_mut() {
+        Some(w) => {
+            w.resume = end;
+            w.rejects.extend_from_slice(&rejects.take_before(Position {
+                input: u32::MAX,
+                ..end
+            }));
+        }
+        None => last.push(make(
+            "/v1/batch",
+            None,
+            Vec::new(),
+            end,
+            rejects.take_before(Position {
+                input: u32::MAX,
+                ..end
+            }),
+        )),
+    }
+    for w in last {
+        send(w);
+    }
+    totals
+}
+
+/// Turns closed bodies into requests, oldest first. Each one's resume is the minimum of
+/// the oldest open call and the first calls of the bodies queued after it in this step
+/// (`fallback` when none), and it carries the reject lines of rows before that.
+fn hand_out(
+    closed: &mut Vec<Packed<CallTag>>,
+    packer: &KeyedPacker<CallTag>,
+    fallback: Position,
+    rejects: &mut PendingRejects,
+    make: &mut impl FnMut(
+        &'static str,
+        Option<crate::pack::Body>,
+        Vec<CallOrigin>,
+        Position,
+        Vec<u8>,
+    ) -> Request,
+) -> Vec<Request> {
+    if closed.is_empty() {
+        return Vec::new();
+    }
+    let open_min = packer.oldest_open().map_or(fallback, |t| t.at);
+    let resumes = resume_points(closed, open_min, |t| t.at);
+    closed
+        .drain(..)
+        .zip(resumes)
+        .map(|(p, resume)| {
+            let origins = p.tags.iter().map(|t| t.origin).collect();
+            make(
+                "/v1/batch",
+                Some(p.body),
+                origins,
+                resume,
+                rejects.take_before(resume),
+            )
+        })
+        .collect()
+}
+
+/// The body of an alias request: the call itself, with the row's batch-level context
+/// (if any) as its own top-level keys, since an alias is not sent in a batch.
+pub fn alias_body(call: &[u8], key: &[u8], max_call: usize) -> Result<Vec<u8>, TooLarge> {
+    let mut body = Vec::with_capacity(call.len() + key.len());
+    if key.is_empty() || call.len() < 2 {
+        body.extend_from_slice(call);
+    } else {
+        // `{` + `"context":..` (the key without its leading comma) + `,` + the rest.
+        body.push(b'{');
+        body.extend_from_slice(&key[1..]);
+        body.push(b',');
+        body.extend_from_slice(&call[1..]);
+    }
+    if body.len() > max_call {
+        return Err(TooLarge {
+            len: body.len(),
+            limit: max_call,
+        });
+    }
+    Ok(body)
+}

@@ -1,0 +1,92 @@
+//! The reading stage: every input, in order, into chunks of rows.
+//!
+//! The door: [`Reading`] says what to read and from where; [`Reading::run`] fills
+//! chunks (recycled: empty ones come back through `free`) and hands each one on, in
+//! order, numbered from 0. It is the one serial stage of a run, so it does as little as
+//! it can: with enough mapper threads a CSV block is only scanned for whole records here
+//! and parsed by the mappers ([`Opened::fill_deferred`]).
+
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+
+use super::{open, open_at, Chunk, InputInfo, Opened, Position, SourceError, SourceOptions};
+
+/// What to read.
+pub struct Reading<'a> {
+    pub inputs: &'a [Arc<InputInfo>],
+    pub opts: &'a SourceOptions,
+    /// Where to start: the first input read and its first row.
+    pub start: Position,
+    /// Rows a chunk holds at most.
+    pub chunk_rows: usize,
+    /// Chunks this stage may create; past that it waits for one to come back.
+    pub pool: usize,
+    /// Leave CSV parsing to [`Chunk::materialize`] on the mapper threads.
+    pub defer_parsing: bool,
+}
+
+impl Reading<'_> {
+    /// Reads every input from `start` on. `hand(seq, chunk)` takes each filled chunk
+    /// (false: stop, the run is shutting down); `done(input, rows)` learns each input's
+    /// row count once it is read to the end. Stops early, without error, once `halted()`.
+    pub fn run(
+        &self,
+        free: &Receiver<Chunk>,
+        halted: impl Fn() -> bool,
+        mut hand: impl FnMut(u64, Chunk) -> bool,
+        mut done: impl FnMut(u32, u64),
+    ) -> Result<(), SourceError> {
+        let (start, opts) = (self.start, self.opts);
+        let mut seq = 0;
+        let mut created = 0;
+        let mut spare: Option<Chunk> = None;
+        for info in self.inputs.iter().skip(start.input as usize) {
+            let mut src: Opened = if info.index == start.input {
+                open_at(info, opts, start)?
+            } else {
+                open(info, opts)?
+            };
+            let mut rows = if info.index == start.input {
+                start.row
+            } else {
+                0
+            };
+            loop {
+                if halted() {
+                    return Ok(());
+                }
+                let mut chunk = match spare.take().or_else(|| free.try_recv().ok()) {
+                    Some(c) => c,
+                    None if created < self.pool => {
+                        created += 1;
+                        src.new_chunk(info)
+                    }
+                    None => match free.recv() {
+                        Ok(c) => c,
+                        Err(_) => return Ok(()),
+                    },
+                };
+                if std::mem::discriminant(&chunk) != std::mem::discriminant(&src.new_chunk(info)) {
+                    chunk = src.new_chunk(info);
+                }
+                if self.defer_parsing {
+                    src.fill_deferred(&mut chunk, self.chunk_rows)?;
+                } else {
+                    src.fill(&mut chunk, self.chunk_rows)?;
+                }
+                if chunk.is_empty() {
+                    spare = Some(chunk);
+                    break;
+                }
+                rows = chunk.first_row() + chunk.len() as u64;
+                if !hand(seq, chunk) {
+                    return Ok(());
+                }
+                seq += 1;
+            }
+            done(info.index, rows);
+        }
+        Ok(())
+    }
+}
