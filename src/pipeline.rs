@@ -173,6 +173,7 @@ pub fn run(
         attempts.clone(),
     );
     let delivery = Delivery {
+        flow: Arc::new(send::Flow::new(send::Limit::Fixed(concurrency))),
         transport,
         gate: Arc::new(match cfg.dry_run {
             true => Gate::new(None, None),

@@ -18,6 +18,10 @@ use crate::config::ApiKey;
 pub trait Transport: Send + Sync {
     /// `gzipped`: `body` is already gzip-compressed; say so in `Content-Encoding`.
     fn post(&self, path: &str, body: &Arc<Vec<u8>>, gzipped: bool) -> Attempt;
+
+    /// The URL a post to `path` goes to, for messages (it never holds the key, which
+    /// travels in a header).
+    fn url(&self, path: &str) -> String;
 }
 
 /// The HTTP client could not be started.
@@ -71,6 +75,10 @@ impl HttpTransport {
 }
 
 impl Transport for HttpTransport {
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
     fn post(&self, path: &str, body: &Arc<Vec<u8>>, gzipped: bool) -> Attempt {
         let mut req = Request::post(format!("{}{}", self.base, path));
         if gzipped {
@@ -216,6 +224,10 @@ impl DryRunTransport {
 }
 
 impl Transport for DryRunTransport {
+    fn url(&self, path: &str) -> String {
+        format!("(dry run){path}")
+    }
+
     fn post(&self, _path: &str, body: &Arc<Vec<u8>>, _gzipped: bool) -> Attempt {
         if let Some((path, o)) = &self.out {
             let mut w = o.lock().unwrap_or_else(|p| p.into_inner());
