@@ -491,7 +491,7 @@ fn timestamps_in_every_form_become_utc_milliseconds() {
     );
     let mapping = d.write(
         "ts.toml",
-        &ts_mapping(
+        ts_mapping(
             &[
                 ("iso", ""),
                 ("naive", ", timezone = \"America/New_York\""),
@@ -563,7 +563,7 @@ fn unparseable_pre_1970_and_far_future_timestamps_are_rejected_with_the_value() 
     );
     let mapping = d.write(
         "bad.toml",
-        &ts_mapping(&[("t", "")], "max_future_hours = 24"),
+        ts_mapping(&[("t", "")], "max_future_hours = 24"),
     );
     let (out, bodies) = dry_run(&d, &input, &mapping, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
@@ -586,7 +586,7 @@ fn unparseable_pre_1970_and_far_future_timestamps_are_rejected_with_the_value() 
     // The margin is configurable: a large one lets 2999 through.
     let mapping = d.write(
         "far.toml",
-        &ts_mapping(&[("t", "")], "max_future_hours = 10000000"),
+        ts_mapping(&[("t", "")], "max_future_hours = 10000000"),
     );
     let (_, bodies) = dry_run(&d, &input, &mapping, &[]);
     let ts: Vec<String> = timestamps(&bodies).into_iter().map(|(_, t)| t).collect();
@@ -767,7 +767,7 @@ fn message_ids_are_deterministic_unless_mapped_from_a_column() {
         "namespace = \"crm\"\n[[call]]\ntype = \"identify\"\nuser_id = \"u\"\nmessage_id = \"mid\"\n[[call]]\ntype = \"identify\"\nuser_id = \"u\"\n",
     );
     let ids = |d: &Workdir| -> Vec<String> {
-        let (out, bodies) = dry_run(&d, &input, &mapping, &[]);
+        let (out, bodies) = dry_run(d, &input, &mapping, &[]);
         assert!(out.status.success(), "{}", stderr(&out));
         calls_of(&bodies)
             .iter()
@@ -784,7 +784,7 @@ fn message_ids_are_deterministic_unless_mapped_from_a_column() {
     // The namespace is part of the id.
     let other = d.write(
         "m2.toml",
-        &std::fs::read_to_string(&mapping)
+        std::fs::read_to_string(&mapping)
             .unwrap()
             .replace("crm", "crm2"),
     );
