@@ -197,9 +197,10 @@ pub struct RunArgs {
     /// Requests per second at most.
     #[arg(long, default_value_t = config::DEFAULT_RATE_PER_SEC, value_name = "N", value_parser = per_second)]
     pub rate: u32,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = config::DEFAULT_CONCURRENCY, value_name = "N")]
-    pub concurrency: usize,
+    /// Requests in flight at once: auto (as many as --rate needs at the measured round
+    /// trip, cut back on 429s and errors) or a number from 1 to 256 that pins it.
+    #[arg(long, default_value = "auto", value_name = "auto|N", value_parser = concurrency)]
+    pub concurrency: config::ConcurrencySetting,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = config::DEFAULT_MAX_REQUEST_BYTES, value_name = "BYTES")]
     pub max_request_bytes: usize,
@@ -362,6 +363,22 @@ pub struct GenerateArgs {
 
 /// `--rate` and `--events-rate`: a whole number per second (zero is refused later, with
 /// its own message).
+fn concurrency(s: &str) -> Result<config::ConcurrencySetting, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(config::ConcurrencySetting::Auto);
+    }
+    match s.parse::<usize>() {
+        Ok(n) if (1..=config::MAX_CONCURRENCY).contains(&n) => {
+            Ok(config::ConcurrencySetting::Fixed(n))
+        }
+        _ => Err(format!(
+            "expected auto or a number from 1 to {}",
+            config::MAX_CONCURRENCY
+        )),
+    }
+}
+
 fn per_second(s: &str) -> Result<u32, String> {
     s.trim()
         .parse::<u32>()
@@ -511,9 +528,6 @@ impl RunArgs {
             return Err(UsageError(
                 "--rate must be at least 1 request per second".into(),
             ));
-        }
-        if self.concurrency == 0 || self.concurrency > 256 {
-            return Err(UsageError("--concurrency must be between 1 and 256".into()));
         }
         if self.chunk_rows == 0 {
             return Err(UsageError("--chunk-rows must be at least 1".into()));

@@ -30,6 +30,7 @@
 //! exits from `main`. `validate` runs the same reader, mappers and packer (`Front`) and
 //! counts the requests instead of sending them.
 
+use std::collections::HashSet;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,12 +43,14 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use crate::checkpoint::collect::{CollectOutcome, Collector};
 use crate::checkpoint::durable::Durable;
 use crate::checkpoint::{self, rejects, window::Window, WriteError};
-use crate::config::{Endpoint, Limits, RunConfig};
+use crate::config::{
+    ConcurrencySetting, Endpoint, Limits, RunConfig, DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
+};
 use crate::error::RunError;
 use crate::map::compile::{compile, CompiledMapping};
 use crate::map::encode::{map_chunk, EncodeOptions, Mapped};
 use crate::map::spec::MappingSpec;
-use crate::pack::{stage, PackTotals, Packer, Request, Spares};
+use crate::pack::{stage, AliasAt, PackTotals, Packer, Request, Spares};
 use crate::progress::Progress;
 use crate::send::transport::{DryRunTransport, HttpTransport, Transport};
 use crate::send::{self, Ack, Attempts, Delivery, Gate, RetryPolicy};
@@ -61,6 +64,9 @@ use crate::summary::{Outcome, Summary};
 /// a body of up to the request limit (at `--concurrency 128` queues of 2x and 1x the
 /// concurrency held 384 bodies, about 190 MB).
 pub const QUEUE_AHEAD: usize = 16;
+
+/// Bytes of spent request bodies kept for reuse at most (beyond those of the queues).
+const SPARE_BYTES: usize = 32 << 20;
 
 /// What a run is given besides its configuration: ways to reach it while it runs.
 #[derive(Debug, Clone, Default)]
@@ -95,11 +101,18 @@ pub fn run(
     let mappers = Arc::new(mapper_pool().map_err(RunError::Threads)?);
     let rejects_file = rejects::open(&cfg.rejects_path, rejects_len0)?;
     let (transport, dry, local) = transport(cfg)?;
-    let concurrency = if cfg.dry_run {
-        1
-    } else {
-        cfg.concurrency.max(1)
+    let limit = match (cfg.dry_run, cfg.concurrency) {
+        (true, _) => send::Limit::Fixed(1),
+        (false, ConcurrencySetting::Fixed(n)) => send::Limit::Fixed(n),
+        (false, ConcurrencySetting::Auto) => send::Limit::Auto(send::adapt::Bounds {
+            min: 1,
+            max: MAX_CONCURRENCY,
+            initial: DEFAULT_CONCURRENCY,
+        }),
     };
+    // One sender thread per request that may ever be on the wire; an idle one waits for
+    // a permit and holds no body.
+    let concurrency = limit.max();
     let attempts = Arc::new(Attempts::default());
     progress.begin(
         &plan.inputs,
@@ -108,8 +121,9 @@ pub fn run(
         concurrency,
         attempts.clone(),
     );
+    let flow = Arc::new(send::Flow::new(limit));
     let delivery = Delivery {
-        flow: Arc::new(send::Flow::new(send::Limit::Fixed(concurrency))),
+        flow: flow.clone(),
         transport,
         gate: Arc::new(match cfg.dry_run {
             true => Gate::new(None, None),
@@ -134,9 +148,12 @@ pub fn run(
         None => vec![0; plan.inputs.len()],
     }));
     // Bodies come back from the collector: at most the two queues, the senders' own and
-    // the acknowledgements not yet folded can be in flight at once.
+    // the acknowledgements not yet folded can be in flight at once. The spares kept for
+    // reuse are capped in bytes, so 256 senders do not mean 256 idle bodies held.
     let spares = Spares::new(
-        2 * concurrency + 2 * QUEUE_AHEAD + 4,
+        (2 * concurrency + 2 * QUEUE_AHEAD + 4)
+            .min(SPARE_BYTES / cfg.limits.max_request_bytes.max(1))
+            .max(2 * QUEUE_AHEAD),
         cfg.limits.max_request_bytes,
     );
     let (front, packed) = Front::start(
@@ -150,10 +167,15 @@ pub fn run(
         progress,
         spares.clone(),
         (concurrency * 2).min(QUEUE_AHEAD),
+        // Aliases an earlier run delivered past its checkpoint: not sent again.
+        durable
+            .as_ref()
+            .map(|d| d.base.aliases_beyond.iter().copied().collect())
+            .unwrap_or_default(),
         Box::new(|_| {}),
     );
     // Requests sent but not yet covered by a durable checkpoint: what a crash can replay.
-    let window = Arc::new(Window::new(2 * concurrency));
+    let window = Arc::new(Window::following(flow.clone()));
     let (gated_tx, gated) = bounded::<Request>(concurrency.min(QUEUE_AHEAD));
     let (win, checkpointing, p) = (window.clone(), durable.is_some(), progress.clone());
     let (stop, halted) = (delivery.stop.clone(), halt_reading.clone());
@@ -221,6 +243,7 @@ pub fn run(
             complete,
             drained,
             &rows,
+            &outcome.aliases(),
         )?;
     }
     summary.fill(&totals, &outcome, base, &attempts.counts());
@@ -372,7 +395,7 @@ fn transport(
         cfg.strict,
         cfg.connect_timeout,
         cfg.request_timeout,
-        cfg.concurrency,
+        cfg.concurrency.max(),
     )?;
     Ok((Arc::new(http), None, local))
 }
@@ -437,6 +460,7 @@ impl Front {
         progress: &Arc<Progress>,
         spares: Spares,
         queue: usize,
+        delivered: HashSet<AliasAt>,
         mut tap: Box<dyn FnMut(&Mapped) + Send>,
     ) -> (Front, Receiver<Request>) {
         // Chunks (and mapped buffers) in flight. Four per mapper thread keep a thread that
@@ -502,6 +526,7 @@ impl Front {
                 requests_tx,
                 limits,
                 spares,
+                &delivered,
                 &mut *tap,
             )
         });

@@ -10,6 +10,7 @@
 //!
 //! The door: [`Ack`]s in, a [`CollectOutcome`] out; what it counts the summary takes.
 
+use std::collections::BTreeSet;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +24,7 @@ use super::durable::Durable;
 use super::rejects::RejectsFile;
 use super::window::Window;
 use super::{Counters, WriteError};
-use crate::pack::Spares;
+use crate::pack::{AliasAt, Spares};
 use crate::send::{Ack, AckResult};
 use crate::source::Position;
 
@@ -62,6 +63,17 @@ pub struct CollectOutcome {
     /// Requests still hung when the drain timeout ended: the senders are stuck in them,
     /// so the run reports and returns without them.
     pub abandoned: bool,
+    /// Alias calls delivered and counted at or past the watermark (an earlier run's
+    /// too, until the watermark passes them): the checkpoint lists them so that a
+    /// resume, which reads their rows again, does not send them again.
+    pub aliases_beyond: BTreeSet<AliasAt>,
+}
+
+impl CollectOutcome {
+    /// [`CollectOutcome::aliases_beyond`] as the checkpoint stores it.
+    pub fn aliases(&self) -> Vec<AliasAt> {
+        self.aliases_beyond.iter().copied().collect()
+    }
 }
 
 impl CollectOutcome {
@@ -150,6 +162,10 @@ impl Collector<'_> {
             all_acknowledged: true,
             ..Default::default()
         };
+        if let Some(d) = self.durable {
+            // Still past the watermark until it moves beyond them.
+            o.aliases_beyond = d.base.aliases_beyond.iter().copied().collect();
+        }
         let mut in_order: InOrder<Ack> = InOrder::default();
         // Permits of requests folded into the watermark but not yet durable.
         let mut unreleased = 0usize;
@@ -231,6 +247,7 @@ impl Collector<'_> {
                             &o.counters,
                             false,
                             &rows,
+                            &o.aliases(),
                         );
                     }
                 } else {
@@ -254,6 +271,7 @@ impl Collector<'_> {
                             &o.counters,
                             false,
                             &rows,
+                            &o.aliases(),
                         )
                     }) {
                         // Without a checkpoint, going on would risk unbounded replays.
@@ -346,7 +364,23 @@ impl Collector<'_> {
             o.counters.calls_delivered += ack.delivered_calls as u64;
             o.counters.requests += ack.accepted_requests as u64;
         }
-        o.watermark = Some(ack.request.resume);
+        let at = ack.request.resume;
+        o.watermark = Some(at);
+        if let (true, Some(alias)) = (delivered, ack.request.alias) {
+            o.aliases_beyond.insert(alias);
+        }
+        // Those of rows before the watermark are behind the checkpoint now.
+        if o.aliases_beyond
+            .first()
+            .is_some_and(|a| !a.is_at_or_after(at))
+        {
+            let from = AliasAt {
+                input: at.input,
+                row: at.row,
+                nth: 0,
+            };
+            o.aliases_beyond = o.aliases_beyond.split_off(&from);
+        }
     }
 
     fn rejects_error(&self, source: std::io::Error) -> WriteError {

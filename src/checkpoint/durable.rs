@@ -17,6 +17,7 @@ use super::{
     VERSION,
 };
 use crate::config::{Endpoint, RunConfig};
+use crate::pack::AliasAt;
 use crate::source::{self, FileId, InputInfo, Position, SourceOptions, STDIN_ARG};
 
 /// The checkpoint of this run: where it lives and what every write of it repeats.
@@ -106,6 +107,7 @@ impl Durable {
             rejects_len: 0,
             input_rows: vec![0; inputs.len()],
             counters: Default::default(),
+            aliases_beyond: Vec::new(),
         };
         // Written before anything is sent, so a crash at any point leaves a checkpoint.
         let d = Durable {
@@ -120,6 +122,7 @@ impl Durable {
             &Default::default(),
             false,
             &d.base.input_rows,
+            &[],
         )
         .map_err(CheckpointError::First)?;
         Ok(Some(d))
@@ -142,7 +145,8 @@ impl Durable {
     }
 
     /// Writes a checkpoint taken while the run goes on: requests past `resume` may be on
-    /// their way (not drained). `run`: this run's counters, added to the base's.
+    /// their way (not drained). `run`: this run's counters, added to the base's;
+    /// `aliases`: the alias calls delivered and counted at or past `resume`.
     pub fn store(
         &self,
         resume: Position,
@@ -150,12 +154,23 @@ impl Durable {
         run: &Counters,
         complete: bool,
         input_rows: &[u64],
+        aliases: &[AliasAt],
     ) -> Result<(), WriteError> {
-        self.store_as(resume, rejects_len, run, complete, false, input_rows)
+        self.store_as(
+            resume,
+            rejects_len,
+            run,
+            complete,
+            false,
+            input_rows,
+            aliases,
+        )
     }
 
     /// [`Durable::store`], saying whether the run `drained`: it ended with every request
-    /// it handed out acknowledged and counted, so nothing past `resume` was sent.
+    /// it handed out acknowledged and counted, so nothing past `resume` was sent but
+    /// `aliases`.
+    #[allow(clippy::too_many_arguments)] // each is one field of the file
     pub fn store_as(
         &self,
         resume: Position,
@@ -164,6 +179,7 @@ impl Durable {
         complete: bool,
         drained: bool,
         input_rows: &[u64],
+        aliases: &[AliasAt],
     ) -> Result<(), WriteError> {
         let mut cp = self.base.clone();
         cp.written_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -172,6 +188,7 @@ impl Durable {
         cp.complete = complete;
         cp.drained = drained;
         cp.input_rows = input_rows.to_vec();
+        cp.aliases_beyond = aliases.to_vec();
         let before: u64 = input_rows.iter().take(resume.input as usize).sum();
         cp.counters = Counters {
             rows_done: before + resume.row,

@@ -168,6 +168,11 @@ impl Concurrency {
         (self.limit.floor() as usize).clamp(self.bounds.min, self.bounds.max)
     }
 
+    /// The most it may ever allow.
+    pub fn max(&self) -> usize {
+        self.bounds.max
+    }
+
     /// The recent round trip, once one was measured.
     pub fn rtt(&self) -> Option<Duration> {
         self.rtt.0.map(Duration::from_secs_f64)

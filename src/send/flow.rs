@@ -145,6 +145,12 @@ impl Flow {
         }
     }
 
+    /// The most requests ever allowed on the wire at once.
+    pub fn bound(&self) -> usize {
+        let s = self.lock();
+        s.adaptive.as_ref().map_or(s.fixed, Concurrency::max)
+    }
+
     /// The recent round trip, if measured (adaptive only).
     pub fn rtt(&self) -> Option<Duration> {
         self.lock().adaptive.as_ref().and_then(Concurrency::rtt)
