@@ -45,6 +45,10 @@ pub struct Cli {
     /// More log lines on stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
     #[arg(long, short, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// How log lines look: text (`[info cdp_backfill::send] ...`) or json (one object a
+    /// line: ts, level, target, message), for log shippers.
+    #[arg(long, global = true, default_value = "text", value_name = "text|json", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 // Parsed once per process: the size of the largest variant costs nothing.
@@ -201,6 +205,10 @@ pub struct RunArgs {
     /// trip, cut back on 429s and errors) or a number from 1 to 256 that pins it.
     #[arg(long, default_value = "auto", value_name = "auto|N", value_parser = concurrency)]
     pub concurrency: config::ConcurrencySetting,
+    /// HTTP version: auto (HTTP/2 where the server offers it over TLS, else 1.1), 1.1,
+    /// or 2 (over plain http:// with prior knowledge).
+    #[arg(long, default_value = "auto", value_name = "auto|1.1|2", value_parser = http_version)]
+    pub http_version: config::HttpVersion,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = config::DEFAULT_MAX_REQUEST_BYTES, value_name = "BYTES")]
     pub max_request_bytes: usize,
@@ -363,6 +371,15 @@ pub struct GenerateArgs {
 
 /// `--rate` and `--events-rate`: a whole number per second (zero is refused later, with
 /// its own message).
+fn http_version(s: &str) -> Result<config::HttpVersion, String> {
+    match s.trim() {
+        "auto" => Ok(config::HttpVersion::Auto),
+        "1.1" | "1" => Ok(config::HttpVersion::Http11),
+        "2" | "2.0" => Ok(config::HttpVersion::Http2),
+        _ => Err("expected auto, 1.1 or 2".to_string()),
+    }
+}
+
 fn concurrency(s: &str) -> Result<config::ConcurrencySetting, String> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("auto") {
@@ -597,6 +614,7 @@ impl RunArgs {
             api_key,
             rate_per_sec: self.rate,
             concurrency: self.concurrency,
+            http_version: self.http_version,
             limits,
             rejects_path: self.rejects,
             dry_run: self.dry_run,
@@ -740,7 +758,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
-    crate::progress::init_logger(cli.verbose);
+    crate::progress::init_logger(cli.verbose, cli.log_format == "json");
     let usage = |UsageError(m)| fail(EXIT_USAGE, &m);
     match cli.command {
         Command::Run(args) => args.into_plan().map_or_else(usage, run),

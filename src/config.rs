@@ -177,6 +177,29 @@ impl fmt::Display for ConcurrencySetting {
     }
 }
 
+/// Which HTTP version requests use (`--http-version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpVersion {
+    /// HTTP/2 where the server offers it in the TLS handshake (ALPN), else HTTP/1.1;
+    /// HTTP/1.1 over plain `http://`.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http11,
+    /// HTTP/2 only: over plain `http://` with prior knowledge (h2c), as to `serve`.
+    Http2,
+}
+
+impl fmt::Display for HttpVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HttpVersion::Auto => "auto",
+            HttpVersion::Http11 => "1.1",
+            HttpVersion::Http2 => "2",
+        })
+    }
+}
+
 /// Everything `run` needs, validated.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -186,6 +209,7 @@ pub struct RunConfig {
     pub api_key: Option<ApiKey>,
     pub rate_per_sec: u32,
     pub concurrency: ConcurrencySetting,
+    pub http_version: HttpVersion,
     pub limits: Limits,
     pub rejects_path: PathBuf,
     pub dry_run: bool,

@@ -51,7 +51,7 @@ use crate::map::compile::{compile, CompiledMapping};
 use crate::map::encode::{map_chunk, EncodeOptions, Mapped};
 use crate::map::spec::MappingSpec;
 use crate::pack::{stage, AliasAt, PackTotals, Packer, Request, Spares};
-use crate::progress::Progress;
+use crate::progress::{Progress, Senders};
 use crate::send::transport::{DryRunTransport, HttpTransport, Transport};
 use crate::send::{self, Ack, Attempts, Delivery, Gate, RetryPolicy};
 use crate::serve::{ServeConfig, Server};
@@ -114,21 +114,26 @@ pub fn run(
     // a permit and holds no body.
     let concurrency = limit.max();
     let attempts = Arc::new(Attempts::default());
+
+    let flow = Arc::new(send::Flow::new(limit));
+    let gate = Arc::new(match cfg.dry_run {
+        true => Gate::new(None, None),
+        false => Gate::new(Some(cfg.rate_per_sec), cfg.events_rate_per_sec),
+    });
     progress.begin(
         &plan.inputs,
         start,
         cfg.limits,
-        concurrency,
-        attempts.clone(),
+        Senders {
+            attempts: attempts.clone(),
+            flow: (!cfg.dry_run).then(|| flow.clone()),
+            gate: (!cfg.dry_run).then(|| gate.clone()),
+        },
     );
-    let flow = Arc::new(send::Flow::new(limit));
     let delivery = Delivery {
         flow: flow.clone(),
         transport,
-        gate: Arc::new(match cfg.dry_run {
-            true => Gate::new(None, None),
-            false => Gate::new(Some(cfg.rate_per_sec), cfg.events_rate_per_sec),
-        }),
+        gate,
         policy: RetryPolicy {
             max_retries: cfg.max_retries,
             base: cfg.backoff_base,
@@ -247,6 +252,10 @@ pub fn run(
         )?;
     }
     summary.fill(&totals, &outcome, base, &attempts.counts());
+    if !cfg.dry_run {
+        summary.paused_by_429_secs = delivery.gate.paused_total().as_secs_f64();
+        summary.concurrency_peak = delivery.flow.peak() as u64;
+    }
     if let (Some(d), Some(p)) = (&dry, &cfg.output) {
         d.flush().map_err(|source| WriteError {
             what: "--output",
@@ -396,6 +405,7 @@ fn transport(
         cfg.connect_timeout,
         cfg.request_timeout,
         cfg.concurrency.max(),
+        cfg.http_version,
     )?;
     Ok((Arc::new(http), None, local))
 }

@@ -50,6 +50,8 @@ pub struct FlowNow {
 
 struct State {
     in_flight: usize,
+    /// The highest limit so far.
+    peak: usize,
     adaptive: Option<Concurrency>,
     fixed: usize,
 }
@@ -82,6 +84,7 @@ impl Flow {
         Flow {
             state: Mutex::new(State {
                 in_flight: 0,
+                peak: 0,
                 adaptive,
                 fixed,
             }),
@@ -138,11 +141,19 @@ impl Flow {
         if let Some(c) = s.adaptive.as_mut() {
             c.on_answer(now, signal, rate);
         }
-        let grew = s.limit() > before;
+        let now_limit = s.limit();
+        s.peak = s.peak.max(now_limit);
+        let grew = now_limit > before;
         drop(s);
         if grew {
             self.freed.notify_all();
         }
+    }
+
+    /// The highest limit so far (the limit itself before any answer).
+    pub fn peak(&self) -> usize {
+        let s = self.lock();
+        s.peak.max(s.limit())
     }
 
     /// The most requests ever allowed on the wire at once.

@@ -12,7 +12,7 @@ use isahc::config::{Configurable, ExpectContinue, VersionNegotiation};
 use isahc::{AsyncBody, HttpClient, Request};
 
 use super::retry::{parse_retry_after, Attempt};
-use crate::config::ApiKey;
+use crate::config::{ApiKey, HttpVersion};
 
 /// Sends one request body to a path such as `/v1/batch`.
 pub trait Transport: Send + Sync {
@@ -31,7 +31,8 @@ pub struct ClientError(#[source] isahc::Error);
 
 /// HTTPS (or loopback HTTP) to a Segment-compatible API, through one client shared by
 /// every worker: connections are kept alive and reused (up to `max_connections` to the
-/// host), and HTTP/2 is used where the server offers it (ALPN), HTTP/1.1 otherwise.
+/// host), and HTTP/2 is used where the server offers it (ALPN), HTTP/1.1 otherwise
+/// (or as `--http-version` says: 2 speaks HTTP/2 to a plain `http://` receiver too).
 pub struct HttpTransport {
     client: HttpClient,
     base: String,
@@ -45,7 +46,13 @@ impl HttpTransport {
         connect_timeout: Duration,
         request_timeout: Duration,
         max_connections: usize,
+        version: HttpVersion,
     ) -> Result<Self, ClientError> {
+        let negotiation = match version {
+            HttpVersion::Auto => VersionNegotiation::latest_compatible(),
+            HttpVersion::Http11 => VersionNegotiation::http11(),
+            HttpVersion::Http2 => VersionNegotiation::http2(),
+        };
         let mut b = HttpClient::builder()
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)
@@ -53,7 +60,7 @@ impl HttpTransport {
             .tcp_keepalive(Duration::from_secs(30))
             // curl would otherwise wait for `100 Continue` before large bodies.
             .expect_continue(ExpectContinue::disabled())
-            .version_negotiation(VersionNegotiation::latest_compatible())
+            .version_negotiation(negotiation)
             .max_connections_per_host(max_connections.max(1))
             .default_header("Content-Type", "application/json")
             .default_header(

@@ -56,6 +56,10 @@ pub struct Stats {
     pub largest_call_bytes: u64,
     /// The most POSTs that arrived within any one second, including refused ones.
     pub max_requests_in_any_1s: u64,
+    /// The most POSTs being handled at once (from arrival to answer, the injected
+    /// latency included): the client's concurrency as the server saw it.
+    #[serde(default)]
+    pub max_in_flight: u64,
     pub injected: Injected,
 }
 
@@ -203,6 +207,8 @@ pub(crate) struct State {
     pub arrivals: Window,
     /// Admitted arrivals in the last second, for `max_rps`.
     pub admitted: Window,
+    /// POSTs arrived and not yet settled, for `max_in_flight`.
+    pub in_flight: u64,
 }
 
 /// Adds `n` under `key` without allocating once the key exists.
