@@ -115,6 +115,15 @@ pub fn run(
     let concurrency = limit.max();
     let attempts = Arc::new(Attempts::default());
 
+    // Bodies come back from the senders once their requests are done: at most the two
+    // queues and the requests on the wire hold one at once. The spares kept for reuse
+    // are capped in bytes, so 256 senders do not mean 256 idle bodies held.
+    let spares = Spares::new(
+        (2 * concurrency + 2 * QUEUE_AHEAD + 4)
+            .min(SPARE_BYTES / cfg.limits.max_request_bytes.max(1))
+            .max(2 * QUEUE_AHEAD),
+        cfg.limits.max_request_bytes,
+    );
     let flow = Arc::new(send::Flow::new(limit));
     let gate = Arc::new(match cfg.dry_run {
         true => Gate::new(None, None),
@@ -144,6 +153,7 @@ pub fn run(
         stop: Arc::new(AtomicBool::new(false)),
         inputs: plan.inputs.clone(),
         attempts: attempts.clone(),
+        spares: spares.clone(),
     };
 
     // --- the stages: reader, mappers and packer; the gate forwarder; the senders.
@@ -152,15 +162,6 @@ pub fn run(
         Some(d) => d.base.input_rows.clone(),
         None => vec![0; plan.inputs.len()],
     }));
-    // Bodies come back from the collector: at most the two queues, the senders' own and
-    // the acknowledgements not yet folded can be in flight at once. The spares kept for
-    // reuse are capped in bytes, so 256 senders do not mean 256 idle bodies held.
-    let spares = Spares::new(
-        (2 * concurrency + 2 * QUEUE_AHEAD + 4)
-            .min(SPARE_BYTES / cfg.limits.max_request_bytes.max(1))
-            .max(2 * QUEUE_AHEAD),
-        cfg.limits.max_request_bytes,
-    );
     let (front, packed) = Front::start(
         &plan,
         src,
@@ -211,7 +212,6 @@ pub fn run(
         stop: &delivery.stop,
         quiet: cfg.quiet,
         watch: &**progress,
-        spares,
     }
     .run(acks);
 

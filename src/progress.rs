@@ -471,7 +471,7 @@ impl Progress {
         for part in [&ack.request.rejects, &ack.server_rejects] {
             st.rejected += memchr::memchr_iter(b'\n', part).count() as u64;
         }
-        let Some(body) = &ack.request.body else {
+        let Some(body_len) = ack.body_len else {
             return;
         };
         st.acked_with_body += 1;
@@ -480,7 +480,7 @@ impl Progress {
         }
         st.requests += 1;
         st.calls_delivered += ack.delivered_calls as u64;
-        let fill = (body.len() as u64 * FILL_BUCKETS as u64 / max_req) as usize;
+        let fill = (body_len as u64 * FILL_BUCKETS as u64 / max_req) as usize;
         st.fill[fill.min(FILL_BUCKETS - 1)] += 1;
         // `call_ends[i]` is where call i ends; calls are separated by one comma, and a
         // batch body starts with `{"batch":[`, so the first call's start is unknown here:
@@ -495,7 +495,7 @@ impl Progress {
         if let (Some(&first), n) = (ack.request.call_ends.first(), ack.request.call_ends.len()) {
             // The first call: estimate from the body's prefix (`{"batch":[` is 10 bytes).
             let len = if n == 1 && ack.request.path != "/v1/batch" {
-                body.len() as u64
+                body_len as u64
             } else {
                 (first as u64).saturating_sub(10)
             };

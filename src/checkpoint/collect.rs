@@ -4,7 +4,7 @@
 //! the checkpoint: a request's reject lines are written once it and every request before
 //! it are acknowledged, then the checkpoint (after the rejects file is synced), so the
 //! two never disagree. It gives the durable window's permits back once a checkpoint on
-//! disk covers their requests, hands spent bodies back to the packer, and watches for an
+//! disk covers their requests, and watches for an
 //! interrupt: stop reading, drain, then stop (or, past the drain timeout, give up on the
 //! requests still hanging).
 //!
@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -24,7 +24,7 @@ use super::durable::Durable;
 use super::rejects::RejectsFile;
 use super::window::Window;
 use super::{Counters, WriteError};
-use crate::pack::{AliasAt, Spares};
+use crate::pack::AliasAt;
 use crate::send::{Ack, AckResult};
 use crate::source::Position;
 
@@ -142,8 +142,6 @@ pub struct Collector<'a> {
     pub quiet: bool,
     /// Told of every acknowledgement and every loop turn (the progress display).
     pub watch: &'a dyn Watch,
-    /// Where folded requests' bodies go back to the packer.
-    pub spares: Spares,
 }
 
 /// What watches the collector: told of each acknowledgement as it arrives, in any order,
@@ -191,7 +189,7 @@ impl Collector<'_> {
                     }
                     AckResult::Skipped => {
                         o.all_acknowledged = false;
-                        if ack.request.body.is_some() {
+                        if ack.body_len.is_some() {
                             self.window.release(1);
                         }
                     }
@@ -204,13 +202,8 @@ impl Collector<'_> {
                     in_order.pop(|a| matches!(a.result, AckResult::Delivered | AckResult::Marker))
                 {
                     self.fold(&ack, &mut o);
-                    if let Some(body) = ack.request.body {
+                    if ack.body_len.is_some() {
                         unreleased += 1;
-                        // The senders are done with it: unless a clone is still alive
-                        // somewhere, the packer can reuse the buffer.
-                        if let Ok(bytes) = Arc::try_unwrap(body) {
-                            self.spares.give(bytes);
-                        }
                     }
                     dirty = true;
                 }

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::map::encode::Reject;
-use crate::pack::{CallOrigin, Request};
+use crate::pack::{CallOrigin, Request, Spares};
 use crate::source::InputInfo;
 use adapt::Signal;
 pub use flow::{Flow, FlowNow, Limit};
@@ -64,6 +64,11 @@ pub struct Ack {
     /// request itself, or the pieces strict mode split it into.
     pub accepted_requests: u32,
     pub accepted_bytes: u64,
+    /// The length of the request's body, if it had one. The sender gives the body itself
+    /// back to the packer ([`Delivery::spares`]) once the request is done, so bodies
+    /// waiting in the acknowledgements (behind a slow request, or a collector short of
+    /// CPU) take no memory.
+    pub body_len: Option<usize>,
 }
 
 /// How requests are sent and retried.
@@ -173,6 +178,8 @@ pub struct Delivery {
     pub attempts: Arc<Attempts>,
     /// Permits for requests on the wire, and the adaptive concurrency behind them.
     pub flow: Arc<Flow>,
+    /// Where spent bodies go back to the packer.
+    pub spares: Spares,
 }
 
 /// One sender: runs until `rx` closes. It takes a permit ([`Flow`]) before it takes a
@@ -204,6 +211,15 @@ pub fn worker(rx: Receiver<Request>, acks: Sender<Ack>, d: &Delivery) {
         }
         if matches!(ack.result, AckResult::Failed(_)) {
             d.stop.store(true, Ordering::SeqCst);
+        }
+        let mut ack = ack;
+        if let Some(body) = ack.request.body.take() {
+            ack.body_len = Some(body.len());
+            // Nothing sends it again: unless a clone is still alive somewhere, the
+            // packer can reuse the buffer.
+            if let Ok(bytes) = Arc::try_unwrap(body) {
+                d.spares.give(bytes);
+            }
         }
         if acks.send(ack).is_err() {
             return;
@@ -371,6 +387,7 @@ fn deliver(request: Request, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> A
         server_rejects: Vec::new(),
         accepted_requests: 0,
         accepted_bytes: 0,
+        body_len: None,
     };
     let Some(body) = ack.request.body.clone() else {
         ack.result = AckResult::Marker;
