@@ -185,17 +185,45 @@ pub fn run(
     let (gated_tx, gated) = bounded::<Request>(concurrency.min(QUEUE_AHEAD));
     let (win, checkpointing, p) = (window.clone(), durable.is_some(), progress.clone());
     let (stop, halted) = (delivery.stop.clone(), halt_reading.clone());
+    let forwarding = Arc::new(AtomicBool::new(true));
+    let still = forwarding.clone();
     spawn("gate", move || {
         win.forward(packed, gated_tx, checkpointing, &stop, &halted, || {
             p.forwarded()
-        })
+        });
+        still.store(false, Ordering::SeqCst);
     })?;
     let (ack_tx, acks) = unbounded::<Ack>();
-    for _ in 0..concurrency {
-        let (rx, tx, d) = (gated.clone(), ack_tx.clone(), delivery.clone());
-        spawn("sender", move || send::worker(rx, tx, &d))?;
+    // As many senders as requests may be on the wire: with `--concurrency auto`, as many
+    // as the limit has reached, more started as it grows (256 idle senders from the
+    // start cost a loopback run a fifth more CPU in wake-ups and lock traffic).
+    let sender = move |rx: &Receiver<Request>, tx: &Sender<Ack>, d: &Delivery| {
+        let (rx, tx, d) = (rx.clone(), tx.clone(), d.clone());
+        spawn("sender", move || send::worker(rx, tx, &d))
+    };
+    let first = flow.peak().min(concurrency);
+    for _ in 0..first {
+        sender(&gated, &ack_tx, &delivery)?;
     }
-    drop((gated, ack_tx));
+    if first < concurrency {
+        let (f, d) = (flow.clone(), delivery.clone());
+        spawn("senders", move || {
+            let mut n = first;
+            // Until the gate forwarder is done: the senders started by then drain what
+            // it handed on.
+            while n < concurrency && forwarding.load(Ordering::Relaxed) {
+                while n < f.peak().min(concurrency) {
+                    if sender(&gated, &ack_tx, &d).is_err() {
+                        return;
+                    }
+                    n += 1;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })?;
+    } else {
+        drop((gated, ack_tx));
+    }
 
     // --- the collector, on this thread, until every sender is done.
     let outcome = Collector {

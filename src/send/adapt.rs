@@ -18,7 +18,9 @@
 //!   before a cut are the same congestion, not a new one), and by [`QUEUE_CUT`] when the
 //!   round trip grows well past its baseline (the server or the uplink is queuing: more
 //!   requests in flight would only wait longer, as Vector's adaptive request
-//!   concurrency and Netflix's gradient limiter observe);
+//!   concurrency and Netflix's gradient limiter observe), but never below what the rate
+//!   needs at the round trip measured (a round trip inflated by a busy CPU must not
+//!   starve a rate the server takes: 429s and errors say when it does not);
 //! - it stays within `min..=max` (1..=256 by default; `max` also bounds memory).
 //!
 //! **Rate** ([`Rate`]) starts at the `--rate` ceiling and never exceeds it. A 429 means the
@@ -212,9 +214,16 @@ impl Concurrency {
                 let binds = self.reached.is_some_and(|t| {
                     now.saturating_duration_since(t).as_secs_f64() <= recent * 1.5
                 });
-                if queuing {
+                // Queuing trims only what the rate does not need at the round trip it
+                // sees: a round trip inflated by a busy CPU (a loaded machine, a
+                // loopback receiver) must not starve a rate the server takes.
+                let spare = needed.is_none_or(|n| self.limit > n);
+                if queuing && spare {
                     if !held {
                         self.cut(now, QUEUE_CUT);
+                        if let Some(n) = needed {
+                            self.limit = self.limit.max(n);
+                        }
                     }
                 } else if needed.is_none_or(|n| self.limit < n) {
                     if binds {

@@ -293,6 +293,8 @@ fn arrive(shared: &Shared, route: Route, version: Version) -> (u64, Verdict) {
     st.stats.max_requests_in_any_1s = st.stats.max_requests_in_any_1s.max(in_last_second);
     st.in_flight += 1;
     st.stats.max_in_flight = st.stats.max_in_flight.max(st.in_flight);
+    let first = *st.first_arrival.get_or_insert(now);
+    st.stats.arrival_span_secs = now.duration_since(first).as_secs_f64();
     (index, shared.faults.decide(index, &mut st.admitted, now))
 }
 

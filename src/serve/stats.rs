@@ -60,6 +60,10 @@ pub struct Stats {
     /// latency included): the client's concurrency as the server saw it.
     #[serde(default)]
     pub max_in_flight: u64,
+    /// Seconds from the first POST's arrival to the last's: with `requests`, the pace
+    /// the client kept, without its start-up and its end.
+    #[serde(default)]
+    pub arrival_span_secs: f64,
     pub injected: Injected,
 }
 
@@ -209,6 +213,8 @@ pub(crate) struct State {
     pub admitted: Window,
     /// POSTs arrived and not yet settled, for `max_in_flight`.
     pub in_flight: u64,
+    /// When the first POST arrived, for `arrival_span_secs`.
+    pub first_arrival: Option<std::time::Instant>,
 }
 
 /// Adds `n` under `key` without allocating once the key exists.
