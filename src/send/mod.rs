@@ -414,18 +414,7 @@ fn deliver(request: Request, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> A
     if ack.request.calls == 1 && !body.starts_with(BATCH_PREFIX) {
         if let Some(&origin) = ack.request.origins.first() {
             log::info!("request {seq}: {path} refused as invalid in strict mode ({why}); its call goes to the rejects file");
-            let input = inputs.get(origin.input as usize).map(|i| &**i);
-            let r = Reject {
-                code: "invalid_call",
-                detail: why,
-            };
-            crate::map::encode::write_call_reject(
-                &mut ack.server_rejects,
-                input,
-                origin.row,
-                &body,
-                &r,
-            );
+            invalid_call(&mut ack.server_rejects, inputs, origin, &body, why);
             ack.result = AckResult::Delivered;
             return ack;
         }
@@ -584,20 +573,26 @@ impl Bisect<'_> {
     }
 
     fn reject(&mut self, i: usize, why: String) {
-        let origin = self.origins[i];
-        let input = self.inputs.get(origin.input as usize).map(|i| &**i);
-        let r = Reject {
-            code: "invalid_call",
-            detail: why,
-        };
-        crate::map::encode::write_call_reject(
-            &mut self.rejects,
-            input,
-            origin.row,
-            self.split.call(i),
-            &r,
-        );
+        let call = self.split.call(i);
+        invalid_call(&mut self.rejects, self.inputs, self.origins[i], call, why);
     }
+}
+
+/// Writes the reject line of a call the API refused as invalid (strict mode), with its
+/// answer.
+fn invalid_call(
+    out: &mut Vec<u8>,
+    inputs: &[Arc<InputInfo>],
+    origin: CallOrigin,
+    call: &[u8],
+    why: String,
+) {
+    let input = inputs.get(origin.input as usize).map(|i| &**i);
+    let r = Reject {
+        code: "invalid_call",
+        detail: why,
+    };
+    crate::map::encode::write_call_reject(out, input, origin.row, call, &r);
 }
 
 /// Sleeps `d` in slices; returns false (early) once `stop` is set.
