@@ -377,10 +377,10 @@ static IS_WS: [bool; 256] = {
 /// One pass over the bytes, checking as it goes what serde_json checks: the grammar,
 /// raw control bytes and escapes in strings (`\u` escapes of surrogates must pair up),
 /// numbers that overflow a double (`1e400`), and nesting deeper than [`MAX_DEPTH`].
-/// Nothing is parsed into values and nothing is allocated: strings are scanned sixteen
-/// bytes at a time for the next quote or backslash, and the output is the input's runs
-/// between whitespace, each copied whole. Property tests and the `json` fuzz target hold
-/// it to serde_json's verdict and to a byte-by-byte minifier's output.
+/// Nothing is parsed into values and nothing is allocated. Strings are copied sixteen
+/// bytes at a time, each block stored whole while it is searched for a quote, a
+/// backslash or a control byte. Property tests and the `json` fuzz target hold it to
+/// serde_json's verdict and to a byte-by-byte minifier's output.
 pub fn write_minified(out: &mut Vec<u8>, b: &[u8], utf8: bool) -> bool {
     // Outside strings every valid byte is ASCII, so checking the whole text is checking
     // its strings.
@@ -388,122 +388,217 @@ pub fn write_minified(out: &mut Vec<u8>, b: &[u8], utf8: bool) -> bool {
         return false;
     }
     let start = out.len();
-    out.reserve(b.len());
-    if minify_into(out, b).is_none() {
-        out.truncate(start);
-        return false;
+    // The output is never longer than the text; sixteen bytes more take the overhang of
+    // the block stores.
+    out.resize(start + b.len() + 16, 0);
+    let mut m = Minify {
+        b,
+        i: 0,
+        dst: &mut out[start..],
+        w: 0,
+    };
+    match m.document() {
+        Some(()) => {
+            let w = m.w;
+            out.truncate(start + w);
+            true
+        }
+        None => {
+            out.truncate(start);
+            false
+        }
     }
-    true
 }
 
-/// [`write_minified`]'s scan: `None` at the first byte serde_json would refuse.
-fn minify_into(out: &mut Vec<u8>, b: &[u8]) -> Option<()> {
-    let n = b.len();
-    let mut i = 0;
-    // `b[run..i]` is text read and not yet copied: whitespace ends a run.
-    let mut run = 0;
-    // Bit k: whether the container at depth k + 1 (counted from the innermost) is an
-    // object. MAX_DEPTH < 128 levels fit.
-    let mut objects: u128 = 0;
-    let mut depth = 0u32;
-    macro_rules! skip_ws {
-        () => {
-            if i < n && IS_WS[b[i] as usize] {
-                extend_short(out, &b[run..i]);
-                i += 1;
-                while i < n && IS_WS[b[i] as usize] {
-                    i += 1;
-                }
-                run = i;
-            }
-        };
-    }
-    // A key and its colon, at `b[i]` (after any whitespace).
-    macro_rules! key {
-        () => {
-            if b.get(i) != Some(&b'"') {
-                return None;
-            }
-            i = string_end(b, i + 1)?;
-            skip_ws!();
-            if b.get(i) != Some(&b':') {
-                return None;
-            }
-            i += 1;
-        };
-    }
-    'value: loop {
-        skip_ws!();
-        let c = *b.get(i)?;
-        match c {
-            b'{' | b'[' => {
-                if depth == MAX_DEPTH {
-                    return None;
-                }
-                i += 1;
-                skip_ws!();
-                let close = if c == b'{' { b'}' } else { b']' };
-                if b.get(i) == Some(&close) {
-                    i += 1;
-                } else {
-                    depth += 1;
-                    objects = objects << 1 | (c == b'{') as u128;
-                    if c == b'{' {
-                        key!();
+/// [`write_minified`]'s cursor: text read up to `b[i]`, output written up to `dst[w]`.
+/// `w <= i` always (whitespace is dropped, everything else copied), so a sixteen-byte
+/// store at `w` fits in `dst` whenever sixteen bytes can be read at `i`.
+struct Minify<'a> {
+    b: &'a [u8],
+    i: usize,
+    dst: &'a mut [u8],
+    w: usize,
+}
+
+impl Minify<'_> {
+    /// The whole text: one value between optional whitespace. `None` at the first byte
+    /// serde_json would refuse.
+    fn document(&mut self) -> Option<()> {
+        // Bit k: whether the container at depth k + 1 (counted from the innermost) is an
+        // object. MAX_DEPTH < 128 levels fit.
+        let mut objects: u128 = 0;
+        let mut depth = 0u32;
+        'value: loop {
+            self.skip_ws();
+            let c = *self.b.get(self.i)?;
+            match c {
+                b'{' | b'[' => {
+                    if depth == MAX_DEPTH {
+                        return None;
                     }
-                    continue 'value;
-                }
-            }
-            b'"' => i = string_end(b, i + 1)?,
-            b'-' | b'0'..=b'9' => i = number_end(b, i)?,
-            b't' => i = literal_end(b, i, b"true")?,
-            b'f' => i = literal_end(b, i, b"false")?,
-            b'n' => i = literal_end(b, i, b"null")?,
-            _ => return None,
-        }
-        // After a value: a comma, the end of its container, or the end of the text.
-        loop {
-            skip_ws!();
-            if depth == 0 {
-                if i != n {
-                    return None;
-                }
-                extend_short(out, &b[run..n]);
-                return Some(());
-            }
-            let in_object = objects & 1 == 1;
-            match b.get(i) {
-                Some(b',') => {
-                    i += 1;
-                    if in_object {
-                        skip_ws!();
-                        key!();
+                    self.put(c);
+                    self.skip_ws();
+                    let close = if c == b'{' { b'}' } else { b']' };
+                    if self.b.get(self.i) == Some(&close) {
+                        self.put(close);
+                    } else {
+                        depth += 1;
+                        objects = objects << 1 | (c == b'{') as u128;
+                        if c == b'{' {
+                            self.key()?;
+                        }
+                        continue 'value;
                     }
-                    continue 'value;
                 }
-                Some(b'}') if in_object => {}
-                Some(b']') if !in_object => {}
+                b'"' => self.string()?,
+                b'-' | b'0'..=b'9' => {
+                    let end = number_end(self.b, self.i)?;
+                    self.copy_to(end);
+                }
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'n' => self.literal(b"null")?,
                 _ => return None,
             }
-            i += 1;
-            depth -= 1;
-            objects >>= 1;
+            // After a value: a comma, the end of its container, or the end of the text.
+            loop {
+                self.skip_ws();
+                if depth == 0 {
+                    return (self.i == self.b.len()).then_some(());
+                }
+                let in_object = objects & 1 == 1;
+                match self.b.get(self.i) {
+                    Some(b',') => {
+                        self.put(b',');
+                        if in_object {
+                            self.skip_ws();
+                            self.key()?;
+                        }
+                        continue 'value;
+                    }
+                    Some(&c @ b'}') if in_object => self.put(c),
+                    Some(&c @ b']') if !in_object => self.put(c),
+                    _ => return None,
+                }
+                depth -= 1;
+                objects >>= 1;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn skip_ws(&mut self) {
+        while self.b.get(self.i).is_some_and(|&c| IS_WS[c as usize]) {
+            self.i += 1;
+        }
+    }
+
+    /// Copies `c`, the byte at `b[i]`.
+    #[inline(always)]
+    fn put(&mut self, c: u8) {
+        self.dst[self.w] = c;
+        self.w += 1;
+        self.i += 1;
+    }
+
+    /// Copies `b[i..end]` (a number or a literal: short).
+    #[inline(always)]
+    fn copy_to(&mut self, end: usize) {
+        let (i, w, len) = (self.i, self.w, end - self.i);
+        if len <= 16 && i + 16 <= self.b.len() {
+            self.dst[w..w + 16].copy_from_slice(&self.b[i..i + 16]);
+        } else {
+            self.dst[w..w + len].copy_from_slice(&self.b[i..end]);
+        }
+        self.i = end;
+        self.w += len;
+    }
+
+    /// A key and its colon, at `b[i]` (after any whitespace).
+    #[inline(always)]
+    fn key(&mut self) -> Option<()> {
+        if self.b.get(self.i) != Some(&b'"') {
+            return None;
+        }
+        self.string()?;
+        self.skip_ws();
+        if self.b.get(self.i) != Some(&b':') {
+            return None;
+        }
+        self.put(b':');
+        Some(())
+    }
+
+    #[inline(always)]
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.i + word.len();
+        if self.b.get(self.i..end)? != word {
+            return None;
+        }
+        self.copy_to(end);
+        Some(())
+    }
+
+    /// The string whose opening quote is at `b[i]`, up to and including its closing
+    /// quote.
+    #[inline(always)]
+    fn string(&mut self) -> Option<()> {
+        self.put(b'"');
+        let n = self.b.len();
+        loop {
+            let (i, w) = (self.i, self.w);
+            let at = if i + 16 <= n {
+                let block: &[u8; 16] = self.b[i..i + 16]
+                    .try_into()
+                    .expect("sixteen bytes");
+                self.dst[w..w + 16].copy_from_slice(block);
+                let m = specials16(block);
+                if m == 0 {
+                    self.i += 16;
+                    self.w += 16;
+                    continue;
+                }
+                i + m.trailing_zeros() as usize
+            } else {
+                // The last bytes of the text: one at a time.
+                let mut j = i;
+                while j < n && !NEEDS_ESCAPE[self.b[j] as usize] {
+                    j += 1;
+                }
+                if j == n {
+                    return None;
+                }
+                self.dst[w..w + (j - i)].copy_from_slice(&self.b[i..j]);
+                j
+            };
+            self.w += at - i;
+            self.i = at;
+            match self.b[at] {
+                b'"' => {
+                    self.put(b'"');
+                    return Some(());
+                }
+                b'\\' => {
+                    let end = escape_end(self.b, at + 1)?;
+                    let len = end - at;
+                    self.dst[self.w..self.w + len].copy_from_slice(&self.b[at..end]);
+                    self.i = end;
+                    self.w += len;
+                }
+                // A raw control byte.
+                _ => return None,
+            }
         }
     }
 }
 
-/// The index just past the closing quote of the string whose body starts at `b[i]`.
+#[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
-fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
-    loop {
-        let j = next_escape(b, i)?;
-        match b[j] {
-            b'"' => return Some(j + 1),
-            b'\\' => i = escape_end(b, j + 1)?,
-            // A raw control byte.
-            _ => return None,
-        }
-    }
+fn specials16(block: &[u8; 16]) -> u32 {
+    block
+        .iter()
+        .enumerate()
+        .fold(0, |m, (k, &c)| m | (NEEDS_ESCAPE[c as usize] as u32) << k)
 }
 
 /// The index just past the escape whose letter is at `b[i]` (after its backslash).
@@ -546,12 +641,6 @@ fn hex4(b: &[u8], i: usize) -> Option<u16> {
         v = v << 4 | d as u16;
     }
     Some(v)
-}
-
-/// `b[i..]` starts with `word` (`true`, `false`, `null`): the index past it.
-#[inline(always)]
-fn literal_end(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
-    (b.get(i..i + word.len())? == word).then_some(i + word.len())
 }
 
 /// The index just past the number that starts at `b[i]` (RFC 8259 grammar), when its
