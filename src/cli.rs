@@ -326,9 +326,17 @@ pub struct ServeArgs {
     /// Answer 429 above this many requests per second.
     #[arg(long, value_name = "N")]
     pub max_rps: Option<u32>,
-    /// Delay before answering, in milliseconds.
+    /// Delay before answering, in milliseconds (a simulated round trip).
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub latency_ms: u64,
+    /// Move each delay by a uniform draw within this many milliseconds either way
+    /// (seeded by --seed; never below zero).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub latency_jitter_ms: u64,
+    /// Read request bodies no faster than this many megabits per second, shared by all
+    /// connections: a simulated client uplink (gzip bodies count compressed). 0: no cap.
+    #[arg(long, default_value_t = 0.0, value_name = "MBPS")]
+    pub bandwidth_mbps: f64,
     /// Fraction of requests whose connection is closed without an answer.
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub drop_rate: f64,
@@ -404,11 +412,11 @@ fn warn_if_shared(f: &std::path::Path) {
         if let Ok(m) = std::fs::metadata(f) {
             let mode = m.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
-                eprintln!(
+                note(&format!(
                     "warning: --api-key-file {} is accessible to other users (mode {mode:o}); restrict it with: chmod 600 {}",
                     f.display(),
                     f.display()
-                );
+                ));
             }
         }
     }
@@ -690,6 +698,12 @@ impl ServeArgs {
                 )));
             }
         }
+        if !(self.bandwidth_mbps >= 0.0 && self.bandwidth_mbps.is_finite()) {
+            return Err(UsageError(format!(
+                "--bandwidth-mbps must be a number of megabits per second, 0 for no cap (got {})",
+                self.bandwidth_mbps
+            )));
+        }
         Ok(ServeConfig {
             addr: self.addr,
             api_key: read_key(self.api_key_file.as_ref())?.filter(|_| self.api_key_file.is_some()),
@@ -704,6 +718,8 @@ impl ServeArgs {
                 retry_after_secs: self.retry_after,
                 max_rps: self.max_rps,
                 latency_ms: self.latency_ms,
+                latency_jitter_ms: self.latency_jitter_ms,
+                bandwidth_mbps: self.bandwidth_mbps,
                 drop_rate: self.drop_rate,
                 invalid_rate: self.invalid_rate,
                 seed: self.seed,
@@ -714,7 +730,15 @@ impl ServeArgs {
 
 /// Parses the command line, runs the command, returns the exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version or a bad flag: printed (a closed pipe loses it, and is no
+        // panic) with clap's own exit code.
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
     crate::progress::init_logger(cli.verbose);
     let usage = |UsageError(m)| fail(EXIT_USAGE, &m);
     match cli.command {
@@ -830,11 +854,8 @@ fn run(plan: RunPlan) -> ExitCode {
 fn serve(cfg: ServeConfig) -> ExitCode {
     match crate::serve::run_until_signal(cfg) {
         Ok(stats) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&stats).unwrap_or_default()
-            );
-            ExitCode::from(EXIT_OK)
+            let json = serde_json::to_string_pretty(&stats).unwrap_or_default();
+            print_out(&format!("{json}\n")).map_or_else(|e| e, |()| ExitCode::from(EXIT_OK))
         }
         Err(e) => fail(EXIT_FAILURE, &e.to_string()),
     }
@@ -843,10 +864,8 @@ fn serve(cfg: ServeConfig) -> ExitCode {
 /// `status`: what a checkpoint says.
 fn status(args: StatusArgs) -> ExitCode {
     match crate::checkpoint::load(&args.checkpoint) {
-        Ok(Some(cp)) => {
-            print!("{}", crate::checkpoint::describe(&cp));
-            ExitCode::from(EXIT_OK)
-        }
+        Ok(Some(cp)) => print_out(&crate::checkpoint::describe(&cp))
+            .map_or_else(|e| e, |()| ExitCode::from(EXIT_OK)),
         Ok(None) => fail(
             EXIT_FAILURE,
             &format!(
@@ -866,7 +885,9 @@ fn inspect(
         Ok(p) => p,
         Err(e) => return fail(EXIT_FAILURE, &e.to_string()),
     };
-    print!("{p}");
+    if let Err(code) = print_out(&p.to_string()) {
+        return code;
+    }
     if let Some(path) = &emit_mapping {
         let written = std::fs::OpenOptions::new()
             .write(true)
@@ -879,7 +900,7 @@ fn inspect(
                 &format!("cannot write {}: {e}", path.display()),
             );
         }
-        eprintln!("wrote a starter mapping to {}", path.display());
+        note(&format!("wrote a starter mapping to {}", path.display()));
     }
     ExitCode::from(EXIT_OK)
 }
@@ -890,7 +911,9 @@ fn validate((opts, src): (ValidateOptions, SourceOptions)) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(exit_code(&e), &e.to_string()),
     };
-    print!("{r}");
+    if let Err(code) = print_out(&r.to_string()) {
+        return code;
+    }
     if let Some(p) = &opts.report_json {
         let json = serde_json::to_vec_pretty(&r).unwrap_or_default();
         if let Err(e) = std::fs::write(p, json) {
@@ -915,12 +938,12 @@ fn generate(args: GenerateArgs) -> ExitCode {
     };
     match crate::generate::generate_file_as(&args.out, shape, args.rows, args.seed) {
         Ok(g) => {
-            eprintln!(
+            note(&format!(
                 "wrote {} rows to {} ({} planted bad rows)",
                 g.rows,
                 args.out.display(),
                 g.bad_rows.len()
-            );
+            ));
             ExitCode::from(EXIT_OK)
         }
         Err(e) => fail(
@@ -933,13 +956,10 @@ fn generate(args: GenerateArgs) -> ExitCode {
 /// `completions`: a shell completion script.
 fn completions(args: CompletionsArgs) -> ExitCode {
     use clap::CommandFactory;
-    clap_complete::generate(
-        args.shell,
-        &mut Cli::command(),
-        "cdp-backfill",
-        &mut std::io::stdout(),
-    );
-    ExitCode::from(EXIT_OK)
+    // Into memory first: clap_complete panics when its writer fails (`| head -1`).
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "cdp-backfill", &mut script);
+    print_out(&String::from_utf8_lossy(&script)).map_or_else(|e| e, |()| ExitCode::from(EXIT_OK))
 }
 
 /// SIGINT/SIGTERM set the returned flag (the run drains and stops); a second one says so
@@ -1063,8 +1083,22 @@ fn exit_code(e: &RunError) -> u8 {
 }
 
 fn fail(code: u8, msg: &str) -> ExitCode {
-    eprintln!("error: {msg}");
+    note(&format!("error: {msg}"));
     ExitCode::from(code)
+}
+
+/// Writes a command's output to stdout. A reader that went away (`| head -1`) is no
+/// error: the command stops printing and ends as it would have, never with a panic. Any
+/// other failure (a full disk under a redirect) is one, with exit code 1.
+fn print_out(text: &str) -> Result<(), ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(fail(
+            EXIT_FAILURE,
+            &format!("cannot write to standard output: {e}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A line on stderr that a closed stderr does not turn into a panic.

@@ -126,29 +126,25 @@ impl Summary {
         base: Option<&Checkpoint>,
         a: &AttemptCounts,
     ) {
-        let summary = self;
         // Counted by the senders as they happen, so they include the retries of
         // requests that never finished (a failed run, a drain timeout).
-        (
-            summary.retries,
-            summary.throttled,
-            summary.retries_no_answer,
-        ) = (a.retries, a.throttled, a.retries_no_answer);
+        (self.retries, self.throttled, self.retries_no_answer) =
+            (a.retries, a.throttled, a.retries_no_answer);
         let d = outcome.delivered;
-        summary.calls_delivered = d.calls;
-        summary.calls_rejected_by_server = d.refused;
-        summary.requests = d.requests;
-        summary.request_bytes = d.request_bytes;
-        summary.rows_read = totals.rows;
-        summary.rows_rejected = totals.rows_rejected;
-        summary.rows_mapped = totals.rows - totals.rows_rejected;
-        summary.rejected_by_reason = totals
+        self.calls_delivered = d.calls;
+        self.calls_rejected_by_server = d.refused;
+        self.requests = d.requests;
+        self.request_bytes = d.request_bytes;
+        self.rows_read = totals.rows;
+        self.rows_rejected = totals.rows_rejected;
+        self.rows_mapped = totals.rows - totals.rows_rejected;
+        self.rejected_by_reason = totals
             .rejected_by_reason
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
-        summary.calls_built = totals.calls;
-        summary.calls_by_type = CallKind::ALL
+        self.calls_built = totals.calls;
+        self.calls_by_type = CallKind::ALL
             .iter()
             .zip(totals.calls_by_type)
             .filter(|&(_, n)| n > 0)
@@ -156,20 +152,20 @@ impl Summary {
             .collect();
         let refused = d.refused;
         if refused > 0 {
-            summary.rows_rejected += refused;
-            summary.rows_mapped = summary.rows_mapped.saturating_sub(refused);
-            *summary
+            self.rows_rejected += refused;
+            self.rows_mapped = self.rows_mapped.saturating_sub(refused);
+            *self
                 .rejected_by_reason
                 .entry("invalid_call".into())
                 .or_default() += refused;
         }
-        summary.calls_undelivered = summary
+        self.calls_undelivered = self
             .calls_built
-            .saturating_sub(summary.calls_delivered + refused);
+            .saturating_sub(self.calls_delivered + refused);
         // What the rejects file holds: the earlier runs' lines and the ones this run wrote
         // for acknowledged work. A run that stops early has found more bad rows than that
         // (`rows_rejected`); the rest are found again when it resumes.
-        summary.rows_rejected_total =
+        self.rows_rejected_total =
             outcome.counters.rows_rejected + base.map_or(0, |b| b.counters.rows_rejected);
     }
 
@@ -205,12 +201,11 @@ impl fmt::Display for Summary {
             thousands(self.rows_rejected)
         )?;
         for (reason, count) in &self.rejected_by_reason {
-            // Sub-rows line up with the rows above (a long name pushes its count right).
-            writeln!(f, "      {reason:<14}{:>14}", thousands(*count))?;
+            sub_row(f, reason, *count)?;
         }
         writeln!(f, "  calls built       {:>14}", thousands(self.calls_built))?;
         for (kind, count) in &self.calls_by_type {
-            writeln!(f, "      {kind:<14}{:>14}", thousands(*count))?;
+            sub_row(f, kind, *count)?;
         }
         let verb = if self.dry_run { "packed" } else { "delivered" };
         writeln!(
@@ -254,5 +249,64 @@ impl fmt::Display for Summary {
             writeln!(f, "  rejects file      {}", self.rejects_file)?;
         }
         Ok(())
+    }
+}
+
+/// `      name      1,234`: a reason or call type under its row, its count ending in
+/// the column of the counts above (column 34), however long the name; a name too long
+/// for that keeps one space before its count.
+fn sub_row(f: &mut fmt::Formatter<'_>, name: &str, count: u64) -> fmt::Result {
+    let count = thousands(count);
+    let width = (34 - 6usize)
+        .saturating_sub(name.chars().count())
+        .max(count.len() + 1);
+    writeln!(f, "      {name}{count:>width$}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every count of the table ends in one column, whatever the length of the reason or
+    /// call type beside it (`missing_timestamp`, 17 characters, used to push its count
+    /// three columns right).
+    #[test]
+    fn counts_line_up_whatever_the_length_of_a_reason() {
+        let s = Summary {
+            rows_read: 1_234_567,
+            rows_mapped: 1_234_000,
+            rows_rejected: 567,
+            rejected_by_reason: [
+                ("missing_timestamp", 500),
+                ("bad_timestamp", 60),
+                ("a_reason_longer_than_the_column_itself", 7),
+                ("x", 0),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            calls_built: 1_234_000,
+            calls_by_type: [("track", 1_000_000), ("identify", 234_000)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            ..Summary::default()
+        };
+        let text = s.to_string();
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.contains("rows read"))
+            .take_while(|l| !l.contains("calls delivered") && !l.contains("calls packed"))
+            .collect();
+        assert_eq!(rows.len(), 10, "{text}");
+        for row in rows.iter().filter(|r| !r.contains("longer_than")) {
+            assert!(row.ends_with(|c: char| c.is_ascii_digit()), "{row:?}");
+            assert_eq!(row.len(), 34, "{row:?} ends off the column:\n{text}");
+        }
+        // A name too long for the column keeps a space before its count.
+        assert!(
+            text.contains("a_reason_longer_than_the_column_itself 7"),
+            "{text}"
+        );
     }
 }

@@ -85,15 +85,16 @@ pub struct OutNode {
     pub key: Vec<u8>,
     pub name: String,
     pub kind: OutKind,
+    /// A leaf reading a column whose value is one JSON object per row, its members
+    /// written in this node's place ([`Schema::spreads`]: NDJSON's keys first seen after
+    /// the sample). A flag, not a kind: checking it costs the encoder one load per node.
+    pub spread: bool,
 }
 
 #[derive(Debug, Clone)]
 pub enum OutKind {
     Leaf(ValueSource),
     Object(Vec<OutNode>),
-    /// A column holding one JSON object per row whose members are written in this
-    /// node's place ([`Schema::spreads`]: NDJSON's keys first seen after the sample).
-    Spread(ColumnRef),
 }
 
 #[derive(Debug, Clone)]
@@ -419,6 +420,7 @@ fn insert_path(
                 key: key_bytes(head),
                 name: head.to_string(),
                 kind: OutKind::Leaf(value),
+                spread: false,
             });
             Ok(())
         }
@@ -429,12 +431,13 @@ fn insert_path(
                 key: key_bytes(head),
                 name: head.to_string(),
                 kind: OutKind::Object(children),
+                spread: false,
             });
             Ok(())
         }
         (Some(t), Some(i)) => match &mut nodes[i].kind {
             OutKind::Object(children) => insert_path(children, t, value),
-            OutKind::Leaf(_) | OutKind::Spread(_) => Err(CompileError(format!(
+            OutKind::Leaf(_) => Err(CompileError(format!(
                 "mapping: output \"{head}\" is both a value and an object (at \"{path}\")"
             ))),
         },
@@ -574,6 +577,7 @@ pub fn compile(
                                 key: key_bytes(&name),
                                 name: name.clone(),
                                 kind: OutKind::Leaf(ValueSource::Column(v)),
+                                spread: false,
                             });
                         }
                     }
@@ -649,16 +653,14 @@ pub fn compile(
     })
 }
 
-/// Turns every leaf named after a column the schema spreads, and reading a column, into
-/// an [`OutKind::Spread`], decided once here rather than by name for every row.
+/// Marks every leaf named after a column the schema spreads, and reading a column, as
+/// [`OutNode::spread`]: decided once here rather than by name for every row.
 fn mark_spreads(nodes: &mut [OutNode], schema: &dyn Schema) {
     for n in nodes {
         match &mut n.kind {
             OutKind::Object(children) => mark_spreads(children, schema),
-            OutKind::Leaf(ValueSource::Column(c)) if schema.spreads(&n.name) => {
-                n.kind = OutKind::Spread(c.col.clone());
-            }
-            _ => {}
+            OutKind::Leaf(ValueSource::Column(_)) => n.spread = schema.spreads(&n.name),
+            OutKind::Leaf(_) => {}
         }
     }
 }

@@ -497,31 +497,35 @@ fn write_object<R: Row>(
     out.push(b'{');
     let mut any = false;
     for n in nodes {
+        if n.spread {
+            // An object's members, written in the node's place (NDJSON's keys first seen
+            // after the sampled rows).
+            if let OutKind::Leaf(ValueSource::Column(c)) = &n.kind {
+                if let Field::Json(obj) = row.field(&c.col) {
+                    if obj.len() > 2 {
+                        if any {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(&obj[1..obj.len() - 1]);
+                        any = true;
+                    }
+                }
+            }
+            continue;
+        }
         let mark = out.len();
         if any {
             out.push(b',');
         }
+        json::extend_short(out, &n.key);
         let wrote = match &n.kind {
-            OutKind::Leaf(v) => {
-                json::extend_short(out, &n.key);
-                write_value_inline(out, row, v, opts, false)?
-            }
+            OutKind::Leaf(v) => write_value_inline(out, row, v, opts, false)?,
             // An object whose every value is omitted is omitted too: `{}` says nothing,
             // and an empty `context.device` would even make the call ambiguous.
             OutKind::Object(children) => {
-                json::extend_short(out, &n.key);
                 write_object(out, row, children, opts)?;
                 !out.ends_with(b"{}")
             }
-            // An object's members, written in the node's place (NDJSON's keys first
-            // seen after the sampled rows).
-            OutKind::Spread(col) => match row.field(col) {
-                Field::Json(obj) if obj.len() > 2 => {
-                    out.extend_from_slice(&obj[1..obj.len() - 1]);
-                    true
-                }
-                _ => false,
-            },
         };
         if wrote {
             any = true;
