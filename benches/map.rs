@@ -185,5 +185,12 @@ fn message_ids(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, map_events, map_rich, json_column, timestamps, message_ids);
+criterion_group!(
+    benches,
+    map_events,
+    map_rich,
+    json_column,
+    timestamps,
+    message_ids
+);
 criterion_main!(benches);

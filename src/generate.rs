@@ -296,13 +296,21 @@ fn json_str(out: &mut String, s: &str, ascii: bool) {
 fn cart_json(rng: &mut Rng, out: &mut String) {
     use std::fmt::Write as _;
     let ascii = rng.below(2) == 0;
-    let _ = write!(out, "{{\"cart_id\": \"c-{:08x}\", \"items\": [", rng.next_u64() as u32);
+    let _ = write!(
+        out,
+        "{{\"cart_id\": \"c-{:08x}\", \"items\": [",
+        rng.next_u64() as u32
+    );
     let items = 1 + rng.below(2);
     for i in 0..items {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(out, "{{\"sku\": \"SKU-{:05}\", \"name\": ", rng.below(100_000));
+        let _ = write!(
+            out,
+            "{{\"sku\": \"SKU-{:05}\", \"name\": ",
+            rng.below(100_000)
+        );
         json_str(out, rng.pick(PRODUCTS), ascii);
         let _ = write!(
             out,
@@ -319,7 +327,13 @@ fn cart_json(rng: &mut Rng, out: &mut String) {
     } else {
         out.push_str("null");
     }
-    let _ = write!(out, ", \"shipping\": {{\"method\": \"{}\", \"cost\": {}.{}, \"address\": {{\"city\": ", rng.pick(SHIPPING), rng.below(20), rng.below(10));
+    let _ = write!(
+        out,
+        ", \"shipping\": {{\"method\": \"{}\", \"cost\": {}.{}, \"address\": {{\"city\": ",
+        rng.pick(SHIPPING),
+        rng.below(20),
+        rng.below(10)
+    );
     json_str(out, city, ascii);
     let _ = write!(
         out,
@@ -350,7 +364,8 @@ pub fn generate_rich(w: &mut impl Write, rows: u64, seed: u64) -> std::io::Resul
     let mut line = Vec::with_capacity(4096);
     let mut s = String::with_capacity(1024);
     let iso = |rng: &mut Rng, s: &mut String, first_year: i64, years: u64| {
-        let days = rng.below(years * 365) as i64 + crate::timestamp::days_from_civil(first_year, 1, 1);
+        let days =
+            rng.below(years * 365) as i64 + crate::timestamp::days_from_civil(first_year, 1, 1);
         let t = days * 86_400 + rng.below(86_400) as i64;
         let dt = chrono::DateTime::from_timestamp(t, 0).unwrap_or_default();
         let _ = write!(s, "{}", dt.format("%Y-%m-%dT%H:%M:%S"));

@@ -552,9 +552,7 @@ impl Minify<'_> {
         loop {
             let (i, w) = (self.i, self.w);
             let at = if i + 16 <= n {
-                let block: &[u8; 16] = self.b[i..i + 16]
-                    .try_into()
-                    .expect("sixteen bytes");
+                let block: &[u8; 16] = self.b[i..i + 16].try_into().expect("sixteen bytes");
                 self.dst[w..w + 16].copy_from_slice(block);
                 let m = specials16(block);
                 if m == 0 {
@@ -980,18 +978,16 @@ mod tests {
                         .collect();
                     format!("[{}]", body.join(","))
                 }),
-                proptest::collection::vec(("[a-z\"\\\\é]{0,3}", member), 0..6).prop_map(
-                    |items| {
-                        let body: Vec<String> = items
-                            .into_iter()
-                            .map(|(k, (a, v, b, c, d))| {
-                                let k = serde_json::to_string(&k).unwrap();
-                                format!("{a}{k}{b}:{c}{v}{d}")
-                            })
-                            .collect();
-                        format!("{{{}}}", body.join(","))
-                    }
-                ),
+                proptest::collection::vec(("[a-z\"\\\\é]{0,3}", member), 0..6).prop_map(|items| {
+                    let body: Vec<String> = items
+                        .into_iter()
+                        .map(|(k, (a, v, b, c, d))| {
+                            let k = serde_json::to_string(&k).unwrap();
+                            format!("{a}{k}{b}:{c}{v}{d}")
+                        })
+                        .collect();
+                    format!("{{{}}}", body.join(","))
+                }),
             ]
         })
         .prop_flat_map(move |v| (ws, Just(v), ws).prop_map(|(a, v, b)| format!("{a}{v}{b}")))
@@ -1000,7 +996,9 @@ mod tests {
     /// A byte that breaks JSON in an interesting way where it lands.
     fn json_byte() -> impl Strategy<Value = u8> {
         proptest::prop_oneof![
-            proptest::sample::select(b"{}[]\",:\\/u0123456789abcdefABCDEF.eE+-tnrlsx \t\n\r".to_vec()),
+            proptest::sample::select(
+                b"{}[]\",:\\/u0123456789abcdefABCDEF.eE+-tnrlsx \t\n\r".to_vec()
+            ),
             proptest::sample::select(vec![0u8, 0x1f, 0x7f, 0xc3, 0xa9, 0xed, 0xa0, 0xff]),
         ]
     }
@@ -1051,16 +1049,63 @@ mod tests {
     #[test]
     fn minified_json_at_its_edges() {
         for text in [
-            "", " ", "{}", "[]", " [ ] ", "{ }", "[,]", "[1,]", "{\"a\":1,}", "{,}", "{\"a\"}",
-            "{\"a\" 1}", "{1:2}", "\"\\ud83c\\udf81\"", "\"\\ud83c\"", "\"\\ud83c\\u0041\"",
-            "\"\\udf81\"", "\"\\ud83c\\ud83c\"", "\"\\ud83c\\n\"", "\"\\ud83c\\udf8\"",
-            "\"\\ud83c\\", "\"\\ud83c", "\"\\u12\"", "\"\\u00e9\"", "\"\\x\"", "\"a\tb\"",
-            "\"a\u{7f}b\"", "01", "-", "-0", "1.", ".5", "1e", "1e+", "1E-7", "0.0e0",
-            "1.7976931348623157e308", "1.7976931348623158e308", "1.7976931348623159e308",
-            "1e308", "1e309", "-1e309", "1e-400", "0e999999999999", "1e999999999999",
-            "123456789012345678901234567890", "tru", "nul", "falsey", "null null", "\"a\"b",
-            "[\"a\" \"b\"]", "{\"a\":1 \"b\":2}", "{\"k\": [1, 2, {\"x\": null}], \"é\": \"🎉\"}",
-            "\u{feff}{}", "{}\u{0}", "[1]\n\r\t ",
+            "",
+            " ",
+            "{}",
+            "[]",
+            " [ ] ",
+            "{ }",
+            "[,]",
+            "[1,]",
+            "{\"a\":1,}",
+            "{,}",
+            "{\"a\"}",
+            "{\"a\" 1}",
+            "{1:2}",
+            "\"\\ud83c\\udf81\"",
+            "\"\\ud83c\"",
+            "\"\\ud83c\\u0041\"",
+            "\"\\udf81\"",
+            "\"\\ud83c\\ud83c\"",
+            "\"\\ud83c\\n\"",
+            "\"\\ud83c\\udf8\"",
+            "\"\\ud83c\\",
+            "\"\\ud83c",
+            "\"\\u12\"",
+            "\"\\u00e9\"",
+            "\"\\x\"",
+            "\"a\tb\"",
+            "\"a\u{7f}b\"",
+            "01",
+            "-",
+            "-0",
+            "1.",
+            ".5",
+            "1e",
+            "1e+",
+            "1E-7",
+            "0.0e0",
+            "1.7976931348623157e308",
+            "1.7976931348623158e308",
+            "1.7976931348623159e308",
+            "1e308",
+            "1e309",
+            "-1e309",
+            "1e-400",
+            "0e999999999999",
+            "1e999999999999",
+            "123456789012345678901234567890",
+            "tru",
+            "nul",
+            "falsey",
+            "null null",
+            "\"a\"b",
+            "[\"a\" \"b\"]",
+            "{\"a\":1 \"b\":2}",
+            "{\"k\": [1, 2, {\"x\": null}], \"é\": \"🎉\"}",
+            "\u{feff}{}",
+            "{}\u{0}",
+            "[1]\n\r\t ",
         ] {
             minified_agrees(text.as_bytes());
         }

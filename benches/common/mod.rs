@@ -60,9 +60,12 @@ pub fn events_mapping(input: &Arc<InputInfo>) -> CompiledMapping {
 
 /// `fixtures/<name>` compiled against `input`'s header.
 pub fn fixture_mapping(input: &Arc<InputInfo>, name: &str) -> CompiledMapping {
-    let spec =
-        cdp_backfill::map::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name))
-            .expect("the fixture mapping parses");
+    let spec = cdp_backfill::map::load(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name),
+    )
+    .expect("the fixture mapping parses");
     let opened = source::open(input, &SourceOptions::default()).expect("the bench input opens");
     compile(&spec, opened.schema(), &input.display).expect("the fixture fits generated inputs")
 }

@@ -434,12 +434,7 @@ fn scan_quoted(
 /// the quote is overwritten by the next step), keeps that quote and skips its twin. No
 /// store reaches past the field, and none can overwrite a byte not yet read, since reads
 /// come from the copy. The parser has seen every quote inside the field doubled.
-fn unescape_in_place(
-    buf: &mut [u8],
-    (start, end): Span,
-    quote: u8,
-    scratch: &mut Vec<u8>,
-) -> Span {
+fn unescape_in_place(buf: &mut [u8], (start, end): Span, quote: u8, scratch: &mut Vec<u8>) -> Span {
     let len = end - start;
     scratch.clear();
     scratch.extend_from_slice(&buf[start..end]);
