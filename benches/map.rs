@@ -20,7 +20,8 @@ use cdp_backfill::json::write_minified;
 use cdp_backfill::map::encode::{map_chunk, EmitKind, Mapped};
 use cdp_backfill::map::message_id::write_message_id;
 use cdp_backfill::timestamp::parse_rfc3339;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 
 const ROWS: u64 = 20_000;
 
@@ -32,36 +33,14 @@ fn map_events(c: &mut Criterion) {
         ("ndjson", common::ndjson_bytes(ROWS)),
         ("parquet", common::parquet_bytes(ROWS)),
     ] {
-        let path = common::input_file(&format!("map-events.{format}"), &bytes);
-        let input = common::input_info(&path);
-        let mapping = common::events_mapping(&input);
-        let opts = common::encode_options();
-        let chunks = common::read_chunks(&input);
-        let mut out = Mapped::default();
-
-        // The work is what we think it is: nearly every row becomes one call.
-        let mut calls = 0;
-        for chunk in &chunks {
-            map_chunk(chunk, &mapping, &opts, &mut out);
-            calls += out
-                .emits
-                .iter()
-                .filter(|e| matches!(e.kind, EmitKind::Call(_)))
-                .count();
-        }
-        assert!(
-            calls as u64 > ROWS * 99 / 100,
-            "{format}: only {calls} calls"
+        let file = format!("map-events.{format}");
+        map_rows(
+            &mut g,
+            &format!("events_{format}"),
+            &file,
+            &bytes,
+            "events.toml",
         );
-
-        g.bench_function(format!("events_{format}"), |b| {
-            b.iter(|| {
-                for chunk in &chunks {
-                    map_chunk(black_box(chunk), &mapping, &opts, &mut out);
-                }
-                black_box(out.calls.len())
-            })
-        });
     }
     g.finish();
 }
@@ -69,12 +48,28 @@ fn map_events(c: &mut Criterion) {
 fn map_rich(c: &mut Criterion) {
     let mut g = c.benchmark_group("map");
     g.throughput(Throughput::Elements(ROWS));
-    let path = common::input_file("map-rich.csv", &common::rich_csv_bytes(ROWS));
+    let bytes = common::rich_csv_bytes(ROWS);
+    map_rows(&mut g, "rich_csv", "map-rich.csv", &bytes, "rich.toml");
+    g.finish();
+}
+
+/// `map_chunk` over `bytes` (written to `file`, read into chunks in memory) with
+/// `fixtures/<fixture>`, benched as `name`.
+fn map_rows(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    file: &str,
+    bytes: &[u8],
+    fixture: &str,
+) {
+    let path = common::input_file(file, bytes);
     let input = common::input_info(&path);
-    let mapping = common::fixture_mapping(&input, "rich.toml");
+    let mapping = common::fixture_mapping(&input, fixture);
     let opts = common::encode_options();
     let chunks = common::read_chunks(&input);
     let mut out = Mapped::default();
+
+    // The work is what we think it is: nearly every row becomes one call.
     let mut calls = 0;
     for chunk in &chunks {
         map_chunk(chunk, &mapping, &opts, &mut out);
@@ -84,8 +79,9 @@ fn map_rich(c: &mut Criterion) {
             .filter(|e| matches!(e.kind, EmitKind::Call(_)))
             .count();
     }
-    assert!(calls as u64 > ROWS * 99 / 100, "rich: only {calls} calls");
-    g.bench_function("rich_csv", |b| {
+    assert!(calls as u64 > ROWS * 99 / 100, "{name}: only {calls} calls");
+
+    g.bench_function(name, |b| {
         b.iter(|| {
             for chunk in &chunks {
                 map_chunk(black_box(chunk), &mapping, &opts, &mut out);
@@ -93,7 +89,6 @@ fn map_rich(c: &mut Criterion) {
             black_box(out.calls.len())
         })
     });
-    g.finish();
 }
 
 /// The `cart` column of the rich rows, as the mapper sees it (quotes undone).
