@@ -53,6 +53,8 @@ pub struct Mapped {
     pub row_offsets: Vec<u64>,
     pub first_row: u64,
     pub rows: u32,
+    /// Rows left out by `--sample` (neither mapped nor rejected).
+    pub skipped: u32,
     /// Position just past the chunk's last row.
     pub end: Position,
     /// The chunk's rows could not be read (nothing else is set): the run stops here.
@@ -91,6 +93,16 @@ pub struct EncodeOptions {
     /// `--sent-at now`: end every call with [`SENT_AT_PLACEHOLDER`], which the sender
     /// overwrites with the send time on each attempt (same width, so sizes stay exact).
     pub sent_at: bool,
+    /// `--sample K`: map only rows whose number is a multiple of K (1: every row).
+    pub sample: u64,
+}
+
+impl EncodeOptions {
+    /// Whether row `row_no` of an input is left out by `--sample`.
+    #[inline]
+    fn skips(&self, row_no: u64) -> bool {
+        self.sample > 1 && row_no % self.sample != 0
+    }
 }
 
 pub use super::sent_at::SENT_AT_PLACEHOLDER;
@@ -110,6 +122,7 @@ pub fn map_chunk(chunk: &Chunk, mapping: &CompiledMapping, opts: &EncodeOptions,
     out.input = Some(input.clone());
     out.first_row = chunk.first_row();
     out.rows = chunk.len() as u32;
+    out.skipped = 0;
     out.end = chunk.end();
     for i in 0..chunk.len() {
         out.row_offsets.push(chunk.row_offset(i));
@@ -142,9 +155,13 @@ fn map_row<R: Row>(
     out: &mut Mapped,
     input: &InputInfo,
 ) {
+    let row_no = out.first_row + i as u64;
+    if opts.skips(row_no) {
+        out.skipped += 1;
+        return;
+    }
     let calls_mark = out.calls.len();
     let emits_mark = out.emits.len();
-    let row_no = out.first_row + i as u64;
     let result = match row.source_problem() {
         Some(p) => Err(reject(row.problem_code(), p)),
         None => encode_calls(row, row_no, m, opts, out, i),
@@ -878,7 +895,7 @@ fn write_text(
             };
             out.extend_from_slice(if v { b"true" } else { b"false" });
         }
-        ColType::Json => write_json_text(out, b, c)?,
+        ColType::Json => write_json_text(out, b, valid, c)?,
         ColType::Timestamp => write_ts_text(out, b, c, opts)?,
     }
     Ok(())
@@ -919,12 +936,18 @@ fn write_float_text(out: &mut Vec<u8>, b: &[u8], c: &ColumnValue) -> Result<(), 
     Ok(())
 }
 
+/// A `json` column's text, checked and copied without its whitespace in one pass.
+/// `valid`: `b` is known to be UTF-8.
 #[inline(never)]
-fn write_json_text(out: &mut Vec<u8>, b: &[u8], c: &ColumnValue) -> Result<(), Reject> {
-    if !json::is_valid(b) {
+fn write_json_text(
+    out: &mut Vec<u8>,
+    b: &[u8],
+    valid: bool,
+    c: &ColumnValue,
+) -> Result<(), Reject> {
+    if !json::write_minified(out, b, valid) {
         return Err(bad(c, b, "valid JSON"));
     }
-    write_minified_json(out, b);
     Ok(())
 }
 
@@ -949,29 +972,6 @@ fn write_ts_text(
     check_range(ms, c, opts, || shown(b))?;
     timestamp::write_iso_millis(out, ms);
     Ok(())
-}
-
-/// Copies valid JSON without insignificant whitespace, so a body stays one line.
-fn write_minified_json(out: &mut Vec<u8>, b: &[u8]) {
-    let mut in_str = false;
-    let mut esc = false;
-    for &ch in b {
-        if in_str {
-            out.push(ch);
-            if esc {
-                esc = false;
-            } else if ch == b'\\' {
-                esc = true;
-            } else if ch == b'"' {
-                in_str = false;
-            }
-        } else if !matches!(ch, b' ' | b'\n' | b'\r' | b'\t') {
-            if ch == b'"' {
-                in_str = true;
-            }
-            out.push(ch);
-        }
-    }
 }
 
 fn unit_of(f: &TsFormat, v: i64) -> UnixUnit {
@@ -1116,6 +1116,7 @@ context = { "device.token" = "a", "device.type" = "d" }
             max_call_bytes: 1 << 20,
             latest_ms: i64::MAX,
             sent_at: false,
+            sample: 1,
         }
     }
 
