@@ -45,6 +45,10 @@ pub struct Cli {
     /// More log lines on stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
     #[arg(long, short, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// How log lines look: text (`[info cdp_backfill::send] ...`) or json (one object a
+    /// line: ts, level, target, message), for log shippers.
+    #[arg(long, global = true, default_value = "text", value_name = "text|json", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 // Parsed once per process: the size of the largest variant costs nothing.
@@ -65,7 +69,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Write a realistic event CSV (with planted bad rows) for tests and benchmarks.
     #[command(after_help = "Example:
-  cdp-backfill generate --rows 100000 --seed 7 --out target/events.csv")]
+  cdp-backfill generate --rows 100000 --seed 7 --out target/events.csv
+  cdp-backfill generate --shape rich --rows 1000000 --seed 1 --out target/rich.csv")]
     Generate(GenerateArgs),
     /// Show how far the backfills in the state directory got (or one of them).
     #[command(after_help = "Examples:
@@ -216,9 +221,14 @@ pub struct RunArgs {
     /// Requests per second at most.
     #[arg(long, default_value_t = config::DEFAULT_RATE_PER_SEC, value_name = "N", value_parser = per_second)]
     pub rate: u32,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = config::DEFAULT_CONCURRENCY, value_name = "N")]
-    pub concurrency: usize,
+    /// Requests in flight at once: auto (as many as --rate needs at the measured round
+    /// trip, cut back on 429s and errors) or a number from 1 to 256 that pins it.
+    #[arg(long, default_value = "auto", value_name = "auto|N", value_parser = concurrency)]
+    pub concurrency: config::ConcurrencySetting,
+    /// HTTP version: auto (HTTP/2 where the server offers it over TLS, else 1.1), 1.1,
+    /// or 2 (over plain http:// with prior knowledge).
+    #[arg(long, default_value = "auto", value_name = "auto|1.1|2", value_parser = http_version)]
+    pub http_version: config::HttpVersion,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = config::DEFAULT_MAX_REQUEST_BYTES, value_name = "BYTES")]
     pub max_request_bytes: usize,
@@ -407,10 +417,47 @@ pub struct GenerateArgs {
     /// The CSV file to write.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// `events`: twelve columns, about 200 bytes a row (fixtures/events.toml maps it).
+    /// `rich`: fifteen columns, about 570 bytes a row with a JSON column
+    /// (fixtures/rich.toml maps it).
+    #[arg(long, value_enum, default_value_t = GenerateShape::Events)]
+    pub shape: GenerateShape,
+}
+
+/// `generate --shape`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GenerateShape {
+    Events,
+    Rich,
 }
 
 /// `--rate` and `--events-rate`: a whole number per second (zero is refused later, with
 /// its own message).
+fn http_version(s: &str) -> Result<config::HttpVersion, String> {
+    match s.trim() {
+        "auto" => Ok(config::HttpVersion::Auto),
+        "1.1" | "1" => Ok(config::HttpVersion::Http11),
+        "2" | "2.0" => Ok(config::HttpVersion::Http2),
+        _ => Err("expected auto, 1.1 or 2".to_string()),
+    }
+}
+
+fn concurrency(s: &str) -> Result<config::ConcurrencySetting, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(config::ConcurrencySetting::Auto);
+    }
+    match s.parse::<usize>() {
+        Ok(n) if (1..=config::MAX_CONCURRENCY).contains(&n) => {
+            Ok(config::ConcurrencySetting::Fixed(n))
+        }
+        _ => Err(format!(
+            "expected auto or a number from 1 to {}",
+            config::MAX_CONCURRENCY
+        )),
+    }
+}
+
 fn per_second(s: &str) -> Result<u32, String> {
     s.trim()
         .parse::<u32>()
@@ -592,9 +639,6 @@ impl RunArgs {
                 "--rate must be at least 1 request per second".into(),
             ));
         }
-        if self.concurrency == 0 || self.concurrency > 256 {
-            return Err(UsageError("--concurrency must be between 1 and 256".into()));
-        }
         if self.chunk_rows == 0 {
             return Err(UsageError("--chunk-rows must be at least 1".into()));
         }
@@ -721,6 +765,7 @@ impl RunArgs {
             api_key,
             rate_per_sec: rate,
             concurrency: self.concurrency,
+            http_version: self.http_version,
             limits,
             rejects_given: rejects.is_some(),
             rejects_path: rejects.unwrap_or_default(),
@@ -962,7 +1007,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
-    crate::progress::init_logger(cli.verbose);
+    crate::progress::init_logger(cli.verbose, cli.log_format == "json");
     let usage = |UsageError(m)| fail(EXIT_USAGE, &m);
     match cli.command {
         Command::Run(args) => args.into_plan().map_or_else(usage, run),
@@ -1484,7 +1529,11 @@ fn validate_plan(
 
 /// `generate`: a realistic test input.
 fn generate(args: GenerateArgs) -> ExitCode {
-    match crate::generate::generate_file(&args.out, args.rows, args.seed) {
+    let shape = match args.shape {
+        GenerateShape::Events => crate::generate::Shape::Events,
+        GenerateShape::Rich => crate::generate::Shape::Rich,
+    };
+    match crate::generate::generate_file_as(&args.out, shape, args.rows, args.seed) {
         Ok(g) => {
             note(&format!(
                 "wrote {} rows to {} ({} planted bad rows)",

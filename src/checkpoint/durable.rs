@@ -22,6 +22,7 @@ use super::{
 };
 use crate::config::{Endpoint, RunConfig};
 use crate::map::message_id::{self, SeedScheme};
+use crate::pack::AliasAt;
 use crate::source::remote::{is_object_url, ObjectRuntime};
 use crate::source::{self, FileId, InputInfo, Position, SourceOptions, STDIN_ARG};
 
@@ -203,6 +204,7 @@ impl Durable {
             shard,
             start: Position::default(),
             lease: None,
+            aliases_beyond: Vec::new(),
         };
         let rejects_lock = match rejects_remote {
             true => None,
@@ -227,6 +229,7 @@ impl Durable {
             &Default::default(),
             false,
             &d.base.input_rows,
+            &[],
         )
         .map_err(CheckpointError::First)?;
         Ok(Some(d))
@@ -249,7 +252,8 @@ impl Durable {
     }
 
     /// Writes a checkpoint taken while the run goes on: requests past `resume` may be on
-    /// their way (not drained). `run`: this run's counters, added to the base's.
+    /// their way (not drained). `run`: this run's counters, added to the base's;
+    /// `aliases`: the alias calls delivered and counted at or past `resume`.
     pub fn store(
         &self,
         resume: Position,
@@ -257,12 +261,23 @@ impl Durable {
         run: &Counters,
         complete: bool,
         input_rows: &[u64],
+        aliases: &[AliasAt],
     ) -> Result<(), WriteError> {
-        self.store_as(resume, rejects_len, run, complete, false, input_rows)
+        self.store_as(
+            resume,
+            rejects_len,
+            run,
+            complete,
+            false,
+            input_rows,
+            aliases,
+        )
     }
 
     /// [`Durable::store`], saying whether the run `drained`: it ended with every request
-    /// it handed out acknowledged and counted, so nothing past `resume` was sent.
+    /// it handed out acknowledged and counted, so nothing past `resume` was sent but
+    /// `aliases`.
+    #[allow(clippy::too_many_arguments)] // each is one field of the file
     pub fn store_as(
         &self,
         resume: Position,
@@ -271,13 +286,23 @@ impl Durable {
         complete: bool,
         drained: bool,
         input_rows: &[u64],
+        aliases: &[AliasAt],
     ) -> Result<(), WriteError> {
-        let cp = self.next(resume, rejects_len, run, complete, drained, input_rows);
+        let cp = self.next(
+            resume,
+            rejects_len,
+            run,
+            complete,
+            drained,
+            input_rows,
+            aliases,
+        );
         self.write(&cp, false)
     }
 
     /// The run's last checkpoint, as [`Durable::store_as`]; in object storage it also
     /// releases the lease, so that the next run takes over at once.
+    #[allow(clippy::too_many_arguments)] // each is one field of the file
     pub fn finish(
         &self,
         resume: Position,
@@ -286,8 +311,17 @@ impl Durable {
         complete: bool,
         drained: bool,
         input_rows: &[u64],
+        aliases: &[AliasAt],
     ) -> Result<(), WriteError> {
-        let cp = self.next(resume, rejects_len, run, complete, drained, input_rows);
+        let cp = self.next(
+            resume,
+            rejects_len,
+            run,
+            complete,
+            drained,
+            input_rows,
+            aliases,
+        );
         self.write(&cp, true)
     }
 
@@ -337,6 +371,7 @@ impl Durable {
         complete: bool,
         drained: bool,
         input_rows: &[u64],
+        aliases: &[AliasAt],
     ) -> Checkpoint {
         let mut cp = self.base.clone();
         cp.written_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -345,6 +380,7 @@ impl Durable {
         cp.complete = complete;
         cp.drained = drained;
         cp.input_rows = input_rows.to_vec();
+        cp.aliases_beyond = aliases.to_vec();
         cp.counters = self.totals(resume, run, input_rows);
         cp
     }

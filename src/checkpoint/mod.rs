@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::map::message_id::SeedScheme;
+use crate::pack::AliasAt;
 use crate::source::{InputInfo, Position};
 
 /// Bump when the format changes; an unknown version is refused, never guessed at.
@@ -160,6 +161,12 @@ pub struct Checkpoint {
     /// Where this checkpoint's reading began (a shard's start; the beginning otherwise).
     #[serde(default)]
     pub start: Position,
+    /// Alias calls delivered (and counted) at or past `resume`: each goes in a request
+    /// of its own, which may be acknowledged while a batch body holding older rows is
+    /// still open and holds the watermark back. A resume reads their rows again and
+    /// does not send these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases_beyond: Vec<AliasAt>,
     /// Who holds a checkpoint kept in object storage (see `object`); `None` on disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseRecord>,
@@ -835,6 +842,11 @@ mod tests {
             shard: None,
             start: Position::default(),
             lease: None,
+            aliases_beyond: vec![AliasAt {
+                input: 0,
+                row: 12,
+                nth: 0,
+            }],
         }
     }
 

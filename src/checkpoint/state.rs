@@ -545,6 +545,7 @@ mod tests {
             shard: None,
             start: Position::default(),
             lease: None,
+            aliases_beyond: Vec::new(),
         }
     }
 
