@@ -355,6 +355,105 @@ pub fn json_number_is_finite(b: &[u8]) -> bool {
         .is_some_and(f64::is_finite)
 }
 
+/// The members of a JSON object's text, in order: `(key, value)`, the key with its
+/// quotes and escapes as written, the value without the white space around it. For
+/// valid JSON (the caller checks text it did not make); on anything else it stops early
+/// rather than panic. `None` when `b` is not an object.
+pub fn object_members(b: &[u8]) -> Option<ObjectMembers<'_>> {
+    let start = skip_ws(b, 0);
+    (b.get(start) == Some(&b'{')).then_some(ObjectMembers { b, at: start + 1 })
+}
+
+/// See [`object_members`].
+pub struct ObjectMembers<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The end of the string starting at `i` (its opening quote), past its closing quote.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+    None
+}
+
+/// The end of the value starting at `i`.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let n = b[i..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(b.len() - i);
+            Some(i + n)
+        }
+    }
+}
+
+impl<'a> Iterator for ObjectMembers<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.b;
+        let mut i = skip_ws(b, self.at);
+        if b.get(i) == Some(&b',') {
+            i = skip_ws(b, i + 1);
+        }
+        if b.get(i) != Some(&b'"') {
+            self.at = b.len();
+            return None;
+        }
+        let key_end = string_end(b, i)?;
+        let colon = skip_ws(b, key_end);
+        if b.get(colon) != Some(&b':') {
+            self.at = b.len();
+            return None;
+        }
+        let v = skip_ws(b, colon + 1);
+        let Some(end) = value_end(b, v) else {
+            self.at = b.len();
+            return None;
+        };
+        self.at = end;
+        Some((&b[i..key_end], &b[v..end]))
+    }
+}
+
 /// True when `b` is one JSON document whose strings are valid UTF-8 with no lone
 /// surrogate escapes. (`serde::de::IgnoredAny` is not enough: serde_json skips ignored
 /// strings without checking them, so such text passed into a call made the body invalid
@@ -405,6 +504,27 @@ pub fn is_valid(b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_members_are_found_with_or_without_white_space() {
+        let m: Vec<(&[u8], &[u8])> =
+            object_members(br#" { "a" : [1, {"b":"}"}] , "c\"d":"x", "e":-1.5e3,"f":{}} "#)
+                .unwrap()
+                .collect();
+        assert_eq!(
+            m,
+            vec![
+                (&br#""a""#[..], &br#"[1, {"b":"}"}]"#[..]),
+                (br#""c\"d""#, br#""x""#),
+                (br#""e""#, b"-1.5e3"),
+                (br#""f""#, b"{}"),
+            ]
+        );
+        assert!(object_members(b"[1]").is_none());
+        assert_eq!(object_members(b"{}").unwrap().count(), 0);
+        // Broken text stops early, never panics.
+        assert_eq!(object_members(br#"{"a":"#).unwrap().count(), 0);
+    }
     use proptest::strategy::Just;
 
     fn enc(s: &str) -> String {

@@ -45,7 +45,7 @@ use crate::error::RunError;
 use crate::map::compile::{compile, CompiledMapping};
 use crate::map::encode::{map_chunk, EncodeOptions, Mapped};
 use crate::map::spec::MappingSpec;
-use crate::pack::{stage, PackTotals, Packer, Request, Spares};
+use crate::pack::{stage, PackTotals, Packer, Request, Spares, StopRules};
 use crate::progress::Progress;
 use crate::send::transport::{DryRunTransport, HttpTransport, Transport};
 use crate::send::{self, Ack, Attempts, Delivery, Gate, RetryPolicy};
@@ -447,7 +447,7 @@ impl Front {
         });
         let limits = plan.limits;
         let packer = std::thread::spawn(move || {
-            stage::pack(mapped, free_mapped_tx, requests_tx, limits, spares)
+            stage::pack(mapped, free_mapped_tx, requests_tx, limits, spares, StopRules::default())
         });
         (Front { reader, packer }, requests)
     }

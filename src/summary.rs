@@ -11,6 +11,8 @@ use serde::Serialize;
 
 use crate::checkpoint::collect::CollectOutcome;
 use crate::checkpoint::Checkpoint;
+use crate::map::coverage::{Coverage, Unmatched};
+use crate::map::fixes::ValueFixes;
 use crate::map::spec::CallKind;
 use crate::pack::PackTotals;
 use crate::progress::thousands;
@@ -90,6 +92,16 @@ pub struct Summary {
     /// rejects file holds, and what decides exit code 3.
     pub rows_rejected_total: u64,
     pub dry_run: bool,
+    /// Per column: values cleaned into their type, and values that did not parse and
+    /// were left out, sent as null or kept as text (`on_error`), with examples.
+    #[serde(default)]
+    pub values_fixed: BTreeMap<String, ValueFixes>,
+    /// Mapped columns and paths that had no value in any row read.
+    #[serde(default)]
+    pub never_matched: Vec<Unmatched>,
+    /// NDJSON keys that no field maps (when no call takes "rest").
+    #[serde(default)]
+    pub unmapped_keys: Vec<String>,
 }
 
 impl Summary {
@@ -148,6 +160,7 @@ impl Summary {
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
         summary.calls_built = totals.calls;
+        summary.values_fixed = totals.fixes.clone();
         summary.calls_by_type = CallKind::ALL
             .iter()
             .zip(totals.calls_by_type)
@@ -171,6 +184,12 @@ impl Summary {
         // (`rows_rejected`); the rest are found again when it resumes.
         summary.rows_rejected_total =
             outcome.counters.rows_rejected + base.map_or(0, |b| b.counters.rows_rejected);
+    }
+
+    /// Records what the mapping never reached ([`crate::map::coverage`]).
+    pub fn set_coverage(&mut self, c: Coverage) {
+        self.never_matched = c.never_matched;
+        self.unmapped_keys = c.unmapped_keys;
     }
 
     pub fn finish(&mut self, elapsed: std::time::Duration) {
@@ -207,6 +226,12 @@ impl fmt::Display for Summary {
         for (reason, count) in &self.rejected_by_reason {
             // Sub-rows line up with the rows above (a long name pushes its count right).
             writeln!(f, "      {reason:<14}{:>14}", thousands(*count))?;
+        }
+        if !self.values_fixed.is_empty() {
+            writeln!(f, "  values fixed (by column)")?;
+            for (col, v) in &self.values_fixed {
+                writeln!(f, "      {col:<14}{}", v.describe())?;
+            }
         }
         writeln!(f, "  calls built       {:>14}", thousands(self.calls_built))?;
         for (kind, count) in &self.calls_by_type {
@@ -252,6 +277,13 @@ impl fmt::Display for Summary {
         )?;
         if self.rows_rejected > 0 {
             writeln!(f, "  rejects file      {}", self.rejects_file)?;
+        }
+        let coverage = Coverage {
+            never_matched: self.never_matched.clone(),
+            unmapped_keys: self.unmapped_keys.clone(),
+        };
+        for line in coverage.lines() {
+            writeln!(f, "  mapping: {line}")?;
         }
         Ok(())
     }

@@ -21,7 +21,7 @@ pub mod stage;
 use crate::config::Limits;
 use crossbeam_channel::{Receiver, Sender};
 
-pub use stage::{CallOrigin, PackTotals, Request};
+pub use stage::{CallOrigin, PackTotals, Request, StopRules, Stopped};
 
 const PREFIX: &[u8] = b"{\"batch\":[";
 const SUFFIX: &[u8] = b"]}";
