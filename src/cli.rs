@@ -277,6 +277,14 @@ pub struct RunArgs {
     /// default: sentAt invites the API's clock-skew correction of timestamps.
     #[arg(long, value_parser = ["now"], value_name = "now")]
     pub sent_at: Option<String>,
+    /// Before sending anything, read the first 1,000 rows of each input and stop (exit 2)
+    /// if a mapped column or path has no value in any of them.
+    #[arg(long)]
+    pub strict_mapping: bool,
+    /// Stop the run once more than this share of the rows read is rejected (checked
+    /// from the first 1,000 rows on, and at the end): 0.05 or 5%.
+    #[arg(long, value_name = "RATE", value_parser = reject_rate)]
+    pub max_reject_rate: Option<f64>,
     /// The checkpoint file: rerunning the same command resumes from it.
     #[arg(long, default_value = config::DEFAULT_CHECKPOINT_PATH, value_name = "FILE")]
     pub checkpoint: PathBuf,
@@ -391,11 +399,11 @@ fn warn_if_shared(f: &std::path::Path) {
         if let Ok(m) = std::fs::metadata(f) {
             let mode = m.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
-                eprintln!(
+                note(&format!(
                     "warning: --api-key-file {} is accessible to other users (mode {mode:o}); restrict it with: chmod 600 {}",
                     f.display(),
                     f.display()
-                );
+                ));
             }
         }
     }
@@ -591,6 +599,8 @@ impl RunArgs {
             max_record_bytes: self.max_record_bytes,
             local_record: self.local_record,
             sent_at: self.sent_at.is_some(),
+            strict_mapping: self.strict_mapping,
+            max_reject_rate: self.max_reject_rate,
             checkpoint: keeps_checkpoint.then_some(self.checkpoint),
             restart: self.restart,
             checkpoint_interval: secs("checkpoint-interval", self.checkpoint_interval)?,
@@ -701,7 +711,15 @@ impl ServeArgs {
 
 /// Parses the command line, runs the command, returns the exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version or a bad flag: printed (a closed pipe loses it, and is no
+        // panic) with clap's own exit code.
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
     crate::progress::init_logger(cli.verbose);
     let usage = |UsageError(m)| fail(EXIT_USAGE, &m);
     match cli.command {
@@ -758,6 +776,15 @@ fn run(plan: RunPlan) -> ExitCode {
     let (summary, err) = match result {
         Ok(s) => (Some(s), None),
         Err(RunError::Partial { summary, cause }) => (Some(*summary), Some((EXIT_FAILURE, cause))),
+        // Stopped early for a wrong input or mapping (2) or too many rejects (1).
+        Err(RunError::Stopped {
+            summary,
+            cause,
+            usage,
+        }) => {
+            let code = if usage { EXIT_USAGE } else { EXIT_FAILURE };
+            (Some(*summary), Some((code, cause)))
+        }
         Err(RunError::Interrupted {
             summary,
             checkpoint,
@@ -817,11 +844,8 @@ fn run(plan: RunPlan) -> ExitCode {
 fn serve(cfg: ServeConfig) -> ExitCode {
     match crate::serve::run_until_signal(cfg) {
         Ok(stats) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&stats).unwrap_or_default()
-            );
-            ExitCode::from(EXIT_OK)
+            let json = serde_json::to_string_pretty(&stats).unwrap_or_default();
+            print_out(&format!("{json}\n")).map_or_else(|e| e, |()| ExitCode::from(EXIT_OK))
         }
         Err(e) => fail(EXIT_FAILURE, &e.to_string()),
     }
@@ -830,10 +854,8 @@ fn serve(cfg: ServeConfig) -> ExitCode {
 /// `status`: what a checkpoint says.
 fn status(args: StatusArgs) -> ExitCode {
     match crate::checkpoint::load(&args.checkpoint) {
-        Ok(Some(cp)) => {
-            print!("{}", crate::checkpoint::describe(&cp));
-            ExitCode::from(EXIT_OK)
-        }
+        Ok(Some(cp)) => print_out(&crate::checkpoint::describe(&cp))
+            .map_or_else(|e| e, |()| ExitCode::from(EXIT_OK)),
         Ok(None) => fail(
             EXIT_FAILURE,
             &format!(
@@ -853,7 +875,9 @@ fn inspect(
         Ok(p) => p,
         Err(e) => return fail(EXIT_FAILURE, &e.to_string()),
     };
-    print!("{p}");
+    if let Err(code) = print_out(&p.to_string()) {
+        return code;
+    }
     if let Some(path) = &emit_mapping {
         let written = std::fs::OpenOptions::new()
             .write(true)
@@ -866,7 +890,7 @@ fn inspect(
                 &format!("cannot write {}: {e}", path.display()),
             );
         }
-        eprintln!("wrote a starter mapping to {}", path.display());
+        note(&format!("wrote a starter mapping to {}", path.display()));
     }
     ExitCode::from(EXIT_OK)
 }
@@ -877,7 +901,9 @@ fn validate((opts, src): (ValidateOptions, SourceOptions)) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(exit_code(&e), &e.to_string()),
     };
-    print!("{r}");
+    if let Err(code) = print_out(&r.to_string()) {
+        return code;
+    }
     if let Some(p) = &opts.report_json {
         let json = serde_json::to_vec_pretty(&r).unwrap_or_default();
         if let Err(e) = std::fs::write(p, json) {
@@ -898,12 +924,12 @@ fn validate((opts, src): (ValidateOptions, SourceOptions)) -> ExitCode {
 fn generate(args: GenerateArgs) -> ExitCode {
     match crate::generate::generate_file(&args.out, args.rows, args.seed) {
         Ok(g) => {
-            eprintln!(
+            note(&format!(
                 "wrote {} rows to {} ({} planted bad rows)",
                 g.rows,
                 args.out.display(),
                 g.bad_rows.len()
-            );
+            ));
             ExitCode::from(EXIT_OK)
         }
         Err(e) => fail(
@@ -916,13 +942,10 @@ fn generate(args: GenerateArgs) -> ExitCode {
 /// `completions`: a shell completion script.
 fn completions(args: CompletionsArgs) -> ExitCode {
     use clap::CommandFactory;
-    clap_complete::generate(
-        args.shell,
-        &mut Cli::command(),
-        "cdp-backfill",
-        &mut std::io::stdout(),
-    );
-    ExitCode::from(EXIT_OK)
+    // Into memory first: clap_complete panics when its writer fails (`| head -1`).
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "cdp-backfill", &mut script);
+    print_out(&String::from_utf8_lossy(&script)).map_or_else(|e| e, |()| ExitCode::from(EXIT_OK))
 }
 
 /// SIGINT/SIGTERM set the returned flag (the run drains and stops); a second one says so
@@ -1017,6 +1040,23 @@ impl RunOutputs {
     }
 }
 
+/// `--max-reject-rate`: a share from 0 to 1 (`0.05`) or a percentage (`5%`).
+fn reject_rate(s: &str) -> Result<f64, String> {
+    let (num, scale) = match s.strip_suffix('%') {
+        Some(p) => (p, 100.0),
+        None => (s, 1.0),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate; write 0.05 or 5%"))?;
+    let v = v / scale;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("{s:?} is not between 0 and 1 (0% and 100%)"));
+    }
+    Ok(v)
+}
+
 /// An output file that cannot be written is a usage error found before the run starts.
 fn check_output_path(flag: &str, p: &std::path::Path) -> Result<(), UsageError> {
     if p.is_dir() {
@@ -1046,8 +1086,22 @@ fn exit_code(e: &RunError) -> u8 {
 }
 
 fn fail(code: u8, msg: &str) -> ExitCode {
-    eprintln!("error: {msg}");
+    note(&format!("error: {msg}"));
     ExitCode::from(code)
+}
+
+/// Writes a command's output to stdout. A reader that went away (`| head -1`) is no
+/// error: the command stops printing and ends as it would have, never with a panic. Any
+/// other failure (a full disk under a redirect) is one, with exit code 1.
+fn print_out(text: &str) -> Result<(), ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(fail(
+            EXIT_FAILURE,
+            &format!("cannot write to standard output: {e}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A line on stderr that a closed stderr does not turn into a panic.

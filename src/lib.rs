@@ -1,10 +1,18 @@
 //! `cdp-backfill`: backfill historical records into the Customer.io Data Pipelines API.
 //!
-//! The pipeline, one stage per module: [`source`] reads records, [`map`] turns them into
-//! encoded calls in parallel, [`pack`] packs calls into request bodies, [`send`] delivers
-//! them under a rate limiter, and [`pipeline`] wires the stages together with bounded
-//! channels. [`serve`] is the local receiver used by `--endpoint local`, the tests and the
-//! benchmarks; [`generate`] writes realistic test inputs.
+//! The modules form layers that read as the pipeline, lowest first; a module uses only
+//! those in its layer or below (`tests/layers.rs` checks it):
+//!
+//! - leaves: [`config`] (plain validated data and the named defaults), [`json`] (JSON
+//!   writing and scanning), [`timestamp`] (timestamps in, UTC milliseconds out);
+//! - [`source`] reads records; [`map`] turns them into encoded calls; [`pack`] packs calls
+//!   into requests; [`send`] delivers them under the rate gate; [`checkpoint`] folds the
+//!   acknowledgements into the durable watermark and the rejects file;
+//! - [`serve`], the local receiver (`--endpoint local`, the tests, the benchmarks);
+//! - sinks that read what the stages count: [`progress`], [`summary`], [`report`];
+//! - [`error`], then [`pipeline`], the only module that starts the run's threads and
+//!   channels;
+//! - commands: [`validate`], [`inspect`], [`generate`]; and [`cli`] on top.
 
 pub mod checkpoint;
 pub mod cli;

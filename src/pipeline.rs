@@ -2,19 +2,21 @@
 //! one screen.
 //!
 //! ```text
-//!          ┌──────── free chunks ◀────────┐
-//!          ▼                              │
+//!         ┌── free chunks ◀──┐
+//!         ▼                  │
 //!  reader ──pool.spawn──▶ mappers ──mapped──▶ packer ──requests──▶ gate ──gated──▶ senders ×N ──acks──▶ collector
-//!  (source::read)         (map, rayon)   ▲   (pack::stage)        forwarder        (send)                (checkpoint::collect,
-//!          ▲                             │                        (window)                               this thread)
-//!          └──── free mapped buffers ◀───┘◀──────────────── spent bodies (pack::Spares) ◀──────────────────────┘
+//!         ▲                                   │  ▲              forwarder                             (this thread)
+//!         └───── free mapped buffers ◀────────┘  └─────────────── spent bodies ◀───────────────────────────┘
+//!
+//!  source::read   map (rayon)       pack::stage      checkpoint::window   send      checkpoint::collect
 //! ```
 //!
 //! Each stage is a room with one door: the reader hands [`Chunk`]s, the mappers [`Mapped`]
 //! chunks, the packer [`Request`]s, the senders [`Ack`]s; the collector gives back a
 //! [`CollectOutcome`], and the summary is made from it, the packer's [`PackTotals`] and
 //! the senders' [`Attempts`]. The gate forwarder holds each request until the durable
-//! window ([`Window`]) has room, so a crash replays at most `2 × concurrency` requests.
+//! window ([`Window::forward`]) has room, so a crash replays at most `2 × concurrency`
+//! requests.
 //!
 //! Every channel is bounded and every buffer is recycled, so memory does not grow with
 //! the input: at most `pool` chunks of rows and `pool` mapped chunks exist at once, and
@@ -25,9 +27,10 @@
 //! The senders and the gate forwarder run on threads that own what they use, and so do
 //! the reader and the packer: a run whose requests still hang after the drain timeout
 //! returns ([`RunError::Abandoned`]) and leaves the stuck senders behind; the process
-//! exits from `main`. `validate` runs the same reader, mappers and packer ([`Front`]) and
+//! exits from `main`. `validate` runs the same reader, mappers and packer (`Front`) and
 //! counts the requests instead of sending them.
 
+use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,20 +38,22 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, SendTimeoutError, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::checkpoint::collect::{CollectOutcome, Collector};
 use crate::checkpoint::durable::Durable;
-use crate::checkpoint::{self, rejects, window::Window};
+use crate::checkpoint::{self, rejects, window::Window, WriteError};
 use crate::config::{Endpoint, Limits, RunConfig};
 use crate::error::RunError;
 use crate::map::compile::{compile, CompiledMapping};
 use crate::map::encode::{map_chunk, EncodeOptions, Mapped};
 use crate::map::spec::MappingSpec;
-use crate::pack::{stage, PackTotals, Packer, Request, Spares, StopRules};
+use crate::map::coverage::{coverage, Coverage};
+use crate::pack::{stage, PackTotals, Packer, Request, Spares, StopRules, Stopped};
 use crate::progress::Progress;
 use crate::send::transport::{DryRunTransport, HttpTransport, Transport};
 use crate::send::{self, Ack, Attempts, Delivery, Gate, RetryPolicy};
+use crate::serve::{ServeConfig, Server};
 use crate::source::read::Reading;
 use crate::source::{self, Chunk, InputInfo, Position, SourceError, SourceOptions};
 use crate::summary::{Outcome, Summary};
@@ -75,90 +80,23 @@ pub fn run(
     progress: &Arc<Progress>,
 ) -> Result<Summary, RunError> {
     let started = Instant::now();
-    // --- preflight: nothing is read or sent, and nothing on disk changes, before it passes.
-    let spec = crate::map::load(&cfg.mapping_path)?;
-    // Never read as inputs: what the run writes, its mapping and its API key file.
-    let own: Vec<PathBuf> = cfg.own_files.iter().map(|f| f.path.clone()).collect();
-    let own = [own, vec![cfg.mapping_path.clone()]].concat();
-    let inputs = source::discover_excluding(&cfg.inputs, src, &own)?;
-    source::refuse_overwriting(&cfg.own_files, &inputs, Some(&cfg.mapping_path))?;
-    // An earlier run's summary or report must not pass for this run's when this one ends
-    // without writing them (a refused configuration, a second Ctrl-C, a crash).
-    for f in cfg.own_files.iter().filter(|f| f.at_end) {
-        if std::fs::metadata(&f.path).is_ok_and(|m| m.is_file()) {
-            let _ = std::fs::remove_file(&f.path);
-        }
-    }
-    let plan = Plan::new(&spec, inputs, src, cfg.limits, cfg.sent_at)?;
-    let ck = |e| RunError::Checkpoint(Box::new(e));
-    if cfg.checkpoint.is_some() {
-        rejects::refuse_unsyncable(&cfg.rejects_path).map_err(ck)?;
-    } else {
-        rejects::refuse_taking_unfinished(cfg).map_err(ck)?;
-    }
-    // A matching checkpoint says where to start; a mismatching one stops the run here.
-    let durable = Durable::open(cfg, src, &plan.inputs).map_err(ck)?;
-    // Held to the end of the run (a checkpoint holds its own): a second run of the same
-    // command stops here.
-    let _rejects_lock = match durable {
-        Some(_) => None,
-        None => rejects::lock_rejects(&cfg.rejects_path, true).map_err(ck)?,
+    let Ready {
+        plan,
+        durable,
+        _rejects_lock,
+    } = match preflight(cfg, src)? {
+        Preflight::Ready(r) => r,
+        Preflight::AlreadyComplete(s) => return Ok(s),
     };
     let start = durable
         .as_ref()
         .map_or_else(Position::default, |d| d.base.resume);
-    if let Some(d) = durable.as_ref().filter(|d| d.base.complete) {
-        return Ok(Summary::already_complete(
-            &d.path,
-            plan.inputs.len(),
-            &cfg.rejects_path,
-            d.base.counters.rows_rejected,
-        ));
-    }
-    if let Some(d) = durable.as_ref().filter(|_| !cfg.quiet) {
-        // Not `eprintln!`: a closed stderr stops nothing.
-        let _ = writeln!(std::io::stderr(), "{}", d.starting_at(&plan.inputs));
-    }
     let rejects_len0 = durable.as_ref().map_or(0, |d| d.base.rejects_len);
     // Before the rejects file is touched: a run that cannot start its threads changes
     // nothing on disk.
     let mappers = Arc::new(mapper_pool().map_err(RunError::Threads)?);
-    let rejects_file = rejects::open(&cfg.rejects_path, rejects_len0).map_err(ck)?;
-
-    // --- where requests go: nowhere (a dry run), the built-in receiver, or a URL.
-    let mut local = None;
-    let mut dry = None;
-    let transport: Arc<dyn Transport> = if cfg.dry_run {
-        let out = match &cfg.output {
-            Some(p) => Some(output_file(p)?),
-            None => None,
-        };
-        let d = Arc::new(DryRunTransport::new(out));
-        dry = Some(d.clone());
-        d
-    } else {
-        let base = match &cfg.endpoint {
-            Endpoint::Url(u) => u.clone(),
-            Endpoint::Local => {
-                let server = crate::serve::Server::start(crate::serve::ServeConfig {
-                    limits: cfg.limits,
-                    record: cfg.local_record.clone(),
-                    ..Default::default()
-                })?;
-                let url = server.base_url();
-                local = Some(server);
-                url
-            }
-        };
-        Arc::new(HttpTransport::new(
-            &base,
-            cfg.api_key.as_ref(),
-            cfg.strict,
-            cfg.connect_timeout,
-            cfg.request_timeout,
-            cfg.concurrency,
-        )?)
-    };
+    let rejects_file = rejects::open(&cfg.rejects_path, rejects_len0)?;
+    let (transport, dry, local) = transport(cfg)?;
     let concurrency = if cfg.dry_run {
         1
     } else {
@@ -190,13 +128,12 @@ pub fn run(
         attempts: attempts.clone(),
     };
 
-    // --- the stages.
+    // --- the stages: reader, mappers and packer; the gate forwarder; the senders.
     let halt_reading = Arc::new(AtomicBool::new(false));
-    let input_rows = Arc::new(Mutex::new(
-        durable
-            .as_ref()
-            .map_or_else(|| vec![0; plan.inputs.len()], |d| d.base.input_rows.clone()),
-    ));
+    let input_rows = Arc::new(Mutex::new(match &durable {
+        Some(d) => d.base.input_rows.clone(),
+        None => vec![0; plan.inputs.len()],
+    }));
     // Bodies come back from the collector: at most the two queues, the senders' own and
     // the acknowledgements not yet folded can be in flight at once.
     let spares = Spares::new(
@@ -214,24 +151,26 @@ pub fn run(
         progress,
         spares.clone(),
         (concurrency * 2).min(QUEUE_AHEAD),
+        Box::new(|_| {}),
     );
     // Requests sent but not yet covered by a durable checkpoint: what a crash can replay.
     let window = Arc::new(Window::new(2 * concurrency));
     let (gated_tx, gated) = bounded::<Request>(concurrency.min(QUEUE_AHEAD));
-    let forwarder = Forwarder {
-        window: window.clone(),
-        checkpointing: durable.is_some(),
-        stop: delivery.stop.clone(),
-        halted: halt_reading.clone(),
-        progress: progress.clone(),
-    };
-    spawn("gate", move || forwarder.run(packed, gated_tx))?;
+    let (win, checkpointing, p) = (window.clone(), durable.is_some(), progress.clone());
+    let (stop, halted) = (delivery.stop.clone(), halt_reading.clone());
+    spawn("gate", move || {
+        win.forward(packed, gated_tx, checkpointing, &stop, &halted, || {
+            p.forwarded()
+        })
+    })?;
     let (ack_tx, acks) = unbounded::<Ack>();
     for _ in 0..concurrency {
         let (rx, tx, d) = (gated.clone(), ack_tx.clone(), delivery.clone());
         spawn("sender", move || send::worker(rx, tx, &d))?;
     }
     drop((gated, ack_tx));
+
+    // --- the collector, on this thread, until every sender is done.
     let outcome = Collector {
         rejects: BufWriter::with_capacity(1 << 16, rejects_file),
         rejects_len: rejects_len0,
@@ -250,7 +189,7 @@ pub fn run(
     }
     .run(acks);
 
-    // --- the end.
+    // --- the end: the last checkpoint and the summary.
     let mut summary = Summary {
         inputs: plan.inputs.len() as u64,
         rejects_file: cfg.rejects_path.display().to_string(),
@@ -259,34 +198,38 @@ pub fn run(
     };
     let base = durable.as_ref().map(|d| &d.base);
     if outcome.abandoned {
-        return Err(abandoned(
-            cfg, summary, &outcome, base, front, &attempts, started,
-        ));
+        let a = &attempts;
+        return Err(abandoned(cfg, summary, &outcome, base, front, a, started));
     }
     let (read_result, totals) = front.join()?;
-    let fatal = outcome.fatal.clone();
     if let Some(e) = outcome.io_error {
         return Err(RunError::Write(e));
     }
-    // The last checkpoint of this run: complete only if everything was read and delivered.
+    let fatal = outcome.fatal.clone();
+    let stopped = totals.stopped.clone();
+    // Complete only if everything was read and delivered.
     if let Some(d) = &durable {
         let complete = read_result.is_ok()
             && fatal.is_none()
+            && stopped.is_none()
             && !outcome.interrupted
             && outcome.all_acknowledged;
         let rows = lock(&input_rows).clone();
+        let at = outcome.watermark.unwrap_or(d.base.resume);
+        let drained = outcome.all_acknowledged;
         d.store_as(
-            outcome.watermark.unwrap_or(d.base.resume),
+            at,
             outcome.rejects_len,
             &outcome.counters,
             complete,
-            outcome.all_acknowledged,
+            drained,
             &rows,
         )?;
     }
     summary.fill(&totals, &outcome, base, &attempts.counts());
+    summary.set_coverage(plan.coverage(&totals.present));
     if let (Some(d), Some(p)) = (&dry, &cfg.output) {
-        d.flush().map_err(|source| checkpoint::WriteError {
+        d.flush().map_err(|source| WriteError {
             what: "--output",
             path: p.clone(),
             source,
@@ -298,35 +241,187 @@ pub fn run(
     summary.finish(started.elapsed());
     if outcome.interrupted && read_result.is_ok() && fatal.is_none() {
         summary.outcome = Outcome::Interrupted;
+        let checkpoint = durable.map(|d| d.path);
+        let summary = Box::new(summary);
         return Err(RunError::Interrupted {
-            summary: Box::new(summary),
-            checkpoint: durable.map(|d| d.path),
+            summary,
+            checkpoint,
         });
     }
-    if let Err(e) = read_result {
+    if let Some(why) = stopped.filter(|_| fatal.is_none() && read_result.is_ok()) {
         summary.outcome = Outcome::Failed;
-        return Err(RunError::Partial {
+        // Nothing was delivered when every row so far was rejected: a checkpoint would
+        // only make the corrected run refuse (its mapping or --format changed), so none
+        // is left.
+        let same_reason = matches!(why, Stopped::SameReason { .. });
+        if let Some(d) = durable.as_ref().filter(|_| same_reason) {
+            let _ = std::fs::remove_file(&d.path);
+        }
+        return Err(RunError::Stopped {
             summary: Box::new(summary),
-            cause: e.to_string(),
+            cause: why.message(),
+            usage: same_reason,
         });
     }
-    if let Some(why) = fatal {
-        summary.outcome = Outcome::Failed;
-        let again = if durable.is_some() {
-            "The checkpoint stays before this request; the same command resumes from there"
-        } else {
-            "No checkpoint was kept: a rerun starts from the beginning"
-        };
-        let beyond = outcome
-            .resent_beyond("sent after it")
-            .map_or_else(String::new, |b| format!(" ({b})"));
-        return Err(RunError::Partial {
-            summary: Box::new(summary),
-            cause: format!("{why}. {again}{beyond}"),
-        });
+    let cause = match (read_result, fatal) {
+        (Err(e), _) => e.to_string(),
+        (Ok(()), Some(why)) => {
+            let again = if durable.is_some() {
+                "The checkpoint stays before this request; the same command resumes from there"
+            } else {
+                "No checkpoint was kept: a rerun starts from the beginning"
+            };
+            let beyond = outcome
+                .resent_beyond("sent after it")
+                .map_or_else(String::new, |b| format!(" ({b})"));
+            format!("{why}. {again}{beyond}")
+        }
+        (Ok(()), None) => {
+            summary.outcome = Outcome::Completed;
+            return Ok(summary);
+        }
+    };
+    summary.outcome = Outcome::Failed;
+    let summary = Box::new(summary);
+    Err(RunError::Partial { summary, cause })
+}
+
+/// Rows of each input that `run --strict-mapping` reads before sending anything.
+pub const STRICT_MAPPING_ROWS: usize = 1000;
+
+/// The `--strict-mapping` refusal: every mapped name with no value in `rows` rows.
+pub fn strict_mapping_message(c: &Coverage, rows: usize) -> String {
+    let lines: Vec<String> = c
+        .lines()
+        .into_iter()
+        .take(c.never_matched.len())
+        .map(|l| format!("  {l}"))
+        .collect();
+    format!(
+        "--strict-mapping: {} mapped column(s) or path(s) had no value in the first {rows} rows of any input; nothing was sent. Fix the names in the mapping (or leave out --strict-mapping):\n{}",
+        c.never_matched.len(),
+        lines.join("\n")
+    )
+}
+
+/// What the preflight leaves for the run: the plan, the checkpoint, and the rejects
+/// file's lock when no checkpoint holds it.
+struct Ready {
+    plan: Plan,
+    durable: Option<Durable>,
+    _rejects_lock: Option<std::fs::File>,
+}
+
+enum Preflight {
+    Ready(Ready),
+    /// The checkpoint says the backfill finished: nothing to do.
+    AlreadyComplete(Summary),
+}
+
+/// Everything checked before anything is read or sent, and before anything on disk
+/// changes (but an earlier run's summary and report, which must not pass for this
+/// run's): the mapping against every input, the run's own files, the checkpoint (loaded
+/// and matched, or written afresh) and the locks.
+fn preflight(cfg: &RunConfig, src: &SourceOptions) -> Result<Preflight, RunError> {
+    let spec = crate::map::load(&cfg.mapping_path)?;
+    // Never read as inputs: what the run writes, its mapping and its API key file.
+    let mut own: Vec<PathBuf> = cfg.own_files.iter().map(|f| f.path.clone()).collect();
+    own.push(cfg.mapping_path.clone());
+    let inputs = source::discover_excluding(&cfg.inputs, src, &own)?;
+    source::refuse_overwriting(&cfg.own_files, &inputs, Some(&cfg.mapping_path))?;
+    // An earlier run's summary or report must not pass for this run's when this one ends
+    // without writing them (a refused configuration, a second Ctrl-C, a crash).
+    for f in cfg.own_files.iter().filter(|f| f.at_end) {
+        if std::fs::metadata(&f.path).is_ok_and(|m| m.is_file()) {
+            let _ = std::fs::remove_file(&f.path);
+        }
     }
-    summary.outcome = Outcome::Completed;
-    Ok(summary)
+    let mut plan = Plan::new(&spec, inputs, src, cfg.limits, cfg.sent_at)?;
+    plan.rules.max_reject_rate = cfg.max_reject_rate;
+    if cfg.strict_mapping {
+        let c = plan.preview(src, STRICT_MAPPING_ROWS)?;
+        if !c.never_matched.is_empty() {
+            return Err(RunError::StrictMapping(strict_mapping_message(
+                &c,
+                STRICT_MAPPING_ROWS,
+            )));
+        }
+    }
+    if cfg.checkpoint.is_some() {
+        rejects::refuse_unsyncable(&cfg.rejects_path)?;
+    } else {
+        rejects::refuse_taking_unfinished(cfg)?;
+    }
+    // A matching checkpoint says where to start; a mismatching one stops the run here.
+    let durable = Durable::open(cfg, src, &plan.inputs)?;
+    // Held to the end of the run (a checkpoint holds its own): a second run of the same
+    // command stops here.
+    let rejects_lock = match durable {
+        Some(_) => None,
+        None => rejects::lock_rejects(&cfg.rejects_path, true)?,
+    };
+    if let Some(d) = &durable {
+        if d.base.complete {
+            let (n, rejected) = (plan.inputs.len(), d.base.counters.rows_rejected);
+            let s = Summary::already_complete(&d.path, n, &cfg.rejects_path, rejected);
+            return Ok(Preflight::AlreadyComplete(s));
+        }
+        if !cfg.quiet {
+            // Not `eprintln!`: a closed stderr stops nothing.
+            let _ = writeln!(std::io::stderr(), "{}", d.starting_at(&plan.inputs));
+        }
+    }
+    Ok(Preflight::Ready(Ready {
+        plan,
+        durable,
+        _rejects_lock: rejects_lock,
+    }))
+}
+
+/// Where requests go: nowhere (a dry run, perhaps writing them to `--output`), the
+/// built-in receiver on loopback (which lives as long as the run), or a URL.
+#[allow(clippy::type_complexity)]
+fn transport(
+    cfg: &RunConfig,
+) -> Result<
+    (
+        Arc<dyn Transport>,
+        Option<Arc<DryRunTransport>>,
+        Option<Server>,
+    ),
+    RunError,
+> {
+    if cfg.dry_run {
+        let d = Arc::new(match &cfg.output {
+            Some(p) => DryRunTransport::writing_to(p).map_err(|source| WriteError {
+                what: "--output",
+                path: p.clone(),
+                source,
+            })?,
+            None => DryRunTransport::new(None),
+        });
+        return Ok((d.clone(), Some(d), None));
+    }
+    let (base, local) = match &cfg.endpoint {
+        Endpoint::Url(u) => (u.clone(), None),
+        Endpoint::Local => {
+            let server = Server::start(ServeConfig {
+                limits: cfg.limits,
+                record: cfg.local_record.clone(),
+                ..Default::default()
+            })?;
+            (server.base_url(), Some(server))
+        }
+    };
+    let http = HttpTransport::new(
+        &base,
+        cfg.api_key.as_ref(),
+        cfg.strict,
+        cfg.connect_timeout,
+        cfg.request_timeout,
+        cfg.concurrency,
+    )?;
+    Ok((Arc::new(http), None, local))
 }
 
 /// The inputs and the mapping compiled against each: what the front of the pipeline
@@ -336,6 +431,8 @@ pub(crate) struct Plan {
     limits: Limits,
     mappings: Arc<[Arc<CompiledMapping>]>,
     encode: Arc<EncodeOptions>,
+    /// When the packing stage stops the run early.
+    pub rules: StopRules,
 }
 
 impl Plan {
@@ -363,7 +460,31 @@ impl Plan {
             limits,
             mappings: mappings.into(),
             encode,
+            rules: StopRules::default(),
         })
+    }
+
+    /// What the mapping reached, given which registered names had values
+    /// ([`PackTotals::present`]).
+    pub fn coverage(&self, present: &BTreeMap<u32, Vec<bool>>) -> Coverage {
+        let mappings: Vec<&CompiledMapping> = self.mappings.iter().map(|m| &**m).collect();
+        coverage(&self.inputs, &mappings, present)
+    }
+
+    /// The coverage of the first `rows` rows of each input, read before anything is
+    /// sent (`--strict-mapping`): which mapped names have a value in none of them.
+    pub fn preview(&self, src: &SourceOptions, rows: usize) -> Result<Coverage, RunError> {
+        let mut present = BTreeMap::new();
+        for info in self.inputs.iter() {
+            let mut opened = source::open(info, src)?;
+            let mut chunk = opened.new_chunk(info);
+            opened.fill(&mut chunk, rows.max(1))?;
+            chunk.materialize().map_err(SourceError::Other)?;
+            if let (false, Some(p)) = (chunk.is_empty(), chunk.present()) {
+                present.insert(info.index, p.to_vec());
+            }
+        }
+        Ok(self.coverage(&present))
     }
 }
 
@@ -389,6 +510,7 @@ impl Front {
         progress: &Arc<Progress>,
         spares: Spares,
         queue: usize,
+        mut tap: Box<dyn FnMut(&Mapped) + Send>,
     ) -> (Front, Receiver<Request>) {
         // Chunks (and mapped buffers) in flight. Four per mapper thread keep a thread that
         // is descheduled mid-chunk from stalling the in-order packer and, behind it, every
@@ -445,9 +567,17 @@ impl Front {
                 },
             )
         });
-        let limits = plan.limits;
+        let (limits, rules) = (plan.limits, plan.rules);
         let packer = std::thread::spawn(move || {
-            stage::pack(mapped, free_mapped_tx, requests_tx, limits, spares, StopRules::default())
+            stage::pack(
+                mapped,
+                free_mapped_tx,
+                requests_tx,
+                limits,
+                spares,
+                rules,
+                &mut *tap,
+            )
         });
         (Front { reader, packer }, requests)
     }
@@ -516,60 +646,6 @@ impl Dispatch {
     }
 }
 
-/// The gate forwarder: holds each request until the durable window has room, then hands
-/// it to the senders.
-///
-/// After an interrupt it forwards nothing more, not even a request it was waiting to
-/// forward, and discards the rest, so the packer is never blocked (even with every
-/// sender stuck in a request, as when the drain times out): every request a sender was
-/// handed is still delivered, so nothing delivered can lie beyond the watermark and a
-/// resume replays nothing.
-struct Forwarder {
-    window: Arc<Window>,
-    checkpointing: bool,
-    stop: Arc<AtomicBool>,
-    halted: Arc<AtomicBool>,
-    progress: Arc<Progress>,
-}
-
-impl Forwarder {
-    /// Runs until the packer is done. Owns `gated`, so the senders see it close then.
-    fn run(self, packed: Receiver<Request>, gated: Sender<Request>) {
-        let is_halted = || self.halted.load(Ordering::Relaxed);
-        for mut r in packed {
-            if is_halted() {
-                continue;
-            }
-            let has_body = r.body.is_some();
-            let permit = has_body
-                && self.checkpointing
-                && self
-                    .window
-                    .acquire(|| self.stop.load(Ordering::Relaxed) || is_halted());
-            // The senders may all be stuck in requests (a drain that times out): wait
-            // for room only until an interrupt.
-            let handed = !is_halted()
-                && loop {
-                    match gated.send_timeout(r, Duration::from_millis(50)) {
-                        Ok(()) => break true,
-                        Err(SendTimeoutError::Timeout(_)) if is_halted() => break false,
-                        Err(SendTimeoutError::Timeout(back)) => r = back,
-                        Err(SendTimeoutError::Disconnected(_)) => return,
-                    }
-                };
-            if !handed {
-                if permit {
-                    self.window.release(1);
-                }
-                continue;
-            }
-            if has_body {
-                self.progress.forwarded();
-            }
-        }
-    }
-}
-
 /// Starts a named thread that owns what it uses: it may outlive the run (a sender stuck
 /// in a request past the drain timeout).
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), RunError> {
@@ -578,19 +654,6 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), RunError> 
         .spawn(f)
         .map(drop)
         .map_err(RunError::Spawn)
-}
-
-/// `--output` of a dry run: each request body, one per line.
-fn output_file(p: &std::path::Path) -> Result<(PathBuf, Box<dyn Write + Send>), RunError> {
-    let f = std::fs::File::create(p).map_err(|source| checkpoint::WriteError {
-        what: "--output",
-        path: p.to_path_buf(),
-        source,
-    })?;
-    Ok((
-        p.to_path_buf(),
-        Box::new(BufWriter::with_capacity(1 << 20, f)),
-    ))
 }
 
 /// Ends a run whose requests still hang after the drain timeout: the checkpoint is
@@ -628,21 +691,7 @@ fn abandoned(
                 .as_ref()
                 .and_then(|(r, _)| r.as_ref().err().map(|e| e.to_string()))
         });
-    let again = outcome
-        .resent_beyond("after the first hanging one")
-        .map_or_else(String::new, |b| format!("; {b}"));
-    let next = if cfg.checkpoint.is_some() {
-        format!("the checkpoint is up to date: rerun the same command to resume (the requests still in flight are sent again{again})")
-    } else {
-        "no checkpoint was kept: a rerun starts from the beginning".to_string()
-    };
-    let mut why = format!(
-        "requests still in flight after --drain-timeout ({}s); {next}",
-        cfg.drain_timeout.as_secs()
-    );
-    if let Some(f) = &failed {
-        why = format!("{f}; then {why}");
-    }
+    let why = outcome.abandoned_why(cfg.checkpoint.is_some(), cfg.drain_timeout, &failed);
     summary.calls_delivered = outcome.delivered.calls;
     let complete = ended.is_some();
     if let Some((_, totals)) = &ended {

@@ -2,9 +2,11 @@
 //! afterwards. The only module that knows indicatif.
 //!
 //! One [`Progress`] lives for a run. The reader bumps it once per chunk ([`Progress::read`]),
-//! the request gate once per request handed to the senders ([`Progress::forwarded`]), and
-//! the collector once per acknowledgement ([`Progress::ack`]) and once per loop turn
-//! ([`Progress::tick`], at most every 50 ms). Nothing here runs per row: the counters the
+//! the gate forwarder once per request handed to the senders ([`Progress::forwarded`]),
+//! and the collector, through [`crate::checkpoint::collect::Watch`], once per
+//! acknowledgement ([`Progress::ack`]) and once per loop turn ([`Progress::tick`], at most
+//! every 50 ms). Retries and 429s it reads from the senders' own counts
+//! ([`crate::send::Attempts`]). Nothing here runs per row: the counters the
 //! reader touches are atomics, the rest is state only the collector's thread uses (behind
 //! an uncontended mutex, since the struct is shared by reference).
 //!
@@ -700,8 +702,13 @@ impl log::Log for StderrLogger {
             r.args()
         );
         match lock(&ACTIVE).as_ref() {
-            Some(pb) => pb.suspend(|| eprintln!("{line}")),
-            None => eprintln!("{line}"),
+            // A closed stderr loses the line and stops nothing.
+            Some(pb) => pb.suspend(|| {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }),
+            None => {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
         }
     }
 

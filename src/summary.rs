@@ -224,8 +224,7 @@ impl fmt::Display for Summary {
             thousands(self.rows_rejected)
         )?;
         for (reason, count) in &self.rejected_by_reason {
-            // Sub-rows line up with the rows above (a long name pushes its count right).
-            writeln!(f, "      {reason:<14}{:>14}", thousands(*count))?;
+            sub_row(f, reason, *count)?;
         }
         if !self.values_fixed.is_empty() {
             writeln!(f, "  values fixed (by column)")?;
@@ -235,7 +234,7 @@ impl fmt::Display for Summary {
         }
         writeln!(f, "  calls built       {:>14}", thousands(self.calls_built))?;
         for (kind, count) in &self.calls_by_type {
-            writeln!(f, "      {kind:<14}{:>14}", thousands(*count))?;
+            sub_row(f, kind, *count)?;
         }
         let verb = if self.dry_run { "packed" } else { "delivered" };
         writeln!(
@@ -286,5 +285,64 @@ impl fmt::Display for Summary {
             writeln!(f, "  mapping: {line}")?;
         }
         Ok(())
+    }
+}
+
+/// `      name      1,234`: a reason or call type under its row, its count ending in
+/// the column of the counts above (column 34), however long the name; a name too long
+/// for that keeps one space before its count.
+fn sub_row(f: &mut fmt::Formatter<'_>, name: &str, count: u64) -> fmt::Result {
+    let count = thousands(count);
+    let width = (34 - 6usize)
+        .saturating_sub(name.chars().count())
+        .max(count.len() + 1);
+    writeln!(f, "      {name}{count:>width$}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every count of the table ends in one column, whatever the length of the reason or
+    /// call type beside it (`missing_timestamp`, 17 characters, used to push its count
+    /// three columns right).
+    #[test]
+    fn counts_line_up_whatever_the_length_of_a_reason() {
+        let s = Summary {
+            rows_read: 1_234_567,
+            rows_mapped: 1_234_000,
+            rows_rejected: 567,
+            rejected_by_reason: [
+                ("missing_timestamp", 500),
+                ("bad_timestamp", 60),
+                ("a_reason_longer_than_the_column_itself", 7),
+                ("x", 0),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            calls_built: 1_234_000,
+            calls_by_type: [("track", 1_000_000), ("identify", 234_000)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            ..Summary::default()
+        };
+        let text = s.to_string();
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.contains("rows read"))
+            .take_while(|l| !l.contains("calls delivered") && !l.contains("calls packed"))
+            .collect();
+        assert_eq!(rows.len(), 10, "{text}");
+        for row in rows.iter().filter(|r| !r.contains("longer_than")) {
+            assert!(row.ends_with(|c: char| c.is_ascii_digit()), "{row:?}");
+            assert_eq!(row.len(), 34, "{row:?} ends off the column:\n{text}");
+        }
+        // A name too long for the column keeps a space before its count.
+        assert!(
+            text.contains("a_reason_longer_than_the_column_itself 7"),
+            "{text}"
+        );
     }
 }

@@ -1,25 +1,28 @@
 //! `cdp-backfill validate`: everything a run does except sending.
 //!
 //! The mapping is loaded and compiled against every input (a mapping error stops here,
-//! as it would stop a run), every row is read and mapped by the same encoder, and the
-//! calls are packed by the same [`KeyedPacker`] into the requests a run would send, so the
-//! counts and sizes reported are the ones a run would produce. There is no transport at
-//! all: nothing here can touch the network. Single-threaded and streaming: memory stays
-//! flat however large the input (sizes go into fixed histograms, not lists).
+//! as it would stop a run), and the run's own front stages read, map and pack every row
+//! (`pipeline::Front`: the same reader, encoder and packing stage), so the counts
+//! and sizes reported are the ones a dry run produces: this module only counts the
+//! requests the packer hands out. There is no transport at all: nothing here can touch
+//! the network. Streaming: memory stays flat however large the input (sizes go into
+//! fixed histograms, not lists).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use crate::checkpoint::WriteError;
 use crate::config::{Limits, OwnFile};
 use crate::error::RunError;
-use crate::map::compile::compile;
-use crate::map::encode::{map_chunk, EmitKind, EncodeOptions, Mapped};
+use crate::map::encode::{EmitKind, Mapped};
 use crate::map::spec::CallKind;
-use crate::pack::{KeyedPacker, Packed, Packer};
-use crate::source::{self, SourceOptions};
+use crate::pack::Spares;
+use crate::pipeline::{mapper_pool, Front, Plan, QUEUE_AHEAD};
+use crate::progress::Progress;
+use crate::source::{self, Position, SourceOptions};
 use crate::timestamp::{self, UnixMillis};
 
 /// What to validate.
@@ -96,33 +99,43 @@ fn call_timestamp(call: &[u8]) -> Option<UnixMillis> {
     timestamp::parse_rfc3339(&call[at..end]).ok()
 }
 
-struct Tally<'a> {
-    report: Report,
+/// What `validate` counts of the calls, chunk by chunk, as the packer sees them.
+#[derive(Default)]
+struct Calls {
+    bytes: Sizes,
     ts: Option<(UnixMillis, UnixMillis)>,
-    out: Option<&'a mut dyn Write>,
-    show: usize,
+    without_timestamp: u64,
 }
 
-impl Tally<'_> {
-    fn request(&mut self, body: &[u8]) -> std::io::Result<()> {
-        self.report.requests += 1;
-        self.report.request_bytes.add(body.len());
-        if let Some(o) = self.out.as_mut() {
-            o.write_all(body)?;
-            o.write_all(b"\n")?;
+impl Calls {
+    /// Tallies the calls of one mapped chunk (its rejects are counted by the packer).
+    fn add(&mut self, m: &Mapped) {
+        let mut off = 0usize;
+        for e in &m.emits {
+            let len = e.len as usize;
+            match e.kind {
+                EmitKind::Context => off += len,
+                EmitKind::Call(_) => {
+                    let call = &m.calls[off..off + len];
+                    off += len;
+                    self.bytes.add(call.len());
+                    match call_timestamp(call) {
+                        Some(t) => {
+                            let (lo, hi) = self.ts.get_or_insert((t, t));
+                            *lo = (*lo).min(t);
+                            *hi = (*hi).max(t);
+                        }
+                        None => self.without_timestamp += 1,
+                    }
+                }
+                EmitKind::Reject(_) => {}
+            }
         }
-        Ok(())
-    }
-
-    fn packed(&mut self, closed: &mut Vec<Packed<()>>) -> std::io::Result<()> {
-        for p in closed.drain(..) {
-            self.request(&p.body.bytes)?;
-        }
-        Ok(())
     }
 }
 
-/// Reads, maps and packs every input; sends nothing.
+/// Reads, maps and packs every input with the stages a run uses, and counts the
+/// requests instead of sending them (so the counts are a dry run's); sends nothing.
 pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, RunError> {
     let spec = crate::map::load(&opts.mapping)?;
     let inputs = source::discover(&opts.inputs, src)?;
@@ -141,149 +154,84 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
     })
     .collect();
     source::refuse_overwriting(&outputs, &inputs, Some(&opts.mapping))?;
-    let mut mappings = Vec::with_capacity(inputs.len());
-    for info in &inputs {
-        let opened = source::open(info, src)?;
-        mappings.push(compile(&spec, opened.schema(), &info.display)?);
-    }
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    let mut out_file = match &opts.output {
-        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
-            |source| WriteError {
-                what: "--output",
-                path: p.clone(),
-                source,
-            },
-        )?)),
-        None => None,
-    };
-    let mut tally = Tally {
-        report: Report {
-            inputs: inputs.len() as u64,
-            ..Report::default()
-        },
-        ts: None,
-        out: out_file.as_mut().map(|w| w as &mut dyn Write),
-        show: opts.show_rejects,
-    };
+    let plan = Plan::new(&spec, inputs, src, opts.limits, false)?;
     let io_err = |source: std::io::Error| WriteError {
         what: "--output",
         path: opts.output.clone().unwrap_or_default(),
         source,
     };
-    let mut packer: KeyedPacker<()> = KeyedPacker::new(opts.limits, 16);
-    let mut closed = Vec::new();
-    let mut mapped = Mapped::default();
-    let mut key: Vec<u8> = Vec::new();
-    for (info, mapping) in inputs.iter().zip(&mappings) {
-        let enc = EncodeOptions {
-            max_call_bytes: Packer::new(opts.limits).max_call(),
-            latest_ms: now_ms.saturating_add(mapping.max_future_ms),
-            sent_at: false,
-        };
-        let mut opened = source::open(info, src)?;
-        let mut chunk = opened.new_chunk(info);
-        loop {
-            opened.fill(&mut chunk, opts.chunk_rows.max(1))?;
-            if chunk.is_empty() {
-                break;
-            }
-            map_chunk(&chunk, mapping, &enc, &mut mapped);
-            tally.report.rows += mapped.rows as u64;
-            let (mut off, mut rej_off) = (0usize, 0usize);
-            let mut key_row = None;
-            for e in &mapped.emits {
-                let len = e.len as usize;
-                match e.kind {
-                    EmitKind::Context => {
-                        key.clear();
-                        key.extend_from_slice(&mapped.calls[off..off + len]);
-                        key_row = Some(e.row);
-                        off += len;
-                    }
-                    EmitKind::Call(kind) => {
-                        let call = &mapped.calls[off..off + len];
-                        off += len;
-                        if key_row != Some(e.row) {
-                            key.clear();
-                        }
-                        *tally
-                            .report
-                            .calls_by_type
-                            .entry(kind.as_str().to_string())
-                            .or_default() += 1;
-                        tally.report.call_bytes.add(call.len());
-                        match call_timestamp(call) {
-                            Some(t) => {
-                                let (lo, hi) = tally.ts.get_or_insert((t, t));
-                                *lo = (*lo).min(t);
-                                *hi = (*hi).max(t);
-                            }
-                            None => tally.report.calls_without_timestamp += 1,
-                        }
-                        let result = if kind == CallKind::Alias {
-                            // Its own request, as pipeline::pack builds it.
-                            match crate::pack::stage::alias_body(
-                                call,
-                                &key,
-                                opts.limits.max_call_bytes,
-                            ) {
-                                Ok(body) => tally.request(&body).map(Ok).map_err(io_err),
-                                Err(too_large) => Ok(Err(too_large)),
-                            }?
-                        } else {
-                            packer.push(&key, call, (), &mut closed)
-                        };
-                        if let Err(too_large) = result {
-                            tally.report.rows_rejected += 1;
-                            *tally
-                                .report
-                                .rejected_by_reason
-                                .entry("call_too_large".into())
-                                .or_default() += 1;
-                            if tally.report.first_rejects.len() < tally.show {
-                                tally.report.first_rejects.push(format!(
-                                    "{} row {}: call_too_large: {too_large}",
-                                    info.display,
-                                    mapped.first_row + e.row as u64 + 1
-                                ));
-                            }
-                        }
-                        tally.packed(&mut closed).map_err(io_err)?;
-                    }
-                    EmitKind::Reject(code) => {
-                        let line = &mapped.rejects[rej_off..rej_off + len];
-                        rej_off += len;
-                        tally.report.rows_rejected += 1;
-                        *tally
-                            .report
-                            .rejected_by_reason
-                            .entry(code.to_string())
-                            .or_default() += 1;
-                        if tally.report.first_rejects.len() < tally.show {
-                            tally
-                                .report
-                                .first_rejects
-                                .push(String::from_utf8_lossy(line).trim_end().to_string());
-                        }
-                    }
-                }
+    let mut out = match &opts.output {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(io_err)?,
+        )),
+        None => None,
+    };
+    let mappers = Arc::new(mapper_pool().map_err(RunError::Threads)?);
+    let calls = Arc::new(Mutex::new(Calls::default()));
+    let tap = calls.clone();
+    let (front, requests) = Front::start(
+        &plan,
+        src,
+        Position::default(),
+        opts.chunk_rows.max(1),
+        &mappers,
+        Vec::new(),
+        &Arc::new(Mutex::new(vec![0; plan.inputs.len()])),
+        &Arc::new(Progress::hidden()),
+        Spares::new(QUEUE_AHEAD, opts.limits.max_request_bytes),
+        QUEUE_AHEAD,
+        Box::new(move |m| lock(&tap).add(m)),
+    );
+    let mut report = Report {
+        inputs: plan.inputs.len() as u64,
+        ..Report::default()
+    };
+    let mut written = Ok(());
+    for r in requests {
+        for line in r.rejects.split_inclusive(|&b| b == b'\n') {
+            if report.first_rejects.len() < opts.show_rejects {
+                let line = String::from_utf8_lossy(line);
+                report.first_rejects.push(line.trim_end().to_string());
             }
         }
+        let Some(body) = &r.body else { continue };
+        report.requests += 1;
+        report.request_bytes.add(body.len());
+        if let (Some(o), Ok(())) = (out.as_mut(), &written) {
+            written = o.write_all(body).and_then(|_| o.write_all(b"\n"));
+        }
     }
-    while let Some(p) = packer.finish_one() {
-        closed.push(p);
+    let (read, totals) = front.join()?;
+    read?;
+    written.map_err(io_err)?;
+    if let Some(mut w) = out {
+        w.flush().map_err(io_err)?;
     }
-    tally.packed(&mut closed).map_err(io_err)?;
-    let mut report = tally.report;
-    if let Some((lo, hi)) = tally.ts {
+    let calls = std::mem::take(&mut *lock(&calls));
+    report.rows = totals.rows;
+    report.rows_rejected = totals.rows_rejected;
+    report.rejected_by_reason = totals
+        .rejected_by_reason
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    report.calls_by_type = CallKind::ALL
+        .iter()
+        .zip(totals.calls_by_type)
+        .filter(|&(_, n)| n > 0)
+        .map(|(k, n)| (k.as_str().to_string(), n))
+        .collect();
+    report.call_bytes = calls.bytes;
+    report.calls_without_timestamp = calls.without_timestamp;
+    if let Some((lo, hi)) = calls.ts {
         report.first_timestamp = Some(timestamp::iso_millis(lo));
         report.last_timestamp = Some(timestamp::iso_millis(hi));
     }
-    if let Some(mut w) = out_file {
-        w.flush().map_err(io_err)?;
-    }
     Ok(report)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn sizes(f: &mut fmt::Formatter<'_>, what: &str, s: &Sizes) -> fmt::Result {

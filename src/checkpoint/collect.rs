@@ -65,6 +65,32 @@ pub struct CollectOutcome {
 }
 
 impl CollectOutcome {
+    /// Why a run whose requests still hang after the drain timeout stopped, and how to
+    /// go on (`failed`: what else went wrong before).
+    pub fn abandoned_why(
+        &self,
+        checkpointing: bool,
+        drain_timeout: Duration,
+        failed: &Option<String>,
+    ) -> String {
+        let again = self
+            .resent_beyond("after the first hanging one")
+            .map_or_else(String::new, |b| format!("; {b}"));
+        let next = if checkpointing {
+            format!("the checkpoint is up to date: rerun the same command to resume (the requests still in flight are sent again{again})")
+        } else {
+            "no checkpoint was kept: a rerun starts from the beginning".to_string()
+        };
+        let why = format!(
+            "requests still in flight after --drain-timeout ({}s); {next}",
+            drain_timeout.as_secs()
+        );
+        match failed {
+            Some(f) => format!("{f}; then {why}"),
+            None => why,
+        }
+    }
+
     /// Says that [`CollectOutcome::beyond`] was accepted past a request that did not
     /// finish (`after` says where), counted as delivered, and is sent again on resume;
     /// `None` when there is none.
@@ -195,16 +221,18 @@ impl Collector<'_> {
             if drain_deadline.is_some_and(|d| Instant::now() > d) {
                 // A request is still hanging after the drain timeout. Record what is
                 // acknowledged and leave; the hanging request is replayed on resume.
-                if let Some(d) = self.durable {
+                if let Some(d) = self.durable.filter(|_| o.io_error.is_none()) {
                     let rows = lock(self.input_rows).clone();
-                    let _ = self.sync_rejects();
-                    let _ = d.store(
-                        o.watermark.unwrap_or(d.base.resume),
-                        o.rejects_len,
-                        &o.counters,
-                        false,
-                        &rows,
-                    );
+                    // Only what is on disk may be counted.
+                    if self.sync_rejects().is_ok() {
+                        let _ = d.store(
+                            o.watermark.unwrap_or(d.base.resume),
+                            o.rejects_len,
+                            &o.counters,
+                            false,
+                            &rows,
+                        );
+                    }
                 } else {
                     let _ = self.flush_rejects();
                 }
@@ -215,7 +243,8 @@ impl Collector<'_> {
                 break;
             }
             let due = last_write.elapsed() >= self.interval || self.window.is_half_full();
-            if dirty && due {
+            // After a write failed, no checkpoint is written: the last one stands.
+            if dirty && due && o.io_error.is_none() {
                 if let Some(d) = self.durable {
                     if let Err(e) = self.sync_rejects().and_then(|_| {
                         let rows = lock(self.input_rows).clone();
@@ -272,27 +301,50 @@ impl Collector<'_> {
         o
     }
 
-    /// Counts one acknowledged piece of work and writes its reject lines.
+    /// Counts one acknowledged request, writes its reject lines and moves the watermark
+    /// past it. Once the rejects file or the checkpoint could not be written, nothing
+    /// moves any more: no later checkpoint may count bytes that are not on disk, so what
+    /// the server accepts from then on is delivered but sent again on resume.
     fn fold(&mut self, ack: &Ack, o: &mut CollectOutcome) {
-        if ack.result == AckResult::Delivered {
+        let delivered = ack.result == AckResult::Delivered;
+        if delivered {
             let d = &mut o.delivered;
             d.calls += ack.delivered_calls as u64;
             d.refused += ack.request.calls.saturating_sub(ack.delivered_calls) as u64;
             // What the server accepted: with strict mode's split, the pieces.
             d.requests += ack.accepted_requests as u64;
             d.request_bytes += ack.accepted_bytes;
-            o.counters.calls_delivered += ack.delivered_calls as u64;
-            o.counters.requests += ack.accepted_requests as u64;
         }
+        let beyond = |o: &mut CollectOutcome| {
+            if delivered {
+                o.beyond.0 += ack.delivered_calls as u64;
+                o.beyond.1 += 1;
+            }
+        };
+        if o.io_error.is_some() {
+            return beyond(o);
+        }
+        let mut lines = 0;
+        let mut len = 0;
         for part in [&ack.request.rejects, &ack.server_rejects] {
             if part.is_empty() {
                 continue;
             }
             if let Err(e) = self.rejects.write_all(part) {
-                o.io_error.get_or_insert(self.rejects_error(e));
+                // Some of it may be in the file, past what any checkpoint counts: a
+                // resume cuts it away. The run stops here.
+                o.io_error = Some(self.rejects_error(e));
+                self.stop.store(true, Ordering::SeqCst);
+                return beyond(o);
             }
-            o.rejects_len += part.len() as u64;
-            o.counters.rows_rejected += memchr::memchr_iter(b'\n', part).count() as u64;
+            len += part.len() as u64;
+            lines += memchr::memchr_iter(b'\n', part).count() as u64;
+        }
+        o.rejects_len += len;
+        o.counters.rows_rejected += lines;
+        if delivered {
+            o.counters.calls_delivered += ack.delivered_calls as u64;
+            o.counters.requests += ack.accepted_requests as u64;
         }
         o.watermark = Some(ack.request.resume);
     }

@@ -1,11 +1,18 @@
 //! The durable window: how many requests may be sent but not yet covered by a durably
 //! written checkpoint.
 //!
-//! A sender takes a permit before it posts; the collector gives permits back once a
-//! checkpoint covering those requests is on disk. So a crash (even `kill -9`) can replay at
+//! The gate forwarder ([`Window::forward`]) takes a permit before it hands a request to
+//! the senders; the collector gives permits back once a checkpoint covering those
+//! requests is on disk. So a crash (even `kill -9`) can replay at
 //! most `limit` requests: the bound the README states.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
+
+use crate::pack::Request;
 
 pub struct Window {
     limit: usize,
@@ -61,6 +68,58 @@ impl Window {
 
     pub fn limit(&self) -> usize {
         self.limit
+    }
+
+    /// The gate forwarder, between the packer and the senders: holds each request with a
+    /// body until a permit is free (when `checkpointing`), then hands it on; `forwarded`
+    /// counts each one handed on. Runs until `packed` closes, and owns `gated`, so the
+    /// senders see it close then.
+    ///
+    /// Once `halted` (an interrupt) it forwards nothing more, not even a request it was
+    /// waiting to forward, and discards the rest, so the packer is never blocked (even
+    /// with every sender stuck in a request, as when the drain times out): every request
+    /// a sender was handed is still delivered, so nothing delivered can lie beyond the
+    /// watermark and a resume replays nothing. `stop` (a failure) ends the wait for a
+    /// permit.
+    pub fn forward(
+        &self,
+        packed: Receiver<Request>,
+        gated: Sender<Request>,
+        checkpointing: bool,
+        stop: &AtomicBool,
+        halted: &AtomicBool,
+        forwarded: impl Fn(),
+    ) {
+        let is_halted = || halted.load(Ordering::Relaxed);
+        for mut r in packed {
+            if is_halted() {
+                continue;
+            }
+            let has_body = r.body.is_some();
+            let permit = has_body
+                && checkpointing
+                && self.acquire(|| stop.load(Ordering::Relaxed) || is_halted());
+            // The senders may all be stuck in requests (a drain that times out): wait
+            // for room only until an interrupt.
+            let handed = !is_halted()
+                && loop {
+                    match gated.send_timeout(r, Duration::from_millis(50)) {
+                        Ok(()) => break true,
+                        Err(SendTimeoutError::Timeout(_)) if is_halted() => break false,
+                        Err(SendTimeoutError::Timeout(back)) => r = back,
+                        Err(SendTimeoutError::Disconnected(_)) => return,
+                    }
+                };
+            if !handed {
+                if permit {
+                    self.release(1);
+                }
+                continue;
+            }
+            if has_body {
+                forwarded();
+            }
+        }
     }
 }
 

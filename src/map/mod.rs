@@ -1,5 +1,8 @@
 //! Mapping: the mapping file ([`spec`]), its form compiled against an input's columns
-//! ([`compile`]), and the encoder that turns rows into call JSON ([`encode`]).
+//! ([`compile`]: also the input's messageId seed, [`message_id`], and which columns
+//! spread their members in place), and the encoder that turns rows into call JSON
+//! ([`encode`]), with the spec's checks of semantic events ([`semantic`]) and the sentAt
+//! placeholder ([`sent_at`]).
 
 pub mod clean;
 pub mod compile;

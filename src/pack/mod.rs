@@ -1,4 +1,6 @@
-//! The greedy packer: pure, no I/O.
+//! Packing: the greedy packer here (pure, no I/O), and the packing stage of a run in
+//! [`stage`] (input order, context keys, rejects carried to the collector), whose
+//! [`Request`] is what the senders send.
 //!
 //! Calls arrive as encoded JSON, in input order. Next-fit: a call goes into the open
 //! request body if the body, with the call, its comma and the closing bytes, stays within

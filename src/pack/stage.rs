@@ -282,13 +282,8 @@ impl PendingRejects {
 /// ([`KeyedPacker`]); alias calls, which the batch schema does not list, each become a
 /// request of their own to `/v1/alias`.
 ///
-/// Checkpoint rule: a request's `resume` is the start of the oldest row that still has a
-/// call not yet handed out — the minimum over the open bodies' first calls and over the
-/// bodies closed in the same step but queued after it — or, when none is open, the row
-/// being packed (or the end of the input). Handed-out requests complete in `seq` order
-/// for the checkpoint, so once a request and all before it are acknowledged, every call
-/// before its `resume` has been delivered. The positions only grow: new bodies start at
-/// newer rows.
+/// `tap` sees each chunk, in input order, before it is packed (`validate` tallies its
+/// calls there). Resume positions follow the checkpoint rule of the module doc.
 pub fn pack(
     mapped: Receiver<Mapped>,
     free_mapped: Sender<Mapped>,
@@ -296,6 +291,7 @@ pub fn pack(
     limits: Limits,
     spares: Spares,
     rules: StopRules,
+    tap: &mut dyn FnMut(&Mapped),
 ) -> PackTotals {
     let mut packer: KeyedPacker<CallTag> =
         KeyedPacker::new(limits, MAX_OPEN_BODIES).recycling(spares);
@@ -347,6 +343,7 @@ pub fn pack(
                 break 'chunks;
             }
             next += 1;
+            tap(&m);
             let input = m.end.input;
             let mut off = 0usize;
             let mut rej_off = 0usize;

@@ -1,5 +1,8 @@
-//! Delivery: sender workers that take packed requests, wait at the shared [`Gate`], post,
-//! classify the answer ([`retry::classify`]) and report an [`Ack`] per request.
+//! Delivery: sender workers that take packed [`Request`]s, wait at the shared [`Gate`],
+//! post, classify the answer ([`retry::classify`]) and report an [`Ack`] per request. They
+//! count their retries and 429s into [`Attempts`] as they happen, which the progress
+//! display and the summary read; this module knows of neither. What the senders share is
+//! one owned [`Delivery`], so a sender stuck in a request can outlive the run.
 //!
 //! A request is never dropped: it is acknowledged as delivered (its refused calls, if
 //! strict mode refused some, as reject lines), or the run stops with the request

@@ -205,6 +205,16 @@ impl DryRunTransport {
         }
     }
 
+    /// Writing each body to a new file at `path`.
+    pub fn writing_to(path: &std::path::Path) -> std::io::Result<Self> {
+        let f = std::fs::File::create(path)?;
+        let w = std::io::BufWriter::with_capacity(1 << 20, f);
+        Ok(DryRunTransport::new(Some((
+            path.to_path_buf(),
+            Box::new(w),
+        ))))
+    }
+
     /// Writes out what is buffered.
     pub fn flush(&self) -> std::io::Result<()> {
         if let Some((_, o)) = &self.out {

@@ -607,10 +607,10 @@ impl CsvSource {
             && self.failed.is_none()
             && !self.header.names.is_empty()
         {
-            eprintln!(
-                "note: {} has a header but no data rows; nothing to send from it",
+            super::note(format_args!(
+                "{} has a header but no data rows; nothing to send from it",
                 self.input.display
-            );
+            ));
         }
         Ok(())
     }

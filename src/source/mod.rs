@@ -1,4 +1,6 @@
-//! Sources: read input files into chunks of rows, one file format per submodule.
+//! Sources: read input files into chunks of rows, one file format per submodule, and the
+//! reading stage of a run ([`read`]). A source knows nothing of the mapping: it resolves
+//! names and hands fields.
 //!
 //! A source resolves the mapping's column names against its schema once, before any row
 //! is read ([`Schema::resolve`]), then fills reusable [`Chunk`]s. The mapper sees rows only
@@ -410,6 +412,13 @@ fn is_hidden(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.') || n.starts_with('_'))
 }
 
+/// A note on stderr for the person running the command: a closed stderr loses it and
+/// stops nothing.
+fn note(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "note: {text}");
+}
+
 /// Expands the user's input arguments into the ordered list of inputs: files as given,
 /// `-` for standard input (CSV or NDJSON, `--format` required), directories walked
 /// (recursively) and glob patterns (`exports/*.csv.gz`, `data/**/*.parquet`) expanded,
@@ -521,11 +530,11 @@ pub fn discover_excluding(
         let id = (id, shape);
         match seen.iter().find(|(s, _)| *s == id) {
             Some((_, first)) => {
-                eprintln!(
-                    "note: {} is the same file as {}; it is read once",
+                note(format_args!(
+                    "{} is the same file as {}; it is read once",
                     path.display(),
                     first.display()
-                );
+                ));
                 false
             }
             None => {

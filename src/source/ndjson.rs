@@ -491,10 +491,10 @@ impl NdjsonSource {
             chunk.len += 1;
         }
         if chunk.len == 0 && self.next_row == 0 {
-            eprintln!(
-                "note: {} has no rows; nothing to send from it",
+            super::note(format_args!(
+                "{} has no rows; nothing to send from it",
                 self.input.display
-            );
+            ));
         }
         self.next_row += chunk.len as u64;
         chunk.end = Position {

@@ -517,10 +517,10 @@ impl ParquetSource {
             None => {
                 chunk.end = self.position();
                 if self.next_row == 0 {
-                    eprintln!(
-                        "note: {} has no rows; nothing to send from it",
+                    super::note(format_args!(
+                        "{} has no rows; nothing to send from it",
                         self.input.display
-                    );
+                    ));
                 }
                 return Ok(());
             }
