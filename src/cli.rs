@@ -169,6 +169,12 @@ pub struct ValidateArgs {
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub report_json: Option<PathBuf>,
+    /// Print the first N calls as they would be sent (pretty-printed JSON).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub show_calls: usize,
+    /// Exit 2 when a mapped column or path has no value in any row.
+    #[arg(long)]
+    pub strict_mapping: bool,
     #[command(flatten)]
     pub input_args: InputArgs,
 }
@@ -662,6 +668,8 @@ impl ValidateArgs {
             output: self.output,
             report_json: self.report_json,
             chunk_rows: config::DEFAULT_CHUNK_ROWS,
+            show_calls: self.show_calls,
+            strict_mapping: self.strict_mapping,
         };
         Ok((opts, src))
     }
@@ -912,6 +920,13 @@ fn validate((opts, src): (ValidateOptions, SourceOptions)) -> ExitCode {
                 &format!("cannot write --report-json {}: {e}", p.display()),
             );
         }
+    }
+    if opts.strict_mapping && !r.never_matched.is_empty() {
+        let rows = r.rows as usize;
+        return fail(
+            EXIT_USAGE,
+            &crate::pipeline::strict_mapping_message(&r.coverage(), rows),
+        );
     }
     if r.rows_rejected > 0 {
         ExitCode::from(EXIT_REJECTS)

@@ -298,7 +298,7 @@ pub fn strict_mapping_message(c: &Coverage, rows: usize) -> String {
         .map(|l| format!("  {l}"))
         .collect();
     format!(
-        "--strict-mapping: {} mapped column(s) or path(s) had no value in the first {rows} rows of any input; nothing was sent. Fix the names in the mapping (or leave out --strict-mapping):\n{}",
+        "--strict-mapping: {} mapped column(s) or path(s) had no value in the first {rows} rows of the inputs; nothing was sent. Fix the names in the mapping (or leave out --strict-mapping):\n{}",
         c.never_matched.len(),
         lines.join("\n")
     )

@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use crate::checkpoint::WriteError;
 use crate::config::{Limits, OwnFile};
 use crate::error::RunError;
+use crate::map::coverage::{Coverage, Unmatched};
 use crate::map::encode::{EmitKind, Mapped};
+use crate::map::fixes::ValueFixes;
 use crate::map::spec::CallKind;
 use crate::pack::Spares;
 use crate::pipeline::{mapper_pool, Front, Plan, QUEUE_AHEAD};
@@ -38,6 +40,10 @@ pub struct ValidateOptions {
     /// Where the caller writes the JSON report (checked here, before anything is written).
     pub report_json: Option<PathBuf>,
     pub chunk_rows: usize,
+    /// How many of the first calls to keep, pretty-printed (`--show-calls`).
+    pub show_calls: usize,
+    /// `--strict-mapping`: a mapped name with no value in any row is an error (exit 2).
+    pub strict_mapping: bool,
 }
 
 /// Sizes in power-of-two buckets: bucket `i` holds sizes in `[2^i, 2^(i+1))`.
@@ -87,6 +93,25 @@ pub struct Report {
     pub request_bytes: Sizes,
     /// The first reject lines (NDJSON, as the rejects file would hold them).
     pub first_rejects: Vec<String>,
+    /// Per column: values cleaned into their type, and values that did not parse and
+    /// were left out, sent as null or kept as text (`on_error`), with examples.
+    pub values_fixed: BTreeMap<String, ValueFixes>,
+    /// Mapped columns and paths that had no value in any row, and NDJSON keys nothing
+    /// maps.
+    pub never_matched: Vec<Unmatched>,
+    pub unmapped_keys: Vec<String>,
+    /// The first `--show-calls` calls, as sent (pretty-printed JSON).
+    pub first_calls: Vec<String>,
+}
+
+impl Report {
+    /// What the mapping never reached, as [`Coverage`].
+    pub fn coverage(&self) -> Coverage {
+        Coverage {
+            never_matched: self.never_matched.clone(),
+            unmapped_keys: self.unmapped_keys.clone(),
+        }
+    }
 }
 
 /// The event time of an encoded call: its top-level `"timestamp"`, which the encoder
@@ -105,6 +130,9 @@ struct Calls {
     bytes: Sizes,
     ts: Option<(UnixMillis, UnixMillis)>,
     without_timestamp: u64,
+    /// The first calls, pretty-printed, up to `show`.
+    first: Vec<String>,
+    show: usize,
 }
 
 impl Calls {
@@ -119,6 +147,9 @@ impl Calls {
                     let call = &m.calls[off..off + len];
                     off += len;
                     self.bytes.add(call.len());
+                    if self.first.len() < self.show {
+                        self.first.push(pretty(call));
+                    }
                     match call_timestamp(call) {
                         Some(t) => {
                             let (lo, hi) = self.ts.get_or_insert((t, t));
@@ -132,6 +163,13 @@ impl Calls {
             }
         }
     }
+}
+
+/// A call as JSON for people: indented, as the API would read it.
+fn pretty(call: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(call)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_else(|_| String::from_utf8_lossy(call).into_owned())
 }
 
 /// Reads, maps and packs every input with the stages a run uses, and counts the
@@ -154,7 +192,12 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
     })
     .collect();
     source::refuse_overwriting(&outputs, &inputs, Some(&opts.mapping))?;
-    let plan = Plan::new(&spec, inputs, src, opts.limits, false)?;
+    let mut plan = Plan::new(&spec, inputs, src, opts.limits, false)?;
+    // Validation reads every row: it reports what a run would find, early stop or not.
+    plan.rules = crate::pack::StopRules {
+        same_reason_rows: 0,
+        max_reject_rate: None,
+    };
     let io_err = |source: std::io::Error| WriteError {
         what: "--output",
         path: opts.output.clone().unwrap_or_default(),
@@ -167,7 +210,10 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
         None => None,
     };
     let mappers = Arc::new(mapper_pool().map_err(RunError::Threads)?);
-    let calls = Arc::new(Mutex::new(Calls::default()));
+    let calls = Arc::new(Mutex::new(Calls {
+        show: opts.show_calls,
+        ..Calls::default()
+    }));
     let tap = calls.clone();
     let (front, requests) = Front::start(
         &plan,
@@ -222,6 +268,11 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
         .map(|(k, n)| (k.as_str().to_string(), n))
         .collect();
     report.call_bytes = calls.bytes;
+    report.first_calls = calls.first;
+    report.values_fixed = totals.fixes.clone();
+    let coverage = plan.coverage(&totals.present);
+    report.never_matched = coverage.never_matched;
+    report.unmapped_keys = coverage.unmapped_keys;
     report.calls_without_timestamp = calls.without_timestamp;
     if let Some((lo, hi)) = calls.ts {
         report.first_timestamp = Some(timestamp::iso_millis(lo));
@@ -285,12 +336,31 @@ impl fmt::Display for Report {
                 self.calls_without_timestamp
             )?;
         }
+        if !self.values_fixed.is_empty() {
+            writeln!(f, "values fixed (by column):")?;
+            for (col, v) in &self.values_fixed {
+                writeln!(f, "  {col:<20} {}", v.describe())?;
+            }
+        }
+        let coverage = self.coverage();
+        if !coverage.is_empty() {
+            writeln!(f, "mapping:")?;
+            for line in coverage.lines() {
+                writeln!(f, "  {line}")?;
+            }
+        }
         sizes(f, "call sizes", &self.call_bytes)?;
         sizes(f, "requests", &self.request_bytes)?;
         if !self.first_rejects.is_empty() {
             writeln!(f, "first rejects:")?;
             for r in &self.first_rejects {
                 writeln!(f, "  {}", shorten(r, SHOWN_REJECT_BYTES))?;
+            }
+        }
+        if !self.first_calls.is_empty() {
+            writeln!(f, "first {} call(s), as sent:", self.first_calls.len())?;
+            for c in &self.first_calls {
+                writeln!(f, "{c}")?;
             }
         }
         Ok(())
