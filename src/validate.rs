@@ -165,11 +165,58 @@ impl Calls {
     }
 }
 
-/// A call as JSON for people: indented, as the API would read it.
+/// A call as JSON for people: indented two spaces a level, its keys in the order they
+/// are sent (a `serde_json::Value` would sort them). The call is compact JSON made by
+/// the encoder, so only the structure outside strings is reflowed.
 fn pretty(call: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(call)
-        .and_then(|v| serde_json::to_string_pretty(&v))
-        .unwrap_or_else(|_| String::from_utf8_lossy(call).into_owned())
+    let mut out = Vec::with_capacity(call.len() * 2);
+    let mut depth = 0usize;
+    let (mut in_str, mut esc) = (false, false);
+    let newline = |out: &mut Vec<u8>, depth: usize| {
+        out.push(b'\n');
+        out.extend(std::iter::repeat_n(b' ', depth * 2));
+    };
+    for (i, &c) in call.iter().enumerate() {
+        if in_str {
+            out.push(c);
+            if esc {
+                esc = false;
+            } else if c == b'\\' {
+                esc = true;
+            } else if c == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match c {
+            b'"' => {
+                in_str = true;
+                out.push(c);
+            }
+            b'{' | b'[' => {
+                out.push(c);
+                // An empty object or array stays on its line.
+                if !matches!(call.get(i + 1), Some(b'}' | b']')) {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            b'}' | b']' => {
+                if !matches!(call.get(i.wrapping_sub(1)), Some(b'{' | b'[')) {
+                    depth = depth.saturating_sub(1);
+                    newline(&mut out, depth);
+                }
+                out.push(c);
+            }
+            b',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            b':' => out.extend_from_slice(b": "),
+            _ => out.push(c),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Reads, maps and packs every input with the stages a run uses, and counts the
@@ -391,6 +438,17 @@ fn shorten(line: &str, max: usize) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_are_shown_indented_with_their_keys_in_the_order_sent() {
+        let c = br#"{"type":"track","messageId":"m","properties":{"a":[1,{}],"b":"x,\":{y}"},"context":{}}"#;
+        assert_eq!(
+            pretty(c),
+            "{\n  \"type\": \"track\",\n  \"messageId\": \"m\",\n  \"properties\": {\n    \"a\": [\n      1,\n      {}\n    ],\n    \"b\": \"x,\\\":{y}\"\n  },\n  \"context\": {}\n}"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&pretty(c)).unwrap();
+        assert_eq!(parsed, serde_json::from_slice::<serde_json::Value>(c).unwrap());
+    }
 
     #[test]
     fn long_reject_lines_are_shortened_at_a_character_boundary() {

@@ -987,8 +987,12 @@ fn call_payloads(
             } else {
                 format!("write {wanted} instead")
             };
+            let article = match kind {
+                CallKind::Identify | CallKind::Alias => "an",
+                _ => "a",
+            };
             return Err(CompileError(format!(
-                "mapping{}: {}: a {} call does not carry {given}: {fix} ({WHICH})",
+                "mapping{}: {}: {article} {} call does not carry {given}: {fix} ({WHICH})",
                 cx.spec.locate(given),
                 what(given),
                 kind.as_str()
