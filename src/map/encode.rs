@@ -738,7 +738,8 @@ fn write_spread(
         Field::Json(b) => (b, true),
         Field::Raw(b) | Field::Text(b) => (b, false),
         Field::Str(t) => (t.as_bytes(), false),
-        _ => (&b""[..], false),
+        // A number or a boolean: never an object (the text is only for the check).
+        _ => (&b"0"[..], false),
     };
     if !compact && text.iter().all(u8::is_ascii_whitespace) {
         return Ok(false);
