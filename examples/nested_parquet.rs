@@ -69,7 +69,10 @@ fn main() -> ExitCode {
         ("address", Arc::new(address)),
         ("attrs", Arc::new(attrs.finish())),
         ("tags", Arc::new(tags.finish())),
-        ("event", strings(&[Some("Paid"), Some("Paid"), Some("Refunded"), Some("Paid")])),
+        (
+            "event",
+            strings(&[Some("Paid"), Some("Paid"), Some("Refunded"), Some("Paid")]),
+        ),
         (
             "amount",
             Arc::new(Float64Array::from(vec![12.5, 99.0, -12.5, 7.25])),

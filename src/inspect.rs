@@ -38,9 +38,15 @@ const LOCAL_FORMATS: &[&str] = &[
 /// The same format read the other way round (day-first for month-first), if any.
 fn swapped(format: &str) -> Option<&'static str> {
     let other = if format.starts_with("%m") {
-        format.replacen("%m", "%D", 1).replacen("%d", "%m", 1).replacen("%D", "%d", 1)
+        format
+            .replacen("%m", "%D", 1)
+            .replacen("%d", "%m", 1)
+            .replacen("%D", "%d", 1)
     } else if format.starts_with("%d/") || format.starts_with("%d-") {
-        format.replacen("%d", "%D", 1).replacen("%m", "%d", 1).replacen("%D", "%m", 1)
+        format
+            .replacen("%d", "%D", 1)
+            .replacen("%m", "%d", 1)
+            .replacen("%D", "%m", 1)
     } else {
         return None;
     };
@@ -134,7 +140,9 @@ pub enum Inferred {
     },
     /// Numbers written with currency, thousands separators or a decimal comma; the
     /// mapping cleans them (`decimal` is `.` or `,`).
-    Money { decimal: char },
+    Money {
+        decimal: char,
+    },
     /// Percentages (`15%`), cleaned to their number.
     Percent,
     /// Integers too long for a JSON number (more than 15 significant digits): text.
@@ -160,7 +168,10 @@ impl fmt::Display for Inferred {
                 f.write_str(")")
             }
             Inferred::Money { decimal } => {
-                write!(f, "number with currency or separators (decimal \"{decimal}\")")
+                write!(
+                    f,
+                    "number with currency or separators (decimal \"{decimal}\")"
+                )
             }
             Inferred::Percent => f.write_str("percentage"),
             Inferred::LongInt => f.write_str("integer over 15 digits (kept as text)"),
@@ -252,8 +263,14 @@ impl ColumnProfile {
             return Inferred::Percent;
         }
         let plain = self.ints + self.floats;
-        if self.money_dot + self.money_comma > 0 && most(plain + self.money_dot.max(self.money_comma)) {
-            let decimal = if self.money_comma > self.money_dot { ',' } else { '.' };
+        if self.money_dot + self.money_comma > 0
+            && most(plain + self.money_dot.max(self.money_comma))
+        {
+            let decimal = if self.money_comma > self.money_dot {
+                ','
+            } else {
+                '.'
+            };
             return Inferred::Money { decimal };
         }
         if let Some(format) = self.local_format() {
@@ -290,8 +307,13 @@ impl ColumnProfile {
     pub fn unparsed(&self) -> u64 {
         match self.inferred() {
             Inferred::Money { decimal } => {
-                let cleaned = if decimal == ',' { self.money_comma } else { self.money_dot };
-                self.values.saturating_sub(self.ints + self.floats + cleaned)
+                let cleaned = if decimal == ',' {
+                    self.money_comma
+                } else {
+                    self.money_dot
+                };
+                self.values
+                    .saturating_sub(self.ints + self.floats + cleaned)
             }
             Inferred::Timestamp { .. } => self.bad_timestamps(),
             _ => 0,
@@ -328,7 +350,10 @@ impl ColumnProfile {
 
     /// An integer's text: more than 15 significant digits is a long one.
     fn add_int_text(&mut self, t: &str, v: i64) {
-        let digits = t.trim_start_matches(['-', '+']).trim_start_matches('0').len();
+        let digits = t
+            .trim_start_matches(['-', '+'])
+            .trim_start_matches('0')
+            .len();
         if digits > 15 {
             self.long_ints += 1;
             return;
@@ -767,7 +792,8 @@ fn column_entry(c: &ColumnProfile) -> Option<String> {
         Inferred::Bool => format!("{name} = \"bool\""),
         Inferred::Json => format!("{name} = {{ type = \"json\", empty = \"omit\" }}"),
         Inferred::Timestamp { format, .. } => {
-            let mut line = format!("{name} = {{ type = \"timestamp\", format = \"{format}\"{keep} }}");
+            let mut line =
+                format!("{name} = {{ type = \"timestamp\", format = \"{format}\"{keep} }}");
             if let Some((read, other)) = c.ambiguous_dates() {
                 line.push_str(&format!(
                     "\n# WARNING: every value of {name} reads as {read} and as {other}: the sample cannot tell day from month. Check the export and change the format if needed."
@@ -776,7 +802,11 @@ fn column_entry(c: &ColumnProfile) -> Option<String> {
             line
         }
         Inferred::Money { decimal } => {
-            let dec = if decimal == ',' { ", decimal = \",\"" } else { "" };
+            let dec = if decimal == ',' {
+                ", decimal = \",\""
+            } else {
+                ""
+            };
             format!("{name} = {{ type = \"float\", clean = \"currency\"{dec}{keep} }}")
         }
         Inferred::Percent => {
@@ -796,17 +826,36 @@ pub fn starter_mapping(p: &Profile) -> String {
     let user = pick(
         p,
         &[
-            "user_id", "userid", "customer_id", "customerid", "contact_id", "contactid",
-            "person_id", "personid", "member_id", "user_user_id", "uid", "user", "id",
+            "user_id",
+            "userid",
+            "customer_id",
+            "customerid",
+            "contact_id",
+            "contactid",
+            "person_id",
+            "personid",
+            "member_id",
+            "user_user_id",
+            "uid",
+            "user",
+            "id",
         ],
     );
     let anon = pick(
         p,
         &[
-            "anonymous_id", "anonymousid", "anon_id", "visitor_id", "device_id",
+            "anonymous_id",
+            "anonymousid",
+            "anon_id",
+            "visitor_id",
+            "device_id",
         ],
     );
-    let email = pick(p, &["email", "email_address", "e_mail", "mail", "user_email"]).or_else(|| {
+    let email = pick(
+        p,
+        &["email", "email_address", "e_mail", "mail", "user_email"],
+    )
+    .or_else(|| {
         p.columns
             .iter()
             .find(|c| !c.nested && c.name.to_ascii_lowercase().contains("email"))
@@ -821,8 +870,16 @@ pub fn starter_mapping(p: &Profile) -> String {
     let ts = pick(
         p,
         &[
-            "timestamp", "ts", "time", "event_time", "occurred_at", "created_at", "created_date",
-            "createddate", "created", "date",
+            "timestamp",
+            "ts",
+            "time",
+            "event_time",
+            "occurred_at",
+            "created_at",
+            "created_date",
+            "createddate",
+            "created",
+            "date",
         ],
     )
     .filter(is_ts)
@@ -895,7 +952,9 @@ pub fn starter_mapping(p: &Profile) -> String {
     for c in &p.columns {
         // NDJSON keys first seen after the sample are not a column a mapping can name,
         // and a nested path only needs an entry where it is mapped itself.
-        if c.name == crate::source::ndjson::LATER_KEYS || (c.nested && !used.contains(c.name.as_str())) {
+        if c.name == crate::source::ndjson::LATER_KEYS
+            || (c.nested && !used.contains(c.name.as_str()))
+        {
             continue;
         }
         // Ids and names are sent as text whatever their values look like ("007" must
@@ -928,9 +987,11 @@ pub fn starter_mapping(p: &Profile) -> String {
         })
     };
     let object = |names: &[&str]| {
-        p.columns
-            .iter()
-            .find(|c| !c.nested && c.inferred() == Inferred::Json && names.contains(&normalized(&c.name).as_str()))
+        p.columns.iter().find(|c| {
+            !c.nested
+                && c.inferred() == Inferred::Json
+                && names.contains(&normalized(&c.name).as_str())
+        })
     };
     if let Some(k) = kinds {
         let found: Vec<String> = k
@@ -957,7 +1018,10 @@ pub fn starter_mapping(p: &Profile) -> String {
                     let _ = writeln!(w, "event = {}", toml_str(&e.name));
                 }
                 None => {
-                    let _ = writeln!(w, "# event = \"...\"  # track rows need an event name column");
+                    let _ = writeln!(
+                        w,
+                        "# event = \"...\"  # track rows need an event name column"
+                    );
                 }
             }
         }
@@ -967,16 +1031,23 @@ pub fn starter_mapping(p: &Profile) -> String {
             }
         }
         if has("group") {
-            let _ = writeln!(w, "# group_id = \"...\"  # group rows need a group id column");
+            let _ = writeln!(
+                w,
+                "# group_id = \"...\"  # group rows need a group id column"
+            );
         }
         if has("alias") {
-            let _ = writeln!(w, "# previous_id = \"...\"  # alias rows need the previous id column");
+            let _ = writeln!(
+                w,
+                "# previous_id = \"...\"  # alias rows need the previous id column"
+            );
         }
         if let Some(t) = ts {
             let _ = writeln!(w, "timestamp = {}", toml_str(&t.name));
         }
         let traits = object(&["traits"]).map_or("\"rest\"".to_string(), |c| toml_str(&c.name));
-        let props = object(&["properties", "props"]).map_or("\"rest\"".to_string(), |c| toml_str(&c.name));
+        let props =
+            object(&["properties", "props"]).map_or("\"rest\"".to_string(), |c| toml_str(&c.name));
         let _ = writeln!(w, "traits = {traits}\nproperties = {props}");
     } else if let Some(ev) = event {
         let _ = writeln!(

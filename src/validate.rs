@@ -447,7 +447,10 @@ mod tests {
             "{\n  \"type\": \"track\",\n  \"messageId\": \"m\",\n  \"properties\": {\n    \"a\": [\n      1,\n      {}\n    ],\n    \"b\": \"x,\\\":{y}\"\n  },\n  \"context\": {}\n}"
         );
         let parsed: serde_json::Value = serde_json::from_str(&pretty(c)).unwrap();
-        assert_eq!(parsed, serde_json::from_slice::<serde_json::Value>(c).unwrap());
+        assert_eq!(
+            parsed,
+            serde_json::from_slice::<serde_json::Value>(c).unwrap()
+        );
     }
 
     #[test]

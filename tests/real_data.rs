@@ -16,7 +16,12 @@ mod common;
 
 /// Runs a backfill of `input` with `mapping` into a fresh receiver; returns the output,
 /// the calls it accepted (in the order received) and the summary JSON.
-fn deliver(w: &Workdir, input: &Path, mapping: &Path, extra: &[&str]) -> (Output, Vec<Value>, Value) {
+fn deliver(
+    w: &Workdir,
+    input: &Path,
+    mapping: &Path,
+    extra: &[&str],
+) -> (Output, Vec<Value>, Value) {
     let (server, record) = common::receiver(w.dir(), Faults::default());
     let url = server.base_url();
     let out = common::run(
@@ -26,7 +31,12 @@ fn deliver(w: &Workdir, input: &Path, mapping: &Path, extra: &[&str]) -> (Output
             .arg("--mapping")
             .arg(mapping)
             .args(["--endpoint", &url, "--no-checkpoint", "--progress", "never"])
-            .args(["--summary-json", "summary.json", "--rejects", "rejects.ndjson"])
+            .args([
+                "--summary-json",
+                "summary.json",
+                "--rejects",
+                "rejects.ndjson",
+            ])
             .args(extra),
     );
     server.shutdown();
@@ -94,9 +104,18 @@ fn currency_percent_and_yes_no_arrive_as_numbers_and_booleans_ids_as_text_on_the
     assert_eq!(bo["traits"]["Lifetime Value"], json!(4737.25));
     assert_eq!(bo["traits"]["Opt In"], json!(false));
     assert_eq!(bo["traits"]["Discount"], json!(0));
-    assert_eq!(by_id("0031U00001AbCdG")["traits"]["Lifetime Value"], json!(1234.56));
-    assert_eq!(by_id("0031U00001AbCdH")["traits"]["Lifetime Value"], json!(-12.5));
-    assert_eq!(by_id("0031U00001AbCdI")["traits"]["Lifetime Value"], json!(1_000_000.0));
+    assert_eq!(
+        by_id("0031U00001AbCdG")["traits"]["Lifetime Value"],
+        json!(1234.56)
+    );
+    assert_eq!(
+        by_id("0031U00001AbCdH")["traits"]["Lifetime Value"],
+        json!(-12.5)
+    );
+    assert_eq!(
+        by_id("0031U00001AbCdI")["traits"]["Lifetime Value"],
+        json!(1_000_000.0)
+    );
     assert_eq!(by_id("0031U00001AbCdI")["traits"]["First Name"], "Élodie");
     assert_eq!(summary["rejected_by_reason"], json!({"missing_id": 1}));
     // The row without an id counts none of its values.
@@ -135,7 +154,10 @@ traits = ["a", "b", "c", "d"]
     let (out, calls, summary) = deliver(&w, &input, &mapping, &[]);
     assert_eq!(code(&out), Some(0), "{}", common::stderr(&out));
     let traits: Vec<&Value> = calls.iter().map(|c| &c["traits"]).collect();
-    assert_eq!(*traits[0], json!({"a": 1.5, "b": 2, "c": 3, "d": "2024-01-01T00:00:00.000Z"}));
+    assert_eq!(
+        *traits[0],
+        json!({"a": 1.5, "b": 2, "c": 3, "d": "2024-01-01T00:00:00.000Z"})
+    );
     assert_eq!(*traits[1], json!({"b": null, "c": "y"}));
     assert_eq!(*traits[2], json!({"b": 7, "c": "ok"}));
     let f = &summary["values_fixed"];
@@ -143,7 +165,10 @@ traits = ["a", "b", "c", "d"]
     assert_eq!(f["b"]["nulled"], 1, "{f}");
     assert_eq!(f["c"]["kept"], 2, "{f}");
     assert_eq!(f["d"]["omitted"], 2, "{f}");
-    assert_eq!(f["a"]["examples"][0], json!({"source": input.display().to_string(), "row": 2, "fix": "omitted", "value": "n/a"}));
+    assert_eq!(
+        f["a"]["examples"][0],
+        json!({"source": input.display().to_string(), "row": 2, "fix": "omitted", "value": "n/a"})
+    );
     // The id itself still rejects: on_error is not allowed there.
     let bad = w.write(
         "bad.toml",
@@ -165,7 +190,10 @@ fn a_starter_mapping_for_the_crm_export_delivers_every_row_with_an_id_as_written
     );
     assert_eq!(code(&out), Some(0), "{}", common::stderr(&out));
     let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(shown.contains("column \"Last Activity\": every value reads as %m/%d/%Y and as %d/%m/%Y"), "{shown}");
+    assert!(
+        shown.contains("column \"Last Activity\": every value reads as %m/%d/%Y and as %d/%m/%Y"),
+        "{shown}"
+    );
     let starter = std::fs::read_to_string(w.path("starter.toml")).unwrap();
     for needle in [
         "user_id = \"Contact ID\"",
@@ -178,13 +206,23 @@ fn a_starter_mapping_for_the_crm_export_delivers_every_row_with_an_id_as_written
         "timezone = \"UTC\"",
         "FILL IN",
     ] {
-        assert!(starter.contains(needle), "{needle:?} missing from:\n{starter}");
+        assert!(
+            starter.contains(needle),
+            "{needle:?} missing from:\n{starter}"
+        );
     }
     let (out, calls, summary) = deliver(&w, &crm(), &w.path("starter.toml"), &[]);
     assert_eq!(code(&out), Some(3), "{}\n{starter}", common::stderr(&out));
-    assert_eq!(summary["rejected_by_reason"], json!({"missing_id": 1}), "{starter}");
+    assert_eq!(
+        summary["rejected_by_reason"],
+        json!({"missing_id": 1}),
+        "{starter}"
+    );
     assert_eq!(calls.len(), 5);
-    let ana = calls.iter().find(|c| c["userId"] == "0031U00001AbCdE").unwrap();
+    let ana = calls
+        .iter()
+        .find(|c| c["userId"] == "0031U00001AbCdE")
+        .unwrap();
     assert_eq!(ana["traits"]["Lifetime Value"], json!(325.0), "{starter}");
     assert_eq!(ana["traits"]["Account Number"], "4000123456789012345");
     assert_eq!(ana["timestamp"], "2019-02-27T17:06:00.000Z");
@@ -204,7 +242,10 @@ fn ndjson_call_types_from_a_column_in_any_case_with_nested_ids_and_merged_proper
     let types: Vec<&str> = calls.iter().map(|c| c["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["identify", "track", "track", "page", "track"]);
     assert_eq!(calls[0]["userId"], "u-1");
-    assert_eq!(calls[0]["traits"], json!({"email": "ana@example.com", "plan": "pro"}));
+    assert_eq!(
+        calls[0]["traits"],
+        json!({"email": "ana@example.com", "plan": "pro"})
+    );
     assert!(calls[0].get("properties").is_none());
     assert_eq!(
         calls[1]["properties"],
@@ -214,7 +255,11 @@ fn ndjson_call_types_from_a_column_in_any_case_with_nested_ids_and_merged_proper
     assert_eq!(calls[4]["properties"]["total"], "n/a");
     let f = &summary["values_fixed"]["properties.total"];
     // "$1,234.50" cleaned, "99.90" a number already, "n/a" kept.
-    assert_eq!((f["cleaned"].as_u64(), f["kept"].as_u64()), (Some(1), Some(1)), "{f}");
+    assert_eq!(
+        (f["cleaned"].as_u64(), f["kept"].as_u64()),
+        (Some(1), Some(1)),
+        "{f}"
+    );
 }
 
 #[test]
@@ -225,23 +270,44 @@ fn a_misspelt_path_is_named_with_the_nearest_key_and_strict_mapping_sends_nothin
         "typo.toml",
         "[[call]]\ntype = \"track\"\nuser_id = \"user.id\"\nevent = { const = \"Order\" }\nproperties = { total = \"properties.totl\", currency = \"properties.currency\" }\n",
     );
-    let out = common::run(
-        w.cmd()
-            .arg("validate")
-            .arg(&input)
-            .args(["--mapping", "typo.toml", "--report-json", "r.json", "--show-calls", "1"]),
-    );
+    let out = common::run(w.cmd().arg("validate").arg(&input).args([
+        "--mapping",
+        "typo.toml",
+        "--report-json",
+        "r.json",
+        "--show-calls",
+        "1",
+    ]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("\"properties.totl\" had no value in any row: did you mean \"properties.total\"?"),
+        text.contains(
+            "\"properties.totl\" had no value in any row: did you mean \"properties.total\"?"
+        ),
         "{text}"
     );
-    assert!(text.contains("keys in the data that nothing maps:"), "{text}");
-    assert!(text.contains("first 1 call(s), as sent:\n{\n  \"type\": \"track\""), "{text}");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(w.path("r.json")).unwrap()).unwrap();
-    assert_eq!(r["never_matched"], json!([{"path": "properties.totl", "suggestion": "properties.total"}]));
-    assert!(r["unmapped_keys"].as_array().unwrap().contains(&json!("properties.total")));
-    let strict = common::run(w.cmd().arg("validate").arg(&input).args(["--mapping", "typo.toml", "--strict-mapping"]));
+    assert!(
+        text.contains("keys in the data that nothing maps:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("first 1 call(s), as sent:\n{\n  \"type\": \"track\""),
+        "{text}"
+    );
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(w.path("r.json")).unwrap()).unwrap();
+    assert_eq!(
+        r["never_matched"],
+        json!([{"path": "properties.totl", "suggestion": "properties.total"}])
+    );
+    assert!(r["unmapped_keys"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("properties.total")));
+    let strict = common::run(w.cmd().arg("validate").arg(&input).args([
+        "--mapping",
+        "typo.toml",
+        "--strict-mapping",
+    ]));
     assert_eq!(code(&strict), Some(2));
     // A run refuses before sending anything.
     let (out, calls, _) = deliver(&w, &input, &mapping, &["--strict-mapping"]);
@@ -259,7 +325,10 @@ fn a_misspelt_path_is_named_with_the_nearest_key_and_strict_mapping_sends_nothin
 fn a_csv_read_as_ndjson_stops_after_its_first_rows_with_exit_2_and_sends_nothing() {
     let w = Workdir::new();
     let input = w.generate("contacts.csv", 5000, 1);
-    let mapping = w.write("m.toml", "[[call]]\ntype = \"identify\"\nuser_id = \"user_id\"\n");
+    let mapping = w.write(
+        "m.toml",
+        "[[call]]\ntype = \"identify\"\nuser_id = \"user_id\"\n",
+    );
     let (out, calls, summary) = deliver(&w, &input, &mapping, &["--format", "ndjson"]);
     let err = common::stderr(&out);
     assert_eq!(code(&out), Some(2), "{err}");
@@ -269,14 +338,25 @@ fn a_csv_read_as_ndjson_stops_after_its_first_rows_with_exit_2_and_sends_nothing
     assert!(summary["rows_read"].as_u64().unwrap() < 5000, "{summary}");
     assert_eq!(summary["outcome"], "failed");
     // A mapping that fits nothing points at the mapping instead.
-    let wrong = w.write("wrong.toml", "[[call]]\ntype = \"identify\"\nuser_id = \"nobody\"\n");
+    let wrong = w.write(
+        "wrong.toml",
+        "[[call]]\ntype = \"identify\"\nuser_id = \"nobody\"\n",
+    );
     let csv = w.write("few.csv", "nobody,x\n,1\n,2\n");
     let (out, _, _) = deliver(&w, &csv, &wrong, &[]);
     assert_eq!(code(&out), Some(2));
     assert!(common::stderr(&out).contains("the mapping probably does not fit"));
     // --max-reject-rate stops a run that rejects too much.
     let half = w.write("half.csv", "id,v\nu1,1\n,2\nu2,3\n,4\n");
-    let (out, _, _) = deliver(&w, &half, &w.write("id.toml", "[[call]]\ntype = \"identify\"\nuser_id = \"id\"\n"), &["--max-reject-rate", "10%"]);
+    let (out, _, _) = deliver(
+        &w,
+        &half,
+        &w.write(
+            "id.toml",
+            "[[call]]\ntype = \"identify\"\nuser_id = \"id\"\n",
+        ),
+        &["--max-reject-rate", "10%"],
+    );
     assert_eq!(code(&out), Some(1), "{}", common::stderr(&out));
     assert!(common::stderr(&out).contains("--max-reject-rate"));
 }
@@ -300,16 +380,32 @@ properties = { city = "address.city", plan = "attrs.plan", first_tag = "/tags/0"
     assert_eq!(code(&out), Some(3), "{}", common::stderr(&out));
     assert_eq!(calls.len(), 3);
     assert_eq!(calls[0]["userId"], "u-1");
-    assert_eq!(calls[0]["properties"], json!({"city": "Zürich", "plan": "pro", "first_tag": "vip", "amount": 12.5}));
+    assert_eq!(
+        calls[0]["properties"],
+        json!({"city": "Zürich", "plan": "pro", "first_tag": "vip", "amount": 12.5})
+    );
     // Row 2's map has no `plan` key; row 3's list is empty.
-    assert_eq!(calls[1]["properties"], json!({"city": "Kraków", "first_tag": "beta", "amount": 99.0}));
-    assert_eq!(calls[2]["properties"], json!({"city": "Lyon", "plan": "team", "amount": -12.5}));
+    assert_eq!(
+        calls[1]["properties"],
+        json!({"city": "Kraków", "first_tag": "beta", "amount": 99.0})
+    );
+    assert_eq!(
+        calls[2]["properties"],
+        json!({"city": "Lyon", "plan": "team", "amount": -12.5})
+    );
     assert_eq!(summary["rejected_by_reason"], json!({"missing_id": 1}));
     // A struct field that does not exist is a mapping error with a suggestion.
-    let typo = w.write("t.toml", "[[call]]\ntype = \"track\"\nuser_id = \"user.idd\"\nevent = \"event\"\n");
+    let typo = w.write(
+        "t.toml",
+        "[[call]]\ntype = \"track\"\nuser_id = \"user.idd\"\nevent = \"event\"\n",
+    );
     let (out, _, _) = deliver(&w, &input, &typo, &[]);
     assert_eq!(code(&out), Some(2));
-    assert!(common::stderr(&out).contains("did you mean \"user.id\"?"), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("did you mean \"user.id\"?"),
+        "{}",
+        common::stderr(&out)
+    );
     // A map key no row has is named at the end.
     let never = w.write("n.toml", "[[call]]\ntype = \"track\"\nuser_id = \"user.id\"\nevent = \"event\"\nproperties = { x = \"attrs.plna\" }\n");
     let (_, _, summary) = deliver(&w, &input, &never, &[]);
@@ -333,7 +429,10 @@ fn mapping_errors_suggest_the_nearest_name() {
         assert!(common::stderr(&out).contains(needle), "{needle:?}: {}", common::stderr(&out));
     }
     // Call types in any case, in the mapping and in the rows.
-    let m = w.write("ok.toml", "[[call]]\ntype = \"Track\"\nuser_id = \"user_id\"\nevent = \"event\"\n");
+    let m = w.write(
+        "ok.toml",
+        "[[call]]\ntype = \"Track\"\nuser_id = \"user_id\"\nevent = \"event\"\n",
+    );
     let (out, calls, _) = deliver(&w, &input, &m, &[]);
     assert_eq!(code(&out), Some(0), "{}", common::stderr(&out));
     assert_eq!(calls[0]["type"], "track");

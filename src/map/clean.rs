@@ -19,8 +19,8 @@ pub const MAX_NUMBER: usize = 64;
 /// Currency symbols stripped at either end under `clean = "currency"` (ISO codes and
 /// other letters, up to three, are stripped too: `USD`, `EUR`, `kr`, `R$`).
 const SYMBOLS: &[&str] = &[
-    "$", "€", "£", "¥", "₹", "₩", "₽", "₺", "₪", "฿", "₫", "₴", "₦", "¢", "₱", "₡", "₲", "₵",
-    "₸", "₼", "₾", "﷼",
+    "$", "€", "£", "¥", "₹", "₩", "₽", "₺", "₪", "฿", "₫", "₴", "₦", "¢", "₱", "₡", "₲", "₵", "₸",
+    "₼", "₾", "﷼",
 ];
 
 /// Spaces that may surround a value or separate thousands: ASCII white space, no-break
@@ -77,7 +77,11 @@ fn strip_currency_end(b: &[u8]) -> Option<&[u8]> {
     if let Some(s) = SYMBOLS.iter().find(|s| b.ends_with(s.as_bytes())) {
         return Some(&b[..b.len() - s.len()]);
     }
-    let letters = b.iter().rev().take_while(|c| c.is_ascii_alphabetic()).count();
+    let letters = b
+        .iter()
+        .rev()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .count();
     (1..=3)
         .contains(&letters)
         .then(|| &b[..b.len() - letters])
@@ -99,7 +103,10 @@ pub fn clean_number(
     // (`-$12`, `$-12`, `($12.50)`, `USD 1,234`): each pass takes at least one away.
     for _ in 0..8 {
         let before = b.len();
-        if let Some(rest) = b.strip_prefix(b"-").or_else(|| b.strip_prefix("−".as_bytes())) {
+        if let Some(rest) = b
+            .strip_prefix(b"-")
+            .or_else(|| b.strip_prefix("−".as_bytes()))
+        {
             negative = !negative;
             b = rest;
         } else if let Some(rest) = b.strip_prefix(b"+") {
@@ -279,7 +286,9 @@ mod tests {
     #[test]
     fn what_is_not_a_number_stays_an_error() {
         let c = |s| clean(s, Clean::Currency, b'.');
-        for bad in ["", "$", "N/A", "12,5", "1,2345", "1..2", "1.2.3", "12.", ".5x", "$12abc4", "--"] {
+        for bad in [
+            "", "$", "N/A", "12,5", "1,2345", "1..2", "1.2.3", "12.", ".5x", "$12abc4", "--",
+        ] {
             assert_eq!(c(bad), None, "{bad:?}");
         }
         assert_eq!(clean("15%", Clean::None, b'.'), None);
@@ -289,7 +298,10 @@ mod tests {
     #[test]
     fn percent_and_spaces_and_leading_zeros() {
         assert_eq!(clean("15%", Clean::Percent, b'.').as_deref(), Some("15"));
-        assert_eq!(clean("1,200.5 %", Clean::Percent, b'.').as_deref(), Some("1200.5"));
+        assert_eq!(
+            clean("1,200.5 %", Clean::Percent, b'.').as_deref(),
+            Some("1200.5")
+        );
         assert_eq!(clean(" 42 ", Clean::None, b'.').as_deref(), Some("42"));
         assert_eq!(clean("007", Clean::None, b'.').as_deref(), Some("7"));
         assert_eq!(clean("0.5", Clean::None, b'.').as_deref(), Some("0.5"));

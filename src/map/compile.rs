@@ -14,8 +14,8 @@ use std::sync::Arc;
 use chrono_tz::Tz;
 
 use super::spec::{
-    CallKind, CallSpec, ColType, Clean, DecimalSep, EmptyPolicy, FieldDetail, FieldSpec,
-    KindSpec, MappingSpec, Merged, OnError, PayloadSpec, TsFormatName,
+    CallKind, CallSpec, Clean, ColType, DecimalSep, EmptyPolicy, FieldDetail, FieldSpec, KindSpec,
+    MappingSpec, Merged, OnError, PayloadSpec, TsFormatName,
 };
 use super::suggest;
 use crate::json;
@@ -325,13 +325,12 @@ impl Ctx<'_> {
         // the column a float: cleaning is for numbers. `[defaults] clean` only applies
         // to columns typed int or float.
         let own_clean = o.clean.or_else(|| colspec.and_then(|c| c.clean()));
-        let ty = o
-            .ty
-            .or_else(|| colspec.and_then(|c| c.ty()))
-            .unwrap_or(match own_clean {
-                Some(c) if c != Clean::None && role == Role::Value => ColType::Float,
-                _ => d.ty,
-            });
+        let ty =
+            o.ty.or_else(|| colspec.and_then(|c| c.ty()))
+                .unwrap_or(match own_clean {
+                    Some(c) if c != Clean::None && role == Role::Value => ColType::Float,
+                    _ => d.ty,
+                });
         let numeric = matches!(ty, ColType::Int | ColType::Float);
         if own_clean.is_some_and(|c| c != Clean::None) && !numeric {
             return Err(CompileError(format!(
@@ -369,10 +368,9 @@ impl Ctx<'_> {
             .empty
             .or_else(|| colspec.and_then(|c| c.empty()))
             .unwrap_or(d.empty);
-        let tz = o
-            .tz
-            .or_else(|| colspec.and_then(|c| c.timezone()).map(|t| t.0))
-            .or(d.timezone.map(|t| t.0));
+        let tz =
+            o.tz.or_else(|| colspec.and_then(|c| c.timezone()).map(|t| t.0))
+                .or(d.timezone.map(|t| t.0));
         let format = o.format.or_else(|| colspec.and_then(|c| c.format()));
         let ts_format = match format.map(|f| f.0.as_str()) {
             None | Some("rfc3339") | Some("iso8601") => TsFormat::Rfc3339,
@@ -490,7 +488,11 @@ impl Ctx<'_> {
     fn spread(&self, name: &str, what: &str, skip: &[&str]) -> Result<OutNode, CompileError> {
         let col = self.resolve(name, what).map_err(|e| {
             if self.schema.resolve(name).is_none() {
-                self.unknown_column(name, what, ", or use \"rest\" for every column not used otherwise")
+                self.unknown_column(
+                    name,
+                    what,
+                    ", or use \"rest\" for every column not used otherwise",
+                )
             } else {
                 e
             }
@@ -620,7 +622,8 @@ impl Ctx<'_> {
         for x in skip {
             // An excluded name the input does not have is a typo, unless keys can appear
             // after the sample (NDJSON).
-            if !names.iter().any(|n| n == x) && !self.schema.spreads_unknown() && !used.contains(*x) {
+            if !names.iter().any(|n| n == x) && !self.schema.spreads_unknown() && !used.contains(*x)
+            {
                 let is_field = c.traits.iter().chain(&c.properties).any(|p| {
                     matches!(p, PayloadSpec::Merged(m) if m.fields.keys().any(|k| k.split('.').next() == Some(x)))
                 });
@@ -636,8 +639,7 @@ impl Ctx<'_> {
             .filter(|n| !used.contains(*n) && !skip.contains(&n.as_str()))
             .find_map(|n| self.dups.get(n).map(|p| (n, p)))
         {
-            let uses =
-                format!("takes every column not otherwise used, so column \"{name}\" too");
+            let uses = format!("takes every column not otherwise used, so column \"{name}\" too");
             return Err(self.duplicate(
                 "rest",
                 &format!("{what} = \"rest\""),

@@ -45,7 +45,10 @@ impl Coverage {
         let mut out = Vec::new();
         for u in &self.never_matched {
             out.push(match &u.suggestion {
-                Some(s) => format!("\"{}\" had no value in any row: did you mean \"{s}\"?", u.path),
+                Some(s) => format!(
+                    "\"{}\" had no value in any row: did you mean \"{s}\"?",
+                    u.path
+                ),
                 None => format!("\"{}\" had no value in any row", u.path),
             });
         }
@@ -119,7 +122,8 @@ pub fn coverage(
             let mapped: Vec<String> = registered.iter().map(|n| dotted(n)).collect();
             for p in m.sampled_paths.iter() {
                 let covered = mapped.iter().any(|n| {
-                    p == n || (p.starts_with(n.as_str()) && p.as_bytes().get(n.len()) == Some(&b'.'))
+                    p == n
+                        || (p.starts_with(n.as_str()) && p.as_bytes().get(n.len()) == Some(&b'.'))
                 });
                 if !covered && !unmapped.contains(p) {
                     unmapped.push(p.clone());

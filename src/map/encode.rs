@@ -9,11 +9,11 @@
 use std::sync::Arc;
 
 use super::clean::{clean_number, cleaned_int, loose_bool, MAX_NUMBER};
-use super::fixes::{ColumnFixes, Fix};
 use super::compile::{
-    ColumnValue, CompiledCall, CompiledMapping, KindSource, OutKind, OutNode, Spread,
-    TemplatePart, TsFormat, UnixUnit, ValueSource,
+    ColumnValue, CompiledCall, CompiledMapping, KindSource, OutKind, OutNode, Spread, TemplatePart,
+    TsFormat, UnixUnit, ValueSource,
 };
+use super::fixes::{ColumnFixes, Fix};
 use super::message_id::write_message_id;
 use super::semantic::Semantic;
 use super::spec::{CallKind, ColType, EmptyPolicy, OnError};
@@ -239,7 +239,8 @@ fn map_row<R: Row>(
 #[cold]
 fn fold_fixes(out: &mut Mapped, m: &CompiledMapping, row_no: u64) {
     if out.fixes.len() < m.value_columns.len() {
-        out.fixes.resize_with(m.value_columns.len(), ColumnFixes::default);
+        out.fixes
+            .resize_with(m.value_columns.len(), ColumnFixes::default);
     }
     for e in &out.row_fixes.events {
         let Some(f) = out.fixes.get_mut(e.slot as usize) else {
@@ -342,11 +343,11 @@ fn encode_calls<R: Row>(
             &mut out.row_fixes,
         )
         .map_err(|mut r| {
-                if m.calls.len() > 1 {
-                    r.detail = format!("call #{}: {}", ci + 1, r.detail);
-                }
-                r
-            })?;
+            if m.calls.len() > 1 {
+                r.detail = format!("call #{}: {}", ci + 1, r.detail);
+            }
+            r
+        })?;
         let len = out.calls.len() - start;
         if len > opts.max_call_bytes {
             return Err(reject(
@@ -1137,8 +1138,13 @@ fn write_text(
                 b"true" | b"1" => true,
                 b"false" | b"0" => false,
                 // Any case, trimmed: yes/no, y/n, t/f, on/off, True/FALSE ...
-                _ => loose_bool(b)
-                    .ok_or_else(|| bad(c, b, "a boolean (true/false, yes/no, y/n, t/f, on/off, 1/0)"))?,
+                _ => loose_bool(b).ok_or_else(|| {
+                    bad(
+                        c,
+                        b,
+                        "a boolean (true/false, yes/no, y/n, t/f, on/off, 1/0)",
+                    )
+                })?,
             };
             out.extend_from_slice(if v { b"true" } else { b"false" });
         }
@@ -1162,7 +1168,10 @@ fn write_text_str(out: &mut Vec<u8>, b: &[u8], valid: bool, c: &ColumnValue) -> 
 /// cleaned (`$1,200`, ` 42 `), else bad.
 #[inline(never)]
 fn write_int_text(out: &mut Vec<u8>, b: &[u8], c: &ColumnValue) -> Result<Wrote, Reject> {
-    if let Some(v) = std::str::from_utf8(b).ok().and_then(|s| s.parse::<i64>().ok()) {
+    if let Some(v) = std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+    {
         json::write_i64(out, v);
         return Ok(Wrote::Value);
     }
@@ -1178,7 +1187,10 @@ fn write_int_text(out: &mut Vec<u8>, b: &[u8], c: &ColumnValue) -> Result<Wrote,
 /// cleaned (`$1,234.50`, `15%`, `1.234,56`), else bad.
 #[inline(never)]
 fn write_float_text(out: &mut Vec<u8>, b: &[u8], c: &ColumnValue) -> Result<Wrote, Reject> {
-    if let Some(v) = std::str::from_utf8(b).ok().and_then(|s| s.parse::<f64>().ok()) {
+    if let Some(v) = std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    {
         if !v.is_finite() {
             return Err(bad(c, b, "a finite number (JSON has no NaN or Infinity)"));
         }
@@ -1495,7 +1507,14 @@ context = { "device.token" = "a", "device.type" = "d" }
         let m = compile(&spec, &schema, "test").expect("test mapping compiles");
         let row = TestRow(vec![None, None, None, None, None, None]);
         let mut out = Vec::new();
-        write_object(&mut out, &row, &m.calls[0].payload, &opts(), &mut RowFixes::default()).expect("writes");
+        write_object(
+            &mut out,
+            &row,
+            &m.calls[0].payload,
+            &opts(),
+            &mut RowFixes::default(),
+        )
+        .expect("writes");
         // Missing values are dropped whatever their empty policy, so `o` (three deep)
         // and `v` come out `{}` and go with their keys; the constant and template stay.
         assert_eq!(out, br#"{"k":1,"t":{"u":"-"}}"#);
@@ -1508,7 +1527,13 @@ context = { "device.token" = "a", "device.type" = "d" }
             None,
         ]);
         let mut out = Vec::new();
-        let r = write_object(&mut out, &row, &m.calls[0].payload, &opts(), &mut RowFixes::default());
+        let r = write_object(
+            &mut out,
+            &row,
+            &m.calls[0].payload,
+            &opts(),
+            &mut RowFixes::default(),
+        );
         assert_eq!(
             r.map_err(|r| r.detail).unwrap_err(),
             "column d: \"x\" is not an integer (for currency or percent text, add clean = \"currency\" or \"percent\" to the column)"
@@ -1522,7 +1547,14 @@ context = { "device.token" = "a", "device.type" = "d" }
             None,
         ]);
         let mut out = Vec::new();
-        write_object(&mut out, &row, &m.calls[0].payload, &opts(), &mut RowFixes::default()).expect("writes");
+        write_object(
+            &mut out,
+            &row,
+            &m.calls[0].payload,
+            &opts(),
+            &mut RowFixes::default(),
+        )
+        .expect("writes");
         assert_eq!(
             out,
             br#"{"a":"q","k":1,"o":{"b":null,"p":{"q":"q"}},"t":{"u":"q-"},"v":{"w":{"x":"q"}}}"#

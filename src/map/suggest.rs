@@ -54,11 +54,7 @@ pub fn annotate_serde_message(message: &str) -> String {
         };
         let list = &rest[list_at..];
         let line_end = list.find('\n').unwrap_or(list.len());
-        let candidates: Vec<&str> = list[..line_end]
-            .split('`')
-            .skip(1)
-            .step_by(2)
-            .collect();
+        let candidates: Vec<&str> = list[..line_end].split('`').skip(1).step_by(2).collect();
         if let Some(c) = nearest(word, candidates) {
             let insert = at + what.len() + list_at + line_end;
             return format!(
@@ -79,9 +75,15 @@ mod tests {
     fn typos_and_truncations_suggest_the_nearest_name_and_strangers_nothing() {
         assert_eq!(nearest("totl", ["total", "tax", "items"]), Some("total"));
         assert_eq!(nearest("user_idd", ["user_id", "event"]), Some("user_id"));
-        assert_eq!(nearest("Trak", ["identify", "track", "page"]), Some("track"));
+        assert_eq!(
+            nearest("Trak", ["identify", "track", "page"]),
+            Some("track")
+        );
         assert_eq!(nearest("zzz", ["total", "tax"]), None);
-        assert_eq!(did_you_mean("flaot", ["float", "int"]), " (did you mean \"float\"?)");
+        assert_eq!(
+            did_you_mean("flaot", ["float", "int"]),
+            " (did you mean \"float\"?)"
+        );
     }
 
     #[test]

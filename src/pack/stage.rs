@@ -108,12 +108,13 @@ pub const EARLY_STOP_ROWS: u64 = 1000;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stopped {
     /// Every one of the first `rows` rows was rejected with `reason`.
-    SameReason {
-        rows: u64,
-        reason: &'static str,
-    },
+    SameReason { rows: u64, reason: &'static str },
     /// `rejected` of `rows` rows were rejected, more than `limit` allows.
-    RejectRate { rows: u64, rejected: u64, limit: f64 },
+    RejectRate {
+        rows: u64,
+        rejected: u64,
+        limit: f64,
+    },
 }
 
 impl Stopped {

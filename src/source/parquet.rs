@@ -592,9 +592,10 @@ impl ParquetSource {
                 }
                 None => None,
             };
-            chunk.present.push(view.as_ref().is_some_and(|v| {
-                v.rows.iter().any(|s| !matches!(s, Slot::Missing))
-            }));
+            chunk.present.push(
+                view.as_ref()
+                    .is_some_and(|v| v.rows.iter().any(|s| !matches!(s, Slot::Missing))),
+            );
             chunk.nested.push(view);
         }
         Ok(())
@@ -857,7 +858,9 @@ fn nested_view(
                         }
                     }
                 }
-                st.column_by_name(k).cloned().ok_or_else(|| arr.data_type().to_string())?
+                st.column_by_name(k)
+                    .cloned()
+                    .ok_or_else(|| arr.data_type().to_string())?
             }
             (DataType::Map(..), Step::Key(k)) => {
                 let m = arr.as_map();
@@ -876,24 +879,33 @@ fn nested_view(
                 }
                 m.values().clone()
             }
-            (DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..), Step::Index(n)) => {
+            (
+                DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..),
+                Step::Index(n),
+            ) => {
                 let (values, range): (ArrayRef, Box<dyn Fn(usize) -> (usize, usize)>) =
                     match arr.data_type() {
                         DataType::List(_) => {
                             let l = arr.as_list::<i32>().clone();
                             let v = l.values().clone();
-                            (v, Box::new(move |j| {
-                                let o = l.value_offsets();
-                                (o[j] as usize, o[j + 1] as usize)
-                            }))
+                            (
+                                v,
+                                Box::new(move |j| {
+                                    let o = l.value_offsets();
+                                    (o[j] as usize, o[j + 1] as usize)
+                                }),
+                            )
                         }
                         DataType::LargeList(_) => {
                             let l = arr.as_list::<i64>().clone();
                             let v = l.values().clone();
-                            (v, Box::new(move |j| {
-                                let o = l.value_offsets();
-                                (o[j] as usize, o[j + 1] as usize)
-                            }))
+                            (
+                                v,
+                                Box::new(move |j| {
+                                    let o = l.value_offsets();
+                                    (o[j] as usize, o[j + 1] as usize)
+                                }),
+                            )
                         }
                         _ => {
                             let l = arr.as_fixed_size_list().clone();
