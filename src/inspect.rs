@@ -433,6 +433,15 @@ impl ColumnProfile {
             self.percents += 1;
             return;
         }
+        // Letters glued to digits (`u1234`, `12abc`) make a code, not an amount: only a
+        // currency code set apart (`USD 12`, `12 EUR`, `R$12`) counts.
+        let glued = b.windows(2).any(|w| {
+            (w[0].is_ascii_alphabetic() && w[1].is_ascii_digit())
+                || (w[0].is_ascii_digit() && w[1].is_ascii_alphabetic())
+        });
+        if glued {
+            return;
+        }
         let dot = clean_number(b, Clean::Currency, b'.', &mut buf).is_some();
         let comma = clean_number(b, Clean::Currency, b',', &mut buf).is_some();
         // `1,234` reads both ways; a value that only one decimal separator explains
@@ -780,7 +789,8 @@ fn column_entry(c: &ColumnProfile) -> Option<String> {
     let name = toml_str(&c.name);
     // Values that do not parse (a few bad ones in the sample) are kept as text and
     // counted, instead of costing their row.
-    let keep = if c.unparsed() > 0 {
+    // (Not for timestamps: a bad call timestamp rejects its row whatever on_error says.)
+    let keep = if c.unparsed() > 0 && matches!(c.inferred(), Inferred::Money { .. }) {
         ", on_error = \"keep\""
     } else {
         ""
@@ -792,8 +802,7 @@ fn column_entry(c: &ColumnProfile) -> Option<String> {
         Inferred::Bool => format!("{name} = \"bool\""),
         Inferred::Json => format!("{name} = {{ type = \"json\", empty = \"omit\" }}"),
         Inferred::Timestamp { format, .. } => {
-            let mut line =
-                format!("{name} = {{ type = \"timestamp\", format = \"{format}\"{keep} }}");
+            let mut line = format!("{name} = {{ type = \"timestamp\", format = \"{format}\" }}");
             if let Some((read, other)) = c.ambiguous_dates() {
                 line.push_str(&format!(
                     "\n# WARNING: every value of {name} reads as {read} and as {other}: the sample cannot tell day from month. Check the export and change the format if needed."
