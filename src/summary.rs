@@ -138,30 +138,26 @@ impl Summary {
         base: Option<&Checkpoint>,
         a: &AttemptCounts,
     ) {
-        let summary = self;
         // Counted by the senders as they happen, so they include the retries of
         // requests that never finished (a failed run, a drain timeout).
-        (
-            summary.retries,
-            summary.throttled,
-            summary.retries_no_answer,
-        ) = (a.retries, a.throttled, a.retries_no_answer);
+        (self.retries, self.throttled, self.retries_no_answer) =
+            (a.retries, a.throttled, a.retries_no_answer);
         let d = outcome.delivered;
-        summary.calls_delivered = d.calls;
-        summary.calls_rejected_by_server = d.refused;
-        summary.requests = d.requests;
-        summary.request_bytes = d.request_bytes;
-        summary.rows_read = totals.rows;
-        summary.rows_rejected = totals.rows_rejected;
-        summary.rows_mapped = totals.rows - totals.rows_rejected;
-        summary.rejected_by_reason = totals
+        self.calls_delivered = d.calls;
+        self.calls_rejected_by_server = d.refused;
+        self.requests = d.requests;
+        self.request_bytes = d.request_bytes;
+        self.rows_read = totals.rows;
+        self.rows_rejected = totals.rows_rejected;
+        self.rows_mapped = totals.rows - totals.rows_rejected;
+        self.rejected_by_reason = totals
             .rejected_by_reason
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
-        summary.calls_built = totals.calls;
-        summary.values_fixed = totals.fixes.clone();
-        summary.calls_by_type = CallKind::ALL
+        self.calls_built = totals.calls;
+        self.values_fixed = totals.fixes.clone();
+        self.calls_by_type = CallKind::ALL
             .iter()
             .zip(totals.calls_by_type)
             .filter(|&(_, n)| n > 0)
@@ -169,20 +165,20 @@ impl Summary {
             .collect();
         let refused = d.refused;
         if refused > 0 {
-            summary.rows_rejected += refused;
-            summary.rows_mapped = summary.rows_mapped.saturating_sub(refused);
-            *summary
+            self.rows_rejected += refused;
+            self.rows_mapped = self.rows_mapped.saturating_sub(refused);
+            *self
                 .rejected_by_reason
                 .entry("invalid_call".into())
                 .or_default() += refused;
         }
-        summary.calls_undelivered = summary
+        self.calls_undelivered = self
             .calls_built
-            .saturating_sub(summary.calls_delivered + refused);
+            .saturating_sub(self.calls_delivered + refused);
         // What the rejects file holds: the earlier runs' lines and the ones this run wrote
         // for acknowledged work. A run that stops early has found more bad rows than that
         // (`rows_rejected`); the rest are found again when it resumes.
-        summary.rows_rejected_total =
+        self.rows_rejected_total =
             outcome.counters.rows_rejected + base.map_or(0, |b| b.counters.rows_rejected);
     }
 

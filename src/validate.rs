@@ -262,6 +262,7 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
         ..Calls::default()
     }));
     let tap = calls.clone();
+    let spares = Spares::new(QUEUE_AHEAD, opts.limits.max_request_bytes);
     let (front, requests) = Front::start(
         &plan,
         src,
@@ -271,7 +272,7 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
         Vec::new(),
         &Arc::new(Mutex::new(vec![0; plan.inputs.len()])),
         &Arc::new(Progress::hidden()),
-        Spares::new(QUEUE_AHEAD, opts.limits.max_request_bytes),
+        spares.clone(),
         QUEUE_AHEAD,
         Box::new(move |m| lock(&tap).add(m)),
     );
@@ -287,11 +288,15 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
                 report.first_rejects.push(line.trim_end().to_string());
             }
         }
-        let Some(body) = &r.body else { continue };
+        let Some(body) = r.body else { continue };
         report.requests += 1;
         report.request_bytes.add(body.len());
         if let (Some(o), Ok(())) = (out.as_mut(), &written) {
-            written = o.write_all(body).and_then(|_| o.write_all(b"\n"));
+            written = o.write_all(&body).and_then(|_| o.write_all(b"\n"));
+        }
+        // The packer fills the next body in this one's buffer.
+        if let Ok(bytes) = Arc::try_unwrap(body) {
+            spares.give(bytes);
         }
     }
     let (read, totals) = front.join()?;

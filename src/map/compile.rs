@@ -134,19 +134,20 @@ pub struct OutNode {
     pub key: Vec<u8>,
     pub name: String,
     pub kind: OutKind,
+    /// A column whose value is one JSON object per row, its members written in this
+    /// node's place ([`Schema::spreads`]: NDJSON's keys first seen after the sample; or an
+    /// object column given as the whole traits or properties). Not a kind of its own:
+    /// checking it costs the encoder one load per node.
+    pub spread: Option<Box<Spread>>,
 }
 
 #[derive(Debug, Clone)]
 pub enum OutKind {
     Leaf(ValueSource),
     Object(Vec<OutNode>),
-    /// A column holding one JSON object per row whose members are written in this
-    /// node's place: NDJSON's keys first seen after the sample ([`Schema::spreads`]), or
-    /// an object column given as the whole traits or properties.
-    Spread(Spread),
 }
 
-/// An object column whose members are written in place.
+/// An object column whose members are written in a node's place ([`OutNode::spread`]).
 #[derive(Debug, Clone)]
 pub struct Spread {
     pub col: ColumnRef,
@@ -505,14 +506,16 @@ impl Ctx<'_> {
         Ok(OutNode {
             key: Vec::new(),
             name: name.to_string(),
-            kind: OutKind::Spread(Spread {
+            // Unused: the spread decides what is written.
+            kind: OutKind::Leaf(ValueSource::Const(Vec::new())),
+            spread: Some(Box::new(Spread {
                 col,
                 name: name.to_string(),
                 skip: skip.iter().map(|k| encoded_key(k)).collect(),
                 strict: true,
                 on_error,
                 slot: 0,
-            }),
+            })),
         })
     }
 
@@ -658,6 +661,7 @@ impl Ctx<'_> {
                 key: key_bytes(&name),
                 name: name.clone(),
                 kind: OutKind::Leaf(v),
+                spread: None,
             });
         }
         // NDJSON's later keys spread: the same names are left out of them.
@@ -665,14 +669,14 @@ impl Ctx<'_> {
             for n in nodes.iter_mut() {
                 if self.schema.spreads(&n.name) {
                     if let OutKind::Leaf(ValueSource::Column(c)) = &n.kind {
-                        n.kind = OutKind::Spread(Spread {
+                        n.spread = Some(Box::new(Spread {
                             col: c.col.clone(),
                             name: n.name.clone(),
                             skip: skip.iter().map(|k| encoded_key(k)).collect(),
                             strict: false,
                             on_error: OnError::Reject,
                             slot: 0,
-                        });
+                        }));
                     }
                 }
             }
@@ -762,6 +766,7 @@ fn insert_path(
                 key: key_bytes(head),
                 name: head.to_string(),
                 kind: OutKind::Leaf(value),
+                spread: None,
             });
             Ok(())
         }
@@ -772,12 +777,13 @@ fn insert_path(
                 key: key_bytes(head),
                 name: head.to_string(),
                 kind: OutKind::Object(children),
+                spread: None,
             });
             Ok(())
         }
         (Some(t), Some(i)) => match &mut nodes[i].kind {
             OutKind::Object(children) => insert_path(children, t, value),
-            OutKind::Leaf(_) | OutKind::Spread(_) => Err(CompileError(format!(
+            OutKind::Leaf(_) => Err(CompileError(format!(
                 "mapping: output \"{head}\" is both a value and an object (at \"{path}\")"
             ))),
         },
@@ -943,11 +949,14 @@ fn assign_slots(m: &mut CompiledMapping) -> Vec<String> {
     }
     fn nodes(ns: &mut [OutNode], names: &mut Vec<String>) {
         for n in ns {
+            if let Some(s) = &mut n.spread {
+                s.slot = slot(names, &s.name);
+                continue;
+            }
             match &mut n.kind {
                 OutKind::Leaf(ValueSource::Column(c)) => c.slot = slot(names, &c.name),
                 OutKind::Leaf(_) => {}
                 OutKind::Object(children) => nodes(children, names),
-                OutKind::Spread(s) => s.slot = slot(names, &s.name),
             }
         }
     }
@@ -1016,23 +1025,23 @@ fn call_payloads(
     Ok((payload, properties))
 }
 
-/// Turns every leaf named after a column the schema spreads, and reading a column, into
-/// an [`OutKind::Spread`], decided once here rather than by name for every row.
+/// Marks every leaf named after a column the schema spreads, and reading a column, as
+/// [`OutNode::spread`]: decided once here rather than by name for every row.
 fn mark_spreads(nodes: &mut [OutNode], schema: &dyn Schema) {
     for n in nodes {
         match &mut n.kind {
             OutKind::Object(children) => mark_spreads(children, schema),
             OutKind::Leaf(ValueSource::Column(c)) if schema.spreads(&n.name) => {
-                n.kind = OutKind::Spread(Spread {
+                n.spread = Some(Box::new(Spread {
                     col: c.col.clone(),
                     name: n.name.clone(),
                     skip: Vec::new(),
                     strict: false,
                     on_error: OnError::Reject,
                     slot: c.slot,
-                });
+                }));
             }
-            _ => {}
+            OutKind::Leaf(_) => {}
         }
     }
 }

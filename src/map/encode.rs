@@ -603,13 +603,37 @@ fn write_object<R: Row>(
     out.push(b'{');
     let mut any = false;
     for n in nodes {
+        if let Some(s) = &n.spread {
+            // An object's members, written in the node's place (NDJSON's keys first seen
+            // after the sampled rows, or an object column as a whole payload).
+            let mark = out.len();
+            if any {
+                out.push(b',');
+            }
+            let wrote = match row.field(&s.col) {
+                // The common case: compact JSON from the source, copied whole.
+                Field::Json(obj)
+                    if s.skip.is_empty() && obj.len() >= 2 && obj.first() == Some(&b'{') =>
+                {
+                    out.extend_from_slice(&obj[1..obj.len() - 1]);
+                    obj.len() > 2
+                }
+                f => write_spread(out, f, s, fixes)?,
+            };
+            if wrote {
+                any = true;
+            } else {
+                out.truncate(mark);
+            }
+            continue;
+        }
         let mark = out.len();
         if any {
             out.push(b',');
         }
+        json::extend_short(out, &n.key);
         let wrote = match &n.kind {
             OutKind::Leaf(v) => {
-                json::extend_short(out, &n.key);
                 let at = out.len();
                 match write_value_inline(out, row, v, opts, false) {
                     Ok(Wrote::Nothing) => false,
@@ -624,24 +648,9 @@ fn write_object<R: Row>(
             // An object whose every value is omitted is omitted too: `{}` says nothing,
             // and an empty `context.device` would even make the call ambiguous.
             OutKind::Object(children) => {
-                json::extend_short(out, &n.key);
                 write_object(out, row, children, opts, fixes)?;
                 !out.ends_with(b"{}")
             }
-            // An object's members, written in the node's place (NDJSON's keys first
-            // seen after the sampled rows, or an object column as a whole payload).
-            OutKind::Spread(s) => match row.field(&s.col) {
-                // The common case: compact JSON from the source, copied whole.
-                Field::Json(obj) if s.skip.is_empty() && obj.first() == Some(&b'{') => {
-                    if obj.len() > 2 {
-                        out.extend_from_slice(&obj[1..obj.len() - 1]);
-                        true
-                    } else {
-                        false
-                    }
-                }
-                f => write_spread(out, f, s, fixes)?,
-            },
         };
         if wrote {
             any = true;

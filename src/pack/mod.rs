@@ -255,6 +255,8 @@ impl<T> KeyedPacker<T> {
     }
 
     /// Adds a call under `key`; bodies it closes are appended to `out`, oldest first.
+    /// Inlined: the packing stage calls it for every call.
+    #[inline]
     pub fn push(
         &mut self,
         key: &[u8],
