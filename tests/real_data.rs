@@ -342,7 +342,7 @@ fn a_csv_read_as_ndjson_stops_after_its_first_rows_with_exit_2_and_sends_nothing
         "wrong.toml",
         "[[call]]\ntype = \"identify\"\nuser_id = \"nobody\"\n",
     );
-    let csv = w.write("few.csv", "nobody,x\n,1\n,2\n");
+    let csv = w.write("few.csv", format!("nobody,x\n{}", ",1\n".repeat(12)));
     let (out, _, _) = deliver(&w, &csv, &wrong, &[]);
     assert_eq!(code(&out), Some(2));
     assert!(common::stderr(&out).contains("the mapping probably does not fit"));

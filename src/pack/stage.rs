@@ -103,6 +103,9 @@ impl Default for StopRules {
 
 /// Rows looked at before a run is stopped for rejecting them all for one reason.
 pub const EARLY_STOP_ROWS: u64 = 1000;
+/// The fewest rows of a whole (smaller) input that, all rejected for one reason, stop
+/// the run as wrong.
+pub const EARLY_STOP_MIN_ROWS: u64 = 10;
 
 /// Why the packing stage stopped early.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,7 +190,10 @@ impl PackTotals {
 
     /// Whether the rows counted so far call for a stop (`at_end`: the input is done).
     fn should_stop(&self, rules: &StopRules, at_end: bool) -> Option<Stopped> {
-        let enough = self.rows >= rules.same_reason_rows || (at_end && self.rows > 0);
+        // A smaller input counts from EARLY_STOP_MIN_ROWS rows: one or two bad rows are
+        // a data problem (a huge record, a missing id), not a wrong format or mapping.
+        let enough = self.rows >= rules.same_reason_rows
+            || (at_end && self.rows >= EARLY_STOP_MIN_ROWS.min(rules.same_reason_rows));
         if rules.same_reason_rows > 0
             && enough
             && self.calls == 0
