@@ -3,9 +3,10 @@
 //!
 //! Usage: `cargo run --example nested_parquet -- fixtures/nested.parquet`.
 //!
-//! Columns: `user` (struct of `id` and `email`; no id in row 4), `address` (struct of
-//! `city` and `zip`), `attrs` (map of string to string; row 2 lacks the `plan` key),
-//! `tags` (list of strings), `event`, `amount` (float) and `ts` (timestamp, ms, UTC).
+//! Columns: `user` (struct of `id`, `email` and a 17-digit integer `crm_id`; no id in
+//! row 4), `address` (struct of `city` and `zip`), `attrs` (map of string to string; row
+//! 2 lacks the `plan` key), `tags` (list of strings), `event`, `amount` (float), `account`
+//! (17-digit integers) and `ts` (timestamp, ms, UTC).
 
 use std::fs::File;
 use std::process::ExitCode;
@@ -13,7 +14,8 @@ use std::sync::Arc;
 
 use arrow_array::builder::{ListBuilder, MapBuilder, StringBuilder};
 use arrow_array::{
-    ArrayRef, Float64Array, RecordBatch, StringArray, StructArray, TimestampMillisecondArray,
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, StructArray,
+    TimestampMillisecondArray,
 };
 use arrow_schema::{DataType, Field};
 use parquet::arrow::ArrowWriter;
@@ -32,6 +34,15 @@ fn main() -> ExitCode {
         (
             Arc::new(Field::new("email", DataType::Utf8, true)),
             strings(&[Some("a@example.com"), Some("b@example.com"), None, None]),
+        ),
+        (
+            Arc::new(Field::new("crm_id", DataType::Int64, true)),
+            Arc::new(Int64Array::from(vec![
+                Some(90_071_992_547_409_930),
+                Some(7),
+                None,
+                Some(12_345_678_901_234_567),
+            ])) as ArrayRef,
         ),
     ]);
     let address = StructArray::from(vec![
@@ -76,6 +87,16 @@ fn main() -> ExitCode {
         (
             "amount",
             Arc::new(Float64Array::from(vec![12.5, 99.0, -12.5, 7.25])),
+        ),
+        // 17-digit account numbers: above 2^53, so never a JSON number.
+        (
+            "account",
+            Arc::new(Int64Array::from(vec![
+                12_345_678_901_234_567,
+                12_345_678_901_234_568,
+                98_765_432_109_876_543,
+                10_000_000_000_000_001,
+            ])),
         ),
         (
             "ts",

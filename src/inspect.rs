@@ -892,7 +892,20 @@ pub fn starter_mapping(p: &Profile) -> String {
         ],
     )
     .filter(is_ts)
-    .or_else(|| p.columns.iter().filter(|c| !c.nested).find(is_ts));
+    .or_else(|| {
+        // Any other timestamp column, but not a birth date or a column with dates
+        // before 1970: the API refuses such a call timestamp, which would cost the row.
+        p.columns
+            .iter()
+            .filter(|c| !c.nested && c.ts_min.is_some_and(|t| t >= 0))
+            .filter(|c| {
+                let n = normalized(&c.name);
+                !["birth", "dob", "geburt", "born", "naissance", "nacimiento"]
+                    .iter()
+                    .any(|b| n.contains(b))
+            })
+            .find(is_ts)
+    });
     let mut m = String::new();
     let w = &mut m;
     let _ = writeln!(
@@ -953,6 +966,65 @@ pub fn starter_mapping(p: &Profile) -> String {
         "\n# Column types (auto writes numbers and booleans as such, the rest as strings)."
     );
     let _ = writeln!(w, "[columns]");
+    let object = |names: &[&str]| {
+        p.columns.iter().find(|c| {
+            !c.nested
+                && c.inferred() == Inferred::Json
+                && names.contains(&normalized(&c.name).as_str())
+        })
+    };
+    // Members of an object column sent whole as the traits or properties that need a
+    // type to arrive right (money, percentages, yes/no, local dates): mapped as fields
+    // of their own, with a [columns] entry each.
+    let fixed_members = |parent: &ColumnProfile| -> Vec<&ColumnProfile> {
+        p.columns
+            .iter()
+            .filter(|c| {
+                c.nested
+                    && c.name
+                        .strip_prefix(parent.name.as_str())
+                        .and_then(|r| r.strip_prefix('.'))
+                        .is_some_and(|r| !r.contains('.'))
+                    && match c.inferred() {
+                        Inferred::Money { .. } | Inferred::Percent => true,
+                        Inferred::Bool => c.loose_bools > 0,
+                        Inferred::Timestamp { format, .. } => format != "rfc3339",
+                        _ => false,
+                    }
+            })
+            .collect()
+    };
+    let payload_objects: Vec<&ColumnProfile> =
+        [object(&["traits"]), object(&["properties", "props"])]
+            .into_iter()
+            .flatten()
+            .collect();
+    let members: Vec<&ColumnProfile> = payload_objects
+        .iter()
+        .flat_map(|o| fixed_members(o))
+        .collect();
+    // `{ from = "props", fields = { total = "props.total" } }`, or the column alone.
+    let object_payload = |o: &ColumnProfile| -> String {
+        let fields: Vec<String> = fixed_members(o)
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} = {}",
+                    toml_str(&m.name[o.name.len() + 1..]),
+                    toml_str(&m.name)
+                )
+            })
+            .collect();
+        if fields.is_empty() {
+            toml_str(&o.name)
+        } else {
+            format!(
+                "{{ from = {}, fields = {{ {} }} }}",
+                toml_str(&o.name),
+                fields.join(", ")
+            )
+        }
+    };
     let used: BTreeSet<&str> = [user, anon, email, event, name_col]
         .into_iter()
         .flatten()
@@ -962,7 +1034,9 @@ pub fn starter_mapping(p: &Profile) -> String {
         // NDJSON keys first seen after the sample are not a column a mapping can name,
         // and a nested path only needs an entry where it is mapped itself.
         if c.name == crate::source::ndjson::LATER_KEYS
-            || (c.nested && !used.contains(c.name.as_str()))
+            || (c.nested
+                && !used.contains(c.name.as_str())
+                && !members.iter().any(|m| m.name == c.name))
         {
             continue;
         }
@@ -995,13 +1069,6 @@ pub fn starter_mapping(p: &Profile) -> String {
             None => Ok(()),
         })
     };
-    let object = |names: &[&str]| {
-        p.columns.iter().find(|c| {
-            !c.nested
-                && c.inferred() == Inferred::Json
-                && names.contains(&normalized(&c.name).as_str())
-        })
-    };
     if let Some(k) = kinds {
         let found: Vec<String> = k
             .call_types
@@ -1016,48 +1083,95 @@ pub fn starter_mapping(p: &Profile) -> String {
         );
         let _ = writeln!(
             w,
-            "# identify and group rows carry traits; track, page and screen rows carry properties."
+            "# One table per type found: a row makes the call of the table whose `only` lists its type."
         );
-        let _ = writeln!(w, "[[call]]\ntype = {{ column = {} }}", toml_str(&k.name));
-        let _ = ids(w);
-        let has = |t: &str| k.call_types.contains_key(t);
-        if has("track") {
-            match event {
-                Some(e) => {
-                    let _ = writeln!(w, "event = {}", toml_str(&e.name));
-                }
-                None => {
-                    let _ = writeln!(
-                        w,
-                        "# event = \"...\"  # track rows need an event name column"
-                    );
-                }
+        let group_id = pick(
+            p,
+            &[
+                "group_id",
+                "groupid",
+                "company_id",
+                "account_id",
+                "organization_id",
+                "org_id",
+            ],
+        );
+        let previous_id = pick(p, &["previous_id", "previousid", "old_id", "old_user_id"]);
+        // What "rest" would otherwise send from the other types' fields.
+        let other_fields = |own: &[Option<&ColumnProfile>]| -> String {
+            let names: Vec<String> = [event, name_col, group_id, previous_id]
+                .into_iter()
+                .flatten()
+                .filter(|c| !c.nested && !own.iter().flatten().any(|o| o.name == c.name))
+                .map(|c| toml_str(&c.name))
+                .collect();
+            if names.is_empty() {
+                "\"rest\"".to_string()
+            } else {
+                format!("{{ from = \"rest\", exclude = [{}] }}", names.join(", "))
             }
-        }
-        if has("page") || has("screen") {
-            if let Some(n) = name_col {
-                let _ = writeln!(w, "name = {}", toml_str(&n.name));
+        };
+        for kind in CallKind::ALL {
+            if !k.call_types.contains_key(kind.as_str()) {
+                continue;
             }
-        }
-        if has("group") {
             let _ = writeln!(
                 w,
-                "# group_id = \"...\"  # group rows need a group id column"
+                "\n[[call]]\ntype = {{ column = {}, only = [\"{}\"] }}",
+                toml_str(&k.name),
+                kind.as_str()
             );
+            let _ = ids(w);
+            let own: &[Option<&ColumnProfile>] = match kind {
+                CallKind::Track => {
+                    let _ = match event {
+                        Some(e) => writeln!(w, "event = {}", toml_str(&e.name)),
+                        None => writeln!(
+                            w,
+                            "# event = \"...\"  # FILL IN: track rows need an event name column"
+                        ),
+                    };
+                    &[event][..]
+                }
+                CallKind::Page | CallKind::Screen => {
+                    if let Some(n) = name_col {
+                        let _ = writeln!(w, "name = {}", toml_str(&n.name));
+                    }
+                    &[name_col][..]
+                }
+                CallKind::Group => {
+                    let _ = match group_id {
+                        Some(g) => writeln!(w, "group_id = {}", toml_str(&g.name)),
+                        None => writeln!(
+                            w,
+                            "# group_id = \"...\"  # FILL IN: group rows need a group id column"
+                        ),
+                    };
+                    &[group_id][..]
+                }
+                CallKind::Alias => {
+                    let _ = match previous_id {
+                        Some(c) => writeln!(w, "previous_id = {}", toml_str(&c.name)),
+                        None => writeln!(
+                            w,
+                            "# previous_id = \"...\"  # FILL IN: alias rows need the previous id column"
+                        ),
+                    };
+                    &[previous_id][..]
+                }
+                CallKind::Identify => &[],
+            };
+            if let Some(t) = ts {
+                let _ = writeln!(w, "timestamp = {}", toml_str(&t.name));
+            }
+            let payload = match kind {
+                CallKind::Alias => continue,
+                CallKind::Identify | CallKind::Group => object(&["traits"]),
+                _ => object(&["properties", "props"]),
+            };
+            let payload = payload.map_or_else(|| other_fields(own), object_payload);
+            let _ = writeln!(w, "{} = {payload}", kind.payload_key());
         }
-        if has("alias") {
-            let _ = writeln!(
-                w,
-                "# previous_id = \"...\"  # alias rows need the previous id column"
-            );
-        }
-        if let Some(t) = ts {
-            let _ = writeln!(w, "timestamp = {}", toml_str(&t.name));
-        }
-        let traits = object(&["traits"]).map_or("\"rest\"".to_string(), |c| toml_str(&c.name));
-        let props =
-            object(&["properties", "props"]).map_or("\"rest\"".to_string(), |c| toml_str(&c.name));
-        let _ = writeln!(w, "traits = {traits}\nproperties = {props}");
     } else if let Some(ev) = event {
         let _ = writeln!(
             w,

@@ -508,6 +508,55 @@ pub fn is_valid(b: &[u8]) -> bool {
     serde_json::from_slice::<Valid>(b).is_ok()
 }
 
+/// Copies valid JSON (compact or not) without insignificant whitespace, writing every
+/// integer of more than 15 significant digits as a string (`12345678901234567890` →
+/// `"12345678901234567890"`): readers that hold numbers as doubles, the API among them,
+/// would round it. Most values hold no run of 16 digits at all and are copied as they
+/// are after one scan.
+pub fn write_json_exact(out: &mut Vec<u8>, b: &[u8], compact: bool) {
+    let mut run = 0usize;
+    let long = b.iter().any(|c| {
+        run = if c.is_ascii_digit() { run + 1 } else { 0 };
+        run > 15
+    });
+    if compact && !long {
+        out.extend_from_slice(b);
+        return;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        let ch = b[i];
+        match ch {
+            b'"' => {
+                let end = string_end(b, i).unwrap_or(b.len());
+                out.extend_from_slice(&b[i..end]);
+                i = end;
+            }
+            b' ' | b'\n' | b'\r' | b'\t' => i += 1,
+            b'-' | b'0'..=b'9' => {
+                let end = b[i..]
+                    .iter()
+                    .position(|c| !matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                    .map_or(b.len(), |n| i + n);
+                let token = &b[i..end];
+                let integer = !token.iter().any(|c| matches!(c, b'.' | b'e' | b'E'));
+                if long && integer && token.iter().filter(|c| c.is_ascii_digit()).count() > 15 {
+                    out.push(b'"');
+                    out.extend_from_slice(token);
+                    out.push(b'"');
+                } else {
+                    out.extend_from_slice(token);
+                }
+                i = end;
+            }
+            _ => {
+                out.push(ch);
+                i += 1;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -704,5 +753,23 @@ mod tests {
         ] {
             assert!(!is_json_number(bad.as_bytes()), "{bad}");
         }
+    }
+
+    #[test]
+    fn long_integers_in_passed_through_json_become_strings() {
+        let exact = |b: &str, compact| {
+            let mut out = Vec::new();
+            write_json_exact(&mut out, b.as_bytes(), compact);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            exact(
+                r#"{"a":12345678901234567890,"b":[9007199254740993,-1234567890123456789],"c":1.2345678901234567,"d":"12345678901234567890","e":123456789012345}"#,
+                true
+            ),
+            r#"{"a":"12345678901234567890","b":["9007199254740993","-1234567890123456789"],"c":1.2345678901234567,"d":"12345678901234567890","e":123456789012345}"#
+        );
+        assert_eq!(exact("{ \"a\" : [1, 2e20] }", false), "{\"a\":[1,2e20]}");
+        assert_eq!(exact("{\"s\":\"a \\\" b\"}", true), "{\"s\":\"a \\\" b\"}");
     }
 }

@@ -437,3 +437,206 @@ fn mapping_errors_suggest_the_nearest_name() {
     assert_eq!(code(&out), Some(0), "{}", common::stderr(&out));
     assert_eq!(calls[0]["type"], "track");
 }
+
+/// A warehouse export that mixes call types, in any case, with the user id inside an
+/// object, a 20-digit id, money and percentages inside the `props` object and US dates.
+const MIXED: &str = r#"{"Type":"IDENTIFY","user":{"id":12345678901234567890,"email":"a@x.io"},"created_at":"02/27/2019 17:06","props":{"ltv":"$1,200.00"}}
+{"Type":"track","event":"Order Completed","user":{"id":"u-2"},"created_at":"03/13/2019 08:00","props":{"total":"4,737.25","currency":"USD","discount":"15%"}}
+{"Type":"Track","event":"Order Completed","user":{"id":"u-3"},"created_at":"12/01/2019 10:00","props":{"total":"USD 12.00","currency":"USD","discount":"0%"}}
+{"Type":"page","name":"Home","user":{"id":"u-3"},"created_at":"12/02/2019 10:00","props":{"url":"/"}}
+{"Type":"screen","name":"Cart","anonymousId":"anon-9","created_at":"12/03/2019 10:00","props":{"items":3}}
+"#;
+
+#[test]
+fn a_starter_for_mixed_call_types_has_one_table_per_type_and_delivers_them_typed() {
+    let w = Workdir::new();
+    let input = w.write("mixed.ndjson", MIXED);
+    let out = common::run(
+        w.cmd()
+            .arg("inspect")
+            .arg(&input)
+            .args(["--emit-mapping", "starter.toml"]),
+    );
+    assert_eq!(code(&out), Some(0), "{}", common::stderr(&out));
+    let starter = std::fs::read_to_string(w.path("starter.toml")).unwrap();
+    for needle in [
+        "type = { column = \"Type\", only = [\"identify\"] }",
+        "type = { column = \"Type\", only = [\"track\"] }",
+        "type = { column = \"Type\", only = [\"page\"] }",
+        "type = { column = \"Type\", only = [\"screen\"] }",
+        "user_id = \"user.id\"",
+        "\"props.total\" = { type = \"float\", clean = \"currency\" }",
+        "\"props.discount\" = { type = \"float\", clean = \"percent\" }",
+        "properties = { from = \"props\", fields = {",
+    ] {
+        assert!(
+            starter.contains(needle),
+            "{needle:?} missing from:\n{starter}"
+        );
+    }
+    assert!(!starter.contains("only = [\"group\"]"), "{starter}");
+    let (out, calls, summary) = deliver(&w, &input, &w.path("starter.toml"), &[]);
+    assert_eq!(code(&out), Some(0), "{}\n{starter}", common::stderr(&out));
+    let types: Vec<&str> = calls.iter().map(|c| c["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["identify", "track", "track", "page", "screen"]);
+    // 20 digits: an id as text, and inside the object a string too (a number would be
+    // rounded by the API).
+    assert_eq!(calls[0]["userId"], "12345678901234567890");
+    assert_eq!(calls[0]["traits"]["user"]["id"], "12345678901234567890");
+    assert_eq!(calls[0]["timestamp"], "2019-02-27T17:06:00.000Z");
+    // identify rows do not carry the track rows' event or name columns.
+    assert!(calls[0]["traits"].get("event").is_none(), "{}", calls[0]);
+    assert_eq!(
+        calls[1]["properties"],
+        json!({"total": 4737.25, "discount": 15, "currency": "USD"}),
+        "{starter}"
+    );
+    assert_eq!(calls[1]["event"], "Order Completed");
+    assert_eq!(calls[2]["properties"]["total"], json!(12.0));
+    assert_eq!(calls[3]["name"], "Home");
+    assert_eq!(calls[3]["properties"], json!({"url": "/"}));
+    assert_eq!(calls[4]["anonymousId"], "anon-9");
+    assert_eq!(calls[4]["properties"], json!({"items": 3}));
+    assert_eq!(
+        summary["values_fixed"]["props.total"]["cleaned"], 2,
+        "{summary}"
+    );
+}
+
+#[test]
+fn a_row_whose_type_no_table_takes_is_rejected_by_name() {
+    let w = Workdir::new();
+    let input = w.write("mixed.ndjson", MIXED);
+    let mapping = w.write(
+        "only.toml",
+        r#"
+[[call]]
+type = { column = "Type", only = ["Track", "page"] }
+user_id = "user.id"
+anonymous_id = "anonymousId"
+event = "event"
+name = "name"
+properties = "props"
+"#,
+    );
+    let (out, calls, summary) = deliver(&w, &input, &mapping, &[]);
+    assert_eq!(code(&out), Some(3), "{}", common::stderr(&out));
+    let types: Vec<&str> = calls.iter().map(|c| c["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["track", "track", "page"]);
+    assert_eq!(summary["rejected_by_reason"], json!({"bad_call_type": 2}));
+    let rejects = std::fs::read_to_string(w.path("rejects.ndjson")).unwrap();
+    assert!(
+        rejects.contains("no [[call]] table takes \\\"identify\\\" rows"),
+        "{rejects}"
+    );
+    assert!(rejects.contains("\\\"screen\\\" rows"), "{rejects}");
+    let typo = w.write(
+        "typo.toml",
+        "[[call]]\ntype = { column = \"Type\", only = [\"trak\"] }\nuser_id = \"user.id\"\n",
+    );
+    let (out, _, _) = deliver(&w, &input, &typo, &[]);
+    assert_eq!(code(&out), Some(2));
+    assert!(
+        common::stderr(&out)
+            .contains("\"trak\" in `only` is not a call type (did you mean \"track\"?)"),
+        "{}",
+        common::stderr(&out)
+    );
+}
+
+#[test]
+fn a_starter_for_a_european_export_reads_decimal_commas_and_day_first_dates() {
+    let w = Workdir::new();
+    let mut csv = String::from(
+        "\u{feff}Customer ID;E-Mail;Umsatz;Rabatt;Date of Birth;Letzter Kauf;Kontonummer\r\n",
+    );
+    for (i, (amount, birth, last)) in [
+        ("1.234,56 €", "27.02.1985", "13.03.2024 14:05"),
+        ("EUR 99,90", "01.12.1990", "02.04.2024 09:00"),
+        ("12.000,00", "15.06.1959", "30.04.2024 18:30"),
+        ("0,50 €", "03.01.2000", "01.05.2024 00:00"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        csv.push_str(&format!(
+            "K-100{i};p{i}@example.de;\"{amount}\";{}%;{birth};{last};1234567890123456{i}\r\n",
+            i * 5
+        ));
+    }
+    let input = w.write("kunden.csv", csv);
+    let out = common::run(w.cmd().arg("inspect").arg(&input).args([
+        "--delimiter",
+        ";",
+        "--emit-mapping",
+        "starter.toml",
+    ]));
+    assert_eq!(code(&out), Some(0), "{}", common::stderr(&out));
+    let starter = std::fs::read_to_string(w.path("starter.toml")).unwrap();
+    for needle in [
+        "user_id = \"Customer ID\"",
+        "\"Umsatz\" = { type = \"float\", clean = \"currency\", decimal = \",\" }",
+        "\"Letzter Kauf\" = { type = \"timestamp\", format = \"%d.%m.%Y %H:%M\" }",
+        "\"Date of Birth\" = { type = \"timestamp\", format = \"%d.%m.%Y\" }",
+        "\"Kontonummer\" = \"string\"",
+        // Not the birth date (1959 is before what the API takes as a call's time).
+        "timestamp = \"Letzter Kauf\"",
+    ] {
+        assert!(
+            starter.contains(needle),
+            "{needle:?} missing from:\n{starter}"
+        );
+    }
+    let (out, calls, summary) = deliver(&w, &input, &w.path("starter.toml"), &["--delimiter", ";"]);
+    assert_eq!(code(&out), Some(0), "{}\n{starter}", common::stderr(&out));
+    assert_eq!(calls.len(), 4, "{summary}");
+    // "K-1000" is an id, not the number -1000 with a currency code "K".
+    assert_eq!(calls[0]["userId"], "K-1000");
+    assert_eq!(calls[0]["timestamp"], "2024-03-13T14:05:00.000Z");
+    let t = &calls[0]["traits"];
+    assert_eq!(t["Umsatz"], json!(1234.56), "{t}");
+    assert_eq!(t["Date of Birth"], "1985-02-27T00:00:00.000Z");
+    assert_eq!(t["Kontonummer"], "12345678901234560");
+    assert_eq!(calls[1]["traits"]["Umsatz"], json!(99.9));
+    assert_eq!(calls[1]["traits"]["Rabatt"], json!(5));
+    assert_eq!(calls[2]["traits"]["Umsatz"], json!(12000.0));
+    assert_eq!(
+        calls[2]["traits"]["Date of Birth"],
+        "1959-06-15T00:00:00.000Z"
+    );
+}
+
+#[test]
+fn a_parquet_starter_keeps_17_digit_integers_exact_at_the_top_and_inside_structs() {
+    let w = Workdir::new();
+    let input = common::fixture("nested.parquet");
+    let out = common::run(
+        w.cmd()
+            .arg("inspect")
+            .arg(&input)
+            .args(["--emit-mapping", "starter.toml"]),
+    );
+    assert_eq!(code(&out), Some(0), "{}", common::stderr(&out));
+    let starter = std::fs::read_to_string(w.path("starter.toml")).unwrap();
+    for needle in [
+        "\"account\" = \"string\"",
+        "user_id = \"user.id\"",
+        "traits = { email = \"user.email\" }",
+    ] {
+        assert!(
+            starter.contains(needle),
+            "{needle:?} missing from:\n{starter}"
+        );
+    }
+    let (out, calls, summary) = deliver(&w, &input, &w.path("starter.toml"), &[]);
+    assert_eq!(code(&out), Some(3), "{}\n{starter}", common::stderr(&out));
+    assert_eq!(summary["rejected_by_reason"], json!({"missing_id": 1}));
+    let track = &calls[0];
+    assert_eq!(track["type"], "track");
+    assert_eq!(track["properties"]["account"], "12345678901234567");
+    // Inside the struct, passed through whole by "rest": a string too, not the
+    // rounded 90071992547409936.
+    assert_eq!(track["properties"]["user"]["crm_id"], "90071992547409930");
+    assert_eq!(calls[2]["properties"]["user"]["crm_id"], json!(7));
+    assert_eq!(calls[1]["traits"], json!({"email": "a@example.com"}));
+}

@@ -70,7 +70,27 @@ fn strip_currency_start(b: &[u8]) -> Option<&[u8]> {
     (1..=3)
         .contains(&letters)
         .then(|| &b[letters..])
-        .filter(|rest| !rest.is_empty())
+        .filter(|rest| next_to_code(rest, false))
+}
+
+/// Whether what follows a currency code at the start (or precedes one at the end,
+/// `at_end`) can be an amount: a digit, a space or a symbol. A code joined by anything
+/// else (`K-1001`, `A.5`) is part of an id.
+fn next_to_code(rest: &[u8], at_end: bool) -> bool {
+    let (c, space, symbol) = if at_end {
+        (
+            rest.last(),
+            space_before(rest),
+            SYMBOLS.iter().any(|s| rest.ends_with(s.as_bytes())),
+        )
+    } else {
+        (
+            rest.first(),
+            space_at(rest),
+            SYMBOLS.iter().any(|s| rest.starts_with(s.as_bytes())),
+        )
+    };
+    c.is_some_and(u8::is_ascii_digit) || space > 0 || symbol
 }
 
 fn strip_currency_end(b: &[u8]) -> Option<&[u8]> {
@@ -85,7 +105,7 @@ fn strip_currency_end(b: &[u8]) -> Option<&[u8]> {
     (1..=3)
         .contains(&letters)
         .then(|| &b[..b.len() - letters])
-        .filter(|rest| !rest.is_empty())
+        .filter(|rest| next_to_code(rest, true))
 }
 
 /// Writes `b` cleaned as a plain JSON number (`-1234.56`) into `buf` and returns its
@@ -288,6 +308,7 @@ mod tests {
         let c = |s| clean(s, Clean::Currency, b'.');
         for bad in [
             "", "$", "N/A", "12,5", "1,2345", "1..2", "1.2.3", "12.", ".5x", "$12abc4", "--",
+            "K-1001", "AB-12", "12-X", "X.5",
         ] {
             assert_eq!(c(bad), None, "{bad:?}");
         }

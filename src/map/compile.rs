@@ -168,7 +168,9 @@ pub struct Spread {
 #[derive(Debug, Clone)]
 pub enum KindSource {
     Const(CallKind),
-    Column(ColumnRef, String),
+    /// The type read from a column (its name for messages), and the types this call is
+    /// made for (`only`; `None`: every type).
+    Column(ColumnRef, String, Option<Vec<CallKind>>),
 }
 
 /// One call of the mapping, ready to encode.
@@ -738,7 +740,7 @@ fn used_columns(spec: &MappingSpec, c: &CallSpec) -> BTreeSet<String> {
             add(Some(f));
         }
     }
-    if let KindSpec::Column { column } = &c.kind {
+    if let KindSpec::Column { column, .. } = &c.kind {
         used.insert(column.clone());
     }
     used
@@ -843,9 +845,11 @@ pub fn compile(
         let what = |field: &str| format!("call #{} {field}", i + 1);
         let kind = match &c.kind {
             KindSpec::Const(k) => KindSource::Const(*k),
-            KindSpec::Column { column } => {
-                KindSource::Column(cx.resolve(column, &what("type"))?, column.clone())
-            }
+            KindSpec::Column { column, only } => KindSource::Column(
+                cx.resolve(column, &what("type"))?,
+                column.clone(),
+                only.clone(),
+            ),
         };
         // Ids and names are JSON strings in the spec: a column's text as it is (numbers as
         // their digits), a constant string or number, or a template.

@@ -330,6 +330,10 @@ fn encode_calls<R: Row>(
             kind: EmitKind::Context,
         });
     }
+    // A row whose type every table reading it leaves out (`only`) makes no call: that is
+    // an error, not a silent skip.
+    let mut left_out = None;
+    let mut made = false;
     for (ci, call) in m.calls.iter().enumerate() {
         let start = out.calls.len();
         let kind = encode_call(
@@ -348,6 +352,14 @@ fn encode_calls<R: Row>(
             }
             r
         })?;
+        let kind = match kind {
+            Made::Call(kind) => kind,
+            Made::LeftOut(kind) => {
+                left_out = Some((kind, &call.kind));
+                continue;
+            }
+        };
+        made = true;
         let len = out.calls.len() - start;
         if len > opts.max_call_bytes {
             return Err(reject(
@@ -366,7 +378,23 @@ fn encode_calls<R: Row>(
             kind: EmitKind::Call(kind),
         });
     }
+    if let (Some((kind, KindSource::Column(_, name, _))), false) = (left_out, made) {
+        return Err(reject(
+            "bad_call_type",
+            format!(
+                "column {name}: no [[call]] table takes \"{}\" rows (it is in no table's `only` list); add it to one, or leave the row out of the input",
+                kind.as_str()
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// What one `[[call]]` table made of a row.
+enum Made {
+    Call(CallKind),
+    /// Nothing: the row's type (from a column) is not in the table's `only` list.
+    LeftOut(CallKind),
 }
 
 /// `,"context":{..},"integrations":{..}`, each left out when it comes out empty.
@@ -425,17 +453,21 @@ fn encode_call<R: Row>(
     opts: &EncodeOptions,
     out: &mut Vec<u8>,
     fixes: &mut RowFixes,
-) -> Result<CallKind, Reject> {
+) -> Result<Made, Reject> {
     let kind = match &call.kind {
         KindSource::Const(k) => *k,
-        KindSource::Column(col, name) => {
+        KindSource::Column(col, name, only) => {
             let text = field_text(row.field(col), name)?;
-            CallKind::parse(text.trim()).ok_or_else(|| {
+            let kind = CallKind::parse(text.trim()).ok_or_else(|| {
                 reject(
                     "bad_call_type",
                     format!("column {name}: \"{text}\" is not a call type (identify, track, page, screen, group, alias)"),
                 )
-            })?
+            })?;
+            if only.as_ref().is_some_and(|o| !o.contains(&kind)) {
+                return Ok(Made::LeftOut(kind));
+            }
+            kind
         }
     };
     let start = out.len();
@@ -550,7 +582,7 @@ fn encode_call<R: Row>(
         ev.check(&out[start..])
             .map_err(|detail| reject("semantic_event", detail))?;
     }
-    Ok(kind)
+    Ok(Made::Call(kind))
 }
 
 /// `,"objectTypeId":"N"`: the spec wants a stringified integer; a number is quoted, and
@@ -787,11 +819,8 @@ fn write_spread(
         }
         out.extend_from_slice(k);
         out.push(b':');
-        if compact {
-            out.extend_from_slice(v);
-        } else {
-            write_minified_json(out, v);
-        }
+        // Members follow the rule of top-level values: a long integer goes as a string.
+        json::write_json_exact(out, v, compact);
     }
     Ok(out.len() > start)
 }
@@ -990,7 +1019,8 @@ fn write_column(
         Field::Json(b) => {
             match c.ty {
                 ColType::String => json::write_str(out, &String::from_utf8_lossy(b)),
-                _ => out.extend_from_slice(b),
+                // Nested integers of more than 15 digits go as strings, as top-level ones.
+                _ => json::write_json_exact(out, b, true),
             }
             Ok(Wrote::Value)
         }
@@ -1234,7 +1264,7 @@ fn write_json_text(out: &mut Vec<u8>, b: &[u8], c: &ColumnValue) -> Result<(), R
     if !json::is_valid(b) {
         return Err(bad(c, b, "valid JSON"));
     }
-    write_minified_json(out, b);
+    json::write_json_exact(out, b, false);
     Ok(())
 }
 
@@ -1259,29 +1289,6 @@ fn write_ts_text(
     check_range(ms, c, opts, || shown(b))?;
     timestamp::write_iso_millis(out, ms);
     Ok(())
-}
-
-/// Copies valid JSON without insignificant whitespace, so a body stays one line.
-fn write_minified_json(out: &mut Vec<u8>, b: &[u8]) {
-    let mut in_str = false;
-    let mut esc = false;
-    for &ch in b {
-        if in_str {
-            out.push(ch);
-            if esc {
-                esc = false;
-            } else if ch == b'\\' {
-                esc = true;
-            } else if ch == b'"' {
-                in_str = false;
-            }
-        } else if !matches!(ch, b' ' | b'\n' | b'\r' | b'\t') {
-            if ch == b'"' {
-                in_str = true;
-            }
-            out.push(ch);
-        }
-    }
 }
 
 fn unit_of(f: &TsFormat, v: i64) -> UnixUnit {

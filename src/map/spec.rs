@@ -401,11 +401,16 @@ pub struct Merged {
 }
 
 /// The call type: a constant (`type = "track"`) or read from a column per row
-/// (`type = { column = "kind" }`).
+/// (`type = { column = "kind" }`), optionally for some types only
+/// (`type = { column = "kind", only = ["track", "page"] }`: rows of other types make no
+/// call from this table).
 #[derive(Debug, Clone)]
 pub enum KindSpec {
     Const(CallKind),
-    Column { column: String },
+    Column {
+        column: String,
+        only: Option<Vec<CallKind>>,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -538,12 +543,27 @@ impl<'de> Deserialize<'de> for KindSpec {
         #[serde(deny_unknown_fields)]
         struct Col {
             column: String,
+            only: Option<Vec<OnlyKind>>,
+        }
+        /// A call type named in `only`, in any case, with the nearest name suggested.
+        struct OnlyKind(CallKind);
+        impl<'de> Deserialize<'de> for OnlyKind {
+            fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let v = String::deserialize(d)?;
+                CallKind::parse(&v).map(OnlyKind).ok_or_else(|| {
+                    let names = CallKind::ALL.map(CallKind::as_str);
+                    de::Error::custom(format!(
+                        "\"{v}\" in `only` is not a call type{}; use identify, track, page, screen, group or alias",
+                        super::suggest::did_you_mean(&v, names)
+                    ))
+                })
+            }
         }
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = KindSpec;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a call type (identify, track, page, screen, group, alias) or { column = \"kind\" }")
+                f.write_str("a call type (identify, track, page, screen, group, alias) or { column = \"kind\" } (optionally with only = [\"track\", ...])")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<KindSpec, E> {
                 CallKind::parse(v).map(KindSpec::Const).ok_or_else(|| {
@@ -553,7 +573,18 @@ impl<'de> Deserialize<'de> for KindSpec {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<KindSpec, A::Error> {
                 let c = Col::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(KindSpec::Column { column: c.column })
+                let only = c
+                    .only
+                    .map(|v| v.into_iter().map(|k| k.0).collect::<Vec<_>>());
+                if only.as_ref().is_some_and(Vec::is_empty) {
+                    return Err(de::Error::custom(
+                        "`only` is empty: name the call types this table makes, e.g. only = [\"track\"]",
+                    ));
+                }
+                Ok(KindSpec::Column {
+                    column: c.column,
+                    only,
+                })
             }
         }
         d.deserialize_any(V)
