@@ -225,7 +225,7 @@ impl fmt::Display for Summary {
         if !self.values_fixed.is_empty() {
             writeln!(f, "  values fixed (by column)")?;
             for (col, v) in &self.values_fixed {
-                writeln!(f, "      {col:<14}{}", v.describe())?;
+                writeln!(f, "      {col:<14} {}", v.describe())?;
             }
         }
         writeln!(f, "  calls built       {:>14}", thousands(self.calls_built))?;

@@ -548,7 +548,7 @@ properties = "props"
 fn a_starter_for_a_european_export_reads_decimal_commas_and_day_first_dates() {
     let w = Workdir::new();
     let mut csv = String::from(
-        "\u{feff}Customer ID;E-Mail;Umsatz;Rabatt;Date of Birth;Letzter Kauf;Kontonummer\r\n",
+        "\u{feff}Customer ID;E-Mail;Tarif;Umsatz;Rabatt;Date of Birth;Letzter Kauf;Kontonummer\r\n",
     );
     for (i, (amount, birth, last)) in [
         ("1.234,56 €", "27.02.1985", "13.03.2024 14:05"),
@@ -560,7 +560,7 @@ fn a_starter_for_a_european_export_reads_decimal_commas_and_day_first_dates() {
     .enumerate()
     {
         csv.push_str(&format!(
-            "K-100{i};p{i}@example.de;\"{amount}\";{}%;{birth};{last};1234567890123456{i}\r\n",
+            "K-100{i};p{i}@example.de;T-{i}0;\"{amount}\";{}%;{birth};{last};1234567890123456{i}\r\n",
             i * 5
         ));
     }
@@ -595,6 +595,8 @@ fn a_starter_for_a_european_export_reads_decimal_commas_and_day_first_dates() {
     assert_eq!(calls[0]["timestamp"], "2024-03-13T14:05:00.000Z");
     let t = &calls[0]["traits"];
     assert_eq!(t["Umsatz"], json!(1234.56), "{t}");
+    // A code, not -0 with a currency code "T".
+    assert_eq!(t["Tarif"], "T-00", "{t}");
     assert_eq!(t["Date of Birth"], "1985-02-27T00:00:00.000Z");
     assert_eq!(t["Kontonummer"], "12345678901234560");
     assert_eq!(calls[1]["traits"]["Umsatz"], json!(99.9));
