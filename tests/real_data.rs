@@ -48,6 +48,27 @@ fn deliver(
     (out, calls, summary)
 }
 
+/// Runs `inspect --emit-mapping starter.toml` on `input` (with `extra` options), checks
+/// that the starter holds each of `needles`, and returns inspect's output and the starter.
+fn emit_starter(w: &Workdir, input: &Path, extra: &[&str], needles: &[&str]) -> (String, String) {
+    let out = common::run(
+        w.cmd()
+            .arg("inspect")
+            .arg(input)
+            .args(extra)
+            .args(["--emit-mapping", "starter.toml"]),
+    );
+    assert_eq!(code(&out), Some(0), "{}", common::stderr(&out));
+    let starter = std::fs::read_to_string(w.path("starter.toml")).unwrap();
+    for needle in needles {
+        assert!(
+            starter.contains(needle),
+            "{needle:?} missing from:\n{starter}"
+        );
+    }
+    (String::from_utf8_lossy(&out.stdout).into_owned(), starter)
+}
+
 fn code(o: &Output) -> Option<i32> {
     o.status.code()
 }
@@ -182,35 +203,26 @@ traits = ["a", "b", "c", "d"]
 #[test]
 fn a_starter_mapping_for_the_crm_export_delivers_every_row_with_an_id_as_written() {
     let w = Workdir::new();
-    let out = common::run(
-        w.cmd()
-            .arg("inspect")
-            .arg(crm())
-            .args(["--emit-mapping", "starter.toml"]),
+    let (shown, starter) = emit_starter(
+        &w,
+        &crm(),
+        &[],
+        &[
+            "user_id = \"Contact ID\"",
+            "\"Lifetime Value\" = { type = \"float\", clean = \"currency\" }",
+            "\"Discount\" = { type = \"float\", clean = \"percent\" }",
+            "\"Account Number\" = \"string\"",
+            "\"Opt In\" = \"bool\"",
+            "\"Created Date\" = { type = \"timestamp\", format = \"%m/%d/%Y %H:%M\" }",
+            "WARNING: column \"Last Activity\"",
+            "timezone = \"UTC\"",
+            "FILL IN",
+        ],
     );
-    assert_eq!(code(&out), Some(0), "{}", common::stderr(&out));
-    let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
         shown.contains("column \"Last Activity\": every value reads as %m/%d/%Y and as %d/%m/%Y"),
         "{shown}"
     );
-    let starter = std::fs::read_to_string(w.path("starter.toml")).unwrap();
-    for needle in [
-        "user_id = \"Contact ID\"",
-        "\"Lifetime Value\" = { type = \"float\", clean = \"currency\" }",
-        "\"Discount\" = { type = \"float\", clean = \"percent\" }",
-        "\"Account Number\" = \"string\"",
-        "\"Opt In\" = \"bool\"",
-        "\"Created Date\" = { type = \"timestamp\", format = \"%m/%d/%Y %H:%M\" }",
-        "WARNING: column \"Last Activity\"",
-        "timezone = \"UTC\"",
-        "FILL IN",
-    ] {
-        assert!(
-            starter.contains(needle),
-            "{needle:?} missing from:\n{starter}"
-        );
-    }
     let (out, calls, summary) = deliver(&w, &crm(), &w.path("starter.toml"), &[]);
     assert_eq!(code(&out), Some(3), "{}\n{starter}", common::stderr(&out));
     assert_eq!(
@@ -451,29 +463,21 @@ const MIXED: &str = r#"{"Type":"IDENTIFY","user":{"id":12345678901234567890,"ema
 fn a_starter_for_mixed_call_types_has_one_table_per_type_and_delivers_them_typed() {
     let w = Workdir::new();
     let input = w.write("mixed.ndjson", MIXED);
-    let out = common::run(
-        w.cmd()
-            .arg("inspect")
-            .arg(&input)
-            .args(["--emit-mapping", "starter.toml"]),
+    let (_, starter) = emit_starter(
+        &w,
+        &input,
+        &[],
+        &[
+            "type = { column = \"Type\", only = [\"identify\"] }",
+            "type = { column = \"Type\", only = [\"track\"] }",
+            "type = { column = \"Type\", only = [\"page\"] }",
+            "type = { column = \"Type\", only = [\"screen\"] }",
+            "user_id = \"user.id\"",
+            "\"props.total\" = { type = \"float\", clean = \"currency\" }",
+            "\"props.discount\" = { type = \"float\", clean = \"percent\" }",
+            "properties = { from = \"props\", fields = {",
+        ],
     );
-    assert_eq!(code(&out), Some(0), "{}", common::stderr(&out));
-    let starter = std::fs::read_to_string(w.path("starter.toml")).unwrap();
-    for needle in [
-        "type = { column = \"Type\", only = [\"identify\"] }",
-        "type = { column = \"Type\", only = [\"track\"] }",
-        "type = { column = \"Type\", only = [\"page\"] }",
-        "type = { column = \"Type\", only = [\"screen\"] }",
-        "user_id = \"user.id\"",
-        "\"props.total\" = { type = \"float\", clean = \"currency\" }",
-        "\"props.discount\" = { type = \"float\", clean = \"percent\" }",
-        "properties = { from = \"props\", fields = {",
-    ] {
-        assert!(
-            starter.contains(needle),
-            "{needle:?} missing from:\n{starter}"
-        );
-    }
     assert!(!starter.contains("only = [\"group\"]"), "{starter}");
     let (out, calls, summary) = deliver(&w, &input, &w.path("starter.toml"), &[]);
     assert_eq!(code(&out), Some(0), "{}\n{starter}", common::stderr(&out));
@@ -565,28 +569,20 @@ fn a_starter_for_a_european_export_reads_decimal_commas_and_day_first_dates() {
         ));
     }
     let input = w.write("kunden.csv", csv);
-    let out = common::run(w.cmd().arg("inspect").arg(&input).args([
-        "--delimiter",
-        ";",
-        "--emit-mapping",
-        "starter.toml",
-    ]));
-    assert_eq!(code(&out), Some(0), "{}", common::stderr(&out));
-    let starter = std::fs::read_to_string(w.path("starter.toml")).unwrap();
-    for needle in [
-        "user_id = \"Customer ID\"",
-        "\"Umsatz\" = { type = \"float\", clean = \"currency\", decimal = \",\" }",
-        "\"Letzter Kauf\" = { type = \"timestamp\", format = \"%d.%m.%Y %H:%M\" }",
-        "\"Date of Birth\" = { type = \"timestamp\", format = \"%d.%m.%Y\" }",
-        "\"Kontonummer\" = \"string\"",
-        // Not the birth date (1959 is before what the API takes as a call's time).
-        "timestamp = \"Letzter Kauf\"",
-    ] {
-        assert!(
-            starter.contains(needle),
-            "{needle:?} missing from:\n{starter}"
-        );
-    }
+    let (_, starter) = emit_starter(
+        &w,
+        &input,
+        &["--delimiter", ";"],
+        &[
+            "user_id = \"Customer ID\"",
+            "\"Umsatz\" = { type = \"float\", clean = \"currency\", decimal = \",\" }",
+            "\"Letzter Kauf\" = { type = \"timestamp\", format = \"%d.%m.%Y %H:%M\" }",
+            "\"Date of Birth\" = { type = \"timestamp\", format = \"%d.%m.%Y\" }",
+            "\"Kontonummer\" = \"string\"",
+            // Not the birth date (1959 is before what the API takes as a call's time).
+            "timestamp = \"Letzter Kauf\"",
+        ],
+    );
     let (out, calls, summary) = deliver(&w, &input, &w.path("starter.toml"), &["--delimiter", ";"]);
     assert_eq!(code(&out), Some(0), "{}\n{starter}", common::stderr(&out));
     assert_eq!(calls.len(), 4, "{summary}");
@@ -612,24 +608,16 @@ fn a_starter_for_a_european_export_reads_decimal_commas_and_day_first_dates() {
 fn a_parquet_starter_keeps_17_digit_integers_exact_at_the_top_and_inside_structs() {
     let w = Workdir::new();
     let input = common::fixture("nested.parquet");
-    let out = common::run(
-        w.cmd()
-            .arg("inspect")
-            .arg(&input)
-            .args(["--emit-mapping", "starter.toml"]),
+    let (_, starter) = emit_starter(
+        &w,
+        &input,
+        &[],
+        &[
+            "\"account\" = \"string\"",
+            "user_id = \"user.id\"",
+            "traits = { email = \"user.email\" }",
+        ],
     );
-    assert_eq!(code(&out), Some(0), "{}", common::stderr(&out));
-    let starter = std::fs::read_to_string(w.path("starter.toml")).unwrap();
-    for needle in [
-        "\"account\" = \"string\"",
-        "user_id = \"user.id\"",
-        "traits = { email = \"user.email\" }",
-    ] {
-        assert!(
-            starter.contains(needle),
-            "{needle:?} missing from:\n{starter}"
-        );
-    }
     let (out, calls, summary) = deliver(&w, &input, &w.path("starter.toml"), &[]);
     assert_eq!(code(&out), Some(3), "{}\n{starter}", common::stderr(&out));
     assert_eq!(summary["rejected_by_reason"], json!({"missing_id": 1}));

@@ -684,6 +684,7 @@ fn cr_line_ends(line: &[u8]) -> Option<String> {
 
 /// Parses one line (in `scratch`, which parsing overwrites) and appends one cell per
 /// path to `cells`. `Err` is the row's problem.
+#[allow(clippy::too_many_arguments)] // the line, the parser's reusable state, what to take and where to put it
 fn extract(
     scratch: &mut [u8],
     buffers: &mut simd_json::Buffers,

@@ -165,6 +165,9 @@ impl Schema for ParquetSchema {
     }
 }
 
+/// The range of a list row's items in the list's values array.
+type ItemRange = Box<dyn Fn(usize) -> (usize, usize)>;
+
 /// Where a nested path's value is in a batch, per row.
 #[derive(Debug, Clone, Copy)]
 enum Slot {
@@ -883,37 +886,36 @@ fn nested_view(
                 DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..),
                 Step::Index(n),
             ) => {
-                let (values, range): (ArrayRef, Box<dyn Fn(usize) -> (usize, usize)>) =
-                    match arr.data_type() {
-                        DataType::List(_) => {
-                            let l = arr.as_list::<i32>().clone();
-                            let v = l.values().clone();
-                            (
-                                v,
-                                Box::new(move |j| {
-                                    let o = l.value_offsets();
-                                    (o[j] as usize, o[j + 1] as usize)
-                                }),
-                            )
-                        }
-                        DataType::LargeList(_) => {
-                            let l = arr.as_list::<i64>().clone();
-                            let v = l.values().clone();
-                            (
-                                v,
-                                Box::new(move |j| {
-                                    let o = l.value_offsets();
-                                    (o[j] as usize, o[j + 1] as usize)
-                                }),
-                            )
-                        }
-                        _ => {
-                            let l = arr.as_fixed_size_list().clone();
-                            let v = l.values().clone();
-                            let n = l.value_length() as usize;
-                            (v, Box::new(move |j| (j * n, j * n + n)))
-                        }
-                    };
+                let (values, range): (ArrayRef, ItemRange) = match arr.data_type() {
+                    DataType::List(_) => {
+                        let l = arr.as_list::<i32>().clone();
+                        let v = l.values().clone();
+                        (
+                            v,
+                            Box::new(move |j| {
+                                let o = l.value_offsets();
+                                (o[j] as usize, o[j + 1] as usize)
+                            }),
+                        )
+                    }
+                    DataType::LargeList(_) => {
+                        let l = arr.as_list::<i64>().clone();
+                        let v = l.values().clone();
+                        (
+                            v,
+                            Box::new(move |j| {
+                                let o = l.value_offsets();
+                                (o[j] as usize, o[j + 1] as usize)
+                            }),
+                        )
+                    }
+                    _ => {
+                        let l = arr.as_fixed_size_list().clone();
+                        let v = l.values().clone();
+                        let n = l.value_length() as usize;
+                        (v, Box::new(move |j| (j * n, j * n + n)))
+                    }
+                };
                 for r in rows.iter_mut() {
                     if let Slot::At(j) = *r {
                         *r = if arr.is_null(j) {
