@@ -55,6 +55,8 @@ pub struct Mapped {
     pub row_offsets: Vec<u64>,
     pub first_row: u64,
     pub rows: u32,
+    /// Rows left out by `--sample` (neither mapped nor rejected).
+    pub skipped: u32,
     /// Position just past the chunk's last row.
     pub end: Position,
     /// The chunk's rows could not be read (nothing else is set): the run stops here.
@@ -141,6 +143,16 @@ pub struct EncodeOptions {
     /// `--sent-at now`: end every call with [`SENT_AT_PLACEHOLDER`], which the sender
     /// overwrites with the send time on each attempt (same width, so sizes stay exact).
     pub sent_at: bool,
+    /// `--sample K`: map only rows whose number is a multiple of K (1: every row).
+    pub sample: u64,
+}
+
+impl EncodeOptions {
+    /// Whether row `row_no` of an input is left out by `--sample`.
+    #[inline]
+    fn skips(&self, row_no: u64) -> bool {
+        self.sample > 1 && row_no % self.sample != 0
+    }
 }
 
 pub use super::sent_at::SENT_AT_PLACEHOLDER;
@@ -160,6 +172,7 @@ pub fn map_chunk(chunk: &Chunk, mapping: &CompiledMapping, opts: &EncodeOptions,
     out.input = Some(input.clone());
     out.first_row = chunk.first_row();
     out.rows = chunk.len() as u32;
+    out.skipped = 0;
     out.end = chunk.end();
     for f in &mut out.fixes {
         f.clear();
@@ -204,9 +217,13 @@ fn map_row<R: Row>(
     out: &mut Mapped,
     input: &InputInfo,
 ) {
+    let row_no = out.first_row + i as u64;
+    if opts.skips(row_no) {
+        out.skipped += 1;
+        return;
+    }
     let calls_mark = out.calls.len();
     let emits_mark = out.emits.len();
-    let row_no = out.first_row + i as u64;
     out.row_fixes.clear();
     let result = match row.source_problem() {
         Some(p) => Err(reject(row.problem_code(), p)),
@@ -1187,7 +1204,7 @@ fn write_text(
             };
             out.extend_from_slice(if v { b"true" } else { b"false" });
         }
-        ColType::Json => write_json_text(out, b, c)?,
+        ColType::Json => write_json_text(out, b, valid, c)?,
         ColType::Timestamp => write_ts_text(out, b, c, opts)?,
     }
     Ok(Wrote::Value)
@@ -1259,12 +1276,25 @@ fn not_a_number(c: &ColumnValue, what: &str) -> String {
     }
 }
 
+/// A `json` column's text, checked and copied without its whitespace in one pass.
+/// `valid`: `b` is known to be UTF-8.
 #[inline(never)]
-fn write_json_text(out: &mut Vec<u8>, b: &[u8], c: &ColumnValue) -> Result<(), Reject> {
-    if !json::is_valid(b) {
+fn write_json_text(
+    out: &mut Vec<u8>,
+    b: &[u8],
+    valid: bool,
+    c: &ColumnValue,
+) -> Result<(), Reject> {
+    let mark = out.len();
+    if !json::write_minified(out, b, valid) {
         return Err(bad(c, b, "valid JSON"));
     }
-    json::write_json_exact(out, b, false);
+    // Integers of more than 15 digits inside it go as strings, as top-level ones do
+    // (rare: only a value holding a run of 16 digits is written a second time).
+    if json::has_long_digit_run(&out[mark..]) {
+        let minified = out.split_off(mark);
+        json::write_json_exact(out, &minified, true);
+    }
     Ok(())
 }
 
@@ -1433,6 +1463,7 @@ context = { "device.token" = "a", "device.type" = "d" }
             max_call_bytes: 1 << 20,
             latest_ms: i64::MAX,
             sent_at: false,
+            sample: 1,
         }
     }
 
