@@ -293,6 +293,7 @@ impl PendingRejects {
 ///
 /// `tap` sees each chunk, in input order, before it is packed (`validate` tallies its
 /// calls there). Resume positions follow the checkpoint rule of the module doc.
+#[allow(clippy::too_many_arguments)] // where to start, the four channels, the limits, the stop rules and the tap
 pub fn pack(
     start: Position,
     mapped: Receiver<Mapped>,
