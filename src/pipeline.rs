@@ -30,7 +30,7 @@
 //! exits from `main`. `validate` runs the same reader, mappers and packer (`Front`) and
 //! counts the requests instead of sending them.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,10 +48,11 @@ use crate::config::{
 };
 use crate::error::RunError;
 use crate::map::compile::{compile, CompiledMapping};
+use crate::map::coverage::{coverage, Coverage};
 use crate::map::encode::{map_chunk, EncodeOptions, Mapped};
 use crate::map::message_id::{self, SeedScheme};
 use crate::map::spec::MappingSpec;
-use crate::pack::{stage, AliasAt, PackTotals, Packer, Request, Spares};
+use crate::pack::{stage, AliasAt, PackTotals, Packer, Request, Spares, StopRules, Stopped};
 use crate::progress::{Progress, Senders};
 use crate::send::transport::{DryRunTransport, HttpTransport, Transport};
 use crate::send::{self, Ack, Attempts, Delivery, Gate, RetryPolicy};
@@ -271,10 +272,12 @@ pub fn run(
         return Err(RunError::Write(e));
     }
     let fatal = outcome.fatal.clone();
+    let stopped = totals.stopped.clone();
     // Complete only if everything was read and delivered.
     if let Some(d) = &durable {
         let complete = matches!(read_result, Ok(ReadEnd::AllRead))
             && fatal.is_none()
+            && stopped.is_none()
             && !outcome.interrupted
             && outcome.all_acknowledged;
         let rows = lock(&input_rows).clone();
@@ -297,6 +300,7 @@ pub fn run(
         summary.paused_by_429_secs = delivery.gate.paused_total().as_secs_f64();
         summary.concurrency_peak = delivery.flow.peak() as u64;
     }
+    summary.set_coverage(plan.coverage(&totals.present));
     if let (Some(d), Some(p)) = (&dry, &cfg.output) {
         d.flush().map_err(|source| WriteError {
             what: "--output",
@@ -315,6 +319,21 @@ pub fn run(
         return Err(RunError::Interrupted {
             summary,
             checkpoint,
+        });
+    }
+    if let Some(why) = stopped.filter(|_| fatal.is_none() && read_result.is_ok()) {
+        summary.outcome = Outcome::Failed;
+        // Nothing was delivered when every row so far was rejected: a checkpoint would
+        // only make the corrected run refuse (its mapping or --format changed), so none
+        // is left.
+        let same_reason = matches!(why, Stopped::SameReason { .. });
+        if let Some(d) = durable.as_ref().filter(|_| same_reason) {
+            let _ = std::fs::remove_file(&d.path);
+        }
+        return Err(RunError::Stopped {
+            summary: Box::new(summary),
+            cause: why.message(),
+            usage: same_reason,
         });
     }
     let cause = match (read_result, fatal) {
@@ -355,6 +374,24 @@ pub fn run(
     summary.outcome = Outcome::Failed;
     let summary = Box::new(summary);
     Err(RunError::Partial { summary, cause })
+}
+
+/// Rows of each input that `run --strict-mapping` reads before sending anything.
+pub const STRICT_MAPPING_ROWS: usize = 1000;
+
+/// The `--strict-mapping` refusal: every mapped name with no value in `rows` rows.
+pub fn strict_mapping_message(c: &Coverage, rows: usize) -> String {
+    let lines: Vec<String> = c
+        .lines()
+        .into_iter()
+        .take(c.never_matched.len())
+        .map(|l| format!("  {l}"))
+        .collect();
+    format!(
+        "--strict-mapping: {} mapped column(s) or path(s) had no value in the first {rows} rows of the inputs; nothing was sent. Fix the names in the mapping (or leave out --strict-mapping):\n{}",
+        c.never_matched.len(),
+        lines.join("\n")
+    )
 }
 
 /// Runs `jobs` at once, each on a thread of its own, and returns their results in
@@ -457,6 +494,16 @@ fn preflight(cfg: &RunConfig, src: &SourceOptions) -> Result<Preflight, RunError
         }
     }
     let mut plan = Plan::new(&spec, inputs, src, cfg.limits, cfg.sent_at)?;
+    plan.rules.max_reject_rate = cfg.max_reject_rate;
+    if cfg.strict_mapping {
+        let c = plan.preview(src, STRICT_MAPPING_ROWS)?;
+        if !c.never_matched.is_empty() {
+            return Err(RunError::StrictMapping(strict_mapping_message(
+                &c,
+                STRICT_MAPPING_ROWS,
+            )));
+        }
+    }
     if let Some(k) = cfg.sample {
         plan.sample(k);
     }
@@ -610,6 +657,8 @@ pub(crate) struct Plan {
     limits: Limits,
     mappings: Arc<[Arc<CompiledMapping>]>,
     encode: Arc<EncodeOptions>,
+    /// When the packing stage stops the run early.
+    pub rules: StopRules,
 }
 
 impl Plan {
@@ -643,7 +692,31 @@ impl Plan {
             limits,
             mappings: mappings.into(),
             encode,
+            rules: StopRules::default(),
         })
+    }
+
+    /// What the mapping reached, given which registered names had values
+    /// ([`PackTotals::present`]).
+    pub fn coverage(&self, present: &BTreeMap<u32, Vec<bool>>) -> Coverage {
+        let mappings: Vec<&CompiledMapping> = self.mappings.iter().map(|m| &**m).collect();
+        coverage(&self.inputs, &mappings, present)
+    }
+
+    /// The coverage of the first `rows` rows of each input, read before anything is
+    /// sent (`--strict-mapping`): which mapped names have a value in none of them.
+    pub fn preview(&self, src: &SourceOptions, rows: usize) -> Result<Coverage, RunError> {
+        let mut present = BTreeMap::new();
+        for info in self.inputs.iter() {
+            let mut opened = source::open(info, src)?;
+            let mut chunk = opened.new_chunk(info);
+            opened.fill(&mut chunk, rows.max(1))?;
+            chunk.materialize().map_err(SourceError::Other)?;
+            if let (false, Some(p)) = (chunk.is_empty(), chunk.present()) {
+                present.insert(info.index, p.to_vec());
+            }
+        }
+        Ok(self.coverage(&present))
     }
 }
 
@@ -718,7 +791,7 @@ impl Front {
             plan, src, span, chunk_rows, mappers, halt, input_rows, progress,
         );
         let (requests_tx, requests) = bounded::<Request>(queue);
-        let limits = plan.limits;
+        let (limits, rules) = (plan.limits, plan.rules);
         let (mapped, free_mapped) = (m.mapped, m.free_mapped);
         let start = span.start;
         let packer = std::thread::spawn(move || {
@@ -730,6 +803,7 @@ impl Front {
                 limits,
                 spares,
                 &delivered,
+                rules,
                 &mut *tap,
             )
         });
