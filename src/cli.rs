@@ -187,6 +187,12 @@ pub struct ValidateArgs {
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub report_json: Option<PathBuf>,
+    /// Print the first N calls as they would be sent (pretty-printed JSON).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub show_calls: usize,
+    /// Exit 2 when a mapped column or path has no value in any row.
+    #[arg(long)]
+    pub strict_mapping: bool,
     #[command(flatten)]
     pub input_args: InputArgs,
 }
@@ -303,6 +309,14 @@ pub struct RunArgs {
     /// default: sentAt invites the API's clock-skew correction of timestamps.
     #[arg(long, value_parser = ["now"], value_name = "now")]
     pub sent_at: Option<String>,
+    /// Before sending anything, read the first 1,000 rows of each input and stop (exit 2)
+    /// if a mapped column or path has no value in any of them.
+    #[arg(long)]
+    pub strict_mapping: bool,
+    /// Stop the run once more than this share of the rows read is rejected (checked
+    /// from the first 1,000 rows on, and at the end): 0.05 or 5%.
+    #[arg(long, value_name = "RATE", value_parser = reject_rate)]
+    pub max_reject_rate: Option<f64>,
     /// The checkpoint file: rerunning the same command resumes from it. Default: the
     /// backfill's directory in the state directory (checkpoint.json), found again by the
     /// content of its inputs. An object URL (s3://bucket/state/) keeps the checkpoint and
@@ -783,6 +797,8 @@ impl RunArgs {
             max_record_bytes: self.max_record_bytes,
             local_record: self.local_record,
             sent_at: self.sent_at.is_some(),
+            strict_mapping: self.strict_mapping,
+            max_reject_rate: self.max_reject_rate,
             checkpoint_given: self.checkpoint.is_some(),
             checkpoint: keeps_checkpoint.then(|| checkpoint.unwrap_or_default()),
             state_dir: self.state,
@@ -928,6 +944,8 @@ impl ValidateArgs {
             output: self.output,
             report_json: self.report_json,
             chunk_rows: config::DEFAULT_CHUNK_ROWS,
+            show_calls: self.show_calls,
+            strict_mapping: self.strict_mapping,
         };
         Ok(ValidateRun {
             opts,
@@ -1224,6 +1242,15 @@ fn run_backfill(
     let (summary, err) = match result {
         Ok(s) => (Some(s), None),
         Err(RunError::Partial { summary, cause }) => (Some(*summary), Some((EXIT_FAILURE, cause))),
+        // Stopped early for a wrong input or mapping (2) or too many rejects (1).
+        Err(RunError::Stopped {
+            summary,
+            cause,
+            usage,
+        }) => {
+            let code = if usage { EXIT_USAGE } else { EXIT_FAILURE };
+            (Some(*summary), Some((code, cause)))
+        }
         Err(RunError::Interrupted {
             summary,
             checkpoint,
@@ -1446,6 +1473,13 @@ fn validate(run: ValidateRun) -> ExitCode {
             );
         }
     }
+    if opts.strict_mapping && !r.never_matched.is_empty() {
+        let rows = r.rows as usize;
+        return fail(
+            EXIT_USAGE,
+            &crate::pipeline::strict_mapping_message(&r.coverage(), rows),
+        );
+    }
     if r.rows_rejected > 0 {
         ExitCode::from(EXIT_REJECTS)
     } else {
@@ -1659,6 +1693,23 @@ impl RunOutputs {
         }
         Ok(())
     }
+}
+
+/// `--max-reject-rate`: a share from 0 to 1 (`0.05`) or a percentage (`5%`).
+fn reject_rate(s: &str) -> Result<f64, String> {
+    let (num, scale) = match s.strip_suffix('%') {
+        Some(p) => (p, 100.0),
+        None => (s, 1.0),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate; write 0.05 or 5%"))?;
+    let v = v / scale;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("{s:?} is not between 0 and 1 (0% and 100%)"));
+    }
+    Ok(v)
 }
 
 /// An output file that cannot be written is a usage error found before the run starts.

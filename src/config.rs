@@ -320,6 +320,11 @@ pub struct RunConfig {
     pub quiet: bool,
     /// `--sent-at now`: stamp `sentAt` with the send time on every attempt (issue 4).
     pub sent_at: bool,
+    /// `--strict-mapping`: refuse to send when a mapped column or path has no value in
+    /// the first rows of every input.
+    pub strict_mapping: bool,
+    /// `--max-reject-rate`: stop once more than this share of the rows is rejected.
+    pub max_reject_rate: Option<f64>,
     /// The run's own files: never read as inputs, and none that it writes may be an
     /// input, the mapping or another of them.
     pub own_files: Vec<OwnFile>,

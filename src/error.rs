@@ -55,6 +55,18 @@ pub enum RunError {
         summary: Box<Summary>,
         cause: String,
     },
+    /// The packing stage stopped the run: the first rows were all rejected for one
+    /// reason (`usage`: the input or the mapping is wrong; nothing was delivered), or
+    /// more than `--max-reject-rate` of the rows were rejected.
+    #[error("{cause}")]
+    Stopped {
+        summary: Box<Summary>,
+        cause: String,
+        usage: bool,
+    },
+    /// `--strict-mapping`: mapped names with no value in the first rows.
+    #[error("{0}")]
+    StrictMapping(String),
     /// Requests still hung when the drain timeout ended: the run returned without them
     /// (the senders stuck in them are left behind). `why` says where things stand; the
     /// summary is whole only when `complete` (the reader and the packer ended in time),
@@ -78,7 +90,11 @@ impl RunError {
     /// before any work.
     pub fn is_usage(&self) -> bool {
         match self {
-            RunError::Mapping(_) | RunError::Compile(_) | RunError::Overwrite(_) => true,
+            RunError::Mapping(_)
+            | RunError::Compile(_)
+            | RunError::Overwrite(_)
+            | RunError::StrictMapping(_) => true,
+            RunError::Stopped { usage, .. } => *usage,
             RunError::Checkpoint(e) => e.is_usage(),
             RunError::Source(SourceError::Remote(e)) => e.is_usage(),
             _ => false,

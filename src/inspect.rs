@@ -10,8 +10,56 @@ use std::collections::BTreeSet;
 use std::fmt::{self, Write as _};
 use std::path::PathBuf;
 
+use crate::map::clean::{clean_number, loose_bool, MAX_NUMBER};
+use crate::map::spec::{CallKind, Clean};
 use crate::source::{self, Chunk, ColumnRef, Field, Row, SourceError, SourceOptions};
-use crate::timestamp::{self, UnixMillis};
+use crate::timestamp::{self, PatternKind, UnixMillis};
+
+/// Local date and time formats tried on text that is no ISO 8601 timestamp, in order
+/// of preference: month-first before day-first, so that a column both fit (every day
+/// 12 or less) reads month-first, with a warning.
+const LOCAL_FORMATS: &[&str] = &[
+    "%m/%d/%Y %H:%M",
+    "%m/%d/%Y %H:%M:%S",
+    "%m/%d/%Y",
+    "%d/%m/%Y %H:%M",
+    "%d/%m/%Y %H:%M:%S",
+    "%d/%m/%Y",
+    "%d.%m.%Y %H:%M",
+    "%d.%m.%Y %H:%M:%S",
+    "%d.%m.%Y",
+    "%Y/%m/%d %H:%M",
+    "%Y/%m/%d %H:%M:%S",
+    "%Y/%m/%d",
+    "%m-%d-%Y",
+    "%d-%m-%Y",
+];
+
+/// The same format read the other way round (day-first for month-first), if any.
+fn swapped(format: &str) -> Option<&'static str> {
+    let other = if format.starts_with("%m") {
+        format
+            .replacen("%m", "%D", 1)
+            .replacen("%d", "%m", 1)
+            .replacen("%D", "%d", 1)
+    } else if format.starts_with("%d/") || format.starts_with("%d-") {
+        format
+            .replacen("%d", "%D", 1)
+            .replacen("%m", "%d", 1)
+            .replacen("%D", "%m", 1)
+    } else {
+        return None;
+    };
+    LOCAL_FORMATS.iter().copied().find(|f| *f == other)
+}
+
+/// Whether `t` reads as a date (and time) in `format`.
+fn fits(t: &str, format: &str) -> bool {
+    match PatternKind::of(format) {
+        PatternKind::Date => chrono::NaiveDate::parse_from_str(t, format).is_ok(),
+        _ => chrono::NaiveDateTime::parse_from_str(t, format).is_ok(),
+    }
+}
 
 /// What to inspect.
 #[derive(Debug, Clone)]
@@ -49,6 +97,22 @@ pub struct ColumnProfile {
     pub ts_max: Option<UnixMillis>,
     pub max_len: usize,
     pub samples: Vec<String>,
+    /// Integers of more than 15 significant digits (ids, account numbers): a JSON
+    /// number would be rounded, so they stay text.
+    pub long_ints: u64,
+    /// Numbers that need cleaning: with `.` as the decimal separator, with `,`, and
+    /// percentages.
+    pub money_dot: u64,
+    pub money_comma: u64,
+    pub percents: u64,
+    /// Booleans written yes/no, y/n, on/off (any case).
+    pub loose_bools: u64,
+    /// Values that name a call type (any case), by type.
+    pub call_types: std::collections::BTreeMap<String, u64>,
+    /// Per [`LOCAL_FORMATS`] entry: values that read in it.
+    pub local_fits: Vec<u64>,
+    /// A path inside an object column (NDJSON), profiled on its own.
+    pub nested: bool,
 }
 
 /// The profile of an input.
@@ -74,6 +138,17 @@ pub enum Inferred {
         format: &'static str,
         zone: bool,
     },
+    /// Numbers written with currency, thousands separators or a decimal comma; the
+    /// mapping cleans them (`decimal` is `.` or `,`).
+    Money {
+        decimal: char,
+    },
+    /// Percentages (`15%`), cleaned to their number.
+    Percent,
+    /// Integers too long for a JSON number (more than 15 significant digits): text.
+    LongInt,
+    /// Call type names (identify, Track, ...): the call type of each row.
+    CallType,
 }
 
 impl fmt::Display for Inferred {
@@ -92,6 +167,15 @@ impl fmt::Display for Inferred {
                 }
                 f.write_str(")")
             }
+            Inferred::Money { decimal } => {
+                write!(
+                    f,
+                    "number with currency or separators (decimal \"{decimal}\")"
+                )
+            }
+            Inferred::Percent => f.write_str("percentage"),
+            Inferred::LongInt => f.write_str("integer over 15 digits (kept as text)"),
+            Inferred::CallType => f.write_str("call type"),
         }
     }
 }
@@ -110,6 +194,16 @@ impl ColumnProfile {
         let v = self.values;
         if v == 0 {
             return Inferred::Empty;
+        }
+        if self.long_ints > 0 && self.ints + self.long_ints == v {
+            return Inferred::LongInt;
+        }
+        let types: u64 = self.call_types.values().sum();
+        if types == v {
+            return Inferred::CallType;
+        }
+        if self.bools + self.loose_bools == v && self.loose_bools > 0 {
+            return Inferred::Bool;
         }
         if self.typed_timestamps == v {
             return Inferred::Timestamp {
@@ -163,12 +257,76 @@ impl ColumnProfile {
         if self.jsons == v {
             return Inferred::Json;
         }
+        // Numbers that need cleaning: every value a number once cleaned, most of all
+        // (90%) when some need it. The decimal separator is the one more values read in.
+        if self.percents > 0 && self.percents + self.ints + self.floats == v {
+            return Inferred::Percent;
+        }
+        let plain = self.ints + self.floats;
+        if self.money_dot + self.money_comma > 0
+            && most(plain + self.money_dot.max(self.money_comma))
+        {
+            let decimal = if self.money_comma > self.money_dot {
+                ','
+            } else {
+                '.'
+            };
+            return Inferred::Money { decimal };
+        }
+        if let Some(format) = self.local_format() {
+            if most(self.local_fits[format]) {
+                return Inferred::Timestamp {
+                    format: LOCAL_FORMATS[format],
+                    zone: true,
+                };
+            }
+        }
         Inferred::String
+    }
+
+    /// The local format (index into [`LOCAL_FORMATS`]) that most values read in; the
+    /// first in preference order among equals.
+    fn local_format(&self) -> Option<usize> {
+        let best = self.local_fits.iter().copied().max().filter(|&n| n > 0)?;
+        self.local_fits.iter().position(|&n| n == best)
+    }
+
+    /// For a column read in a local format: the other reading (day-first for
+    /// month-first) when it fits every value too, so the sample cannot decide.
+    pub fn ambiguous_dates(&self) -> Option<(&'static str, &'static str)> {
+        let Inferred::Timestamp { format, .. } = self.inferred() else {
+            return None;
+        };
+        let other = swapped(format)?;
+        let i = LOCAL_FORMATS.iter().position(|f| *f == other)?;
+        let j = LOCAL_FORMATS.iter().position(|f| *f == format)?;
+        (self.local_fits[i] == self.local_fits[j]).then_some((format, other))
+    }
+
+    /// Values that do not read as the inferred type (what `on_error` will meet).
+    pub fn unparsed(&self) -> u64 {
+        match self.inferred() {
+            Inferred::Money { decimal } => {
+                let cleaned = if decimal == ',' {
+                    self.money_comma
+                } else {
+                    self.money_dot
+                };
+                self.values
+                    .saturating_sub(self.ints + self.floats + cleaned)
+            }
+            Inferred::Timestamp { .. } => self.bad_timestamps(),
+            _ => 0,
+        }
     }
 
     /// Values that are not timestamps in a column inferred as one.
     pub fn bad_timestamps(&self) -> u64 {
         match self.inferred() {
+            Inferred::Timestamp { format, .. } if format.contains('%') => {
+                let i = LOCAL_FORMATS.iter().position(|f| *f == format);
+                self.values - i.map_or(0, |i| self.local_fits[i])
+            }
             Inferred::Timestamp { format, .. } if !format.starts_with("unix") => {
                 self.values - self.rfc3339 - self.naive - self.dates - self.typed_timestamps
             }
@@ -188,6 +346,22 @@ impl ColumnProfile {
     fn add_ts(&mut self, ms: UnixMillis) {
         self.ts_min = Some(self.ts_min.map_or(ms, |m| m.min(ms)));
         self.ts_max = Some(self.ts_max.map_or(ms, |m| m.max(ms)));
+    }
+
+    /// An integer's text: more than 15 significant digits is a long one.
+    fn add_int_text(&mut self, t: &str, v: i64) {
+        let digits = t
+            .trim_start_matches(['-', '+'])
+            .trim_start_matches('0')
+            .len();
+        if digits > 15 {
+            self.long_ints += 1;
+            return;
+        }
+        self.add_int(v);
+        if let Some(ms) = self.epoch_ms(v) {
+            self.add_ts(ms);
+        }
     }
 
     fn add_int(&mut self, v: i64) {
@@ -218,13 +392,19 @@ impl ColumnProfile {
         self.values += 1;
         self.max_len = self.max_len.max(b.len());
         self.sample(t, keep);
+        if let Some(k) = CallKind::parse(t) {
+            *self.call_types.entry(k.as_str().to_string()).or_default() += 1;
+            return;
+        }
         if matches!(t, "true" | "false" | "TRUE" | "FALSE" | "True" | "False") {
             self.bools += 1;
+        } else if t.bytes().all(|c| c.is_ascii_digit()) && t.len() > 15 {
+            // Too long for i64 or not: an id of digits, never a number.
+            self.long_ints += 1;
         } else if let Ok(v) = t.parse::<i64>() {
-            self.add_int(v);
-            if let Some(ms) = self.epoch_ms(v) {
-                self.add_ts(ms);
-            }
+            self.add_int_text(t, v);
+        } else if loose_bool(t.as_bytes()).is_some() {
+            self.loose_bools += 1;
         } else if crate::json::is_json_number(t.as_bytes()) {
             self.floats += 1;
         } else if let Ok(ms) = timestamp::parse_rfc3339(t.as_bytes()) {
@@ -240,6 +420,51 @@ impl ColumnProfile {
             && serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok()
         {
             self.jsons += 1;
+        } else {
+            self.add_other(t);
+        }
+    }
+
+    /// Text that is no plain value: a number to clean, or a date in a local format.
+    fn add_other(&mut self, t: &str) {
+        let mut buf = [0u8; MAX_NUMBER];
+        let b = t.as_bytes();
+        if t.ends_with('%') && clean_number(b, Clean::Percent, b'.', &mut buf).is_some() {
+            self.percents += 1;
+            return;
+        }
+        // Letters glued to digits (`u1234`, `12abc`) make a code, not an amount: only a
+        // currency code set apart (`USD 12`, `12 EUR`, `R$12`) counts.
+        let glued = b.windows(2).any(|w| {
+            (w[0].is_ascii_alphabetic() && w[1].is_ascii_digit())
+                || (w[0].is_ascii_digit() && w[1].is_ascii_alphabetic())
+        });
+        if glued {
+            return;
+        }
+        let dot = clean_number(b, Clean::Currency, b'.', &mut buf).is_some();
+        let comma = clean_number(b, Clean::Currency, b',', &mut buf).is_some();
+        // `1,234` reads both ways; a value that only one decimal separator explains
+        // decides the column.
+        self.money_dot += dot as u64;
+        self.money_comma += comma as u64;
+        if dot || comma {
+            return;
+        }
+        if self.local_fits.is_empty() {
+            self.local_fits = vec![0; LOCAL_FORMATS.len()];
+        }
+        let mut any = false;
+        for (i, f) in LOCAL_FORMATS.iter().enumerate() {
+            if fits(t, f) {
+                self.local_fits[i] += 1;
+                if !any {
+                    any = true;
+                    if let Ok(ms) = timestamp::parse_pattern(t, f, PatternKind::of(f), None) {
+                        self.add_ts(ms);
+                    }
+                }
+            }
         }
     }
 
@@ -262,19 +487,15 @@ impl ColumnProfile {
             Field::Str(s) => self.add_text(s.as_bytes(), keep),
             Field::Int(v) => {
                 self.values += 1;
-                self.sample(&v.to_string(), keep);
-                self.add_int(v);
-                if let Some(ms) = self.epoch_ms(v) {
-                    self.add_ts(ms);
-                }
+                let t = v.to_string();
+                self.sample(&t, keep);
+                self.add_int_text(&t, v);
             }
             Field::UInt(v) => {
                 self.values += 1;
                 self.sample(&v.to_string(), keep);
-                match i64::try_from(v) {
-                    Ok(i) => self.add_int(i),
-                    Err(_) => self.floats += 1,
-                }
+                // Above i64: always more than 15 digits.
+                self.long_ints += 1;
             }
             Field::Float(v) => {
                 self.values += 1;
@@ -319,9 +540,65 @@ fn profile_rows<R: Row>(
         }
         *left -= 1;
         p.rows += 1;
-        for (c, prof) in cols.iter().zip(p.columns.iter_mut()) {
-            prof.add(row.field(c), keep);
+        for (i, c) in cols.iter().enumerate() {
+            let f = row.field(c);
+            p.columns[i].add(f, keep);
+            // An object's fields are profiled as paths of their own (`user.id`), so a
+            // nested id or timestamp can be found.
+            if let Field::Json(b) = f {
+                if let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(b) {
+                    let prefix = p.columns[i].name.clone();
+                    nested_fields(p, &prefix, &o, keep, 1);
+                }
+            }
         }
+    }
+}
+
+/// Profiles the members of an object under `prefix.key` (objects only, four deep).
+fn nested_fields(
+    p: &mut Profile,
+    prefix: &str,
+    o: &serde_json::Map<String, serde_json::Value>,
+    keep: usize,
+    depth: usize,
+) {
+    use serde_json::Value;
+    for (k, v) in o {
+        let name = format!("{prefix}.{k}");
+        if let (Value::Object(inner), true) = (v, depth < 4) {
+            nested_fields(p, &name, inner, keep, depth + 1);
+            continue;
+        }
+        let at = match p.columns.iter().position(|c| c.nested && c.name == name) {
+            Some(at) => at,
+            None if p.columns.len() < 500 => {
+                p.columns.push(ColumnProfile {
+                    name: name.clone(),
+                    nested: true,
+                    ..ColumnProfile::default()
+                });
+                p.columns.len() - 1
+            }
+            None => continue,
+        };
+        let text;
+        let f = match v {
+            Value::Null => Field::Null,
+            Value::Bool(b) => Field::Bool(*b),
+            Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => Field::Int(i),
+                (None, Some(u), _) => Field::UInt(u),
+                (_, _, Some(x)) => Field::Float(x),
+                _ => Field::Null,
+            },
+            Value::String(s) => Field::Str(s),
+            _ => {
+                text = v.to_string();
+                Field::Json(text.as_bytes())
+            }
+        };
+        p.columns[at].add(f, keep);
     }
 }
 
@@ -433,6 +710,13 @@ impl fmt::Display for Profile {
                 c.null_ratio() * 100.0,
                 c.max_len
             )?;
+            if let Some((read, other)) = c.ambiguous_dates() {
+                writeln!(
+                    f,
+                    "    warning: column {:?}: every value reads as {read} and as {other}; day and month cannot be told apart (the starter reads {read})",
+                    c.name
+                )?;
+            }
             if let (Some(lo), Some(hi), Inferred::Timestamp { .. }) =
                 (c.ts_min, c.ts_max, c.inferred())
             {
@@ -461,20 +745,38 @@ impl fmt::Display for Profile {
     }
 }
 
-/// The first column with one of `names` (any case) that can hold an id or a name: text
-/// or numbers, not objects, booleans or nothing at all.
+/// A name as compared with the guesses: lowercase, anything but letters and digits as
+/// `_` (`Contact ID` → `contact_id`, `user.id` → `user_id`).
+fn normalized(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The first column with one of `names` (compared [`normalized`]) that can hold an id
+/// or a name: text or numbers, not objects, booleans or nothing at all. A top-level
+/// column wins over a nested path of the same name.
 fn pick<'a>(p: &'a Profile, names: &[&str]) -> Option<&'a ColumnProfile> {
     let textual = |c: &&ColumnProfile| {
         matches!(
             c.inferred(),
-            Inferred::String | Inferred::Int | Inferred::Float
+            Inferred::String | Inferred::Int | Inferred::Float | Inferred::LongInt
         )
     };
     names.iter().find_map(|n| {
-        p.columns
+        let mut found = p
+            .columns
             .iter()
             .filter(textual)
-            .find(|c| c.name.to_ascii_lowercase() == *n)
+            .filter(|c| normalized(&c.name) == *n);
+        let first = found.clone().find(|c| !c.nested);
+        first.or_else(|| found.next())
     })
 }
 
@@ -485,6 +787,52 @@ fn toml_str(s: &str) -> String {
     String::from_utf8_lossy(&v).into_owned()
 }
 
+/// The `[columns]` entry a profiled column needs, if any.
+fn column_entry(c: &ColumnProfile) -> Option<String> {
+    let name = toml_str(&c.name);
+    // Values that do not parse (a few bad ones in the sample) are kept as text and
+    // counted, instead of costing their row.
+    // (Not for timestamps: a bad call timestamp rejects its row whatever on_error says.)
+    let keep = if c.unparsed() > 0 && matches!(c.inferred(), Inferred::Money { .. }) {
+        ", on_error = \"keep\""
+    } else {
+        ""
+    };
+    Some(match c.inferred() {
+        Inferred::Empty => format!("{name} = \"string\"  # always empty in the sample"),
+        Inferred::Int => format!("{name} = \"int\""),
+        Inferred::Float => format!("{name} = \"float\""),
+        Inferred::Bool => format!("{name} = \"bool\""),
+        Inferred::Json => format!("{name} = {{ type = \"json\", empty = \"omit\" }}"),
+        Inferred::Timestamp { format, .. } => {
+            let mut line = format!("{name} = {{ type = \"timestamp\", format = \"{format}\" }}");
+            if let Some((read, other)) = c.ambiguous_dates() {
+                line.push_str(&format!(
+                    "\n# WARNING: every value of {name} reads as {read} and as {other}: the sample cannot tell day from month. Check the export and change the format if needed."
+                ));
+            }
+            line
+        }
+        Inferred::Money { decimal } => {
+            let dec = if decimal == ',' {
+                ", decimal = \",\""
+            } else {
+                ""
+            };
+            format!("{name} = {{ type = \"float\", clean = \"currency\"{dec}{keep} }}")
+        }
+        Inferred::Percent => {
+            format!("{name} = {{ type = \"float\", clean = \"percent\" }}  # \"15%\" is sent as 15")
+        }
+        Inferred::LongInt => format!(
+            "{name} = \"string\"  # integers of more than 15 digits: a JSON number would be rounded"
+        ),
+        Inferred::CallType => return None,
+        // Codes that look numeric stay strings: "007" must not become 7.
+        Inferred::String => format!("{name} = \"string\""),
+    })
+}
+
 /// A commented starter mapping for the profiled input.
 pub fn starter_mapping(p: &Profile) -> String {
     let user = pick(
@@ -493,7 +841,13 @@ pub fn starter_mapping(p: &Profile) -> String {
             "user_id",
             "userid",
             "customer_id",
+            "customerid",
+            "contact_id",
+            "contactid",
             "person_id",
+            "personid",
+            "member_id",
+            "user_user_id",
             "uid",
             "user",
             "id",
@@ -509,12 +863,22 @@ pub fn starter_mapping(p: &Profile) -> String {
             "device_id",
         ],
     );
-    let email = pick(p, &["email", "email_address", "e-mail", "mail"]).or_else(|| {
+    let email = pick(
+        p,
+        &["email", "email_address", "e_mail", "mail", "user_email"],
+    )
+    .or_else(|| {
         p.columns
             .iter()
-            .find(|c| c.name.to_ascii_lowercase().contains("email"))
+            .find(|c| !c.nested && c.name.to_ascii_lowercase().contains("email"))
     });
-    let event = pick(p, &["event", "event_name", "event_type", "action", "name"]);
+    let event = pick(p, &["event", "event_name", "action"]);
+    let kinds = p
+        .columns
+        .iter()
+        .find(|c| !c.nested && c.inferred() == Inferred::CallType);
+    let name_col = pick(p, &["name", "page_name", "screen_name", "page", "screen"]);
+    let is_ts = |c: &&ColumnProfile| matches!(c.inferred(), Inferred::Timestamp { .. });
     let ts = pick(
         p,
         &[
@@ -524,105 +888,176 @@ pub fn starter_mapping(p: &Profile) -> String {
             "event_time",
             "occurred_at",
             "created_at",
+            "created_date",
+            "createddate",
+            "created",
             "date",
         ],
     )
-    .filter(|c| matches!(c.inferred(), Inferred::Timestamp { .. }))
+    .filter(is_ts)
     .or_else(|| {
+        // Any other timestamp column, but not a birth date or a column with dates
+        // before 1970: the API refuses such a call timestamp, which would cost the row.
         p.columns
             .iter()
-            .find(|c| matches!(c.inferred(), Inferred::Timestamp { .. }))
+            .filter(|c| !c.nested && c.ts_min.is_some_and(|t| t >= 0))
+            .filter(|c| {
+                let n = normalized(&c.name);
+                !["birth", "dob", "geburt", "born", "naissance", "nacimiento"]
+                    .iter()
+                    .any(|b| n.contains(b))
+            })
+            .find(is_ts)
     });
     let mut m = String::new();
+    let w = &mut m;
     let _ = writeln!(
-        m,
+        w,
         "# Starter mapping for {} (written by `cdp-backfill inspect --emit-mapping`).",
         p.input
     );
     let _ = writeln!(
-        m,
+        w,
         "# The guesses below come from column names and the first {} rows: check each one,",
         p.rows
     );
     let _ = writeln!(
-        m,
+        w,
         "# then run `cdp-backfill validate {} --mapping THIS_FILE` before sending.",
         p.input
     );
-    for w in p.duplicate_warnings() {
-        let _ = writeln!(m, "# {w}.");
+    for warn in p.duplicate_warnings() {
+        let _ = writeln!(w, "# {warn}.");
+    }
+    for c in p.columns.iter() {
+        if let Some((read, other)) = c.ambiguous_dates() {
+            let _ = writeln!(
+                w,
+                "# WARNING: column {:?} reads both as {read} and as {other} (no day above 12 in the sample); it is read as {read}.",
+                c.name
+            );
+        }
     }
     let _ = writeln!(
-        m,
+        w,
         "\n# Mixed into every messageId; change it to re-send the same rows as new calls."
     );
-    let _ = writeln!(m, "namespace = \"\"\n");
-    let _ = writeln!(m, "[defaults]");
+    let _ = writeln!(w, "namespace = \"\"\n");
+    let _ = writeln!(w, "[defaults]");
     let _ = writeln!(
-        m,
+        w,
         "# Timestamps more than this many hours in the future are rejected."
     );
-    let _ = writeln!(m, "max_future_hours = 24");
+    let _ = writeln!(w, "max_future_hours = 24");
     let needs_zone = p
         .columns
         .iter()
         .any(|c| matches!(c.inferred(), Inferred::Timestamp { zone: true, .. }));
     if needs_zone {
         let _ = writeln!(
-            m,
-            "# Some timestamps have no UTC offset: name the zone they were written in."
+            w,
+            "# FILL IN: some timestamps have no UTC offset; name the zone they were written in"
         );
-        let _ = writeln!(m, "timezone = \"UTC\"");
+        let _ = writeln!(
+            w,
+            "# (an IANA name such as \"America/New_York\"). UTC is only a placeholder."
+        );
+        let _ = writeln!(w, "timezone = \"UTC\"");
     }
     let _ = writeln!(
-        m,
+        w,
         "\n# Column types (auto writes numbers and booleans as such, the rest as strings)."
     );
-    let _ = writeln!(m, "[columns]");
-    let used: BTreeSet<&str> = [user, anon, email, event]
+    let _ = writeln!(w, "[columns]");
+    let object = |names: &[&str]| {
+        p.columns.iter().find(|c| {
+            !c.nested
+                && c.inferred() == Inferred::Json
+                && names.contains(&normalized(&c.name).as_str())
+        })
+    };
+    // Members of an object column sent whole as the traits or properties that need a
+    // type to arrive right (money, percentages, yes/no, local dates): mapped as fields
+    // of their own, with a [columns] entry each.
+    let fixed_members = |parent: &ColumnProfile| -> Vec<&ColumnProfile> {
+        p.columns
+            .iter()
+            .filter(|c| {
+                c.nested
+                    && c.name
+                        .strip_prefix(parent.name.as_str())
+                        .and_then(|r| r.strip_prefix('.'))
+                        .is_some_and(|r| !r.contains('.'))
+                    && match c.inferred() {
+                        Inferred::Money { .. } | Inferred::Percent => true,
+                        Inferred::Bool => c.loose_bools > 0,
+                        Inferred::Timestamp { format, .. } => format != "rfc3339",
+                        _ => false,
+                    }
+            })
+            .collect()
+    };
+    let payload_objects: Vec<&ColumnProfile> =
+        [object(&["traits"]), object(&["properties", "props"])]
+            .into_iter()
+            .flatten()
+            .collect();
+    let members: Vec<&ColumnProfile> = payload_objects
+        .iter()
+        .flat_map(|o| fixed_members(o))
+        .collect();
+    // `{ from = "props", fields = { total = "props.total" } }`, or the column alone.
+    let object_payload = |o: &ColumnProfile| -> String {
+        let fields: Vec<String> = fixed_members(o)
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} = {}",
+                    toml_str(&m.name[o.name.len() + 1..]),
+                    toml_str(&m.name)
+                )
+            })
+            .collect();
+        if fields.is_empty() {
+            toml_str(&o.name)
+        } else {
+            format!(
+                "{{ from = {}, fields = {{ {} }} }}",
+                toml_str(&o.name),
+                fields.join(", ")
+            )
+        }
+    };
+    let used: BTreeSet<&str> = [user, anon, email, event, name_col]
         .into_iter()
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
     for c in &p.columns {
-        // NDJSON keys first seen after the sample are not a column a mapping can name.
-        if c.name == crate::source::ndjson::LATER_KEYS {
+        // NDJSON keys first seen after the sample are not a column a mapping can name,
+        // and a nested path only needs an entry where it is mapped itself.
+        if c.name == crate::source::ndjson::LATER_KEYS
+            || (c.nested
+                && !used.contains(c.name.as_str())
+                && !members.iter().any(|m| m.name == c.name))
+        {
             continue;
         }
         // Ids and names are sent as text whatever their values look like ("007" must
         // not become 7), and one entry per column: TOML refuses a key written twice.
         if used.contains(c.name.as_str()) {
-            if c.inferred() != Inferred::String {
+            if !matches!(c.inferred(), Inferred::String | Inferred::LongInt) && !c.nested {
                 let _ = writeln!(
-                    m,
+                    w,
                     "{} = \"string\"  # an id or a name: keep it text",
                     toml_str(&c.name)
                 );
             }
             continue;
         }
-        let line = match c.inferred() {
-            Inferred::Empty => format!(
-                "{} = \"string\"  # always empty in the sample",
-                toml_str(&c.name)
-            ),
-            Inferred::Int => format!("{} = \"int\"", toml_str(&c.name)),
-            Inferred::Float => format!("{} = \"float\"", toml_str(&c.name)),
-            Inferred::Bool => format!("{} = \"bool\"", toml_str(&c.name)),
-            Inferred::Json => format!(
-                "{} = {{ type = \"json\", empty = \"omit\" }}",
-                toml_str(&c.name)
-            ),
-            Inferred::Timestamp { format, .. } => {
-                format!(
-                    "{} = {{ type = \"timestamp\", format = \"{format}\" }}",
-                    toml_str(&c.name)
-                )
-            }
-            // Codes that look numeric stay strings: "007" must not become 7.
-            Inferred::String => format!("{} = \"string\"", toml_str(&c.name)),
-        };
-        let _ = writeln!(m, "{line}");
+        if let Some(line) = column_entry(c) {
+            let _ = writeln!(w, "{line}");
+        }
     }
     let ids = |m: &mut String| {
         match user {
@@ -637,43 +1072,159 @@ pub fn starter_mapping(p: &Profile) -> String {
             None => Ok(()),
         })
     };
-    if let Some(ev) = event {
+    if let Some(k) = kinds {
+        let found: Vec<String> = k
+            .call_types
+            .iter()
+            .map(|(t, n)| format!("{t} ({n})"))
+            .collect();
         let _ = writeln!(
-            m,
+            w,
+            "\n# The call type of each row comes from {:?} (any case): {}.",
+            k.name,
+            found.join(", ")
+        );
+        let _ = writeln!(
+            w,
+            "# One table per type found: a row makes the call of the table whose `only` lists its type."
+        );
+        let group_id = pick(
+            p,
+            &[
+                "group_id",
+                "groupid",
+                "company_id",
+                "account_id",
+                "organization_id",
+                "org_id",
+            ],
+        );
+        let previous_id = pick(p, &["previous_id", "previousid", "old_id", "old_user_id"]);
+        // What "rest" would otherwise send from the other types' fields.
+        let other_fields = |own: &[Option<&ColumnProfile>]| -> String {
+            let names: Vec<String> = [event, name_col, group_id, previous_id]
+                .into_iter()
+                .flatten()
+                .filter(|c| !c.nested && !own.iter().flatten().any(|o| o.name == c.name))
+                .map(|c| toml_str(&c.name))
+                .collect();
+            if names.is_empty() {
+                "\"rest\"".to_string()
+            } else {
+                format!("{{ from = \"rest\", exclude = [{}] }}", names.join(", "))
+            }
+        };
+        for kind in CallKind::ALL {
+            if !k.call_types.contains_key(kind.as_str()) {
+                continue;
+            }
+            let _ = writeln!(
+                w,
+                "\n[[call]]\ntype = {{ column = {}, only = [\"{}\"] }}",
+                toml_str(&k.name),
+                kind.as_str()
+            );
+            let _ = ids(w);
+            let own: &[Option<&ColumnProfile>] = match kind {
+                CallKind::Track => {
+                    let _ = match event {
+                        Some(e) => writeln!(w, "event = {}", toml_str(&e.name)),
+                        None => writeln!(
+                            w,
+                            "# event = \"...\"  # FILL IN: track rows need an event name column"
+                        ),
+                    };
+                    &[event][..]
+                }
+                CallKind::Page | CallKind::Screen => {
+                    if let Some(n) = name_col {
+                        let _ = writeln!(w, "name = {}", toml_str(&n.name));
+                    }
+                    &[name_col][..]
+                }
+                CallKind::Group => {
+                    let _ = match group_id {
+                        Some(g) => writeln!(w, "group_id = {}", toml_str(&g.name)),
+                        None => writeln!(
+                            w,
+                            "# group_id = \"...\"  # FILL IN: group rows need a group id column"
+                        ),
+                    };
+                    &[group_id][..]
+                }
+                CallKind::Alias => {
+                    let _ = match previous_id {
+                        Some(c) => writeln!(w, "previous_id = {}", toml_str(&c.name)),
+                        None => writeln!(
+                            w,
+                            "# previous_id = \"...\"  # FILL IN: alias rows need the previous id column"
+                        ),
+                    };
+                    &[previous_id][..]
+                }
+                CallKind::Identify => &[],
+            };
+            if let Some(t) = ts {
+                let _ = writeln!(w, "timestamp = {}", toml_str(&t.name));
+            }
+            let payload = match kind {
+                CallKind::Alias => continue,
+                CallKind::Identify | CallKind::Group => object(&["traits"]),
+                _ => object(&["properties", "props"]),
+            };
+            let payload = payload.map_or_else(|| other_fields(own), object_payload);
+            let _ = writeln!(w, "{} = {payload}", kind.payload_key());
+        }
+    } else if let Some(ev) = event {
+        let _ = writeln!(
+            w,
             "\n# One track call per row; every column not used above becomes a property."
         );
-        let _ = writeln!(m, "[[call]]\ntype = \"track\"");
-        let _ = ids(&mut m);
-        let _ = writeln!(m, "event = {}", toml_str(&ev.name));
+        let _ = writeln!(w, "[[call]]\ntype = \"track\"");
+        let _ = ids(w);
+        let _ = writeln!(w, "event = {}", toml_str(&ev.name));
         match ts {
             Some(t) => {
-                let _ = writeln!(m, "timestamp = {}", toml_str(&t.name));
+                let _ = writeln!(w, "timestamp = {}", toml_str(&t.name));
             }
             None => {
-                let _ = writeln!(m, "# timestamp = \"...\"  # no timestamp column found; without one the API uses the receive time");
+                let _ = writeln!(w, "# timestamp = \"...\"  # no timestamp column found; without one the API uses the receive time");
             }
         }
-        let _ = writeln!(m, "properties = \"rest\"");
+        let _ = writeln!(w, "properties = \"rest\"");
         if let Some(e) = email {
             let _ = writeln!(
-                m,
+                w,
                 "\n# Also keep the person's email up to date (remove if not wanted)."
             );
-            let _ = writeln!(m, "[[call]]\ntype = \"identify\"");
-            let _ = ids(&mut m);
-            let _ = writeln!(m, "traits = {{ email = {} }}", toml_str(&e.name));
+            let _ = writeln!(w, "[[call]]\ntype = \"identify\"");
+            let _ = ids(w);
+            let _ = writeln!(w, "traits = {{ email = {} }}", toml_str(&e.name));
         }
     } else {
         let _ = writeln!(
-            m,
+            w,
             "\n# No event column found: one identify call per row, every other column a trait."
         );
-        let _ = writeln!(m, "[[call]]\ntype = \"identify\"");
-        let _ = ids(&mut m);
-        if let Some(t) = ts {
-            let _ = writeln!(m, "timestamp = {}", toml_str(&t.name));
+        let _ = writeln!(w, "[[call]]\ntype = \"identify\"");
+        let _ = ids(w);
+        match ts {
+            Some(t) => {
+                let _ = writeln!(w, "timestamp = {}", toml_str(&t.name));
+                let _ = writeln!(
+                    w,
+                    "# The timestamp column is sent as a trait too (keep); list columns to leave out in exclude."
+                );
+                let _ = writeln!(
+                    w,
+                    "traits = {{ from = \"rest\", keep = [{}], exclude = [] }}",
+                    toml_str(&t.name)
+                );
+            }
+            None => {
+                let _ = writeln!(w, "traits = \"rest\"");
+            }
         }
-        let _ = writeln!(m, "traits = \"rest\"");
     }
     m
 }

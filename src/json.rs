@@ -359,6 +359,108 @@ pub fn json_number_is_finite(b: &[u8]) -> bool {
         .is_some_and(f64::is_finite)
 }
 
+/// The members of a JSON object's text, in order: `(key, value)`, the key with its
+/// quotes and escapes as written, the value without the white space around it. For
+/// valid JSON (the caller checks text it did not make); on anything else it stops early
+/// rather than panic. `None` when `b` is not an object.
+pub fn object_members(b: &[u8]) -> Option<ObjectMembers<'_>> {
+    let start = skip_ws(b, 0);
+    (b.get(start) == Some(&b'{')).then_some(ObjectMembers { b, at: start + 1 })
+}
+
+/// See [`object_members`].
+pub struct ObjectMembers<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b
+        .get(i)
+        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        i += 1;
+    }
+    i
+}
+
+/// The end of the string starting at `i` (its opening quote), past its closing quote.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+    None
+}
+
+/// The end of the value starting at `i`.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let n = b[i..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(b.len() - i);
+            Some(i + n)
+        }
+    }
+}
+
+impl<'a> Iterator for ObjectMembers<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.b;
+        let mut i = skip_ws(b, self.at);
+        if b.get(i) == Some(&b',') {
+            i = skip_ws(b, i + 1);
+        }
+        if b.get(i) != Some(&b'"') {
+            self.at = b.len();
+            return None;
+        }
+        let key_end = string_end(b, i)?;
+        let colon = skip_ws(b, key_end);
+        if b.get(colon) != Some(&b':') {
+            self.at = b.len();
+            return None;
+        }
+        let v = skip_ws(b, colon + 1);
+        let Some(end) = value_end(b, v) else {
+            self.at = b.len();
+            return None;
+        };
+        self.at = end;
+        Some((&b[i..key_end], &b[v..end]))
+    }
+}
+
 /// The deepest nesting of arrays and objects [`write_minified`] accepts: serde_json's
 /// recursion limit (128, of which opening the 128th level is refused).
 pub const MAX_DEPTH: u32 = 127;
@@ -746,10 +848,86 @@ pub fn is_valid(b: &[u8]) -> bool {
     serde_json::from_slice::<Valid>(b).is_ok()
 }
 
+/// Whether `b` holds a run of more than 15 ASCII digits (in a string or not): only then
+/// can it hold an integer that a double would round.
+pub fn has_long_digit_run(b: &[u8]) -> bool {
+    let mut run = 0usize;
+    b.iter().any(|c| {
+        run = if c.is_ascii_digit() { run + 1 } else { 0 };
+        run > 15
+    })
+}
+
+/// Copies valid JSON (compact or not) without insignificant whitespace, writing every
+/// integer of more than 15 significant digits as a string (`12345678901234567890` →
+/// `"12345678901234567890"`): readers that hold numbers as doubles, the API among them,
+/// would round it. Most values hold no run of 16 digits at all and are copied as they
+/// are after one scan.
+pub fn write_json_exact(out: &mut Vec<u8>, b: &[u8], compact: bool) {
+    let long = has_long_digit_run(b);
+    if compact && !long {
+        out.extend_from_slice(b);
+        return;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        let ch = b[i];
+        match ch {
+            b'"' => {
+                let end = string_end(b, i).unwrap_or(b.len());
+                out.extend_from_slice(&b[i..end]);
+                i = end;
+            }
+            b' ' | b'\n' | b'\r' | b'\t' => i += 1,
+            b'-' | b'0'..=b'9' => {
+                let end = b[i..]
+                    .iter()
+                    .position(|c| !matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                    .map_or(b.len(), |n| i + n);
+                let token = &b[i..end];
+                let integer = !token.iter().any(|c| matches!(c, b'.' | b'e' | b'E'));
+                if long && integer && token.iter().filter(|c| c.is_ascii_digit()).count() > 15 {
+                    out.push(b'"');
+                    out.extend_from_slice(token);
+                    out.push(b'"');
+                } else {
+                    out.extend_from_slice(token);
+                }
+                i = end;
+            }
+            _ => {
+                out.push(ch);
+                i += 1;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::strategy::{Just, Strategy};
+
+    #[test]
+    fn object_members_are_found_with_or_without_white_space() {
+        let m: Vec<(&[u8], &[u8])> =
+            object_members(br#" { "a" : [1, {"b":"}"}] , "c\"d":"x", "e":-1.5e3,"f":{}} "#)
+                .unwrap()
+                .collect();
+        assert_eq!(
+            m,
+            vec![
+                (&br#""a""#[..], &br#"[1, {"b":"}"}]"#[..]),
+                (br#""c\"d""#, br#""x""#),
+                (br#""e""#, b"-1.5e3"),
+                (br#""f""#, b"{}"),
+            ]
+        );
+        assert!(object_members(b"[1]").is_none());
+        assert_eq!(object_members(b"{}").unwrap().count(), 0);
+        // Broken text stops early, never panics.
+        assert_eq!(object_members(br#"{"a":"#).unwrap().count(), 0);
+    }
 
     fn enc(s: &str) -> String {
         let mut v = Vec::new();
@@ -1145,5 +1323,23 @@ mod tests {
         ] {
             assert!(!is_json_number(bad.as_bytes()), "{bad}");
         }
+    }
+
+    #[test]
+    fn long_integers_in_passed_through_json_become_strings() {
+        let exact = |b: &str, compact| {
+            let mut out = Vec::new();
+            write_json_exact(&mut out, b.as_bytes(), compact);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            exact(
+                r#"{"a":12345678901234567890,"b":[9007199254740993,-1234567890123456789],"c":1.2345678901234567,"d":"12345678901234567890","e":123456789012345}"#,
+                true
+            ),
+            r#"{"a":"12345678901234567890","b":["9007199254740993","-1234567890123456789"],"c":1.2345678901234567,"d":"12345678901234567890","e":123456789012345}"#
+        );
+        assert_eq!(exact("{ \"a\" : [1, 2e20] }", false), "{\"a\":[1,2e20]}");
+        assert_eq!(exact("{\"s\":\"a \\\" b\"}", true), "{\"s\":\"a \\\" b\"}");
     }
 }

@@ -97,6 +97,51 @@ pub fn settings(cfg: &RunConfig, src: &SourceOptions) -> Vec<(&'static str, Stri
     ]
 }
 
+/// Values cleaned, dropped or kept as text per column (with examples), and what the
+/// mapping never reached: nothing changed or missed goes unsaid.
+fn values_and_mapping(s: &Summary) -> String {
+    let mut h = String::new();
+    h.push_str(r#"<section class="panel" style="margin-top:16px"><h2>Values fixed and mapping coverage</h2>"#);
+    if s.values_fixed.is_empty() {
+        h.push_str(r#"<p class="note">No value was cleaned, dropped or kept as text.</p>"#);
+    } else {
+        h.push_str(r#"<table><tr><th>column</th><th class="n">cleaned</th><th class="n">omitted</th><th class="n">null</th><th class="n">kept as text</th><th>examples</th></tr>"#);
+        for (col, v) in &s.values_fixed {
+            let examples: Vec<String> = v
+                .examples
+                .iter()
+                .map(|e| format!("{} row {}: {:?} {}", e.source, e.row, e.value, e.fix))
+                .collect();
+            let _ = write!(
+                h,
+                r#"<tr><td>{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td>{}</td></tr>"#,
+                esc(col),
+                thousands(v.cleaned),
+                thousands(v.omitted),
+                thousands(v.nulled),
+                thousands(v.kept),
+                esc(&examples.join("; "))
+            );
+        }
+        h.push_str("</table>");
+    }
+    let coverage = crate::map::coverage::Coverage {
+        never_matched: s.never_matched.clone(),
+        unmapped_keys: s.unmapped_keys.clone(),
+    };
+    if coverage.is_empty() {
+        h.push_str(r#"<p class="note">Every mapped column and path had a value in some row.</p>"#);
+    } else {
+        h.push_str("<ul>");
+        for line in coverage.lines() {
+            let _ = write!(h, "<li>{}</li>", esc(&line));
+        }
+        h.push_str("</ul>");
+    }
+    h.push_str("</section>");
+    h
+}
+
 fn yes(b: bool) -> String {
     if b { "yes" } else { "no" }.to_string()
 }
@@ -660,6 +705,7 @@ pub fn render(
         h.push_str(&hbar_chart(&reasons, "#f04438"));
     }
     h.push_str("</section>");
+    h.push_str(&values_and_mapping(s));
 
     h.push_str(r#"<div class="grid2"><section class="panel"><h2>Figures</h2><table>"#);
     let row = |h: &mut String, k: &str, v: String, sub: bool| {

@@ -11,6 +11,8 @@ use serde::Serialize;
 
 use crate::checkpoint::collect::CollectOutcome;
 use crate::checkpoint::Checkpoint;
+use crate::map::coverage::{Coverage, Unmatched};
+use crate::map::fixes::ValueFixes;
 use crate::map::spec::CallKind;
 use crate::pack::PackTotals;
 use crate::progress::thousands;
@@ -112,6 +114,16 @@ pub struct Summary {
     /// rejects file holds, and what decides exit code 3.
     pub rows_rejected_total: u64,
     pub dry_run: bool,
+    /// Per column: values cleaned into their type, and values that did not parse and
+    /// were left out, sent as null or kept as text (`on_error`), with examples.
+    #[serde(default)]
+    pub values_fixed: BTreeMap<String, ValueFixes>,
+    /// Mapped columns and paths that had no value in any row read.
+    #[serde(default)]
+    pub never_matched: Vec<Unmatched>,
+    /// NDJSON keys that no field maps (when no call takes "rest").
+    #[serde(default)]
+    pub unmapped_keys: Vec<String>,
     /// Rows a `--sample` run read but left out (not among every K-th):
     /// `rows_read = rows_mapped + rows_rejected + rows_not_sampled`.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -265,6 +277,7 @@ impl Summary {
         self.calls_built = totals.calls;
         self.calls_already_delivered = totals.calls_already_delivered;
         self.requests_split = a.split;
+        self.values_fixed = totals.fixes.clone();
         self.calls_by_type = CallKind::ALL
             .iter()
             .zip(totals.calls_by_type)
@@ -288,6 +301,12 @@ impl Summary {
         // (`rows_rejected`); the rest are found again when it resumes.
         self.rows_rejected_total =
             outcome.counters.rows_rejected + base.map_or(0, |b| b.counters.rows_rejected);
+    }
+
+    /// Records what the mapping never reached ([`crate::map::coverage`]).
+    pub fn set_coverage(&mut self, c: Coverage) {
+        self.never_matched = c.never_matched;
+        self.unmapped_keys = c.unmapped_keys;
     }
 
     pub fn finish(&mut self, elapsed: std::time::Duration) {
@@ -330,6 +349,12 @@ impl fmt::Display for Summary {
                 "    not sampled     {:>14}",
                 thousands(self.rows_not_sampled)
             )?;
+        }
+        if !self.values_fixed.is_empty() {
+            writeln!(f, "  values fixed (by column)")?;
+            for (col, v) in &self.values_fixed {
+                writeln!(f, "      {col:<14} {}", v.describe())?;
+            }
         }
         writeln!(f, "  calls built       {:>14}", thousands(self.calls_built))?;
         for (kind, count) in &self.calls_by_type {
@@ -399,6 +424,13 @@ impl fmt::Display for Summary {
         )?;
         if self.rows_rejected > 0 {
             writeln!(f, "  rejects file      {}", self.rejects_file)?;
+        }
+        let coverage = Coverage {
+            never_matched: self.never_matched.clone(),
+            unmapped_keys: self.unmapped_keys.clone(),
+        };
+        for line in coverage.lines() {
+            writeln!(f, "  mapping: {line}")?;
         }
         if let Some(b) = &self.backfill {
             write!(f, "{b}")?;

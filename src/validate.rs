@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use crate::checkpoint::WriteError;
 use crate::config::{Limits, OwnFile};
 use crate::error::RunError;
+use crate::map::coverage::{Coverage, Unmatched};
 use crate::map::encode::{EmitKind, Mapped};
+use crate::map::fixes::ValueFixes;
 use crate::map::spec::CallKind;
 use crate::pack::Spares;
 use crate::pipeline::{mapper_pool, Front, Plan, Span, QUEUE_AHEAD};
@@ -38,6 +40,10 @@ pub struct ValidateOptions {
     /// Where the caller writes the JSON report (checked here, before anything is written).
     pub report_json: Option<PathBuf>,
     pub chunk_rows: usize,
+    /// How many of the first calls to keep, pretty-printed (`--show-calls`).
+    pub show_calls: usize,
+    /// `--strict-mapping`: a mapped name with no value in any row is an error (exit 2).
+    pub strict_mapping: bool,
 }
 
 /// Sizes in power-of-two buckets: bucket `i` holds sizes in `[2^i, 2^(i+1))`.
@@ -87,6 +93,25 @@ pub struct Report {
     pub request_bytes: Sizes,
     /// The first reject lines (NDJSON, as the rejects file would hold them).
     pub first_rejects: Vec<String>,
+    /// Per column: values cleaned into their type, and values that did not parse and
+    /// were left out, sent as null or kept as text (`on_error`), with examples.
+    pub values_fixed: BTreeMap<String, ValueFixes>,
+    /// Mapped columns and paths that had no value in any row, and NDJSON keys nothing
+    /// maps.
+    pub never_matched: Vec<Unmatched>,
+    pub unmapped_keys: Vec<String>,
+    /// The first `--show-calls` calls, as sent (pretty-printed JSON).
+    pub first_calls: Vec<String>,
+}
+
+impl Report {
+    /// What the mapping never reached, as [`Coverage`].
+    pub fn coverage(&self) -> Coverage {
+        Coverage {
+            never_matched: self.never_matched.clone(),
+            unmapped_keys: self.unmapped_keys.clone(),
+        }
+    }
 }
 
 /// The event time of an encoded call: its top-level `"timestamp"`, which the encoder
@@ -105,6 +130,9 @@ struct Calls {
     bytes: Sizes,
     ts: Option<(UnixMillis, UnixMillis)>,
     without_timestamp: u64,
+    /// The first calls, pretty-printed, up to `show`.
+    first: Vec<String>,
+    show: usize,
 }
 
 impl Calls {
@@ -119,6 +147,9 @@ impl Calls {
                     let call = &m.calls[off..off + len];
                     off += len;
                     self.bytes.add(call.len());
+                    if self.first.len() < self.show {
+                        self.first.push(pretty(call));
+                    }
                     match call_timestamp(call) {
                         Some(t) => {
                             let (lo, hi) = self.ts.get_or_insert((t, t));
@@ -132,6 +163,60 @@ impl Calls {
             }
         }
     }
+}
+
+/// A call as JSON for people: indented two spaces a level, its keys in the order they
+/// are sent (a `serde_json::Value` would sort them). The call is compact JSON made by
+/// the encoder, so only the structure outside strings is reflowed.
+fn pretty(call: &[u8]) -> String {
+    let mut out = Vec::with_capacity(call.len() * 2);
+    let mut depth = 0usize;
+    let (mut in_str, mut esc) = (false, false);
+    let newline = |out: &mut Vec<u8>, depth: usize| {
+        out.push(b'\n');
+        out.extend(std::iter::repeat_n(b' ', depth * 2));
+    };
+    for (i, &c) in call.iter().enumerate() {
+        if in_str {
+            out.push(c);
+            if esc {
+                esc = false;
+            } else if c == b'\\' {
+                esc = true;
+            } else if c == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match c {
+            b'"' => {
+                in_str = true;
+                out.push(c);
+            }
+            b'{' | b'[' => {
+                out.push(c);
+                // An empty object or array stays on its line.
+                if !matches!(call.get(i + 1), Some(b'}' | b']')) {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            b'}' | b']' => {
+                if !matches!(call.get(i.wrapping_sub(1)), Some(b'{' | b'[')) {
+                    depth = depth.saturating_sub(1);
+                    newline(&mut out, depth);
+                }
+                out.push(c);
+            }
+            b',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            b':' => out.extend_from_slice(b": "),
+            _ => out.push(c),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Reads, maps and packs every input with the stages a run uses, and counts the
@@ -155,7 +240,12 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
     })
     .collect();
     source::refuse_overwriting(&outputs, &inputs, Some(&opts.mapping))?;
-    let plan = Plan::new(&spec, inputs, src, opts.limits, false)?;
+    let mut plan = Plan::new(&spec, inputs, src, opts.limits, false)?;
+    // Validation reads every row: it reports what a run would find, early stop or not.
+    plan.rules = crate::pack::StopRules {
+        same_reason_rows: 0,
+        max_reject_rate: None,
+    };
     let io_err = |source: std::io::Error| WriteError {
         what: "--output",
         path: opts.output.clone().unwrap_or_default(),
@@ -168,7 +258,10 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
         None => None,
     };
     let mappers = Arc::new(mapper_pool().map_err(RunError::Threads)?);
-    let calls = Arc::new(Mutex::new(Calls::default()));
+    let calls = Arc::new(Mutex::new(Calls {
+        show: opts.show_calls,
+        ..Calls::default()
+    }));
     let tap = calls.clone();
     let spares = Spares::new(QUEUE_AHEAD, opts.limits.max_request_bytes);
     let (front, requests) = Front::start(
@@ -229,6 +322,11 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
         .map(|(k, n)| (k.as_str().to_string(), n))
         .collect();
     report.call_bytes = calls.bytes;
+    report.first_calls = calls.first;
+    report.values_fixed = totals.fixes.clone();
+    let coverage = plan.coverage(&totals.present);
+    report.never_matched = coverage.never_matched;
+    report.unmapped_keys = coverage.unmapped_keys;
     report.calls_without_timestamp = calls.without_timestamp;
     if let Some((lo, hi)) = calls.ts {
         report.first_timestamp = Some(timestamp::iso_millis(lo));
@@ -292,12 +390,31 @@ impl fmt::Display for Report {
                 self.calls_without_timestamp
             )?;
         }
+        if !self.values_fixed.is_empty() {
+            writeln!(f, "values fixed (by column):")?;
+            for (col, v) in &self.values_fixed {
+                writeln!(f, "  {col:<20} {}", v.describe())?;
+            }
+        }
+        let coverage = self.coverage();
+        if !coverage.is_empty() {
+            writeln!(f, "mapping:")?;
+            for line in coverage.lines() {
+                writeln!(f, "  {line}")?;
+            }
+        }
         sizes(f, "call sizes", &self.call_bytes)?;
         sizes(f, "requests", &self.request_bytes)?;
         if !self.first_rejects.is_empty() {
             writeln!(f, "first rejects:")?;
             for r in &self.first_rejects {
                 writeln!(f, "  {}", shorten(r, SHOWN_REJECT_BYTES))?;
+            }
+        }
+        if !self.first_calls.is_empty() {
+            writeln!(f, "first {} call(s), as sent:", self.first_calls.len())?;
+            for c in &self.first_calls {
+                writeln!(f, "{c}")?;
             }
         }
         Ok(())
@@ -328,6 +445,20 @@ fn shorten(line: &str, max: usize) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_are_shown_indented_with_their_keys_in_the_order_sent() {
+        let c = br#"{"type":"track","messageId":"m","properties":{"a":[1,{}],"b":"x,\":{y}"},"context":{}}"#;
+        assert_eq!(
+            pretty(c),
+            "{\n  \"type\": \"track\",\n  \"messageId\": \"m\",\n  \"properties\": {\n    \"a\": [\n      1,\n      {}\n    ],\n    \"b\": \"x,\\\":{y}\"\n  },\n  \"context\": {}\n}"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&pretty(c)).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::from_slice::<serde_json::Value>(c).unwrap()
+        );
+    }
 
     #[test]
     fn long_reject_lines_are_shortened_at_a_character_boundary() {

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use chrono_tz::Tz;
 
 use super::spec::{
-    CallKind, CallSpec, ColType, EmptyPolicy, FieldDetail, FieldSpec, KindSpec, MappingSpec,
-    PayloadSpec, TsFormatName,
+    CallKind, CallSpec, Clean, ColType, DecimalSep, EmptyPolicy, FieldDetail, FieldSpec, KindSpec,
+    MappingSpec, Merged, OnError, PayloadSpec, TsFormatName,
 };
+use super::suggest;
 use crate::json;
 use crate::source::{ColumnRef, Schema};
 use crate::timestamp::PatternKind;
@@ -62,6 +63,54 @@ pub struct ColumnValue {
     /// value rejects the row. A timestamp elsewhere (a birth date in traits, a plan's
     /// end in properties) is any date at all.
     pub event_time: bool,
+    /// How an `int` or `float` text that is not a plain number is cleaned.
+    pub clean: Clean,
+    /// The decimal separator of cleaned numbers (`b'.'` or `b','`).
+    pub decimal: u8,
+    /// What a value that does not parse becomes; always `Reject` for ids and the call's
+    /// own timestamp.
+    pub on_error: OnError,
+    /// This column's index in [`CompiledMapping::value_columns`], under which its
+    /// cleaned, dropped and kept values are counted.
+    pub slot: u32,
+}
+
+/// The options a field or a `[columns]` entry may give a column value.
+#[derive(Debug, Clone, Copy, Default)]
+struct FieldOpts<'a> {
+    ty: Option<ColType>,
+    empty: Option<EmptyPolicy>,
+    format: Option<&'a TsFormatName>,
+    tz: Option<Tz>,
+    clean: Option<Clean>,
+    decimal: Option<DecimalSep>,
+    on_error: Option<OnError>,
+}
+
+impl<'a> FieldOpts<'a> {
+    fn of(d: &'a FieldDetail) -> Self {
+        FieldOpts {
+            ty: d.ty,
+            empty: d.empty,
+            format: d.format.as_ref(),
+            tz: d.timezone.map(|t| t.0),
+            clean: d.clean,
+            decimal: d.decimal,
+            on_error: d.on_error,
+        }
+    }
+}
+
+/// What a value is for: an id or the call's timestamp cannot be dropped or kept as
+/// text, since the call cannot be sent without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Ids and names (`userId`, `event`, ...): strings.
+    Id,
+    /// The call's own timestamp.
+    EventTime,
+    /// Traits, properties, context, integrations.
+    Value,
 }
 
 #[derive(Debug, Clone)]
@@ -85,10 +134,11 @@ pub struct OutNode {
     pub key: Vec<u8>,
     pub name: String,
     pub kind: OutKind,
-    /// A leaf reading a column whose value is one JSON object per row, its members
-    /// written in this node's place ([`Schema::spreads`]: NDJSON's keys first seen after
-    /// the sample). A flag, not a kind: checking it costs the encoder one load per node.
-    pub spread: bool,
+    /// A column whose value is one JSON object per row, its members written in this
+    /// node's place ([`Schema::spreads`]: NDJSON's keys first seen after the sample; or an
+    /// object column given as the whole traits or properties). Not a kind of its own:
+    /// checking it costs the encoder one load per node.
+    pub spread: Option<Box<Spread>>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,10 +147,30 @@ pub enum OutKind {
     Object(Vec<OutNode>),
 }
 
+/// An object column whose members are written in a node's place ([`OutNode::spread`]).
+#[derive(Debug, Clone)]
+pub struct Spread {
+    pub col: ColumnRef,
+    /// The column's name, for reject reasons.
+    pub name: String,
+    /// Keys (JSON-encoded, quotes included) left out: the explicit fields beside it (they
+    /// win, so no key is written twice) and `exclude`. Empty: the members are copied
+    /// whole.
+    pub skip: Vec<Vec<u8>>,
+    /// A value that is not an object is a bad value (an object column the user named);
+    /// false for NDJSON's later keys, which are an object or nothing.
+    pub strict: bool,
+    /// What a value that is not an object becomes (see [`ColumnValue::on_error`]).
+    pub on_error: OnError,
+    pub slot: u32,
+}
+
 #[derive(Debug, Clone)]
 pub enum KindSource {
     Const(CallKind),
-    Column(ColumnRef, String),
+    /// The type read from a column (its name for messages), and the types this call is
+    /// made for (`only`; `None`: every type).
+    Column(ColumnRef, String, Option<Vec<CallKind>>),
 }
 
 /// One call of the mapping, ready to encode.
@@ -117,8 +187,12 @@ pub struct CompiledCall {
     pub previous_id: Option<ValueSource>,
     pub timestamp: Option<ValueSource>,
     pub message_id: Option<ValueSource>,
-    /// traits (identify, group) or properties (the others).
+    /// traits (identify, group) or properties (the others); with the type from a column
+    /// and both given, the traits.
     pub payload: Vec<OutNode>,
+    /// With the type from a column and both `traits` and `properties` given: the
+    /// properties, for the rows whose type carries properties.
+    pub properties: Option<Vec<OutNode>>,
     /// Call-level `context`, written inside the call.
     pub context: Vec<OutNode>,
 }
@@ -135,6 +209,17 @@ pub struct CompiledMapping {
     /// their bytes, so calls with different values never share a request.
     pub batch_context: Vec<OutNode>,
     pub batch_integrations: Vec<OutNode>,
+    /// The names of the columns whose values are counted when cleaned, dropped or kept
+    /// as text, indexed by [`ColumnValue::slot`].
+    pub value_columns: Arc<[String]>,
+    /// Column names, keys and nested paths the input is known to hold (its header, a
+    /// Parquet schema's struct fields, the keys of an NDJSON sample), for suggestions.
+    pub known_paths: Arc<[String]>,
+    /// For NDJSON, keys and nested paths of the sampled rows (else empty): what the
+    /// mapping might have missed.
+    pub sampled_paths: Arc<[String]>,
+    /// True when some call takes `"rest"`: then every top-level key is sent.
+    pub uses_rest: bool,
 }
 
 impl CompiledMapping {
@@ -205,44 +290,91 @@ impl Ctx<'_> {
             let uses = format!("names column \"{name}\"");
             return Err(self.duplicate(name, what, &uses, name, positions));
         }
-        self.schema.resolve(name).ok_or_else(|| {
-            let cols = self.schema.column_names();
-            let shown: Vec<&str> = cols.iter().take(40).map(String::as_str).collect();
-            let more = if cols.len() > 40 {
-                format!(" (and {} more)", cols.len() - 40)
-            } else {
-                String::new()
-            };
-            CompileError(format!(
-                "mapping{}: {what} names column \"{name}\", which {} does not have. Its columns are: {}{more}. Fix the name in the mapping file.",
-                self.spec.locate(name),
-                self.input,
-                shown.join(", ")
-            ))
-        })
+        self.schema
+            .resolve(name)
+            .ok_or_else(|| self.unknown_column(name, what, ""))
+    }
+
+    /// The error for a name the input does not have, with the nearest name it has.
+    fn unknown_column(&self, name: &str, what: &str, hint: &str) -> CompileError {
+        let cols = self.schema.column_names();
+        let shown: Vec<&str> = cols.iter().take(40).map(String::as_str).collect();
+        let more = if cols.len() > 40 {
+            format!(" (and {} more)", cols.len() - 40)
+        } else {
+            String::new()
+        };
+        let known = self.schema.known_paths();
+        CompileError(format!(
+            "mapping{}: {what} names column \"{name}\"{}, which {} does not have. Its columns are: {}{more}. Fix the name in the mapping file{hint}.",
+            self.spec.locate(name),
+            suggest::did_you_mean(name, known.iter().map(String::as_str)),
+            self.input,
+            shown.join(", ")
+        ))
     }
 
     fn column_value(
         &self,
         name: &str,
         what: &str,
-        ty: Option<ColType>,
-        empty: Option<EmptyPolicy>,
-        format: Option<&TsFormatName>,
-        tz: Option<Tz>,
+        o: FieldOpts<'_>,
+        role: Role,
     ) -> Result<ColumnValue, CompileError> {
         let col = self.resolve(name, what)?;
         let colspec = self.spec.columns.get(name);
-        let ty = ty
-            .or_else(|| colspec.and_then(|c| c.ty()))
-            .unwrap_or(self.spec.defaults.ty);
-        let empty = empty
+        let d = &self.spec.defaults;
+        // A `clean` of the field or the column's own entry, with no type given, makes
+        // the column a float: cleaning is for numbers. `[defaults] clean` only applies
+        // to columns typed int or float.
+        let own_clean = o.clean.or_else(|| colspec.and_then(|c| c.clean()));
+        let ty =
+            o.ty.or_else(|| colspec.and_then(|c| c.ty()))
+                .unwrap_or(match own_clean {
+                    Some(c) if c != Clean::None && role == Role::Value => ColType::Float,
+                    _ => d.ty,
+                });
+        let numeric = matches!(ty, ColType::Int | ColType::Float);
+        if own_clean.is_some_and(|c| c != Clean::None) && !numeric {
+            return Err(CompileError(format!(
+                "mapping{}: {what}: clean applies to numbers, but the value is typed \"{}\"; give it type = \"float\" or \"int\", or leave clean out",
+                self.spec.locate(name),
+                format!("{ty:?}").to_lowercase()
+            )));
+        }
+        let clean = if numeric {
+            own_clean.or(d.clean).unwrap_or_default()
+        } else {
+            Clean::None
+        };
+        let decimal = o
+            .decimal
+            .or_else(|| colspec.and_then(|c| c.decimal()))
+            .or(d.decimal)
+            .unwrap_or(DecimalSep::DOT)
+            .0;
+        if o.on_error.is_some_and(|e| e != OnError::Reject) && role != Role::Value {
+            return Err(CompileError(format!(
+                "mapping{}: {what}: on_error is not allowed here: a call cannot be sent without its ids, names and timestamp, so a bad value there always rejects the row",
+                self.spec.locate(name)
+            )));
+        }
+        let on_error = match role {
+            Role::Value => o
+                .on_error
+                .or_else(|| colspec.and_then(|c| c.on_error()))
+                .or(d.on_error)
+                .unwrap_or_default(),
+            Role::Id | Role::EventTime => OnError::Reject,
+        };
+        let empty = o
+            .empty
             .or_else(|| colspec.and_then(|c| c.empty()))
-            .unwrap_or(self.spec.defaults.empty);
-        let tz = tz
-            .or_else(|| colspec.and_then(|c| c.timezone()).map(|t| t.0))
-            .or(self.spec.defaults.timezone.map(|t| t.0));
-        let format = format.or_else(|| colspec.and_then(|c| c.format()));
+            .unwrap_or(d.empty);
+        let tz =
+            o.tz.or_else(|| colspec.and_then(|c| c.timezone()).map(|t| t.0))
+                .or(d.timezone.map(|t| t.0));
+        let format = o.format.or_else(|| colspec.and_then(|c| c.format()));
         let ts_format = match format.map(|f| f.0.as_str()) {
             None | Some("rfc3339") | Some("iso8601") => TsFormat::Rfc3339,
             Some("date") => TsFormat::Date,
@@ -272,7 +404,11 @@ impl Ctx<'_> {
             empty,
             ts_format,
             tz,
-            event_time: false,
+            event_time: role == Role::EventTime,
+            clean,
+            decimal,
+            on_error,
+            slot: 0,
         })
     }
 
@@ -281,12 +417,19 @@ impl Ctx<'_> {
         f: &FieldSpec,
         what: &str,
         default_ty: Option<ColType>,
+        role: Role,
     ) -> Result<ValueSource, CompileError> {
         match f {
-            FieldSpec::Column(name) => Ok(ValueSource::Column(
-                self.column_value(name, what, default_ty, None, None, None)?,
-            )),
-            FieldSpec::Detail(d) => self.detail(d, what, default_ty),
+            FieldSpec::Column(name) => Ok(ValueSource::Column(self.column_value(
+                name,
+                what,
+                FieldOpts {
+                    ty: default_ty,
+                    ..FieldOpts::default()
+                },
+                role,
+            )?)),
+            FieldSpec::Detail(d) => self.detail(d, what, default_ty, role),
         }
     }
 
@@ -295,6 +438,7 @@ impl Ctx<'_> {
         d: &FieldDetail,
         what: &str,
         default_ty: Option<ColType>,
+        role: Role,
     ) -> Result<ValueSource, CompileError> {
         let n = d.column.is_some() as u8 + d.constant.is_some() as u8 + d.template.is_some() as u8;
         if n != 1 {
@@ -303,14 +447,11 @@ impl Ctx<'_> {
             )));
         }
         if let Some(name) = &d.column {
-            return Ok(ValueSource::Column(self.column_value(
-                name,
-                what,
-                d.ty.or(default_ty),
-                d.empty,
-                d.format.as_ref(),
-                d.timezone.map(|t| t.0),
-            )?));
+            let o = FieldOpts {
+                ty: d.ty.or(default_ty),
+                ..FieldOpts::of(d)
+            };
+            return Ok(ValueSource::Column(self.column_value(name, what, o, role)?));
         }
         if let Some(c) = &d.constant {
             let bytes = serde_json::to_vec(c).map_err(|e| {
@@ -322,7 +463,7 @@ impl Ctx<'_> {
         Ok(ValueSource::Template(self.template(t, what)?))
     }
 
-    /// A table of output path → field (context, integrations).
+    /// A table of output path → field (context, integrations, payloads).
     fn tree(
         &self,
         fields: &BTreeMap<String, FieldSpec>,
@@ -330,10 +471,54 @@ impl Ctx<'_> {
     ) -> Result<Vec<OutNode>, CompileError> {
         let mut nodes = Vec::new();
         for (out, f) in fields {
-            let v = self.value(f, &format!("{what} \"{out}\""), None)?;
+            let v = self.value(f, &format!("{what} \"{out}\""), None, Role::Value)?;
             insert_path(&mut nodes, out, v)?;
         }
         Ok(nodes)
+    }
+
+    /// A payload column: typed by `[columns]` and `[defaults]`.
+    fn payload_column(&self, name: &str, what: &str) -> Result<ValueSource, CompileError> {
+        Ok(ValueSource::Column(self.column_value(
+            name,
+            what,
+            FieldOpts::default(),
+            Role::Value,
+        )?))
+    }
+
+    /// An object column spread in place, less `skip`.
+    fn spread(&self, name: &str, what: &str, skip: &[&str]) -> Result<OutNode, CompileError> {
+        let col = self.resolve(name, what).map_err(|e| {
+            if self.schema.resolve(name).is_none() {
+                self.unknown_column(
+                    name,
+                    what,
+                    ", or use \"rest\" for every column not used otherwise",
+                )
+            } else {
+                e
+            }
+        })?;
+        let colspec = self.spec.columns.get(name);
+        let on_error = colspec
+            .and_then(|c| c.on_error())
+            .or(self.spec.defaults.on_error)
+            .unwrap_or_default();
+        Ok(OutNode {
+            key: Vec::new(),
+            name: name.to_string(),
+            // Unused: the spread decides what is written.
+            kind: OutKind::Leaf(ValueSource::Const(Vec::new())),
+            spread: Some(Box::new(Spread {
+                col,
+                name: name.to_string(),
+                skip: skip.iter().map(|k| encoded_key(k)).collect(),
+                strict: true,
+                on_error,
+                slot: 0,
+            })),
+        })
     }
 
     fn template(&self, t: &str, what: &str) -> Result<Vec<TemplatePart>, CompileError> {
@@ -352,6 +537,169 @@ impl Ctx<'_> {
             })
             .collect()
     }
+
+    /// The nodes of one payload spec (`what` names it, e.g. `call #1 properties`).
+    fn payload(
+        &self,
+        c: &CallSpec,
+        p: &PayloadSpec,
+        what: &str,
+    ) -> Result<Vec<OutNode>, CompileError> {
+        let mut nodes = Vec::new();
+        match p {
+            PayloadSpec::Rest => self.rest(c, &mut nodes, what, &[], &[], &[])?,
+            PayloadSpec::Object(name) => nodes.push(self.spread(name, what, &[])?),
+            PayloadSpec::Columns(cols) => {
+                for name in cols {
+                    let v = self.payload_column(name, what)?;
+                    insert_path(&mut nodes, name, v)?;
+                }
+            }
+            PayloadSpec::Fields(fields) => {
+                for (out, f) in fields {
+                    let v = self.value(f, &format!("{what} \"{out}\""), None, Role::Value)?;
+                    insert_path(&mut nodes, out, v)?;
+                }
+            }
+            PayloadSpec::Merged(m) => self.merged(c, m, &mut nodes, what)?,
+        }
+        Ok(nodes)
+    }
+
+    /// `{ from = ..., exclude, keep, fields }`: the explicit fields first, then the
+    /// members of `from` that none of them names.
+    fn merged(
+        &self,
+        c: &CallSpec,
+        m: &Merged,
+        nodes: &mut Vec<OutNode>,
+        what: &str,
+    ) -> Result<(), CompileError> {
+        for (out, f) in &m.fields {
+            let v = self.value(f, &format!("{what} \"{out}\""), None, Role::Value)?;
+            insert_path(nodes, out, v)?;
+        }
+        // Top-level names the explicit fields take: a member of the same name would be
+        // a repeated key.
+        let explicit: Vec<&str> = m
+            .fields
+            .keys()
+            .map(|k| k.split('.').next().unwrap_or(k))
+            .collect();
+        let mut skip: Vec<&str> = explicit.clone();
+        skip.extend(m.exclude.iter().map(String::as_str));
+        if m.from == "rest" {
+            let read: Vec<String> = m.fields.values().filter_map(field_column).collect();
+            let read: Vec<&str> = read.iter().map(String::as_str).collect();
+            return self.rest(c, nodes, what, &skip, &read, &m.keep);
+        }
+        if !m.keep.is_empty() {
+            return Err(CompileError(format!(
+                "mapping{}: {what}: keep only goes with from = \"rest\" (it names columns the call uses otherwise that \"rest\" should still send)",
+                self.spec.locate(&m.keep[0])
+            )));
+        }
+        nodes.push(self.spread(&m.from, what, &skip)?);
+        Ok(())
+    }
+
+    /// `"rest"`: every column the call does not use otherwise, less `skip` (explicit
+    /// output names and `exclude`) and the columns in `read` (read by explicit fields),
+    /// plus `keep`.
+    fn rest(
+        &self,
+        c: &CallSpec,
+        nodes: &mut Vec<OutNode>,
+        what: &str,
+        skip: &[&str],
+        read: &[&str],
+        keep: &[String],
+    ) -> Result<(), CompileError> {
+        let mut used = used_columns(self.spec, c);
+        used.extend(read.iter().map(|s| s.to_string()));
+        let names = self.schema.column_names();
+        for k in keep {
+            if !names.contains(k) && !self.schema.spreads_unknown() {
+                return Err(self.unknown_column(k, &format!("{what} keep"), ""));
+            }
+            used.remove(k);
+        }
+        for x in skip {
+            // An excluded name the input does not have is a typo, unless keys can appear
+            // after the sample (NDJSON).
+            if !names.iter().any(|n| n == x) && !self.schema.spreads_unknown() && !used.contains(*x)
+            {
+                let is_field = c.traits.iter().chain(&c.properties).any(|p| {
+                    matches!(p, PayloadSpec::Merged(m) if m.fields.keys().any(|k| k.split('.').next() == Some(x)))
+                });
+                if !is_field {
+                    return Err(self.unknown_column(x, &format!("{what} exclude"), ""));
+                }
+            }
+        }
+        // A used duplicate is refused where it is named, with that field in the
+        // message; here only the ones "rest" itself would take.
+        if let Some((name, positions)) = names
+            .iter()
+            .filter(|n| !used.contains(*n) && !skip.contains(&n.as_str()))
+            .find_map(|n| self.dups.get(n).map(|p| (n, p)))
+        {
+            let uses = format!("takes every column not otherwise used, so column \"{name}\" too");
+            return Err(self.duplicate(
+                "rest",
+                &format!("{what} = \"rest\""),
+                &uses,
+                name,
+                positions,
+            ));
+        }
+        for name in names {
+            if used.contains(&name) || skip.contains(&name.as_str()) {
+                continue;
+            }
+            let v = self.payload_column(&name, what)?;
+            // A column name with dots is one key here, not a path.
+            nodes.push(OutNode {
+                key: key_bytes(&name),
+                name: name.clone(),
+                kind: OutKind::Leaf(v),
+                spread: None,
+            });
+        }
+        // NDJSON's later keys spread: the same names are left out of them.
+        if !skip.is_empty() {
+            for n in nodes.iter_mut() {
+                if self.schema.spreads(&n.name) {
+                    if let OutKind::Leaf(ValueSource::Column(c)) = &n.kind {
+                        n.spread = Some(Box::new(Spread {
+                            col: c.col.clone(),
+                            name: n.name.clone(),
+                            skip: skip.iter().map(|k| encoded_key(k)).collect(),
+                            strict: false,
+                            on_error: OnError::Reject,
+                            slot: 0,
+                        }));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The column a field reads, if it reads one.
+fn field_column(f: &FieldSpec) -> Option<String> {
+    match f {
+        FieldSpec::Column(n) => Some(n.clone()),
+        FieldSpec::Detail(d) => d.column.clone(),
+    }
+}
+
+/// `"key"`: a key as JSON-encoded in an object, without the colon.
+fn encoded_key(k: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(k.len() + 2);
+    json::write_str(&mut v, k);
+    v
 }
 
 /// Column names a call reads for its ids, event, timestamp and type, so that `"rest"`
@@ -392,7 +740,7 @@ fn used_columns(spec: &MappingSpec, c: &CallSpec) -> BTreeSet<String> {
             add(Some(f));
         }
     }
-    if let KindSpec::Column { column } = &c.kind {
+    if let KindSpec::Column { column, .. } = &c.kind {
         used.insert(column.clone());
     }
     used
@@ -420,7 +768,7 @@ fn insert_path(
                 key: key_bytes(head),
                 name: head.to_string(),
                 kind: OutKind::Leaf(value),
-                spread: false,
+                spread: None,
             });
             Ok(())
         }
@@ -431,7 +779,7 @@ fn insert_path(
                 key: key_bytes(head),
                 name: head.to_string(),
                 kind: OutKind::Object(children),
-                spread: false,
+                spread: None,
             });
             Ok(())
         }
@@ -497,9 +845,11 @@ pub fn compile(
         let what = |field: &str| format!("call #{} {field}", i + 1);
         let kind = match &c.kind {
             KindSpec::Const(k) => KindSource::Const(*k),
-            KindSpec::Column { column } => {
-                KindSource::Column(cx.resolve(column, &what("type"))?, column.clone())
-            }
+            KindSpec::Column { column, only } => KindSource::Column(
+                cx.resolve(column, &what("type"))?,
+                column.clone(),
+                only.clone(),
+            ),
         };
         // Ids and names are JSON strings in the spec: a column's text as it is (numbers as
         // their digits), a constant string or number, or a template.
@@ -515,7 +865,7 @@ pub fn compile(
                 }
             }
             Ok(Some(
-                match cx.value(f, &what(name), Some(ColType::String))? {
+                match cx.value(f, &what(name), Some(ColType::String), Role::Id)? {
                     ValueSource::Const(bytes) => {
                         ValueSource::Const(id_constant(&bytes, &what(name))?)
                     }
@@ -523,98 +873,19 @@ pub fn compile(
                 },
             ))
         };
-        let mut payload = Vec::new();
-        let payload_spec = match (&c.traits, &c.properties) {
-            (Some(_), Some(_)) => {
-                return Err(CompileError(format!(
-                    "{}: give either traits or properties, not both",
-                    what("")
-                )))
-            }
-            (Some(p), None) | (None, Some(p)) => Some(p),
-            (None, None) => None,
-        };
-        if let Some(p) = payload_spec {
-            match p {
-                PayloadSpec::Rest => {
-                    let used = used_columns(spec, c);
-                    let names = schema.column_names();
-                    // A used duplicate is refused where it is named, with that field in
-                    // the message; here only the ones "rest" itself would take.
-                    let label = if c.traits.is_some() {
-                        "traits"
-                    } else {
-                        "properties"
-                    };
-                    if let Some((name, positions)) = names
-                        .iter()
-                        .filter(|n| !used.contains(*n))
-                        .find_map(|n| cx.dups.get(n).map(|p| (n, p)))
-                    {
-                        let uses = format!(
-                            "takes every column not otherwise used, so column \"{name}\" too"
-                        );
-                        return Err(cx.duplicate(
-                            "rest",
-                            &what(&format!("{label} = \"rest\"")),
-                            &uses,
-                            name,
-                            positions,
-                        ));
-                    }
-                    for name in names {
-                        if !used.contains(&name) {
-                            let v = cx.column_value(
-                                &name,
-                                &what("traits/properties"),
-                                None,
-                                None,
-                                None,
-                                None,
-                            )?;
-                            // A column name with dots is one key here, not a path.
-                            payload.push(OutNode {
-                                key: key_bytes(&name),
-                                name: name.clone(),
-                                kind: OutKind::Leaf(ValueSource::Column(v)),
-                                spread: false,
-                            });
-                        }
-                    }
-                }
-                PayloadSpec::Columns(cols) => {
-                    for name in cols {
-                        let v = cx.column_value(
-                            name,
-                            &what("traits/properties"),
-                            None,
-                            None,
-                            None,
-                            None,
-                        )?;
-                        insert_path(&mut payload, name, ValueSource::Column(v))?;
-                    }
-                }
-                PayloadSpec::Fields(fields) => {
-                    for (out, f) in fields {
-                        let v = cx.value(f, &what(&format!("output \"{out}\"")), None)?;
-                        insert_path(&mut payload, out, v)?;
-                    }
-                }
-            }
-        }
+        let (payload, properties) = call_payloads(&cx, c, &what)?;
         let timestamp = c
             .timestamp
             .as_ref()
-            .map(|f| cx.value(f, &what("timestamp"), Some(ColType::Timestamp)))
-            .transpose()?
-            .map(|v| match v {
-                ValueSource::Column(c) => ValueSource::Column(ColumnValue {
-                    event_time: true,
-                    ..c
-                }),
-                v => v,
-            });
+            .map(|f| {
+                cx.value(
+                    f,
+                    &what("timestamp"),
+                    Some(ColType::Timestamp),
+                    Role::EventTime,
+                )
+            })
+            .transpose()?;
         let context = match &c.context {
             Some(t) => cx.tree(t, &what("context"))?,
             None => Vec::new(),
@@ -631,6 +902,7 @@ pub fn compile(
             timestamp,
             message_id: id(&c.message_id, "message_id")?,
             payload,
+            properties,
             context,
         };
         check_required(&compiled, &what(""))?;
@@ -640,17 +912,121 @@ pub fn compile(
     let mut batch_integrations = cx.tree(&spec.integrations, "[integrations]")?;
     for c in &mut calls {
         mark_spreads(&mut c.payload, schema);
+        if let Some(p) = &mut c.properties {
+            mark_spreads(p, schema);
+        }
         mark_spreads(&mut c.context, schema);
     }
     mark_spreads(&mut batch_context, schema);
     mark_spreads(&mut batch_integrations, schema);
-    Ok(CompiledMapping {
+    let mut m = CompiledMapping {
         calls,
         seed: super::message_id::input_seed(&spec.namespace, input),
         max_future_ms: (spec.defaults.max_future_hours as i64).saturating_mul(3_600_000),
         batch_context,
         batch_integrations,
-    })
+        value_columns: Arc::from(Vec::new()),
+        known_paths: schema.known_paths().into(),
+        sampled_paths: schema.sampled_paths().into(),
+        uses_rest: spec.calls.iter().any(|c| {
+            c.traits.iter().chain(&c.properties).any(|p| {
+                matches!(p, PayloadSpec::Rest)
+                    || matches!(p, PayloadSpec::Merged(m) if m.from == "rest")
+            })
+        }),
+    };
+    m.value_columns = assign_slots(&mut m).into();
+    Ok(m)
+}
+
+/// Gives every column value and object spread of the mapping its slot, one per column
+/// name, and returns the names by slot.
+fn assign_slots(m: &mut CompiledMapping) -> Vec<String> {
+    fn slot(names: &mut Vec<String>, name: &str) -> u32 {
+        match names.iter().position(|n| n == name) {
+            Some(i) => i as u32,
+            None => {
+                names.push(name.to_string());
+                (names.len() - 1) as u32
+            }
+        }
+    }
+    fn nodes(ns: &mut [OutNode], names: &mut Vec<String>) {
+        for n in ns {
+            if let Some(s) = &mut n.spread {
+                s.slot = slot(names, &s.name);
+                continue;
+            }
+            match &mut n.kind {
+                OutKind::Leaf(ValueSource::Column(c)) => c.slot = slot(names, &c.name),
+                OutKind::Leaf(_) => {}
+                OutKind::Object(children) => nodes(children, names),
+            }
+        }
+    }
+    let mut names = Vec::new();
+    for c in &mut m.calls {
+        nodes(&mut c.payload, &mut names);
+        if let Some(p) = &mut c.properties {
+            nodes(p, &mut names);
+        }
+        nodes(&mut c.context, &mut names);
+    }
+    nodes(&mut m.batch_context, &mut names);
+    nodes(&mut m.batch_integrations, &mut names);
+    names
+}
+
+/// A call's payload nodes, and its properties when the type comes from a column and
+/// both traits and properties are given. With a constant type the payload must be the
+/// one that type carries.
+fn call_payloads(
+    cx: &Ctx<'_>,
+    c: &CallSpec,
+    what: &dyn Fn(&str) -> String,
+) -> Result<(Vec<OutNode>, Option<Vec<OutNode>>), CompileError> {
+    const WHICH: &str = "identify and group calls carry traits; track, page and screen calls carry properties; alias calls neither";
+    if let KindSpec::Const(kind) = c.kind {
+        let (given, wanted) = match (&c.traits, &c.properties) {
+            (Some(_), _) if kind.payload_key() != "traits" || kind == CallKind::Alias => {
+                ("traits", kind.payload_key())
+            }
+            (_, Some(_)) if kind.payload_key() != "properties" || kind == CallKind::Alias => {
+                ("properties", kind.payload_key())
+            }
+            _ => ("", ""),
+        };
+        if !given.is_empty() {
+            let fix = if kind == CallKind::Alias {
+                "leave it out".to_string()
+            } else {
+                format!("write {wanted} instead")
+            };
+            let article = match kind {
+                CallKind::Identify | CallKind::Alias => "an",
+                _ => "a",
+            };
+            return Err(CompileError(format!(
+                "mapping{}: {}: {article} {} call does not carry {given}: {fix} ({WHICH})",
+                cx.spec.locate(given),
+                what(given),
+                kind.as_str()
+            )));
+        }
+    }
+    let mut payload = Vec::new();
+    let mut properties = None;
+    match (&c.traits, &c.properties) {
+        (Some(t), Some(p)) => {
+            // Both: only with the type from a column (a constant type refused above).
+            payload = cx.payload(c, t, &what("traits"))?;
+            properties = Some(cx.payload(c, p, &what("properties"))?);
+        }
+        (Some(p), None) => payload = cx.payload(c, p, &what("traits"))?,
+        (None, Some(p)) => payload = cx.payload(c, p, &what("properties"))?,
+        (None, None) => {}
+    }
+    Ok((payload, properties))
 }
 
 /// Marks every leaf named after a column the schema spreads, and reading a column, as
@@ -659,7 +1035,16 @@ fn mark_spreads(nodes: &mut [OutNode], schema: &dyn Schema) {
     for n in nodes {
         match &mut n.kind {
             OutKind::Object(children) => mark_spreads(children, schema),
-            OutKind::Leaf(ValueSource::Column(_)) => n.spread = schema.spreads(&n.name),
+            OutKind::Leaf(ValueSource::Column(c)) if schema.spreads(&n.name) => {
+                n.spread = Some(Box::new(Spread {
+                    col: c.col.clone(),
+                    name: n.name.clone(),
+                    skip: Vec::new(),
+                    strict: false,
+                    on_error: OnError::Reject,
+                    slot: c.slot,
+                }));
+            }
             OutKind::Leaf(_) => {}
         }
     }

@@ -8,13 +8,15 @@
 
 use std::sync::Arc;
 
+use super::clean::{clean_number, cleaned_int, loose_bool, MAX_NUMBER};
 use super::compile::{
-    ColumnValue, CompiledCall, CompiledMapping, KindSource, OutKind, OutNode, TemplatePart,
+    ColumnValue, CompiledCall, CompiledMapping, KindSource, OutKind, OutNode, Spread, TemplatePart,
     TsFormat, UnixUnit, ValueSource,
 };
+use super::fixes::{ColumnFixes, Fix};
 use super::message_id::write_message_id;
 use super::semantic::Semantic;
-use super::spec::{CallKind, ColType, EmptyPolicy};
+use super::spec::{CallKind, ColType, EmptyPolicy, OnError};
 use crate::json;
 use crate::source::{Chunk, Field, InputInfo, Position, Row};
 use crate::timestamp::{self, UnixMillis};
@@ -59,6 +61,54 @@ pub struct Mapped {
     pub end: Position,
     /// The chunk's rows could not be read (nothing else is set): the run stops here.
     pub failed: Option<String>,
+    /// Values cleaned, dropped or kept as text in the chunk's mapped rows, per column
+    /// slot of the mapping ([`CompiledMapping::value_columns`], named by `fix_columns`).
+    /// Empty when there were none. The packer adds them up.
+    pub fixes: Vec<ColumnFixes>,
+    pub fix_columns: Option<Arc<[String]>>,
+    /// Per column registered on the input (by [`crate::source::ColumnRef::Path`] index):
+    /// whether any row of the chunk had a value there. `None`: every column had (CSV).
+    pub present: Option<Vec<bool>>,
+    /// The fixes of the row being mapped, kept until the row is known to map whole.
+    row_fixes: RowFixes,
+}
+
+/// One fixed value of the row being mapped: its column slot, what became of it, and
+/// where its text is in [`RowFixes::text`].
+#[derive(Debug, Clone, Copy)]
+struct FixEvent {
+    slot: u32,
+    fix: Fix,
+    start: u32,
+    end: u32,
+}
+
+/// The fixes of one row, staged until the row is known to map: a row rejected later
+/// (a missing id after a dropped property) counts none of them. Reused row to row.
+#[derive(Debug, Default)]
+pub struct RowFixes {
+    events: Vec<FixEvent>,
+    text: Vec<u8>,
+}
+
+impl RowFixes {
+    fn clear(&mut self) {
+        self.events.clear();
+        self.text.clear();
+    }
+
+    #[cold]
+    fn record(&mut self, slot: u32, fix: Fix, value: &[u8]) {
+        let start = self.text.len() as u32;
+        // A long value is cut: it is only an example.
+        self.text.extend_from_slice(&value[..value.len().min(200)]);
+        self.events.push(FixEvent {
+            slot,
+            fix,
+            start,
+            end: self.text.len() as u32,
+        });
+    }
 }
 
 impl Mapped {
@@ -124,6 +174,18 @@ pub fn map_chunk(chunk: &Chunk, mapping: &CompiledMapping, opts: &EncodeOptions,
     out.rows = chunk.len() as u32;
     out.skipped = 0;
     out.end = chunk.end();
+    for f in &mut out.fixes {
+        f.clear();
+    }
+    out.fix_columns = Some(mapping.value_columns.clone());
+    match chunk.present() {
+        Some(p) => {
+            let v = out.present.get_or_insert_with(Vec::new);
+            v.clear();
+            v.extend_from_slice(p);
+        }
+        None => out.present = None,
+    }
     for i in 0..chunk.len() {
         out.row_offsets.push(chunk.row_offset(i));
     }
@@ -162,10 +224,14 @@ fn map_row<R: Row>(
     }
     let calls_mark = out.calls.len();
     let emits_mark = out.emits.len();
+    out.row_fixes.clear();
     let result = match row.source_problem() {
         Some(p) => Err(reject(row.problem_code(), p)),
         None => encode_calls(row, row_no, m, opts, out, i),
     };
+    if result.is_ok() && !out.row_fixes.events.is_empty() {
+        fold_fixes(out, m, row_no);
+    }
     if let Err(r) = result {
         out.calls.truncate(calls_mark);
         out.emits.truncate(emits_mark);
@@ -183,6 +249,27 @@ fn map_row<R: Row>(
             len: (out.rejects.len() - start) as u32,
             kind: EmitKind::Reject(r.code),
         });
+    }
+}
+
+/// Adds the row's fixes to the chunk's counts, keeping the first few as examples.
+#[cold]
+fn fold_fixes(out: &mut Mapped, m: &CompiledMapping, row_no: u64) {
+    if out.fixes.len() < m.value_columns.len() {
+        out.fixes
+            .resize_with(m.value_columns.len(), ColumnFixes::default);
+    }
+    for e in &out.row_fixes.events {
+        let Some(f) = out.fixes.get_mut(e.slot as usize) else {
+            continue;
+        };
+        *f.count(e.fix) += 1;
+        let shown = f.examples.iter().filter(|x| x.1 == e.fix).count();
+        if shown < ColumnFixes::EXAMPLES {
+            let text = &out.row_fixes.text[e.start as usize..e.end as usize];
+            f.examples
+                .push((row_no, e.fix, String::from_utf8_lossy(text).into_owned()));
+        }
     }
 }
 
@@ -253,22 +340,43 @@ fn encode_calls<R: Row>(
 ) -> Result<(), Reject> {
     if m.has_batch_context() {
         let start = out.calls.len();
-        write_batch_context(&mut out.calls, row, m, opts)?;
+        write_batch_context(&mut out.calls, row, m, opts, &mut out.row_fixes)?;
         out.emits.push(Emit {
             row: i,
             len: (out.calls.len() - start) as u32,
             kind: EmitKind::Context,
         });
     }
+    // A row whose type every table reading it leaves out (`only`) makes no call: that is
+    // an error, not a silent skip.
+    let mut left_out = None;
+    let mut made = false;
     for (ci, call) in m.calls.iter().enumerate() {
         let start = out.calls.len();
-        let kind = encode_call(row, row_no, ci as u32, m.seed, call, opts, &mut out.calls)
-            .map_err(|mut r| {
-                if m.calls.len() > 1 {
-                    r.detail = format!("call #{}: {}", ci + 1, r.detail);
-                }
-                r
-            })?;
+        let kind = encode_call(
+            row,
+            row_no,
+            ci as u32,
+            m.seed,
+            call,
+            opts,
+            &mut out.calls,
+            &mut out.row_fixes,
+        )
+        .map_err(|mut r| {
+            if m.calls.len() > 1 {
+                r.detail = format!("call #{}: {}", ci + 1, r.detail);
+            }
+            r
+        })?;
+        let kind = match kind {
+            Made::Call(kind) => kind,
+            Made::LeftOut(kind) => {
+                left_out = Some((kind, &call.kind));
+                continue;
+            }
+        };
+        made = true;
         let len = out.calls.len() - start;
         if len > opts.max_call_bytes {
             return Err(reject(
@@ -287,7 +395,23 @@ fn encode_calls<R: Row>(
             kind: EmitKind::Call(kind),
         });
     }
+    if let (Some((kind, KindSource::Column(_, name, _))), false) = (left_out, made) {
+        return Err(reject(
+            "bad_call_type",
+            format!(
+                "column {name}: no [[call]] table takes \"{}\" rows (it is in no table's `only` list); add it to one, or leave the row out of the input",
+                kind.as_str()
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// What one `[[call]]` table made of a row.
+enum Made {
+    Call(CallKind),
+    /// Nothing: the row's type (from a column) is not in the table's `only` list.
+    LeftOut(CallKind),
 }
 
 /// `,"context":{..},"integrations":{..}`, each left out when it comes out empty.
@@ -296,6 +420,7 @@ fn write_batch_context<R: Row>(
     row: &R,
     m: &CompiledMapping,
     opts: &EncodeOptions,
+    fixes: &mut RowFixes,
 ) -> Result<(), Reject> {
     for (key, nodes) in [
         (&b",\"context\":"[..], &m.batch_context),
@@ -306,7 +431,7 @@ fn write_batch_context<R: Row>(
         }
         let mark = out.len();
         out.extend_from_slice(key);
-        write_object(out, row, nodes, opts)?;
+        write_object(out, row, nodes, opts, fixes)?;
         if out.ends_with(b"{}") {
             out.truncate(mark);
         }
@@ -328,13 +453,14 @@ fn write_opt_field<R: Row>(
     let mark = out.len();
     out.push(b',');
     json::extend_short(out, key);
-    let wrote = write_value(out, row, v, opts, true)?;
+    let wrote = write_value(out, row, v, opts, true)?.any();
     if !wrote {
         out.truncate(mark);
     }
     Ok(wrote)
 }
 
+#[allow(clippy::too_many_arguments)] // the row, where it is, the call and the two buffers
 fn encode_call<R: Row>(
     row: &R,
     row_no: u64,
@@ -343,17 +469,22 @@ fn encode_call<R: Row>(
     call: &CompiledCall,
     opts: &EncodeOptions,
     out: &mut Vec<u8>,
-) -> Result<CallKind, Reject> {
+    fixes: &mut RowFixes,
+) -> Result<Made, Reject> {
     let kind = match &call.kind {
         KindSource::Const(k) => *k,
-        KindSource::Column(col, name) => {
+        KindSource::Column(col, name, only) => {
             let text = field_text(row.field(col), name)?;
-            CallKind::parse(text.trim()).ok_or_else(|| {
+            let kind = CallKind::parse(text.trim()).ok_or_else(|| {
                 reject(
                     "bad_call_type",
                     format!("column {name}: \"{text}\" is not a call type (identify, track, page, screen, group, alias)"),
                 )
-            })?
+            })?;
+            if only.as_ref().is_some_and(|o| !o.contains(&kind)) {
+                return Ok(Made::LeftOut(kind));
+            }
+            kind
         }
     };
     let start = out.len();
@@ -361,7 +492,7 @@ fn encode_call<R: Row>(
     json::extend_short(out, kind.as_str().as_bytes());
     out.extend_from_slice(b"\",\"messageId\":");
     let has_id = match &call.message_id {
-        Some(v) => write_value(out, row, v, opts, true)?,
+        Some(v) => write_value(out, row, v, opts, true)?.any(),
         None => false,
     };
     if !has_id {
@@ -431,7 +562,7 @@ fn encode_call<R: Row>(
     if let Some(ts) = &call.timestamp {
         let mark = out.len();
         out.extend_from_slice(b",\"timestamp\":");
-        if !write_value_inline(out, row, ts, opts, false)? {
+        if !write_value_inline(out, row, ts, opts, false)?.any() {
             out.truncate(mark);
             return Err(reject(
                 "missing_timestamp",
@@ -439,17 +570,23 @@ fn encode_call<R: Row>(
             ));
         }
     }
-    if !call.payload.is_empty() && kind != CallKind::Alias {
+    // With the type from a column, traits and properties may both be given: each row
+    // takes the one its type carries.
+    let payload = match (&call.properties, kind.payload_key()) {
+        (Some(p), "properties") => p,
+        _ => &call.payload,
+    };
+    if !payload.is_empty() && kind != CallKind::Alias {
         out.extend_from_slice(match kind.payload_key() {
             "traits" => b",\"traits\":",
             _ => b",\"properties\":",
         });
-        write_object(out, row, &call.payload, opts)?;
+        write_object(out, row, payload, opts, fixes)?;
     }
     if !call.context.is_empty() {
         let mark = out.len();
         out.extend_from_slice(b",\"context\":");
-        write_object(out, row, &call.context, opts)?;
+        write_object(out, row, &call.context, opts, fixes)?;
         if out.ends_with(b"{}") {
             out.truncate(mark);
         }
@@ -462,7 +599,7 @@ fn encode_call<R: Row>(
         ev.check(&out[start..])
             .map_err(|detail| reject("semantic_event", detail))?;
     }
-    Ok(kind)
+    Ok(Made::Call(kind))
 }
 
 /// `,"objectTypeId":"N"`: the spec wants a stringified integer; a number is quoted, and
@@ -510,23 +647,32 @@ fn write_object<R: Row>(
     row: &R,
     nodes: &[OutNode],
     opts: &EncodeOptions,
+    fixes: &mut RowFixes,
 ) -> Result<(), Reject> {
     out.push(b'{');
     let mut any = false;
     for n in nodes {
-        if n.spread {
+        if let Some(s) = &n.spread {
             // An object's members, written in the node's place (NDJSON's keys first seen
-            // after the sampled rows).
-            if let OutKind::Leaf(ValueSource::Column(c)) = &n.kind {
-                if let Field::Json(obj) = row.field(&c.col) {
-                    if obj.len() > 2 {
-                        if any {
-                            out.push(b',');
-                        }
-                        out.extend_from_slice(&obj[1..obj.len() - 1]);
-                        any = true;
-                    }
+            // after the sampled rows, or an object column as a whole payload).
+            let mark = out.len();
+            if any {
+                out.push(b',');
+            }
+            let wrote = match row.field(&s.col) {
+                // The common case: compact JSON from the source, copied whole.
+                Field::Json(obj)
+                    if s.skip.is_empty() && obj.len() >= 2 && obj.first() == Some(&b'{') =>
+                {
+                    out.extend_from_slice(&obj[1..obj.len() - 1]);
+                    obj.len() > 2
                 }
+                f => write_spread(out, f, s, fixes)?,
+            };
+            if wrote {
+                any = true;
+            } else {
+                out.truncate(mark);
             }
             continue;
         }
@@ -536,11 +682,22 @@ fn write_object<R: Row>(
         }
         json::extend_short(out, &n.key);
         let wrote = match &n.kind {
-            OutKind::Leaf(v) => write_value_inline(out, row, v, opts, false)?,
+            OutKind::Leaf(v) => {
+                let at = out.len();
+                match write_value_inline(out, row, v, opts, false) {
+                    Ok(Wrote::Nothing) => false,
+                    Ok(Wrote::Value) => true,
+                    Ok(Wrote::Cleaned) => {
+                        note_cleaned(row, v, fixes);
+                        true
+                    }
+                    Err(r) => bad_value_policy(out, at, row, v, r, fixes)?,
+                }
+            }
             // An object whose every value is omitted is omitted too: `{}` says nothing,
             // and an empty `context.device` would even make the call ambiguous.
             OutKind::Object(children) => {
-                write_object(out, row, children, opts)?;
+                write_object(out, row, children, opts, fixes)?;
                 !out.ends_with(b"{}")
             }
         };
@@ -552,6 +709,149 @@ fn write_object<R: Row>(
     }
     out.push(b'}');
     Ok(())
+}
+
+/// What writing a value did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wrote {
+    /// Nothing: the value is to be omitted.
+    Nothing,
+    Value,
+    /// The value, cleaned ([`super::clean`]) into its type.
+    Cleaned,
+}
+
+impl Wrote {
+    #[inline(always)]
+    fn any(self) -> bool {
+        self != Wrote::Nothing
+    }
+    #[inline(always)]
+    fn from(wrote: bool) -> Wrote {
+        if wrote {
+            Wrote::Value
+        } else {
+            Wrote::Nothing
+        }
+    }
+}
+
+/// Counts a cleaned value, with the text it was cleaned from.
+#[cold]
+fn note_cleaned<R: Row>(row: &R, v: &ValueSource, fixes: &mut RowFixes) {
+    if let ValueSource::Column(c) = v {
+        let f = row.field(&c.col);
+        fixes.record(c.slot, Fix::Cleaned, field_text_lossy(&f).as_bytes());
+    }
+}
+
+/// A trait, property or context value that did not parse: what its column's `on_error`
+/// says (the key is written; `at` is just after it), counted with its text. `Reject`
+/// (the default) rejects the row as before.
+#[cold]
+#[inline(never)]
+fn bad_value_policy<R: Row>(
+    out: &mut Vec<u8>,
+    at: usize,
+    row: &R,
+    v: &ValueSource,
+    r: Reject,
+    fixes: &mut RowFixes,
+) -> Result<bool, Reject> {
+    let ValueSource::Column(c) = v else {
+        return Err(r);
+    };
+    out.truncate(at);
+    let f = row.field(&c.col);
+    let text = field_text_lossy(&f);
+    let fix = match c.on_error {
+        OnError::Reject => return Err(r),
+        OnError::Omit => Fix::Omitted,
+        OnError::Null => {
+            out.extend_from_slice(b"null");
+            Fix::Nulled
+        }
+        OnError::Keep => {
+            json::write_str(out, &text);
+            Fix::Kept
+        }
+    };
+    fixes.record(c.slot, fix, text.as_bytes());
+    Ok(fix != Fix::Omitted)
+}
+
+/// An object column's members, less its `skip` keys, in place (the caller wrote the
+/// comma before them, if any). A value that is not an object is a bad value of the
+/// column (`on_error` applies; a spread has no key of its own, so anything but
+/// `reject` leaves it out), or nothing for NDJSON's later keys.
+#[cold]
+#[inline(never)]
+fn write_spread(
+    out: &mut Vec<u8>,
+    f: Field<'_>,
+    s: &Spread,
+    fixes: &mut RowFixes,
+) -> Result<bool, Reject> {
+    let (text, compact) = match f {
+        Field::Missing | Field::Null => return Ok(false),
+        Field::Json(b) => (b, true),
+        Field::Raw(b) | Field::Text(b) => (b, false),
+        Field::Str(t) => (t.as_bytes(), false),
+        // A number or a boolean: never an object (the text is only for the check).
+        _ => (&b"0"[..], false),
+    };
+    if !compact && text.iter().all(u8::is_ascii_whitespace) {
+        return Ok(false);
+    }
+    let members = if compact || json::is_valid(text) {
+        json::object_members(text)
+    } else {
+        None
+    };
+    let Some(members) = members else {
+        if !s.strict {
+            return Ok(false);
+        }
+        let shown_value = field_text_lossy(&f);
+        if s.on_error == OnError::Reject {
+            return Err(reject(
+                "bad_value",
+                format!(
+                    "column {}: \"{}\" is not a JSON object, where the mapping takes its members as the traits or properties",
+                    s.name,
+                    shown(shown_value.as_bytes())
+                ),
+            ));
+        }
+        fixes.record(s.slot, Fix::Omitted, shown_value.as_bytes());
+        return Ok(false);
+    };
+    let start = out.len();
+    for (k, v) in members {
+        if s.skip.iter().any(|x| x.as_slice() == k) {
+            continue;
+        }
+        if out.len() > start {
+            out.push(b',');
+        }
+        out.extend_from_slice(k);
+        out.push(b':');
+        // Members follow the rule of top-level values: a long integer goes as a string.
+        json::write_json_exact(out, v, compact);
+    }
+    Ok(out.len() > start)
+}
+
+/// A field's value as text, for examples and `on_error = "keep"` (invalid UTF-8
+/// replaced).
+fn field_text_lossy<'a>(f: &Field<'a>) -> std::borrow::Cow<'a, str> {
+    use std::borrow::Cow;
+    match *f {
+        Field::Raw(b) | Field::Text(b) | Field::Json(b) => String::from_utf8_lossy(b),
+        Field::Str(s) => Cow::Borrowed(s),
+        Field::Missing | Field::Null => Cow::Borrowed(""),
+        other => field_text(other, "").unwrap_or(Cow::Borrowed("")),
+    }
 }
 
 /// The text of a field used as a call type or template part.
@@ -607,7 +907,7 @@ fn write_value<R: Row>(
     v: &ValueSource,
     opts: &EncodeOptions,
     is_id: bool,
-) -> Result<bool, Reject> {
+) -> Result<Wrote, Reject> {
     write_value_inline(out, row, v, opts, is_id)
 }
 
@@ -620,11 +920,11 @@ fn write_value_inline<R: Row>(
     v: &ValueSource,
     opts: &EncodeOptions,
     is_id: bool,
-) -> Result<bool, Reject> {
+) -> Result<Wrote, Reject> {
     match v {
         ValueSource::Const(bytes) => {
             json::extend_short(out, bytes);
-            Ok(true)
+            Ok(Wrote::Value)
         }
         ValueSource::Template(parts) => {
             out.push(b'"');
@@ -642,7 +942,7 @@ fn write_value_inline<R: Row>(
                 }
             }
             out.push(b'"');
-            Ok(true)
+            Ok(Wrote::Value)
         }
         ValueSource::Column(c) => write_column(out, row.field(&c.col), c, opts, is_id),
     }
@@ -682,15 +982,17 @@ fn write_column(
     c: &ColumnValue,
     opts: &EncodeOptions,
     is_id: bool,
-) -> Result<bool, Reject> {
+) -> Result<Wrote, Reject> {
     match f {
-        Field::Missing => Ok(false),
-        Field::Null => Ok(write_empty(out, c, is_id)),
-        Field::Raw(b) | Field::Json(b) if b.is_empty() => Ok(write_empty(out, c, is_id)),
-        Field::Str("") | Field::Text(b"") => Ok(write_empty(out, c, is_id)),
-        Field::Raw(b) => write_text(out, b, false, c, opts, false).map(|_| true),
-        Field::Text(b) => write_text(out, b, true, c, opts, false).map(|_| true),
-        Field::Str(s) => write_text(out, s.as_bytes(), true, c, opts, true).map(|_| true),
+        Field::Missing => Ok(Wrote::Nothing),
+        Field::Null => Ok(Wrote::from(write_empty(out, c, is_id))),
+        Field::Raw(b) | Field::Json(b) if b.is_empty() => {
+            Ok(Wrote::from(write_empty(out, c, is_id)))
+        }
+        Field::Str("") | Field::Text(b"") => Ok(Wrote::from(write_empty(out, c, is_id))),
+        Field::Raw(b) => write_text(out, b, false, c, opts, false),
+        Field::Text(b) => write_text(out, b, true, c, opts, false),
+        Field::Str(s) => write_text(out, s.as_bytes(), true, c, opts, true),
         Field::Int(v) => write_number_field(
             out,
             c,
@@ -709,7 +1011,7 @@ fn write_column(
         ),
         Field::Float(v) => {
             if !v.is_finite() {
-                return Ok(write_empty(out, c, is_id));
+                return Ok(Wrote::from(write_empty(out, c, is_id)));
             }
             write_number_field(
                 out,
@@ -729,14 +1031,15 @@ fn write_column(
                 ColType::String => json::write_str(out, if v { "true" } else { "false" }),
                 _ => out.extend_from_slice(if v { b"true" } else { b"false" }),
             }
-            Ok(true)
+            Ok(Wrote::Value)
         }
         Field::Json(b) => {
             match c.ty {
                 ColType::String => json::write_str(out, &String::from_utf8_lossy(b)),
-                _ => out.extend_from_slice(b),
+                // Nested integers of more than 15 digits go as strings, as top-level ones.
+                _ => json::write_json_exact(out, b, true),
             }
-            Ok(true)
+            Ok(Wrote::Value)
         }
         Field::TimestampNanos(n) => {
             let ms = n.div_euclid(1_000_000);
@@ -747,7 +1050,7 @@ fn write_column(
                     timestamp::write_iso_millis(out, ms);
                 }
             }
-            Ok(true)
+            Ok(Wrote::Value)
         }
     }
 }
@@ -787,7 +1090,7 @@ fn write_number_field(
     as_f64: f64,
     text: impl Fn() -> String,
     as_i64: Option<i64>,
-) -> Result<bool, Reject> {
+) -> Result<Wrote, Reject> {
     match c.ty {
         ColType::String => json::write_str(out, &text()),
         ColType::Timestamp => {
@@ -824,7 +1127,7 @@ fn write_number_field(
             }
         }
     }
-    Ok(true)
+    Ok(Wrote::Value)
 }
 
 fn significant_digits(b: &[u8]) -> usize {
@@ -854,7 +1157,7 @@ fn write_text(
     c: &ColumnValue,
     opts: &EncodeOptions,
     typed_string: bool,
-) -> Result<(), Reject> {
+) -> Result<Wrote, Reject> {
     match c.ty {
         ColType::String => write_text_str(out, b, valid, c)?,
         ColType::Auto if typed_string => write_text_str(out, b, valid, c)?,
@@ -878,27 +1181,33 @@ fn write_text(
         }
         // The common case: the text is already what writing the integer gives.
         ColType::Int if json::is_canonical_i64(b) => json::extend_short(out, b),
-        ColType::Int => write_int_text(out, b, c)?,
+        // Anything else (`+5`, `007`, `$1,200`, bad) is parsed or cleaned out of line.
+        ColType::Int => return write_int_text(out, b, c),
         // A finite JSON number is copied as written; parsing it only to check it would
         // cost more than the rest of the field.
         ColType::Float if json::is_json_number(b) && json::json_number_is_finite(b) => {
             json::extend_short(out, b)
         }
-        ColType::Float => write_float_text(out, b, c)?,
+        ColType::Float => return write_float_text(out, b, c),
         ColType::Bool => {
             let v = match b {
-                b"true" | b"TRUE" | b"True" | b"t" | b"T" | b"1" | b"yes" | b"YES" | b"Yes"
-                | b"y" | b"Y" => true,
-                b"false" | b"FALSE" | b"False" | b"f" | b"F" | b"0" | b"no" | b"NO" | b"No"
-                | b"n" | b"N" => false,
-                _ => return Err(bad(c, b, "a boolean (true/false, 1/0, yes/no)")),
+                b"true" | b"1" => true,
+                b"false" | b"0" => false,
+                // Any case, trimmed: yes/no, y/n, t/f, on/off, True/FALSE ...
+                _ => loose_bool(b).ok_or_else(|| {
+                    bad(
+                        c,
+                        b,
+                        "a boolean (true/false, yes/no, y/n, t/f, on/off, 1/0)",
+                    )
+                })?,
             };
             out.extend_from_slice(if v { b"true" } else { b"false" });
         }
         ColType::Json => write_json_text(out, b, valid, c)?,
         ColType::Timestamp => write_ts_text(out, b, c, opts)?,
     }
-    Ok(())
+    Ok(Wrote::Value)
 }
 
 /// Text as a JSON string, checked for UTF-8 first unless known `valid`.
@@ -911,29 +1220,60 @@ fn write_text_str(out: &mut Vec<u8>, b: &[u8], valid: bool, c: &ColumnValue) -> 
     Ok(())
 }
 
-/// An `int` column's text that is not already a canonical integer (`+5`, `007`, bad).
+/// An `int` column's text that is not already a canonical integer (`+5`, `007`), then
+/// cleaned (`$1,200`, ` 42 `), else bad.
 #[inline(never)]
-fn write_int_text(out: &mut Vec<u8>, b: &[u8], c: &ColumnValue) -> Result<(), Reject> {
-    let s = std::str::from_utf8(b).map_err(|_| bad(c, b, "an integer"))?;
-    let v: i64 = s.parse().map_err(|_| bad(c, b, "an integer"))?;
+fn write_int_text(out: &mut Vec<u8>, b: &[u8], c: &ColumnValue) -> Result<Wrote, Reject> {
+    if let Some(v) = std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+    {
+        json::write_i64(out, v);
+        return Ok(Wrote::Value);
+    }
+    let mut buf = [0u8; MAX_NUMBER];
+    let v = clean_number(b, c.clean, c.decimal, &mut buf)
+        .and_then(|n| cleaned_int(&buf[..n]))
+        .ok_or_else(|| bad(c, b, &not_a_number(c, "an integer")))?;
     json::write_i64(out, v);
-    Ok(())
+    Ok(Wrote::Cleaned)
 }
 
-/// A `float` column's text that is not a finite JSON number as written (`1.`, `NaN`).
+/// A `float` column's text that is not a finite JSON number as written (`1.`), then
+/// cleaned (`$1,234.50`, `15%`, `1.234,56`), else bad.
 #[inline(never)]
-fn write_float_text(out: &mut Vec<u8>, b: &[u8], c: &ColumnValue) -> Result<(), Reject> {
-    let s = std::str::from_utf8(b).map_err(|_| bad(c, b, "a number"))?;
-    let v: f64 = s.parse().map_err(|_| bad(c, b, "a number"))?;
-    if !v.is_finite() {
-        return Err(bad(c, b, "a finite number (JSON has no NaN or Infinity)"));
+fn write_float_text(out: &mut Vec<u8>, b: &[u8], c: &ColumnValue) -> Result<Wrote, Reject> {
+    if let Some(v) = std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    {
+        if !v.is_finite() {
+            return Err(bad(c, b, "a finite number (JSON has no NaN or Infinity)"));
+        }
+        if json::is_json_number(b) {
+            out.extend_from_slice(b);
+        } else {
+            json::write_f64(out, v);
+        }
+        return Ok(Wrote::Value);
     }
-    if json::is_json_number(b) {
-        out.extend_from_slice(b);
-    } else {
-        json::write_f64(out, v);
+    let mut buf = [0u8; MAX_NUMBER];
+    let n = clean_number(b, c.clean, c.decimal, &mut buf)
+        .ok_or_else(|| bad(c, b, &not_a_number(c, "a number")))?;
+    out.extend_from_slice(&buf[..n]);
+    Ok(Wrote::Cleaned)
+}
+
+/// What a number column's value is not, with the cleaning that was tried.
+#[cold]
+fn not_a_number(c: &ColumnValue, what: &str) -> String {
+    use super::spec::Clean;
+    let sep = if c.decimal == b',' { "," } else { "." };
+    match c.clean {
+        Clean::None => format!("{what} (for currency or percent text, add clean = \"currency\" or \"percent\" to the column)"),
+        Clean::Currency => format!("{what}, even cleaned as currency with decimal = \"{sep}\""),
+        Clean::Percent => format!("{what}, even cleaned as a percentage with decimal = \"{sep}\""),
     }
-    Ok(())
 }
 
 /// A `json` column's text, checked and copied without its whitespace in one pass.
@@ -945,8 +1285,15 @@ fn write_json_text(
     valid: bool,
     c: &ColumnValue,
 ) -> Result<(), Reject> {
+    let mark = out.len();
     if !json::write_minified(out, b, valid) {
         return Err(bad(c, b, "valid JSON"));
+    }
+    // Integers of more than 15 digits inside it go as strings, as top-level ones do
+    // (rare: only a value holding a run of 16 digits is written a second time).
+    if json::has_long_digit_run(&out[mark..]) {
+        let minified = out.split_off(mark);
+        json::write_json_exact(out, &minified, true);
     }
     Ok(())
 }
@@ -1124,7 +1471,7 @@ context = { "device.token" = "a", "device.type" = "d" }
     /// reject's code and detail.
     fn written(nodes: &[OutNode], row: &TestRow) -> Result<Vec<u8>, String> {
         let mut out = b"prefix".to_vec();
-        write_object(&mut out, row, nodes, &opts())
+        write_object(&mut out, row, nodes, &opts(), &mut RowFixes::default())
             .map_err(|r| format!("{}: {}", r.code, r.detail))?;
         assert!(out.starts_with(b"prefix"));
         Ok(out.split_off(6))
@@ -1207,7 +1554,14 @@ context = { "device.token" = "a", "device.type" = "d" }
         let m = compile(&spec, &schema, "test").expect("test mapping compiles");
         let row = TestRow(vec![None, None, None, None, None, None]);
         let mut out = Vec::new();
-        write_object(&mut out, &row, &m.calls[0].payload, &opts()).expect("writes");
+        write_object(
+            &mut out,
+            &row,
+            &m.calls[0].payload,
+            &opts(),
+            &mut RowFixes::default(),
+        )
+        .expect("writes");
         // Missing values are dropped whatever their empty policy, so `o` (three deep)
         // and `v` come out `{}` and go with their keys; the constant and template stay.
         assert_eq!(out, br#"{"k":1,"t":{"u":"-"}}"#);
@@ -1220,10 +1574,16 @@ context = { "device.token" = "a", "device.type" = "d" }
             None,
         ]);
         let mut out = Vec::new();
-        let r = write_object(&mut out, &row, &m.calls[0].payload, &opts());
+        let r = write_object(
+            &mut out,
+            &row,
+            &m.calls[0].payload,
+            &opts(),
+            &mut RowFixes::default(),
+        );
         assert_eq!(
             r.map_err(|r| r.detail).unwrap_err(),
-            "column d: \"x\" is not an integer"
+            "column d: \"x\" is not an integer (for currency or percent text, add clean = \"currency\" or \"percent\" to the column)"
         );
         let row = TestRow(vec![
             Some("q".into()),
@@ -1234,7 +1594,14 @@ context = { "device.token" = "a", "device.type" = "d" }
             None,
         ]);
         let mut out = Vec::new();
-        write_object(&mut out, &row, &m.calls[0].payload, &opts()).expect("writes");
+        write_object(
+            &mut out,
+            &row,
+            &m.calls[0].payload,
+            &opts(),
+            &mut RowFixes::default(),
+        )
+        .expect("writes");
         assert_eq!(
             out,
             br#"{"a":"q","k":1,"o":{"b":null,"p":{"q":"q"}},"t":{"u":"q-"},"v":{"w":{"x":"q"}}}"#

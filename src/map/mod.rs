@@ -4,12 +4,16 @@
 //! ([`encode`]), with the spec's checks of semantic events ([`semantic`]) and the sentAt
 //! placeholder ([`sent_at`]).
 
+pub mod clean;
 pub mod compile;
+pub mod coverage;
 pub mod encode;
+pub mod fixes;
 pub mod message_id;
 pub mod semantic;
 pub mod sent_at;
 pub mod spec;
+pub mod suggest;
 
 use std::path::Path;
 
@@ -33,7 +37,7 @@ pub fn load(path: &Path) -> Result<spec::MappingSpec, MappingError> {
         source,
     })?;
     let mut spec = spec::parse(&text).map_err(|e| {
-        let mut message = e.to_string().trim_end().to_string();
+        let mut message = suggest::annotate_serde_message(e.to_string().trim_end());
         // `[call]` (one pair of brackets) makes one table where a list of them belongs.
         if message.contains("expected a sequence")
             && text.lines().any(|l| {

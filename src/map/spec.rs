@@ -95,6 +95,13 @@ pub struct Defaults {
     /// Time zone of timestamps written without an offset (naive date-times, dates,
     /// strftime formats without `%z`). Without it such values are rejected.
     pub timezone: Option<TimeZoneName>,
+    /// Cleaning of every `int` and `float` column that names none of its own.
+    pub clean: Option<Clean>,
+    /// The decimal separator of cleaned numbers (`"."` or `","`).
+    pub decimal: Option<DecimalSep>,
+    /// What a trait, property or context value that does not parse becomes. Ids and the
+    /// call's own timestamp always reject the row.
+    pub on_error: Option<OnError>,
 }
 
 fn default_future_hours() -> u64 {
@@ -108,6 +115,9 @@ impl Default for Defaults {
             empty: EmptyPolicy::default(),
             max_future_hours: default_future_hours(),
             timezone: None,
+            clean: None,
+            decimal: None,
+            on_error: None,
         }
     }
 }
@@ -143,6 +153,72 @@ pub enum EmptyPolicy {
     Empty,
 }
 
+/// How a number's text is cleaned before it is parsed, when it is not already a plain
+/// number (the common case costs nothing). Surrounding spaces are always trimmed from
+/// typed values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Clean {
+    /// Only surrounding spaces.
+    #[default]
+    None,
+    /// Currency symbols and codes (`$`, `€`, `USD`), thousands separators, and a
+    /// negative amount in parentheses: `$1,234.50`, `USD 1,234.56`, `(12.50)`,
+    /// `1.234,56 €` (with `decimal = ","`).
+    Currency,
+    /// A trailing percent sign, and thousands separators: `"15%"` is 15 (not 0.15).
+    Percent,
+}
+
+/// The decimal separator of numbers that are cleaned: `"."` (the default; `,` then
+/// separates thousands) or `","` (`.` then separates thousands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DecimalSep(pub u8);
+
+impl DecimalSep {
+    pub const DOT: DecimalSep = DecimalSep(b'.');
+}
+
+impl<'de> Deserialize<'de> for DecimalSep {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "." => Ok(DecimalSep(b'.')),
+            "," => Ok(DecimalSep(b',')),
+            _ => Err(de::Error::custom(format!(
+                "decimal = \"{s}\" is not a decimal separator; use \".\" (1,234.56) or \",\" (1.234,56)"
+            ))),
+        }
+    }
+}
+
+/// What a trait, property or context value that does not parse as its type becomes.
+/// Every value dropped or kept as text is counted per column in the run's summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// The whole row is rejected (the default).
+    #[default]
+    Reject,
+    /// The value is left out of the call.
+    Omit,
+    /// The value is sent as `null`.
+    Null,
+    /// The value is sent as its original text, a string.
+    Keep,
+}
+
+impl OnError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnError::Reject => "reject",
+            OnError::Omit => "omit",
+            OnError::Null => "null",
+            OnError::Keep => "keep",
+        }
+    }
+}
+
 /// `column = "int"` or `column = { type = "int", empty = "null" }`.
 #[derive(Debug, Clone)]
 pub enum ColumnSpec {
@@ -160,6 +236,11 @@ pub struct ColumnDetail {
     pub format: Option<TsFormatName>,
     /// Time zone of this column's offset-less timestamps.
     pub timezone: Option<TimeZoneName>,
+    /// How numbers are cleaned ([`Clean`]); alone, it makes the column a `float`.
+    pub clean: Option<Clean>,
+    pub decimal: Option<DecimalSep>,
+    /// What a value that does not parse becomes ([`OnError`]).
+    pub on_error: Option<OnError>,
 }
 
 impl ColumnSpec {
@@ -185,6 +266,24 @@ impl ColumnSpec {
         match self {
             ColumnSpec::Type(_) => None,
             ColumnSpec::Full(d) => d.timezone.as_ref(),
+        }
+    }
+    pub fn clean(&self) -> Option<Clean> {
+        match self {
+            ColumnSpec::Type(_) => None,
+            ColumnSpec::Full(d) => d.clean,
+        }
+    }
+    pub fn decimal(&self) -> Option<DecimalSep> {
+        match self {
+            ColumnSpec::Type(_) => None,
+            ColumnSpec::Full(d) => d.decimal,
+        }
+    }
+    pub fn on_error(&self) -> Option<OnError> {
+        match self {
+            ColumnSpec::Type(_) => None,
+            ColumnSpec::Full(d) => d.on_error,
         }
     }
 }
@@ -220,8 +319,11 @@ impl CallKind {
             CallKind::Alias => "alias",
         }
     }
+    /// A call type by name, in any case (`track`, `Track`, `TRACK`).
     pub fn parse(s: &str) -> Option<CallKind> {
-        CallKind::ALL.into_iter().find(|k| k.as_str() == s)
+        CallKind::ALL
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s))
     }
     /// The key under which a call's free-form fields go.
     pub fn payload_key(self) -> &'static str {
@@ -255,24 +357,60 @@ pub struct FieldDetail {
     pub format: Option<TsFormatName>,
     /// Time zone of offset-less timestamps.
     pub timezone: Option<TimeZoneName>,
+    pub clean: Option<Clean>,
+    pub decimal: Option<DecimalSep>,
+    pub on_error: Option<OnError>,
 }
 
-/// `"rest"` (every column the call does not use otherwise), a list of columns (each sent
-/// under its own name), or a table of output path → field.
+/// A call's traits or properties:
+/// - `"rest"`: every column the call does not use otherwise;
+/// - `"column"`: an object column (an NDJSON object, a Parquet struct or map, a JSON
+///   text column), whose members become the traits or properties;
+/// - `["a", "b"]`: columns, each under its own name (a dotted name makes a path);
+/// - `{ out = field, ... }`: a table of output path → field;
+/// - `{ from = "rest" | "column", exclude = [..], keep = [..], fields = { .. } }`: the
+///   members of `from`, less `exclude`, merged with `fields` (an explicit field wins over
+///   a member of the same name); `keep` names columns the call uses otherwise (its
+///   timestamp column, say) that `"rest"` sends too.
 #[derive(Debug, Clone)]
 pub enum PayloadSpec {
     /// `"rest"`, the only keyword.
     Rest,
+    /// An object column, spread.
+    Object(String),
     Columns(Vec<String>),
     Fields(BTreeMap<String, FieldSpec>),
+    Merged(Merged),
+}
+
+/// `{ from = ..., exclude = [...], keep = [...], fields = {...} }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Merged {
+    /// `"rest"` or an object column.
+    pub from: String,
+    /// Columns (for `"rest"`) or keys (for an object column) left out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Columns the call uses otherwise that `"rest"` still sends (e.g. the timestamp's).
+    #[serde(default)]
+    pub keep: Vec<String>,
+    /// Explicit fields, by output path; they win over members of the same name.
+    #[serde(default)]
+    pub fields: BTreeMap<String, FieldSpec>,
 }
 
 /// The call type: a constant (`type = "track"`) or read from a column per row
-/// (`type = { column = "kind" }`).
+/// (`type = { column = "kind" }`), optionally for some types only
+/// (`type = { column = "kind", only = ["track", "page"] }`: rows of other types make no
+/// call from this table).
 #[derive(Debug, Clone)]
 pub enum KindSpec {
     Const(CallKind),
-    Column { column: String },
+    Column {
+        column: String,
+        only: Option<Vec<CallKind>>,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -362,13 +500,13 @@ impl<'de> Deserialize<'de> for PayloadSpec {
         impl<'de> Visitor<'de> for V {
             type Value = PayloadSpec;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("\"rest\", a list of column names, or a table of output path = field")
+                f.write_str("\"rest\", an object column, a list of column names, a table of output path = field, or { from = ..., fields = {...} }")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<PayloadSpec, E> {
-                if v == "rest" {
-                    Ok(PayloadSpec::Rest)
-                } else {
-                    Err(E::custom(format!("\"{v}\" is not valid here; use \"rest\" (every column not used otherwise), a list of columns [\"a\", \"b\"], or a table {{ out = \"column\" }}")))
+                match v {
+                    "rest" => Ok(PayloadSpec::Rest),
+                    "" => Err(E::custom("an empty column name; use \"rest\" (every column not used otherwise), an object column, a list of columns [\"a\", \"b\"], or a table { out = \"column\" }")),
+                    _ => Ok(PayloadSpec::Object(v.to_string())),
                 }
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PayloadSpec, A::Error> {
@@ -379,9 +517,19 @@ impl<'de> Deserialize<'de> for PayloadSpec {
                 Ok(PayloadSpec::Columns(cols))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PayloadSpec, A::Error> {
-                let m = BTreeMap::<String, FieldSpec>::deserialize(
-                    de::value::MapAccessDeserializer::new(map),
-                )?;
+                // A table with `from` is the merged form; any other is output path → field.
+                let t = toml::Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                if t.contains_key("from") {
+                    let m = Merged::deserialize(toml::Value::Table(t)).map_err(|e| {
+                        de::Error::custom(format!(
+                            "{} (a table with `from` takes from, exclude, keep and fields; an output named \"from\" goes under fields)",
+                            e.message().trim_end()
+                        ))
+                    })?;
+                    return Ok(PayloadSpec::Merged(m));
+                }
+                let m = BTreeMap::<String, FieldSpec>::deserialize(toml::Value::Table(t))
+                    .map_err(|e| de::Error::custom(e.message().trim_end()))?;
                 Ok(PayloadSpec::Fields(m))
             }
         }
@@ -395,21 +543,48 @@ impl<'de> Deserialize<'de> for KindSpec {
         #[serde(deny_unknown_fields)]
         struct Col {
             column: String,
+            only: Option<Vec<OnlyKind>>,
+        }
+        /// A call type named in `only`, in any case, with the nearest name suggested.
+        struct OnlyKind(CallKind);
+        impl<'de> Deserialize<'de> for OnlyKind {
+            fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let v = String::deserialize(d)?;
+                CallKind::parse(&v).map(OnlyKind).ok_or_else(|| {
+                    let names = CallKind::ALL.map(CallKind::as_str);
+                    de::Error::custom(format!(
+                        "\"{v}\" in `only` is not a call type{}; use identify, track, page, screen, group or alias",
+                        super::suggest::did_you_mean(&v, names)
+                    ))
+                })
+            }
         }
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = KindSpec;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a call type (identify, track, page, screen, group, alias) or { column = \"kind\" }")
+                f.write_str("a call type (identify, track, page, screen, group, alias) or { column = \"kind\" } (optionally with only = [\"track\", ...])")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<KindSpec, E> {
                 CallKind::parse(v).map(KindSpec::Const).ok_or_else(|| {
-                    E::custom(format!("\"{v}\" is not a call type; use identify, track, page, screen, group or alias, or {{ column = \"kind\" }} to read it from a column"))
+                    let names = CallKind::ALL.map(CallKind::as_str);
+                    E::custom(format!("\"{v}\" is not a call type{}; use identify, track, page, screen, group or alias, or {{ column = \"kind\" }} to read it from a column", super::suggest::did_you_mean(v, names)))
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<KindSpec, A::Error> {
                 let c = Col::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(KindSpec::Column { column: c.column })
+                let only = c
+                    .only
+                    .map(|v| v.into_iter().map(|k| k.0).collect::<Vec<_>>());
+                if only.as_ref().is_some_and(Vec::is_empty) {
+                    return Err(de::Error::custom(
+                        "`only` is empty: name the call types this table makes, e.g. only = [\"track\"]",
+                    ));
+                }
+                Ok(KindSpec::Column {
+                    column: c.column,
+                    only,
+                })
             }
         }
         d.deserialize_any(V)
@@ -481,8 +656,12 @@ impl<'de> Deserialize<'de> for TsFormatName {
             }
             return Ok(TsFormatName(s));
         }
+        let named = [
+            "rfc3339", "iso8601", "date", "unix", "unix_s", "unix_ms", "unix_us", "unix_ns",
+        ];
         Err(de::Error::custom(format!(
-            "unknown timestamp format \"{s}\"; valid formats are {TS_FORMATS}"
+            "unknown timestamp format \"{s}\"{}; valid formats are {TS_FORMATS}",
+            super::suggest::did_you_mean(&s, named)
         )))
     }
 }

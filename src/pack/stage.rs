@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::{resume_points, Body, KeyedPacker, Packed, Spares, TooLarge};
 use crate::config::Limits;
 use crate::map::encode::{write_call_reject, EmitKind, Mapped, Reject};
+use crate::map::fixes::ValueFixes;
 use crate::map::spec::CallKind;
 use crate::source::Position;
 
@@ -98,6 +99,151 @@ pub struct PackTotals {
     pub calls_already_delivered: u64,
     /// A chunk that could not be read: packing stopped before it.
     pub failed: Option<String>,
+    /// Values cleaned, dropped or kept as text, per column, with examples.
+    pub fixes: BTreeMap<String, ValueFixes>,
+    /// Per input index: which of its registered columns had a value in some row read
+    /// (by [`crate::source::ColumnRef::Path`] index). CSV inputs have none.
+    pub present: BTreeMap<u32, Vec<bool>>,
+    /// Packing stopped because the input looked wrong ([`StopRules`]).
+    pub stopped: Option<Stopped>,
+}
+
+/// When the packing stage stops a run early: the input is clearly not what the mapping
+/// or `--format` expects, or too much of it is rejected.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StopRules {
+    /// If this many first rows (or all rows of a smaller input) are all rejected for
+    /// the same reason, stop (0: never).
+    pub same_reason_rows: u64,
+    /// `--max-reject-rate`: stop once more than this share of the rows read (at least
+    /// `same_reason_rows` of them, or at the end) is rejected.
+    pub max_reject_rate: Option<f64>,
+}
+
+impl Default for StopRules {
+    fn default() -> Self {
+        StopRules {
+            same_reason_rows: EARLY_STOP_ROWS,
+            max_reject_rate: None,
+        }
+    }
+}
+
+/// Rows looked at before a run is stopped for rejecting them all for one reason.
+pub const EARLY_STOP_ROWS: u64 = 1000;
+/// The fewest rows of a whole (smaller) input that, all rejected for one reason, stop
+/// the run as wrong.
+pub const EARLY_STOP_MIN_ROWS: u64 = 10;
+
+/// Why the packing stage stopped early.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stopped {
+    /// Every one of the first `rows` rows was rejected with `reason`.
+    SameReason { rows: u64, reason: &'static str },
+    /// `rejected` of `rows` rows were rejected, more than `limit` allows.
+    RejectRate {
+        rows: u64,
+        rejected: u64,
+        limit: f64,
+    },
+}
+
+impl Stopped {
+    /// The reasons that say the input is not in the format read.
+    fn format_reason(reason: &str) -> bool {
+        matches!(
+            reason,
+            "bad_json" | "field_count" | "invalid_utf8" | "record_too_large" | "unclosed_quote"
+        )
+    }
+
+    /// What happened and what to do, for the user.
+    pub fn message(&self) -> String {
+        match self {
+            Stopped::SameReason { rows, reason } => {
+                let what = if Self::format_reason(reason) {
+                    "the input is probably not in the format it is read as: check --format (and --delimiter for CSV)"
+                } else {
+                    "the mapping probably does not fit the input: check the column names, ids and types in the mapping (cdp-backfill validate shows the first rejects)"
+                };
+                format!(
+                    "stopped early: all of the first {rows} rows were rejected as {reason}, so {what}. The rejects file has their lines; nothing more was read"
+                )
+            }
+            Stopped::RejectRate {
+                rows,
+                rejected,
+                limit,
+            } => format!(
+                "stopped: {rejected} of {rows} rows read were rejected ({:.1}%), more than --max-reject-rate {:.1}% allows; see the rejects file",
+                *rejected as f64 * 100.0 / (*rows).max(1) as f64,
+                limit * 100.0
+            ),
+        }
+    }
+}
+
+impl PackTotals {
+    /// Adds one mapped chunk's value fixes and present columns (after its rows).
+    fn add_chunk(&mut self, m: &Mapped) {
+        if let Some(names) = &m.fix_columns {
+            let source = m.input.as_deref().map_or("", |i| i.display.as_str());
+            for (slot, f) in m.fixes.iter().enumerate() {
+                if f.is_empty() {
+                    continue;
+                }
+                let Some(name) = names.get(slot) else {
+                    continue;
+                };
+                match self.fixes.get_mut(name) {
+                    Some(v) => v.add(f, source),
+                    None => {
+                        let mut v = ValueFixes::default();
+                        v.add(f, source);
+                        self.fixes.insert(name.clone(), v);
+                    }
+                }
+            }
+        }
+        if let Some(p) = &m.present {
+            let v = self.present.entry(m.end.input).or_default();
+            if v.len() < p.len() {
+                v.resize(p.len(), false);
+            }
+            for (a, b) in v.iter_mut().zip(p) {
+                *a |= *b;
+            }
+        }
+    }
+
+    /// Whether the rows counted so far call for a stop (`at_end`: the input is done).
+    fn should_stop(&self, rules: &StopRules, at_end: bool) -> Option<Stopped> {
+        // A smaller input counts from EARLY_STOP_MIN_ROWS rows: one or two bad rows are
+        // a data problem (a huge record, a missing id), not a wrong format or mapping.
+        let enough = self.rows >= rules.same_reason_rows
+            || (at_end && self.rows >= EARLY_STOP_MIN_ROWS.min(rules.same_reason_rows));
+        if rules.same_reason_rows > 0
+            && enough
+            && self.calls == 0
+            && self.rows_rejected == self.rows
+            && self.rejected_by_reason.len() == 1
+        {
+            let reason = self.rejected_by_reason.keys().next().copied().unwrap_or("");
+            return Some(Stopped::SameReason {
+                rows: self.rows,
+                reason,
+            });
+        }
+        let limit = rules.max_reject_rate?;
+        let enough = self.rows >= rules.same_reason_rows.max(1) || (at_end && self.rows > 0);
+        (enough && self.rows_rejected as f64 > limit * self.rows as f64).then_some(
+            Stopped::RejectRate {
+                rows: self.rows,
+                rejected: self.rows_rejected,
+                limit,
+            },
+        )
+    }
 }
 
 /// Reject lines waiting for a request to carry them are flushed as a marker beyond this.
@@ -175,7 +321,7 @@ impl PendingRejects {
 /// calls there). Resume positions follow the checkpoint rule of the module doc. Alias
 /// calls listed in `delivered` (an earlier run delivered them past its checkpoint) are
 /// neither sent nor counted again.
-#[allow(clippy::too_many_arguments)] // the stage's channels, limits and resume state
+#[allow(clippy::too_many_arguments)] // the stage's channels, limits, resume state, stop rules and tap
 pub fn pack(
     start: Position,
     mapped: Receiver<Mapped>,
@@ -184,6 +330,7 @@ pub fn pack(
     limits: Limits,
     spares: Spares,
     delivered: &HashSet<AliasAt>,
+    rules: StopRules,
     tap: &mut dyn FnMut(&Mapped),
 ) -> PackTotals {
     let mut packer: KeyedPacker<CallTag> =
@@ -384,9 +531,19 @@ pub fn pack(
             }
             totals.rows += m.rows as u64;
             totals.rows_skipped += m.skipped as u64;
+            totals.add_chunk(&m);
             end = m.end;
             let _ = free_mapped.send(m);
+            // Checked between chunks: the rows of this one are all packed, so the
+            // reject lines so far go out with the last marker below.
+            totals.stopped = totals.should_stop(&rules, false);
+            if totals.stopped.is_some() {
+                break 'chunks;
+            }
         }
+    }
+    if totals.stopped.is_none() && totals.failed.is_none() {
+        totals.stopped = totals.should_stop(&rules, true);
     }
     while let Some(p) = packer.finish_one() {
         closed.push(p);

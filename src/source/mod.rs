@@ -320,6 +320,21 @@ pub trait Schema {
     fn spreads(&self, _name: &str) -> bool {
         false
     }
+    /// True when rows may hold keys the schema does not list (NDJSON: keys first seen
+    /// after the sample), so a name missing from [`Schema::column_names`] is no typo.
+    fn spreads_unknown(&self) -> bool {
+        false
+    }
+    /// Every name and nested path the input is known to hold, for "did you mean"
+    /// suggestions: the columns, and for nested data the paths inside them.
+    fn known_paths(&self) -> Vec<String> {
+        self.column_names()
+    }
+    /// Keys and nested paths seen in the rows sampled at open (NDJSON), as dotted
+    /// paths; empty where the schema is fixed. What a mapping might have missed.
+    fn sampled_paths(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A schema of column names only, for tests: a name resolves to its first position, as
@@ -440,6 +455,16 @@ impl Chunk {
         }
     }
 
+    /// Per column registered on the input ([`ColumnRef::Path`] index): whether any row
+    /// of the chunk had a value there (a null counts: the key was present). `None` for
+    /// CSV, whose columns are in every row.
+    pub fn present(&self) -> Option<&[bool]> {
+        match self {
+            Chunk::Csv(_) => None,
+            Chunk::Ndjson(c) => Some(&c.present),
+            Chunk::Parquet(c) => Some(c.present()),
+        }
+    }
     /// Position just past the chunk's last row.
     pub fn end(&self) -> Position {
         match self {

@@ -42,6 +42,9 @@ pub const LATER_KEYS: &str = "(keys first seen after the sampled rows)";
 #[derive(Debug)]
 pub struct NdjsonSchema {
     keys: Vec<String>,
+    /// Every key path of the sample, nested ones dotted (`user.id`), in first-seen
+    /// order, and whether it held a value other than an object there.
+    paths: Vec<(String, bool)>,
     input: Arc<InputInfo>,
 }
 
@@ -58,7 +61,24 @@ impl Schema for NdjsonSchema {
     fn spreads(&self, name: &str) -> bool {
         name == LATER_KEYS
     }
+    fn spreads_unknown(&self) -> bool {
+        true
+    }
+    fn known_paths(&self) -> Vec<String> {
+        self.paths.iter().map(|(p, _)| p.clone()).collect()
+    }
+    fn sampled_paths(&self) -> Vec<String> {
+        self.paths
+            .iter()
+            .filter(|(_, leaf)| *leaf)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
 }
+
+/// How deep [`sample_keys`] records nested paths, and how many at most.
+const SAMPLE_PATH_DEPTH: usize = 4;
+const SAMPLE_PATHS: usize = 2000;
 
 /// A compiled mapping name.
 #[derive(Debug, Clone)]
@@ -130,6 +150,8 @@ pub struct NdjsonChunk {
     raw_ends: Vec<usize>,
     /// Per row: the reject reason code and detail of a line that is not a record.
     problems: Vec<Option<(&'static str, String)>>,
+    /// Per path: whether any row of the chunk had it (see [`super::Chunk::present`]).
+    pub present: Vec<bool>,
 }
 
 impl NdjsonChunk {
@@ -147,6 +169,7 @@ impl NdjsonChunk {
             raw: Vec::new(),
             raw_ends: Vec::new(),
             problems: Vec::new(),
+            present: Vec::new(),
         }
     }
 
@@ -270,9 +293,10 @@ impl NdjsonSource {
             }
             rows += 1;
         }
-        let keys = sample_keys(&sample);
+        let (keys, paths) = sample_keys(&sample);
         let schema = Arc::new(NdjsonSchema {
             keys,
+            paths,
             input: input.clone(),
         });
         let stream: Stream = Box::new(Cursor::new(sample).chain(stream));
@@ -401,6 +425,8 @@ impl NdjsonSource {
         chunk.input = self.input.clone();
         chunk.first_row = self.next_row;
         chunk.width = self.paths.len();
+        chunk.present.clear();
+        chunk.present.resize(chunk.width, false);
         while chunk.len < max_rows {
             let start = self.offset;
             let r = self.read_line()?;
@@ -444,6 +470,7 @@ impl NdjsonSource {
                     &self.known,
                     &mut chunk.cells,
                     &mut chunk.arena,
+                    &mut chunk.present,
                 )
                 .err()
                 .map(|(code, detail)| match code {
@@ -490,10 +517,14 @@ fn read_error(input: &InputInfo, offset: u64, e: &std::io::Error) -> SourceError
     }
 }
 
-/// Top-level keys of the sample's objects, in first-seen order.
-fn sample_keys(sample: &[u8]) -> Vec<String> {
+/// Top-level keys of the sample's objects, in first-seen order, and every key path
+/// (nested ones dotted, at most [`SAMPLE_PATH_DEPTH`] deep) with whether it held a
+/// value other than an object (a leaf).
+fn sample_keys(sample: &[u8]) -> (Vec<String>, Vec<(String, bool)>) {
     let mut keys: Vec<String> = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    let mut paths: Vec<(String, bool)> = Vec::new();
+    let mut path_at: std::collections::HashMap<String, usize> = Default::default();
     let mut buffers = simd_json::Buffers::default();
     let mut scratch = Vec::new();
     for line in sample.split(|&b| b == b'\n') {
@@ -518,8 +549,48 @@ fn sample_keys(sample: &[u8]) -> Vec<String> {
             }
             i += 1 + span(&nodes[i + 1]);
         }
+        if paths.len() < SAMPLE_PATHS {
+            object_paths(nodes, 0, "", 1, &mut paths, &mut path_at);
+        }
     }
-    keys
+    (keys, paths)
+}
+
+/// Records the key paths of the object at `at` (see [`sample_keys`]).
+fn object_paths(
+    nodes: &[Node<'_>],
+    at: usize,
+    prefix: &str,
+    depth: usize,
+    paths: &mut Vec<(String, bool)>,
+    path_at: &mut std::collections::HashMap<String, usize>,
+) {
+    let Node::Object { len, .. } = nodes[at] else {
+        return;
+    };
+    let mut i = at + 1;
+    for _ in 0..len {
+        if let Node::String(k) = nodes[i] {
+            let p = if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            let is_object = matches!(nodes[i + 1], Node::Object { .. });
+            match path_at.get(&p) {
+                Some(&n) => paths[n].1 |= !is_object,
+                None if paths.len() < SAMPLE_PATHS => {
+                    path_at.insert(p.clone(), paths.len());
+                    paths.push((p.clone(), !is_object));
+                }
+                None => {}
+            }
+            if is_object && depth < SAMPLE_PATH_DEPTH {
+                object_paths(nodes, i + 1, &p, depth + 1, paths, path_at);
+            }
+        }
+        i += 1 + span(&nodes[i + 1]);
+    }
 }
 
 /// Number of tape nodes a value takes, itself included.
@@ -613,6 +684,7 @@ fn cr_line_ends(line: &[u8]) -> Option<String> {
 
 /// Parses one line (in `scratch`, which parsing overwrites) and appends one cell per
 /// path to `cells`. `Err` is the row's problem.
+#[allow(clippy::too_many_arguments)] // the line, the parser's reusable state, what to take and where to put it
 fn extract(
     scratch: &mut [u8],
     buffers: &mut simd_json::Buffers,
@@ -621,6 +693,7 @@ fn extract(
     known: &[String],
     cells: &mut Vec<Cell>,
     arena: &mut Vec<u8>,
+    present: &mut [bool],
 ) -> Result<(), (&'static str, String)> {
     let utf8_at = std::str::from_utf8(scratch).err().map(|e| e.valid_up_to());
     let mut tape = std::mem::replace(tape_slot, Tape(Vec::new())).reset();
@@ -641,7 +714,7 @@ fn extract(
                         .to_string(),
                 ))
             } else {
-                for p in paths {
+                for (k, p) in paths.iter().enumerate() {
                     let at = match p {
                         PathSpec::Later => {
                             cells.push(later_keys(nodes, known, arena));
@@ -654,7 +727,10 @@ fn extract(
                     };
                     cells.push(match at {
                         None => Cell::Missing,
-                        Some(at) => cell(nodes, at, arena),
+                        Some(at) => {
+                            present[k] = true;
+                            cell(nodes, at, arena)
+                        }
                     });
                 }
                 Ok(())

@@ -22,6 +22,15 @@
 //! Intervals, unions and run-end-encoded columns are refused with an error naming the
 //! column, when such a column is mapped.
 //!
+//! Nested values are reached by a dotted path (`address.city`; a top-level name that
+//! itself holds the dots wins) or a JSON pointer (`/address/city`, `/tags/0`) through
+//! struct fields, map keys and list indices. The path is checked against the schema when
+//! the mapping is compiled (a struct field that does not exist is an error; a map key
+//! can only be looked for per row), and each batch resolves it once into a row → value
+//! index over the leaf array ([`NestedView`]), so a row reads it like any column. The
+//! whole root column is read (its struct's other fields too): the parquet crate's leaf
+//! projection would renumber the struct's fields.
+//!
 //! Row groups are read one at a time (one reader per group, sharing the file's
 //! metadata), so no batch spans two groups: a damaged group stops the input with an
 //! error naming it, after every row of the groups before it was handed on.
@@ -56,18 +65,131 @@ use crate::json;
 pub struct ParquetSchema {
     names: Vec<String>,
     index: HashMap<String, usize>,
+    fields: arrow_schema::Fields,
     input: Arc<InputInfo>,
+}
+
+/// One step of a nested path below a top-level column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// A struct field or a map key.
+    Key(String),
+    /// A list index.
+    Index(usize),
+}
+
+impl ParquetSchema {
+    /// The top-level column and the steps below it that `name` reaches, checked against
+    /// the schema; `None` for a name that is no path into it.
+    fn path(&self, name: &str) -> Option<(usize, Vec<Step>)> {
+        let segs: Vec<String> = match name.strip_prefix('/') {
+            Some(p) => p
+                .split('/')
+                .map(|s| s.replace("~1", "/").replace("~0", "~"))
+                .collect(),
+            None => name.split('.').map(str::to_string).collect(),
+        };
+        // A pointer's first segment is the column; a dotted name's longest prefix that
+        // names a column is (a column called "a.b" wins over the path a → b).
+        let (root, rest) = if name.starts_with('/') {
+            (*self.index.get(segs.first()?)?, &segs[1..])
+        } else {
+            (1..segs.len()).rev().find_map(|k| {
+                self.index
+                    .get(&segs[..k].join("."))
+                    .map(|&i| (i, &segs[k..]))
+            })?
+        };
+        if rest.is_empty() {
+            return None;
+        }
+        let mut dt = self.fields.get(root)?.data_type().clone();
+        let mut steps = Vec::with_capacity(rest.len());
+        for seg in rest {
+            let (step, next) = match &dt {
+                DataType::Struct(fields) => {
+                    let f = fields.iter().find(|f| f.name() == seg)?;
+                    (Step::Key(seg.clone()), f.data_type().clone())
+                }
+                DataType::Map(entries, _) => match entries.data_type() {
+                    DataType::Struct(kv) if kv.len() == 2 => {
+                        (Step::Key(seg.clone()), kv[1].data_type().clone())
+                    }
+                    _ => return None,
+                },
+                DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+                    (Step::Index(seg.parse().ok()?), f.data_type().clone())
+                }
+                _ => return None,
+            };
+            steps.push(step);
+            dt = next;
+        }
+        Some((root, steps))
+    }
+
+    /// The top-level column a resolved name reads.
+    fn root_of(&self, name: &str) -> Option<usize> {
+        self.index
+            .get(name)
+            .copied()
+            .or_else(|| self.path(name).map(|(r, _)| r))
+    }
 }
 
 impl Schema for ParquetSchema {
     fn resolve(&self, name: &str) -> Option<ColumnRef> {
-        let i = *self.index.get(name)?;
-        self.input.columns.id(name);
-        Some(ColumnRef::Index(i))
+        if let Some(&i) = self.index.get(name) {
+            self.input.columns.id(name);
+            return Some(ColumnRef::Index(i));
+        }
+        self.path(name)?;
+        Some(ColumnRef::Path(self.input.columns.id(name)))
     }
     fn column_names(&self) -> Vec<String> {
         self.names.clone()
     }
+    /// The columns and the paths of their struct fields (map keys are per row).
+    fn known_paths(&self) -> Vec<String> {
+        fn walk(prefix: &str, dt: &DataType, out: &mut Vec<String>, depth: usize) {
+            if let DataType::Struct(fields) = dt {
+                for f in fields {
+                    let p = format!("{prefix}.{}", f.name());
+                    out.push(p.clone());
+                    if depth < 4 {
+                        walk(&p, f.data_type(), out, depth + 1);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for f in self.fields.iter() {
+            out.push(f.name().clone());
+            walk(f.name(), f.data_type(), &mut out, 1);
+        }
+        out
+    }
+}
+
+/// The range of a list row's items in the list's values array.
+type ItemRange = Box<dyn Fn(usize) -> (usize, usize)>;
+
+/// Where a nested path's value is in a batch, per row.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// A map without the key, a list too short.
+    Missing,
+    /// A null struct, map or list on the way, or a null value.
+    Null,
+    /// The value's index in the leaf array.
+    At(usize),
+}
+
+/// A nested path resolved over one batch: the leaf array (all values at that depth,
+/// flattened) and, per row, where the row's value is in it.
+struct NestedView {
+    leaf: ColView,
+    rows: Vec<Slot>,
 }
 
 /// How a column's values are read.
@@ -130,9 +252,18 @@ pub struct ParquetChunk {
     names: Vec<String>,
     cols: Vec<ColView>,
     arena: Vec<u8>,
+    /// Nested paths by registry index (`None` for top-level names).
+    nested: Vec<Option<NestedView>>,
+    /// Per registry index: whether any row had a value there.
+    present: Vec<bool>,
 }
 
 impl ParquetChunk {
+    /// See [`super::Chunk::present`].
+    pub fn present(&self) -> &[bool] {
+        &self.present
+    }
+
     pub fn row(&self, i: usize) -> ParquetRow<'_> {
         ParquetRow { chunk: self, i }
     }
@@ -264,6 +395,7 @@ impl ParquetSource {
         for (i, n) in names.iter().enumerate() {
             index.entry(n.clone()).or_insert(i);
         }
+        let fields = meta.schema().fields().clone();
         let mut ends = Vec::with_capacity(meta.metadata().num_row_groups());
         let mut extents = Vec::with_capacity(meta.metadata().num_row_groups());
         let mut total = 0u64;
@@ -295,6 +427,7 @@ impl ParquetSource {
             schema: Arc::new(ParquetSchema {
                 names,
                 index,
+                fields,
                 input: input.clone(),
             }),
             input,
@@ -324,6 +457,8 @@ impl ParquetSource {
             names: Vec::new(),
             cols: Vec::new(),
             arena: Vec::new(),
+            nested: Vec::new(),
+            present: Vec::new(),
         }
     }
 
@@ -335,7 +470,7 @@ impl ParquetSource {
         let wanted = self.input.columns.snapshot();
         let mut roots: Vec<usize> = wanted
             .iter()
-            .filter_map(|n| self.schema.index.get(n).copied())
+            .filter_map(|n| self.schema.root_of(n))
             .collect();
         if wanted.is_empty() {
             roots = (0..self.schema.names.len()).collect();
@@ -472,9 +607,53 @@ impl ParquetSource {
             })?;
             chunk.cols.push(v);
         }
+        self.resolve_nested(chunk, &batch)?;
         chunk.len = batch.num_rows();
         self.next_row += chunk.len as u64;
         chunk.end = self.position();
+        Ok(())
+    }
+
+    /// Resolves every registered nested path over `batch` into the chunk, and notes
+    /// which registered names had a value.
+    fn resolve_nested(
+        &self,
+        chunk: &mut ParquetChunk,
+        batch: &RecordBatch,
+    ) -> Result<(), SourceError> {
+        let names = self.input.columns.snapshot();
+        chunk.nested.clear();
+        chunk.present.clear();
+        for name in &names {
+            if self.schema.index.contains_key(name) {
+                chunk.nested.push(None);
+                chunk.present.push(true);
+                continue;
+            }
+            let view = match self.schema.path(name) {
+                Some((root, steps)) => {
+                    let bi = self.projection.get(root).copied().flatten();
+                    match bi.and_then(|bi| batch.columns().get(bi)) {
+                        Some(col) => Some(
+                            nested_view(col, &steps, batch.num_rows(), &mut chunk.arena)
+                                .map_err(|t| SourceError::Read {
+                                    path: self.input.display.clone(),
+                                    message: format!(
+                                        "{name} has the Arrow type {t}, which cannot be converted to JSON; leave it out of the mapping"
+                                    ),
+                                })?,
+                        ),
+                        None => None,
+                    }
+                }
+                None => None,
+            };
+            chunk.present.push(
+                view.as_ref()
+                    .is_some_and(|v| v.rows.iter().any(|s| !matches!(s, Slot::Missing))),
+            );
+            chunk.nested.push(view);
+        }
         Ok(())
     }
 
@@ -496,8 +675,18 @@ pub struct ParquetRow<'a> {
 impl Row for ParquetRow<'_> {
     #[inline]
     fn field(&self, col: &ColumnRef) -> Field<'_> {
-        let ColumnRef::Index(root) = *col else {
-            return Field::Missing;
+        let root = match *col {
+            ColumnRef::Index(root) => root,
+            ColumnRef::Path(k) => {
+                return match self.chunk.nested.get(k).and_then(Option::as_ref) {
+                    Some(v) => match v.rows.get(self.i) {
+                        Some(Slot::At(j)) => field(&v.leaf, *j, &self.chunk.arena),
+                        Some(Slot::Null) => Field::Null,
+                        Some(Slot::Missing) | None => Field::Missing,
+                    },
+                    None => Field::Missing,
+                }
+            }
         };
         match self.chunk.projection.get(root).copied().flatten() {
             Some(bi) => match self.chunk.cols.get(bi) {
@@ -702,6 +891,121 @@ fn view(array: ArrayRef, arena: &mut Vec<u8>) -> Result<ColView, String> {
         _ => {}
     }
     Ok(v)
+}
+
+/// Resolves `steps` below the top-level column `root` for each of the batch's `len`
+/// rows. `Err` is an unsupported leaf type.
+fn nested_view(
+    root: &ArrayRef,
+    steps: &[Step],
+    len: usize,
+    arena: &mut Vec<u8>,
+) -> Result<NestedView, String> {
+    let mut rows: Vec<Slot> = (0..len).map(Slot::At).collect();
+    let mut arr = root.clone();
+    for step in steps {
+        let next: ArrayRef = match (arr.data_type(), step) {
+            (DataType::Struct(_), Step::Key(k)) => {
+                let st = arr.as_struct();
+                for r in rows.iter_mut() {
+                    if let Slot::At(j) = *r {
+                        if st.is_null(j) {
+                            *r = Slot::Null;
+                        }
+                    }
+                }
+                st.column_by_name(k)
+                    .cloned()
+                    .ok_or_else(|| arr.data_type().to_string())?
+            }
+            (DataType::Map(..), Step::Key(k)) => {
+                let m = arr.as_map();
+                let o = m.value_offsets();
+                let keys = m.keys();
+                for r in rows.iter_mut() {
+                    if let Slot::At(j) = *r {
+                        *r = if m.is_null(j) {
+                            Slot::Null
+                        } else {
+                            (o[j] as usize..o[j + 1] as usize)
+                                .find(|&e| key_is(keys.as_ref(), e, k))
+                                .map_or(Slot::Missing, Slot::At)
+                        };
+                    }
+                }
+                m.values().clone()
+            }
+            (
+                DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..),
+                Step::Index(n),
+            ) => {
+                let (values, range): (ArrayRef, ItemRange) = match arr.data_type() {
+                    DataType::List(_) => {
+                        let l = arr.as_list::<i32>().clone();
+                        let v = l.values().clone();
+                        (
+                            v,
+                            Box::new(move |j| {
+                                let o = l.value_offsets();
+                                (o[j] as usize, o[j + 1] as usize)
+                            }),
+                        )
+                    }
+                    DataType::LargeList(_) => {
+                        let l = arr.as_list::<i64>().clone();
+                        let v = l.values().clone();
+                        (
+                            v,
+                            Box::new(move |j| {
+                                let o = l.value_offsets();
+                                (o[j] as usize, o[j + 1] as usize)
+                            }),
+                        )
+                    }
+                    _ => {
+                        let l = arr.as_fixed_size_list().clone();
+                        let v = l.values().clone();
+                        let n = l.value_length() as usize;
+                        (v, Box::new(move |j| (j * n, j * n + n)))
+                    }
+                };
+                for r in rows.iter_mut() {
+                    if let Slot::At(j) = *r {
+                        *r = if arr.is_null(j) {
+                            Slot::Null
+                        } else {
+                            let (a, b) = range(j);
+                            if a + n < b {
+                                Slot::At(a + n)
+                            } else {
+                                Slot::Missing
+                            }
+                        };
+                    }
+                }
+                values
+            }
+            _ => return Err(arr.data_type().to_string()),
+        };
+        arr = next;
+    }
+    let leaf = view(arr, arena)?;
+    Ok(NestedView { leaf, rows })
+}
+
+/// Whether map key `i` of `keys` is `k` (string keys as they are, others as their text).
+fn key_is(keys: &dyn Array, i: usize, k: &str) -> bool {
+    match keys.data_type() {
+        DataType::Utf8 => keys.as_string::<i32>().value(i) == k,
+        DataType::LargeUtf8 => keys.as_string::<i64>().value(i) == k,
+        DataType::Utf8View => keys.as_string_view().value(i) == k,
+        _ => {
+            let mut text = Vec::new();
+            write_json(keys, i, &mut text);
+            text == k.as_bytes()
+                || (text.len() >= 2 && text[0] == b'"' && &text[1..text.len() - 1] == k.as_bytes())
+        }
+    }
 }
 
 /// Decimal text (`Raw`), base64 or time-of-day text of a non-null value, unquoted.

@@ -30,7 +30,7 @@
 //! exits from `main`. `validate` runs the same reader, mappers and packer (`Front`) and
 //! counts the requests instead of sending them.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,10 +48,11 @@ use crate::config::{
 };
 use crate::error::RunError;
 use crate::map::compile::{compile, CompiledMapping};
+use crate::map::coverage::{coverage, Coverage};
 use crate::map::encode::{map_chunk, EncodeOptions, Mapped};
 use crate::map::message_id::{self, SeedScheme};
 use crate::map::spec::MappingSpec;
-use crate::pack::{stage, AliasAt, PackTotals, Packer, Request, Spares};
+use crate::pack::{stage, AliasAt, PackTotals, Packer, Request, Spares, StopRules, Stopped};
 use crate::progress::{Progress, Senders};
 use crate::send::transport::{DryRunTransport, HttpTransport, Transport};
 use crate::send::{self, Ack, Attempts, Delivery, Gate, RetryPolicy};
@@ -61,6 +62,13 @@ use crate::source::remote::ObjectRuntime;
 use crate::source::shard::Stop;
 use crate::source::{self, Chunk, InputInfo, Position, SourceError, SourceOptions};
 use crate::summary::{Outcome, Summary};
+
+mod front;
+mod prepare;
+
+pub(crate) use front::{Front, Plan, Span};
+pub(crate) use prepare::object_runtime;
+use prepare::*;
 
 /// The most requests queued for the gate, and for the senders past it: deep enough to
 /// ride out the packer's bursts, not as deep as `--concurrency` is wide, since each holds
@@ -280,10 +288,12 @@ pub fn run(
         return Err(RunError::Write(e));
     }
     let fatal = outcome.fatal.clone();
+    let stopped = totals.stopped.clone();
     // Complete only if everything was read and delivered.
     if let Some(d) = &durable {
         let complete = matches!(read_result, Ok(ReadEnd::AllRead))
             && fatal.is_none()
+            && stopped.is_none()
             && !outcome.interrupted
             && outcome.all_acknowledged;
         let rows = lock(&input_rows).clone();
@@ -307,6 +317,7 @@ pub fn run(
         summary.paused_by_429_secs = delivery.gate.paused_total().as_secs_f64();
         summary.concurrency_peak = delivery.flow.peak() as u64;
     }
+    summary.set_coverage(plan.coverage(&totals.present));
     if let (Some(d), Some(p)) = (&dry, &cfg.output) {
         d.flush().map_err(|source| WriteError {
             what: "--output",
@@ -325,6 +336,21 @@ pub fn run(
         return Err(RunError::Interrupted {
             summary,
             checkpoint,
+        });
+    }
+    if let Some(why) = stopped.filter(|_| fatal.is_none() && read_result.is_ok()) {
+        summary.outcome = Outcome::Failed;
+        // Nothing was delivered when every row so far was rejected: a checkpoint would
+        // only make the corrected run refuse (its mapping or --format changed), so none
+        // is left.
+        let same_reason = matches!(why, Stopped::SameReason { .. });
+        if let Some(d) = durable.as_ref().filter(|_| same_reason) {
+            let _ = std::fs::remove_file(&d.path);
+        }
+        return Err(RunError::Stopped {
+            summary: Box::new(summary),
+            cause: why.message(),
+            usage: same_reason,
         });
     }
     let cause = match (read_result, fatal) {
@@ -367,6 +393,24 @@ pub fn run(
     Err(RunError::Partial { summary, cause })
 }
 
+/// Rows of each input that `run --strict-mapping` reads before sending anything.
+pub const STRICT_MAPPING_ROWS: usize = 1000;
+
+/// The `--strict-mapping` refusal: every mapped name with no value in `rows` rows.
+pub fn strict_mapping_message(c: &Coverage, rows: usize) -> String {
+    let lines: Vec<String> = c
+        .lines()
+        .into_iter()
+        .take(c.never_matched.len())
+        .map(|l| format!("  {l}"))
+        .collect();
+    format!(
+        "--strict-mapping: {} mapped column(s) or path(s) had no value in the first {rows} rows of the inputs; nothing was sent. Fix the names in the mapping (or leave out --strict-mapping):\n{}",
+        c.never_matched.len(),
+        lines.join("\n")
+    )
+}
+
 /// Runs `jobs` at once, each on a thread of its own, and returns their results in
 /// order: a plan's steps that may overlap. One job runs on this thread.
 pub fn together<'a, T: Send>(jobs: Vec<Box<dyn FnOnce() -> T + Send + 'a>>) -> Vec<T> {
@@ -380,562 +424,6 @@ pub fn together<'a, T: Send>(jobs: Vec<Box<dyn FnOnce() -> T + Send + 'a>>) -> V
             .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     })
-}
-
-/// The backfill's part of the summary: where this run resumed, the rows it covered and
-/// the totals of every run (`now`).
-fn backfill_summary(
-    d: &Durable,
-    rows_before: u64,
-    now: &checkpoint::Counters,
-    complete: bool,
-) -> crate::summary::BackfillSummary {
-    let name = d.base.backfill.as_ref().map_or("", |b| b.name.as_str());
-    crate::summary::BackfillSummary::new(
-        name,
-        &d.path,
-        &d.base,
-        d.resumed,
-        rows_before,
-        now,
-        complete,
-    )
-}
-
-/// What a trial's summary says of the full run: a `--limit` trial's checkpoint says
-/// where it resumes; a `--sample` trial's rows go again.
-fn trial_note(cfg: &RunConfig, s: &Summary) -> Option<String> {
-    let t = crate::progress::thousands;
-    match s.outcome {
-        Outcome::LimitReached => Some(format!(
-            "limit reached: the first {} rows are done (checkpoint {}). The same command without --limit sends the rest, under the messageIds it would have given them: nothing is sent twice",
-            t(cfg.limit.unwrap_or(0)),
-            cfg.checkpoint.as_ref().map_or_else(String::new, |p| p.display().to_string())
-        )),
-        Outcome::Sampled => Some(format!(
-            "sampled: one row in every {} of each input was sent ({} calls), under the messageIds the full run gives them; no checkpoint moved. The full run sends every row: the sampled ones go again with the same messageIds, and the API drops the repeats",
-            cfg.sample.unwrap_or(1),
-            t(s.calls_delivered)
-        )),
-        _ => None,
-    }
-}
-
-/// What the preflight leaves for the run: the configuration with the backfill's paths,
-/// the plan, the checkpoint, and the rejects file's lock when no checkpoint holds it.
-struct Ready {
-    cfg: RunConfig,
-    /// The backfill's directory in the state directory, if it has one.
-    dir: Option<PathBuf>,
-    plan: Plan,
-    durable: Option<Durable>,
-    _rejects_lock: Option<std::fs::File>,
-    /// Where reading starts, and (for a shard) where it stops.
-    start: Position,
-    stop: Option<Stop>,
-}
-
-enum Preflight {
-    Ready(Box<Ready>),
-    /// The checkpoint says the backfill finished: nothing to do.
-    AlreadyComplete(Box<Summary>),
-}
-
-/// Everything checked before anything is read or sent, and before anything on disk
-/// changes (but an earlier run's summary and report, which must not pass for this
-/// run's): the mapping against every input, the run's own files, the checkpoint (loaded
-/// and matched, or written afresh) and the locks.
-fn preflight(cfg: &RunConfig, src: &SourceOptions) -> Result<Preflight, RunError> {
-    let spec = crate::map::load(&cfg.mapping_path)?;
-    // Never read as inputs: what the run writes, its mapping, its API key file and the
-    // state directory.
-    let mut own: Vec<PathBuf> = cfg.own_files.iter().map(|f| f.path.clone()).collect();
-    own.push(cfg.mapping_path.clone());
-    own.push(cfg.state_dir.clone());
-    let objects = object_runtime(
-        cfg.inputs
-            .iter()
-            .chain(cfg.checkpoint.iter())
-            .map(PathBuf::as_path),
-    )?;
-    let inputs = source::discover_excluding(&cfg.inputs, src, &own, objects.as_ref())?;
-    note_same_content(&inputs, cfg.quiet)?;
-    // The backfill's own checkpoint and rejects file: named, found by content in the
-    // state directory, or new.
-    let found = state::resolve(cfg, src, &spec.namespace, &inputs)?;
-    let cfg = with_paths(cfg, &found);
-    for n in &found.notes {
-        say(&cfg, &format!("note: {n}"));
-    }
-    source::refuse_overwriting(&cfg.own_files, &inputs, Some(&cfg.mapping_path))?;
-    // An earlier run's summary or report must not pass for this run's when this one ends
-    // without writing them (a refused configuration, a second Ctrl-C, a crash).
-    for f in cfg.own_files.iter().filter(|f| f.at_end) {
-        if std::fs::metadata(&f.path).is_ok_and(|m| m.is_file()) {
-            let _ = std::fs::remove_file(&f.path);
-        }
-    }
-    let mut plan = Plan::new(&spec, inputs, src, cfg.limits, cfg.sent_at)?;
-    if let Some(k) = cfg.sample {
-        plan.sample(k);
-    }
-    if cfg.checkpoint.is_some() {
-        rejects::refuse_unsyncable(&cfg.rejects_path)?;
-    }
-    for n in found.prepare()? {
-        say(&cfg, &format!("note: {n}"));
-    }
-    rejects::refuse_counted_elsewhere(&cfg)?;
-    // A matching checkpoint says where to start; a mismatching one stops the run here.
-    // A shard reads from its start (scanned for on its first run only) to its stop.
-    let listed = plan.inputs.clone();
-    let shard_range = |find_start| match cfg.shard {
-        Some(s) => source::shard::range(&listed, src, s, find_start).map(Some),
-        None => Ok(None),
-    };
-    let stop = shard_range(false)?.and_then(|r| r.stop);
-    let first_start = || -> Result<Position, SourceError> {
-        Ok(shard_range(true)?.map_or_else(Position::default, |r| r.start))
-    };
-    let durable = Durable::open(
-        &cfg,
-        src,
-        &plan.inputs,
-        &found.backfill,
-        objects.as_ref(),
-        || first_start().map_err(|e| CheckpointError::Shard(e.to_string())),
-    )?;
-    let start = match &durable {
-        Some(d) => d.base.resume,
-        None => first_start()?,
-    };
-    // A resumed backfill keeps the seeds it started with (a version 1 checkpoint: the
-    // path as typed); a new one seeds by content, as `Plan::new` did.
-    if let Some(d) = &durable {
-        plan.reseed(&d.seeds);
-    }
-    // Held to the end of the run (a checkpoint holds its own): a second run of the same
-    // command stops here.
-    let rejects_lock = match durable {
-        Some(_) => None,
-        None => rejects::lock_rejects(&cfg.rejects_path, true)?,
-    };
-    if let Some(d) = &durable {
-        if d.base.complete {
-            let (n, rejected) = (plan.inputs.len(), d.base.counters.rows_rejected);
-            let s = Summary::already_complete(&d.path, n, &cfg.rejects_path, rejected, &d.base);
-            return Ok(Preflight::AlreadyComplete(Box::new(s)));
-        }
-        say(&cfg, &d.starting_at(&plan.inputs));
-    }
-    Ok(Preflight::Ready(Box::new(Ready {
-        cfg,
-        dir: found.dir,
-        plan,
-        durable,
-        _rejects_lock: rejects_lock,
-        start,
-        stop,
-    })))
-}
-
-/// `cfg` with the checkpoint and rejects paths of its backfill ([`state::resolve`]), and
-/// those among its own files (never read, never written over).
-fn with_paths(cfg: &RunConfig, found: &state::Resolved) -> RunConfig {
-    let mut cfg = cfg.clone();
-    cfg.rejects_path = found.rejects.clone();
-    if cfg.checkpoint.is_some() {
-        cfg.checkpoint = found.checkpoint.clone();
-    }
-    // In the order the command line gives them (a clash is named at the second file).
-    let mine = |flag: &'static str, path: &PathBuf| OwnFile {
-        flag,
-        path: path.clone(),
-        written: true,
-        at_end: false,
-    };
-    let at = |own: &[OwnFile], flag: &str| own.iter().position(|f| f.flag == flag && f.written);
-    match at(&cfg.own_files, "--rejects") {
-        Some(i) => cfg.own_files[i].path = cfg.rejects_path.clone(),
-        None => cfg
-            .own_files
-            .insert(0, mine("--rejects", &cfg.rejects_path)),
-    }
-    if let Some(p) = cfg.checkpoint.clone() {
-        match at(&cfg.own_files, "--checkpoint") {
-            Some(i) => cfg.own_files[i].path = p,
-            None => cfg.own_files.insert(1, mine("--checkpoint", &p)),
-        }
-    }
-    cfg
-}
-
-/// Notes inputs whose bytes are the same (same content identity): they get the same
-/// messageIds, so the API keeps one copy of their calls.
-fn note_same_content(inputs: &[Arc<InputInfo>], quiet: bool) -> Result<(), RunError> {
-    if inputs.len() < 2 || quiet {
-        return Ok(());
-    }
-    let mut seen: std::collections::HashMap<source::ContentIdentity, &str> =
-        std::collections::HashMap::with_capacity(inputs.len());
-    for i in inputs {
-        let Some(id) = i.identity()? else { continue };
-        if let Some(first) = seen.insert(id, &i.display) {
-            let _ = writeln!(
-                std::io::stderr(),
-                "note: {} has the same content as {first}: its calls get the same messageIds, so the API keeps one copy of each",
-                i.display
-            );
-        }
-    }
-    Ok(())
-}
-
-/// A line on stderr unless quiet. Not `eprintln!`: a closed stderr stops nothing.
-fn say(cfg: &RunConfig, line: &str) {
-    if !cfg.quiet {
-        let _ = writeln!(std::io::stderr(), "{line}");
-    }
-}
-
-/// Where requests go: nowhere (a dry run, perhaps writing them to `--output`), the
-/// built-in receiver on loopback (which lives as long as the run), or a URL.
-#[allow(clippy::type_complexity)]
-fn transport(
-    cfg: &RunConfig,
-) -> Result<
-    (
-        Arc<dyn Transport>,
-        Option<Arc<DryRunTransport>>,
-        Option<Server>,
-    ),
-    RunError,
-> {
-    if cfg.dry_run {
-        let d = Arc::new(match &cfg.output {
-            Some(p) => DryRunTransport::writing_to(p).map_err(|source| WriteError {
-                what: "--output",
-                path: p.clone(),
-                source,
-            })?,
-            None => DryRunTransport::new(None),
-        });
-        return Ok((d.clone(), Some(d), None));
-    }
-    let (base, local) = match &cfg.endpoint {
-        Endpoint::Url(u) => (u.clone(), None),
-        Endpoint::Local => {
-            let server = Server::start(ServeConfig {
-                limits: cfg.limits,
-                record: cfg.local_record.clone(),
-                ..Default::default()
-            })?;
-            (server.base_url(), Some(server))
-        }
-    };
-    let http = HttpTransport::new(
-        &base,
-        cfg.api_key.as_ref(),
-        cfg.strict,
-        cfg.connect_timeout,
-        cfg.request_timeout,
-        cfg.concurrency.max(),
-        cfg.http_version,
-    )?;
-    Ok((Arc::new(http), None, local))
-}
-
-/// The inputs and the mapping compiled against each: what the front of the pipeline
-/// reads and maps.
-pub(crate) struct Plan {
-    pub inputs: Arc<[Arc<InputInfo>]>,
-    limits: Limits,
-    mappings: Arc<[Arc<CompiledMapping>]>,
-    encode: Arc<EncodeOptions>,
-}
-
-impl Plan {
-    /// Resolves `spec` against every input before anything is read or sent.
-    pub fn new(
-        spec: &MappingSpec,
-        inputs: Vec<Arc<InputInfo>>,
-        src: &SourceOptions,
-        limits: Limits,
-        sent_at: bool,
-    ) -> Result<Plan, RunError> {
-        let mut mappings = Vec::with_capacity(inputs.len());
-        // Content seeds, as a new backfill (or a run without a checkpoint) uses; a
-        // resumed one may [`Plan::reseed`].
-        let seeds = message_id::seeds(SeedScheme::Content, &spec.namespace, &inputs)?;
-        for (info, seed) in inputs.iter().zip(seeds) {
-            let opened = source::open(info, src)?;
-            let mut m = compile(spec, opened.schema(), &info.display)?;
-            m.seed = seed;
-            mappings.push(Arc::new(m));
-        }
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let encode = Arc::new(EncodeOptions {
-            max_call_bytes: Packer::new(limits).max_call(),
-            latest_ms: now_ms.saturating_add(mappings.first().map_or(0, |m| m.max_future_ms)),
-            sent_at,
-            sample: 1,
-        });
-        Ok(Plan {
-            inputs: inputs.into(),
-            limits,
-            mappings: mappings.into(),
-            encode,
-        })
-    }
-}
-
-impl Plan {
-    /// `--sample K`: map only every K-th row of each input.
-    pub fn sample(&mut self, every: u64) {
-        Arc::make_mut(&mut self.encode).sample = every.max(1);
-    }
-
-    /// Makes each input's messageIds with `seeds` (those a resumed checkpoint records).
-    pub fn reseed(&mut self, seeds: &[u64]) {
-        self.mappings = self
-            .mappings
-            .iter()
-            .zip(seeds)
-            .map(|(m, &seed)| {
-                if m.seed == seed {
-                    m.clone()
-                } else {
-                    Arc::new(CompiledMapping {
-                        seed,
-                        ..(**m).clone()
-                    })
-                }
-            })
-            .collect();
-    }
-}
-
-/// The stages before the senders: the reader, the mappers and the packer, on threads of
-/// their own. A run sends the requests they make; `validate` counts them.
-pub(crate) struct Front {
-    reader: JoinHandle<Result<ReadEnd, SourceError>>,
-    packer: JoinHandle<PackTotals>,
-}
-
-/// The object-store runtime, when any of `urls` (inputs, state) is in object storage.
-/// Its two worker threads are the run's, like every other thread: created here.
-pub(crate) fn object_runtime<'a>(
-    urls: impl IntoIterator<Item = &'a std::path::Path>,
-) -> Result<Option<Arc<ObjectRuntime>>, RunError> {
-    if !source::any_remote(urls) {
-        return Ok(None);
-    }
-    ObjectRuntime::new()
-        .map(|rt| Some(Arc::new(rt)))
-        .map_err(RunError::Spawn)
-}
-
-/// Where the front starts reading, and how much it reads at most.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Span {
-    pub start: Position,
-    /// Where a shard's reading stops (`None`: at the end of the inputs).
-    pub stop: Option<Stop>,
-    /// Rows to read at most from `start` (`--limit`, less what earlier runs did).
-    pub limit: Option<u64>,
-}
-
-/// The reader and the mappers, running: mapped chunks come out of `mapped` (in any
-/// order, numbered), and their buffers go back through `free_mapped`.
-struct Mapping {
-    reader: JoinHandle<Result<ReadEnd, SourceError>>,
-    mapped: Receiver<Mapped>,
-    free_mapped: Sender<Mapped>,
-}
-
-impl Front {
-    /// Starts reading at `span.start` and returns the requests' channel (`queue` deep).
-    /// Reading stops early once any of `halt` is set.
-    #[allow(clippy::too_many_arguments)] // run and validate: the plan and the stage's knobs
-    pub fn start(
-        plan: &Plan,
-        src: &SourceOptions,
-        span: Span,
-        chunk_rows: usize,
-        mappers: &Arc<rayon::ThreadPool>,
-        halt: Vec<Arc<AtomicBool>>,
-        input_rows: &Arc<Mutex<Vec<u64>>>,
-        progress: &Arc<Progress>,
-        spares: Spares,
-        queue: usize,
-        delivered: HashSet<AliasAt>,
-        mut tap: Box<dyn FnMut(&Mapped) + Send>,
-    ) -> (Front, Receiver<Request>) {
-        let m = start_mapping(
-            plan, src, span, chunk_rows, mappers, halt, input_rows, progress,
-        );
-        let (requests_tx, requests) = bounded::<Request>(queue);
-        let limits = plan.limits;
-        let (mapped, free_mapped) = (m.mapped, m.free_mapped);
-        let start = span.start;
-        let packer = std::thread::spawn(move || {
-            stage::pack(
-                start,
-                mapped,
-                free_mapped,
-                requests_tx,
-                limits,
-                spares,
-                &delivered,
-                &mut *tap,
-            )
-        });
-        (
-            Front {
-                reader: m.reader,
-                packer,
-            },
-            requests,
-        )
-    }
-
-    fn is_finished(&self) -> bool {
-        self.reader.is_finished() && self.packer.is_finished()
-    }
-
-    /// Waits for both stages. A chunk the mappers could not read ends the run as a read
-    /// error does.
-    pub fn join(self) -> Result<(Result<ReadEnd, SourceError>, PackTotals), RunError> {
-        let read = self
-            .reader
-            .join()
-            .map_err(|_| RunError::Panicked("reader"))?;
-        let totals = self
-            .packer
-            .join()
-            .map_err(|_| RunError::Panicked("packer"))?;
-        let read = match (read, &totals.failed) {
-            (Ok(_), Some(e)) => Err(SourceError::Other(e.clone())),
-            (r, _) => r,
-        };
-        Ok((read, totals))
-    }
-}
-
-/// Starts the reader (on a thread of its own) and the mappers (on `mappers`).
-#[allow(clippy::too_many_arguments)]
-fn start_mapping(
-    plan: &Plan,
-    src: &SourceOptions,
-    span: Span,
-    chunk_rows: usize,
-    mappers: &Arc<rayon::ThreadPool>,
-    halt: Vec<Arc<AtomicBool>>,
-    input_rows: &Arc<Mutex<Vec<u64>>>,
-    progress: &Arc<Progress>,
-) -> Mapping {
-    // Chunks (and mapped buffers) in flight. Four per mapper thread keep a thread that
-    // is descheduled mid-chunk from stalling the in-order packer and, behind it, every
-    // other thread: with two per thread a 1M-row dry run idled a core 15% of the time
-    // (perf stat -r 5: 0.44-0.45 s against 0.41-0.43 s with four). Capped so memory
-    // stays flat on many cores (each is a 512 KiB block and its mapped calls).
-    let pool = (mappers.current_num_threads() * 4 + 4).min(64);
-    let (free_raw_tx, free_raw) = bounded::<Chunk>(pool);
-    let (mapped_tx, mapped) = bounded::<Mapped>(pool);
-    let (free_mapped_tx, free_mapped_rx) = bounded::<Mapped>(pool);
-    for _ in 0..pool {
-        let _ = free_mapped_tx.send(Mapped::default());
-    }
-    // The reader owns the dispatch, so the consumer sees the mapped channel close when
-    // reading is done.
-    let dispatch = Dispatch {
-        free_raw: free_raw_tx,
-        mapped: mapped_tx,
-        free_mapped: free_mapped_rx,
-        mappings: plan.mappings.clone(),
-        opts: plan.encode.clone(),
-        mappers: mappers.clone(),
-    };
-    let (inputs, src) = (plan.inputs.clone(), *src);
-    let (rows, progress) = (input_rows.clone(), progress.clone());
-    let reader = std::thread::spawn(move || {
-        let reading = Reading {
-            inputs: &inputs,
-            opts: &src,
-            start: span.start,
-            chunk_rows,
-            pool,
-            // The reader is the one serial stage. With three or more mapper threads
-            // its CSV parse would cap a run (about 0.9 GB/s; see BENCHMARKS.md), so
-            // it only scans each block for whole records (2+ GB/s) and the mappers
-            // parse in parallel. With fewer, the run is CPU-bound and the scan's
-            // extra instructions would cost more than they free.
-            defer_parsing: dispatch.mappers.current_num_threads() >= 3,
-            stop: span.stop,
-            limit: span.limit,
-        };
-        // A read error ends reading but not delivery: every row read before the
-        // damage is still mapped, sent and checkpointed, then the run reports it.
-        reading.run(
-            &free_raw,
-            || halt.iter().any(|h| h.load(Ordering::Relaxed)),
-            |seq, chunk| {
-                progress.read(&chunk);
-                dispatch.map(seq, chunk)
-            },
-            |input, n| {
-                if let Some(r) = lock(&rows).get_mut(input as usize) {
-                    *r = n;
-                }
-            },
-        )
-    });
-    Mapping {
-        reader,
-        mapped,
-        free_mapped: free_mapped_tx,
-    }
-}
-
-/// Hands chunks to rayon for mapping, from the reader's own thread (a thread of its own
-/// between them was one more wake-up per chunk on two busy cores).
-struct Dispatch {
-    /// Where mapped chunks go back to the reader.
-    free_raw: Sender<Chunk>,
-    mapped: Sender<Mapped>,
-    /// Buffers for mapped calls, back from the packer: at most `pool` chunks are in
-    /// flight, so the reader waits here when the mappers or the packer fall behind.
-    free_mapped: Receiver<Mapped>,
-    mappings: Arc<[Arc<CompiledMapping>]>,
-    opts: Arc<EncodeOptions>,
-    mappers: Arc<rayon::ThreadPool>,
-}
-
-impl Dispatch {
-    /// Maps chunk number `seq` on a mapper thread. False when the run is shutting down.
-    fn map(&self, seq: u64, mut chunk: Chunk) -> bool {
-        let Ok(mut out) = self.free_mapped.recv() else {
-            return false;
-        };
-        let mapping = self.mappings[chunk.input().index as usize].clone();
-        let (free_raw, mapped, opts) = (
-            self.free_raw.clone(),
-            self.mapped.clone(),
-            self.opts.clone(),
-        );
-        self.mappers.spawn(move || {
-            // The reader may have only scanned a CSV block: its rows are parsed here,
-            // in parallel with other chunks.
-            match chunk.materialize() {
-                Ok(()) => map_chunk(&chunk, &mapping, &opts, &mut out),
-                Err(e) => out.failed = Some(e),
-            }
-            out.seq = seq;
-            let _ = free_raw.send(chunk);
-            let _ = mapped.send(out);
-        });
-        true
-    }
 }
 
 /// Starts a named thread that owns what it uses: it may outlive the run (a sender stuck
