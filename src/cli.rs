@@ -325,9 +325,17 @@ pub struct ServeArgs {
     /// Answer 429 above this many requests per second.
     #[arg(long, value_name = "N")]
     pub max_rps: Option<u32>,
-    /// Delay before answering, in milliseconds.
+    /// Delay before answering, in milliseconds (a simulated round trip).
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub latency_ms: u64,
+    /// Move each delay by a uniform draw within this many milliseconds either way
+    /// (seeded by --seed; never below zero).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub latency_jitter_ms: u64,
+    /// Read request bodies no faster than this many megabits per second, shared by all
+    /// connections: a simulated client uplink (gzip bodies count compressed). 0: no cap.
+    #[arg(long, default_value_t = 0.0, value_name = "MBPS")]
+    pub bandwidth_mbps: f64,
     /// Fraction of requests whose connection is closed without an answer.
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub drop_rate: f64,
@@ -677,6 +685,12 @@ impl ServeArgs {
                 )));
             }
         }
+        if !(self.bandwidth_mbps >= 0.0 && self.bandwidth_mbps.is_finite()) {
+            return Err(UsageError(format!(
+                "--bandwidth-mbps must be a number of megabits per second, 0 for no cap (got {})",
+                self.bandwidth_mbps
+            )));
+        }
         Ok(ServeConfig {
             addr: self.addr,
             api_key: read_key(self.api_key_file.as_ref())?.filter(|_| self.api_key_file.is_some()),
@@ -691,6 +705,8 @@ impl ServeArgs {
                 retry_after_secs: self.retry_after,
                 max_rps: self.max_rps,
                 latency_ms: self.latency_ms,
+                latency_jitter_ms: self.latency_jitter_ms,
+                bandwidth_mbps: self.bandwidth_mbps,
                 drop_rate: self.drop_rate,
                 invalid_rate: self.invalid_rate,
                 seed: self.seed,

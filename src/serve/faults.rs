@@ -36,6 +36,7 @@ const SALT_DROP: u64 = 0x6472_6f70;
 const SALT_THROTTLE: u64 = 0x7468_726f;
 const SALT_FAIL: u64 = 0x6661_696c;
 const SALT_FAIL_STATUS: u64 = 0x7374_6174;
+const SALT_JITTER: u64 = 0x6a69_7474;
 
 /// The standard splitmix64 finaliser: a bijection with good avalanche.
 fn splitmix64(mut z: u64) -> u64 {
@@ -90,6 +91,23 @@ impl Faults {
             return Verdict::Fail { status };
         }
         Verdict::Pass
+    }
+
+    /// How long the request with arrival index `index` waits before it is answered:
+    /// `latency_ms`, moved by a uniform draw in `[-latency_jitter_ms, +latency_jitter_ms]`
+    /// (never below zero). A function of the seed and the index, like every fault, so a
+    /// rerun with the same seed and the same order sees the same delays. Uniform rather
+    /// than normal: its bounds are hard, so tests and benchmarks can reason about them.
+    pub(crate) fn latency(&self, index: u64) -> Duration {
+        let base = self.latency_ms as f64;
+        let jitter = self.latency_jitter_ms as f64;
+        let ms = if jitter > 0.0 {
+            let u = unit(splitmix64(self.seed ^ splitmix64(index ^ SALT_JITTER)));
+            (base + jitter * (2.0 * u - 1.0)).max(0.0)
+        } else {
+            base
+        };
+        Duration::from_secs_f64(ms / 1000.0)
     }
 
     /// Whether `invalid_rate` marks a call invalid. `key` is the messageId (or, for a
@@ -239,6 +257,40 @@ mod tests {
         assert_eq!(hits, again);
         let n = hits.iter().filter(|&&h| h).count();
         assert!((25..75).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn latency_jitter_stays_in_its_bounds_spreads_and_is_reproducible() {
+        let f = Faults {
+            latency_ms: 100,
+            latency_jitter_ms: 40,
+            seed: 5,
+            ..Faults::default()
+        };
+        let draws: Vec<Duration> = (0..10_000).map(|i| f.latency(i)).collect();
+        let (lo, hi) = (Duration::from_millis(60), Duration::from_millis(140));
+        assert!(draws.iter().all(|d| (lo..=hi).contains(d)));
+        // Each quarter of the range gets about a quarter of the draws.
+        for q in 0..4u64 {
+            let from = Duration::from_millis(60 + 20 * q);
+            let to = from + Duration::from_millis(20);
+            let n = draws.iter().filter(|d| (from..to).contains(*d)).count();
+            assert!((2_200..2_800).contains(&n), "quarter {q}: {n}");
+        }
+        assert_eq!(draws, (0..10_000).map(|i| f.latency(i)).collect::<Vec<_>>());
+        // Jitter larger than the latency is cut at zero, never negative.
+        let wide = Faults {
+            latency_ms: 10,
+            latency_jitter_ms: 50,
+            ..Faults::default()
+        };
+        assert!((0..1000).any(|i| wide.latency(i) == Duration::ZERO));
+        // No jitter: exactly the latency.
+        let plain = Faults {
+            latency_ms: 7,
+            ..Faults::default()
+        };
+        assert_eq!(plain.latency(3), Duration::from_millis(7));
     }
 
     #[test]

@@ -1,47 +1,57 @@
-//! The local receiver: a loopback HTTP/1.1 server that behaves like the Data Pipelines
-//! API, for tests, benchmarks and users rehearsing a backfill.
+//! The local receiver: a loopback HTTP/1.1 and HTTP/2 server that behaves like the Data
+//! Pipelines API, for tests, benchmarks and users rehearsing a backfill.
 //!
-//! It owns the listener, one accept thread, and one thread per connection (at most
-//! [`MAX_CONNECTIONS`]); no async runtime, because a receiver that runs beside the
-//! benchmarked engine on two cores should be small and predictable. Per request it
-//! applies, in order: injected faults ([`Faults`]), Basic auth, body decoding with a
-//! hard cap, the vendor's size limits (a silent 200 and a dropped request, or 400 with
-//! `X-Strict-Mode: 1`), parsing and per-call validation, then counts the accepted calls
-//! in [`Stats`] and optionally appends them to an NDJSON record file, one whole request
-//! per write.
+//! It owns the listener and a current-thread tokio runtime on one thread, on which hyper
+//! serves every connection: checking a request costs microseconds per call and waits
+//! (latency, the bandwidth cap) are timers, so one thread keeps up with the engine
+//! under test and leaves it the other core. Measured against two and one worker threads
+//! of a multi-thread runtime, it used the least CPU per call at the same throughput
+//! (BENCHMARKS.md, "serve on hyper"). Per request it applies, in order: injected faults
+//! ([`Faults`]), the simulated round trip (latency with jitter), Basic auth, body
+//! decoding with a hard cap (read no faster than the simulated uplink,
+//! [`Faults::bandwidth_mbps`]), the vendor's size limits (a silent 200 and a dropped
+//! request, or 400 with `X-Strict-Mode: 1`), parsing and per-call validation, then
+//! counts the accepted calls in [`Stats`] and optionally appends them to an NDJSON
+//! record file, one whole request per write.
 //!
-//! Files: `conn.rs` runs a connection and those steps, `http.rs` reads heads and bodies
-//! and writes responses, `scan.rs` splits a batch and reads its calls' fields in one
-//! pass, `validate.rs` checks calls (and is the reference the scan falls back to), `faults.rs` decides
-//! faults from a seed, `stats.rs` holds the counters.
+//! Files: `conn.rs` accepts and serves connections (hyper, both HTTP versions),
+//! `handle.rs` runs those steps for one request, `body.rs` reads a body with its caps
+//! and gzip, `wan.rs` is the bandwidth cap, `scan.rs` reads a body and its calls in one
+//! pass, `schema.rs` judges them as the vendor's spec does, `datetime.rs` checks its
+//! date-times, `validate.rs` names routes and call types and writes record lines,
+//! `faults.rs` decides faults and delays from a seed, `stats.rs` holds the counters.
+//!
+//! Answers are shaped like the API's: `{}` for a request taken, and
+//! `{"meta":{"errors":["..."]}}` for a refusal, one message per refused call, naming
+//! its place in the batch and its messageId.
 //!
 //! The API key is kept only as the expected `Authorization` value, compared in constant
 //! time, and never printed, logged or served.
 
+mod body;
 mod conn;
+mod datetime;
 mod faults;
-mod http;
+mod handle;
 mod scan;
+mod schema;
 mod stats;
 mod validate;
+mod wan;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{ApiKey, Limits};
 
+pub use conn::MAX_CONNECTIONS;
 pub use stats::{Injected, Stats, Violations};
-
-/// Connections served at once. Past this a new connection gets a 503 and is closed:
-/// each one holds a thread and up to a request's worth of buffers.
-pub const MAX_CONNECTIONS: usize = 512;
 
 /// How to run the receiver.
 #[derive(Debug, Clone)]
@@ -70,8 +80,9 @@ impl Default for ServeConfig {
     }
 }
 
-/// Misbehaviour to inject, so retries, backoff and rate limiting can be rehearsed.
-/// Every rate is a probability in [0, 1] decided by a PRNG seeded with `seed`.
+/// Misbehaviour to inject, so retries, backoff and rate limiting can be rehearsed, and
+/// the network to simulate (a round trip and an uplink), so a WAN can be played on
+/// loopback. Every rate is a probability in [0, 1] decided by a PRNG seeded with `seed`.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     /// Answer 500, 502 or 503.
@@ -82,8 +93,14 @@ pub struct Faults {
     pub retry_after_secs: u64,
     /// Answer 429 to requests beyond this many in any one second.
     pub max_rps: Option<u32>,
-    /// Delay every answer that passes the faults by this much.
+    /// Delay every answer that passes the faults by this much (after its body is read).
     pub latency_ms: u64,
+    /// Move each delay by a uniform draw in `[-latency_jitter_ms, +latency_jitter_ms]`
+    /// (seeded; never below zero).
+    pub latency_jitter_ms: u64,
+    /// Read request bodies no faster than this many megabits per second, shared by every
+    /// connection (a token bucket): the client's uplink. 0 means no cap.
+    pub bandwidth_mbps: f64,
     /// Close the connection without answering.
     pub drop_rate: f64,
     /// Treat a call as invalid; a function of its messageId, so a call keeps its
@@ -100,7 +117,7 @@ pub enum ServeError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot open the record file {}: {source}", path.display())]
     Record { path: PathBuf, source: io::Error },
-    #[error("cannot start the receiver's accept thread: {0}")]
+    #[error("cannot start the receiver's runtime: {0}")]
     Spawn(#[source] io::Error),
     #[error("cannot install the SIGINT/SIGTERM handlers: {0}")]
     Signal(#[source] io::Error),
@@ -113,7 +130,7 @@ struct Record {
     warned: AtomicBool,
 }
 
-/// What the accept thread and every connection thread share.
+/// What every connection shares.
 struct Shared {
     limits: Limits,
     /// The exact `Authorization` value expected, when a key was given.
@@ -121,9 +138,48 @@ struct Shared {
     faults: Faults,
     record: Option<Record>,
     state: Mutex<stats::State>,
-    stop: AtomicBool,
-    /// A handle on every open connection, so shutdown can unblock their reads.
-    conns: Mutex<HashMap<u64, TcpStream>>,
+    bandwidth: Option<wan::Bandwidth>,
+    scratch: Pool,
+}
+
+/// The buffers one request works in, reused across requests.
+#[derive(Default)]
+struct Scratch {
+    /// The decompressed body.
+    body: Vec<u8>,
+    /// Record lines of the accepted calls.
+    lines: Vec<u8>,
+    /// xxh3-128 of the accepted calls' messageIds.
+    ids: Vec<u128>,
+    /// Where the accepted calls sit in `body`.
+    accepted: Vec<handle::Accepted>,
+    /// The scan's stack of open objects' keys.
+    keys: scan::Keys,
+}
+
+/// A few [`Scratch`]es kept between requests, so a steady stream of large bodies does
+/// not allocate (and fault in) a fresh half-megabyte buffer each time.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Scratch>>);
+
+/// Scratches kept: about the requests checked at once, and a few more.
+const POOL_KEPT: usize = 8;
+
+impl Pool {
+    fn take(&self) -> Scratch {
+        lock(&self.0).pop().unwrap_or_default()
+    }
+
+    /// Keeps `s` unless the pool is full or `s` grew past `max_body` (a connection that
+    /// once carried a huge body should not keep that much memory).
+    fn put(&self, s: Scratch, max_body: usize) {
+        if s.body.capacity() <= max_body {
+            let mut pool = lock(&self.0);
+            if pool.len() < POOL_KEPT {
+                pool.push(s);
+            }
+        }
+    }
 }
 
 /// Locks, carrying on past a poisoned mutex: the data are counters and buffers that a
@@ -138,11 +194,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    accept: Option<JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    runtime: Option<JoinHandle<()>>,
 }
 
 impl Server {
-    /// Binds, starts the accept thread and returns at once.
+    /// Binds, starts the runtime and returns at once.
     pub fn start(cfg: ServeConfig) -> Result<Server, ServeError> {
         let record = match &cfg.record {
             Some(path) => {
@@ -163,34 +220,48 @@ impl Server {
             }
             None => None,
         };
-        let listener = TcpListener::bind(cfg.addr).map_err(|source| ServeError::Bind {
+        let bind_error = |source| ServeError::Bind {
             addr: cfg.addr,
             source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-            addr: cfg.addr,
-            source,
-        })?;
+        };
+        let listener = TcpListener::bind(cfg.addr).map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(ServeError::Spawn)?;
+        let listener = {
+            let _entered = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).map_err(bind_error)?
+        };
         let shared = Arc::new(Shared {
             limits: cfg.limits,
             auth: cfg.api_key.as_ref().map(ApiKey::basic_auth_header),
+            bandwidth: wan::Bandwidth::new(cfg.faults.bandwidth_mbps, Instant::now()),
             faults: cfg.faults,
             record,
             state: Mutex::new(stats::State::default()),
-            stop: AtomicBool::new(false),
-            conns: Mutex::new(HashMap::new()),
+            scratch: Pool::default(),
         });
-        let accept = {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let thread = {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
-                .name("serve-accept".into())
-                .spawn(move || accept_loop(listener, &shared))
+                .name("serve".into())
+                .spawn(move || {
+                    runtime.block_on(conn::accept_loop(listener, shared, stopped));
+                    // Connection tasks are gone; nothing blocking is left to wait for.
+                    runtime.shutdown_timeout(Duration::from_secs(1));
+                })
                 .map_err(ServeError::Spawn)?
         };
         Ok(Server {
             addr,
             shared,
-            accept: Some(accept),
+            stop,
+            runtime: Some(thread),
         })
     }
 
@@ -210,7 +281,7 @@ impl Server {
         lock(&self.shared.state).stats.clone()
     }
 
-    /// Stops accepting, closes every connection, waits for the threads, flushes the
+    /// Stops accepting, closes every connection, waits for the runtime, flushes the
     /// record file, and returns the final stats.
     pub fn shutdown(mut self) -> Stats {
         self.stop();
@@ -218,14 +289,12 @@ impl Server {
     }
 
     fn stop(&mut self) {
-        let Some(accept) = self.accept.take() else {
+        let Some(thread) = self.runtime.take() else {
             return;
         };
-        self.shared.stop.store(true, Ordering::Release);
-        // The accept thread is blocked in accept(); a connection of our own wakes it.
-        // If even that fails the listener is already broken and accept() has returned.
-        let _ = TcpStream::connect_timeout(&connectable(self.addr), Duration::from_secs(1));
-        let _ = accept.join();
+        // Fails only when the accept loop is already gone.
+        let _ = self.stop.send(true);
+        let _ = thread.join();
         if let Some(rec) = &self.shared.record {
             let _ = lock(&rec.file).flush();
         }
@@ -249,72 +318,6 @@ fn connectable(addr: SocketAddr) -> SocketAddr {
         }
         _ => addr,
     }
-}
-
-fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
-    let mut workers: Vec<JoinHandle<()>> = Vec::new();
-    let mut next_id: u64 = 0;
-    loop {
-        let accepted = listener.accept();
-        if shared.stop.load(Ordering::Acquire) {
-            break;
-        }
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(_) => {
-                // Typically out of file descriptors: back off instead of spinning.
-                thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        workers.retain(|w| !w.is_finished());
-        let id = next_id;
-        next_id += 1;
-        let registered = {
-            let mut conns = lock(&shared.conns);
-            if conns.len() >= MAX_CONNECTIONS {
-                false
-            } else if let Ok(handle) = stream.try_clone() {
-                conns.insert(id, handle);
-                true
-            } else {
-                false
-            }
-        };
-        if !registered {
-            refuse(&stream);
-            continue;
-        }
-        let worker_shared = Arc::clone(shared);
-        let spawned = thread::Builder::new()
-            .name("serve-conn".into())
-            .spawn(move || {
-                conn::serve_connection(&worker_shared, stream);
-                lock(&worker_shared.conns).remove(&id);
-            });
-        match spawned {
-            Ok(w) => workers.push(w),
-            Err(_) => {
-                // The stream moved into the failed closure and is closed with it.
-                lock(&shared.conns).remove(&id);
-            }
-        }
-    }
-    // Unblock every connection thread's read, then wait for them to finish.
-    for stream in lock(&shared.conns).values() {
-        let _ = stream.shutdown(Shutdown::Both);
-    }
-    for w in workers {
-        let _ = w.join();
-    }
-}
-
-/// Turns away a connection over [`MAX_CONNECTIONS`].
-fn refuse(stream: &TcpStream) {
-    let body = conn::error_body("too many connections");
-    let response = http::Response::json(503, &body, false);
-    let _ = response.write_to(stream, &mut Vec::new());
-    let _ = stream.shutdown(Shutdown::Both);
 }
 
 /// For `cdp-backfill serve`: starts the receiver, prints where it listens, and runs
@@ -383,6 +386,7 @@ fn mutations<'a>(
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::net::TcpStream;
 
     fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = TcpStream::connect(addr).expect("connect");

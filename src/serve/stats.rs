@@ -22,10 +22,19 @@ pub struct Stats {
     pub requests: u64,
     /// The same, by route path, e.g. `"/v1/batch"`.
     pub requests_by_path: BTreeMap<String, u64>,
+    /// The same, by HTTP version: `"HTTP/1.1"`, `"HTTP/2"` (or `"HTTP/1.0"`).
+    #[serde(default)]
+    pub requests_by_version: BTreeMap<String, u64>,
     /// Answers to those POSTs by status code (as a string, so the JSON is an object).
     pub responses_by_status: BTreeMap<String, u64>,
     /// Calls accepted (recorded, when recording).
     pub calls_accepted: u64,
+    /// Calls answered 200 but not taken, as the API drops them without strict mode:
+    /// invalid calls, and every call of a request dropped for a call over the size
+    /// limit or for what the body says around its calls. (A body over the request limit
+    /// is not read, so its calls are not counted here.)
+    #[serde(default)]
+    pub calls_dropped: u64,
     /// Accepted calls by type (`"identify"`, `"track"`, ...).
     pub calls_by_type: BTreeMap<String, u64>,
     /// Distinct messageIds among the accepted calls.
@@ -35,6 +44,11 @@ pub struct Stats {
     /// Decompressed body bytes of requests that had calls accepted (all of them or,
     /// without strict mode, the valid ones; the whole body counts either way).
     pub bytes: u64,
+    /// Request body bytes as they came over the wire (compressed, for gzip bodies), of
+    /// every POST to an API route, read to its end or not: what the simulated uplink
+    /// (`Faults::bandwidth_mbps`) carried.
+    #[serde(default)]
+    pub wire_bytes: u64,
     pub violations: Violations,
     /// The largest decompressed request body read, accepted or not.
     pub largest_request_bytes: u64,
@@ -54,6 +68,11 @@ pub struct Violations {
     pub call_too_large: u64,
     /// Calls failing validation (including those marked by `invalid_rate`).
     pub invalid_calls: u64,
+    /// Requests whose body fails the spec around its calls: not an object, a `batch`
+    /// that is not an array, a bad batch-level `context` or `integrations`, a key
+    /// repeated outside the calls. None of their calls is taken.
+    #[serde(default)]
+    pub invalid_requests: u64,
     /// Bodies that are not the JSON the route expects, or not decodable.
     pub malformed_bodies: u64,
     /// Requests with a missing or wrong `Authorization`.
