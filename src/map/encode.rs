@@ -13,6 +13,7 @@ use super::compile::{
     TsFormat, UnixUnit, ValueSource,
 };
 use super::message_id::write_message_id;
+use super::reserved::Judge;
 use super::semantic::Semantic;
 use super::spec::{CallKind, ColType, EmptyPolicy};
 use crate::json;
@@ -280,6 +281,7 @@ fn write_batch_context<R: Row>(
     m: &CompiledMapping,
     opts: &EncodeOptions,
 ) -> Result<(), Reject> {
+    let mut judge = Judge::batch();
     for (key, nodes) in [
         (&b",\"context\":"[..], &m.batch_context),
         (&b",\"integrations\":"[..], &m.batch_integrations),
@@ -289,12 +291,12 @@ fn write_batch_context<R: Row>(
         }
         let mark = out.len();
         out.extend_from_slice(key);
-        write_object(out, row, nodes, opts)?;
+        write_object(out, row, nodes, opts, &mut judge)?;
         if out.ends_with(b"{}") {
             out.truncate(mark);
         }
     }
-    Ok(())
+    judge.end_context().map_err(|why| reject("bad_value", why))
 }
 
 /// Writes `,"key":value` for an optional id-like field; returns whether it was written.
@@ -357,6 +359,8 @@ fn encode_call<R: Row>(
     let has_user = write_opt_field(out, row, b"\"userId\":", &call.user_id, opts)?;
     let has_anon = write_opt_field(out, row, b"\"anonymousId\":", &call.anonymous_id, opts)?;
     let mut semantic = None;
+    // group: where its objectTypeId value was written, to repeat it in traits.
+    let mut object_type = None;
     match kind {
         CallKind::Track => {
             let mark = out.len();
@@ -378,7 +382,7 @@ fn encode_call<R: Row>(
                     format!("the row has no groupId{}", source_hint(&call.group_id)),
                 ));
             }
-            write_object_type_id(out, row, call, opts)?;
+            object_type = write_object_type_id(out, row, call, opts)?;
         }
         CallKind::Alias => {
             if !has_user {
@@ -422,17 +426,28 @@ fn encode_call<R: Row>(
             ));
         }
     }
-    if !call.payload.is_empty() && kind != CallKind::Alias {
+    let mut judge = Judge::new(kind, !has_anon);
+    if let Some(v) = object_type {
+        // group: the object type goes in traits too, as `object_type_id`, the name the
+        // spec's group schema declares (README, "group and objectTypeId").
+        out.extend_from_slice(b",\"traits\":{\"object_type_id\":");
+        out.extend_from_within(v);
+        write_members(out, row, &call.payload, opts, &mut judge, true)?;
+        out.push(b'}');
+    } else if !call.payload.is_empty() && kind != CallKind::Alias {
         out.extend_from_slice(match kind.payload_key() {
             "traits" => b",\"traits\":",
             _ => b",\"properties\":",
         });
-        write_object(out, row, &call.payload, opts)?;
+        write_object(out, row, &call.payload, opts, &mut judge)?;
     }
     if !call.context.is_empty() {
         let mark = out.len();
         out.extend_from_slice(b",\"context\":");
-        write_object(out, row, &call.context, opts)?;
+        write_object(out, row, &call.context, opts, &mut judge)?;
+        judge
+            .end_context()
+            .map_err(|why| reject("bad_value", why))?;
         if out.ends_with(b"{}") {
             out.truncate(mark);
         }
@@ -449,27 +464,28 @@ fn encode_call<R: Row>(
 }
 
 /// `,"objectTypeId":"N"`: the spec wants a stringified integer; a number is quoted, and
-/// anything but digits is a reject naming the value.
+/// anything but digits is a reject naming the value. Returns where the value (`"N"`)
+/// was written, when it was.
 fn write_object_type_id<R: Row>(
     out: &mut Vec<u8>,
     row: &R,
     call: &CompiledCall,
     opts: &EncodeOptions,
-) -> Result<(), Reject> {
+) -> Result<Option<std::ops::Range<usize>>, Reject> {
     let mark = out.len();
     if !write_opt_field(out, row, b"\"objectTypeId\":", &call.object_type_id, opts)? {
-        return Ok(());
+        return Ok(None);
     }
     let v = mark + b",\"objectTypeId\":".len();
     let digits = |b: &[u8]| !b.is_empty() && b.iter().all(u8::is_ascii_digit);
     let written = &out[v..];
     if written.len() >= 2 && written[0] == b'"' && digits(&written[1..written.len() - 1]) {
-        return Ok(());
+        return Ok(Some(v..out.len()));
     }
     if digits(written) {
         out.insert(v, b'"');
         out.push(b'"');
-        return Ok(());
+        return Ok(Some(v..out.len()));
     }
     Err(reject(
         "bad_value",
@@ -493,9 +509,23 @@ fn write_object<R: Row>(
     row: &R,
     nodes: &[OutNode],
     opts: &EncodeOptions,
+    judge: &mut Judge,
 ) -> Result<(), Reject> {
     out.push(b'{');
-    let mut any = false;
+    write_members(out, row, nodes, opts, judge, false)?;
+    out.push(b'}');
+    Ok(())
+}
+
+/// An object's members, after `{` (and after members already written when `any`).
+fn write_members<R: Row>(
+    out: &mut Vec<u8>,
+    row: &R,
+    nodes: &[OutNode],
+    opts: &EncodeOptions,
+    judge: &mut Judge,
+    mut any: bool,
+) -> Result<(), Reject> {
     for n in nodes {
         if n.spread {
             // An object's members, written in the node's place (NDJSON's keys first seen
@@ -503,6 +533,11 @@ fn write_object<R: Row>(
             if let OutKind::Leaf(ValueSource::Column(c)) = &n.kind {
                 if let Field::Json(obj) = row.field(&c.col) {
                     if obj.len() > 2 {
+                        if let Some(r) = &n.reserved {
+                            judge
+                                .check(r, obj)
+                                .map_err(|why| reject("bad_value", why))?;
+                        }
                         if any {
                             out.push(b',');
                         }
@@ -518,22 +553,28 @@ fn write_object<R: Row>(
             out.push(b',');
         }
         json::extend_short(out, &n.key);
+        let value = out.len();
         let wrote = match &n.kind {
             OutKind::Leaf(v) => write_value_inline(out, row, v, opts, false)?,
             // An object whose every value is omitted is omitted too: `{}` says nothing,
             // and an empty `context.device` would even make the call ambiguous.
             OutKind::Object(children) => {
-                write_object(out, row, children, opts)?;
+                write_object(out, row, children, opts, judge)?;
                 !out.ends_with(b"{}")
             }
         };
         if wrote {
             any = true;
+            // A name the spec types (rare): its value is checked.
+            if let Some(r) = &n.reserved {
+                judge
+                    .check(r, &out[value..])
+                    .map_err(|why| reject("bad_value", why))?;
+            }
         } else {
             out.truncate(mark);
         }
     }
-    out.push(b'}');
     Ok(())
 }
 
@@ -552,11 +593,8 @@ fn field_text<'a>(f: Field<'a>, name: &str) -> Result<std::borrow::Cow<'a, str>,
         Field::Float(v) => Cow::Owned(v.to_string()),
         Field::Bool(v) => Cow::Borrowed(if v { "true" } else { "false" }),
         Field::Json(b) => Cow::Owned(String::from_utf8_lossy(b).into_owned()),
-        Field::TimestampNanos(n) => {
-            let mut v = Vec::new();
-            timestamp::write_iso_millis(&mut v, n.div_euclid(1_000_000));
-            Cow::Owned(String::from_utf8_lossy(&v).trim_matches('"').to_string())
-        }
+        // Nanoseconds in an i64 are years 1677 to 2262: always a four-digit year.
+        Field::TimestampNanos(n) => Cow::Owned(timestamp::iso_millis(n.div_euclid(1_000_000))),
     })
 }
 
@@ -725,10 +763,7 @@ fn write_column(
             let ms = n.div_euclid(1_000_000);
             match c.ty {
                 ColType::Int => json::write_i64(out, ms),
-                _ => {
-                    check_range(ms, c, opts, || timestamp::iso_millis(ms))?;
-                    timestamp::write_iso_millis(out, ms);
-                }
+                _ => write_ts(out, ms, c, opts, None, || timestamp::iso_millis(ms))?,
             }
             Ok(true)
         }
@@ -777,10 +812,10 @@ fn write_number_field(
             let Some(v) = as_i64 else {
                 return Err(bad(c, text().as_bytes(), "a unix timestamp"));
             };
-            let ms = unix_to_ms(v, unit_of(&c.ts_format, v))
-                .ok_or_else(|| bad(c, text().as_bytes(), "a unix timestamp in range"))?;
-            check_range(ms, c, opts, &text)?;
-            timestamp::write_iso_millis(out, ms);
+            let unit = unit_of(&c.ts_format, v);
+            let ms =
+                unix_to_ms(v, unit).ok_or_else(|| out_of_range(c, &text(), None, Some(unit)))?;
+            write_ts(out, ms, c, opts, Some(unit), &text)?;
         }
         ColType::Int => match as_i64 {
             Some(v) => json::write_i64(out, v),
@@ -789,7 +824,10 @@ fn write_number_field(
             }
             None => return Err(bad(c, text().as_bytes(), "an integer")),
         },
-        ColType::Bool => out.extend_from_slice(if as_f64 != 0.0 { b"true" } else { b"false" }),
+        // 1 and 0 are booleans; another number is not clearly one.
+        ColType::Bool if as_f64 == 1.0 => out.extend_from_slice(b"true"),
+        ColType::Bool if as_f64 == 0.0 => out.extend_from_slice(b"false"),
+        ColType::Bool => return Err(bad(c, text().as_bytes(), "a boolean (1 or 0)")),
         _ => {
             let t = text();
             // As for CSV text under `auto`: an integer of more than 15 significant digits
@@ -870,11 +908,15 @@ fn write_text(
         ColType::Float => write_float_text(out, b, c)?,
         ColType::Bool => {
             let v = match b {
-                b"true" | b"TRUE" | b"True" | b"t" | b"T" | b"1" | b"yes" | b"YES" | b"Yes"
-                | b"y" | b"Y" => true,
-                b"false" | b"FALSE" | b"False" | b"f" | b"F" | b"0" | b"no" | b"NO" | b"No"
-                | b"n" | b"N" => false,
-                _ => return Err(bad(c, b, "a boolean (true/false, 1/0, yes/no)")),
+                b"true" => true,
+                b"false" => false,
+                _ => super::clean::loose_bool(b).ok_or_else(|| {
+                    bad(
+                        c,
+                        b,
+                        "a boolean (true/false, yes/no, y/n, 1/0, t/f, on/off)",
+                    )
+                })?,
             };
             out.extend_from_slice(if v { b"true" } else { b"false" });
         }
@@ -937,18 +979,99 @@ fn write_ts_text(
 ) -> Result<(), Reject> {
     if c.ts_format == TsFormat::Rfc3339 {
         if let Some((ms, text)) = timestamp::parse_iso_rewrite(b) {
-            check_range(ms, c, opts, || shown(b))?;
+            // The rewrite is given only for years 0000-9999 (and no leap second).
             match text {
-                Some(text) => out.extend_from_slice(&text),
-                None => timestamp::write_iso_millis(out, ms),
+                Some(text) => {
+                    check_range(ms, c, opts, || shown(b))?;
+                    out.extend_from_slice(&text)
+                }
+                None => write_ts(out, ms, c, opts, None, || shown(b))?,
             }
             return Ok(());
         }
     }
     let ms = parse_ts_text(b, c)?;
-    check_range(ms, c, opts, || shown(b))?;
-    timestamp::write_iso_millis(out, ms);
-    Ok(())
+    let unit = match c.ts_format {
+        TsFormat::Unix(_) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(|v| unit_of(&c.ts_format, v)),
+        _ => None,
+    };
+    write_ts(out, ms, c, opts, unit, || shown(b))
+}
+
+/// Writes a timestamp once it passed its checks: an instant outside years 0000-9999
+/// (which has no `YYYY-` form) rejects the row naming the value, wherever it is, and
+/// the call's own timestamp is held to the API's range ([`check_range`]). `unit`: how a
+/// unix value was read, for the reason.
+fn write_ts(
+    out: &mut Vec<u8>,
+    ms: UnixMillis,
+    c: &ColumnValue,
+    opts: &EncodeOptions,
+    unit: Option<UnixUnit>,
+    shown_value: impl FnOnce() -> String,
+) -> Result<(), Reject> {
+    if !timestamp::in_range(ms) {
+        return Err(out_of_range(c, &shown_value(), Some(ms), unit));
+    }
+    check_range(ms, c, opts, shown_value)?;
+    timestamp::write_iso_millis(out, ms).map_err(|e| out_of_range(c, &e.to_string(), None, unit))
+}
+
+/// The reject for an instant outside years 0000-9999 (or beyond an i64 of
+/// milliseconds): the value, the year it would be, and for a unix value the unit it was
+/// read in.
+#[cold]
+#[inline(never)]
+fn out_of_range(
+    c: &ColumnValue,
+    value: &str,
+    ms: Option<UnixMillis>,
+    unit: Option<UnixUnit>,
+) -> Reject {
+    let would = match ms {
+        Some(ms) => format!(" (it would be {})", timestamp::iso_millis(ms)),
+        None => String::new(),
+    };
+    let read = match (unit, &c.ts_format) {
+        (Some(u), TsFormat::Unix(Some(_))) => format!(
+            " read in {} (format = \"{}\"); if the values are in another unit, set the format to it",
+            unit_name(u),
+            unit_format(u)
+        ),
+        (Some(u), _) => format!(
+            " read in {} (the unit its magnitude suggests); name the unit with format = \"unix_s\", \"unix_ms\", \"unix_us\" or \"unix_ns\"",
+            unit_name(u)
+        ),
+        (None, _) => String::new(),
+    };
+    reject(
+        "bad_timestamp",
+        format!(
+            "column {}: \"{value}\"{read} is outside the years 0000-9999{would}, which a timestamp cannot be sent as",
+            c.name
+        ),
+    )
+}
+
+fn unit_name(u: UnixUnit) -> &'static str {
+    match u {
+        UnixUnit::Seconds => "seconds",
+        UnixUnit::Millis => "milliseconds",
+        UnixUnit::Micros => "microseconds",
+        UnixUnit::Nanos => "nanoseconds",
+    }
+}
+
+fn unit_format(u: UnixUnit) -> &'static str {
+    match u {
+        UnixUnit::Seconds => "unix_s",
+        UnixUnit::Millis => "unix_ms",
+        UnixUnit::Micros => "unix_us",
+        UnixUnit::Nanos => "unix_ns",
+    }
 }
 
 /// Copies valid JSON without insignificant whitespace, so a body stays one line.
@@ -1016,7 +1139,8 @@ fn parse_ts_text(b: &[u8], c: &ColumnValue) -> Result<UnixMillis, Reject> {
                 .trim()
                 .parse()
                 .map_err(|_| fail("is not a unix timestamp (an integer)"))?;
-            unix_to_ms(v, unit_of(&c.ts_format, v)).ok_or_else(|| fail("is out of range"))
+            let unit = unit_of(&c.ts_format, v);
+            unix_to_ms(v, unit).ok_or_else(|| out_of_range(c, &shown(b), None, Some(unit)))
         }
     }
 }
@@ -1123,7 +1247,7 @@ context = { "device.token" = "a", "device.type" = "d" }
     /// reject's code and detail.
     fn written(nodes: &[OutNode], row: &TestRow) -> Result<Vec<u8>, String> {
         let mut out = b"prefix".to_vec();
-        write_object(&mut out, row, nodes, &opts())
+        write_object(&mut out, row, nodes, &opts(), &mut Judge::batch())
             .map_err(|r| format!("{}: {}", r.code, r.detail))?;
         assert!(out.starts_with(b"prefix"));
         Ok(out.split_off(6))
@@ -1206,7 +1330,14 @@ context = { "device.token" = "a", "device.type" = "d" }
         let m = compile(&spec, &schema, "test").expect("test mapping compiles");
         let row = TestRow(vec![None, None, None, None, None, None]);
         let mut out = Vec::new();
-        write_object(&mut out, &row, &m.calls[0].payload, &opts()).expect("writes");
+        write_object(
+            &mut out,
+            &row,
+            &m.calls[0].payload,
+            &opts(),
+            &mut Judge::batch(),
+        )
+        .expect("writes");
         // Missing values are dropped whatever their empty policy, so `o` (three deep)
         // and `v` come out `{}` and go with their keys; the constant and template stay.
         assert_eq!(out, br#"{"k":1,"t":{"u":"-"}}"#);
@@ -1219,7 +1350,13 @@ context = { "device.token" = "a", "device.type" = "d" }
             None,
         ]);
         let mut out = Vec::new();
-        let r = write_object(&mut out, &row, &m.calls[0].payload, &opts());
+        let r = write_object(
+            &mut out,
+            &row,
+            &m.calls[0].payload,
+            &opts(),
+            &mut Judge::batch(),
+        );
         assert_eq!(
             r.map_err(|r| r.detail).unwrap_err(),
             "column d: \"x\" is not an integer"
@@ -1233,7 +1370,14 @@ context = { "device.token" = "a", "device.type" = "d" }
             None,
         ]);
         let mut out = Vec::new();
-        write_object(&mut out, &row, &m.calls[0].payload, &opts()).expect("writes");
+        write_object(
+            &mut out,
+            &row,
+            &m.calls[0].payload,
+            &opts(),
+            &mut Judge::batch(),
+        )
+        .expect("writes");
         assert_eq!(
             out,
             br#"{"a":"q","k":1,"o":{"b":null,"p":{"q":"q"}},"t":{"u":"q-"},"v":{"w":{"x":"q"}}}"#

@@ -1,12 +1,15 @@
 //! Mapping: the mapping file ([`spec`]), its form compiled against an input's columns
 //! ([`compile`]: also the input's messageId seed, [`message_id`], and which columns
 //! spread their members in place), and the encoder that turns rows into call JSON
-//! ([`encode`]), with the spec's checks of semantic events ([`semantic`]) and the sentAt
+//! ([`encode`]), with the spec's checks of semantic events ([`semantic`]) and of the
+//! reserved names it types ([`reserved`]), loose booleans ([`clean`]) and the sentAt
 //! placeholder ([`sent_at`]).
 
+pub mod clean;
 pub mod compile;
 pub mod encode;
 pub mod message_id;
+pub mod reserved;
 pub mod semantic;
 pub mod sent_at;
 pub mod spec;

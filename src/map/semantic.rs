@@ -78,6 +78,14 @@ impl Semantic {
             deliveryId: Option<&'a RawValue>,
             #[serde(borrow)]
             metric: Option<&'a RawValue>,
+            #[serde(borrow)]
+            recipient: Option<&'a RawValue>,
+            #[serde(borrow)]
+            reason: Option<&'a RawValue>,
+            #[serde(borrow, rename = "actionValue")]
+            action_value: Option<&'a RawValue>,
+            #[serde(borrow)]
+            href: Option<&'a RawValue>,
         }
         #[derive(serde::Deserialize)]
         #[allow(non_snake_case)]
@@ -163,6 +171,21 @@ impl Semantic {
                         )
                     }
                     None => return missing("properties.metric", ""),
+                }
+                // The schema types these too: strings when given.
+                let strings = props.map_or([None; 4], |p| {
+                    [p.recipient, p.reason, p.action_value, p.href]
+                });
+                for (name, v) in ["recipient", "reason", "actionValue", "href"]
+                    .into_iter()
+                    .zip(strings)
+                {
+                    if let Some(v) = v.filter(|v| !v.get().starts_with('"')) {
+                        return missing(
+                            &format!("properties.{name} to be a string"),
+                            &format!(" (got {})", v.get()),
+                        );
+                    }
                 }
             }
         }

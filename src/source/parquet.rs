@@ -772,9 +772,7 @@ fn write_time(out: &mut Vec<u8>, v: i64, digits: u32) {
 fn write_iso_nanos(out: &mut Vec<u8>, n: i64) {
     let ms = n.div_euclid(1_000_000);
     // Years 0000..=9999 only: beyond that ISO 8601 needs an expanded form.
-    if (-62_167_219_200_000..253_402_300_800_000).contains(&ms) {
-        crate::timestamp::write_iso_millis(out, ms);
-    } else {
+    if crate::timestamp::write_iso_millis(out, ms).is_err() {
         json::write_i64(out, ms);
     }
 }
