@@ -807,16 +807,19 @@ pub fn compile(
             Some(t) => cx.tree(t, &what("context"))?,
             None => Vec::new(),
         };
-        // group sends its object type id in traits too (see encode's group arm): a
-        // mapped `object_type_id` trait beside it would be one key twice.
+        // group sends its object type id in traits (see encode's group arm): a mapped
+        // `objectTypeId` or `object_type_id` trait beside it would be one key twice.
         let may_group = matches!(
             kind,
             KindSource::Const(CallKind::Group) | KindSource::Column(..)
         );
         if may_group && c.object_type_id.is_some() {
-            if let Some(n) = payload.iter().find(|n| n.name == "object_type_id") {
+            if let Some(n) = payload
+                .iter()
+                .find(|n| n.name == "object_type_id" || n.name == "objectTypeId")
+            {
                 return Err(CompileError(format!(
-                    "mapping{}: {}: object_type_id is sent as traits.object_type_id (and objectTypeId), so traits may not map \"{}\" as well; drop one of them",
+                    "mapping{}: {}: object_type_id is sent as traits.objectTypeId and traits.object_type_id, so traits may not map \"{}\" as well; drop one of them",
                     spec.locate("object_type_id"),
                     what("traits"),
                     n.name

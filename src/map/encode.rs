@@ -359,8 +359,6 @@ fn encode_call<R: Row>(
     let has_user = write_opt_field(out, row, b"\"userId\":", &call.user_id, opts)?;
     let has_anon = write_opt_field(out, row, b"\"anonymousId\":", &call.anonymous_id, opts)?;
     let mut semantic = None;
-    // group: where its objectTypeId value was written, to repeat it in traits.
-    let mut object_type = None;
     match kind {
         CallKind::Track => {
             let mark = out.len();
@@ -382,7 +380,6 @@ fn encode_call<R: Row>(
                     format!("the row has no groupId{}", source_hint(&call.group_id)),
                 ));
             }
-            object_type = write_object_type_id(out, row, call, opts)?;
         }
         CallKind::Alias => {
             if !has_user {
@@ -427,10 +424,15 @@ fn encode_call<R: Row>(
         }
     }
     let mut judge = Judge::new(kind, !has_anon);
+    // group: the object type goes in traits, as `objectTypeId` (what the vendor's group
+    // documentation and every example of the spec send) and as `object_type_id` (the
+    // name the spec's group schema declares); README, "group and objectTypeId".
+    let object_type = match kind {
+        CallKind::Group => write_object_type_id(out, row, call, opts)?,
+        _ => None,
+    };
     if let Some(v) = object_type {
-        // group: the object type goes in traits too, as `object_type_id`, the name the
-        // spec's group schema declares (README, "group and objectTypeId").
-        out.extend_from_slice(b",\"traits\":{\"object_type_id\":");
+        out.extend_from_slice(b",\"object_type_id\":");
         out.extend_from_within(v);
         write_members(out, row, &call.payload, opts, &mut judge, true)?;
         out.push(b'}');
@@ -463,9 +465,10 @@ fn encode_call<R: Row>(
     Ok(kind)
 }
 
-/// `,"objectTypeId":"N"`: the spec wants a stringified integer; a number is quoted, and
+/// `,"traits":{"objectTypeId":"N"` (the traits object left open for the rest of the
+/// group's traits): the spec wants a stringified integer; a number is quoted, and
 /// anything but digits is a reject naming the value. Returns where the value (`"N"`)
-/// was written, when it was.
+/// was written, when it was (nothing is written when the row has none).
 fn write_object_type_id<R: Row>(
     out: &mut Vec<u8>,
     row: &R,
@@ -473,10 +476,11 @@ fn write_object_type_id<R: Row>(
     opts: &EncodeOptions,
 ) -> Result<Option<std::ops::Range<usize>>, Reject> {
     let mark = out.len();
-    if !write_opt_field(out, row, b"\"objectTypeId\":", &call.object_type_id, opts)? {
+    const KEY: &[u8] = b"\"traits\":{\"objectTypeId\":";
+    if !write_opt_field(out, row, KEY, &call.object_type_id, opts)? {
         return Ok(None);
     }
-    let v = mark + b",\"objectTypeId\":".len();
+    let v = mark + 1 + KEY.len();
     let digits = |b: &[u8]| !b.is_empty() && b.iter().all(u8::is_ascii_digit);
     let written = &out[v..];
     if written.len() >= 2 && written[0] == b'"' && digits(&written[1..written.len() - 1]) {
@@ -760,6 +764,19 @@ fn write_column(
             Ok(true)
         }
         Field::TimestampNanos(n) => {
+            // The source saturates an instant nanoseconds cannot hold (a Parquet
+            // timestamp in s, ms or µs, or a date, outside 1677-09-21..2262-04-11): it is
+            // not that instant, so it is refused rather than sent as the limit.
+            if n == i64::MAX || n == i64::MIN {
+                return Err(reject(
+                    "bad_timestamp",
+                    format!(
+                        "column {}: a timestamp {}, outside 1677-09-21..2262-04-11, the range typed timestamp columns are read in; write the column as text or as a number and give it a timestamp format",
+                        c.name,
+                        if n == i64::MAX { "after 2262-04-11" } else { "before 1677-09-21" }
+                    ),
+                ));
+            }
             let ms = n.div_euclid(1_000_000);
             match c.ty {
                 ColType::Int => json::write_i64(out, ms),

@@ -12,7 +12,8 @@
 //! - decimals → their exact decimal text as `Raw`, so `type = "auto"` writes a number
 //!   when it has at most 15 significant digits and a string otherwise (never rounds);
 //! - binary → a base64 (standard alphabet, padded) string;
-//! - timestamps of every unit, with or without a time zone → `TimestampNanos` (Arrow
+//! - timestamps of every unit, with or without a time zone → `TimestampNanos`, saturated
+//!   outside what nanoseconds hold (the encoder refuses a saturated value) (Arrow
 //!   stores instants as UTC; a zone-less timestamp is taken as UTC); dates → midnight
 //!   UTC of that day; both are written as UTC ISO 8601;
 //! - times of day → `"HH:MM:SS[.fraction]"`; durations → an integer in their unit;
