@@ -79,7 +79,11 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// [`write_str`] for bytes already known to be valid UTF-8.
-#[inline]
+///
+/// This, [`is_json_number`] and [`is_canonical_i64`] are always inlined: the encoder calls
+/// them for every value, and LLVM stopped inlining them into `encode::write_object` once
+/// this module left `map/` (a dry run took 1.4% more instructions).
+#[inline(always)]
 pub fn write_str_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.reserve(bytes.len() + 2);
     out.push(b'"');
@@ -287,7 +291,7 @@ pub fn write_f64(out: &mut Vec<u8>, v: f64) {
 
 /// True when `b` is a JSON number exactly as written (RFC 8259 grammar): so it can be
 /// copied into the output as a number without changing a digit.
-#[inline]
+#[inline(always)]
 pub fn is_json_number(b: &[u8]) -> bool {
     let mut i = 0;
     if b.first() == Some(&b'-') {
@@ -331,7 +335,7 @@ pub fn is_json_number(b: &[u8]) -> bool {
 /// True when `b` is an integer written exactly as `i64` formats it (no sign but `-`, no
 /// leading zero, no `-0`) and short enough (at most 18 digits) that it cannot overflow:
 /// then parsing it and writing the `i64` back gives `b` itself, so it can be copied.
-#[inline]
+#[inline(always)]
 pub fn is_canonical_i64(b: &[u8]) -> bool {
     let digits = b.strip_prefix(b"-").unwrap_or(b);
     match digits {
