@@ -974,6 +974,10 @@ fn check_semantic(
             need(has(&c.payload, &["deliveryId"]), "properties.deliveryId")?;
             need(has(&c.payload, &["metric"]), "properties.metric")
         }
+        Semantic::ReportContent => need(
+            has(&c.payload, &["activityType"]),
+            "properties.activityType",
+        ),
     }
 }
 
@@ -998,10 +1002,11 @@ fn check_required(c: &CompiledCall, what: &str) -> Result<(), CompileError> {
             "user_id or anonymous_id",
         ),
         CallKind::Track => {
-            // The one semantic event the spec lets go without a person.
-            let delivery = matches!(&c.event, Some(ValueSource::Const(b)) if b == b"\"Report Delivery Event\"");
+            // The semantic events the spec lets go without a person.
+            let no_person = matches!(&c.event, Some(ValueSource::Const(b))
+                if super::semantic::Semantic::of(b).is_some_and(|s| s.needs_no_person()));
             need(
-                delivery || c.user_id.is_some() || c.anonymous_id.is_some(),
+                no_person || c.user_id.is_some() || c.anonymous_id.is_some(),
                 "user_id or anonymous_id",
             )?;
             need(c.event.is_some(), "event")?;

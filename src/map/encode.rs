@@ -400,7 +400,7 @@ fn encode_call<R: Row>(
         }
         CallKind::Identify => {}
     }
-    let needs_id = kind != CallKind::Alias && semantic != Some(Semantic::ReportDelivery);
+    let needs_id = kind != CallKind::Alias && !semantic.is_some_and(Semantic::needs_no_person);
     if needs_id && !has_user && !has_anon {
         return Err(reject(
             "missing_id",
@@ -1052,22 +1052,21 @@ fn out_of_range(
         Some(ms) => format!(" (it would be {})", timestamp::iso_millis(ms)),
         None => String::new(),
     };
-    let read = match (unit, &c.ts_format) {
-        (Some(u), TsFormat::Unix(Some(_))) => format!(
-            " read in {} (format = \"{}\"); if the values are in another unit, set the format to it",
-            unit_name(u),
-            unit_format(u)
+    let (read, fix) = match (unit, &c.ts_format) {
+        (Some(u), TsFormat::Unix(Some(_))) => (
+            format!(" read in {} (format = \"{}\")", unit_name(u), unit_format(u)),
+            "; if the column holds another unit, set its format to that unit",
         ),
-        (Some(u), _) => format!(
-            " read in {} (the unit its magnitude suggests); name the unit with format = \"unix_s\", \"unix_ms\", \"unix_us\" or \"unix_ns\"",
-            unit_name(u)
+        (Some(u), _) => (
+            format!(" read in {} (the unit its magnitude suggests)", unit_name(u)),
+            "; name the column's unit with format = \"unix_s\", \"unix_ms\", \"unix_us\" or \"unix_ns\"",
         ),
-        (None, _) => String::new(),
+        (None, _) => (String::new(), ""),
     };
     reject(
         "bad_timestamp",
         format!(
-            "column {}: \"{value}\"{read} is outside the years 0000-9999{would}, which a timestamp cannot be sent as",
+            "column {}: \"{value}\"{read} is outside the years 0000-9999{would}, which no timestamp can be sent as{fix}",
             c.name
         ),
     )

@@ -2,8 +2,10 @@
 //! `CDP_ENDPOINT` cleared, so the environment a test runs in cannot change what it
 //! tests), a temp dir per test ([`Workdir`]), the repository's fixtures and the shared
 //! API spec, the in-process local receiver on an ephemeral loopback port, and one probe
-//! of a child's peak memory ([`run_measured`]).
+//! of a child's peak memory ([`run_measured`]); [`spec`] holds the vendor spec as JSON Schema.
 #![allow(dead_code)]
+
+pub mod spec;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
