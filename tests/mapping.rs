@@ -20,26 +20,9 @@ fn fixtures() -> PathBuf {
 
 /// `run --dry-run --output bodies.ndjson`; returns the process output and the bodies.
 fn dry_run(d: &Workdir, input: &Path, mapping: &Path, extra: &[&str]) -> (Output, Vec<Value>) {
-    let out = d
-        .cmd()
-        .arg("run")
-        .arg(input)
-        .arg("--mapping")
-        .arg(mapping)
-        .args([
-            "--dry-run",
-            "--output",
-            "bodies.ndjson",
-            "--rejects",
-            "rejects.ndjson",
-        ])
-        .args(extra)
-        .output()
-        .expect("run the binary");
-    let text = std::fs::read_to_string(d.path("bodies.ndjson")).unwrap_or_default();
-    let bodies = text
-        .lines()
-        .filter(|l| !l.is_empty())
+    let (out, lines) = common::dry_run_lines(d, input, mapping, extra);
+    let bodies = lines
+        .iter()
         .map(|l| serde_json::from_str(l).expect("each body is JSON"))
         .collect();
     (out, bodies)

@@ -12,6 +12,7 @@ use std::process::Output;
 
 use serde_json::{json, Value};
 
+use common::dry_run_lines as dry_run;
 use common::spec::{assert_valid, calls_of, repeated_key, schema_for};
 use common::{fixture, receiver, recorded_calls, stderr, Workdir};
 
@@ -19,33 +20,21 @@ mod common;
 
 const PLACEHOLDER: &str = "0000-00-00T00:00:00.000Z";
 
-/// `run --dry-run --output bodies.ndjson --rejects rejects.ndjson` in `d`: the process
-/// output, each body's raw line, and the reject lines.
-fn dry_run(d: &Workdir, input: &Path, mapping: &Path, extra: &[&str]) -> (Output, Vec<String>) {
-    let _ = std::fs::remove_file(d.path("bodies.ndjson"));
-    let _ = std::fs::remove_file(d.path("rejects.ndjson"));
-    let out = d
-        .cmd()
-        .arg("run")
-        .arg(input)
-        .arg("--mapping")
-        .arg(mapping)
-        .args([
-            "--dry-run",
-            "--output",
-            "bodies.ndjson",
-            "--rejects",
-            "rejects.ndjson",
-        ])
-        .args(extra)
-        .output()
-        .expect("run the binary");
-    let text = std::fs::read_to_string(d.path("bodies.ndjson")).unwrap_or_default();
-    (out, text.lines().map(String::from).collect())
-}
-
 fn rejects(d: &Workdir) -> Vec<Value> {
     common::read_lines(&d.path("rejects.ndjson"))
+}
+
+/// Each reject's row and detail.
+fn rows_and_details(d: &Workdir) -> Vec<(u64, String)> {
+    rejects(d)
+        .iter()
+        .map(|r| {
+            (
+                r["row"].as_u64().unwrap(),
+                r["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 fn parsed(lines: &[String]) -> Vec<Value> {
@@ -290,15 +279,7 @@ fn integration_names_keep_their_dots_and_their_values_are_booleans() {
             ("u4".to_string(), json!({"a.b": true})),
         ]
     );
-    let rejected: Vec<(u64, String)> = rejects(&d)
-        .iter()
-        .map(|r| {
-            (
-                r["row"].as_u64().unwrap(),
-                r["detail"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let rejected: Vec<(u64, String)> = rows_and_details(&d);
     assert_eq!(rejected.len(), 2, "{rejected:?}");
     assert!(rejected[0].1.contains("\"maybe\"") && rejected[0].1.contains("boolean"));
     assert!(rejected[1].1.contains("\"2\""), "{rejected:?}");
@@ -656,15 +637,7 @@ fn a_report_content_event_is_checked_against_its_schema() {
         assert!(c.get("userId").is_none() && c.get("anonymousId").is_none());
         assert_valid("report_content_event", c);
     }
-    let got: Vec<(u64, String)> = rejects(&d)
-        .iter()
-        .map(|r| {
-            (
-                r["row"].as_u64().unwrap(),
-                r["detail"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let got: Vec<(u64, String)> = rows_and_details(&d);
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got[0].0, 3);
     assert!(got[0].1.contains("properties.activityType"), "{got:?}");

@@ -849,27 +849,11 @@ pub fn compile(
         mark_spreads(&mut c.payload, schema);
         mark_spreads(&mut c.context, schema);
         attach_payload(c);
-        attach(
-            &mut c.context,
-            reserved::CONTEXT,
-            None,
-            u8::MAX,
-            Place::Context,
-            "",
-            When::Always,
-        );
+        attach_context(&mut c.context);
     }
     mark_spreads(&mut batch_context, schema);
     mark_spreads(&mut batch_integrations, schema);
-    attach(
-        &mut batch_context,
-        reserved::CONTEXT,
-        None,
-        u8::MAX,
-        Place::Context,
-        "",
-        When::Always,
-    );
+    attach_context(&mut batch_context);
     Ok(CompiledMapping {
         calls,
         seed: super::message_id::input_seed(&spec.namespace, input),
@@ -877,6 +861,19 @@ pub fn compile(
         batch_context,
         batch_integrations,
     })
+}
+
+/// The rules of the names the spec types in a context (a call's or a batch's).
+fn attach_context(nodes: &mut [OutNode]) {
+    attach(
+        nodes,
+        reserved::CONTEXT,
+        None,
+        u8::MAX,
+        Place::Context,
+        "",
+        When::Always,
+    );
 }
 
 /// The rules of the names the spec types in a call's traits or properties: those of its

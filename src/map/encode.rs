@@ -1339,6 +1339,84 @@ context = { "device.token" = "a", "device.type" = "d" }
         }
     }
 
+    /// A timestamp column of every format, as traits of identify (no range check there).
+    const TS_MAPPING: &str = r#"
+[columns]
+a = { type = "timestamp", format = "unix" }
+b = { type = "timestamp", format = "unix_s" }
+c = { type = "timestamp", format = "unix_ms" }
+d = { type = "timestamp", format = "unix_us" }
+e = { type = "timestamp", format = "rfc3339" }
+
+[[call]]
+type = "identify"
+user_id = { const = "u" }
+traits = { a = "a", b = "b", c = "c", d = "d", e = "e" }
+"#;
+
+    /// Text of an RFC 3339-ish timestamp over the whole range of its fields: every year
+    /// 0000-9999, second 60 included, offsets up to ±23:59, fractions of any length.
+    fn iso_text() -> impl Strategy<Value = String> {
+        (
+            0i64..=9999,
+            1u32..=12,
+            1u32..=31,
+            0u32..=23,
+            0u32..=59,
+            0u32..=60,
+            proptest::option::of("[0-9]{1,12}"),
+            prop_oneof![
+                Just("Z".to_string()),
+                (any::<bool>(), 0u32..=23, 0u32..=59).prop_map(|(neg, h, m)| format!(
+                    "{}{h:02}:{m:02}",
+                    if neg { '-' } else { '+' }
+                ))
+            ],
+        )
+            .prop_map(|(y, mo, d, h, mi, s, frac, off)| {
+                let frac = frac.map_or(String::new(), |f| format!(".{f}"));
+                format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}{off}")
+            })
+    }
+
+    proptest! {
+        /// Over the full range of inputs (any i64 in any unix unit, any RFC 3339 text
+        /// with any year, second and offset): a timestamp is written with a four-digit
+        /// year, 0000 to 9999, that reads back as an RFC 3339 date-time, or the row is
+        /// rejected as a bad timestamp. Never a wrapped or garbled year.
+        #[test]
+        fn a_timestamp_is_written_with_a_year_in_0000_to_9999_or_rejected(
+            col in 0usize..5,
+            unix in prop_oneof![
+                any::<i64>(),
+                -100_000_000_000_000i64..100_000_000_000_000,
+                (timestamp::MIN_MS - 10_000_000)..(timestamp::MAX_MS + 10_000_000),
+            ],
+            iso in iso_text(),
+        ) {
+            let spec = spec::parse(TS_MAPPING).expect("test mapping parses");
+            let schema = NamesSchema::of(&COLUMNS);
+            let m = compile(&spec, &schema, "test").expect("test mapping compiles");
+            let mut fields = vec![None; 6];
+            fields[col] = Some(if col == 4 { iso.clone() } else { unix.to_string() });
+            let row = TestRow(fields);
+            match written(&m.calls[0].payload, &row) {
+                Ok(out) => {
+                    let v: serde_json::Value = serde_json::from_slice(&out)
+                        .map_err(|e| TestCaseError::fail(format!("{e}")))?;
+                    let name = COLUMNS[col];
+                    let t = v[name].as_str().ok_or_else(|| TestCaseError::fail(format!("{v}")))?;
+                    prop_assert_eq!(t.len(), 24, "{}", t);
+                    prop_assert!(t.as_bytes()[..4].iter().all(u8::is_ascii_digit), "{}", t);
+                    prop_assert!(timestamp::is_rfc3339(t.as_bytes()), "{}", t);
+                    let ms = timestamp::parse_rfc3339(t.as_bytes()).unwrap();
+                    prop_assert!(timestamp::in_range(ms), "{}", t);
+                }
+                Err(e) => prop_assert!(e.starts_with("bad_timestamp: "), "{}", e),
+            }
+        }
+    }
+
     #[test]
     fn empty_objects_are_dropped_with_their_key_and_comma() {
         let spec = spec::parse(MAPPING).expect("test mapping parses");

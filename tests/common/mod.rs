@@ -96,6 +96,37 @@ impl Default for Workdir {
     }
 }
 
+/// `run INPUT --mapping MAPPING --dry-run --output bodies.ndjson --rejects
+/// rejects.ndjson` in `d` (both files removed first): the process output and each body's
+/// line as written.
+pub fn dry_run_lines(
+    d: &Workdir,
+    input: &Path,
+    mapping: &Path,
+    extra: &[&str],
+) -> (Output, Vec<String>) {
+    let _ = std::fs::remove_file(d.path("bodies.ndjson"));
+    let _ = std::fs::remove_file(d.path("rejects.ndjson"));
+    let out = d
+        .cmd()
+        .arg("run")
+        .arg(input)
+        .arg("--mapping")
+        .arg(mapping)
+        .args([
+            "--dry-run",
+            "--output",
+            "bodies.ndjson",
+            "--rejects",
+            "rejects.ndjson",
+        ])
+        .args(extra)
+        .output()
+        .expect("run the binary");
+    let text = std::fs::read_to_string(d.path("bodies.ndjson")).unwrap_or_default();
+    (out, text.lines().map(String::from).collect())
+}
+
 /// What [`run_measured`] saw of a child.
 pub struct Measured {
     pub status: ExitStatus,
