@@ -428,8 +428,12 @@ fn want_of(shape: &Shape) -> String {
     }
 }
 
-fn hint_of(shape: &Shape) -> &'static str {
+/// What to do about a misfit of `shape`; `number`: the value given was a number.
+fn hint_of(shape: &Shape, number: bool) -> &'static str {
     match shape {
+        Shape::String | Shape::OneOf(_) if number => {
+            "; give the column type = \"string\" if its values are text that looks like a number (\"2.0\", \"94128\")"
+        }
         Shape::DateTime => {
             "; give the column type = \"timestamp\" (and its format) so that it is written as one"
         }
@@ -465,7 +469,7 @@ fn walk(value: &[u8], shape: &Shape, judge: &Judge) -> Result<(), Misfit> {
         return Err(Misfit {
             want: want_of(shape),
             got: format!("{} ({})", describe(first), shown(value)),
-            hint: hint_of(shape),
+            hint: hint_of(shape, first == b'-' || first.is_ascii_digit()),
             ..Misfit::default()
         });
     }
@@ -526,8 +530,8 @@ impl Seed<'_> {
     fn fail<E: de::Error>(self, got: String) -> Result<(), E> {
         *self.misfit = Some(Misfit {
             want: want_of(self.shape),
+            hint: hint_of(self.shape, got.starts_with("a number")),
             got,
-            hint: hint_of(self.shape),
             ..Misfit::default()
         });
         Err(E::custom("misfit"))
