@@ -395,10 +395,13 @@ impl Ctx<'_> {
                 }
                 if let Some(c) = &d.constant {
                     if !c.is_bool() {
-                        let hint = match c
-                            .as_str()
-                            .and_then(|t| super::clean::loose_bool(t.as_bytes()))
-                        {
+                        let clear = match c {
+                            toml::Value::String(t) => super::clean::loose_bool(t.as_bytes()),
+                            toml::Value::Integer(1) => Some(true),
+                            toml::Value::Integer(0) => Some(false),
+                            _ => None,
+                        };
+                        let hint = match clear {
                             Some(b) => format!("; write {{ const = {b} }}"),
                             None => "; write { const = true } or { const = false }".to_string(),
                         };
