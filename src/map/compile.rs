@@ -144,6 +144,10 @@ pub struct CompiledCall {
     pub payload: Vec<OutNode>,
     /// Call-level `context`, written inside the call.
     pub context: Vec<OutNode>,
+    /// Some node of `payload` (of `context`) carries a name the spec types
+    /// ([`OutNode::reserved`]): the encoder checks that tree's values.
+    pub payload_checks: bool,
+    pub context_checks: bool,
 }
 
 /// The whole mapping compiled against one input.
@@ -158,6 +162,8 @@ pub struct CompiledMapping {
     /// their bytes, so calls with different values never share a request.
     pub batch_context: Vec<OutNode>,
     pub batch_integrations: Vec<OutNode>,
+    /// Some node of the batch context or integrations carries a name the spec types.
+    pub batch_checks: bool,
 }
 
 impl CompiledMapping {
@@ -842,6 +848,8 @@ pub fn compile(
             message_id: id(&c.message_id, "message_id")?,
             payload,
             context,
+            payload_checks: false,
+            context_checks: false,
         };
         check_required(&compiled, &what(""))?;
         calls.push(compiled);
@@ -853,16 +861,28 @@ pub fn compile(
         mark_spreads(&mut c.context, schema);
         attach_payload(c);
         attach_context(&mut c.context);
+        c.payload_checks = any_reserved(&c.payload);
+        c.context_checks = any_reserved(&c.context);
     }
     mark_spreads(&mut batch_context, schema);
     mark_spreads(&mut batch_integrations, schema);
     attach_context(&mut batch_context);
+    let batch_checks = any_reserved(&batch_context) || any_reserved(&batch_integrations);
     Ok(CompiledMapping {
         calls,
         seed: super::message_id::input_seed(&spec.namespace, input),
         max_future_ms: (spec.defaults.max_future_hours as i64).saturating_mul(3_600_000),
         batch_context,
         batch_integrations,
+        batch_checks,
+    })
+}
+
+/// Whether a node of the tree carries a name the spec types.
+fn any_reserved(nodes: &[OutNode]) -> bool {
+    nodes.iter().any(|n| {
+        n.reserved.is_some()
+            || matches!(&n.kind, OutKind::Object(children) if any_reserved(children))
     })
 }
 

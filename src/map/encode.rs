@@ -291,7 +291,11 @@ fn write_batch_context<R: Row>(
         }
         let mark = out.len();
         out.extend_from_slice(key);
-        write_object(out, row, nodes, opts, &mut judge)?;
+        if m.batch_checks {
+            write_object::<R, true>(out, row, nodes, opts, &mut judge)?;
+        } else {
+            write_object::<R, false>(out, row, nodes, opts, &mut judge)?;
+        }
         if out.ends_with(b"{}") {
             out.truncate(mark);
         }
@@ -434,22 +438,34 @@ fn encode_call<R: Row>(
     if let Some(v) = object_type {
         out.extend_from_slice(b",\"object_type_id\":");
         out.extend_from_within(v);
-        write_members(out, row, &call.payload, opts, &mut judge, true)?;
+        if call.payload_checks {
+            write_members::<R, true>(out, row, &call.payload, opts, &mut judge, true)?;
+        } else {
+            write_members::<R, false>(out, row, &call.payload, opts, &mut judge, true)?;
+        }
         out.push(b'}');
     } else if !call.payload.is_empty() && kind != CallKind::Alias {
         out.extend_from_slice(match kind.payload_key() {
             "traits" => b",\"traits\":",
             _ => b",\"properties\":",
         });
-        write_object(out, row, &call.payload, opts, &mut judge)?;
+        if call.payload_checks {
+            write_object::<R, true>(out, row, &call.payload, opts, &mut judge)?;
+        } else {
+            write_object::<R, false>(out, row, &call.payload, opts, &mut judge)?;
+        }
     }
     if !call.context.is_empty() {
         let mark = out.len();
         out.extend_from_slice(b",\"context\":");
-        write_object(out, row, &call.context, opts, &mut judge)?;
-        judge
-            .end_context()
-            .map_err(|why| reject("bad_value", why))?;
+        if call.context_checks {
+            write_object::<R, true>(out, row, &call.context, opts, &mut judge)?;
+            judge
+                .end_context()
+                .map_err(|why| reject("bad_value", why))?;
+        } else {
+            write_object::<R, false>(out, row, &call.context, opts, &mut judge)?;
+        }
         if out.ends_with(b"{}") {
             out.truncate(mark);
         }
@@ -508,7 +524,10 @@ fn source_hint(v: &Option<ValueSource>) -> String {
     }
 }
 
-fn write_object<R: Row>(
+/// An object of `nodes`. `CHECK`: some node of the tree carries a name the spec types
+/// ([`OutNode::reserved`], decided when the mapping is compiled); without one the check
+/// is compiled out, so a mapping that places no such name pays nothing for it.
+fn write_object<R: Row, const CHECK: bool>(
     out: &mut Vec<u8>,
     row: &R,
     nodes: &[OutNode],
@@ -516,13 +535,14 @@ fn write_object<R: Row>(
     judge: &mut Judge,
 ) -> Result<(), Reject> {
     out.push(b'{');
-    write_members(out, row, nodes, opts, judge, false)?;
+    write_members::<R, CHECK>(out, row, nodes, opts, judge, false)?;
     out.push(b'}');
     Ok(())
 }
 
 /// An object's members, after `{` (and after members already written when `any`).
-fn write_members<R: Row>(
+#[inline(always)]
+fn write_members<R: Row, const CHECK: bool>(
     out: &mut Vec<u8>,
     row: &R,
     nodes: &[OutNode],
@@ -537,7 +557,7 @@ fn write_members<R: Row>(
             if let OutKind::Leaf(ValueSource::Column(c)) = &n.kind {
                 if let Field::Json(obj) = row.field(&c.col) {
                     if obj.len() > 2 {
-                        if let Some(r) = &n.reserved {
+                        if let Some(r) = n.reserved.as_ref().filter(|_| CHECK) {
                             judge
                                 .check(r, obj)
                                 .map_err(|why| reject("bad_value", why))?;
@@ -563,14 +583,14 @@ fn write_members<R: Row>(
             // An object whose every value is omitted is omitted too: `{}` says nothing,
             // and an empty `context.device` would even make the call ambiguous.
             OutKind::Object(children) => {
-                write_object(out, row, children, opts, judge)?;
+                write_object::<R, CHECK>(out, row, children, opts, judge)?;
                 !out.ends_with(b"{}")
             }
         };
         if wrote {
             any = true;
             // A name the spec types (rare): its value is checked.
-            if let Some(r) = &n.reserved {
+            if let Some(r) = n.reserved.as_ref().filter(|_| CHECK) {
                 judge
                     .check(r, &out[value..])
                     .map_err(|why| reject("bad_value", why))?;
@@ -1263,7 +1283,7 @@ context = { "device.token" = "a", "device.type" = "d" }
     /// reject's code and detail.
     fn written(nodes: &[OutNode], row: &TestRow) -> Result<Vec<u8>, String> {
         let mut out = b"prefix".to_vec();
-        write_object(&mut out, row, nodes, &opts(), &mut Judge::batch())
+        write_object::<_, true>(&mut out, row, nodes, &opts(), &mut Judge::batch())
             .map_err(|r| format!("{}: {}", r.code, r.detail))?;
         assert!(out.starts_with(b"prefix"));
         Ok(out.split_off(6))
@@ -1424,7 +1444,7 @@ traits = { a = "a", b = "b", c = "c", d = "d", e = "e" }
         let m = compile(&spec, &schema, "test").expect("test mapping compiles");
         let row = TestRow(vec![None, None, None, None, None, None]);
         let mut out = Vec::new();
-        write_object(
+        write_object::<_, true>(
             &mut out,
             &row,
             &m.calls[0].payload,
@@ -1444,7 +1464,7 @@ traits = { a = "a", b = "b", c = "c", d = "d", e = "e" }
             None,
         ]);
         let mut out = Vec::new();
-        let r = write_object(
+        let r = write_object::<_, true>(
             &mut out,
             &row,
             &m.calls[0].payload,
@@ -1464,7 +1484,7 @@ traits = { a = "a", b = "b", c = "c", d = "d", e = "e" }
             None,
         ]);
         let mut out = Vec::new();
-        write_object(
+        write_object::<_, true>(
             &mut out,
             &row,
             &m.calls[0].payload,
