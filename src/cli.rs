@@ -51,11 +51,12 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Read inputs, map rows to calls, pack and send them.
+    /// Read inputs, map rows to calls, pack and send them; or run a plan's steps in order.
     #[command(after_help = "Examples:
   cdp-backfill run fixtures/events.csv --mapping fixtures/events.toml --endpoint local
   CDP_API_KEY=... cdp-backfill run export/ --mapping map.toml --endpoint eu
-  cdp-backfill run events.csv --mapping map.toml --dry-run --output bodies.ndjson")]
+  cdp-backfill run events.csv --mapping map.toml --dry-run --output bodies.ndjson
+  cdp-backfill run migration.toml --endpoint eu      # a plan: its steps in order")]
     Run(RunArgs),
     /// Run the local receiver: a stand-in for the API that checks limits and records calls.
     #[command(after_help = "Example:
@@ -66,18 +67,23 @@ pub enum Command {
     #[command(after_help = "Example:
   cdp-backfill generate --rows 100000 --seed 7 --out target/events.csv")]
     Generate(GenerateArgs),
-    /// Show how far a backfill got, from its checkpoint file.
-    #[command(after_help = "Example:
-  cdp-backfill status cdp-backfill.checkpoint.json")]
+    /// Show how far the backfills in the state directory got (or one of them).
+    #[command(after_help = "Examples:
+  cdp-backfill status                       # every backfill in .cdp-backfill/
+  cdp-backfill status events-3f2a9c1e       # one, by name
+  cdp-backfill status cp.json               # one, by its checkpoint file
+  cdp-backfill status migration.toml        # a plan: each step and the total")]
     Status(StatusArgs),
     /// Profile an input: columns, inferred types, empty ratios, samples, timestamp formats.
     #[command(after_help = "Examples:
   cdp-backfill inspect export.csv
-  cdp-backfill inspect export.csv --emit-mapping map.toml")]
+  cdp-backfill inspect export.csv --emit-mapping map.toml
+  cdp-backfill inspect export/ --emit-plan migration.toml   # one step per kind of file")]
     Inspect(InspectArgs),
     /// Read, map and pack like a run, but send nothing: counts, rejects, sizes, time range.
-    #[command(after_help = "Example:
-  cdp-backfill validate export.csv --mapping map.toml")]
+    #[command(after_help = "Examples:
+  cdp-backfill validate export.csv --mapping map.toml
+  cdp-backfill validate migration.toml               # every step of a plan")]
     Validate(ValidateArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Examples:
@@ -135,7 +141,7 @@ impl InputArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The input file.
+    /// The input file (a directory with --emit-plan).
     #[arg(value_name = "INPUT")]
     pub input: PathBuf,
     /// Rows to read at most.
@@ -144,18 +150,25 @@ pub struct InspectArgs {
     /// Write a commented starter mapping (guessing ids, email, event, timestamp) here.
     #[arg(long, value_name = "FILE")]
     pub emit_mapping: Option<PathBuf>,
+    /// Write a starter plan for the directory INPUT here: one step per kind of file
+    /// found (same format and columns), each with a starter mapping beside the plan.
+    #[arg(long, value_name = "PLAN.toml", conflicts_with = "emit_mapping")]
+    pub emit_plan: Option<PathBuf>,
     #[command(flatten)]
     pub input_args: InputArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// Input files or directories.
-    #[arg(required = true, value_name = "INPUT")]
+    /// Input files or directories; or a plan file, whose every step is validated.
+    #[arg(required = true, value_name = "INPUT|PLAN")]
     pub inputs: Vec<PathBuf>,
-    /// The mapping file (TOML).
+    /// The mapping file (TOML); not with a plan.
     #[arg(long, short, value_name = "FILE")]
-    pub mapping: PathBuf,
+    pub mapping: Option<PathBuf>,
+    /// The state directory, where a plan's inline mappings are written.
+    #[arg(long, env = "CDP_BACKFILL_STATE", default_value = config::DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state: PathBuf,
     #[arg(long, default_value_t = config::DEFAULT_MAX_REQUEST_BYTES, value_name = "BYTES")]
     pub max_request_bytes: usize,
     #[arg(long, default_value_t = config::DEFAULT_MAX_CALL_BYTES, value_name = "BYTES")]
@@ -175,19 +188,24 @@ pub struct ValidateArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The checkpoint file.
-    #[arg(default_value = config::DEFAULT_CHECKPOINT_PATH, value_name = "CHECKPOINT")]
-    pub checkpoint: PathBuf,
+    /// A backfill's name (as listed), its checkpoint file, or a plan file. Without it:
+    /// every backfill in the state directory.
+    #[arg(value_name = "NAME|CHECKPOINT|PLAN")]
+    pub what: Option<PathBuf>,
+    /// The state directory.
+    #[arg(long, env = "CDP_BACKFILL_STATE", default_value = config::DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Input files or directories (read in the order given; directories sorted by path).
-    #[arg(required = true, value_name = "INPUT")]
+    /// Input files or directories (read in the order given; directories sorted by path);
+    /// or, without --mapping, one plan file (TOML with [[step]] tables).
+    #[arg(required = true, value_name = "INPUT|PLAN")]
     pub inputs: Vec<PathBuf>,
-    /// The mapping file (TOML) that says how rows become calls.
+    /// The mapping file (TOML) that says how rows become calls (a plan names its own).
     #[arg(long, short, value_name = "FILE")]
-    pub mapping: PathBuf,
+    pub mapping: Option<PathBuf>,
     /// Where to send: us, eu, local (the built-in receiver on loopback), or a base URL.
     #[arg(long, env = "CDP_ENDPOINT", value_name = "us|eu|local|URL")]
     pub endpoint: Option<String>,
@@ -211,13 +229,10 @@ pub struct RunArgs {
     /// usually an unclosed quote).
     #[arg(long, default_value_t = config::DEFAULT_MAX_RECORD_BYTES, value_name = "BYTES")]
     pub max_record_bytes: usize,
-    /// Where rejected rows go (NDJSON: source, row, reason, record).
-    #[arg(
-        long,
-        default_value = "cdp-backfill.rejects.ndjson",
-        value_name = "FILE"
-    )]
-    pub rejects: PathBuf,
+    /// Where rejected rows go (NDJSON: source, row, reason, record). Default: the
+    /// backfill's directory in the state directory (rejects.ndjson).
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
     /// Read, map and pack, but send nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -277,9 +292,26 @@ pub struct RunArgs {
     /// default: sentAt invites the API's clock-skew correction of timestamps.
     #[arg(long, value_parser = ["now"], value_name = "now")]
     pub sent_at: Option<String>,
-    /// The checkpoint file: rerunning the same command resumes from it.
-    #[arg(long, default_value = config::DEFAULT_CHECKPOINT_PATH, value_name = "FILE")]
-    pub checkpoint: PathBuf,
+    /// The checkpoint file: rerunning the same command resumes from it. Default: the
+    /// backfill's directory in the state directory (checkpoint.json), found again by the
+    /// content of its inputs.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// The state directory: one directory per backfill (its checkpoint and rejects), so
+    /// backfills run in one place never collide.
+    #[arg(long, env = "CDP_BACKFILL_STATE", default_value = config::DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state: PathBuf,
+    /// A trial: stop once the first N rows of the inputs (in order) are done, sent under
+    /// the messageIds the full run gives them. The same command without --limit then
+    /// resumes after them: nothing is sent twice.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// A trial: send every K-th row of each input (rows 1, K+1, 2K+1, ...) under the
+    /// messageIds the full run gives them, and move no checkpoint: the full run sends
+    /// every row, the sampled ones again with the same messageIds (the API drops the
+    /// repeats).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample: Option<u64>,
     /// Keep no checkpoint (a rerun starts from the beginning).
     #[arg(long, conflicts_with = "restart")]
     pub no_checkpoint: bool,
@@ -437,11 +469,14 @@ pub struct RunPlan {
     pub src: SourceOptions,
     pub progress: ProgressOptions,
     outputs: RunOutputs,
+    /// `run PLAN.toml`: the steps, each run with `cfg` as its base.
+    pub migration: Option<crate::migration::MigrationPlan>,
 }
 
 impl RunArgs {
     /// Checks every flag and turns them into a [`RunPlan`], in one fallible step.
-    pub fn into_plan(self) -> Result<RunPlan, UsageError> {
+    pub fn into_plan(mut self) -> Result<RunPlan, UsageError> {
+        let migration = self.migration()?;
         // Found now, not after an hours-long run.
         for (flag, p) in [
             ("--summary-json", &self.summary_json),
@@ -549,13 +584,14 @@ impl RunArgs {
                 "--events-rate must be at least 1 call per second".into(),
             ));
         }
-        let keeps_checkpoint = !self.dry_run && !self.no_checkpoint;
+        // A sample sends rows the checkpoint cannot count (the full run sends them all).
+        let keeps_checkpoint = !self.dry_run && !self.no_checkpoint && self.sample.is_none();
         // (flag, path, written, written only at the end)
         let own_files = [
-            ("--rejects", Some(&self.rejects), true, false),
+            ("--rejects", self.rejects.as_ref(), true, false),
             (
                 "--checkpoint",
-                Some(&self.checkpoint),
+                self.checkpoint.as_ref(),
                 keeps_checkpoint,
                 false,
             ),
@@ -578,13 +614,14 @@ impl RunArgs {
         let cfg = RunConfig {
             own_files,
             inputs: self.inputs,
-            mapping_path: self.mapping,
+            mapping_path: self.mapping.unwrap_or_default(),
             endpoint,
             api_key,
             rate_per_sec: self.rate,
             concurrency: self.concurrency,
             limits,
-            rejects_path: self.rejects,
+            rejects_given: self.rejects.is_some(),
+            rejects_path: self.rejects.unwrap_or_default(),
             dry_run: self.dry_run,
             output: self.output,
             max_retries: self.max_retries,
@@ -599,7 +636,12 @@ impl RunArgs {
             max_record_bytes: self.max_record_bytes,
             local_record: self.local_record,
             sent_at: self.sent_at.is_some(),
-            checkpoint: keeps_checkpoint.then_some(self.checkpoint),
+            checkpoint_given: self.checkpoint.is_some(),
+            checkpoint: keeps_checkpoint.then(|| self.checkpoint.unwrap_or_default()),
+            state_dir: self.state,
+            backfill_name: None,
+            limit: self.limit,
+            sample: self.sample,
             restart: self.restart,
             checkpoint_interval: secs("checkpoint-interval", self.checkpoint_interval)?,
             drain_timeout: secs("drain-timeout", self.drain_timeout)?,
@@ -610,16 +652,61 @@ impl RunArgs {
             src,
             progress,
             outputs,
+            migration,
         })
+    }
+
+    /// `run PLAN.toml` (one `.toml` input, no `--mapping`): the plan, read and checked,
+    /// and the flags that belong to one backfill refused. Else `--mapping` is required.
+    fn migration(&mut self) -> Result<Option<crate::migration::MigrationPlan>, UsageError> {
+        let plan = match (&self.mapping, self.inputs.as_slice()) {
+            (Some(_), _) => return Ok(None),
+            (None, [one]) if crate::migration::looks_like_plan(one) => one.clone(),
+            (None, _) => {
+                return Err(UsageError(
+                    "--mapping FILE is required: it says how rows become calls (or run a plan of several steps: cdp-backfill run migration.toml)".into(),
+                ))
+            }
+        };
+        for (flag, given) in [
+            ("--checkpoint", self.checkpoint.is_some()),
+            ("--rejects", self.rejects.is_some()),
+            ("--limit", self.limit.is_some()),
+            ("--sample", self.sample.is_some()),
+            ("--no-checkpoint", self.no_checkpoint),
+            ("--output", self.output.is_some()),
+            ("--local-record", self.local_record.is_some()),
+        ] {
+            if given {
+                return Err(UsageError(format!(
+                    "{flag} is not for a plan: each step keeps its own files in the state directory (--state). Run one step's mapping and inputs on their own to use {flag}"
+                )));
+            }
+        }
+        let m = crate::migration::load(&plan).map_err(|e| UsageError(e.to_string()))?;
+        // A placeholder: each step sets its own mapping.
+        self.mapping = Some(plan);
+        Ok(Some(m))
     }
 }
 
 impl InspectArgs {
     /// Checks the flags into what `inspect` runs, and where its starter mapping goes.
-    pub fn into_options(
-        self,
-    ) -> Result<(InspectOptions, SourceOptions, Option<PathBuf>), UsageError> {
+    pub fn into_options(self) -> Result<InspectRun, UsageError> {
         let src = self.input_args.source_options()?;
+        if let Some(plan) = self.emit_plan {
+            if !self.input.is_dir() {
+                return Err(UsageError(format!(
+                    "--emit-plan: {} is not a directory; name the export directory whose files the plan's steps read",
+                    self.input.display()
+                )));
+            }
+            return Ok(InspectRun::Plan {
+                dir: self.input,
+                plan,
+                src,
+            });
+        }
         // A starter mapping never replaces a file: not the input, and not a mapping that
         // may hold a user's edits.
         if let Some(path) = &self.emit_mapping {
@@ -635,14 +722,41 @@ impl InspectArgs {
             max_rows: self.rows.max(1),
             samples: 3,
         };
-        Ok((opts, src, self.emit_mapping))
+        Ok(InspectRun::Profile(opts, src, self.emit_mapping))
     }
+}
+
+/// What `inspect` does: profile one input (and perhaps write a starter mapping), or
+/// write a starter plan for a directory.
+pub enum InspectRun {
+    Profile(InspectOptions, SourceOptions, Option<PathBuf>),
+    Plan {
+        dir: PathBuf,
+        plan: PathBuf,
+        src: SourceOptions,
+    },
 }
 
 impl ValidateArgs {
     /// Checks the flags into what `validate` runs.
-    pub fn into_options(self) -> Result<(ValidateOptions, SourceOptions), UsageError> {
+    pub fn into_options(self) -> Result<ValidateRun, UsageError> {
         let src = self.input_args.source_options()?;
+        let plan = match (&self.mapping, self.inputs.as_slice()) {
+            (Some(_), _) => None,
+            (None, [one]) if crate::migration::looks_like_plan(one) => {
+                if self.output.is_some() || self.report_json.is_some() {
+                    return Err(UsageError(
+                        "--output and --report-json are for one mapping: validate a step's mapping and inputs on their own to write them".into(),
+                    ));
+                }
+                Some(crate::migration::load(one).map_err(|e| UsageError(e.to_string()))?)
+            }
+            (None, _) => {
+                return Err(UsageError(
+                    "--mapping FILE is required (or validate a plan: cdp-backfill validate migration.toml)".into(),
+                ))
+            }
+        };
         let limits = Limits {
             max_request_bytes: self.max_request_bytes,
             max_call_bytes: self.max_call_bytes,
@@ -654,15 +768,28 @@ impl ValidateArgs {
         }
         let opts = ValidateOptions {
             inputs: self.inputs,
-            mapping: self.mapping,
+            mapping: self.mapping.unwrap_or_default(),
             limits,
             show_rejects: self.show_rejects,
             output: self.output,
             report_json: self.report_json,
             chunk_rows: config::DEFAULT_CHUNK_ROWS,
         };
-        Ok((opts, src))
+        Ok(ValidateRun {
+            opts,
+            src,
+            plan,
+            state: self.state,
+        })
     }
+}
+
+/// What `validate` checks: one mapping over its inputs, or every step of a plan.
+pub struct ValidateRun {
+    opts: ValidateOptions,
+    src: SourceOptions,
+    plan: Option<crate::migration::MigrationPlan>,
+    state: PathBuf,
 }
 
 impl ServeArgs {
@@ -746,12 +873,16 @@ fn run(plan: RunPlan) -> ExitCode {
         src,
         progress,
         outputs,
+        migration,
     } = plan;
     // What a second Ctrl-C prints, written now: the handler may not allocate.
     let second = match &cfg.checkpoint {
         Some(p) => format!(
             "\ncdp-backfill: interrupted again: stopping now, exit code 130. The last checkpoint written ({}) is valid; resume with:\n  {}\nRequests that were in flight may have arrived; on resume they are sent again with the messageIds they had, so the API can drop the repeats.\n",
-            p.display(),
+            match cfg.checkpoint_given {
+                true => p.display().to_string(),
+                false => format!("in {}", cfg.state_dir.display()),
+            },
             resume_command()
         ),
         None => "\ncdp-backfill: interrupted again: stopping now, exit code 130. No checkpoint was kept: a rerun starts from the beginning.\n".to_string(),
@@ -767,15 +898,168 @@ fn run(plan: RunPlan) -> ExitCode {
             )
         }
     };
+    if let Some(m) = migration {
+        return run_migration(&m, &cfg, &src, &hooks, progress, &outputs);
+    }
     log::info!(
         "inputs: {:?}; mapping: {}",
         cfg.inputs,
         cfg.mapping_path.display()
     );
     let progress = Arc::new(Progress::new(progress));
-    let result = crate::pipeline::run(&cfg, &src, &hooks, &progress);
+    ExitCode::from(run_backfill(&cfg, &src, &hooks, &progress, &outputs).0)
+}
+
+/// `run PLAN.toml`: every step checked, then the steps in waves (a step and those after
+/// it that may overlap it), each wave once the one before ended complete; each step's
+/// summary as it ends, then the plan's (and `--summary-json`).
+fn run_migration(
+    m: &crate::migration::MigrationPlan,
+    base: &RunConfig,
+    src: &SourceOptions,
+    hooks: &Hooks,
+    progress: ProgressOptions,
+    outputs: &RunOutputs,
+) -> ExitCode {
+    use crate::migration::PlanSummary;
+    let mut steps = Vec::with_capacity(m.steps.len());
+    for s in &m.steps {
+        let mapping = match s.mapping_file(&base.state_dir) {
+            Ok(p) => p,
+            Err(e) => return fail(EXIT_FAILURE, &e.to_string()),
+        };
+        steps.push((
+            s.name.clone(),
+            s.configure(base, mapping),
+            s.source_options(src),
+        ));
+    }
+    if let Err((name, e)) = crate::migration::check(m, &steps) {
+        return fail(
+            exit_code(&e),
+            &format!(
+                "plan {}, step {name}: {e}\nNothing was sent: every step is checked before the first starts.",
+                m.path.display()
+            ),
+        );
+    }
+    // An earlier run's summary must not pass for this one's if this one ends early.
+    if let Some(p) = outputs.summary_json.as_ref().filter(|p| p.is_file()) {
+        let _ = std::fs::remove_file(p);
+    }
+    let mut summary = PlanSummary::new(m);
+    let (mut code, mut stopped) = (EXIT_OK, None);
+    let n = m.steps.len();
+    for wave in m.waves() {
+        for &i in &wave {
+            if !outputs.quiet {
+                let together = if m.steps[i].overlap {
+                    " (overlapping the step before)"
+                } else {
+                    ""
+                };
+                note(&format!(
+                    "plan {}: step {}/{n} {}{together}",
+                    m.path.display(),
+                    i + 1,
+                    m.steps[i].name
+                ));
+            }
+        }
+        type Derived = Option<crate::migration::DerivedFile>;
+        type Job<'a> = Box<dyn FnOnce() -> (u8, Option<Summary>, Derived) + Send + 'a>;
+        let jobs: Vec<Job> = wave
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| {
+                let (_, cfg, src) = &steps[i];
+                // Overlapping steps: the first one's progress is shown.
+                let shown = match k {
+                    0 => progress,
+                    _ => ProgressOptions {
+                        mode: crate::progress::ProgressMode::Never,
+                        ..progress
+                    },
+                };
+                let step = &m.steps[i];
+                let out = outputs.for_step(step);
+                Box::new(move || {
+                    let stop = || {
+                        hooks
+                            .interrupt
+                            .as_ref()
+                            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+                    };
+                    // A step that derives one row per person runs over the derived file.
+                    let (cfg, src, derived) = match step.derive_input(cfg, src, &stop) {
+                        Ok(Some(x)) => x,
+                        Ok(None) => {
+                            note(&format!(
+                                "step {}: interrupted while deriving its rows; nothing was sent. Rerun the same command to start this step again",
+                                step.name
+                            ));
+                            return (EXIT_INTERRUPTED, None, None);
+                        }
+                        Err(e) => {
+                            note(&format!("error: step {}: {e}", step.name));
+                            return (exit_code(&e), None, None);
+                        }
+                    };
+                    if derived.derive.is_some() && !out.quiet {
+                        note(&derived.describe(&step.name));
+                    }
+                    let p = Arc::new(Progress::new(shown));
+                    let (c, s) = run_backfill(&cfg, &src, hooks, &p, &out);
+                    (c, s, Some(derived))
+                }) as Job
+            })
+            .collect();
+        for (&i, (c, s, d)) in wave.iter().zip(crate::pipeline::together(jobs)) {
+            if let Some(s) = s {
+                summary.set(i, s);
+            }
+            if let Some(d) = d {
+                summary.set_derived(i, d);
+            }
+            match c {
+                EXIT_OK => {}
+                EXIT_REJECTS => code = code.max(EXIT_REJECTS),
+                _ if stopped.is_none() => (code, stopped) = (c, Some(i)),
+                _ => {}
+            }
+        }
+        if stopped.is_some() {
+            break;
+        }
+    }
+    summary.finish(stopped);
+    if !outputs.quiet {
+        let _ = write!(std::io::stderr(), "{summary}");
+    }
+    if let Some(p) = &outputs.summary_json {
+        let json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
+        if let Err(e) = std::fs::write(p, json) {
+            return fail(
+                EXIT_FAILURE,
+                &format!("cannot write --summary-json {}: {e}", p.display()),
+            );
+        }
+    }
+    ExitCode::from(code)
+}
+
+/// One backfill (a run, or a plan's step): its run, its summary written, its errors
+/// said. Returns the exit code and the summary, if the run made one.
+fn run_backfill(
+    cfg: &RunConfig,
+    src: &SourceOptions,
+    hooks: &Hooks,
+    progress: &Arc<Progress>,
+    outputs: &RunOutputs,
+) -> (u8, Option<Summary>) {
+    let result = crate::pipeline::run(cfg, src, hooks, progress);
     progress.finish();
-    let settings = crate::report::settings(&cfg, &src);
+    let settings = crate::report::settings(cfg, src);
     let write = |s: &Summary, stopped: Option<&str>| {
         outputs.write(s, &progress.recorded(), &settings, stopped)
     };
@@ -818,23 +1102,26 @@ fn run(plan: RunPlan) -> ExitCode {
                     " No summary file or report is written."
                 }
             ));
-            return ExitCode::from(EXIT_INTERRUPTED);
+            return (EXIT_INTERRUPTED, Some(*summary));
         }
         Err(e) => (None, Some((exit_code(&e), e.to_string()))),
     };
     if let Some(s) = &summary {
         let stopped = err.as_ref().map(|(_, m)| m.as_str());
         if let Err(m) = write(s, stopped) {
-            return fail(EXIT_FAILURE, &m);
+            note(&format!("error: {m}"));
+            return (EXIT_FAILURE, summary);
         }
     }
-    match (err, summary) {
-        (Some((code, msg)), _) => fail(code, &msg),
-        (None, Some(s)) if s.rows_rejected_total.max(s.rows_rejected) > 0 => {
-            ExitCode::from(EXIT_REJECTS)
+    let code = match (err, &summary) {
+        (Some((code, msg)), _) => {
+            note(&format!("error: {msg}"));
+            code
         }
-        _ => ExitCode::from(EXIT_OK),
-    }
+        (None, Some(s)) if s.rows_rejected_total.max(s.rows_rejected) > 0 => EXIT_REJECTS,
+        _ => EXIT_OK,
+    };
+    (code, summary)
 }
 
 /// `serve`: the local receiver until SIGINT/SIGTERM, then its stats as JSON.
@@ -850,14 +1137,30 @@ fn serve(cfg: ServeConfig) -> ExitCode {
 
 /// `status`: what a checkpoint says.
 fn status(args: StatusArgs) -> ExitCode {
-    match crate::checkpoint::load(&args.checkpoint) {
+    use crate::checkpoint::state;
+    let Some(what) = args.what else {
+        return print_out(&crate::status::describe_all(&args.state))
+            .map_or_else(|e| e, |()| ExitCode::from(EXIT_OK));
+    };
+    if what.is_file() && crate::migration::looks_like_plan(&what) {
+        return match crate::migration::load(&what) {
+            Ok(m) => print_out(&crate::migration::describe(&m, &args.state))
+                .map_or_else(|e| e, |()| ExitCode::from(EXIT_OK)),
+            Err(e) => fail(EXIT_USAGE, &e.to_string()),
+        };
+    }
+    // A name in the state directory, else a checkpoint file.
+    let in_state = args.state.join(&what).join(state::CHECKPOINT_FILE);
+    let path = if what.is_file() { what } else { in_state };
+    match crate::checkpoint::load(&path) {
         Ok(Some(cp)) => print_out(&crate::checkpoint::describe(&cp))
             .map_or_else(|e| e, |()| ExitCode::from(EXIT_OK)),
         Ok(None) => fail(
             EXIT_FAILURE,
             &format!(
-                "no checkpoint at {}: no backfill has started with it (see `run --checkpoint`)",
-                args.checkpoint.display()
+                "no checkpoint at {}: no backfill of that name in {} (`cdp-backfill status` lists them), nor a checkpoint file of that path",
+                path.display(),
+                args.state.display()
             ),
         ),
         Err(e) => fail(EXIT_FAILURE, &e.to_string()),
@@ -865,9 +1168,25 @@ fn status(args: StatusArgs) -> ExitCode {
 }
 
 /// `inspect`: a profile of the input, and perhaps a starter mapping.
-fn inspect(
-    (opts, src, emit_mapping): (InspectOptions, SourceOptions, Option<PathBuf>),
-) -> ExitCode {
+fn inspect(what: InspectRun) -> ExitCode {
+    let (opts, src, emit_mapping) = match what {
+        InspectRun::Profile(o, s, e) => (o, s, e),
+        InspectRun::Plan { dir, plan, src } => {
+            return match crate::migration::starter_plan(&dir, &plan, &src) {
+                Ok(written) => {
+                    for w in &written {
+                        note(&format!("wrote {}", w.display()));
+                    }
+                    note(&format!(
+                        "check each step's mapping and the steps' order, then: cdp-backfill validate {}",
+                        plan.display()
+                    ));
+                    ExitCode::from(EXIT_OK)
+                }
+                Err(e) => fail(EXIT_USAGE, &e.to_string()),
+            };
+        }
+    };
     let p = match crate::inspect::inspect(&opts, &src) {
         Ok(p) => p,
         Err(e) => return fail(EXIT_FAILURE, &e.to_string()),
@@ -893,7 +1212,16 @@ fn inspect(
 }
 
 /// `validate`: everything a run does but sending, and a report.
-fn validate((opts, src): (ValidateOptions, SourceOptions)) -> ExitCode {
+fn validate(run: ValidateRun) -> ExitCode {
+    let ValidateRun {
+        opts,
+        src,
+        plan,
+        state,
+    } = run;
+    if let Some(m) = plan {
+        return validate_plan(&m, &opts, &src, &state);
+    }
     let r = match crate::validate::validate(&opts, &src) {
         Ok(r) => r,
         Err(e) => return fail(exit_code(&e), &e.to_string()),
@@ -915,6 +1243,80 @@ fn validate((opts, src): (ValidateOptions, SourceOptions)) -> ExitCode {
     } else {
         ExitCode::from(EXIT_OK)
     }
+}
+
+/// `validate PLAN`: every step, each with its report; the worst exit code (2 for a step
+/// whose mapping or inputs cannot be used, 3 for rejects).
+fn validate_plan(
+    m: &crate::migration::MigrationPlan,
+    base: &ValidateOptions,
+    src: &SourceOptions,
+    state: &std::path::Path,
+) -> ExitCode {
+    let mut code = EXIT_OK;
+    let n = m.steps.len();
+    for (i, step) in m.steps.iter().enumerate() {
+        if let Err(c) = print_out(&format!(
+            "== step {}/{n} {} ({}) ==\n",
+            i + 1,
+            step.name,
+            step.backfill
+        )) {
+            return c;
+        }
+        let mapping = match step.mapping_file(state) {
+            Ok(p) => p,
+            Err(e) => return fail(EXIT_FAILURE, &e.to_string()),
+        };
+        let mut opts = ValidateOptions {
+            inputs: step.inputs.clone(),
+            mapping,
+            ..base.clone()
+        };
+        let mut step_src = step.source_options(src);
+        // A step that derives one row per person: validated over the derived rows.
+        if step.derive.is_some() {
+            match step.derived(&step.inputs, state, &step_src, &|| false) {
+                Ok(Some((path, s, d))) => {
+                    note(&d.describe(&step.name));
+                    opts.inputs = vec![path];
+                    step_src = s;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    note(&format!("error: step {}: {e}", step.name));
+                    code = exit_code(&e).max(code);
+                    continue;
+                }
+            }
+        }
+        match crate::validate::validate(&opts, &step_src) {
+            Ok(r) => {
+                if let Err(c) = print_out(&format!("{r}\n")) {
+                    return c;
+                }
+                if r.rows_rejected > 0 && code == EXIT_OK {
+                    code = EXIT_REJECTS;
+                }
+            }
+            Err(e) => {
+                note(&format!("error: step {}: {e}", step.name));
+                let c = exit_code(&e);
+                if code != EXIT_USAGE {
+                    code = c;
+                }
+            }
+        }
+    }
+    let verdict = match code {
+        EXIT_OK => "every step is valid".to_string(),
+        EXIT_REJECTS => {
+            "every step can run; some rows would be rejected (see each step)".to_string()
+        }
+        _ => "a step cannot run as it is (see the errors above); nothing was sent".to_string(),
+    };
+    note(&format!("plan {}: {verdict}", m.path.display()));
+    ExitCode::from(code)
 }
 
 /// `generate`: a realistic test input.
@@ -1006,6 +1408,16 @@ struct RunOutputs {
 }
 
 impl RunOutputs {
+    /// A plan's step: its own report (`REPORT.<step>.html`); the plan writes the
+    /// summary file.
+    fn for_step(&self, step: &crate::migration::Step) -> RunOutputs {
+        RunOutputs {
+            summary_json: None,
+            report: self.report.as_ref().map(|r| step.report_path(r)),
+            quiet: self.quiet,
+        }
+    }
+
     /// `stopped`: why the run ended early, for the report.
     fn write(
         &self,

@@ -27,7 +27,12 @@ pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(500);
 pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_CHECKPOINT_PATH: &str = "cdp-backfill.checkpoint.json";
+/// Where each backfill keeps its checkpoint and rejects file, one directory per
+/// backfill (`checkpoint::state`).
+pub const DEFAULT_STATE_DIR: &str = ".cdp-backfill";
+/// The checkpoint's default path before state directories: a checkpoint found there
+/// that matches the run is still resumed where it is.
+pub const LEGACY_CHECKPOINT_PATH: &str = "cdp-backfill.checkpoint.json";
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A single record larger than this is rejected rather than buffered (hostile input).
@@ -169,8 +174,25 @@ pub struct RunConfig {
     pub max_record_bytes: usize,
     /// Where `--endpoint local` records accepted calls (tests and rehearsals).
     pub local_record: Option<PathBuf>,
-    /// The checkpoint file; `None` for runs that keep none (dry runs).
+    /// The checkpoint file; `None` for runs that keep none (dry runs). Unless
+    /// `checkpoint_given`, a placeholder until the run finds its backfill in `state_dir`.
     pub checkpoint: Option<PathBuf>,
+    /// `--checkpoint FILE` was given: that file, not the state directory, holds it.
+    pub checkpoint_given: bool,
+    /// `--rejects FILE` was given; else the rejects file lives in the backfill's
+    /// directory and `rejects_path` is a placeholder until the run finds it.
+    pub rejects_given: bool,
+    /// The state directory (`--state`).
+    pub state_dir: PathBuf,
+    /// A backfill name fixed in advance (a plan's step: `<plan stem>.<step>`); else
+    /// the run finds or names its backfill by content.
+    pub backfill_name: Option<String>,
+    /// `--limit N`: stop once the first N rows of the inputs (in order, counting those
+    /// of earlier runs) are done; the checkpoint then says where the full run resumes.
+    pub limit: Option<u64>,
+    /// `--sample K`: send every K-th row of each input, under the ids the full run
+    /// gives it, and move no checkpoint (the full run sends everything).
+    pub sample: Option<u64>,
     /// Ignore (and overwrite) an existing checkpoint.
     pub restart: bool,
     /// How often the checkpoint is written at least.

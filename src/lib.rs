@@ -5,23 +5,26 @@
 //!
 //! - leaves: [`config`] (plain validated data and the named defaults), [`json`] (JSON
 //!   writing and scanning), [`timestamp`] (timestamps in, UTC milliseconds out);
-//! - [`source`] reads records; [`map`] turns them into encoded calls; [`pack`] packs calls
+//! - [`source`] reads records ([`derive`] makes one row per person of them); [`map`] turns them into encoded calls; [`pack`] packs calls
 //!   into requests; [`send`] delivers them under the rate gate; [`checkpoint`] folds the
 //!   acknowledgements into the durable watermark and the rejects file;
 //! - [`serve`], the local receiver (`--endpoint local`, the tests, the benchmarks);
 //! - sinks that read what the stages count: [`progress`], [`summary`], [`report`];
 //! - [`error`], then [`pipeline`], the only module that starts the run's threads and
 //!   channels;
-//! - commands: [`validate`], [`inspect`], [`generate`]; and [`cli`] on top.
+//! - commands: [`validate`], [`inspect`], [`generate`], [`status`], [`migration`] (plan
+//!   files: a migration's ordered steps); and [`cli`] on top.
 
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod derive;
 pub mod error;
 pub mod generate;
 pub mod inspect;
 pub mod json;
 pub mod map;
+pub mod migration;
 pub mod pack;
 pub mod pipeline;
 pub mod progress;
@@ -29,6 +32,7 @@ pub mod report;
 pub mod send;
 pub mod serve;
 pub mod source;
+pub mod status;
 pub mod summary;
 pub mod timestamp;
 pub mod validate;

@@ -41,18 +41,19 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::checkpoint::collect::{CollectOutcome, Collector};
 use crate::checkpoint::durable::Durable;
-use crate::checkpoint::{self, rejects, window::Window, WriteError};
-use crate::config::{Endpoint, Limits, RunConfig};
+use crate::checkpoint::{self, rejects, state, window::Window, WriteError};
+use crate::config::{Endpoint, Limits, OwnFile, RunConfig};
 use crate::error::RunError;
 use crate::map::compile::{compile, CompiledMapping};
 use crate::map::encode::{map_chunk, EncodeOptions, Mapped};
+use crate::map::message_id::{self, SeedScheme};
 use crate::map::spec::MappingSpec;
 use crate::pack::{stage, PackTotals, Packer, Request, Spares};
 use crate::progress::Progress;
 use crate::send::transport::{DryRunTransport, HttpTransport, Transport};
 use crate::send::{self, Ack, Attempts, Delivery, Gate, RetryPolicy};
 use crate::serve::{ServeConfig, Server};
-use crate::source::read::Reading;
+use crate::source::read::{ReadEnd, Reading};
 use crate::source::{self, Chunk, InputInfo, Position, SourceError, SourceOptions};
 use crate::summary::{Outcome, Summary};
 
@@ -79,16 +80,26 @@ pub fn run(
 ) -> Result<Summary, RunError> {
     let started = Instant::now();
     let Ready {
+        cfg,
+        dir,
         plan,
         durable,
         _rejects_lock,
     } = match preflight(cfg, src)? {
-        Preflight::Ready(r) => r,
-        Preflight::AlreadyComplete(s) => return Ok(s),
+        Preflight::Ready(r) => *r,
+        Preflight::AlreadyComplete(s) => return Ok(*s),
     };
+    // From here on, the configuration with this backfill's own paths.
+    let cfg = &cfg;
     let start = durable
         .as_ref()
         .map_or_else(Position::default, |d| d.base.resume);
+    // `--limit N` counts the rows of the inputs in order, those of earlier runs too.
+    let rows_before = durable.as_ref().map_or(0, Durable::rows_done_before);
+    let span = Span {
+        start,
+        limit: cfg.limit.map(|n| n.saturating_sub(rows_before)),
+    };
     let rejects_len0 = durable.as_ref().map_or(0, |d| d.base.rejects_len);
     // Before the rejects file is touched: a run that cannot start its threads changes
     // nothing on disk.
@@ -141,7 +152,7 @@ pub fn run(
     let (front, packed) = Front::start(
         &plan,
         src,
-        start,
+        span,
         cfg.chunk_rows,
         &mappers,
         vec![delivery.stop.clone(), halt_reading.clone()],
@@ -206,7 +217,7 @@ pub fn run(
     let fatal = outcome.fatal.clone();
     // Complete only if everything was read and delivered.
     if let Some(d) = &durable {
-        let complete = read_result.is_ok()
+        let complete = matches!(read_result, Ok(ReadEnd::AllRead))
             && fatal.is_none()
             && !outcome.interrupted
             && outcome.all_acknowledged;
@@ -221,6 +232,8 @@ pub fn run(
             drained,
             &rows,
         )?;
+        let now = d.totals(at, &outcome.counters, &rows);
+        summary.backfill = Some(backfill_summary(d, rows_before, &now, complete));
     }
     summary.fill(&totals, &outcome, base, &attempts.counts());
     if let (Some(d), Some(p)) = (&dry, &cfg.output) {
@@ -245,7 +258,7 @@ pub fn run(
     }
     let cause = match (read_result, fatal) {
         (Err(e), _) => e.to_string(),
-        (Ok(()), Some(why)) => {
+        (Ok(_), Some(why)) => {
             let again = if durable.is_some() {
                 "The checkpoint stays before this request; the same command resumes from there"
             } else {
@@ -256,8 +269,25 @@ pub fn run(
                 .map_or_else(String::new, |b| format!(" ({b})"));
             format!("{why}. {again}{beyond}")
         }
-        (Ok(()), None) => {
-            summary.outcome = Outcome::Completed;
+        (Ok(end), None) => {
+            summary.outcome = match (end, cfg.sample) {
+                (_, Some(k)) if k > 1 => Outcome::Sampled,
+                (ReadEnd::Limit, _) => Outcome::LimitReached,
+                _ => Outcome::Completed,
+            };
+            summary.note = trial_note(cfg, &summary);
+            if let (Outcome::Sampled, Some(dir), false) = (summary.outcome, &dir, cfg.dry_run) {
+                let trial = state::Trial {
+                    at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    every: cfg.sample.unwrap_or(1),
+                    rows: summary.rows_read,
+                    calls_delivered: summary.calls_delivered,
+                };
+                // The trial's record only informs later runs; losing it loses nothing.
+                if let Err(e) = state::record_trial(dir, &trial) {
+                    log::warn!("cannot record the trial in {}: {e}", dir.display());
+                }
+            }
             return Ok(summary);
         }
     };
@@ -266,18 +296,75 @@ pub fn run(
     Err(RunError::Partial { summary, cause })
 }
 
-/// What the preflight leaves for the run: the plan, the checkpoint, and the rejects
-/// file's lock when no checkpoint holds it.
+/// Runs `jobs` at once, each on a thread of its own, and returns their results in
+/// order: a plan's steps that may overlap. One job runs on this thread.
+pub fn together<'a, T: Send>(jobs: Vec<Box<dyn FnOnce() -> T + Send + 'a>>) -> Vec<T> {
+    if jobs.len() <= 1 {
+        return jobs.into_iter().map(|j| j()).collect();
+    }
+    std::thread::scope(|s| {
+        let running: Vec<_> = jobs.into_iter().map(|j| s.spawn(j)).collect();
+        running
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+/// The backfill's part of the summary: where this run resumed, the rows it covered and
+/// the totals of every run (`now`).
+fn backfill_summary(
+    d: &Durable,
+    rows_before: u64,
+    now: &checkpoint::Counters,
+    complete: bool,
+) -> crate::summary::BackfillSummary {
+    let name = d.base.backfill.as_ref().map_or("", |b| b.name.as_str());
+    crate::summary::BackfillSummary::new(
+        name,
+        &d.path,
+        &d.base,
+        d.resumed,
+        rows_before,
+        now,
+        complete,
+    )
+}
+
+/// What a trial's summary says of the full run: a `--limit` trial's checkpoint says
+/// where it resumes; a `--sample` trial's rows go again.
+fn trial_note(cfg: &RunConfig, s: &Summary) -> Option<String> {
+    let t = crate::progress::thousands;
+    match s.outcome {
+        Outcome::LimitReached => Some(format!(
+            "limit reached: the first {} rows are done (checkpoint {}). The same command without --limit sends the rest, under the messageIds it would have given them: nothing is sent twice",
+            t(cfg.limit.unwrap_or(0)),
+            cfg.checkpoint.as_ref().map_or_else(String::new, |p| p.display().to_string())
+        )),
+        Outcome::Sampled => Some(format!(
+            "sampled: one row in every {} of each input was sent ({} calls), under the messageIds the full run gives them; no checkpoint moved. The full run sends every row: the sampled ones go again with the same messageIds, and the API drops the repeats",
+            cfg.sample.unwrap_or(1),
+            t(s.calls_delivered)
+        )),
+        _ => None,
+    }
+}
+
+/// What the preflight leaves for the run: the configuration with the backfill's paths,
+/// the plan, the checkpoint, and the rejects file's lock when no checkpoint holds it.
 struct Ready {
+    cfg: RunConfig,
+    /// The backfill's directory in the state directory, if it has one.
+    dir: Option<PathBuf>,
     plan: Plan,
     durable: Option<Durable>,
     _rejects_lock: Option<std::fs::File>,
 }
 
 enum Preflight {
-    Ready(Ready),
+    Ready(Box<Ready>),
     /// The checkpoint says the backfill finished: nothing to do.
-    AlreadyComplete(Summary),
+    AlreadyComplete(Box<Summary>),
 }
 
 /// Everything checked before anything is read or sent, and before anything on disk
@@ -286,10 +373,20 @@ enum Preflight {
 /// and matched, or written afresh) and the locks.
 fn preflight(cfg: &RunConfig, src: &SourceOptions) -> Result<Preflight, RunError> {
     let spec = crate::map::load(&cfg.mapping_path)?;
-    // Never read as inputs: what the run writes, its mapping and its API key file.
+    // Never read as inputs: what the run writes, its mapping, its API key file and the
+    // state directory.
     let mut own: Vec<PathBuf> = cfg.own_files.iter().map(|f| f.path.clone()).collect();
     own.push(cfg.mapping_path.clone());
+    own.push(cfg.state_dir.clone());
     let inputs = source::discover_excluding(&cfg.inputs, src, &own)?;
+    note_same_content(&inputs, cfg.quiet)?;
+    // The backfill's own checkpoint and rejects file: named, found by content in the
+    // state directory, or new.
+    let found = state::resolve(cfg, src, &spec.namespace, &inputs)?;
+    let cfg = with_paths(cfg, &found);
+    for n in &found.notes {
+        say(&cfg, &format!("note: {n}"));
+    }
     source::refuse_overwriting(&cfg.own_files, &inputs, Some(&cfg.mapping_path))?;
     // An earlier run's summary or report must not pass for this run's when this one ends
     // without writing them (a refused configuration, a second Ctrl-C, a crash).
@@ -298,14 +395,24 @@ fn preflight(cfg: &RunConfig, src: &SourceOptions) -> Result<Preflight, RunError
             let _ = std::fs::remove_file(&f.path);
         }
     }
-    let plan = Plan::new(&spec, inputs, src, cfg.limits, cfg.sent_at)?;
+    let mut plan = Plan::new(&spec, inputs, src, cfg.limits, cfg.sent_at)?;
+    if let Some(k) = cfg.sample {
+        plan.sample(k);
+    }
     if cfg.checkpoint.is_some() {
         rejects::refuse_unsyncable(&cfg.rejects_path)?;
-    } else {
-        rejects::refuse_taking_unfinished(cfg)?;
     }
+    for n in found.prepare()? {
+        say(&cfg, &format!("note: {n}"));
+    }
+    rejects::refuse_counted_elsewhere(&cfg)?;
     // A matching checkpoint says where to start; a mismatching one stops the run here.
-    let durable = Durable::open(cfg, src, &plan.inputs)?;
+    let durable = Durable::open(&cfg, src, &plan.inputs, &found.backfill)?;
+    // A resumed backfill keeps the seeds it started with (a version 1 checkpoint: the
+    // path as typed); a new one seeds by content, as `Plan::new` did.
+    if let Some(d) = &durable {
+        plan.reseed(&d.seeds);
+    }
     // Held to the end of the run (a checkpoint holds its own): a second run of the same
     // command stops here.
     let rejects_lock = match durable {
@@ -315,19 +422,77 @@ fn preflight(cfg: &RunConfig, src: &SourceOptions) -> Result<Preflight, RunError
     if let Some(d) = &durable {
         if d.base.complete {
             let (n, rejected) = (plan.inputs.len(), d.base.counters.rows_rejected);
-            let s = Summary::already_complete(&d.path, n, &cfg.rejects_path, rejected);
-            return Ok(Preflight::AlreadyComplete(s));
+            let s = Summary::already_complete(&d.path, n, &cfg.rejects_path, rejected, &d.base);
+            return Ok(Preflight::AlreadyComplete(Box::new(s)));
         }
-        if !cfg.quiet {
-            // Not `eprintln!`: a closed stderr stops nothing.
-            let _ = writeln!(std::io::stderr(), "{}", d.starting_at(&plan.inputs));
-        }
+        say(&cfg, &d.starting_at(&plan.inputs));
     }
-    Ok(Preflight::Ready(Ready {
+    Ok(Preflight::Ready(Box::new(Ready {
+        cfg,
+        dir: found.dir,
         plan,
         durable,
         _rejects_lock: rejects_lock,
-    }))
+    })))
+}
+
+/// `cfg` with the checkpoint and rejects paths of its backfill ([`state::resolve`]), and
+/// those among its own files (never read, never written over).
+fn with_paths(cfg: &RunConfig, found: &state::Resolved) -> RunConfig {
+    let mut cfg = cfg.clone();
+    cfg.rejects_path = found.rejects.clone();
+    if cfg.checkpoint.is_some() {
+        cfg.checkpoint = found.checkpoint.clone();
+    }
+    // In the order the command line gives them (a clash is named at the second file).
+    let mine = |flag: &'static str, path: &PathBuf| OwnFile {
+        flag,
+        path: path.clone(),
+        written: true,
+        at_end: false,
+    };
+    let at = |own: &[OwnFile], flag: &str| own.iter().position(|f| f.flag == flag && f.written);
+    match at(&cfg.own_files, "--rejects") {
+        Some(i) => cfg.own_files[i].path = cfg.rejects_path.clone(),
+        None => cfg
+            .own_files
+            .insert(0, mine("--rejects", &cfg.rejects_path)),
+    }
+    if let Some(p) = cfg.checkpoint.clone() {
+        match at(&cfg.own_files, "--checkpoint") {
+            Some(i) => cfg.own_files[i].path = p,
+            None => cfg.own_files.insert(1, mine("--checkpoint", &p)),
+        }
+    }
+    cfg
+}
+
+/// Notes inputs whose bytes are the same (same content identity): they get the same
+/// messageIds, so the API keeps one copy of their calls.
+fn note_same_content(inputs: &[Arc<InputInfo>], quiet: bool) -> Result<(), RunError> {
+    if inputs.len() < 2 || quiet {
+        return Ok(());
+    }
+    let mut seen: std::collections::HashMap<source::ContentIdentity, &str> =
+        std::collections::HashMap::with_capacity(inputs.len());
+    for i in inputs {
+        let Some(id) = i.identity()? else { continue };
+        if let Some(first) = seen.insert(id, &i.display) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: {} has the same content as {first}: its calls get the same messageIds, so the API keeps one copy of each",
+                i.display
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A line on stderr unless quiet. Not `eprintln!`: a closed stderr stops nothing.
+fn say(cfg: &RunConfig, line: &str) {
+    if !cfg.quiet {
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
 }
 
 /// Where requests go: nowhere (a dry run, perhaps writing them to `--output`), the
@@ -395,15 +560,21 @@ impl Plan {
         sent_at: bool,
     ) -> Result<Plan, RunError> {
         let mut mappings = Vec::with_capacity(inputs.len());
-        for info in &inputs {
+        // Content seeds, as a new backfill (or a run without a checkpoint) uses; a
+        // resumed one may [`Plan::reseed`].
+        let seeds = message_id::seeds(SeedScheme::Content, &spec.namespace, &inputs)?;
+        for (info, seed) in inputs.iter().zip(seeds) {
             let opened = source::open(info, src)?;
-            mappings.push(Arc::new(compile(spec, opened.schema(), &info.display)?));
+            let mut m = compile(spec, opened.schema(), &info.display)?;
+            m.seed = seed;
+            mappings.push(Arc::new(m));
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let encode = Arc::new(EncodeOptions {
             max_call_bytes: Packer::new(limits).max_call(),
             latest_ms: now_ms.saturating_add(mappings.first().map_or(0, |m| m.max_future_ms)),
             sent_at,
+            sample: 1,
         });
         Ok(Plan {
             inputs: inputs.into(),
@@ -414,21 +585,63 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// `--sample K`: map only every K-th row of each input.
+    pub fn sample(&mut self, every: u64) {
+        Arc::make_mut(&mut self.encode).sample = every.max(1);
+    }
+
+    /// Makes each input's messageIds with `seeds` (those a resumed checkpoint records).
+    pub fn reseed(&mut self, seeds: &[u64]) {
+        self.mappings = self
+            .mappings
+            .iter()
+            .zip(seeds)
+            .map(|(m, &seed)| {
+                if m.seed == seed {
+                    m.clone()
+                } else {
+                    Arc::new(CompiledMapping {
+                        seed,
+                        ..(**m).clone()
+                    })
+                }
+            })
+            .collect();
+    }
+}
+
 /// The stages before the senders: the reader, the mappers and the packer, on threads of
 /// their own. A run sends the requests they make; `validate` counts them.
 pub(crate) struct Front {
-    reader: JoinHandle<Result<(), SourceError>>,
+    reader: JoinHandle<Result<ReadEnd, SourceError>>,
     packer: JoinHandle<PackTotals>,
 }
 
+/// Where the front starts reading, and how much it reads at most.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Span {
+    pub start: Position,
+    /// Rows to read at most from `start` (`--limit`, less what earlier runs did).
+    pub limit: Option<u64>,
+}
+
+/// The reader and the mappers, running: mapped chunks come out of `mapped` (in any
+/// order, numbered), and their buffers go back through `free_mapped`.
+struct Mapping {
+    reader: JoinHandle<Result<ReadEnd, SourceError>>,
+    mapped: Receiver<Mapped>,
+    free_mapped: Sender<Mapped>,
+}
+
 impl Front {
-    /// Starts reading at `start` and returns the requests' channel (`queue` deep).
+    /// Starts reading at `span.start` and returns the requests' channel (`queue` deep).
     /// Reading stops early once any of `halt` is set.
     #[allow(clippy::too_many_arguments)] // run and validate: the plan and the stage's knobs
     pub fn start(
         plan: &Plan,
         src: &SourceOptions,
-        start: Position,
+        span: Span,
         chunk_rows: usize,
         mappers: &Arc<rayon::ThreadPool>,
         halt: Vec<Arc<AtomicBool>>,
@@ -438,73 +651,31 @@ impl Front {
         queue: usize,
         mut tap: Box<dyn FnMut(&Mapped) + Send>,
     ) -> (Front, Receiver<Request>) {
-        // Chunks (and mapped buffers) in flight. Four per mapper thread keep a thread that
-        // is descheduled mid-chunk from stalling the in-order packer and, behind it, every
-        // other thread: with two per thread a 1M-row dry run idled a core 15% of the time
-        // (perf stat -r 5: 0.44-0.45 s against 0.41-0.43 s with four). Capped so memory
-        // stays flat on many cores (each is a 512 KiB block and its mapped calls).
-        let pool = (mappers.current_num_threads() * 4 + 4).min(64);
-        let (free_raw_tx, free_raw) = bounded::<Chunk>(pool);
-        let (mapped_tx, mapped) = bounded::<Mapped>(pool);
-        let (free_mapped_tx, free_mapped_rx) = bounded::<Mapped>(pool);
-        for _ in 0..pool {
-            let _ = free_mapped_tx.send(Mapped::default());
-        }
+        let m = start_mapping(
+            plan, src, span, chunk_rows, mappers, halt, input_rows, progress,
+        );
         let (requests_tx, requests) = bounded::<Request>(queue);
-        // The reader owns the dispatch, so the packer sees the mapped channel close when
-        // reading is done.
-        let dispatch = Dispatch {
-            free_raw: free_raw_tx,
-            mapped: mapped_tx,
-            free_mapped: free_mapped_rx,
-            mappings: plan.mappings.clone(),
-            opts: plan.encode.clone(),
-            mappers: mappers.clone(),
-        };
-        let (inputs, src) = (plan.inputs.clone(), *src);
-        let (rows, progress) = (input_rows.clone(), progress.clone());
-        let reader = std::thread::spawn(move || {
-            let reading = Reading {
-                inputs: &inputs,
-                opts: &src,
-                start,
-                chunk_rows,
-                pool,
-                // The reader is the one serial stage. With three or more mapper threads
-                // its CSV parse would cap a run (about 0.9 GB/s; see BENCHMARKS.md), so
-                // it only scans each block for whole records (2+ GB/s) and the mappers
-                // parse in parallel. With fewer, the run is CPU-bound and the scan's
-                // extra instructions would cost more than they free.
-                defer_parsing: dispatch.mappers.current_num_threads() >= 3,
-            };
-            // A read error ends reading but not delivery: every row read before the
-            // damage is still mapped, sent and checkpointed, then the run reports it.
-            reading.run(
-                &free_raw,
-                || halt.iter().any(|h| h.load(Ordering::Relaxed)),
-                |seq, chunk| {
-                    progress.read(&chunk);
-                    dispatch.map(seq, chunk)
-                },
-                |input, n| {
-                    if let Some(r) = lock(&rows).get_mut(input as usize) {
-                        *r = n;
-                    }
-                },
-            )
-        });
         let limits = plan.limits;
+        let (mapped, free_mapped) = (m.mapped, m.free_mapped);
+        let start = span.start;
         let packer = std::thread::spawn(move || {
             stage::pack(
+                start,
                 mapped,
-                free_mapped_tx,
+                free_mapped,
                 requests_tx,
                 limits,
                 spares,
                 &mut *tap,
             )
         });
-        (Front { reader, packer }, requests)
+        (
+            Front {
+                reader: m.reader,
+                packer,
+            },
+            requests,
+        )
     }
 
     fn is_finished(&self) -> bool {
@@ -513,7 +684,7 @@ impl Front {
 
     /// Waits for both stages. A chunk the mappers could not read ends the run as a read
     /// error does.
-    pub fn join(self) -> Result<(Result<(), SourceError>, PackTotals), RunError> {
+    pub fn join(self) -> Result<(Result<ReadEnd, SourceError>, PackTotals), RunError> {
         let read = self
             .reader
             .join()
@@ -523,10 +694,84 @@ impl Front {
             .join()
             .map_err(|_| RunError::Panicked("packer"))?;
         let read = match (read, &totals.failed) {
-            (Ok(()), Some(e)) => Err(SourceError::Other(e.clone())),
+            (Ok(_), Some(e)) => Err(SourceError::Other(e.clone())),
             (r, _) => r,
         };
         Ok((read, totals))
+    }
+}
+
+/// Starts the reader (on a thread of its own) and the mappers (on `mappers`).
+#[allow(clippy::too_many_arguments)]
+fn start_mapping(
+    plan: &Plan,
+    src: &SourceOptions,
+    span: Span,
+    chunk_rows: usize,
+    mappers: &Arc<rayon::ThreadPool>,
+    halt: Vec<Arc<AtomicBool>>,
+    input_rows: &Arc<Mutex<Vec<u64>>>,
+    progress: &Arc<Progress>,
+) -> Mapping {
+    // Chunks (and mapped buffers) in flight. Four per mapper thread keep a thread that
+    // is descheduled mid-chunk from stalling the in-order packer and, behind it, every
+    // other thread: with two per thread a 1M-row dry run idled a core 15% of the time
+    // (perf stat -r 5: 0.44-0.45 s against 0.41-0.43 s with four). Capped so memory
+    // stays flat on many cores (each is a 512 KiB block and its mapped calls).
+    let pool = (mappers.current_num_threads() * 4 + 4).min(64);
+    let (free_raw_tx, free_raw) = bounded::<Chunk>(pool);
+    let (mapped_tx, mapped) = bounded::<Mapped>(pool);
+    let (free_mapped_tx, free_mapped_rx) = bounded::<Mapped>(pool);
+    for _ in 0..pool {
+        let _ = free_mapped_tx.send(Mapped::default());
+    }
+    // The reader owns the dispatch, so the consumer sees the mapped channel close when
+    // reading is done.
+    let dispatch = Dispatch {
+        free_raw: free_raw_tx,
+        mapped: mapped_tx,
+        free_mapped: free_mapped_rx,
+        mappings: plan.mappings.clone(),
+        opts: plan.encode.clone(),
+        mappers: mappers.clone(),
+    };
+    let (inputs, src) = (plan.inputs.clone(), *src);
+    let (rows, progress) = (input_rows.clone(), progress.clone());
+    let reader = std::thread::spawn(move || {
+        let reading = Reading {
+            inputs: &inputs,
+            opts: &src,
+            start: span.start,
+            chunk_rows,
+            pool,
+            // The reader is the one serial stage. With three or more mapper threads
+            // its CSV parse would cap a run (about 0.9 GB/s; see BENCHMARKS.md), so
+            // it only scans each block for whole records (2+ GB/s) and the mappers
+            // parse in parallel. With fewer, the run is CPU-bound and the scan's
+            // extra instructions would cost more than they free.
+            defer_parsing: dispatch.mappers.current_num_threads() >= 3,
+            limit: span.limit,
+        };
+        // A read error ends reading but not delivery: every row read before the
+        // damage is still mapped, sent and checkpointed, then the run reports it.
+        reading.run(
+            &free_raw,
+            || halt.iter().any(|h| h.load(Ordering::Relaxed)),
+            |seq, chunk| {
+                progress.read(&chunk);
+                dispatch.map(seq, chunk)
+            },
+            |input, n| {
+                if let Some(r) = lock(&rows).get_mut(input as usize) {
+                    *r = n;
+                }
+            },
+        )
+    });
+    Mapping {
+        reader,
+        mapped,
+        free_mapped: free_mapped_tx,
     }
 }
 

@@ -433,6 +433,51 @@ code{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;word-break:b
 footer{color:var(--muted);font-size:12px;margin-top:20px}
 "#;
 
+/// The backfill this run is part of: whether it resumed and from where, the rows this
+/// run covered, and the totals of every run.
+fn backfill_panel(h: &mut String, b: &crate::summary::BackfillSummary) {
+    let t = thousands;
+    let _ = write!(
+        h,
+        r#"<section class="panel"><h2>The whole backfill</h2><p class="note">{} · checkpoint <code>{}</code></p><table>"#,
+        esc(&b.name),
+        esc(&b.checkpoint)
+    );
+    let this_run = if b.this_run_last_row >= b.this_run_first_row {
+        format!(
+            "rows {}–{}",
+            t(b.this_run_first_row),
+            t(b.this_run_last_row)
+        )
+    } else {
+        "no rows".to_string()
+    };
+    let rows = [
+        (
+            "this run",
+            match &b.resumed_from {
+                Some(from) => format!("resumed from {from}"),
+                None if b.resumed => "resumed".to_string(),
+                None => "started the backfill".to_string(),
+            },
+        ),
+        ("this run's segment", this_run),
+        ("runs", t(b.runs)),
+        ("rows done (all runs)", t(b.rows_done)),
+        ("calls delivered (all runs)", t(b.calls_delivered)),
+        ("rows rejected (all runs)", t(b.rows_rejected)),
+        ("requests (all runs)", t(b.requests)),
+        (
+            "complete",
+            if b.complete { "yes" } else { "no" }.to_string(),
+        ),
+    ];
+    for (k, v) in rows {
+        let _ = write!(h, "<tr><td>{k}</td><td class=\"n\">{}</td></tr>", esc(&v));
+    }
+    h.push_str("</table></section>");
+}
+
 /// The whole page. `stopped` is the message the run stopped with, if it did not finish.
 pub fn render(
     s: &Summary,
@@ -449,6 +494,7 @@ pub fn render(
         (Outcome::Completed, _) => ("completed with rejects", "warn"),
         (Outcome::Interrupted, _) => ("interrupted", "warn"),
         (Outcome::AlreadyComplete, None) => ("already complete", "ok"),
+        (Outcome::LimitReached | Outcome::Sampled, None) => (s.outcome.as_str(), "warn"),
         (o, _) => (o.as_str(), "bad"),
     };
     let _ = write!(
@@ -510,6 +556,12 @@ pub fn render(
         );
     }
     h.push_str("</section>");
+    if let Some(note) = &s.note {
+        let _ = write!(h, r#"<p class="note">{}</p>"#, esc(note));
+    }
+    if let Some(b) = &s.backfill {
+        backfill_panel(&mut h, b);
+    }
 
     let samples = &rec.samples;
     let short_run = samples.len() < 3;

@@ -30,6 +30,12 @@ pub enum Outcome {
     /// The checkpoint says the backfill finished before: nothing was sent.
     #[serde(rename = "already complete")]
     AlreadyComplete,
+    /// A `--limit` trial did its rows; the same command without it resumes after them.
+    #[serde(rename = "limit reached")]
+    LimitReached,
+    /// A `--sample` trial sent every K-th row; no checkpoint moved.
+    #[serde(rename = "sampled")]
+    Sampled,
 }
 
 impl Outcome {
@@ -39,6 +45,8 @@ impl Outcome {
             Outcome::Interrupted => "interrupted",
             Outcome::Failed => "failed",
             Outcome::AlreadyComplete => "already complete",
+            Outcome::LimitReached => "limit reached",
+            Outcome::Sampled => "sampled",
         }
     }
 }
@@ -90,6 +98,84 @@ pub struct Summary {
     /// rejects file holds, and what decides exit code 3.
     pub rows_rejected_total: u64,
     pub dry_run: bool,
+    /// Rows a `--sample` run read but left out (not among every K-th):
+    /// `rows_read = rows_mapped + rows_rejected + rows_not_sampled`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rows_not_sampled: u64,
+    /// The backfill this run is part of, over all its runs: absent for a run that keeps
+    /// no checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillSummary>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The whole backfill, as a run's summary shows it: whether this run resumed and from
+/// where, the rows this run took the checkpoint over, and the totals of every run.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct BackfillSummary {
+    /// Its name in the state directory, and its checkpoint file.
+    pub name: String,
+    pub checkpoint: String,
+    /// This run continued an earlier one.
+    pub resumed: bool,
+    /// Where it resumed: `INPUT row N` (1-based), with the share done before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
+    /// Rows of the backfill (1-based, over the inputs in order) this run's checkpoint
+    /// moved over: `this_run_first_row..=this_run_last_row`; none when the two cross.
+    pub this_run_first_row: u64,
+    pub this_run_last_row: u64,
+    /// Totals over every run of the backfill, this one included.
+    pub rows_done: u64,
+    pub rows_rejected: u64,
+    pub calls_delivered: u64,
+    pub requests: u64,
+    pub runs: u64,
+    pub complete: bool,
+}
+
+impl BackfillSummary {
+    /// From the checkpoint a run started from (`base`), the rows done before it, and the
+    /// counters it wrote last (`now`, over every run).
+    pub fn new(
+        name: &str,
+        checkpoint: &std::path::Path,
+        base: &Checkpoint,
+        resumed: bool,
+        rows_before: u64,
+        now: &crate::checkpoint::Counters,
+        complete: bool,
+    ) -> BackfillSummary {
+        let resumed_from = resumed.then(|| {
+            // At the end of an input (a `--limit` reached there): the next one's row 1.
+            let (mut at, mut row) = (base.resume.input as usize, base.resume.row);
+            let rows_of = |i: usize| base.input_rows.get(i).copied().unwrap_or(0);
+            if rows_of(at) > 0 && row >= rows_of(at) && at + 1 < base.inputs.len() {
+                (at, row) = (at + 1, 0);
+            }
+            let input = base.inputs.get(at).map_or("?", |f| f.path.as_str());
+            let done = crate::checkpoint::fraction_done(base)
+                .map_or_else(String::new, |f| format!(" ({:.1}% done)", f * 100.0));
+            format!("{input} row {}{done}", thousands(row + 1))
+        });
+        BackfillSummary {
+            name: name.to_string(),
+            checkpoint: checkpoint.display().to_string(),
+            resumed,
+            resumed_from,
+            this_run_first_row: rows_before + 1,
+            this_run_last_row: now.rows_done,
+            rows_done: now.rows_done,
+            rows_rejected: now.rows_rejected,
+            calls_delivered: now.calls_delivered,
+            requests: now.requests,
+            runs: now.runs,
+            complete,
+        }
+    }
 }
 
 impl Summary {
@@ -100,8 +186,26 @@ impl Summary {
         inputs: usize,
         rejects: &std::path::Path,
         rows_rejected_total: u64,
+        base: &Checkpoint,
     ) -> Summary {
+        let name = base.backfill.as_ref().map_or("", |b| b.name.as_str());
+        let c = &base.counters;
+        let backfill = BackfillSummary {
+            name: name.to_string(),
+            checkpoint: checkpoint.display().to_string(),
+            resumed: true,
+            resumed_from: None,
+            this_run_first_row: c.rows_done + 1,
+            this_run_last_row: c.rows_done,
+            rows_done: c.rows_done,
+            rows_rejected: c.rows_rejected,
+            calls_delivered: c.calls_delivered,
+            requests: c.requests,
+            runs: c.runs,
+            complete: true,
+        };
         Summary {
+            backfill: Some(backfill),
             outcome: Outcome::AlreadyComplete,
             note: Some(format!(
                 "already complete according to {} (use --restart to send everything again)",
@@ -137,7 +241,8 @@ impl Summary {
         self.request_bytes = d.request_bytes;
         self.rows_read = totals.rows;
         self.rows_rejected = totals.rows_rejected;
-        self.rows_mapped = totals.rows - totals.rows_rejected;
+        self.rows_not_sampled = totals.rows_skipped;
+        self.rows_mapped = totals.rows - totals.rows_rejected - totals.rows_skipped;
         self.rejected_by_reason = totals
             .rejected_by_reason
             .iter()
@@ -203,6 +308,13 @@ impl fmt::Display for Summary {
         for (reason, count) in &self.rejected_by_reason {
             sub_row(f, reason, *count)?;
         }
+        if self.rows_not_sampled > 0 {
+            writeln!(
+                f,
+                "    not sampled     {:>14}",
+                thousands(self.rows_not_sampled)
+            )?;
+        }
         writeln!(f, "  calls built       {:>14}", thousands(self.calls_built))?;
         for (kind, count) in &self.calls_by_type {
             sub_row(f, kind, *count)?;
@@ -248,7 +360,46 @@ impl fmt::Display for Summary {
         if self.rows_rejected > 0 {
             writeln!(f, "  rejects file      {}", self.rejects_file)?;
         }
+        if let Some(b) = &self.backfill {
+            write!(f, "{b}")?;
+        }
         Ok(())
+    }
+}
+
+impl fmt::Display for BackfillSummary {
+    /// The backfill's lines under a run's table: which backfill, whether and where this
+    /// run resumed, the rows it covered, and the totals of every run.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = thousands;
+        writeln!(f, "  backfill          {} ({})", self.name, self.checkpoint)?;
+        if let Some(from) = &self.resumed_from {
+            writeln!(f, "    resumed from    {from}")?;
+        }
+        if self.this_run_last_row >= self.this_run_first_row {
+            writeln!(
+                f,
+                "    this run        rows {}–{}",
+                t(self.this_run_first_row),
+                t(self.this_run_last_row)
+            )?;
+        } else {
+            writeln!(f, "    this run        no rows")?;
+        }
+        let runs = format!(
+            "all {} run{}",
+            t(self.runs),
+            if self.runs == 1 { "" } else { "s" }
+        );
+        writeln!(
+            f,
+            "    {runs:<15} {} rows done, {} calls delivered, {} rejected, {} requests{}",
+            t(self.rows_done),
+            t(self.calls_delivered),
+            t(self.rows_rejected),
+            t(self.requests),
+            if self.complete { "; complete" } else { "" }
+        )
     }
 }
 

@@ -20,9 +20,9 @@ use crate::error::RunError;
 use crate::map::encode::{EmitKind, Mapped};
 use crate::map::spec::CallKind;
 use crate::pack::Spares;
-use crate::pipeline::{mapper_pool, Front, Plan, QUEUE_AHEAD};
+use crate::pipeline::{mapper_pool, Front, Plan, Span, QUEUE_AHEAD};
 use crate::progress::Progress;
-use crate::source::{self, Position, SourceOptions};
+use crate::source::{self, SourceOptions};
 use crate::timestamp::{self, UnixMillis};
 
 /// What to validate.
@@ -173,7 +173,7 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
     let (front, requests) = Front::start(
         &plan,
         src,
-        Position::default(),
+        Span::default(),
         opts.chunk_rows.max(1),
         &mappers,
         Vec::new(),

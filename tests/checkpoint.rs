@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cdp_backfill::map::message_id::{input_seed, message_id};
+use cdp_backfill::map::message_id::message_id;
 use common::*;
 
 const CONCURRENCY: usize = 2;
@@ -101,7 +101,7 @@ fn sigkill_at_random_moments_loses_nothing_and_replays_within_the_bound() {
     let stats = server.shutdown();
 
     let bad: HashSet<u64> = g.bad_rows.iter().map(|(r, _)| *r).collect();
-    let seed = input_seed("", &input.display().to_string());
+    let seed = seed_of("", &input);
     let expected: HashSet<String> = (0..g.rows)
         .filter(|r| !bad.contains(r))
         .map(|r| message_id(seed, r, 0))
@@ -321,7 +321,7 @@ fn resuming_refuses_changed_inputs_mappings_and_damaged_checkpoints() {
     // An unknown version.
     std::fs::write(
         dir.path().join("cp.json"),
-        fixed_text.replace("\"version\": 1", "\"version\": 7"),
+        fixed_text.replace("\"version\": 2", "\"version\": 7"),
     )
     .unwrap();
     refused(&[], "version 7");

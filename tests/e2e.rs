@@ -29,7 +29,7 @@ fn backfill_events(dir: &tempfile::TempDir, endpoint: &str) -> Command {
     c
 }
 
-use cdp_backfill::map::message_id::{input_seed, message_id};
+use cdp_backfill::map::message_id::message_id;
 use common::*;
 
 #[test]
@@ -101,7 +101,7 @@ fn a_generated_100k_row_csv_arrives_exactly_packed_full_and_within_limits() {
     let stats = server.shutdown();
 
     let bad: BTreeMap<u64, &str> = g.bad_rows.iter().copied().collect();
-    let seed = input_seed("", &input_arg);
+    let seed = seed_of("", &input);
     let expected: HashSet<String> = (0..g.rows)
         .filter(|r| !bad.contains_key(r))
         .map(|r| message_id(seed, r, 0))

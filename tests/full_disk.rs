@@ -129,7 +129,17 @@ fn assert_once_each(got: &[u64], want: &[u64]) {
 }
 
 fn checkpoint(w: &Workdir) -> Checkpoint {
-    serde_json::from_slice(&std::fs::read(w.path("cdp-backfill.checkpoint.json")).unwrap()).unwrap()
+    serde_json::from_slice(&std::fs::read(cp_path(w)).unwrap()).unwrap()
+}
+
+/// The checkpoint and the rejects file of the test's one backfill, in the state
+/// directory.
+fn cp_path(w: &Workdir) -> std::path::PathBuf {
+    common::backfill_dir(w.dir()).join("checkpoint.json")
+}
+
+fn rejects_path(w: &Workdir) -> std::path::PathBuf {
+    common::backfill_dir(w.dir()).join("rejects.ndjson")
 }
 
 fn assert_stopped_naming(o: &Output, file: &str) {
@@ -149,11 +159,11 @@ fn a_full_rejects_file_stops_the_run_and_the_same_command_resumes_exact() {
     let (want_ids, want_rejects) = expected(&w);
     assert_eq!(want_rejects.len(), 240);
     let (server, record) = common::receiver(w.dir(), Faults::default());
-    let rejects = w.path("cdp-backfill.rejects.ndjson");
-
     // About 7 MB of reject lines against a 1 MiB limit.
     let o = common::run(limited(&mut backfill(&w, &server.base_url()), 1 << 20));
-    assert_stopped_naming(&o, &format!("--rejects {}", "cdp-backfill.rejects.ndjson"));
+    let rejects = rejects_path(&w);
+    assert_stopped_naming(&o, &format!("--rejects {}", ".cdp-backfill/"));
+    assert!(common::stderr(&o).contains("/rejects.ndjson"));
     let on_disk = std::fs::metadata(&rejects).unwrap().len();
     let cp = checkpoint(&w);
     assert!(
@@ -208,12 +218,8 @@ fn a_checkpoint_that_cannot_be_written_stops_the_run_naming_it_and_the_run_resum
         ..Default::default()
     };
     let first_len = serde_json::to_vec_pretty(&first).unwrap().len() as u64 + 1;
-    for f in [
-        "cdp-backfill.checkpoint.json",
-        "cdp-backfill.rejects.ndjson",
-        "received.ndjson",
-    ] {
-        std::fs::remove_file(w.path(f)).unwrap();
+    for f in [cp_path(&w), rejects_path(&w), w.path("received.ndjson")] {
+        std::fs::remove_file(f).unwrap();
     }
     // A fresh receiver, recording afresh (the old one holds the removed record open).
     drop(server);
@@ -224,16 +230,14 @@ fn a_checkpoint_that_cannot_be_written_stops_the_run_naming_it_and_the_run_resum
         &mut backfill(&w, &server.base_url()),
         first_len + 1,
     ));
-    assert_stopped_naming(&o, "checkpoint cdp-backfill.checkpoint.json");
+    assert_stopped_naming(&o, "checkpoint .cdp-backfill/");
     assert!(
         !common::stderr(&o).contains("rejects"),
         "{}",
         common::stderr(&o)
     );
     assert_eq!(
-        std::fs::read(w.path("cdp-backfill.checkpoint.json"))
-            .unwrap()
-            .len() as u64,
+        std::fs::read(cp_path(&w)).unwrap().len() as u64,
         first_len,
         "the first checkpoint stands"
     );
@@ -243,10 +247,7 @@ fn a_checkpoint_that_cannot_be_written_stops_the_run_naming_it_and_the_run_resum
     assert!(checkpoint(&w).complete);
     let calls = common::recorded_calls(&record);
     assert_eq!(common::message_ids(&calls), want_ids);
-    assert_once_each(
-        &rejected_rows(&w.path("cdp-backfill.rejects.ndjson")),
-        &want_rejects,
-    );
+    assert_once_each(&rejected_rows(&rejects_path(&w)), &want_rejects);
     server.shutdown();
 }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["config", "json", "timestamp"],
     &["source"],
+    &["derive"],
     &["map"],
     &["pack"],
     &["send"],
@@ -22,7 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["report"],
     &["error"],
     &["pipeline"],
-    &["validate", "inspect", "generate"],
+    &["validate", "inspect", "generate", "status", "migration"],
     &["cli"],
 ];
 

@@ -832,8 +832,8 @@ fn validate_reports_counts_rejects_time_range_and_sizes_without_sending() {
 
 #[test]
 fn emitted_payloads_are_pinned() {
-    // Run from a temp dir with relative paths, so the messageIds (seeded by the input path
-    // as given) are the same on every machine.
+    // The messageIds are seeded by the input's content and the namespace, so they are the
+    // same on every machine and from any directory.
     let d = Workdir::new();
     for f in ["all_calls.csv", "all_calls.toml"] {
         std::fs::copy(fixtures().join(f), d.path(f)).unwrap();

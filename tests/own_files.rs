@@ -87,7 +87,13 @@ fn an_output_that_is_an_input_the_mapping_or_another_output_is_refused_untouched
             "--rejects events.toml.key is the --api-key-file file",
         ),
         (
-            &["--dry-run", "--rejects", "cdp-backfill.checkpoint.json"][..],
+            &[
+                "--dry-run",
+                "--checkpoint",
+                "ck.json",
+                "--rejects",
+                "ck.json",
+            ][..],
             "is the --checkpoint file",
         ),
     ] {
@@ -118,6 +124,10 @@ fn an_output_that_is_an_input_the_mapping_or_another_output_is_refused_untouched
         ] {
             assert!(!dir.join(f).exists(), "{extra:?} wrote {f}");
         }
+        assert!(
+            !dir.join(".cdp-backfill").exists(),
+            "{extra:?} made a state directory"
+        );
     }
 }
 
@@ -190,9 +200,12 @@ fn a_directory_input_leaves_out_the_runs_own_files() {
     }
 }
 
+/// The old default paths, named.
+const OLD_PATHS: [&str; 2] = ["--checkpoint", "cdp-backfill.checkpoint.json"];
+
 /// A completed backfill's checkpoint, made to look unfinished with its rejects counted.
 fn unfinished_backfill(dir: &Path) -> Vec<u8> {
-    let o = backfill(dir, &[]);
+    let o = backfill(dir, &OLD_PATHS);
     assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
     let path = dir.join("cdp-backfill.checkpoint.json");
     let mut cp: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -207,16 +220,32 @@ fn a_rejects_file_counted_by_an_unfinished_checkpoint_is_not_cut_by_another_run(
     let d = workdir();
     let dir = d.dir();
     let rejects = unfinished_backfill(dir);
-    // A rehearsal that keeps no checkpoint, into the default rejects path.
+    // A rehearsal that keeps no checkpoint, into that backfill's rejects file.
     let o = run_in(
         dir,
-        &["run", "events.csv", "--mapping", "events.toml", "--dry-run"],
+        &[
+            "run",
+            "events.csv",
+            "--mapping",
+            "events.toml",
+            "--dry-run",
+            "--rejects",
+            "cdp-backfill.rejects.ndjson",
+        ],
     );
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
-    assert!(common::stderr(&o).contains("holds the rejects of the unfinished backfill"));
+    assert!(
+        common::stderr(&o)
+            .contains("that the backfill recorded in cdp-backfill.checkpoint.json counts"),
+        "{}",
+        common::stderr(&o)
+    );
     // A resume that names another rejects file.
     std::fs::write(dir.join("important.ndjson"), "keep me\n").unwrap();
-    let o = backfill(dir, &["--rejects", "important.ndjson"]);
+    let o = backfill(
+        dir,
+        &[&OLD_PATHS[..], &["--rejects", "important.ndjson"]].concat(),
+    );
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
     assert!(
         common::stderr(&o).contains("cdp-backfill.rejects.ndjson (restore it if it is gone)"),
@@ -231,8 +260,10 @@ fn a_rejects_file_counted_by_an_unfinished_checkpoint_is_not_cut_by_another_run(
         std::fs::read(dir.join("cdp-backfill.rejects.ndjson")).unwrap(),
         rejects
     );
-    // With another rejects path, the rehearsal runs.
+    // With another rejects path, or its own default one, the rehearsal runs.
     let o = backfill(dir, &["--dry-run", "--rejects", "dry.ndjson"]);
+    assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
+    let o = backfill(dir, &["--dry-run"]);
     assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
     assert_eq!(
         std::fs::read(dir.join("cdp-backfill.rejects.ndjson")).unwrap(),
@@ -256,6 +287,7 @@ fn a_second_run_of_the_same_command_at_the_same_time_is_refused() {
             "--progress",
             "never",
         ],
+        &OLD_PATHS[..],
     ]
     .concat();
     let mut first: std::process::Child = common::bin()
@@ -351,7 +383,7 @@ fn an_interrupted_run_counts_the_reject_lines_its_rejects_file_holds() {
         .unwrap();
     assert_eq!(run.wait().unwrap().code(), Some(130));
     let s = summary(dir, "s.json");
-    let lines = std::fs::read_to_string(dir.join("cdp-backfill.rejects.ndjson"))
+    let lines = std::fs::read_to_string(common::backfill_dir(dir).join("rejects.ndjson"))
         .unwrap()
         .lines()
         .count() as u64;
@@ -368,7 +400,8 @@ fn a_rejects_path_that_cannot_be_written_is_a_usage_error_before_anything_is_wri
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
     assert!(common::stderr(&o).contains("--rejects nodir/r.ndjson: cannot open it for writing"));
     assert!(
-        !dir.join("cdp-backfill.checkpoint.json").exists(),
+        !dir.join(".cdp-backfill").exists()
+            || !common::backfill_dir(dir).join("checkpoint.json").exists(),
         "a refused run wrote a checkpoint"
     );
 }

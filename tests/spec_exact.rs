@@ -53,6 +53,10 @@ fn deliver(
     mapping: &Path,
     extra: &[&str],
 ) -> (Output, cdp_backfill::serve::Stats, Vec<Value>) {
+    // Each delivery is a backfill of its own, started afresh.
+    for f in ["cp.json", "delivered-rejects.ndjson"] {
+        let _ = std::fs::remove_file(d.path(f));
+    }
     let (server, record) = receiver(d.dir(), Default::default());
     let out = d
         .cmd()
@@ -60,7 +64,7 @@ fn deliver(
         .arg(input)
         .arg("--mapping")
         .arg(mapping)
-        .args(["--endpoint", &server.base_url(), "--restart"])
+        .args(["--endpoint", &server.base_url()])
         .args([
             "--checkpoint",
             "cp.json",

@@ -732,7 +732,13 @@ fn exit_codes_zero_and_three_and_interrupt_130() {
         s.calls_delivered < s.calls_built && s.calls_delivered > 0,
         "stopped early: {s:?}"
     );
-    assert!(dir.path().join("cdp-backfill.checkpoint.json").exists());
+    // Among this test's backfills, the interrupted one is kept, unfinished.
+    let unfinished = std::fs::read_dir(dir.path().join(".cdp-backfill"))
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.unwrap().path().join("checkpoint.json")).ok())
+        .filter(|t| serde_json::from_slice::<serde_json::Value>(t).unwrap()["complete"] == false)
+        .count();
+    assert_eq!(unfinished, 1);
 }
 
 /// A receiver on loopback that answers every request after `latency_ms`.
@@ -802,7 +808,7 @@ fn a_second_interrupt_stops_at_once_with_a_message_and_the_run_resumes() {
         "it waited for the drain: {took:?}"
     );
     assert!(
-        err.contains("interrupted again: stopping now, exit code 130. The last checkpoint written (cdp-backfill.checkpoint.json) is valid; resume with:"),
+        err.contains("interrupted again: stopping now, exit code 130. The last checkpoint written (in .cdp-backfill) is valid; resume with:"),
         "{err}"
     );
     assert!(
@@ -810,7 +816,7 @@ fn a_second_interrupt_stops_at_once_with_a_message_and_the_run_resumes() {
         "the command is given: {err}"
     );
     assert!(!err.contains("panicked"), "{err}");
-    let checkpoint = dir.path().join("cdp-backfill.checkpoint.json");
+    let checkpoint = backfill_dir(dir.path()).join("checkpoint.json");
     let text = std::fs::read_to_string(&checkpoint).expect("the checkpoint is kept");
     serde_json::from_str::<serde_json::Value>(&text).expect("the checkpoint is whole JSON");
     let (addr, endpoint) = (slow.local_addr(), slow.base_url());

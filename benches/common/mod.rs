@@ -60,6 +60,7 @@ pub fn encode_options() -> EncodeOptions {
         // Far in the future: no generated timestamp is refused for being late.
         latest_ms: i64::MAX / 2,
         sent_at: false,
+        sample: 1,
     }
 }
 

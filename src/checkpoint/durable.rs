@@ -13,10 +13,11 @@ use std::sync::Arc;
 
 use super::rejects::{lock_checkpoint, lock_rejects};
 use super::{
-    check_matches, fingerprint, load, store, Checkpoint, CheckpointError, Counters, WriteError,
-    VERSION,
+    check_matches, fingerprint, load, store, Backfill, Checkpoint, CheckpointError, Counters,
+    WriteError, VERSION,
 };
 use crate::config::{Endpoint, RunConfig};
+use crate::map::message_id::{self, SeedScheme};
 use crate::source::{self, FileId, InputInfo, Position, SourceOptions, STDIN_ARG};
 
 /// The checkpoint of this run: where it lives and what every write of it repeats.
@@ -26,6 +27,9 @@ pub struct Durable {
     /// starting point of this run.
     pub base: Checkpoint,
     pub resumed: bool,
+    /// Each input's messageId seed, as the checkpoint records them: a resumed backfill
+    /// keeps the seeds (and the scheme) it started with.
+    pub seeds: Vec<u64>,
     /// The checkpoint's lock, taken before it is read, and the rejects file's, taken
     /// once the checkpoint is known to fit this run and before it is written.
     _locks: [Option<File>; 2],
@@ -41,31 +45,23 @@ impl Durable {
         cfg: &RunConfig,
         src: &SourceOptions,
         inputs: &[Arc<InputInfo>],
+        backfill: &Backfill,
     ) -> Result<Option<Durable>, CheckpointError> {
         let Some(path) = cfg.checkpoint.clone() else {
             return Ok(None);
         };
         let checkpoint_lock = lock_checkpoint(&path)?;
-        let mut prints = Vec::with_capacity(inputs.len());
-        for i in inputs {
-            if i.path.as_os_str() == STDIN_ARG {
-                return Err(CheckpointError::Stdin);
-            }
-            prints.push(
-                fingerprint(i).map_err(|source| CheckpointError::Fingerprint {
-                    input: i.display.clone(),
-                    source,
-                })?,
-            );
-        }
-        let endpoint = match &cfg.endpoint {
-            Endpoint::Local => "local".to_string(),
-            Endpoint::Url(u) => u.clone(),
-        };
+        let prints = fingerprints(inputs)?;
+        let endpoint = endpoint_of(cfg);
         let config_hash = config_hash(cfg, src)?;
         let existing = if cfg.restart { None } else { load(&path)? };
         if let Some(mut cp) = existing {
             let notes = check_matches(&mut cp, &path, &endpoint, &config_hash, &prints)?;
+            let seeds = seeds_of(&mut cp, &path, inputs, &backfill.namespace)?;
+            // A version 1 checkpoint learns its name and is written as version 2 from
+            // now on (it keeps its path and its seed scheme).
+            cp.backfill.get_or_insert_with(|| backfill.clone());
+            cp.version = VERSION;
             for n in notes {
                 // Not `eprintln!`: a closed stderr must not stop the run.
                 let _ = writeln!(std::io::stderr(), "note: {n}");
@@ -89,13 +85,16 @@ impl Durable {
                 path,
                 base: cp,
                 resumed: true,
+                seeds,
             }));
         }
-        let base = Checkpoint {
+        let mut base = Checkpoint {
             version: VERSION,
             tool_version: env!("CARGO_PKG_VERSION").into(),
             written_at: String::new(),
             endpoint,
+            seeds: SeedScheme::Content,
+            backfill: Some(backfill.clone()),
             config_hash,
             inputs: prints,
             resume: Position::default(),
@@ -107,12 +106,14 @@ impl Durable {
             input_rows: vec![0; inputs.len()],
             counters: Default::default(),
         };
+        let seeds = seeds_of(&mut base, &path, inputs, &backfill.namespace)?;
         // Written before anything is sent, so a crash at any point leaves a checkpoint.
         let d = Durable {
             _locks: [checkpoint_lock, lock_rejects(&cfg.rejects_path, true)?],
             path,
             base,
             resumed: false,
+            seeds,
         };
         d.store(
             Position::default(),
@@ -172,16 +173,83 @@ impl Durable {
         cp.complete = complete;
         cp.drained = drained;
         cp.input_rows = input_rows.to_vec();
-        let before: u64 = input_rows.iter().take(resume.input as usize).sum();
-        cp.counters = Counters {
-            rows_done: before + resume.row,
+        cp.counters = self.totals(resume, run, input_rows);
+        store(&self.path, &cp)
+    }
+
+    /// The backfill's counters over every run, this one's (`run`) included, with the
+    /// checkpoint at `resume`.
+    pub fn totals(&self, resume: Position, run: &Counters, input_rows: &[u64]) -> Counters {
+        Counters {
+            rows_done: rows_before(resume, input_rows),
             rows_rejected: self.base.counters.rows_rejected + run.rows_rejected,
             calls_delivered: self.base.counters.calls_delivered + run.calls_delivered,
             requests: self.base.counters.requests + run.requests,
             runs: self.base.counters.runs + 1,
-        };
-        store(&self.path, &cp)
+        }
     }
+
+    /// Rows of the backfill done before this run: those before its resume position.
+    pub fn rows_done_before(&self) -> u64 {
+        rows_before(self.base.resume, &self.base.input_rows)
+    }
+}
+
+/// Rows of the inputs, in order, before `at`.
+fn rows_before(at: Position, input_rows: &[u64]) -> u64 {
+    input_rows.iter().take(at.input as usize).sum::<u64>() + at.row
+}
+
+/// Every input's fingerprint; standard input cannot be resumed, so it has none.
+pub fn fingerprints(inputs: &[Arc<InputInfo>]) -> Result<Vec<super::Fingerprint>, CheckpointError> {
+    inputs
+        .iter()
+        .map(|i| {
+            if i.path.as_os_str() == STDIN_ARG {
+                return Err(CheckpointError::Stdin);
+            }
+            fingerprint(i).map_err(|source| CheckpointError::Fingerprint {
+                input: i.display.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// The endpoint as a checkpoint records it: the base URL, or `local`.
+pub fn endpoint_of(cfg: &RunConfig) -> String {
+    match &cfg.endpoint {
+        Endpoint::Local => "local".to_string(),
+        Endpoint::Url(u) => u.clone(),
+    }
+}
+
+/// The seeds of `cp`'s inputs (which list this run's inputs) under its scheme, written
+/// into it. A seed already recorded for an input must come out the same: the calls of
+/// its rows were sent with it.
+fn seeds_of(
+    cp: &mut Checkpoint,
+    path: &Path,
+    inputs: &[Arc<InputInfo>],
+    namespace: &str,
+) -> Result<Vec<u64>, CheckpointError> {
+    let seeds = message_id::seeds(cp.seeds, namespace, inputs).map_err(CheckpointError::Input)?;
+    for (f, seed) in cp.inputs.iter_mut().zip(&seeds) {
+        let hex = format!("{seed:016x}");
+        if let Some(recorded) = &f.seed {
+            if *recorded != hex {
+                return Err(CheckpointError::Mismatch {
+                    path: path.display().to_string(),
+                    why: format!(
+                        "the messageIds of {} were made with seed {recorded}, this run would use {hex} (the namespace or the input changed)",
+                        f.path
+                    ),
+                });
+            }
+        }
+        f.seed = Some(hex);
+    }
+    Ok(seeds)
 }
 
 /// Hash of the mapping file and of every option that changes the emitted calls.

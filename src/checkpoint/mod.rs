@@ -19,6 +19,7 @@ pub mod acks;
 pub mod collect;
 pub mod durable;
 pub mod rejects;
+pub mod state;
 pub mod window;
 
 use std::fs::{self, File};
@@ -27,10 +28,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::map::message_id::SeedScheme;
 use crate::source::{InputInfo, Position};
 
 /// Bump when the format changes; an unknown version is refused, never guessed at.
-pub const VERSION: u32 = 1;
+/// Version 2 records each input's content identity and messageId seed, and the seed
+/// scheme; version 1 files (no seeds: ids from the path as given) are still read and
+/// resume with the ids they started with ([`SeedScheme::Path`]).
+pub const VERSION: u32 = 2;
+/// The oldest version this build still reads.
+pub const OLDEST_VERSION: u32 = 1;
 /// How much of an input's head and tail the fingerprint hashes.
 const SAMPLE: u64 = 1 << 20;
 
@@ -43,6 +50,50 @@ pub struct Fingerprint {
     pub modified_ns: u128,
     /// xxh3-64 of the first and last MiB (the whole file when smaller), hex.
     pub sample_hash: String,
+    /// The content identity ([`crate::source::identity`]): what finds the input again
+    /// whatever its path. Absent in version 1 files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// The messageId seed its calls were (or will be) made with, 16 hex digits. Absent
+    /// in version 1 files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
+}
+
+impl Fingerprint {
+    /// Whether `self` (recorded) and `now` are the same input: by content identity when
+    /// both have one and the ids do not depend on the path, else by path.
+    fn same_input(&self, now: &Fingerprint, scheme: SeedScheme) -> bool {
+        match (&self.identity, &now.identity, scheme) {
+            (Some(a), Some(b), SeedScheme::Content) => a == b,
+            _ => self.path == now.path,
+        }
+    }
+
+    /// Whether the bytes are as they were: size, samples, modification time (and the
+    /// identity, when both have one).
+    fn unchanged(&self, now: &Fingerprint) -> bool {
+        self.size == now.size
+            && self.sample_hash == now.sample_hash
+            && self.modified_ns == now.modified_ns
+            && match (&self.identity, &now.identity) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+/// What a backfill is, beyond its inputs: how it is named in the state directory and
+/// found again ([`state`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Backfill {
+    /// Its name: the directory of its files in the state directory
+    /// (`<mapping stem>-<8 hex>`, or `<plan stem>.<step>` for a plan's step).
+    pub name: String,
+    /// The mapping file's stem (or the plan's step), which a resume must share.
+    pub mapping: String,
+    /// The mapping's namespace.
+    pub namespace: String,
 }
 
 /// Cumulative counters over every run of this backfill.
@@ -64,6 +115,14 @@ pub struct Checkpoint {
     pub written_at: String,
     /// The base URL (or `local`); never the key.
     pub endpoint: String,
+    /// How the inputs' messageId seeds are made: `content` since version 2, `path` for
+    /// a backfill started by version 1 (absent in those files).
+    #[serde(default)]
+    pub seeds: SeedScheme,
+    /// The backfill's name and what finds it again in the state directory; absent for
+    /// version 1 files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<Backfill>,
     /// xxh3-64 of the mapping file and of the options that change the emitted calls.
     pub config_hash: String,
     pub inputs: Vec<Fingerprint>,
@@ -110,7 +169,7 @@ pub enum CheckpointError {
     },
     #[error("checkpoint {path} is corrupt or truncated ({why}). It was not used: nothing was sent. Inspect it, or start over with --restart.")]
     Corrupt { path: String, why: String },
-    #[error("checkpoint {path} has version {found}, this cdp-backfill understands version {VERSION}. Use the cdp-backfill that wrote it, or start over with --restart.")]
+    #[error("checkpoint {path} has version {found}, this cdp-backfill understands versions {OLDEST_VERSION} to {VERSION}. Use the cdp-backfill that wrote it, or start over with --restart.")]
     Version { path: String, found: u64 },
     #[error("checkpoint {path} does not match this run: {why}. Resuming would lose or duplicate rows. Run the same command as before, or start over with --restart (or choose another --checkpoint).")]
     Mismatch { path: String, why: String },
@@ -126,6 +185,9 @@ pub enum CheckpointError {
     Busy { path: PathBuf, what: &'static str },
     #[error("standard input cannot be resumed: pass --no-checkpoint, or save the data to a file")]
     Stdin,
+    /// An input could not be read to find its content identity.
+    #[error(transparent)]
+    Input(crate::source::SourceError),
     #[error("cannot read {input} to fingerprint it: {source}")]
     Fingerprint {
         input: String,
@@ -160,12 +222,28 @@ pub enum CheckpointError {
     RejectsIsDirectory { path: PathBuf },
     #[error("--rejects {} is not a regular file: a checkpoint counts the rejects file's length and syncs it to disk, which only a regular file allows (not a pipe, a terminal or a device). Name a file, or add --no-checkpoint (or --dry-run) to send rejects there.", path.display())]
     RejectsNotAFile { path: PathBuf },
-    /// A run without a checkpoint would start afresh the rejects file an unfinished
-    /// backfill counts.
-    #[error("{} holds the rejects of the unfinished backfill recorded in {}, and this run keeps no checkpoint, so it would start that file afresh. Give this run another --rejects path.", rejects.display(), checkpoint.display())]
-    UnfinishedRejects {
+    /// A run that starts its rejects file afresh (a new backfill, `--restart`, a run
+    /// without a checkpoint) would empty one that another backfill's checkpoint counts.
+    #[error("{} holds {len} bytes of rejects that the backfill recorded in {} counts, and this run would start that file afresh. Give this run another --rejects path (or leave --rejects out: each backfill keeps its own in the state directory).", rejects.display(), checkpoint.display())]
+    CountedElsewhere {
         rejects: PathBuf,
         checkpoint: PathBuf,
+        len: u64,
+    },
+    /// `--restart` named a checkpoint that records another backfill.
+    #[error("--restart would replace {}, which records another backfill (other inputs: {rows} rows done, {rejected} rejected rows in {}). Give this backfill its own --checkpoint (or leave --checkpoint out: each backfill keeps its own in the state directory); to discard that backfill, delete its files yourself.", checkpoint.display(), rejects.display())]
+    RestartOther {
+        checkpoint: PathBuf,
+        rejects: PathBuf,
+        rows: u64,
+        rejected: u64,
+    },
+    /// The state directory (or a backfill's directory in it) cannot be made or changed.
+    #[error("state directory {}: {source}. Create it, or name another with --state.", path.display())]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -177,6 +255,7 @@ impl CheckpointError {
         !matches!(
             self,
             CheckpointError::Fingerprint { .. }
+                | CheckpointError::Input(_)
                 | CheckpointError::Mapping { .. }
                 | CheckpointError::Write(_)
         )
@@ -204,11 +283,17 @@ pub fn fingerprint(input: &InputInfo) -> std::io::Result<Fingerprint> {
         f.read_exact(&mut buf)?;
         h.update(&buf);
     }
+    let identity = input
+        .identity()
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .map(|id| id.to_string());
     Ok(Fingerprint {
         path: input.display.clone(),
         size,
         modified_ns,
         sample_hash: format!("{:016x}", h.digest()),
+        identity,
+        seed: None,
     })
 }
 
@@ -233,7 +318,7 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
         .get("version")
         .and_then(|v| v.as_u64())
         .ok_or_else(|| corrupt("no version field".into()))?;
-    if version != VERSION as u64 {
+    if !(OLDEST_VERSION as u64..=VERSION as u64).contains(&version) {
         return Err(CheckpointError::Version {
             path: path.display().to_string(),
             found: version,
@@ -287,6 +372,8 @@ pub fn check_matches(
             cp.input_rows.get(j).copied().unwrap_or(0)
         }
     };
+    let scheme = cp.seeds;
+    let mut notes = Vec::new();
     for (j, old) in cp.inputs.iter().enumerate().take(fixed) {
         let Some(new) = inputs.get(j) else {
             return Err(mismatch(format!(
@@ -295,23 +382,36 @@ pub fn check_matches(
                 sent(j)
             )));
         };
-        if old.path != new.path {
-            return Err(mismatch(format!(
-                "input {} ({} of its rows already sent) is now {}",
-                old.path,
-                sent(j),
-                new.path
-            )));
+        if !old.same_input(new, scheme) && old.path != new.path {
+            let why = match scheme {
+                SeedScheme::Content => format!(
+                    "input {} ({} of its rows already sent) is now {}, whose content is not the same",
+                    old.path,
+                    sent(j),
+                    new.path
+                ),
+                // Version 1 backfills seeded their ids with the path as typed.
+                SeedScheme::Path => format!(
+                    "input {} ({} of its rows already sent) is now {}: this backfill was started by an older cdp-backfill, whose messageIds depend on the path as typed, so name it exactly as before",
+                    old.path,
+                    sent(j),
+                    new.path
+                ),
+            };
+            return Err(mismatch(why));
         }
-        if old.size != new.size
-            || old.sample_hash != new.sample_hash
-            || old.modified_ns != new.modified_ns
-        {
+        if !old.unchanged(new) {
             return Err(mismatch(format!(
                 "input {} changed since the checkpoint was written (size, content or modification time), and {} of its rows were already sent",
                 old.path,
                 sent(j)
             )));
+        }
+        if old.path != new.path {
+            notes.push(format!(
+                "{} is now named {} (same content): it is resumed with the messageIds it had",
+                old.path, new.path
+            ));
         }
     }
     if cp.complete && inputs.len() != cp.inputs.len() {
@@ -321,11 +421,17 @@ pub fn check_matches(
             inputs.len()
         )));
     }
-    let mut notes = Vec::new();
-    for new in &inputs[fixed.min(inputs.len())..] {
-        match cp.inputs[fixed..].iter().find(|o| o.path == new.path) {
+    let rest = &inputs[fixed.min(inputs.len())..];
+    for new in rest {
+        // By content first, then by path (a file edited in place keeps its name).
+        let old = &cp.inputs[fixed..];
+        let found = old
+            .iter()
+            .find(|o| o.same_input(new, scheme))
+            .or_else(|| old.iter().find(|o| o.path == new.path));
+        match found {
             None => notes.push(format!("{} is new since the checkpoint: it will be read", new.path)),
-            Some(o) if o != new => notes.push(format!(
+            Some(o) if !o.unchanged(new) => notes.push(format!(
                 "{} changed since the checkpoint, before any of its rows were sent: it is read as it is now",
                 new.path
             )),
@@ -333,9 +439,9 @@ pub fn check_matches(
         }
     }
     for old in &cp.inputs[fixed..] {
-        if !inputs[fixed.min(inputs.len())..]
+        if !rest
             .iter()
-            .any(|n| n.path == old.path)
+            .any(|n| old.same_input(n, scheme) || old.path == n.path)
         {
             notes.push(format!(
                 "{} is no longer among the inputs; none of its rows had been sent",
@@ -343,8 +449,13 @@ pub fn check_matches(
             ));
         }
     }
-    // The inputs as they are now (their order past `fixed` may differ without any note).
+    // The inputs as they are now (their order past `fixed` may differ without any note);
+    // those with rows sent keep the seed their calls were made with.
+    let recorded: Vec<Option<String>> = cp.inputs.iter().map(|f| f.seed.clone()).collect();
     cp.inputs = inputs.to_vec();
+    for (f, seed) in cp.inputs.iter_mut().zip(recorded).take(fixed) {
+        f.seed = seed;
+    }
     cp.input_rows.resize(fixed, 0);
     cp.input_rows.resize(inputs.len(), 0);
     Ok(notes)
@@ -472,12 +583,16 @@ mod tests {
             tool_version: "0.1.0".into(),
             written_at: "2026-11-28T12:00:00Z".into(),
             endpoint: "local".into(),
+            seeds: SeedScheme::Path,
+            backfill: None,
             config_hash: "abc".into(),
             inputs: vec![Fingerprint {
                 path: "a.csv".into(),
                 size: 100,
                 modified_ns: 5,
                 sample_hash: "00".into(),
+                identity: None,
+                seed: None,
             }],
             resume: Position {
                 input: 0,
@@ -538,6 +653,8 @@ mod tests {
             size,
             modified_ns: 5,
             sample_hash: "00".into(),
+            identity: None,
+            seed: None,
         }
     }
 
@@ -582,7 +699,7 @@ mod tests {
         assert!(matches!(load(&p), Err(CheckpointError::Corrupt { .. })));
         fs::write(&p, "garbage").unwrap();
         assert!(matches!(load(&p), Err(CheckpointError::Corrupt { .. })));
-        fs::write(&p, full.replace("\"version\": 1", "\"version\": 99")).unwrap();
+        fs::write(&p, full.replace("\"version\": 2", "\"version\": 99")).unwrap();
         assert!(matches!(
             load(&p),
             Err(CheckpointError::Version { found: 99, .. })

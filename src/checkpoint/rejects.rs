@@ -12,7 +12,6 @@ use std::path::Path;
 
 use super::{CheckpointError, WriteError};
 use crate::config::{OwnFile, RunConfig};
-use crate::source::FileId;
 
 /// Opens the rejects file: created afresh, or (resuming) cut back to the length the
 /// checkpoint recorded, so it never holds a line twice.
@@ -74,28 +73,38 @@ pub fn open(path: &Path, keep: u64) -> Result<RejectsFile, CheckpointError> {
     })
 }
 
-/// A run that keeps no checkpoint (a dry run, `--no-checkpoint`) starts its rejects file
-/// afresh, so it may not take the one an unfinished backfill's checkpoint (at the
-/// `--checkpoint` path, by default in this directory) counts: a rehearsal would cut away
-/// that backfill's rejects.
-pub fn refuse_taking_unfinished(cfg: &RunConfig) -> Result<(), CheckpointError> {
-    let Some(OwnFile { path, .. }) = cfg.own_files.iter().find(|f| f.flag == "--checkpoint") else {
-        return Ok(());
-    };
-    // A checkpoint that cannot be read is not this run's business: it reads none.
-    let Ok(Some(cp)) = super::load(path) else {
-        return Ok(());
-    };
-    if cp.complete
-        || cp.rejects_len == 0
-        || FileId::of(Path::new(&cp.rejects_file)) != FileId::of(&cfg.rejects_path)
-    {
+/// A run that starts its rejects file afresh (a new backfill, `--restart`, a run that
+/// keeps no checkpoint) may not take one that another backfill's checkpoint counts
+/// (finished or not: a finished backfill's rejects are its record), or it would cut
+/// that backfill's rejects away. Looks through the state directory, the old default
+/// checkpoint and the `--checkpoint` a run without one names.
+pub fn refuse_counted_elsewhere(cfg: &RunConfig) -> Result<(), CheckpointError> {
+    let fresh = cfg
+        .checkpoint
+        .as_ref()
+        .is_none_or(|p| cfg.restart || !p.exists());
+    if !fresh {
         return Ok(());
     }
-    Err(CheckpointError::UnfinishedRejects {
-        rejects: cfg.rejects_path.clone(),
-        checkpoint: path.clone(),
-    })
+    let named: Vec<std::path::PathBuf> = cfg
+        .own_files
+        .iter()
+        .filter(|f| f.flag == "--checkpoint")
+        .map(|OwnFile { path, .. }| path.clone())
+        .collect();
+    match super::state::counted_elsewhere(
+        &cfg.rejects_path,
+        cfg.checkpoint.as_deref(),
+        &cfg.state_dir,
+        &named,
+    ) {
+        Some((checkpoint, len)) => Err(CheckpointError::CountedElsewhere {
+            rejects: cfg.rejects_path.clone(),
+            checkpoint,
+            len,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Locks the rejects file (a regular file, or none yet) for this run: two runs writing

@@ -54,6 +54,8 @@ pub struct Mapped {
     pub row_offsets: Vec<u64>,
     pub first_row: u64,
     pub rows: u32,
+    /// Rows left out by `--sample` (neither mapped nor rejected).
+    pub skipped: u32,
     /// Position just past the chunk's last row.
     pub end: Position,
     /// The chunk's rows could not be read (nothing else is set): the run stops here.
@@ -92,6 +94,16 @@ pub struct EncodeOptions {
     /// `--sent-at now`: end every call with [`SENT_AT_PLACEHOLDER`], which the sender
     /// overwrites with the send time on each attempt (same width, so sizes stay exact).
     pub sent_at: bool,
+    /// `--sample K`: map only rows whose number is a multiple of K (1: every row).
+    pub sample: u64,
+}
+
+impl EncodeOptions {
+    /// Whether row `row_no` of an input is left out by `--sample`.
+    #[inline]
+    fn skips(&self, row_no: u64) -> bool {
+        self.sample > 1 && row_no % self.sample != 0
+    }
 }
 
 pub use super::sent_at::SENT_AT_PLACEHOLDER;
@@ -111,6 +123,7 @@ pub fn map_chunk(chunk: &Chunk, mapping: &CompiledMapping, opts: &EncodeOptions,
     out.input = Some(input.clone());
     out.first_row = chunk.first_row();
     out.rows = chunk.len() as u32;
+    out.skipped = 0;
     out.end = chunk.end();
     for i in 0..chunk.len() {
         out.row_offsets.push(chunk.row_offset(i));
@@ -143,9 +156,13 @@ fn map_row<R: Row>(
     out: &mut Mapped,
     input: &InputInfo,
 ) {
+    let row_no = out.first_row + i as u64;
+    if opts.skips(row_no) {
+        out.skipped += 1;
+        return;
+    }
     let calls_mark = out.calls.len();
     let emits_mark = out.emits.len();
-    let row_no = out.first_row + i as u64;
     let result = match row.source_problem() {
         Some(p) => Err(reject(row.problem_code(), p)),
         None => encode_calls(row, row_no, m, opts, out, i),
@@ -1276,6 +1293,7 @@ context = { "device.token" = "a", "device.type" = "d" }
             max_call_bytes: 1 << 20,
             latest_ms: i64::MAX,
             sent_at: false,
+            sample: 1,
         }
     }
 

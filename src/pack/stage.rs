@@ -64,6 +64,8 @@ pub struct Request {
 pub struct PackTotals {
     pub rows: u64,
     pub rows_rejected: u64,
+    /// Rows read but left out by `--sample`.
+    pub rows_skipped: u64,
     pub rejected_by_reason: BTreeMap<&'static str, u64>,
     pub calls: u64,
     /// Indexed by `CallKind as usize`: an array add per call, not a map search.
@@ -146,6 +148,7 @@ impl PendingRejects {
 /// `tap` sees each chunk, in input order, before it is packed (`validate` tallies its
 /// calls there). Resume positions follow the checkpoint rule of the module doc.
 pub fn pack(
+    start: Position,
     mapped: Receiver<Mapped>,
     free_mapped: Sender<Mapped>,
     requests: Sender<Request>,
@@ -160,7 +163,10 @@ pub fn pack(
     let mut pending: HashMap<u64, Mapped> = HashMap::new();
     let mut next = 0u64;
     let mut work_seq = 0u64;
-    let mut end = Position::default();
+    // Where reading started: the last request's resume when no row is read (a resume
+    // that reads nothing, such as a `--limit` already reached, must not move the
+    // checkpoint back to the first row).
+    let mut end = start;
     let mut rejects = PendingRejects::default();
     // The current row's batch-level context bytes (the packer's key) and its row.
     let mut key: Vec<u8> = Vec::new();
@@ -322,6 +328,7 @@ pub fn pack(
                 }
             }
             totals.rows += m.rows as u64;
+            totals.rows_skipped += m.skipped as u64;
             end = m.end;
             let _ = free_mapped.send(m);
         }

@@ -23,16 +23,18 @@
 
 pub mod compress;
 pub mod csv;
+pub mod identity;
 pub mod ndjson;
 pub mod parquet;
 pub mod read;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
 use compress::{Compression, Origin, StdinReplay};
+pub use identity::ContentIdentity;
 
 use crate::config::OwnFile;
 
@@ -114,6 +116,9 @@ pub struct InputInfo {
     pub columns: ColumnRegistry,
     /// Set for standard input: what earlier opens consumed.
     pub stdin: Option<Arc<StdinReplay>>,
+    /// The input's content identity ([`identity`]), read once: from the file on first
+    /// use, or set by a reader that has it already ([`InputInfo::set_identity`]).
+    identity: OnceLock<ContentIdentity>,
 }
 
 impl InputInfo {
@@ -133,10 +138,35 @@ impl InputInfo {
                 .map_or(Compression::None, Compression::from_name),
             columns: ColumnRegistry::default(),
             stdin: is_stdin.then(Default::default),
+            identity: OnceLock::new(),
             path,
             display,
             format,
         }
+    }
+
+    /// The input's content identity (what seeds its messageIds), read from the file on
+    /// first use (two reads of at most 64 KiB). `None` for standard input, which cannot
+    /// be read twice.
+    pub fn identity(&self) -> Result<Option<ContentIdentity>, SourceError> {
+        if self.stdin.is_some() {
+            return Ok(None);
+        }
+        if let Some(id) = self.identity.get() {
+            return Ok(Some(*id));
+        }
+        let id = ContentIdentity::of_file(&self.path).map_err(|source| SourceError::Open {
+            path: self.display.clone(),
+            source,
+        })?;
+        Ok(Some(*self.identity.get_or_init(|| id)))
+    }
+
+    /// Records an identity computed elsewhere (a remote reader's two ranged reads), so
+    /// [`InputInfo::identity`] does not read the file. A second call is ignored: the
+    /// first identity is the input's.
+    pub fn set_identity(&self, id: ContentIdentity) {
+        let _ = self.identity.set(id);
     }
 
     /// A plain file (not stdin, not compressed) can be seeked to a byte offset.

@@ -24,20 +24,35 @@ pub struct Reading<'a> {
     pub pool: usize,
     /// Leave CSV parsing to [`Chunk::materialize`] on the mapper threads.
     pub defer_parsing: bool,
+    /// Rows to read at most from `start` on (`--limit`): the last chunk is cut to fit.
+    pub limit: Option<u64>,
+}
+
+/// How reading ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// Every input was read to its end.
+    AllRead,
+    /// Stopped early: the run is shutting down (an interrupt, a failure downstream).
+    Halted,
+    /// Stopped at the row limit, inputs not all read.
+    Limit,
 }
 
 impl Reading<'_> {
     /// Reads every input from `start` on. `hand(seq, chunk)` takes each filled chunk
     /// (false: stop, the run is shutting down); `done(input, rows)` learns each input's
-    /// row count once it is read to the end. Stops early, without error, once `halted()`.
+    /// row count once it is read to the end. Stops early, without error, once `halted()`
+    /// or once [`Reading::limit`] rows are read.
     pub fn run(
         &self,
         free: &Receiver<Chunk>,
         halted: impl Fn() -> bool,
         mut hand: impl FnMut(u64, Chunk) -> bool,
         mut done: impl FnMut(u32, u64),
-    ) -> Result<(), SourceError> {
+    ) -> Result<ReadEnd, SourceError> {
         let (start, opts) = (self.start, self.opts);
+        let mut left = self.limit.unwrap_or(u64::MAX);
         let mut seq = 0;
         let mut created = 0;
         let mut spare: Option<Chunk> = None;
@@ -54,7 +69,10 @@ impl Reading<'_> {
             };
             loop {
                 if halted() {
-                    return Ok(());
+                    return Ok(ReadEnd::Halted);
+                }
+                if left == 0 {
+                    return Ok(ReadEnd::Limit);
                 }
                 let mut chunk = match spare.take().or_else(|| free.try_recv().ok()) {
                     Some(c) => c,
@@ -64,29 +82,31 @@ impl Reading<'_> {
                     }
                     None => match free.recv() {
                         Ok(c) => c,
-                        Err(_) => return Ok(()),
+                        Err(_) => return Ok(ReadEnd::Halted),
                     },
                 };
                 if std::mem::discriminant(&chunk) != std::mem::discriminant(&src.new_chunk(info)) {
                     chunk = src.new_chunk(info);
                 }
+                let max_rows = (self.chunk_rows as u64).min(left) as usize;
                 if self.defer_parsing {
-                    src.fill_deferred(&mut chunk, self.chunk_rows)?;
+                    src.fill_deferred(&mut chunk, max_rows)?;
                 } else {
-                    src.fill(&mut chunk, self.chunk_rows)?;
+                    src.fill(&mut chunk, max_rows)?;
                 }
                 if chunk.is_empty() {
                     spare = Some(chunk);
                     break;
                 }
                 rows = chunk.first_row() + chunk.len() as u64;
+                left -= (chunk.len() as u64).min(left);
                 if !hand(seq, chunk) {
-                    return Ok(());
+                    return Ok(ReadEnd::Halted);
                 }
                 seq += 1;
             }
             done(info.index, rows);
         }
-        Ok(())
+        Ok(ReadEnd::AllRead)
     }
 }

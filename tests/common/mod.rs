@@ -233,10 +233,44 @@ pub fn message_ids(calls: &[serde_json::Value]) -> HashSet<String> {
         .collect()
 }
 
+/// The directory of the one backfill in `dir`'s default state directory
+/// (`.cdp-backfill/NAME/`, as a run without `--checkpoint` keeps it).
+pub fn backfill_dir(dir: &Path) -> PathBuf {
+    let state = dir.join(".cdp-backfill");
+    let found: Vec<PathBuf> = std::fs::read_dir(&state)
+        .unwrap_or_else(|e| panic!("no state directory {}: {e}", state.display()))
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.is_dir() && !p.to_string_lossy().contains(".restarted-"))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one backfill in {}: {found:?}",
+        state.display()
+    );
+    found.into_iter().next().expect("one backfill")
+}
+
+/// The messageId seed a new backfill gives `input` under `namespace`: its content
+/// identity's ([`cdp_backfill::map::message_id::content_seed`]).
+pub fn seed_of(namespace: &str, input: &Path) -> u64 {
+    let id = cdp_backfill::source::ContentIdentity::of_file(input).expect("read the input");
+    cdp_backfill::map::message_id::content_seed(namespace, &id)
+}
+
 pub fn read_lines(p: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(p)
         .unwrap_or_default()
         .lines()
         .map(|l| serde_json::from_str(l).expect("valid JSON line"))
         .collect()
+}
+
+/// Sends SIGINT (Ctrl-C) to a child.
+pub fn interrupt(pid: u32) {
+    assert!(Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill runs")
+        .success());
 }
