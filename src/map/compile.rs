@@ -638,7 +638,21 @@ fn attach(
                 if c.ty == ColType::String && c.empty == EmptyPolicy::Omit => {}
             // A value written here (or an object where the spec wants something else):
             // the value is checked.
-            _ => {
+            (kind, shape) => {
+                // A `timestamp` column writes a string only as the writer's RFC 3339
+                // form (an NDJSON object or boolean would pass as it is): where a
+                // date-time goes, being a string is the whole check.
+                let field = match (kind, shape) {
+                    (OutKind::Leaf(ValueSource::Column(c)), Shape::DateTime)
+                        if c.ty == ColType::Timestamp =>
+                    {
+                        Field {
+                            shape: Shape::String,
+                            ..field
+                        }
+                    }
+                    _ => field,
+                };
                 n.reserved = Some(Box::new(Reserved {
                     rule: Rule::Field(field),
                     kinds,
