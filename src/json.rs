@@ -359,6 +359,346 @@ pub fn json_number_is_finite(b: &[u8]) -> bool {
         .is_some_and(f64::is_finite)
 }
 
+/// The deepest nesting of arrays and objects [`write_minified`] accepts: serde_json's
+/// recursion limit (128, of which opening the 128th level is refused).
+pub const MAX_DEPTH: u32 = 127;
+
+/// JSON's insignificant whitespace: space, tab, line feed, carriage return.
+static IS_WS: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b' ' as usize] = true;
+    t[b'\t' as usize] = true;
+    t[b'\n' as usize] = true;
+    t[b'\r' as usize] = true;
+    t
+};
+
+/// Appends the JSON document `b` to `out` without its insignificant whitespace (so a
+/// body stays one line; strings are copied exactly as written, escapes and all), and
+/// returns true; or, when `b` is not one document that [`is_valid`] accepts, returns
+/// false and leaves `out` as it was. `utf8`: `b` is already known to be valid UTF-8.
+///
+/// One pass over the bytes, checking as it goes what serde_json checks: the grammar,
+/// raw control bytes and escapes in strings (`\u` escapes of surrogates must pair up),
+/// numbers that overflow a double (`1e400`), and nesting deeper than [`MAX_DEPTH`].
+/// Nothing is parsed into values and nothing is allocated. Strings are copied sixteen
+/// bytes at a time, each block stored whole while it is searched for a quote, a
+/// backslash or a control byte. Property tests and the `json` fuzz target hold it to
+/// serde_json's verdict and to a byte-by-byte minifier's output.
+pub fn write_minified(out: &mut Vec<u8>, b: &[u8], utf8: bool) -> bool {
+    // Outside strings every valid byte is ASCII, so checking the whole text is checking
+    // its strings.
+    if !utf8 && simdutf8::basic::from_utf8(b).is_err() {
+        return false;
+    }
+    let start = out.len();
+    // The output is never longer than the text; sixteen bytes more take the overhang of
+    // the block stores.
+    out.resize(start + b.len() + 16, 0);
+    let mut m = Minify {
+        b,
+        i: 0,
+        dst: &mut out[start..],
+        w: 0,
+    };
+    match m.document() {
+        Some(()) => {
+            let w = m.w;
+            out.truncate(start + w);
+            true
+        }
+        None => {
+            out.truncate(start);
+            false
+        }
+    }
+}
+
+/// [`write_minified`]'s cursor: text read up to `b[i]`, output written up to `dst[w]`.
+/// `w <= i` always (whitespace is dropped, everything else copied), so a sixteen-byte
+/// store at `w` fits in `dst` whenever sixteen bytes can be read at `i`.
+struct Minify<'a> {
+    b: &'a [u8],
+    i: usize,
+    dst: &'a mut [u8],
+    w: usize,
+}
+
+impl Minify<'_> {
+    /// The whole text: one value between optional whitespace. `None` at the first byte
+    /// serde_json would refuse.
+    fn document(&mut self) -> Option<()> {
+        // Bit k: whether the container at depth k + 1 (counted from the innermost) is an
+        // object. MAX_DEPTH < 128 levels fit.
+        let mut objects: u128 = 0;
+        let mut depth = 0u32;
+        'value: loop {
+            self.skip_ws();
+            let c = *self.b.get(self.i)?;
+            match c {
+                b'{' | b'[' => {
+                    if depth == MAX_DEPTH {
+                        return None;
+                    }
+                    self.put(c);
+                    self.skip_ws();
+                    let close = if c == b'{' { b'}' } else { b']' };
+                    if self.b.get(self.i) == Some(&close) {
+                        self.put(close);
+                    } else {
+                        depth += 1;
+                        objects = objects << 1 | (c == b'{') as u128;
+                        if c == b'{' {
+                            self.key()?;
+                        }
+                        continue 'value;
+                    }
+                }
+                b'"' => self.string()?,
+                b'-' | b'0'..=b'9' => {
+                    let end = number_end(self.b, self.i)?;
+                    self.copy_to(end);
+                }
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'n' => self.literal(b"null")?,
+                _ => return None,
+            }
+            // After a value: a comma, the end of its container, or the end of the text.
+            loop {
+                self.skip_ws();
+                if depth == 0 {
+                    return (self.i == self.b.len()).then_some(());
+                }
+                let in_object = objects & 1 == 1;
+                match self.b.get(self.i) {
+                    Some(b',') => {
+                        self.put(b',');
+                        if in_object {
+                            self.skip_ws();
+                            self.key()?;
+                        }
+                        continue 'value;
+                    }
+                    Some(&c @ b'}') if in_object => self.put(c),
+                    Some(&c @ b']') if !in_object => self.put(c),
+                    _ => return None,
+                }
+                depth -= 1;
+                objects >>= 1;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn skip_ws(&mut self) {
+        while self.b.get(self.i).is_some_and(|&c| IS_WS[c as usize]) {
+            self.i += 1;
+        }
+    }
+
+    /// Copies `c`, the byte at `b[i]`.
+    #[inline(always)]
+    fn put(&mut self, c: u8) {
+        self.dst[self.w] = c;
+        self.w += 1;
+        self.i += 1;
+    }
+
+    /// Copies `b[i..end]` (a number or a literal: short).
+    #[inline(always)]
+    fn copy_to(&mut self, end: usize) {
+        let (i, w, len) = (self.i, self.w, end - self.i);
+        if len <= 16 && i + 16 <= self.b.len() {
+            self.dst[w..w + 16].copy_from_slice(&self.b[i..i + 16]);
+        } else {
+            self.dst[w..w + len].copy_from_slice(&self.b[i..end]);
+        }
+        self.i = end;
+        self.w += len;
+    }
+
+    /// A key and its colon, at `b[i]` (after any whitespace).
+    #[inline(always)]
+    fn key(&mut self) -> Option<()> {
+        if self.b.get(self.i) != Some(&b'"') {
+            return None;
+        }
+        self.string()?;
+        self.skip_ws();
+        if self.b.get(self.i) != Some(&b':') {
+            return None;
+        }
+        self.put(b':');
+        Some(())
+    }
+
+    #[inline(always)]
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.i + word.len();
+        if self.b.get(self.i..end)? != word {
+            return None;
+        }
+        self.copy_to(end);
+        Some(())
+    }
+
+    /// The string whose opening quote is at `b[i]`, up to and including its closing
+    /// quote.
+    #[inline(always)]
+    fn string(&mut self) -> Option<()> {
+        self.put(b'"');
+        let n = self.b.len();
+        loop {
+            let (i, w) = (self.i, self.w);
+            let at = if i + 16 <= n {
+                let block: &[u8; 16] = self.b[i..i + 16].try_into().expect("sixteen bytes");
+                self.dst[w..w + 16].copy_from_slice(block);
+                let m = specials16(block);
+                if m == 0 {
+                    self.i += 16;
+                    self.w += 16;
+                    continue;
+                }
+                i + m.trailing_zeros() as usize
+            } else {
+                // The last bytes of the text: one at a time.
+                let mut j = i;
+                while j < n && !NEEDS_ESCAPE[self.b[j] as usize] {
+                    j += 1;
+                }
+                if j == n {
+                    return None;
+                }
+                self.dst[w..w + (j - i)].copy_from_slice(&self.b[i..j]);
+                j
+            };
+            self.w += at - i;
+            self.i = at;
+            match self.b[at] {
+                b'"' => {
+                    self.put(b'"');
+                    return Some(());
+                }
+                b'\\' => {
+                    let end = escape_end(self.b, at + 1)?;
+                    let len = end - at;
+                    self.dst[self.w..self.w + len].copy_from_slice(&self.b[at..end]);
+                    self.i = end;
+                    self.w += len;
+                }
+                // A raw control byte.
+                _ => return None,
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn specials16(block: &[u8; 16]) -> u32 {
+    block
+        .iter()
+        .enumerate()
+        .fold(0, |m, (k, &c)| m | (NEEDS_ESCAPE[c as usize] as u32) << k)
+}
+
+/// The index just past the escape whose letter is at `b[i]` (after its backslash).
+/// As serde_json (which refuses strings that are not Unicode): a `\u` escape of a
+/// leading surrogate must be followed by one of a trailing surrogate, and a trailing
+/// surrogate cannot come first.
+#[inline]
+fn escape_end(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(i + 1),
+        b'u' => {
+            let unit = hex4(b, i + 1)?;
+            let i = i + 5;
+            match unit {
+                0xDC00..=0xDFFF => None,
+                0xD800..=0xDBFF => {
+                    if b.get(i..i + 2)? != b"\\u" {
+                        return None;
+                    }
+                    matches!(hex4(b, i + 2)?, 0xDC00..=0xDFFF).then_some(i + 6)
+                }
+                _ => Some(i),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The four hex digits at `b[i..i + 4]` as a UTF-16 code unit.
+#[inline]
+fn hex4(b: &[u8], i: usize) -> Option<u16> {
+    let mut v = 0u16;
+    for &c in b.get(i..i + 4)? {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        v = v << 4 | d as u16;
+    }
+    Some(v)
+}
+
+/// The index just past the number that starts at `b[i]` (RFC 8259 grammar), when its
+/// value is one serde_json accepts: it refuses a number that overflows a double.
+#[inline(always)]
+fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
+    let start = i;
+    let digit = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
+    if b[i] == b'-' {
+        i += 1;
+    }
+    match *b.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => {
+            i += 1;
+            while digit(i) {
+                i += 1;
+            }
+        }
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        if !digit(i) {
+            return None;
+        }
+        while digit(i) {
+            i += 1;
+        }
+    }
+    let mut exp_digits = 0;
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if !digit(i) {
+            return None;
+        }
+        while digit(i) {
+            i += 1;
+            exp_digits += 1;
+        }
+    }
+    // Finite without parsing: without an exponent, at most 300 characters are below
+    // 1e300; with one of at most two digits, 100 characters are below 1e100 * 1e99.
+    // Anything else (rare) is put to serde_json itself, whose rounding decides.
+    let len = i - start;
+    let surely_finite = match exp_digits {
+        0 => len <= 300,
+        1 | 2 => len <= 100,
+        _ => false,
+    };
+    (surely_finite || is_valid(&b[start..i])).then_some(i)
+}
+
 /// True when `b` is one JSON document whose strings are valid UTF-8 with no lone
 /// surrogate escapes. (`serde::de::IgnoredAny` is not enough: serde_json skips ignored
 /// strings without checking them, so such text passed into a call made the body invalid
@@ -409,7 +749,7 @@ pub fn is_valid(b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::strategy::Just;
+    use proptest::strategy::{Just, Strategy};
 
     fn enc(s: &str) -> String {
         let mut v = Vec::new();
@@ -569,6 +909,230 @@ mod tests {
         assert!(!json_number_is_finite(b"-1E309"));
         assert!(json_number_is_finite(b"1e-400"));
         assert!(json_number_is_finite(b"1.7976931348623157e308"));
+    }
+
+    /// The minifier [`write_minified`] replaced: whitespace outside strings dropped, byte
+    /// by byte, on text already checked. The reference for its output.
+    fn minify_bytewise(b: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let (mut in_str, mut esc) = (false, false);
+        for &ch in b {
+            if in_str {
+                out.push(ch);
+                if esc {
+                    esc = false;
+                } else if ch == b'\\' {
+                    esc = true;
+                } else if ch == b'"' {
+                    in_str = false;
+                }
+            } else if !matches!(ch, b' ' | b'\n' | b'\r' | b'\t') {
+                in_str = ch == b'"';
+                out.push(ch);
+            }
+        }
+        out
+    }
+
+    /// [`write_minified`] accepts exactly what serde_json accepts ([`is_valid`]), writes
+    /// what the byte-by-byte minifier writes, and leaves the buffer alone when it
+    /// refuses, whether or not the text is known to be UTF-8.
+    fn minified_agrees(b: &[u8]) {
+        let want = is_valid(b);
+        let known = std::str::from_utf8(b).is_ok();
+        for utf8 in [false, known] {
+            let mut out = b"prefix".to_vec();
+            let ok = write_minified(&mut out, b, utf8);
+            assert_eq!(ok, want, "verdict for {:?}", String::from_utf8_lossy(b));
+            if ok {
+                assert_eq!(
+                    String::from_utf8_lossy(&out[6..]),
+                    String::from_utf8_lossy(&minify_bytewise(b)),
+                    "output for {:?}",
+                    String::from_utf8_lossy(b)
+                );
+            } else {
+                assert_eq!(out, b"prefix");
+            }
+        }
+    }
+
+    /// JSON text: every kind of value, strings with every kind of escape (paired and lone
+    /// surrogates too), numbers of every shape, whitespace of every kind between tokens.
+    fn json_text() -> impl Strategy<Value = String> {
+        let ws = "[ \t\n\r]{0,2}";
+        let leaf = proptest::prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            "-?(0|[1-9][0-9]{0,25})(\\.[0-9]{1,6})?([eE][+-]?[0-9]{1,4})?",
+            "\"([a-z é🎉\u{7f}]|\\\\[\"\\\\/bfnrtx]|\\\\u[0-9a-fA-F]{4}|\\\\u[dD][89abAB][0-9a-fA-F]{2}(\\\\u[dD][0-9a-fA-F]{3})?){0,8}\"",
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            let member = (ws, inner.clone(), ws, ws, ws);
+            proptest::prop_oneof![
+                proptest::collection::vec(member.clone(), 0..6).prop_map(|items| {
+                    let body: Vec<String> = items
+                        .into_iter()
+                        .map(|(a, v, b, _, _)| format!("{a}{v}{b}"))
+                        .collect();
+                    format!("[{}]", body.join(","))
+                }),
+                proptest::collection::vec(("[a-z\"\\\\é]{0,3}", member), 0..6).prop_map(|items| {
+                    let body: Vec<String> = items
+                        .into_iter()
+                        .map(|(k, (a, v, b, c, d))| {
+                            let k = serde_json::to_string(&k).unwrap();
+                            format!("{a}{k}{b}:{c}{v}{d}")
+                        })
+                        .collect();
+                    format!("{{{}}}", body.join(","))
+                }),
+            ]
+        })
+        .prop_flat_map(move |v| (ws, Just(v), ws).prop_map(|(a, v, b)| format!("{a}{v}{b}")))
+    }
+
+    /// A byte that breaks JSON in an interesting way where it lands.
+    fn json_byte() -> impl Strategy<Value = u8> {
+        proptest::prop_oneof![
+            proptest::sample::select(
+                b"{}[]\",:\\/u0123456789abcdefABCDEF.eE+-tnrlsx \t\n\r".to_vec()
+            ),
+            proptest::sample::select(vec![0u8, 0x1f, 0x7f, 0xc3, 0xa9, 0xed, 0xa0, 0xff]),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn minified_json_matches_serde_json_on_valid_text(s in json_text()) {
+            minified_agrees(s.as_bytes());
+        }
+
+        /// Valid text with up to three bytes deleted, inserted or replaced.
+        #[test]
+        fn minified_json_matches_serde_json_on_damaged_text(
+            s in json_text(),
+            edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), 0..3u8, json_byte()), 1..4),
+        ) {
+            let mut b = s.into_bytes();
+            for (at, op, byte) in edits {
+                let i = at.index(b.len() + 1);
+                match op {
+                    0 if i < b.len() => { b.remove(i); }
+                    1 => b.insert(i, byte),
+                    _ if i < b.len() => b[i] = byte,
+                    _ => b.push(byte),
+                }
+            }
+            minified_agrees(&b);
+        }
+
+        #[test]
+        fn minified_json_matches_serde_json_on_token_soup(b in proptest::collection::vec(json_byte(), 0..40)) {
+            minified_agrees(&b);
+        }
+
+        /// Numbers at and past the range of a double, where serde_json's own rounding
+        /// decides.
+        #[test]
+        fn minified_json_matches_serde_json_on_numbers_at_the_edge(
+            s in "-?(0|[1-9][0-9]{0,3}|17976931348623157[0-9]{0,3}|[1-9]0{290,320})(\\.[0-9]{0,20})?([eE][+-]?(0|3[0-2][0-9]|[0-9]{1,12}))?"
+        ) {
+            minified_agrees(s.as_bytes());
+            minified_agrees(format!("[{s}, {s}]").as_bytes());
+        }
+    }
+
+    #[test]
+    fn minified_json_at_its_edges() {
+        for text in [
+            "",
+            " ",
+            "{}",
+            "[]",
+            " [ ] ",
+            "{ }",
+            "[,]",
+            "[1,]",
+            "{\"a\":1,}",
+            "{,}",
+            "{\"a\"}",
+            "{\"a\" 1}",
+            "{1:2}",
+            "\"\\ud83c\\udf81\"",
+            "\"\\ud83c\"",
+            "\"\\ud83c\\u0041\"",
+            "\"\\udf81\"",
+            "\"\\ud83c\\ud83c\"",
+            "\"\\ud83c\\n\"",
+            "\"\\ud83c\\udf8\"",
+            "\"\\ud83c\\",
+            "\"\\ud83c",
+            "\"\\u12\"",
+            "\"\\u00e9\"",
+            "\"\\x\"",
+            "\"a\tb\"",
+            "\"a\u{7f}b\"",
+            "01",
+            "-",
+            "-0",
+            "1.",
+            ".5",
+            "1e",
+            "1e+",
+            "1E-7",
+            "0.0e0",
+            "1.7976931348623157e308",
+            "1.7976931348623158e308",
+            "1.7976931348623159e308",
+            "1e308",
+            "1e309",
+            "-1e309",
+            "1e-400",
+            "0e999999999999",
+            "1e999999999999",
+            "123456789012345678901234567890",
+            "tru",
+            "nul",
+            "falsey",
+            "null null",
+            "\"a\"b",
+            "[\"a\" \"b\"]",
+            "{\"a\":1 \"b\":2}",
+            "{\"k\": [1, 2, {\"x\": null}], \"é\": \"🎉\"}",
+            "\u{feff}{}",
+            "{}\u{0}",
+            "[1]\n\r\t ",
+        ] {
+            minified_agrees(text.as_bytes());
+        }
+        minified_agrees(format!("1{}", "0".repeat(308)).as_bytes());
+        minified_agrees(format!("1{}", "0".repeat(309)).as_bytes());
+        minified_agrees(format!("1{}.5", "0".repeat(300)).as_bytes());
+        minified_agrees(b"\"\xff\"");
+        minified_agrees(b"\"\xc3\xa9\"");
+        minified_agrees(b"\"\xed\xa0\x80\"");
+        minified_agrees(b"\xc3\xa9");
+    }
+
+    #[test]
+    fn minified_json_nests_as_deep_as_serde_json() {
+        for depth in [1, 126, 127, 128, 129, 300] {
+            let open = |d: usize, s: &str| s.repeat(d);
+            for (o, c) in [("[", "]"), ("{\"k\":", "}"), ("[ {\"k\" : ", "} ]")] {
+                for inner in ["", "1", "[]", "{}"] {
+                    let text = format!("{}{inner}{}", open(depth, o), open(depth, c));
+                    minified_agrees(text.as_bytes());
+                }
+            }
+        }
+        // What the limit is: serde_json's recursion limit of 128, the 128th refused.
+        let deep = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
+        assert!(is_valid(deep(MAX_DEPTH as usize).as_bytes()));
+        assert!(!is_valid(deep(MAX_DEPTH as usize + 1).as_bytes()));
     }
 
     #[test]

@@ -23,6 +23,15 @@ pub fn csv_bytes(rows: u64) -> Vec<u8> {
     v
 }
 
+/// The generated rich CSV (`generate --shape rich`, `fixtures/rich.toml`) of `rows`
+/// rows, as bytes.
+pub fn rich_csv_bytes(rows: u64) -> Vec<u8> {
+    let mut v = Vec::new();
+    cdp_backfill::generate::generate_rich(&mut v, rows, SEED)
+        .expect("writing into a Vec cannot fail");
+    v
+}
+
 /// Writes `bytes` to `target/bench-inputs/<name>` (once) and returns the path.
 pub fn input_file(name: &str, bytes: &[u8]) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-inputs");
@@ -46,12 +55,19 @@ pub fn input_info(path: &std::path::Path) -> Arc<InputInfo> {
 
 /// `fixtures/events.toml` compiled against `input`'s header.
 pub fn events_mapping(input: &Arc<InputInfo>) -> CompiledMapping {
+    fixture_mapping(input, "events.toml")
+}
+
+/// `fixtures/<name>` compiled against `input`'s header.
+pub fn fixture_mapping(input: &Arc<InputInfo>, name: &str) -> CompiledMapping {
     let spec = cdp_backfill::map::load(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/events.toml"),
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name),
     )
-    .expect("fixtures/events.toml parses");
+    .expect("the fixture mapping parses");
     let opened = source::open(input, &SourceOptions::default()).expect("the bench input opens");
-    compile(&spec, opened.schema(), &input.display).expect("events.toml fits generated inputs")
+    compile(&spec, opened.schema(), &input.display).expect("the fixture fits generated inputs")
 }
 
 pub fn encode_options() -> EncodeOptions {

@@ -974,7 +974,7 @@ fn write_text(
             };
             out.extend_from_slice(if v { b"true" } else { b"false" });
         }
-        ColType::Json => write_json_text(out, b, c)?,
+        ColType::Json => write_json_text(out, b, valid, c)?,
         ColType::Timestamp => write_ts_text(out, b, c, opts)?,
     }
     Ok(())
@@ -1015,12 +1015,18 @@ fn write_float_text(out: &mut Vec<u8>, b: &[u8], c: &ColumnValue) -> Result<(), 
     Ok(())
 }
 
+/// A `json` column's text, checked and copied without its whitespace in one pass.
+/// `valid`: `b` is known to be UTF-8.
 #[inline(never)]
-fn write_json_text(out: &mut Vec<u8>, b: &[u8], c: &ColumnValue) -> Result<(), Reject> {
-    if !json::is_valid(b) {
+fn write_json_text(
+    out: &mut Vec<u8>,
+    b: &[u8],
+    valid: bool,
+    c: &ColumnValue,
+) -> Result<(), Reject> {
+    if !json::write_minified(out, b, valid) {
         return Err(bad(c, b, "valid JSON"));
     }
-    write_minified_json(out, b);
     Ok(())
 }
 
@@ -1124,29 +1130,6 @@ fn unit_format(u: UnixUnit) -> &'static str {
         UnixUnit::Millis => "unix_ms",
         UnixUnit::Micros => "unix_us",
         UnixUnit::Nanos => "unix_ns",
-    }
-}
-
-/// Copies valid JSON without insignificant whitespace, so a body stays one line.
-fn write_minified_json(out: &mut Vec<u8>, b: &[u8]) {
-    let mut in_str = false;
-    let mut esc = false;
-    for &ch in b {
-        if in_str {
-            out.push(ch);
-            if esc {
-                esc = false;
-            } else if ch == b'\\' {
-                esc = true;
-            } else if ch == b'"' {
-                in_str = false;
-            }
-        } else if !matches!(ch, b' ' | b'\n' | b'\r' | b'\t') {
-            if ch == b'"' {
-                in_str = true;
-            }
-            out.push(ch);
-        }
     }
 }
 
