@@ -102,7 +102,16 @@ fn assert_no_violation(stats: &cdp_backfill::serve::Stats, what: &str) {
 #[test]
 fn every_call_of_every_fixture_mapping_fits_the_spec_and_repeats_no_key() {
     let d = Workdir::new();
-    let pairs = [
+    // fixtures/rich.toml maps generated rows (`generate --shape rich`).
+    let out = d
+        .cmd()
+        .args([
+            "generate", "--shape", "rich", "--rows", "300", "--out", "rich.csv",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut pairs: Vec<(std::path::PathBuf, std::path::PathBuf)> = [
         ("all_calls.csv", "all_calls.toml"),
         ("semantic.csv", "semantic.toml"),
         ("events.csv", "events.toml"),
@@ -110,14 +119,18 @@ fn every_call_of_every_fixture_mapping_fits_the_spec_and_repeats_no_key() {
         ("typed.ndjson", "typed.toml"),
         ("typed.parquet", "typed.toml"),
         ("spec_exact.csv", "spec_exact.toml"),
-    ];
+    ]
+    .into_iter()
+    .map(|(i, m)| (fixture(i), fixture(m)))
+    .collect();
+    pairs.push((d.path("rich.csv"), fixture("rich.toml")));
     let mut types = std::collections::BTreeMap::<String, usize>::new();
     let mut events = std::collections::BTreeSet::new();
     let (mut with_own_context, mut alias_with_context, mut batch_integrations) = (0, 0, 0);
-    for (input, mapping) in pairs {
+    for (input, mapping) in &pairs {
         for extra in [&[][..], &["--sent-at", "now"][..]] {
-            let what = format!("{input} with {mapping} {extra:?}");
-            let (out, lines) = dry_run(&d, &fixture(input), &fixture(mapping), extra);
+            let what = format!("{} with {} {extra:?}", input.display(), mapping.display());
+            let (out, lines) = dry_run(&d, input, mapping, extra);
             assert!(
                 matches!(out.status.code(), Some(0 | 3)),
                 "{what}: {}",
