@@ -45,6 +45,10 @@ pub struct Cli {
     /// More log lines on stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
     #[arg(long, short, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// How log lines look: text (`[info cdp_backfill::send] ...`) or json (one object a
+    /// line: ts, level, target, message), for log shippers.
+    #[arg(long, global = true, default_value = "text", value_name = "text|json", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 // Parsed once per process: the size of the largest variant costs nothing.
@@ -216,9 +220,14 @@ pub struct RunArgs {
     /// Requests per second at most.
     #[arg(long, default_value_t = config::DEFAULT_RATE_PER_SEC, value_name = "N", value_parser = per_second)]
     pub rate: u32,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = config::DEFAULT_CONCURRENCY, value_name = "N")]
-    pub concurrency: usize,
+    /// Requests in flight at once: auto (as many as --rate needs at the measured round
+    /// trip, cut back on 429s and errors) or a number from 1 to 256 that pins it.
+    #[arg(long, default_value = "auto", value_name = "auto|N", value_parser = concurrency)]
+    pub concurrency: config::ConcurrencySetting,
+    /// HTTP version: auto (HTTP/2 where the server offers it over TLS, else 1.1), 1.1,
+    /// or 2 (over plain http:// with prior knowledge).
+    #[arg(long, default_value = "auto", value_name = "auto|1.1|2", value_parser = http_version)]
+    pub http_version: config::HttpVersion,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = config::DEFAULT_MAX_REQUEST_BYTES, value_name = "BYTES")]
     pub max_request_bytes: usize,
@@ -407,6 +416,31 @@ pub enum GenerateShape {
 
 /// `--rate` and `--events-rate`: a whole number per second (zero is refused later, with
 /// its own message).
+fn http_version(s: &str) -> Result<config::HttpVersion, String> {
+    match s.trim() {
+        "auto" => Ok(config::HttpVersion::Auto),
+        "1.1" | "1" => Ok(config::HttpVersion::Http11),
+        "2" | "2.0" => Ok(config::HttpVersion::Http2),
+        _ => Err("expected auto, 1.1 or 2".to_string()),
+    }
+}
+
+fn concurrency(s: &str) -> Result<config::ConcurrencySetting, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(config::ConcurrencySetting::Auto);
+    }
+    match s.parse::<usize>() {
+        Ok(n) if (1..=config::MAX_CONCURRENCY).contains(&n) => {
+            Ok(config::ConcurrencySetting::Fixed(n))
+        }
+        _ => Err(format!(
+            "expected auto or a number from 1 to {}",
+            config::MAX_CONCURRENCY
+        )),
+    }
+}
+
 fn per_second(s: &str) -> Result<u32, String> {
     s.trim()
         .parse::<u32>()
@@ -560,9 +594,6 @@ impl RunArgs {
                 "--rate must be at least 1 request per second".into(),
             ));
         }
-        if self.concurrency == 0 || self.concurrency > 256 {
-            return Err(UsageError("--concurrency must be between 1 and 256".into()));
-        }
         if self.chunk_rows == 0 {
             return Err(UsageError("--chunk-rows must be at least 1".into()));
         }
@@ -632,6 +663,7 @@ impl RunArgs {
             api_key,
             rate_per_sec: self.rate,
             concurrency: self.concurrency,
+            http_version: self.http_version,
             limits,
             rejects_given: self.rejects.is_some(),
             rejects_path: self.rejects.unwrap_or_default(),
@@ -866,7 +898,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
-    crate::progress::init_logger(cli.verbose);
+    crate::progress::init_logger(cli.verbose, cli.log_format == "json");
     let usage = |UsageError(m)| fail(EXIT_USAGE, &m);
     match cli.command {
         Command::Run(args) => args.into_plan().map_or_else(usage, run),

@@ -16,8 +16,11 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 500_000;
 pub const DEFAULT_MAX_CALL_BYTES: usize = 32_000;
 /// "3000 requests per 3 seconds", spread evenly.
 pub const DEFAULT_RATE_PER_SEC: u32 = 1000;
-/// Requests in flight at once.
+/// Requests in flight at the start with `--concurrency auto` (the default), before a
+/// round trip is measured.
 pub const DEFAULT_CONCURRENCY: usize = 8;
+/// The most requests in flight at once, adaptive or pinned.
+pub const MAX_CONCURRENCY: usize = 256;
 /// Rows handed to a mapping task at a time: large enough to amortise the hand-off,
 /// small enough that a few chunks in flight stay within a few megabytes.
 pub const DEFAULT_CHUNK_ROWS: usize = 4096;
@@ -145,6 +148,63 @@ impl Default for Limits {
     }
 }
 
+/// How many requests are kept in flight (`--concurrency auto|N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConcurrencySetting {
+    /// As many as the rate needs at the measured round trip, from
+    /// [`DEFAULT_CONCURRENCY`] up to [`MAX_CONCURRENCY`], cut back on 429s, 5xx and
+    /// timeouts.
+    #[default]
+    Auto,
+    /// Always this many (1 to [`MAX_CONCURRENCY`]).
+    Fixed(usize),
+}
+
+impl ConcurrencySetting {
+    /// The most requests that can be in flight at once.
+    pub fn max(self) -> usize {
+        match self {
+            ConcurrencySetting::Auto => MAX_CONCURRENCY,
+            ConcurrencySetting::Fixed(n) => n.clamp(1, MAX_CONCURRENCY),
+        }
+    }
+}
+
+impl fmt::Display for ConcurrencySetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConcurrencySetting::Auto => write!(
+                f,
+                "auto ({DEFAULT_CONCURRENCY} to start, at most {MAX_CONCURRENCY})"
+            ),
+            ConcurrencySetting::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Which HTTP version requests use (`--http-version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpVersion {
+    /// HTTP/2 where the server offers it in the TLS handshake (ALPN), else HTTP/1.1;
+    /// HTTP/1.1 over plain `http://`.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http11,
+    /// HTTP/2 only: over plain `http://` with prior knowledge (h2c), as to `serve`.
+    Http2,
+}
+
+impl fmt::Display for HttpVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HttpVersion::Auto => "auto",
+            HttpVersion::Http11 => "1.1",
+            HttpVersion::Http2 => "2",
+        })
+    }
+}
+
 /// Everything `run` needs, validated.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -153,7 +213,8 @@ pub struct RunConfig {
     pub endpoint: Endpoint,
     pub api_key: Option<ApiKey>,
     pub rate_per_sec: u32,
-    pub concurrency: usize,
+    pub concurrency: ConcurrencySetting,
+    pub http_version: HttpVersion,
     pub limits: Limits,
     pub rejects_path: PathBuf,
     pub dry_run: bool,

@@ -30,6 +30,7 @@
 //! exits from `main`. `validate` runs the same reader, mappers and packer (`Front`) and
 //! counts the requests instead of sending them.
 
+use std::collections::HashSet;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,14 +43,16 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use crate::checkpoint::collect::{CollectOutcome, Collector};
 use crate::checkpoint::durable::Durable;
 use crate::checkpoint::{self, rejects, state, window::Window, WriteError};
-use crate::config::{Endpoint, Limits, OwnFile, RunConfig};
+use crate::config::{
+    ConcurrencySetting, Endpoint, Limits, OwnFile, RunConfig, DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
+};
 use crate::error::RunError;
 use crate::map::compile::{compile, CompiledMapping};
 use crate::map::encode::{map_chunk, EncodeOptions, Mapped};
 use crate::map::message_id::{self, SeedScheme};
 use crate::map::spec::MappingSpec;
-use crate::pack::{stage, PackTotals, Packer, Request, Spares};
-use crate::progress::Progress;
+use crate::pack::{stage, AliasAt, PackTotals, Packer, Request, Spares};
+use crate::progress::{Progress, Senders};
 use crate::send::transport::{DryRunTransport, HttpTransport, Transport};
 use crate::send::{self, Ack, Attempts, Delivery, Gate, RetryPolicy};
 use crate::serve::{ServeConfig, Server};
@@ -62,6 +65,9 @@ use crate::summary::{Outcome, Summary};
 /// a body of up to the request limit (at `--concurrency 128` queues of 2x and 1x the
 /// concurrency held 384 bodies, about 190 MB).
 pub const QUEUE_AHEAD: usize = 16;
+
+/// Bytes of spent request bodies kept for reuse at most (beyond those of the queues).
+const SPARE_BYTES: usize = 32 << 20;
 
 /// What a run is given besides its configuration: ways to reach it while it runs.
 #[derive(Debug, Clone, Default)]
@@ -106,25 +112,48 @@ pub fn run(
     let mappers = Arc::new(mapper_pool().map_err(RunError::Threads)?);
     let rejects_file = rejects::open(&cfg.rejects_path, rejects_len0)?;
     let (transport, dry, local) = transport(cfg)?;
-    let concurrency = if cfg.dry_run {
-        1
-    } else {
-        cfg.concurrency.max(1)
+    let limit = match (cfg.dry_run, cfg.concurrency) {
+        (true, _) => send::Limit::Fixed(1),
+        (false, ConcurrencySetting::Fixed(n)) => send::Limit::Fixed(n),
+        (false, ConcurrencySetting::Auto) => send::Limit::Auto(send::adapt::Bounds {
+            min: 1,
+            max: MAX_CONCURRENCY,
+            initial: DEFAULT_CONCURRENCY,
+        }),
     };
+    // One sender thread per request that may ever be on the wire; an idle one waits for
+    // a permit and holds no body.
+    let concurrency = limit.max();
     let attempts = Arc::new(Attempts::default());
+
+    // Bodies come back from the senders once their requests are done: at most the two
+    // queues and the requests on the wire hold one at once. The spares kept for reuse
+    // are capped in bytes, so 256 senders do not mean 256 idle bodies held.
+    let spares = Spares::new(
+        (2 * concurrency + 2 * QUEUE_AHEAD + 4)
+            .min(SPARE_BYTES / cfg.limits.max_request_bytes.max(1))
+            .max(2 * QUEUE_AHEAD),
+        cfg.limits.max_request_bytes,
+    );
+    let flow = Arc::new(send::Flow::new(limit));
+    let gate = Arc::new(match cfg.dry_run {
+        true => Gate::new(None, None),
+        false => Gate::new(Some(cfg.rate_per_sec), cfg.events_rate_per_sec),
+    });
     progress.begin(
         &plan.inputs,
         start,
         cfg.limits,
-        concurrency,
-        attempts.clone(),
+        Senders {
+            attempts: attempts.clone(),
+            flow: (!cfg.dry_run).then(|| flow.clone()),
+            gate: (!cfg.dry_run).then(|| gate.clone()),
+        },
     );
     let delivery = Delivery {
+        flow: flow.clone(),
         transport,
-        gate: Arc::new(match cfg.dry_run {
-            true => Gate::new(None, None),
-            false => Gate::new(Some(cfg.rate_per_sec), cfg.events_rate_per_sec),
-        }),
+        gate,
         policy: RetryPolicy {
             max_retries: cfg.max_retries,
             base: cfg.backoff_base,
@@ -135,6 +164,7 @@ pub fn run(
         stop: Arc::new(AtomicBool::new(false)),
         inputs: plan.inputs.clone(),
         attempts: attempts.clone(),
+        spares: spares.clone(),
     };
 
     // --- the stages: reader, mappers and packer; the gate forwarder; the senders.
@@ -143,12 +173,6 @@ pub fn run(
         Some(d) => d.base.input_rows.clone(),
         None => vec![0; plan.inputs.len()],
     }));
-    // Bodies come back from the collector: at most the two queues, the senders' own and
-    // the acknowledgements not yet folded can be in flight at once.
-    let spares = Spares::new(
-        2 * concurrency + 2 * QUEUE_AHEAD + 4,
-        cfg.limits.max_request_bytes,
-    );
     let (front, packed) = Front::start(
         &plan,
         src,
@@ -160,24 +184,57 @@ pub fn run(
         progress,
         spares.clone(),
         (concurrency * 2).min(QUEUE_AHEAD),
+        // Aliases an earlier run delivered past its checkpoint: not sent again.
+        durable
+            .as_ref()
+            .map(|d| d.base.aliases_beyond.iter().copied().collect())
+            .unwrap_or_default(),
         Box::new(|_| {}),
     );
     // Requests sent but not yet covered by a durable checkpoint: what a crash can replay.
-    let window = Arc::new(Window::new(2 * concurrency));
+    let window = Arc::new(Window::following(flow.clone()));
     let (gated_tx, gated) = bounded::<Request>(concurrency.min(QUEUE_AHEAD));
     let (win, checkpointing, p) = (window.clone(), durable.is_some(), progress.clone());
     let (stop, halted) = (delivery.stop.clone(), halt_reading.clone());
+    let forwarding = Arc::new(AtomicBool::new(true));
+    let still = forwarding.clone();
     spawn("gate", move || {
         win.forward(packed, gated_tx, checkpointing, &stop, &halted, || {
             p.forwarded()
-        })
+        });
+        still.store(false, Ordering::SeqCst);
     })?;
     let (ack_tx, acks) = unbounded::<Ack>();
-    for _ in 0..concurrency {
-        let (rx, tx, d) = (gated.clone(), ack_tx.clone(), delivery.clone());
-        spawn("sender", move || send::worker(rx, tx, &d))?;
+    // As many senders as requests may be on the wire: with `--concurrency auto`, as many
+    // as the limit has reached, more started as it grows (256 idle senders from the
+    // start cost a loopback run a fifth more CPU in wake-ups and lock traffic).
+    let sender = move |rx: &Receiver<Request>, tx: &Sender<Ack>, d: &Delivery| {
+        let (rx, tx, d) = (rx.clone(), tx.clone(), d.clone());
+        spawn("sender", move || send::worker(rx, tx, &d))
+    };
+    let first = flow.peak().min(concurrency);
+    for _ in 0..first {
+        sender(&gated, &ack_tx, &delivery)?;
     }
-    drop((gated, ack_tx));
+    if first < concurrency {
+        let (f, d) = (flow.clone(), delivery.clone());
+        spawn("senders", move || {
+            let mut n = first;
+            // Until the gate forwarder is done: the senders started by then drain what
+            // it handed on.
+            while n < concurrency && forwarding.load(Ordering::Relaxed) {
+                while n < f.peak().min(concurrency) {
+                    if sender(&gated, &ack_tx, &d).is_err() {
+                        return;
+                    }
+                    n += 1;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })?;
+    } else {
+        drop((gated, ack_tx));
+    }
 
     // --- the collector, on this thread, until every sender is done.
     let outcome = Collector {
@@ -194,7 +251,6 @@ pub fn run(
         stop: &delivery.stop,
         quiet: cfg.quiet,
         watch: &**progress,
-        spares,
     }
     .run(acks);
 
@@ -231,11 +287,16 @@ pub fn run(
             complete,
             drained,
             &rows,
+            &outcome.aliases(),
         )?;
         let now = d.totals(at, &outcome.counters, &rows);
         summary.backfill = Some(backfill_summary(d, rows_before, &now, complete));
     }
     summary.fill(&totals, &outcome, base, &attempts.counts());
+    if !cfg.dry_run {
+        summary.paused_by_429_secs = delivery.gate.paused_total().as_secs_f64();
+        summary.concurrency_peak = delivery.flow.peak() as u64;
+    }
     if let (Some(d), Some(p)) = (&dry, &cfg.output) {
         d.flush().map_err(|source| WriteError {
             what: "--output",
@@ -536,7 +597,8 @@ fn transport(
         cfg.strict,
         cfg.connect_timeout,
         cfg.request_timeout,
-        cfg.concurrency,
+        cfg.concurrency.max(),
+        cfg.http_version,
     )?;
     Ok((Arc::new(http), None, local))
 }
@@ -649,6 +711,7 @@ impl Front {
         progress: &Arc<Progress>,
         spares: Spares,
         queue: usize,
+        delivered: HashSet<AliasAt>,
         mut tap: Box<dyn FnMut(&Mapped) + Send>,
     ) -> (Front, Receiver<Request>) {
         let m = start_mapping(
@@ -666,6 +729,7 @@ impl Front {
                 requests_tx,
                 limits,
                 spares,
+                &delivered,
                 &mut *tap,
             )
         });

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::send::{Flow, Gate};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
@@ -179,6 +180,34 @@ pub struct Sample {
     pub throttled: u64,
     pub rejected: u64,
     pub in_flight: u64,
+    /// Requests allowed in flight (the adaptive concurrency's limit), 0 when unknown.
+    #[serde(default)]
+    pub limit: u64,
+    /// The recent round trip in milliseconds, 0 before one is measured.
+    #[serde(default)]
+    pub rtt_ms: f64,
+    /// The sending rate now (requests a second), 0 when unbounded.
+    #[serde(default)]
+    pub rate: f64,
+}
+
+/// What the progress display reads of the senders.
+#[derive(Default, Clone)]
+pub struct Senders {
+    /// Their counts of retries and 429s.
+    pub attempts: Arc<Attempts>,
+    /// Requests in flight, their limit and the round trip.
+    pub flow: Option<Arc<Flow>>,
+    /// The sending rate.
+    pub gate: Option<Arc<Gate>>,
+}
+
+impl std::fmt::Debug for Senders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Senders")
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A bounded, evenly spaced series: when full, every other point goes and the spacing
@@ -265,6 +294,9 @@ pub struct Progress {
     rows_read: AtomicU64,
     bytes_read: AtomicU64,
     forwarded: AtomicU64,
+    /// Where the reader is: the input's index and the row.
+    at_input: AtomicU64,
+    at_row: AtomicU64,
     layout: Mutex<Layout>,
     state: Mutex<State>,
 }
@@ -276,9 +308,9 @@ struct Layout {
     before: Vec<u64>,
     total: Option<u64>,
     max_request_bytes: u64,
-    concurrency: u64,
-    /// The senders' counts of retries and 429s.
-    attempts: Option<Arc<Attempts>>,
+    /// The inputs' names, for `file i/n`.
+    names: Vec<String>,
+    senders: Senders,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -345,6 +377,8 @@ impl Progress {
             rows_read: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
+            at_input: AtomicU64::new(0),
+            at_row: AtomicU64::new(0),
             layout: Mutex::new(Layout::default()),
             state: Mutex::new(State {
                 acked_with_body: 0,
@@ -376,8 +410,7 @@ impl Progress {
         inputs: &[Arc<InputInfo>],
         start: Position,
         limits: Limits,
-        concurrency: usize,
-        attempts: Arc<Attempts>,
+        senders: Senders,
     ) {
         let extents: Vec<Extent> = inputs.iter().map(|i| Extent::of(i)).collect();
         let mut before = Vec::with_capacity(extents.len());
@@ -394,9 +427,11 @@ impl Progress {
             before,
             total,
             max_request_bytes: limits.max_request_bytes as u64,
-            concurrency: concurrency as u64,
-            attempts: Some(attempts),
+            names: inputs.iter().map(|i| i.display.clone()).collect(),
+            senders,
         };
+        self.at_input.store(start.input as u64, Ordering::Relaxed);
+        self.at_row.store(start.row, Ordering::Relaxed);
         let done = l.done_at(start);
         drop(l);
         self.bytes_read.store(done, Ordering::Relaxed);
@@ -417,8 +452,11 @@ impl Progress {
     pub fn read(&self, chunk: &Chunk) {
         self.rows_read
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        let done = lock(&self.layout).done_at(chunk.end());
+        let end = chunk.end();
+        let done = lock(&self.layout).done_at(end);
         self.bytes_read.fetch_max(done, Ordering::Relaxed);
+        self.at_input.store(end.input as u64, Ordering::Relaxed);
+        self.at_row.store(end.row, Ordering::Relaxed);
     }
 
     /// A request went to the senders.
@@ -433,7 +471,7 @@ impl Progress {
         for part in [&ack.request.rejects, &ack.server_rejects] {
             st.rejected += memchr::memchr_iter(b'\n', part).count() as u64;
         }
-        let Some(body) = &ack.request.body else {
+        let Some(body_len) = ack.body_len else {
             return;
         };
         st.acked_with_body += 1;
@@ -442,7 +480,7 @@ impl Progress {
         }
         st.requests += 1;
         st.calls_delivered += ack.delivered_calls as u64;
-        let fill = (body.len() as u64 * FILL_BUCKETS as u64 / max_req) as usize;
+        let fill = (body_len as u64 * FILL_BUCKETS as u64 / max_req) as usize;
         st.fill[fill.min(FILL_BUCKETS - 1)] += 1;
         // `call_ends[i]` is where call i ends; calls are separated by one comma, and a
         // batch body starts with `{"batch":[`, so the first call's start is unknown here:
@@ -457,7 +495,7 @@ impl Progress {
         if let (Some(&first), n) = (ack.request.call_ends.first(), ack.request.call_ends.len()) {
             // The first call: estimate from the body's prefix (`{"batch":[` is 10 bytes).
             let len = if n == 1 && ack.request.path != "/v1/batch" {
-                body.len() as u64
+                body_len as u64
             } else {
                 (first as u64).saturating_sub(10)
             };
@@ -466,16 +504,26 @@ impl Progress {
     }
 
     fn sample(&self, st: &State) -> Sample {
-        let in_flight = self
-            .forwarded
-            .load(Ordering::Relaxed)
-            .saturating_sub(st.acked_with_body)
-            .min(lock(&self.layout).concurrency.max(1));
-        let attempts = lock(&self.layout)
-            .attempts
+        let l = lock(&self.layout);
+        let attempts = l.senders.attempts.counts();
+        let (in_flight, limit, rtt_ms) = match &l.senders.flow {
+            Some(f) => {
+                let now = f.now();
+                let rtt = now.rtt.map_or(0.0, |r| r.as_secs_f64() * 1e3);
+                (now.in_flight as u64, now.limit as u64, rtt)
+            }
+            None => {
+                let n = self.forwarded.load(Ordering::Relaxed);
+                (n.saturating_sub(st.acked_with_body), 0, 0.0)
+            }
+        };
+        let rate = l
+            .senders
+            .gate
             .as_ref()
-            .map(|a| a.counts())
-            .unwrap_or_default();
+            .and_then(|g| g.rate())
+            .unwrap_or(0.0);
+        drop(l);
         Sample {
             t: self.started.elapsed().as_secs_f64(),
             rows_read: self.rows_read.load(Ordering::Relaxed),
@@ -486,6 +534,9 @@ impl Progress {
             throttled: attempts.throttled,
             rejected: st.rejected,
             in_flight,
+            limit,
+            rtt_ms,
+            rate,
         }
     }
 
@@ -534,18 +585,61 @@ impl Progress {
     }
 
     fn message(&self, st: &State, s: &Sample) -> String {
-        format!(
-            "{} rows · {} calls/s · {} in flight · {} retries · {} throttled · {} rejected",
+        let mut out = format!(
+            "{} calls delivered ({} rows read) · {} calls/s · {} in flight{} · {} retries · {} throttled · {} rejected",
+            thousands(s.calls_delivered),
             thousands(s.rows_read),
             thousands(Self::calls_per_sec(st, s).round() as u64),
             s.in_flight,
+            Self::network(s),
             thousands(s.retries),
             thousands(s.throttled),
             thousands(s.rejected)
+        );
+        out.push_str(&self.file_at());
+        out
+    }
+
+    /// ` (limit 24, rtt 152 ms, 200 req/s)`: the adaptive concurrency's limit, the round
+    /// trip and the sending rate, as far as they are known.
+    fn network(s: &Sample) -> String {
+        let mut parts = Vec::new();
+        if s.limit > 0 {
+            parts.push(format!("limit {}", s.limit));
+        }
+        if s.rtt_ms > 0.0 {
+            parts.push(format!("rtt {:.0} ms", s.rtt_ms));
+        }
+        if s.rate > 0.0 {
+            parts.push(format!("{:.0} req/s", s.rate));
+        }
+        if parts.is_empty() {
+            return String::new();
+        }
+        format!(" ({})", parts.join(", "))
+    }
+
+    /// ` [file 2/5 b.csv.gz, row 1,234]` for several inputs or one whose size says
+    /// nothing of the position (compressed, standard input); empty otherwise.
+    fn file_at(&self) -> String {
+        let l = lock(&self.layout);
+        let n = l.names.len();
+        let i = self.at_input.load(Ordering::Relaxed) as usize;
+        let unknown = matches!(l.extents.get(i), Some(Extent::Unknown(_)));
+        if n == 0 || (n == 1 && !unknown) {
+            return String::new();
+        }
+        let Some(name) = l.names.get(i.min(n - 1)) else {
+            return String::new();
+        };
+        format!(
+            " [file {}/{n} {name}, row {}]",
+            i.min(n - 1) + 1,
+            thousands(self.at_row.load(Ordering::Relaxed))
         )
     }
 
-    /// `progress: 41.2% 1,234,567 rows 98,765 calls/s 3 in flight 12 retries 4 throttled 17 rejected (0:12 elapsed, eta 0:17)`
+    /// `progress: 41.2% 1,200,000 calls delivered 1,234,567 rows 98,765 calls/s 3 in flight (limit 24, rtt 152 ms, 200 req/s) 12 retries 4 throttled 17 rejected [file 2/5 b.csv.gz, row 1,234] (0:12 elapsed, eta 0:17)`
     fn line(&self, st: &State, s: &Sample) -> String {
         let total = lock(&self.layout).total;
         let mut out = String::from("progress:");
@@ -558,13 +652,16 @@ impl Progress {
             }
         }
         out.push_str(&format!(
-            " {} rows {} calls/s {} in flight {} retries {} throttled {} rejected ({} elapsed",
+            " {} calls delivered {} rows {} calls/s {} in flight{} {} retries {} throttled {} rejected{} ({} elapsed",
+            thousands(s.calls_delivered),
             thousands(s.rows_read),
             thousands(Self::calls_per_sec(st, s).round() as u64),
             s.in_flight,
+            Self::network(s),
             thousands(s.retries),
             thousands(s.throttled),
             thousands(s.rejected),
+            self.file_at(),
             clock(s.t)
         ));
         if let Some(e) = eta {
@@ -658,9 +755,10 @@ static ACTIVE: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
 /// A tiny logger: `-v` info, `-vv` debug, `-vvv` trace (default: warnings); `RUST_LOG`
 /// (`error`, `warn`, `info`, `debug`, `trace`, `off`, or `cdp_backfill=LEVEL`) overrides.
-/// Lines go to stderr, above the progress bar. Nothing logged ever holds the API key:
-/// the key is only ever formatted as `ApiKey`'s redacted form.
-pub fn init_logger(verbose: u8) {
+/// Lines go to stderr, above the progress bar; with `json`, one JSON object a line
+/// (`ts`, `level`, `target`, `message`). Nothing logged ever holds the API key: the key
+/// is only ever formatted as `ApiKey`'s redacted form.
+pub fn init_logger(verbose: u8, json: bool) {
     let mut level = match verbose {
         0 => log::LevelFilter::Warn,
         1 => log::LevelFilter::Info,
@@ -678,13 +776,16 @@ pub fn init_logger(verbose: u8) {
             }
         }
     }
-    static LOGGER: StderrLogger = StderrLogger;
-    if log::set_logger(&LOGGER).is_ok() {
+    static TEXT: StderrLogger = StderrLogger { json: false };
+    static JSON: StderrLogger = StderrLogger { json: true };
+    if log::set_logger(if json { &JSON } else { &TEXT }).is_ok() {
         log::set_max_level(level);
     }
 }
 
-struct StderrLogger;
+struct StderrLogger {
+    json: bool,
+}
 
 impl log::Log for StderrLogger {
     fn enabled(&self, m: &log::Metadata) -> bool {
@@ -695,12 +796,18 @@ impl log::Log for StderrLogger {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let line = format!(
-            "[{} {}] {}",
-            r.level().as_str().to_ascii_lowercase(),
-            r.target(),
-            r.args()
-        );
+        let level = r.level().as_str().to_ascii_lowercase();
+        let line = if self.json {
+            serde_json::json!({
+                "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "level": level,
+                "target": r.target(),
+                "message": r.args().to_string(),
+            })
+            .to_string()
+        } else {
+            format!("[{level} {}] {}", r.target(), r.args())
+        };
         match lock(&ACTIVE).as_ref() {
             // A closed stderr loses the line and stops nothing.
             Some(pb) => pb.suspend(|| {
@@ -765,7 +872,6 @@ mod tests {
             &[],
             Position::default(),
             Limits::default(),
-            4,
             Default::default(),
         );
         p.forwarded();

@@ -64,6 +64,7 @@ pub fn settings(cfg: &RunConfig, src: &SourceOptions) -> Vec<(&'static str, Stri
                 }),
         ),
         ("concurrency", cfg.concurrency.to_string()),
+        ("http version", cfg.http_version.to_string()),
         (
             "max request bytes",
             thousands(cfg.limits.max_request_bytes as u64),

@@ -91,6 +91,20 @@ pub struct Summary {
     #[serde(default)]
     pub retries_no_answer: u64,
     pub throttled: u64,
+    /// Seconds every sender was held back by 429s (`Retry-After`, or 1 s without one).
+    #[serde(default)]
+    pub paused_by_429_secs: f64,
+    /// Requests refused as invalid in strict mode and split to isolate the refused calls.
+    #[serde(default)]
+    pub requests_split: u64,
+    /// The most requests allowed in flight at once during the run (with `--concurrency
+    /// auto`, the highest the adaptive limit reached).
+    #[serde(default)]
+    pub concurrency_peak: u64,
+    /// Alias calls of rows read again on resume that an earlier run had delivered: not
+    /// sent again, and not in `calls_built`.
+    #[serde(default)]
+    pub calls_already_delivered: u64,
     pub elapsed_secs: f64,
     pub rows_per_sec: f64,
     pub rejects_file: String,
@@ -249,6 +263,8 @@ impl Summary {
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
         self.calls_built = totals.calls;
+        self.calls_already_delivered = totals.calls_already_delivered;
+        self.requests_split = a.split;
         self.calls_by_type = CallKind::ALL
             .iter()
             .zip(totals.calls_by_type)
@@ -351,6 +367,30 @@ impl fmt::Display for Summary {
             thousands(self.throttled),
             thousands(self.retries_no_answer)
         )?;
+        if self.paused_by_429_secs > 0.0 || self.throttled > 0 {
+            writeln!(f, "  paused by 429s    {:>13.1}s", self.paused_by_429_secs)?;
+        }
+        if self.requests_split > 0 {
+            writeln!(
+                f,
+                "  requests split    {:>14}  (refused in strict mode, halved to find the invalid calls)",
+                thousands(self.requests_split)
+            )?;
+        }
+        if self.calls_already_delivered > 0 {
+            writeln!(
+                f,
+                "  aliases skipped   {:>14}  (delivered before the checkpoint's position by the earlier run)",
+                thousands(self.calls_already_delivered)
+            )?;
+        }
+        if self.concurrency_peak > 0 {
+            writeln!(
+                f,
+                "  concurrency peak  {:>14}",
+                thousands(self.concurrency_peak)
+            )?;
+        }
         writeln!(
             f,
             "  elapsed           {:>13.2}s  ({} rows/s)",

@@ -181,6 +181,7 @@ pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, R
         &Arc::new(Progress::hidden()),
         spares.clone(),
         QUEUE_AHEAD,
+        Default::default(),
         Box::new(move |m| lock(&tap).add(m)),
     );
     let mut report = Report {

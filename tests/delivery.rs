@@ -418,7 +418,10 @@ fn the_rate_limit_holds_in_every_second_and_is_nearly_reached() {
         "the receiver saw {} requests in one second",
         stats.max_requests_in_any_1s
     );
-    let achieved = stats.requests as f64 / run.summary["elapsed_secs"].as_f64().unwrap();
+    // The pace between the first request and the last, as the receiver saw it: the
+    // run's start-up (reading, mapping) and end are not the rate limiter's doing, and on
+    // a loaded machine they took seconds (the overall figure once fell to 34 a second).
+    let achieved = (stats.requests - 1) as f64 / stats.arrival_span_secs;
     eprintln!(
         "--rate {RATE}: {} requests, at most {} in any 1 s, {achieved:.1} requests/s overall",
         stats.requests, stats.max_requests_in_any_1s

@@ -86,6 +86,7 @@ fn assert_adds_up(s: &Summary) {
 #[derive(Debug, Default, Clone, Copy)]
 struct Line {
     percent: Option<f64>,
+    calls_delivered: u64,
     rows: u64,
     in_flight: u64,
     retries: u64,
@@ -104,23 +105,24 @@ fn parse_progress(stderr: &str) -> Vec<Line> {
         .filter(|l| l.starts_with("progress:"))
         .map(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
+            // The number before the first occurrence of `label` (one or two words).
+            let before = |label: &[&str]| {
+                let i = (1..w.len())
+                    .find(|&i| w[i..].starts_with(label))
+                    .unwrap_or_else(|| panic!("{label:?} in {l}"));
+                num(w[i - 1])
+            };
             let mut line = Line::default();
-            let mut i = 1;
-            if let Some(p) = w[i].strip_suffix('%') {
+            if let Some(p) = w[1].strip_suffix('%') {
                 line.percent = Some(p.parse().unwrap());
-                i += 1;
             }
-            assert_eq!(w[i + 1], "rows", "{l}");
-            line.rows = num(w[i]);
-            assert_eq!(w[i + 3], "calls/s", "{l}");
-            assert_eq!((w[i + 5], w[i + 6]), ("in", "flight"), "{l}");
-            line.in_flight = num(w[i + 4]);
-            assert_eq!(w[i + 8], "retries", "{l}");
-            line.retries = num(w[i + 7]);
-            assert_eq!(w[i + 10], "throttled", "{l}");
-            line.throttled = num(w[i + 9]);
-            assert_eq!(w[i + 12], "rejected", "{l}");
-            line.rejected = num(w[i + 11]);
+            line.calls_delivered = before(&["calls", "delivered"]);
+            line.rows = before(&["rows"]);
+            before(&["calls/s"]);
+            line.in_flight = before(&["in", "flight"]);
+            line.retries = before(&["retries"]);
+            line.throttled = before(&["throttled"]);
+            line.rejected = before(&["rejected"]);
             line
         })
         .collect()
@@ -174,7 +176,9 @@ fn progress_lines_without_a_terminal_count_up_to_the_summary_and_the_report_draw
     );
     for w in lines.windows(2) {
         assert!(
-            w[0].rows <= w[1].rows && w[0].rejected <= w[1].rejected,
+            w[0].rows <= w[1].rows
+                && w[0].rejected <= w[1].rejected
+                && w[0].calls_delivered <= w[1].calls_delivered,
             "{lines:?}"
         );
         assert!(w[0].percent <= w[1].percent, "{lines:?}");
@@ -188,7 +192,15 @@ fn progress_lines_without_a_terminal_count_up_to_the_summary_and_the_report_draw
             l.rows <= s.rows_read && l.rejected <= s.rows_rejected,
             "{l:?}"
         );
-        assert!(l.in_flight <= 8, "at most --concurrency in flight: {l:?}");
+        assert!(
+            l.calls_delivered <= s.calls_delivered,
+            "calls delivered, never more than the summary's: {l:?}"
+        );
+        // 12 requests/s at a loopback round trip never need more than the 8 to start.
+        assert!(
+            l.in_flight <= 8,
+            "at most the concurrency's limit in flight: {l:?}"
+        );
         assert_eq!(
             (l.retries, l.throttled),
             (0, 0),

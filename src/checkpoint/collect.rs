@@ -4,16 +4,17 @@
 //! the checkpoint: a request's reject lines are written once it and every request before
 //! it are acknowledged, then the checkpoint (after the rejects file is synced), so the
 //! two never disagree. It gives the durable window's permits back once a checkpoint on
-//! disk covers their requests, hands spent bodies back to the packer, and watches for an
+//! disk covers their requests, and watches for an
 //! interrupt: stop reading, drain, then stop (or, past the drain timeout, give up on the
 //! requests still hanging).
 //!
 //! The door: [`Ack`]s in, a [`CollectOutcome`] out; what it counts the summary takes.
 
+use std::collections::BTreeSet;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -23,7 +24,7 @@ use super::durable::Durable;
 use super::rejects::RejectsFile;
 use super::window::Window;
 use super::{Counters, WriteError};
-use crate::pack::Spares;
+use crate::pack::AliasAt;
 use crate::send::{Ack, AckResult};
 use crate::source::Position;
 
@@ -62,6 +63,17 @@ pub struct CollectOutcome {
     /// Requests still hung when the drain timeout ended: the senders are stuck in them,
     /// so the run reports and returns without them.
     pub abandoned: bool,
+    /// Alias calls delivered and counted at or past the watermark (an earlier run's
+    /// too, until the watermark passes them): the checkpoint lists them so that a
+    /// resume, which reads their rows again, does not send them again.
+    pub aliases_beyond: BTreeSet<AliasAt>,
+}
+
+impl CollectOutcome {
+    /// [`CollectOutcome::aliases_beyond`] as the checkpoint stores it.
+    pub fn aliases(&self) -> Vec<AliasAt> {
+        self.aliases_beyond.iter().copied().collect()
+    }
 }
 
 impl CollectOutcome {
@@ -130,8 +142,6 @@ pub struct Collector<'a> {
     pub quiet: bool,
     /// Told of every acknowledgement and every loop turn (the progress display).
     pub watch: &'a dyn Watch,
-    /// Where folded requests' bodies go back to the packer.
-    pub spares: Spares,
 }
 
 /// What watches the collector: told of each acknowledgement as it arrives, in any order,
@@ -150,6 +160,10 @@ impl Collector<'_> {
             all_acknowledged: true,
             ..Default::default()
         };
+        if let Some(d) = self.durable {
+            // Still past the watermark until it moves beyond them.
+            o.aliases_beyond = d.base.aliases_beyond.iter().copied().collect();
+        }
         let mut in_order: InOrder<Ack> = InOrder::default();
         // Permits of requests folded into the watermark but not yet durable.
         let mut unreleased = 0usize;
@@ -175,7 +189,7 @@ impl Collector<'_> {
                     }
                     AckResult::Skipped => {
                         o.all_acknowledged = false;
-                        if ack.request.body.is_some() {
+                        if ack.body_len.is_some() {
                             self.window.release(1);
                         }
                     }
@@ -188,13 +202,8 @@ impl Collector<'_> {
                     in_order.pop(|a| matches!(a.result, AckResult::Delivered | AckResult::Marker))
                 {
                     self.fold(&ack, &mut o);
-                    if let Some(body) = ack.request.body {
+                    if ack.body_len.is_some() {
                         unreleased += 1;
-                        // The senders are done with it: unless a clone is still alive
-                        // somewhere, the packer can reuse the buffer.
-                        if let Ok(bytes) = Arc::try_unwrap(body) {
-                            self.spares.give(bytes);
-                        }
                     }
                     dirty = true;
                 }
@@ -231,6 +240,7 @@ impl Collector<'_> {
                             &o.counters,
                             false,
                             &rows,
+                            &o.aliases(),
                         );
                     }
                 } else {
@@ -254,6 +264,7 @@ impl Collector<'_> {
                             &o.counters,
                             false,
                             &rows,
+                            &o.aliases(),
                         )
                     }) {
                         // Without a checkpoint, going on would risk unbounded replays.
@@ -346,7 +357,23 @@ impl Collector<'_> {
             o.counters.calls_delivered += ack.delivered_calls as u64;
             o.counters.requests += ack.accepted_requests as u64;
         }
-        o.watermark = Some(ack.request.resume);
+        let at = ack.request.resume;
+        o.watermark = Some(at);
+        if let (true, Some(alias)) = (delivered, ack.request.alias) {
+            o.aliases_beyond.insert(alias);
+        }
+        // Those of rows before the watermark are behind the checkpoint now.
+        if o.aliases_beyond
+            .first()
+            .is_some_and(|a| !a.is_at_or_after(at))
+        {
+            let from = AliasAt {
+                input: at.input,
+                row: at.row,
+                nth: 0,
+            };
+            o.aliases_beyond = o.aliases_beyond.split_off(&from);
+        }
     }
 
     fn rejects_error(&self, source: std::io::Error) -> WriteError {

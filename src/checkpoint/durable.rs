@@ -18,6 +18,7 @@ use super::{
 };
 use crate::config::{Endpoint, RunConfig};
 use crate::map::message_id::{self, SeedScheme};
+use crate::pack::AliasAt;
 use crate::source::{self, FileId, InputInfo, Position, SourceOptions, STDIN_ARG};
 
 /// The checkpoint of this run: where it lives and what every write of it repeats.
@@ -105,6 +106,7 @@ impl Durable {
             rejects_len: 0,
             input_rows: vec![0; inputs.len()],
             counters: Default::default(),
+            aliases_beyond: Vec::new(),
         };
         let seeds = seeds_of(&mut base, &path, inputs, &backfill.namespace)?;
         // Written before anything is sent, so a crash at any point leaves a checkpoint.
@@ -121,6 +123,7 @@ impl Durable {
             &Default::default(),
             false,
             &d.base.input_rows,
+            &[],
         )
         .map_err(CheckpointError::First)?;
         Ok(Some(d))
@@ -143,7 +146,8 @@ impl Durable {
     }
 
     /// Writes a checkpoint taken while the run goes on: requests past `resume` may be on
-    /// their way (not drained). `run`: this run's counters, added to the base's.
+    /// their way (not drained). `run`: this run's counters, added to the base's;
+    /// `aliases`: the alias calls delivered and counted at or past `resume`.
     pub fn store(
         &self,
         resume: Position,
@@ -151,12 +155,23 @@ impl Durable {
         run: &Counters,
         complete: bool,
         input_rows: &[u64],
+        aliases: &[AliasAt],
     ) -> Result<(), WriteError> {
-        self.store_as(resume, rejects_len, run, complete, false, input_rows)
+        self.store_as(
+            resume,
+            rejects_len,
+            run,
+            complete,
+            false,
+            input_rows,
+            aliases,
+        )
     }
 
     /// [`Durable::store`], saying whether the run `drained`: it ended with every request
-    /// it handed out acknowledged and counted, so nothing past `resume` was sent.
+    /// it handed out acknowledged and counted, so nothing past `resume` was sent but
+    /// `aliases`.
+    #[allow(clippy::too_many_arguments)] // each is one field of the file
     pub fn store_as(
         &self,
         resume: Position,
@@ -165,6 +180,7 @@ impl Durable {
         complete: bool,
         drained: bool,
         input_rows: &[u64],
+        aliases: &[AliasAt],
     ) -> Result<(), WriteError> {
         let mut cp = self.base.clone();
         cp.written_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -173,6 +189,7 @@ impl Durable {
         cp.complete = complete;
         cp.drained = drained;
         cp.input_rows = input_rows.to_vec();
+        cp.aliases_beyond = aliases.to_vec();
         cp.counters = self.totals(resume, run, input_rows);
         store(&self.path, &cp)
     }

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::map::message_id::SeedScheme;
+use crate::pack::AliasAt;
 use crate::source::{InputInfo, Position};
 
 /// Bump when the format changes; an unknown version is refused, never guessed at.
@@ -142,6 +143,12 @@ pub struct Checkpoint {
     /// Rows of each input once it has been read to the end (0 until then).
     pub input_rows: Vec<u64>,
     pub counters: Counters,
+    /// Alias calls delivered (and counted) at or past `resume`: each goes in a request
+    /// of its own, which may be acknowledged while a batch body holding older rows is
+    /// still open and holds the watermark back. A resume reads their rows again and
+    /// does not send these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases_beyond: Vec<AliasAt>,
 }
 
 /// A file the run writes that the system would not write: which file, where, and the
@@ -605,6 +612,11 @@ mod tests {
             rejects_len: 0,
             input_rows: vec![0],
             counters: Counters::default(),
+            aliases_beyond: vec![AliasAt {
+                input: 0,
+                row: 12,
+                nth: 0,
+            }],
         }
     }
 

@@ -540,6 +540,7 @@ mod tests {
             rejects_len: 0,
             input_rows: vec![0; ids.len()],
             counters: Counters::default(),
+            aliases_beyond: Vec::new(),
         }
     }
 

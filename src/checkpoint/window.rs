@@ -4,18 +4,22 @@
 //! The gate forwarder ([`Window::forward`]) takes a permit before it hands a request to
 //! the senders; the collector gives permits back once a checkpoint covering those
 //! requests is on disk. So a crash (even `kill -9`) can replay at
-//! most `limit` requests: the bound the README states.
+//! most `limit` requests: the bound the README states. With adaptive concurrency the
+//! limit follows it: twice the requests allowed on the wire now ([`Window::following`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 
 use crate::pack::Request;
+use crate::send::Flow;
 
 pub struct Window {
     limit: usize,
+    /// When set, the limit is twice this flow's limit now (at most `limit`).
+    flow: Option<Arc<Flow>>,
     used: Mutex<usize>,
     freed: Condvar,
 }
@@ -24,6 +28,18 @@ impl Window {
     pub fn new(limit: usize) -> Self {
         Window {
             limit: limit.max(1),
+            flow: None,
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// A window of twice the requests `flow` allows on the wire now, so a crash replays
+    /// no more than twice the concurrency of the moment (at most `2 × flow`'s bound).
+    pub fn following(flow: Arc<Flow>) -> Self {
+        Window {
+            limit: 2 * flow.bound(),
+            flow: Some(flow),
             used: Mutex::new(0),
             freed: Condvar::new(),
         }
@@ -33,7 +49,7 @@ impl Window {
     /// Returns whether a permit was taken.
     pub fn acquire(&self, give_up: impl Fn() -> bool) -> bool {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        while *used >= self.limit {
+        while *used >= self.limit() {
             if give_up() {
                 return false;
             }
@@ -63,11 +79,15 @@ impl Window {
     /// permits and wait. Under load this is nearly always true, so a checkpoint follows
     /// every batch of acknowledgements; each covers more when the disk is slower.
     pub fn is_half_full(&self) -> bool {
-        *self.used.lock().unwrap_or_else(|p| p.into_inner()) * 2 >= self.limit
+        *self.used.lock().unwrap_or_else(|p| p.into_inner()) * 2 >= self.limit()
     }
 
+    /// Requests that may be sent but not yet durable, now.
     pub fn limit(&self) -> usize {
-        self.limit
+        match &self.flow {
+            Some(f) => (2 * f.now().limit).clamp(1, self.limit),
+            None => self.limit,
+        }
     }
 
     /// The gate forwarder, between the packer and the senders: holds each request with a
@@ -126,7 +146,6 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn permits_are_bounded_and_released() {

@@ -23,7 +23,7 @@ pub mod stage;
 use crate::config::Limits;
 use crossbeam_channel::{Receiver, Sender};
 
-pub use stage::{CallOrigin, PackTotals, Request};
+pub use stage::{AliasAt, CallOrigin, PackTotals, Request};
 
 const PREFIX: &[u8] = b"{\"batch\":[";
 const SUFFIX: &[u8] = b"]}";

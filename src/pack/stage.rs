@@ -19,10 +19,11 @@
 //! checkpoint, so once a request and all before it are acknowledged, every call before its
 //! `resume` has been delivered. The positions only grow: new bodies start at newer rows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
 
 use super::{resume_points, Body, KeyedPacker, Packed, Spares, TooLarge};
 use crate::config::Limits;
@@ -36,6 +37,24 @@ pub struct CallOrigin {
     pub input: u32,
     /// 0-based data row.
     pub row: u64,
+}
+
+/// An alias call by where it comes from: its row, and which of the row's alias calls it
+/// is (a mapping may emit more than one). A checkpoint lists the aliases delivered past
+/// its resume position, so a resume does not send them again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AliasAt {
+    pub input: u32,
+    pub row: u64,
+    /// 0 for the row's first alias call.
+    pub nth: u32,
+}
+
+impl AliasAt {
+    /// True when a resume at `resume` reads this call's row again.
+    pub fn is_at_or_after(&self, resume: Position) -> bool {
+        (self.input, self.row) >= (resume.input, resume.row)
+    }
 }
 
 /// One request to send (or, with no body, a marker that only moves the checkpoint).
@@ -57,6 +76,10 @@ pub struct Request {
     /// when this request joins the acknowledged prefix, so the rejects file never runs
     /// ahead of the checkpoint.
     pub rejects: Vec<u8>,
+    /// For a request to `/v1/alias`: which call it carries. Its `resume` may lie before
+    /// its own row (a batch body holding older rows is still open), so once delivered
+    /// the checkpoint lists it until the watermark passes its row.
+    pub alias: Option<AliasAt>,
 }
 
 /// What the packing stage counted.
@@ -70,6 +93,9 @@ pub struct PackTotals {
     pub calls: u64,
     /// Indexed by `CallKind as usize`: an array add per call, not a map search.
     pub calls_by_type: [u64; CallKind::ALL.len()],
+    /// Alias calls of rows read again on resume that an earlier run delivered (the
+    /// checkpoint lists them): not sent again, and not counted in `calls`.
+    pub calls_already_delivered: u64,
     /// A chunk that could not be read: packing stopped before it.
     pub failed: Option<String>,
 }
@@ -146,7 +172,10 @@ impl PendingRejects {
 /// request of their own to `/v1/alias`.
 ///
 /// `tap` sees each chunk, in input order, before it is packed (`validate` tallies its
-/// calls there). Resume positions follow the checkpoint rule of the module doc.
+/// calls there). Resume positions follow the checkpoint rule of the module doc. Alias
+/// calls listed in `delivered` (an earlier run delivered them past its checkpoint) are
+/// neither sent nor counted again.
+#[allow(clippy::too_many_arguments)] // the stage's channels, limits and resume state
 pub fn pack(
     start: Position,
     mapped: Receiver<Mapped>,
@@ -154,6 +183,7 @@ pub fn pack(
     requests: Sender<Request>,
     limits: Limits,
     spares: Spares,
+    delivered: &HashSet<AliasAt>,
     tap: &mut dyn FnMut(&Mapped),
 ) -> PackTotals {
     let mut packer: KeyedPacker<CallTag> =
@@ -172,6 +202,9 @@ pub fn pack(
     let mut key: Vec<u8> = Vec::new();
     let mut key_row: Option<(u64, u32)> = None;
     let mut call_no = 0u64;
+    // The row of the last alias call, and how many alias calls that row had so far.
+    let mut alias_row: Option<(u64, u32)> = None;
+    let mut alias_nth = 0u32;
     let mut gone = false;
     let mut send = |w: Request| {
         if !gone && requests.send(w).is_err() {
@@ -182,7 +215,8 @@ pub fn pack(
                     body: Option<Body>,
                     origins: Vec<CallOrigin>,
                     resume: Position,
-                    rejects: Vec<u8>| {
+                    rejects: Vec<u8>,
+                    alias: Option<AliasAt>| {
         let (calls, call_ends, body) = match body {
             Some(b) => (b.calls, b.call_ends, Some(Arc::new(b.bytes))),
             None => (0, Vec::new(), None),
@@ -196,6 +230,7 @@ pub fn pack(
             origins,
             resume,
             rejects,
+            alias,
         };
         work_seq += 1;
         w
@@ -229,6 +264,24 @@ pub fn pack(
                         if key_row != Some((m.seq, e.row)) {
                             key.clear();
                         }
+                        let alias = (kind == CallKind::Alias).then(|| {
+                            if alias_row != Some((m.seq, e.row)) {
+                                alias_row = Some((m.seq, e.row));
+                                alias_nth = 0;
+                            }
+                            alias_nth += 1;
+                            AliasAt {
+                                input,
+                                row: at.row,
+                                nth: alias_nth - 1,
+                            }
+                        });
+                        if alias.is_some_and(|a| delivered.contains(&a)) {
+                            // Delivered by the run that wrote the checkpoint, past its
+                            // resume position: sending it again would count it twice.
+                            totals.calls_already_delivered += 1;
+                            continue;
+                        }
                         totals.calls_by_type[kind as usize] += 1;
                         totals.calls += 1;
                         call_no += 1;
@@ -255,6 +308,7 @@ pub fn pack(
                                     vec![origin],
                                     resume,
                                     rejects.take_before(resume),
+                                    alias,
                                 );
                                 send(w);
                             })
@@ -321,6 +375,7 @@ pub fn pack(
                                 Vec::new(),
                                 resume,
                                 rejects.take_before(resume),
+                                None,
                             );
                             send(w);
                         }
@@ -354,6 +409,7 @@ pub fn pack(
                 input: u32::MAX,
                 ..end
             }),
+            None,
         )),
     }
     for w in last {
@@ -376,6 +432,7 @@ fn hand_out(
         Vec<CallOrigin>,
         Position,
         Vec<u8>,
+        Option<AliasAt>,
     ) -> Request,
 ) -> Vec<Request> {
     if closed.is_empty() {
@@ -394,6 +451,7 @@ fn hand_out(
                 origins,
                 resume,
                 rejects.take_before(resume),
+                None,
             )
         })
         .collect()

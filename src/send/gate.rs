@@ -13,9 +13,13 @@
 //!   start as later, requests leave at most `PACE_FACTOR × rate` per second until the
 //!   ceiling holds them.
 //!
+//! The pacer follows the adaptive rate ([`Rate`]): after a 429 it paces at the rate the
+//! server showed it takes, and probes back up towards `--rate`, which the ceiling keeps
+//! exact whatever the pacer does.
+//!
 //! While a pause is on nothing leaves; a permit granted just before a pause started is not
-//! used, so the end of a pause is not a burst. Every wait sleeps (never spins) and notices
-//! `stop` within 100 ms.
+//! used, so the end of a pause is not a burst. The time paused is summed for the summary.
+//! Every wait sleeps (never spins) and notices `stop` within 100 ms.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -25,6 +29,8 @@ use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use super::adapt::{Rate, Signal};
 
 /// The ceiling counts `rate` departures per `1 + RATE_SAFETY_MARGIN` seconds: a run
 /// reaches 98% of `--rate` and tolerates 20 ms of arrival jitter.
@@ -39,11 +45,37 @@ const SLICE: Duration = Duration::from_millis(100);
 
 /// The shared gate.
 pub struct Gate {
-    requests: Option<(DefaultDirectRateLimiter, Mutex<Ceiling>)>,
+    requests: Option<(Mutex<Pacer>, Mutex<Ceiling>)>,
     /// The call-rate limiter and its burst (the most cells one `check_n` may take).
     calls: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
     clock: DefaultClock,
-    pause_until: Mutex<Option<Instant>>,
+    pause: Mutex<Pause>,
+}
+
+/// The pacer and the adaptive rate it follows.
+struct Pacer {
+    limiter: DefaultDirectRateLimiter,
+    rate: Rate,
+}
+
+impl Pacer {
+    /// A pacer at `rate` a second: a little faster than the ceiling while the rate is the
+    /// ceiling (which then binds, exactly), and at the rate itself below it.
+    fn limiter(rate: f64, ceiling: f64) -> Option<DefaultDirectRateLimiter> {
+        let pace = if rate >= ceiling {
+            rate * PACE_FACTOR
+        } else {
+            rate
+        };
+        Some(RateLimiter::direct(spaced(pace)?))
+    }
+}
+
+/// The run-wide 429 pause, and the time paused so far.
+#[derive(Default)]
+struct Pause {
+    until: Option<Instant>,
+    total: Duration,
 }
 
 /// The GCRA quota for `per_sec` cells a second.
@@ -96,8 +128,11 @@ impl Gate {
     /// pieces, so it waits as long as its calls need, never fails.
     pub fn new(rate: Option<u32>, calls_rate: Option<u32>) -> Self {
         let requests = rate.filter(|&r| r > 0).and_then(|r| {
-            let pacer = RateLimiter::direct(spaced(r as f64 * PACE_FACTOR)?);
-            Some((pacer, Mutex::new(Ceiling::new(r))))
+            let pacer = Pacer {
+                limiter: Pacer::limiter(r as f64, r as f64)?,
+                rate: Rate::new(r as f64, Instant::now()),
+            };
+            Some((Mutex::new(pacer), Mutex::new(Ceiling::new(r))))
         });
         let calls = calls_rate.and_then(|r| {
             let burst = NonZeroU32::new((r / 10).max(1))?;
@@ -108,16 +143,53 @@ impl Gate {
             requests,
             calls,
             clock: DefaultClock::default(),
-            pause_until: Mutex::new(None),
+            pause: Mutex::new(Pause::default()),
         }
     }
 
     /// How long the 429 pause still has to run, if one is on.
     fn paused_for(&self) -> Option<Duration> {
-        let until = *self.pause_until.lock().unwrap_or_else(|p| p.into_inner());
+        let until = self.pause.lock().unwrap_or_else(|p| p.into_inner()).until;
         until
             .and_then(|t| t.checked_duration_since(Instant::now()))
             .filter(|d| !d.is_zero())
+    }
+
+    /// The sending rate now, requests a second (`None`: no limit).
+    pub fn rate(&self) -> Option<f64> {
+        let (pacer, _) = self.requests.as_ref()?;
+        Some(
+            pacer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .rate
+                .current(),
+        )
+    }
+
+    /// How long 429s have paused the run so far.
+    pub fn paused_total(&self) -> Duration {
+        let p = self.pause.lock().unwrap_or_else(|p| p.into_inner());
+        // A pause still running counts up to now.
+        let running = p
+            .until
+            .and_then(|t| t.checked_duration_since(Instant::now()))
+            .unwrap_or_default();
+        p.total.saturating_sub(running)
+    }
+
+    /// What an attempt's answer says about the server's pace. `hold`: how long answers
+    /// to requests already sent may still come (a round trip, plus a pause that starts
+    /// now). Returns the new rate when it changed.
+    pub fn answered(&self, now: Instant, signal: Signal, hold: Duration) -> Option<f64> {
+        let (pacer, ceiling) = self.requests.as_ref()?;
+        let mut p = pacer.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = p.rate.on_answer(now, signal, hold)?;
+        let ceiling = ceiling.lock().unwrap_or_else(|p| p.into_inner()).max as f64;
+        if let Some(l) = Pacer::limiter(changed, ceiling) {
+            p.limiter = l;
+        }
+        Some(changed)
     }
 
     /// Blocks until a request of `calls` calls may go. Returns false when `stop` was set
@@ -152,7 +224,12 @@ impl Gate {
             let Some((pacer, ceiling)) = &self.requests else {
                 return true;
             };
-            if let Err(not_until) = pacer.check() {
+            let paced = pacer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .limiter
+                .check();
+            if let Err(not_until) = paced {
                 std::thread::sleep(not_until.wait_time_from(self.clock.now()).min(SLICE));
                 continue;
             }
@@ -174,10 +251,14 @@ impl Gate {
 
     /// Pauses every worker for `d` (after a 429). An earlier, longer pause stays.
     pub fn pause(&self, d: Duration) {
-        let mut p = self.pause_until.lock().unwrap_or_else(|p| p.into_inner());
-        let t = Instant::now() + d;
-        if p.is_none_or(|old| old < t) {
-            *p = Some(t);
+        let mut p = self.pause.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let t = now + d;
+        if p.until.is_none_or(|old| old < t) {
+            // Only the time this pause adds to one still running counts.
+            let from = p.until.filter(|&old| old > now).unwrap_or(now);
+            p.total += t - from;
+            p.until = Some(t);
         }
     }
 }
@@ -236,10 +317,47 @@ mod tests {
         assert!(gate.wait(&stop, 1));
         assert!(t0.elapsed() >= Duration::from_millis(145));
 
+        assert!(gate.paused_total() >= Duration::from_millis(145));
+        assert!(gate.paused_total() <= Duration::from_millis(160));
+
         gate.pause(Duration::from_secs(60));
         stop.store(true, Ordering::SeqCst);
         let t0 = Instant::now();
         assert!(!gate.wait(&stop, 1));
         assert!(t0.elapsed() < Duration::from_millis(50));
+    }
+
+    #[test]
+    fn the_pacer_follows_the_adaptive_rate_and_never_passes_the_ceiling() {
+        let gate = Gate::new(Some(100), None);
+        assert_eq!(gate.rate(), Some(100.0));
+        let stop = AtomicBool::new(false);
+        let t0 = Instant::now();
+        // 20 answers in 200 ms, then a 429: the server took 100 a second; cut to 90.
+        for i in 0..20 {
+            gate.answered(
+                t0 + Duration::from_millis(10 * i),
+                Signal::Answered {
+                    rtt: Duration::from_millis(1),
+                },
+                Duration::from_millis(1),
+            );
+        }
+        let cut = gate.answered(
+            t0 + Duration::from_millis(200),
+            Signal::Throttled,
+            Duration::from_secs(1),
+        );
+        // (The gate's controller started a moment before t0: 100 a second, give or take.)
+        let cut = cut.expect("a 429 cuts the rate");
+        assert!((89.0..=90.0).contains(&cut), "{cut}");
+        assert_eq!(gate.rate(), Some(cut));
+        // Paced at 90 a second now: 10 more take about 100 ms (9 intervals of 11.1 ms).
+        let start = Instant::now();
+        for _ in 0..10 {
+            assert!(gate.wait(&stop, 1));
+        }
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(95), "{took:?}");
     }
 }

@@ -16,6 +16,8 @@
 //! refused ones become reject lines carrying the server's answer. The split reuses the
 //! body's bytes through `Request::call_ends`, so nothing is re-encoded.
 
+pub mod adapt;
+pub mod flow;
 pub mod gate;
 pub mod retry;
 pub mod transport;
@@ -29,8 +31,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::map::encode::Reject;
-use crate::pack::{CallOrigin, Request};
+use crate::pack::{CallOrigin, Request, Spares};
 use crate::source::InputInfo;
+use adapt::Signal;
+pub use flow::{Flow, FlowNow, Limit};
 pub use gate::Gate;
 use retry::{backoff, classify, Decision};
 use transport::Transport;
@@ -60,6 +64,11 @@ pub struct Ack {
     /// request itself, or the pieces strict mode split it into.
     pub accepted_requests: u32,
     pub accepted_bytes: u64,
+    /// The length of the request's body, if it had one. The sender gives the body itself
+    /// back to the packer ([`Delivery::spares`]) once the request is done, so bodies
+    /// waiting in the acknowledgements (behind a slow request, or a collector short of
+    /// CPU) take no memory.
+    pub body_len: Option<usize>,
 }
 
 /// How requests are sent and retried.
@@ -108,6 +117,7 @@ pub struct Attempts {
     retries: AtomicU64,
     throttled: AtomicU64,
     retries_no_answer: AtomicU64,
+    split: AtomicU64,
 }
 
 /// [`Attempts`] at one moment.
@@ -119,6 +129,8 @@ pub struct AttemptCounts {
     pub throttled: u64,
     /// Of `retries`, those after an attempt that got no answer.
     pub retries_no_answer: u64,
+    /// Requests refused as invalid in strict mode and split to find the refused calls.
+    pub split: u64,
 }
 
 impl Attempts {
@@ -135,11 +147,17 @@ impl Attempts {
         self.throttled.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A request refused in strict mode is being split.
+    pub fn split(&self) {
+        self.split.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn counts(&self) -> AttemptCounts {
         AttemptCounts {
             retries: self.retries.load(Ordering::Relaxed),
             throttled: self.throttled.load(Ordering::Relaxed),
             retries_no_answer: self.retries_no_answer.load(Ordering::Relaxed),
+            split: self.split.load(Ordering::Relaxed),
         }
     }
 }
@@ -158,23 +176,50 @@ pub struct Delivery {
     /// The inputs, to name them in reject lines.
     pub inputs: Arc<[Arc<InputInfo>]>,
     pub attempts: Arc<Attempts>,
+    /// Permits for requests on the wire, and the adaptive concurrency behind them.
+    pub flow: Arc<Flow>,
+    /// Where spent bodies go back to the packer.
+    pub spares: Spares,
 }
 
-/// One sender: runs until `rx` closes. After `stop` is set it sends nothing more and
-/// acknowledges the rest as skipped.
+/// One sender: runs until `rx` closes. It takes a permit ([`Flow`]) before it takes a
+/// request, and gives it back once the request is acknowledged, so bodies exist only for
+/// requests that may be sent. After `stop` is set it sends nothing more and acknowledges
+/// the rest as skipped.
 pub fn worker(rx: Receiver<Request>, acks: Sender<Ack>, d: &Delivery) {
     let mut s = Poster {
         transport: &*d.transport,
         gate: &d.gate,
+        flow: &d.flow,
         policy: d.policy,
         stop: &d.stop,
         jitter: Jitter::new(),
         attempts: &d.attempts,
     };
-    for request in rx {
+    loop {
+        let permit = d.flow.acquire(&d.stop);
+        let Ok(request) = rx.recv() else {
+            if let Some(p) = permit {
+                d.flow.release(p);
+            }
+            return;
+        };
+        // Without a permit (stopping) the request is only acknowledged as skipped.
         let ack = deliver(request, &mut s, &d.inputs);
+        if let Some(p) = permit {
+            d.flow.release(p);
+        }
         if matches!(ack.result, AckResult::Failed(_)) {
             d.stop.store(true, Ordering::SeqCst);
+        }
+        let mut ack = ack;
+        if let Some(body) = ack.request.body.take() {
+            ack.body_len = Some(body.len());
+            // Nothing sends it again: unless a clone is still alive somewhere, the
+            // packer can reuse the buffer.
+            if let Ok(bytes) = Arc::try_unwrap(body) {
+                d.spares.give(bytes);
+            }
         }
         if acks.send(ack).is_err() {
             return;
@@ -204,6 +249,7 @@ enum Halt {
 struct Poster<'a> {
     transport: &'a dyn Transport,
     gate: &'a Gate,
+    flow: &'a Flow,
     policy: RetryPolicy,
     stop: &'a AtomicBool,
     jitter: Jitter,
@@ -214,8 +260,15 @@ struct Poster<'a> {
 
 impl Poster<'_> {
     /// Posts `body` (of `calls` calls, ending at `call_ends`) through the gate, retrying
-    /// as `classify` says.
-    fn send(&mut self, path: &str, body: &Arc<Vec<u8>>, calls: u32, call_ends: &[u32]) -> Sent {
+    /// as `classify` says. `seq` names the request in log lines.
+    fn send(
+        &mut self,
+        seq: u64,
+        path: &str,
+        body: &Arc<Vec<u8>>,
+        calls: u32,
+        call_ends: &[u32],
+    ) -> Sent {
         let wire = if self.policy.gzip {
             match gzip(body) {
                 Ok(z) => Arc::new(z),
@@ -233,14 +286,23 @@ impl Poster<'_> {
             // placeholders, found by the calls' ends, with this attempt's time
             // (map/sent_at.rs); None otherwise.
             let stamped = crate::map::sent_at::restamp(body, call_ends, self.policy.gzip);
+            let started = Instant::now();
+            self.flow.sent(started);
             let outcome =
                 self.transport
                     .post(path, stamped.as_ref().unwrap_or(&wire), self.policy.gzip);
+            let now = Instant::now();
             let answered = !matches!(outcome, retry::Attempt::NoResponse { .. });
-            match classify(&outcome, self.policy.strict) {
+            let decision = classify(&outcome, self.policy.strict);
+            self.feed(now, now - started, &decision);
+            match decision {
                 Decision::Success => return Sent::Accepted,
                 Decision::Invalid { why } => return Sent::Refused(why),
-                Decision::Fatal { why } => return Sent::Failed(why),
+                Decision::Fatal { why } => {
+                    // Name where it went: a 404 is most often a pasted full URL.
+                    let url = crate::config::strip_userinfo(&self.transport.url(path));
+                    return Sent::Failed(format!("{why} (POST {url})"));
+                }
                 Decision::Retry {
                     after,
                     throttled,
@@ -261,6 +323,21 @@ impl Poster<'_> {
                     let p = self.policy;
                     let wait = backoff(attempt, p.base, p.cap, after, self.jitter.unit());
                     attempt += 1;
+                    log::info!(
+                        "request {seq}: {why} (POST {}); retry {attempt} of {} in {:.2}s{}",
+                        crate::config::strip_userinfo(&self.transport.url(path)),
+                        p.max_retries,
+                        wait.as_secs_f64(),
+                        match (throttled, after) {
+                            (true, Some(a)) =>
+                                format!(", Retry-After {}s, every sender paused", a.as_secs_f64()),
+                            (true, None) => format!(
+                                ", no Retry-After, every sender paused {}s",
+                                DEFAULT_THROTTLE_PAUSE.as_secs()
+                            ),
+                            _ => String::new(),
+                        }
+                    );
                     if !sleep_unless_stopped(wait, self.stop) {
                         return Sent::Stopped;
                     }
@@ -269,6 +346,33 @@ impl Poster<'_> {
                     self.attempts.retried(!answered);
                 }
             }
+        }
+    }
+}
+
+impl Poster<'_> {
+    /// Feeds one attempt's answer to the adaptive concurrency and rate.
+    fn feed(&self, now: Instant, rtt: Duration, decision: &Decision) {
+        let (signal, pause) = match decision {
+            Decision::Success | Decision::Invalid { .. } => (Signal::Answered { rtt }, None),
+            Decision::Retry {
+                throttled: true,
+                after,
+                ..
+            } => (
+                Signal::Throttled,
+                Some(after.unwrap_or(DEFAULT_THROTTLE_PAUSE)),
+            ),
+            Decision::Retry { .. } => (Signal::Overloaded, None),
+            Decision::Fatal { .. } => return,
+        };
+        let rate = self.gate.rate().unwrap_or(f64::INFINITY);
+        self.flow.answered(now, signal, rate);
+        // Answers to requests already on the wire may come for a round trip more (and
+        // the pause, if one starts): they are the same episode.
+        let hold = self.flow.rtt().unwrap_or(rtt) + pause.unwrap_or_default();
+        if let Some(r) = self.gate.answered(now, signal, hold) {
+            log::info!("sending rate now {r:.1} requests/s");
         }
     }
 }
@@ -291,13 +395,14 @@ fn deliver(request: Request, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> A
         server_rejects: Vec::new(),
         accepted_requests: 0,
         accepted_bytes: 0,
+        body_len: None,
     };
     let Some(body) = ack.request.body.clone() else {
         ack.result = AckResult::Marker;
         return ack;
     };
-    let path = ack.request.path;
-    let why = match s.send(path, &body, ack.request.calls, &ack.request.call_ends) {
+    let (path, seq) = (ack.request.path, ack.request.seq);
+    let why = match s.send(seq, path, &body, ack.request.calls, &ack.request.call_ends) {
         Sent::Accepted => {
             ack.result = AckResult::Delivered;
             ack.delivered_calls = ack.request.calls;
@@ -312,6 +417,16 @@ fn deliver(request: Request, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> A
         }
         Sent::Refused(why) => why,
     };
+    // A request of one call that is not a batch (an alias, sent alone to /v1/alias): the
+    // answer is about that call, so it is a reject line, and the run goes on.
+    if ack.request.calls == 1 && !body.starts_with(BATCH_PREFIX) {
+        if let Some(&origin) = ack.request.origins.first() {
+            log::info!("request {seq}: {path} refused as invalid in strict mode ({why}); its call goes to the rejects file");
+            invalid_call(&mut ack.server_rejects, inputs, origin, &body, why);
+            ack.result = AckResult::Delivered;
+            return ack;
+        }
+    }
     // Borrowed by the split while `ack` counts the pieces accepted; put back below.
     let call_ends = std::mem::take(&mut ack.request.call_ends);
     let origins = std::mem::take(&mut ack.request.origins);
@@ -323,8 +438,14 @@ fn deliver(request: Request, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> A
         ));
         return ack;
     };
+    s.attempts.split();
+    log::info!(
+        "request {seq}: refused as invalid in strict mode ({why}); splitting its {} calls to find the refused ones",
+        split.len()
+    );
     let mut b = Bisect {
         split: &split,
+        seq,
         path,
         origins: &origins,
         inputs,
@@ -410,6 +531,8 @@ impl<'a> Split<'a> {
 /// Isolates the refused calls of one request by halving.
 struct Bisect<'a> {
     split: &'a Split<'a>,
+    /// The request's number, for log lines.
+    seq: u64,
     path: &'a str,
     origins: &'a [CallOrigin],
     inputs: &'a [Arc<InputInfo>],
@@ -433,7 +556,7 @@ impl Bisect<'_> {
             None => {
                 let (body, ends) = self.split.body(r.clone());
                 let body = Arc::new(body);
-                match s.send(self.path, &body, r.len() as u32, &ends) {
+                match s.send(self.seq, self.path, &body, r.len() as u32, &ends) {
                     Sent::Accepted => {
                         self.delivered += r.len() as u32;
                         ack.accepted_requests += 1;
@@ -461,20 +584,26 @@ impl Bisect<'_> {
     }
 
     fn reject(&mut self, i: usize, why: String) {
-        let origin = self.origins[i];
-        let input = self.inputs.get(origin.input as usize).map(|i| &**i);
-        let r = Reject {
-            code: "invalid_call",
-            detail: why,
-        };
-        crate::map::encode::write_call_reject(
-            &mut self.rejects,
-            input,
-            origin.row,
-            self.split.call(i),
-            &r,
-        );
+        let call = self.split.call(i);
+        invalid_call(&mut self.rejects, self.inputs, self.origins[i], call, why);
     }
+}
+
+/// Writes the reject line of a call the API refused as invalid (strict mode), with its
+/// answer.
+fn invalid_call(
+    out: &mut Vec<u8>,
+    inputs: &[Arc<InputInfo>],
+    origin: CallOrigin,
+    call: &[u8],
+    why: String,
+) {
+    let input = inputs.get(origin.input as usize).map(|i| &**i);
+    let r = Reject {
+        code: "invalid_call",
+        detail: why,
+    };
+    crate::map::encode::write_call_reject(out, input, origin.row, call, &r);
 }
 
 /// Sleeps `d` in slices; returns false (early) once `stop` is set.
@@ -505,6 +634,10 @@ mod tests {
     }
 
     impl Transport for Fake {
+        fn url(&self, path: &str) -> String {
+            format!("http://fake{path}")
+        }
+
         fn post(&self, _: &str, body: &Arc<Vec<u8>>, _: bool) -> Attempt {
             let text = String::from_utf8_lossy(body).into_owned();
             self.posts.lock().unwrap().push(text.clone());
@@ -562,10 +695,12 @@ mod tests {
     /// As `run`, counting retries and 429s into `attempts`.
     fn run_counted(fake: &Fake, w: Request, attempts: &Attempts) -> Ack {
         let gate = Gate::new(None, None);
+        let flow = Flow::new(Limit::Fixed(1));
         let stop = AtomicBool::new(false);
         let mut p = Poster {
             transport: fake,
             gate: &gate,
+            flow: &flow,
             policy: policy(),
             stop: &stop,
             jitter: Jitter::new(),

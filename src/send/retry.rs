@@ -66,6 +66,12 @@ pub fn classify(a: &Attempt, strict: bool) -> Decision {
                         text()
                     ),
                 },
+                404 => Decision::Fatal {
+                    why: format!(
+                        "{}. --endpoint takes the API's base URL, such as https://cdp.customer.io: drop any /v1/batch (or other path) from it.",
+                        text()
+                    ),
+                },
                 413 => Decision::Fatal {
                     why: format!(
                         "{}. The server refused the request size; lower --max-request-bytes.",

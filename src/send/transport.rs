@@ -12,12 +12,16 @@ use isahc::config::{Configurable, ExpectContinue, VersionNegotiation};
 use isahc::{AsyncBody, HttpClient, Request};
 
 use super::retry::{parse_retry_after, Attempt};
-use crate::config::ApiKey;
+use crate::config::{ApiKey, HttpVersion};
 
 /// Sends one request body to a path such as `/v1/batch`.
 pub trait Transport: Send + Sync {
     /// `gzipped`: `body` is already gzip-compressed; say so in `Content-Encoding`.
     fn post(&self, path: &str, body: &Arc<Vec<u8>>, gzipped: bool) -> Attempt;
+
+    /// The URL a post to `path` goes to, for messages (it never holds the key, which
+    /// travels in a header).
+    fn url(&self, path: &str) -> String;
 }
 
 /// The HTTP client could not be started.
@@ -27,7 +31,8 @@ pub struct ClientError(#[source] isahc::Error);
 
 /// HTTPS (or loopback HTTP) to a Segment-compatible API, through one client shared by
 /// every worker: connections are kept alive and reused (up to `max_connections` to the
-/// host), and HTTP/2 is used where the server offers it (ALPN), HTTP/1.1 otherwise.
+/// host), and HTTP/2 is used where the server offers it (ALPN), HTTP/1.1 otherwise
+/// (or as `--http-version` says: 2 speaks HTTP/2 to a plain `http://` receiver too).
 pub struct HttpTransport {
     client: HttpClient,
     base: String,
@@ -41,7 +46,13 @@ impl HttpTransport {
         connect_timeout: Duration,
         request_timeout: Duration,
         max_connections: usize,
+        version: HttpVersion,
     ) -> Result<Self, ClientError> {
+        let negotiation = match version {
+            HttpVersion::Auto => VersionNegotiation::latest_compatible(),
+            HttpVersion::Http11 => VersionNegotiation::http11(),
+            HttpVersion::Http2 => VersionNegotiation::http2(),
+        };
         let mut b = HttpClient::builder()
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)
@@ -49,7 +60,7 @@ impl HttpTransport {
             .tcp_keepalive(Duration::from_secs(30))
             // curl would otherwise wait for `100 Continue` before large bodies.
             .expect_continue(ExpectContinue::disabled())
-            .version_negotiation(VersionNegotiation::latest_compatible())
+            .version_negotiation(negotiation)
             .max_connections_per_host(max_connections.max(1))
             .default_header("Content-Type", "application/json")
             .default_header(
@@ -71,6 +82,10 @@ impl HttpTransport {
 }
 
 impl Transport for HttpTransport {
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
     fn post(&self, path: &str, body: &Arc<Vec<u8>>, gzipped: bool) -> Attempt {
         let mut req = Request::post(format!("{}{}", self.base, path));
         if gzipped {
@@ -226,6 +241,10 @@ impl DryRunTransport {
 }
 
 impl Transport for DryRunTransport {
+    fn url(&self, path: &str) -> String {
+        format!("(dry run){path}")
+    }
+
     fn post(&self, _path: &str, body: &Arc<Vec<u8>>, _gzipped: bool) -> Attempt {
         if let Some((path, o)) = &self.out {
             let mut w = o.lock().unwrap_or_else(|p| p.into_inner());

@@ -141,6 +141,8 @@ async fn post(shared: &Shared, req: Request<Incoming>, route: Route) -> Result<A
     let wants_close = wants_close(version, &parts.headers);
     let head = Head::of(&parts.headers);
     let (index, verdict) = arrive(shared, route, version);
+    // Settled however this ends, a client that hangs up mid-wait included.
+    let _in_flight = InFlight(shared);
     let hard_cap = (shared.limits.max_request_bytes as u64)
         .saturating_mul(HARD_CAP_FACTOR)
         .max(MIN_HARD_CAP);
@@ -218,6 +220,16 @@ async fn post(shared: &Shared, req: Request<Incoming>, route: Route) -> Result<A
     Ok(response)
 }
 
+/// One POST being handled, for `max_in_flight`: counted by [`arrive`], given back on drop.
+struct InFlight<'a>(&'a Shared);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.0.state);
+        st.in_flight = st.in_flight.saturating_sub(1);
+    }
+}
+
 /// What one POST changes in the stats, applied under one lock at the end.
 #[derive(Default)]
 struct Delta {
@@ -279,6 +291,10 @@ fn arrive(shared: &Shared, route: Route, version: Version) -> (u64, Verdict) {
     bump(&mut st.stats.requests_by_version, version_key(version), 1);
     let in_last_second = st.arrivals.push(now) as u64;
     st.stats.max_requests_in_any_1s = st.stats.max_requests_in_any_1s.max(in_last_second);
+    st.in_flight += 1;
+    st.stats.max_in_flight = st.stats.max_in_flight.max(st.in_flight);
+    let first = *st.first_arrival.get_or_insert(now);
+    st.stats.arrival_span_secs = now.duration_since(first).as_secs_f64();
     (index, shared.faults.decide(index, &mut st.admitted, now))
 }
 

@@ -56,6 +56,14 @@ pub struct Stats {
     pub largest_call_bytes: u64,
     /// The most POSTs that arrived within any one second, including refused ones.
     pub max_requests_in_any_1s: u64,
+    /// The most POSTs being handled at once (from arrival to answer, the injected
+    /// latency included): the client's concurrency as the server saw it.
+    #[serde(default)]
+    pub max_in_flight: u64,
+    /// Seconds from the first POST's arrival to the last's: with `requests`, the pace
+    /// the client kept, without its start-up and its end.
+    #[serde(default)]
+    pub arrival_span_secs: f64,
     pub injected: Injected,
 }
 
@@ -203,6 +211,10 @@ pub(crate) struct State {
     pub arrivals: Window,
     /// Admitted arrivals in the last second, for `max_rps`.
     pub admitted: Window,
+    /// POSTs arrived and not yet settled, for `max_in_flight`.
+    pub in_flight: u64,
+    /// When the first POST arrived, for `arrival_span_secs`.
+    pub first_arrival: Option<std::time::Instant>,
 }
 
 /// Adds `n` under `key` without allocating once the key exists.
