@@ -9,6 +9,13 @@
 //! one documented rule ([`local_to_utc`]): a time in a gap (spring forward) is shifted
 //! forward by the length of the gap, as PostgreSQL and most databases do, and an
 //! ambiguous time (fall back) is the earlier of its two instants.
+//!
+//! Range: what is written is always a four-digit year, 0000 to 9999 ([`MIN_MS`] ..=
+//! [`MAX_MS`]). An instant outside that range has no `YYYY-...` form, so
+//! [`write_iso_millis`] refuses it ([`OutOfRange`]) rather than wrap it, and the encoder
+//! rejects the row naming the value. A leap second (`:60`) is taken only where one can
+//! be, the last second of a UTC day (23:59:60 once the offset is applied); it is read as
+//! the first instant of the next second, as Unix time counts it.
 
 use chrono::{Offset, TimeZone};
 use chrono_tz::Tz;
@@ -18,6 +25,33 @@ pub type UnixMillis = i64;
 
 /// Why a timestamp was refused. The text goes into the reject reason with the value.
 pub type TsError = &'static str;
+
+/// 0000-01-01T00:00:00.000Z, the first instant with a four-digit year.
+pub const MIN_MS: UnixMillis = -62_167_219_200_000;
+/// 9999-12-31T23:59:59.999Z, the last one.
+pub const MAX_MS: UnixMillis = 253_402_300_799_999;
+
+/// Whether `ms` can be written as `YYYY-MM-DDTHH:MM:SS.sssZ` (years 0000 to 9999).
+#[inline]
+pub fn in_range(ms: UnixMillis) -> bool {
+    (MIN_MS..=MAX_MS).contains(&ms)
+}
+
+/// An instant outside years 0000-9999: it has no RFC 3339 form, so it is not written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("is outside the years 0000-9999 (it would be {})", iso_millis(*.0))]
+pub struct OutOfRange(pub UnixMillis);
+
+/// The reason given for a leap second anywhere but 23:59:60 UTC.
+const MISPLACED_LEAP: TsError =
+    "has a leap second (:60) that is not 23:59:60 UTC, the only second a leap second can be";
+
+/// A leap second (`:60`, read as the next second's first instant) is only real at the
+/// end of a UTC day: the instant it was read as must lie in a UTC day's first second.
+#[inline]
+fn leap_second_fits(ms: UnixMillis) -> bool {
+    ms.rem_euclid(86_400_000) < 1000
+}
 
 /// Parses `YYYY-MM-DD[T| ]HH:MM[:SS[.fff...]](Z|z|±HH:MM|±HHMM|±HH)`.
 pub fn parse_rfc3339(s: &[u8]) -> Result<UnixMillis, TsError> {
@@ -36,16 +70,22 @@ pub fn parse_iso(s: &[u8], tz: Option<Tz>) -> Result<UnixMillis, TsError> {
         None => return Err("has no time of day (use format = \"date\" to accept dates)"),
         _ => return Err("expected 'T' between date and time"),
     };
-    let (secs_of_day, millis, rest) = parse_time(rest)?;
+    let (secs_of_day, millis, leap, rest) = parse_time(rest)?;
     let local = (date_days * 86_400 + secs_of_day) * 1000 + millis;
-    if rest.is_empty() {
-        return match tz {
-            Some(tz) => local_to_utc(tz, local),
-            None => Err("has no UTC offset (add Z or ±HH:MM, or set a timezone in the mapping)"),
-        };
+    let ms = if rest.is_empty() {
+        match tz {
+            Some(tz) => local_to_utc(tz, local)?,
+            None => {
+                return Err("has no UTC offset (add Z or ±HH:MM, or set a timezone in the mapping)")
+            }
+        }
+    } else {
+        local - parse_offset(rest)? * 1000
+    };
+    if leap && !leap_second_fits(ms) {
+        return Err(MISPLACED_LEAP);
     }
-    let offset_secs = parse_offset(rest)?;
-    Ok(local - offset_secs * 1000)
+    Ok(ms)
 }
 
 /// The common shape, `YYYY-MM-DD(T|t| )HH:MM:SS[(.|,)f+](Z|z|±HH:MM|±HHMM|±HH)`, read at
@@ -182,6 +222,10 @@ fn parse_iso_fields(s: &[u8]) -> Option<(UnixMillis, Option<Local>)> {
     }
     let offset_secs = parse_offset(rest).ok()?;
     let local = (days_from_civil(y, m, day) * 86_400 + h * 3600 + mi * 60 + sec) * 1000 + millis;
+    if sec == 60 && !leap_second_fits(local - offset_secs * 1000) {
+        // The general path gives the reason.
+        return None;
+    }
     let fields = (offset_secs % 60 == 0 && sec < 60).then_some(Local {
         y,
         m,
@@ -192,6 +236,29 @@ fn parse_iso_fields(s: &[u8]) -> Option<(UnixMillis, Option<Local>)> {
         millis: milli_digits,
     });
     Some((local - offset_secs * 1000, fields))
+}
+
+/// Whether `s` is a `date-time` as the spec's JSON Schema means it (RFC 3339 §5.6):
+/// `YYYY-MM-DD(T|t)HH:MM:SS[.f+](Z|z|±HH:MM)`, a real calendar day, and `:60` only at
+/// 23:59:60 UTC. [`parse_rfc3339`] reads more (a space for `T`, no seconds, `,` before
+/// the fraction, `+0530`); this is what a value sent as a date-time must look like.
+pub fn is_rfc3339(s: &[u8]) -> bool {
+    let shape = s.len() >= 20
+        && matches!(s[10], b'T' | b't')
+        && s[16] == b':'
+        && match s[19] {
+            b'.' => s[20..]
+                .iter()
+                .position(|c| !c.is_ascii_digit())
+                .is_some_and(|n| n > 0 && offset_shape(&s[20 + n..])),
+            _ => offset_shape(&s[19..]),
+        };
+    shape && parse_rfc3339(s).is_ok()
+}
+
+/// `Z`, `z` or `±HH:MM`.
+fn offset_shape(s: &[u8]) -> bool {
+    matches!(s, [b'Z' | b'z']) || matches!(s, [b'+' | b'-', _, _, b':', _, _])
 }
 
 /// `YYYY-MM-DD`: midnight of that day in `tz` (UTC when `None`).
@@ -256,27 +323,43 @@ pub fn parse_pattern(
     kind: PatternKind,
     tz: Option<Tz>,
 ) -> Result<UnixMillis, TsError> {
+    use chrono::Timelike;
     const NO_MATCH: &str = "does not match the mapping's timestamp format";
-    let local = match kind {
+    // chrono reads second 60 on any minute, as a nanosecond count past 10^9 (which its
+    // millisecond count folds into the next second): the leap check below needs to know.
+    let (local, leap) = match kind {
         PatternKind::Instant => {
-            return chrono::DateTime::parse_from_str(s, pattern)
-                .map(|d| d.timestamp_millis())
-                .map_err(|_| NO_MATCH)
+            let d = chrono::DateTime::parse_from_str(s, pattern).map_err(|_| NO_MATCH)?;
+            let ms = d.timestamp_millis();
+            if d.nanosecond() >= 1_000_000_000 && !leap_second_fits(ms) {
+                return Err(MISPLACED_LEAP);
+            }
+            return Ok(ms);
         }
-        PatternKind::DateTime => chrono::NaiveDateTime::parse_from_str(s, pattern)
-            .map_err(|_| NO_MATCH)?
-            .and_utc()
-            .timestamp_millis(),
-        PatternKind::Date => chrono::NaiveDate::parse_from_str(s, pattern)
-            .map_err(|_| NO_MATCH)?
-            .and_time(chrono::NaiveTime::MIN)
-            .and_utc()
-            .timestamp_millis(),
+        PatternKind::DateTime => {
+            let d = chrono::NaiveDateTime::parse_from_str(s, pattern).map_err(|_| NO_MATCH)?;
+            (
+                d.and_utc().timestamp_millis(),
+                d.nanosecond() >= 1_000_000_000,
+            )
+        }
+        PatternKind::Date => (
+            chrono::NaiveDate::parse_from_str(s, pattern)
+                .map_err(|_| NO_MATCH)?
+                .and_time(chrono::NaiveTime::MIN)
+                .and_utc()
+                .timestamp_millis(),
+            false,
+        ),
     };
-    match tz {
-        Some(tz) => local_to_utc(tz, local),
-        None => Ok(local),
+    let ms = match tz {
+        Some(tz) => local_to_utc(tz, local)?,
+        None => local,
+    };
+    if leap && !leap_second_fits(ms) {
+        return Err(MISPLACED_LEAP);
     }
+    Ok(ms)
 }
 
 /// The instant of a wall-clock time in `tz`. `local` is the wall clock as milliseconds
@@ -334,8 +417,10 @@ pub(crate) fn parse_date(s: &[u8]) -> Result<(i64, &[u8]), TsError> {
     Ok((days_from_civil(y, m, d), &s[10..]))
 }
 
-/// `HH:MM[:SS[.fff]]` → (seconds of day, millis, rest).
-fn parse_time(s: &[u8]) -> Result<(i64, i64, &[u8]), TsError> {
+/// `HH:MM[:SS[.fff]]` → (seconds of day, millis, whether the second is a leap second,
+/// rest). Second 60 is folded into the next minute by the arithmetic; the caller checks
+/// that the instant it names is 23:59:60 UTC.
+fn parse_time(s: &[u8]) -> Result<(i64, i64, bool, &[u8]), TsError> {
     let h = digits(s, 2)?;
     if s.get(2) != Some(&b':') {
         return Err("is not an ISO 8601 time (HH:MM:SS)");
@@ -367,7 +452,7 @@ fn parse_time(s: &[u8]) -> Result<(i64, i64, &[u8]), TsError> {
     if h > 23 || mi > 59 || sec > 60 {
         return Err("has an hour, minute or second out of range");
     }
-    Ok((h * 3600 + mi * 60 + sec, millis, rest))
+    Ok((h * 3600 + mi * 60 + sec, millis, sec == 60, rest))
 }
 
 fn parse_offset(s: &[u8]) -> Result<i64, TsError> {
@@ -457,45 +542,49 @@ fn put_minute(b: &mut [u8; 26], [y, mo, d, h, mi]: [i64; 5]) {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.sssZ` (no quotes), for messages and reports; years 0 to 9999.
+/// `YYYY-MM-DDTHH:MM:SS.sssZ` (no quotes), for messages and reports. An instant outside
+/// years 0000-9999 is shown in ISO 8601's expanded form (`+10000-01-01T...`,
+/// `-0001-12-31T...`), which no call ever carries: it only names a value in a reason.
 pub fn iso_millis(ms: UnixMillis) -> String {
     let mut v = Vec::with_capacity(26);
-    write_iso_millis(&mut v, ms);
-    String::from_utf8_lossy(&v).trim_matches('"').to_string()
+    if write_iso_millis(&mut v, ms).is_ok() {
+        return String::from_utf8_lossy(&v).trim_matches('"').to_string();
+    }
+    let secs = ms.div_euclid(1000);
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    let sign = if y < 0 { '-' } else { '+' };
+    format!(
+        "{sign}{:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        y.unsigned_abs(),
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60,
+        ms.rem_euclid(1000)
+    )
 }
 
-/// Appends `"YYYY-MM-DDTHH:MM:SS.sssZ"` (with quotes) for a non-negative instant.
-pub fn write_iso_millis(out: &mut Vec<u8>, ms: UnixMillis) {
+/// Appends `"YYYY-MM-DDTHH:MM:SS.sssZ"` (with quotes), or refuses an instant outside
+/// years 0000-9999 (nothing is written then): such a year has no four-digit form, and
+/// writing it modulo 10,000 would send another date.
+#[inline]
+pub fn write_iso_millis(out: &mut Vec<u8>, ms: UnixMillis) -> Result<(), OutOfRange> {
+    if !in_range(ms) {
+        return Err(OutOfRange(ms));
+    }
     let secs = ms.div_euclid(1000);
     let milli = ms.rem_euclid(1000);
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
     let mut b = *b"\"0000-00-00T00:00:00.000Z\"";
-    if (0..=9999).contains(&y) {
-        // Every field but the year is in range by construction (month, day, and the
-        // remainders above).
-        put_minute(&mut b, [y, mo, d, sod / 3600, sod / 60 % 60]);
-        b[18..20].copy_from_slice(&DIGIT_PAIRS[(sod % 60) as usize]);
-        b[21] = b'0' + (milli / 100) as u8;
-        b[22..24].copy_from_slice(&DIGIT_PAIRS[(milli % 100) as usize]);
-        out.extend_from_slice(&b);
-        return;
-    }
-    let put = |b: &mut [u8; 26], at: usize, v: i64, n: usize| {
-        let mut v = v;
-        for i in (0..n).rev() {
-            b[at + i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(&mut b, 1, y, 4);
-    put(&mut b, 6, mo, 2);
-    put(&mut b, 9, d, 2);
-    put(&mut b, 12, sod / 3600, 2);
-    put(&mut b, 15, sod / 60 % 60, 2);
-    put(&mut b, 18, sod % 60, 2);
-    put(&mut b, 21, milli, 3);
+    // Every field is in range: the year by the check above, the others by construction
+    // (month, day, and the remainders).
+    put_minute(&mut b, [y, mo, d, sod / 3600, sod / 60 % 60]);
+    b[18..20].copy_from_slice(&DIGIT_PAIRS[(sod % 60) as usize]);
+    b[21] = b'0' + (milli / 100) as u8;
+    b[22..24].copy_from_slice(&DIGIT_PAIRS[(milli % 100) as usize]);
     out.extend_from_slice(&b);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -505,7 +594,7 @@ mod tests {
     fn iso(s: &str) -> Result<String, TsError> {
         let ms = parse_rfc3339(s.as_bytes())?;
         let mut v = Vec::new();
-        write_iso_millis(&mut v, ms);
+        write_iso_millis(&mut v, ms).map_err(|_| "out of range")?;
         Ok(String::from_utf8(v).unwrap().trim_matches('"').to_string())
     }
 
@@ -547,7 +636,7 @@ mod tests {
         let tz: Tz = tz.parse().unwrap();
         let ms = parse_iso(s.as_bytes(), Some(tz)).unwrap();
         let mut v = Vec::new();
-        write_iso_millis(&mut v, ms);
+        write_iso_millis(&mut v, ms).unwrap();
         String::from_utf8(v).unwrap().trim_matches('"').to_string()
     }
 
@@ -637,7 +726,7 @@ mod tests {
         let ny: Tz = "America/New_York".parse().unwrap();
         let ms = |r: Result<UnixMillis, TsError>| {
             let mut v = Vec::new();
-            write_iso_millis(&mut v, r.unwrap());
+            write_iso_millis(&mut v, r.unwrap()).unwrap();
             String::from_utf8(v).unwrap().trim_matches('"').to_string()
         };
         assert_eq!(
@@ -698,12 +787,16 @@ mod tests {
             None => return Err("none"),
             _ => return Err("sep"),
         };
-        let (secs_of_day, millis, rest) = parse_time(rest)?;
+        let (secs_of_day, millis, leap, rest) = parse_time(rest)?;
         let local = (date_days * 86_400 + secs_of_day) * 1000 + millis;
         if rest.is_empty() {
             return Err("no offset");
         }
-        Ok(local - parse_offset(rest)? * 1000)
+        let ms = local - parse_offset(rest)? * 1000;
+        if leap && !leap_second_fits(ms) {
+            return Err("leap");
+        }
+        Ok(ms)
     }
 
     proptest::proptest! {
@@ -731,9 +824,9 @@ mod tests {
 
         /// The table writer matches the digit-by-digit one for every representable day.
         #[test]
-        fn iso_writer_matches_digit_by_digit(ms in 0i64..253_402_300_800_000) {
+        fn iso_writer_matches_digit_by_digit(ms in MIN_MS..=MAX_MS) {
             let mut fast = Vec::new();
-            write_iso_millis(&mut fast, ms);
+            write_iso_millis(&mut fast, ms).unwrap();
             let secs = ms.div_euclid(1000);
             let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
             let sod = secs.rem_euclid(86_400);
@@ -749,6 +842,33 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Over every i64: the writer writes a four-digit year that reads back as the
+        /// same instant, or refuses exactly the instants outside 0000-9999.
+        #[test]
+        fn the_writer_never_writes_a_year_outside_0000_to_9999(
+            ms in proptest::prop_oneof![
+                proptest::num::i64::ANY,
+                MIN_MS - 100_000..MIN_MS + 100_000,
+                MAX_MS - 100_000..MAX_MS + 100_000,
+            ],
+        ) {
+            let mut v = Vec::new();
+            match write_iso_millis(&mut v, ms) {
+                Ok(()) => {
+                    proptest::prop_assert!(in_range(ms));
+                    proptest::prop_assert_eq!(v.len(), 26);
+                    let text = &v[1..25];
+                    proptest::prop_assert!(text[..4].iter().all(u8::is_ascii_digit));
+                    proptest::prop_assert_eq!(parse_rfc3339(text), Ok(ms));
+                }
+                Err(OutOfRange(at)) => {
+                    proptest::prop_assert_eq!(at, ms);
+                    proptest::prop_assert!(!in_range(ms));
+                    proptest::prop_assert!(v.is_empty());
+                }
+            }
+        }
+
         /// The rewrite gives exactly what parsing and writing give, across day, month
         /// and year ends and offsets up to a day.
         #[test]
@@ -759,7 +879,7 @@ mod tests {
                 proptest::prop_assert_eq!(Ok(ms), parse_iso(s.as_bytes(), None));
                 if let Some(text) = text {
                     let mut want = Vec::new();
-                    write_iso_millis(&mut want, ms);
+                    write_iso_millis(&mut want, ms).unwrap();
                     proptest::prop_assert_eq!(&text[..], &want[..], "{}", s);
                 }
             }
@@ -787,7 +907,11 @@ mod tests {
             assert_eq!(ok(value), Some(format!("\"{utc}\"")), "{value}");
         }
         assert_eq!(ok("9999-12-31T23:00:00-02:00"), None, "past year 9999");
-        assert_eq!(ok("2023-12-31T23:59:60Z"), None, "a leap second rolls over");
+        assert_eq!(
+            parse_iso_rewrite(b"2023-12-31T23:59:60Z").map(|(_, t)| t),
+            Some(None),
+            "a leap second rolls over: the writer's arithmetic"
+        );
         assert_eq!(ok("2023-03-06T12:21Z"), None);
     }
 
@@ -795,7 +919,8 @@ mod tests {
     fn fast_iso_path_edges() {
         for ok in [
             "2024-02-29T23:59:59.999Z",
-            "2023-03-06T12:21:60Z",
+            "2016-12-31T23:59:60Z",
+            "2016-12-31T18:59:60.5-05:00",
             "2023-03-06 12:21:12,5+05:30",
             "2023-03-06t12:21:12.123456789-0530",
             "0000-01-01T00:00:00Z",
@@ -816,13 +941,93 @@ mod tests {
             "2023-03-06T24:00:00Z",
             "2023-03-06T12:21:12ZZ",
             "2023-03-06T12:21:12+5:30",
+            "2023-03-06T12:21:60Z",
         ] {
             assert_eq!(parse_iso_fast(general.as_bytes()), None, "{general}");
         }
-        // Years beyond four digits still go through the digit-by-digit writer.
+    }
+
+    #[test]
+    fn a_year_outside_0000_to_9999_is_refused_not_wrapped() {
+        // Once this wrote "0000-01-01T00:00:00.000Z" for the first instant of 10000.
         let mut v = Vec::new();
-        write_iso_millis(&mut v, 253_402_300_800_000);
-        assert_eq!(v, b"\"0000-01-01T00:00:00.000Z\"");
+        assert_eq!(
+            write_iso_millis(&mut v, MAX_MS + 1),
+            Err(OutOfRange(MAX_MS + 1))
+        );
+        assert_eq!(
+            write_iso_millis(&mut v, MIN_MS - 1),
+            Err(OutOfRange(MIN_MS - 1))
+        );
+        assert!(v.is_empty(), "nothing is written for a refused instant");
+        write_iso_millis(&mut v, MAX_MS).unwrap();
+        write_iso_millis(&mut v, MIN_MS).unwrap();
+        assert_eq!(
+            v,
+            b"\"9999-12-31T23:59:59.999Z\"\"0000-01-01T00:00:00.000Z\""
+        );
+        // Parsed values that land outside the range: the instant is returned (its reason
+        // is given by whoever writes it), never text with a wrapped year.
+        let ms = parse_rfc3339(b"9999-12-31T23:00:00-02:00").unwrap();
+        assert_eq!(ms, MAX_MS + 1 + 3_600_000, "10000-01-01T01:00:00Z");
+        assert_eq!(
+            parse_iso_rewrite(b"9999-12-31T23:00:00-02:00").map(|(_, t)| t),
+            Some(None)
+        );
+        assert!(write_iso_millis(&mut Vec::new(), ms).is_err());
+        let ms = parse_rfc3339(b"0000-01-01T00:30:00+01:00").unwrap();
+        assert!(write_iso_millis(&mut Vec::new(), ms).is_err());
+        // Messages show such an instant in ISO 8601's expanded form.
+        assert_eq!(iso_millis(MAX_MS + 1), "+10000-01-01T00:00:00.000Z");
+        assert_eq!(iso_millis(MIN_MS - 1), "-0001-12-31T23:59:59.999Z");
+        assert_eq!(
+            OutOfRange(-99_999_999_999_000).to_string(),
+            "is outside the years 0000-9999 (it would be -1199-02-15T14:13:21.000Z)"
+        );
+    }
+
+    #[test]
+    fn a_leap_second_is_taken_only_at_23_59_60_utc() {
+        for (leap, next) in [
+            ("2016-12-31T23:59:60Z", "2017-01-01T00:00:00.000Z"),
+            ("2016-12-31T23:59:60.250Z", "2017-01-01T00:00:00.250Z"),
+            ("2016-12-31T18:59:60-05:00", "2017-01-01T00:00:00.000Z"),
+            ("2017-01-01T05:29:60+05:30", "2017-01-01T00:00:00.000Z"),
+            ("2016-12-31 23:59:60Z", "2017-01-01T00:00:00.000Z"),
+        ] {
+            assert_eq!(iso(leap).as_deref(), Ok(next), "{leap}");
+        }
+        for bad in [
+            "2023-03-06T12:21:60Z",
+            "2016-12-31T23:59:60+01:00",
+            "2016-12-31T23:58:60Z",
+            "2016-12-31T22:59:60Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad.as_bytes()), Err(MISPLACED_LEAP), "{bad}");
+        }
+        // In a time zone: 00:59:60 in Paris (UTC+1 in winter) is 23:59:60 UTC.
+        let paris: Tz = "Europe/Paris".parse().unwrap();
+        assert!(parse_iso(b"2017-01-01T00:59:60", Some(paris)).is_ok());
+        assert_eq!(
+            parse_iso(b"2016-12-31T23:59:60", Some(paris)),
+            Err(MISPLACED_LEAP)
+        );
+        // And through chrono's patterns, which read :60 on any minute.
+        let p = "%Y-%m-%d %H:%M:%S";
+        assert_eq!(
+            parse_pattern("2016-12-31 23:59:60", p, PatternKind::DateTime, None),
+            parse_rfc3339(b"2017-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            parse_pattern("2016-12-31 12:00:60", p, PatternKind::DateTime, None),
+            Err(MISPLACED_LEAP)
+        );
+        let p = "%Y-%m-%d %H:%M:%S %z";
+        assert_eq!(
+            parse_pattern("2016-12-31 12:00:60 +0000", p, PatternKind::Instant, None),
+            Err(MISPLACED_LEAP)
+        );
+        assert!(parse_pattern("2016-12-31 18:59:60 -0500", p, PatternKind::Instant, None).is_ok());
     }
 
     #[test]

@@ -6,10 +6,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 
+use common::spec::{assert_valid, calls_of, schema_errors, schema_errors_in, schema_for};
 use common::Workdir;
 
 mod common;
@@ -18,97 +18,11 @@ fn fixtures() -> PathBuf {
     common::repo().join("fixtures")
 }
 
-/// The OpenAPI document ([`common::openapi_spec`]).
-fn spec_doc() -> &'static Value {
-    static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(|| {
-        let text =
-            std::fs::read_to_string(common::openapi_spec()).expect("the vendor's OpenAPI spec");
-        serde_json::from_str(&text).expect("the spec is JSON")
-    })
-}
-
-/// The spec writes its alternatives as `oneOf`, but they overlap: `context` is
-/// `oneOf: [context_non_mobile, context_mobile]`, both open objects sharing
-/// `context_common`, so the spec's own example context `{"ip": "8.8.8.8"}` matches both;
-/// identify is `oneOf: [Known User (userId), Anonymous User (anonymousId)]`, so a call
-/// with both ids (how anonymous history is merged) matches both. A literal `oneOf` would
-/// refuse the spec's own examples, so we read every `oneOf` as `anyOf`: each call must
-/// still satisfy one alternative fully. `the_spec_one_of_is_read_as_any_of` pins this
-/// down, and the misnamed-field tests show the validator still catches mistakes.
-fn patch_one_of(v: &mut Value) {
-    match v {
-        Value::Object(o) => {
-            if let Some(alts) = o.remove("oneOf") {
-                o.insert("anyOf".into(), alts);
-            }
-            for x in o.values_mut() {
-                patch_one_of(x);
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(patch_one_of),
-        _ => {}
-    }
-}
-
-/// Validates `instance` against `components.schemas.<name>`: the whole document is the
-/// root (so its `#/components/schemas/...` references resolve) with a `$ref` added.
-fn schema_errors(name: &str, instance: &Value) -> Vec<String> {
-    schema_errors_in(name, instance, true)
-}
-
-fn schema_errors_in(name: &str, instance: &Value, patched: bool) -> Vec<String> {
-    let mut root = spec_doc().clone();
-    if patched {
-        patch_one_of(&mut root);
-    }
-    let obj = root.as_object_mut().expect("the spec is an object");
-    obj.insert("$ref".into(), json!(format!("#/components/schemas/{name}")));
-    obj.insert(
-        "$schema".into(),
-        json!("https://json-schema.org/draft/2020-12/schema"),
-    );
-    let v = jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft202012)
-        .should_validate_formats(true)
-        .build(&root)
-        .expect("the spec compiles as JSON Schema");
-    v.iter_errors(instance)
-        .map(|e| format!("{e} at {}", e.instance_path))
-        .collect()
-}
-
-fn assert_valid(name: &str, instance: &Value) {
-    let errs = schema_errors(name, instance);
-    assert!(
-        errs.is_empty(),
-        "{name} schema refuses {instance}:\n{}",
-        errs.join("\n")
-    );
-}
-
 /// `run --dry-run --output bodies.ndjson`; returns the process output and the bodies.
 fn dry_run(d: &Workdir, input: &Path, mapping: &Path, extra: &[&str]) -> (Output, Vec<Value>) {
-    let out = d
-        .cmd()
-        .arg("run")
-        .arg(input)
-        .arg("--mapping")
-        .arg(mapping)
-        .args([
-            "--dry-run",
-            "--output",
-            "bodies.ndjson",
-            "--rejects",
-            "rejects.ndjson",
-        ])
-        .args(extra)
-        .output()
-        .expect("run the binary");
-    let text = std::fs::read_to_string(d.path("bodies.ndjson")).unwrap_or_default();
-    let bodies = text
-        .lines()
-        .filter(|l| !l.is_empty())
+    let (out, lines) = common::dry_run_lines(d, input, mapping, extra);
+    let bodies = lines
+        .iter()
         .map(|l| serde_json::from_str(l).expect("each body is JSON"))
         .collect();
     (out, bodies)
@@ -125,50 +39,6 @@ fn rejects(d: &Workdir) -> Vec<Value> {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Every call in the bodies, with its body's batch-level context/integrations merged in
-/// (as the API applies them), and whether it came alone (alias) or in a batch.
-fn calls_of(bodies: &[Value]) -> Vec<Value> {
-    let mut calls = Vec::new();
-    for b in bodies {
-        match b.get("batch") {
-            Some(items) => {
-                for it in items.as_array().expect("batch is an array") {
-                    let mut c = it.clone();
-                    for k in ["context", "integrations"] {
-                        if let Some(v) = b.get(k) {
-                            c.as_object_mut().unwrap().entry(k).or_insert(v.clone());
-                        }
-                    }
-                    calls.push(c);
-                }
-            }
-            None => calls.push(b.clone()),
-        }
-    }
-    calls
-}
-
-/// The schema a call must satisfy: its type's, or for a semantic event its own.
-fn schema_for(call: &Value) -> &'static str {
-    match (call["type"].as_str(), call["event"].as_str()) {
-        (Some("track"), Some("Device Created or Updated")) => "create_update_device",
-        (Some("track"), Some("Device Deleted")) => "delete_device",
-        (Some("track"), Some("User Deleted")) => "delete_person",
-        (Some("track"), Some("User Suppressed")) => "suppress_person",
-        (Some("track"), Some("User Unsuppressed")) => "unsuppress_person",
-        (Some("track"), Some("Relationship Deleted")) => "relationship_deleted",
-        (Some("track"), Some("Object Deleted")) => "group_deleted",
-        (Some("track"), Some("Report Delivery Event")) => "report_delivery_event",
-        (Some("alias"), _) => "alias_all",
-        (Some("identify"), _) => "identify",
-        (Some("track"), _) => "track",
-        (Some("page"), _) => "page",
-        (Some("screen"), _) => "screen",
-        (Some("group"), _) => "group",
-        _ => panic!("a call of no known type: {call}"),
-    }
 }
 
 #[test]
@@ -273,7 +143,11 @@ fn all_six_call_types_match_the_spec_with_and_without_context() {
     }
     // Field names and shapes the spec asks for.
     let group = calls.iter().find(|c| c["type"] == "group").unwrap();
-    assert_eq!(group["objectTypeId"], "2", "a stringified integer");
+    // In traits, as the vendor's documentation (objectTypeId) and the spec's group schema
+    // (object_type_id) name it; a stringified integer.
+    assert_eq!(group["traits"]["objectTypeId"], "2");
+    assert_eq!(group["traits"]["object_type_id"], "2");
+    assert!(group.get("objectTypeId").is_none(), "{group}");
     let identify = calls.iter().find(|c| c["type"] == "identify").unwrap();
     assert_eq!(identify["traits"]["address"]["city"], "Zürich");
     assert_eq!(

@@ -7,12 +7,20 @@
 //! the first of those columns, so the others would be dropped without a word (and `"rest"`
 //! would send one key twice). Duplicates the mapping never uses stay harmless. JSON keys
 //! and constants are pre-encoded to bytes so the encoder only copies them.
+//!
+//! Output paths split at dots (`address.city`); a dot that is part of a name is written
+//! `\.` (a backslash `\\`), see [`path_segments`]. `[integrations]` keys are destination
+//! names, never paths (`"Customer.io Data Pipelines"` is one key), and their values are
+//! booleans: a constant must be one, a column's value is read as one. Names the spec
+//! types (`traits.email`, `context.ip`, ...) get their rule from [`super::reserved`]
+//! here, once, so the encoder checks only those nodes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono_tz::Tz;
 
+use super::reserved::{self, Field, Place, Reserved, Rule, Shape, When};
 use super::spec::{
     CallKind, CallSpec, Clean, ColType, DecimalSep, EmptyPolicy, FieldDetail, FieldSpec, KindSpec,
     MappingSpec, Merged, OnError, PayloadSpec, TsFormatName,
@@ -139,6 +147,21 @@ pub struct OutNode {
     /// object column given as the whole traits or properties). Not a kind of its own:
     /// checking it costs the encoder one load per node.
     pub spread: Option<Box<Spread>>,
+    /// A name the spec types (`traits.email`, `context.ip`, an integration): the value
+    /// written here is checked against it. `None` for nearly every node (one load).
+    pub reserved: Option<Box<Reserved>>,
+}
+
+impl OutNode {
+    fn new(name: &str, kind: OutKind) -> OutNode {
+        OutNode {
+            key: key_bytes(name),
+            name: name.to_string(),
+            kind,
+            spread: None,
+            reserved: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +218,10 @@ pub struct CompiledCall {
     pub properties: Option<Vec<OutNode>>,
     /// Call-level `context`, written inside the call.
     pub context: Vec<OutNode>,
+    /// Some node of `payload` (of `context`) carries a name the spec types
+    /// ([`OutNode::reserved`]): the encoder checks that tree's values.
+    pub payload_checks: bool,
+    pub context_checks: bool,
 }
 
 /// The whole mapping compiled against one input.
@@ -220,6 +247,8 @@ pub struct CompiledMapping {
     pub sampled_paths: Arc<[String]>,
     /// True when some call takes `"rest"`: then every top-level key is sent.
     pub uses_rest: bool,
+    /// Some node of the batch context or integrations carries a name the spec types.
+    pub batch_checks: bool,
 }
 
 impl CompiledMapping {
@@ -472,7 +501,89 @@ impl Ctx<'_> {
         let mut nodes = Vec::new();
         for (out, f) in fields {
             let v = self.value(f, &format!("{what} \"{out}\""), None, Role::Value)?;
-            insert_path(&mut nodes, out, v)?;
+            insert_path(&mut nodes, out, &path_segments(out)?, v)?;
+        }
+        Ok(nodes)
+    }
+
+    /// `[integrations]`: each key one destination name (dots and all), each value a
+    /// boolean. A constant must be `true` or `false`; a column's text is read as a
+    /// boolean (yes/no, y/n, 1/0, t/f, true/false, on/off, any case) and a row whose value
+    /// is none of those is rejected; an empty value leaves the destination out (null is
+    /// not a boolean either).
+    fn integrations(
+        &self,
+        fields: &BTreeMap<String, FieldSpec>,
+    ) -> Result<Vec<OutNode>, CompileError> {
+        let mut nodes = Vec::new();
+        for (name, f) in fields {
+            let what = format!("[integrations] \"{name}\"");
+            if name.is_empty() {
+                return Err(CompileError(format!(
+                    "mapping{}: {what}: an empty destination name",
+                    self.spec.locate(name)
+                )));
+            }
+            if let FieldSpec::Detail(d) = f {
+                if let Some(ty) = d.ty.filter(|t| !matches!(t, ColType::Bool | ColType::Auto)) {
+                    return Err(CompileError(format!(
+                        "mapping{}: {what}: type = \"{}\" is not allowed here: integrations values are booleans (the spec allows nothing else); leave `type` out",
+                        self.spec.locate(name),
+                        format!("{ty:?}").to_lowercase()
+                    )));
+                }
+                if let Some(e) = d.empty.filter(|e| *e != EmptyPolicy::Omit) {
+                    return Err(CompileError(format!(
+                        "mapping{}: {what}: empty = \"{}\" is not allowed here: it would send {}, and integrations values are booleans; an empty value leaves the destination out",
+                        self.spec.locate(name),
+                        format!("{e:?}").to_lowercase(),
+                        if e == EmptyPolicy::Null { "null" } else { "\"\"" }
+                    )));
+                }
+                if let Some(c) = &d.constant {
+                    if !c.is_bool() {
+                        let clear = match c {
+                            toml::Value::String(t) => super::clean::loose_bool(t.as_bytes()),
+                            toml::Value::Integer(1) => Some(true),
+                            toml::Value::Integer(0) => Some(false),
+                            _ => None,
+                        };
+                        let hint = match clear {
+                            Some(b) => format!("; write {{ const = {b} }}"),
+                            None => "; write { const = true } or { const = false }".to_string(),
+                        };
+                        return Err(CompileError(format!(
+                            "mapping{}: {what}: const = {c} is not a boolean, and integrations values are booleans (the spec allows nothing else){hint}",
+                            self.spec.locate(name)
+                        )));
+                    }
+                }
+                if d.template.is_some() {
+                    return Err(CompileError(format!(
+                        "mapping{}: {what}: a template makes text, and integrations values are booleans; read the value from a column, or give a constant true or false",
+                        self.spec.locate(name)
+                    )));
+                }
+            }
+            let v = match self.value(f, &what, Some(ColType::Bool), Role::Value)? {
+                ValueSource::Column(c) => ValueSource::Column(ColumnValue {
+                    ty: ColType::Bool,
+                    empty: EmptyPolicy::Omit,
+                    ..c
+                }),
+                v => v,
+            };
+            let checked = matches!(v, ValueSource::Column(_));
+            let mut node = OutNode::new(name, OutKind::Leaf(v));
+            if checked {
+                node.reserved = Some(Box::new(Reserved {
+                    rule: Rule::Field(reserved::INTEGRATION),
+                    kinds: u8::MAX,
+                    place: Place::Integrations,
+                    path: name.as_str().into(),
+                }));
+            }
+            nodes.push(node);
         }
         Ok(nodes)
     }
@@ -518,6 +629,7 @@ impl Ctx<'_> {
                 on_error,
                 slot: 0,
             })),
+            reserved: None,
         })
     }
 
@@ -552,13 +664,16 @@ impl Ctx<'_> {
             PayloadSpec::Columns(cols) => {
                 for name in cols {
                     let v = self.payload_column(name, what)?;
-                    insert_path(&mut nodes, name, v)?;
+                    // A listed column goes under its name as a path (`a.b` nests); a
+                    // table names the output path itself, escapes and all.
+                    let segments: Vec<String> = name.split('.').map(String::from).collect();
+                    insert_path(&mut nodes, name, &segments, v)?;
                 }
             }
             PayloadSpec::Fields(fields) => {
                 for (out, f) in fields {
                     let v = self.value(f, &format!("{what} \"{out}\""), None, Role::Value)?;
-                    insert_path(&mut nodes, out, v)?;
+                    insert_path(&mut nodes, out, &path_segments(out)?, v)?;
                 }
             }
             PayloadSpec::Merged(m) => self.merged(c, m, &mut nodes, what)?,
@@ -577,7 +692,7 @@ impl Ctx<'_> {
     ) -> Result<(), CompileError> {
         for (out, f) in &m.fields {
             let v = self.value(f, &format!("{what} \"{out}\""), None, Role::Value)?;
-            insert_path(nodes, out, v)?;
+            insert_path(nodes, out, &path_segments(out)?, v)?;
         }
         // Top-level names the explicit fields take: a member of the same name would be
         // a repeated key.
@@ -659,12 +774,7 @@ impl Ctx<'_> {
             }
             let v = self.payload_column(&name, what)?;
             // A column name with dots is one key here, not a path.
-            nodes.push(OutNode {
-                key: key_bytes(&name),
-                name: name.clone(),
-                kind: OutKind::Leaf(v),
-                spread: None,
-            });
+            nodes.push(OutNode::new(&name, OutKind::Leaf(v)));
         }
         // NDJSON's later keys spread: the same names are left out of them.
         if !skip.is_empty() {
@@ -746,52 +856,158 @@ fn used_columns(spec: &MappingSpec, c: &CallSpec) -> BTreeSet<String> {
     used
 }
 
-/// Inserts a leaf at a dotted output path, creating intermediate objects.
-fn insert_path(
-    nodes: &mut Vec<OutNode>,
-    path: &str,
-    value: ValueSource,
-) -> Result<(), CompileError> {
-    let (head, tail) = match path.split_once('.') {
-        Some((h, t)) => (h, Some(t)),
-        None => (path, None),
-    };
-    if head.is_empty() {
+/// The names along an output path: it splits at dots (`address.city` is `city` inside
+/// `address`); `\.` is a dot inside a name and `\\` a backslash, so `a\.b.c` is `c`
+/// inside `a.b`. Any other backslash, and an empty name, are mapping errors.
+pub fn path_segments(path: &str) -> Result<Vec<String>, CompileError> {
+    let mut segments = Vec::new();
+    let mut seg = String::new();
+    let mut chars = path.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '.' => segments.push(std::mem::take(&mut seg)),
+            '\\' => match chars.next() {
+                Some(e @ ('.' | '\\')) => seg.push(e),
+                other => {
+                    return Err(CompileError(format!(
+                        "mapping: output path \"{path}\" has a backslash before {}; in an output path `\\.` is a dot inside a name and `\\\\` a backslash (write the key in single quotes in TOML: 'a\\.b' = ...)",
+                        other.map_or("its end".to_string(), |c| format!("`{c}`"))
+                    )))
+                }
+            },
+            c => seg.push(c),
+        }
+    }
+    segments.push(seg);
+    if segments.iter().any(String::is_empty) {
         return Err(CompileError(format!(
             "mapping: output path \"{path}\" has an empty segment"
         )));
     }
+    Ok(segments)
+}
+
+/// Inserts a leaf at an output path (its `segments`), creating intermediate objects.
+fn insert_path(
+    nodes: &mut Vec<OutNode>,
+    path: &str,
+    segments: &[String],
+    value: ValueSource,
+) -> Result<(), CompileError> {
+    let (head, tail) = match segments {
+        [head, tail @ ..] => (head.as_str(), tail),
+        [] => {
+            return Err(CompileError(format!(
+                "mapping: output path \"{path}\" has an empty segment"
+            )))
+        }
+    };
     let pos = nodes.iter().position(|n| n.name == head);
-    match (tail, pos) {
-        (None, None) => {
-            nodes.push(OutNode {
-                key: key_bytes(head),
-                name: head.to_string(),
-                kind: OutKind::Leaf(value),
-                spread: None,
-            });
+    match (tail.is_empty(), pos) {
+        (true, None) => {
+            nodes.push(OutNode::new(head, OutKind::Leaf(value)));
             Ok(())
         }
-        (Some(t), None) => {
+        (false, None) => {
             let mut children = Vec::new();
-            insert_path(&mut children, t, value)?;
-            nodes.push(OutNode {
-                key: key_bytes(head),
-                name: head.to_string(),
-                kind: OutKind::Object(children),
-                spread: None,
-            });
+            insert_path(&mut children, path, tail, value)?;
+            nodes.push(OutNode::new(head, OutKind::Object(children)));
             Ok(())
         }
-        (Some(t), Some(i)) => match &mut nodes[i].kind {
-            OutKind::Object(children) => insert_path(children, t, value),
+        (false, Some(i)) => match &mut nodes[i].kind {
+            OutKind::Object(children) => insert_path(children, path, tail, value),
             OutKind::Leaf(_) => Err(CompileError(format!(
                 "mapping: output \"{head}\" is both a value and an object (at \"{path}\")"
             ))),
         },
-        (None, Some(_)) => Err(CompileError(format!(
+        (true, Some(_)) => Err(CompileError(format!(
             "mapping: output \"{path}\" is given twice"
         ))),
+    }
+}
+
+/// Gives the nodes named by `fields` their rule (for the call kinds in `kinds`), and
+/// the members of an object node the rules of its field's members. `parent` is the
+/// path so far, `when` the reading of the spec the parent holds under.
+fn attach(
+    nodes: &mut [OutNode],
+    fields: &'static [Field],
+    rest: Option<&'static Shape>,
+    kinds: u8,
+    place: Place,
+    parent: &str,
+    when: When,
+) {
+    for n in nodes {
+        let path = if parent.is_empty() {
+            n.name.clone()
+        } else {
+            format!("{parent}.{}", n.name)
+        };
+        if n.spread.is_some() {
+            // The members a row spreads here are checked against the payload's names
+            // of the row's own call kind (only traits and properties spread).
+            if place == Place::Payload && parent.is_empty() {
+                let kinds = n.reserved.as_ref().map_or(0, |r| r.kinds) | kinds;
+                n.reserved = Some(Box::new(Reserved {
+                    rule: Rule::PayloadMembers,
+                    kinds,
+                    place,
+                    path: parent.into(),
+                }));
+            }
+            continue;
+        }
+        let field = match fields.iter().find(|f| f.name == n.name) {
+            Some(f) => Field {
+                // A member's reading is its parent's (the mobile context's `device.type`).
+                when: if f.when == When::Always { when } else { f.when },
+                ..*f
+            },
+            None => match rest {
+                Some(shape) => Field {
+                    name: "",
+                    shape: *shape,
+                    when,
+                },
+                None => continue,
+            },
+        };
+        match (&mut n.kind, field.shape) {
+            // An object built by the mapping is an object: its members are what to check.
+            (OutKind::Object(children), Shape::Object { fields, rest }) => {
+                attach(children, fields, rest, kinds, place, &path, field.when)
+            }
+            // A `string` column where the spec wants a string: the encoder writes every
+            // value of it as a string (numbers, booleans and JSON as their text) and
+            // leaves an empty one out, so there is nothing to check.
+            (OutKind::Leaf(ValueSource::Column(c)), Shape::String)
+                if c.ty == ColType::String && c.empty == EmptyPolicy::Omit => {}
+            // A value written here (or an object where the spec wants something else):
+            // the value is checked.
+            (kind, shape) => {
+                // A `timestamp` column writes a string only as the writer's RFC 3339
+                // form (an NDJSON object or boolean would pass as it is): where a
+                // date-time goes, being a string is the whole check.
+                let field = match (kind, shape) {
+                    (OutKind::Leaf(ValueSource::Column(c)), Shape::DateTime)
+                        if c.ty == ColType::Timestamp =>
+                    {
+                        Field {
+                            shape: Shape::String,
+                            ..field
+                        }
+                    }
+                    _ => field,
+                };
+                n.reserved = Some(Box::new(Reserved {
+                    rule: Rule::Field(field),
+                    kinds,
+                    place,
+                    path: path.into(),
+                }));
+            }
+        }
     }
 }
 
@@ -890,6 +1106,25 @@ pub fn compile(
             Some(t) => cx.tree(t, &what("context"))?,
             None => Vec::new(),
         };
+        // group sends its object type id in traits (see encode's group arm): a mapped
+        // `objectTypeId` or `object_type_id` trait beside it would be one key twice.
+        let may_group = matches!(
+            kind,
+            KindSource::Const(CallKind::Group) | KindSource::Column(..)
+        );
+        if may_group && c.object_type_id.is_some() {
+            if let Some(n) = payload
+                .iter()
+                .find(|n| n.name == "object_type_id" || n.name == "objectTypeId")
+            {
+                return Err(CompileError(format!(
+                    "mapping{}: {}: object_type_id is sent as traits.objectTypeId and traits.object_type_id, so traits may not map \"{}\" as well; drop one of them",
+                    spec.locate("object_type_id"),
+                    what("traits"),
+                    n.name
+                )));
+            }
+        }
         let compiled = CompiledCall {
             kind,
             user_id: id(&c.user_id, "user_id")?,
@@ -904,27 +1139,37 @@ pub fn compile(
             payload,
             properties,
             context,
+            payload_checks: false,
+            context_checks: false,
         };
         check_required(&compiled, &what(""))?;
         calls.push(compiled);
     }
     let mut batch_context = cx.tree(&spec.context, "[context]")?;
-    let mut batch_integrations = cx.tree(&spec.integrations, "[integrations]")?;
+    let mut batch_integrations = cx.integrations(&spec.integrations)?;
     for c in &mut calls {
         mark_spreads(&mut c.payload, schema);
         if let Some(p) = &mut c.properties {
             mark_spreads(p, schema);
         }
         mark_spreads(&mut c.context, schema);
+        attach_payload(c);
+        attach_context(&mut c.context);
+        c.payload_checks =
+            any_reserved(&c.payload) || c.properties.as_deref().is_some_and(any_reserved);
+        c.context_checks = any_reserved(&c.context);
     }
     mark_spreads(&mut batch_context, schema);
     mark_spreads(&mut batch_integrations, schema);
+    attach_context(&mut batch_context);
+    let batch_checks = any_reserved(&batch_context) || any_reserved(&batch_integrations);
     let mut m = CompiledMapping {
         calls,
         seed: super::message_id::input_seed(&spec.namespace, input),
         max_future_ms: (spec.defaults.max_future_hours as i64).saturating_mul(3_600_000),
         batch_context,
         batch_integrations,
+        batch_checks,
         value_columns: Arc::from(Vec::new()),
         known_paths: schema.known_paths().into(),
         sampled_paths: schema.sampled_paths().into(),
@@ -1029,6 +1274,60 @@ fn call_payloads(
     Ok((payload, properties))
 }
 
+/// Whether a node of the tree carries a name the spec types.
+fn any_reserved(nodes: &[OutNode]) -> bool {
+    nodes.iter().any(|n| {
+        n.reserved.is_some()
+            || matches!(&n.kind, OutKind::Object(children) if any_reserved(children))
+    })
+}
+
+/// The rules of the names the spec types in a context (a call's or a batch's).
+fn attach_context(nodes: &mut [OutNode]) {
+    attach(
+        nodes,
+        reserved::CONTEXT,
+        None,
+        u8::MAX,
+        Place::Context,
+        "",
+        When::Always,
+    );
+}
+
+/// The rules of the names the spec types in a call's traits or properties: those of its
+/// kind, or with a type column those of every kind, each holding for its own kind.
+fn attach_payload(c: &mut CompiledCall) {
+    let one;
+    let kinds: &[CallKind] = match c.kind {
+        KindSource::Const(k) => {
+            one = [k];
+            &one
+        }
+        KindSource::Column(..) => &CallKind::ALL,
+    };
+    for &k in kinds {
+        let fields = reserved::payload_fields(k);
+        // With both traits and properties given, each kind's names are checked in the
+        // tree that kind carries.
+        let tree = match &mut c.properties {
+            Some(p) if k.payload_key() == "properties" => p,
+            _ => &mut c.payload,
+        };
+        if !fields.is_empty() {
+            attach(
+                tree,
+                fields,
+                None,
+                reserved::kind_bit(k),
+                Place::Payload,
+                "",
+                When::Always,
+            );
+        }
+    }
+}
+
 /// Marks every leaf named after a column the schema spreads, and reading a column, as
 /// [`OutNode::spread`]: decided once here rather than by name for every row.
 fn mark_spreads(nodes: &mut [OutNode], schema: &dyn Schema) {
@@ -1106,6 +1405,10 @@ fn check_semantic(
             need(has(&c.payload, &["deliveryId"]), "properties.deliveryId")?;
             need(has(&c.payload, &["metric"]), "properties.metric")
         }
+        Semantic::ReportContent => need(
+            has(&c.payload, &["activityType"]),
+            "properties.activityType",
+        ),
     }
 }
 
@@ -1130,10 +1433,11 @@ fn check_required(c: &CompiledCall, what: &str) -> Result<(), CompileError> {
             "user_id or anonymous_id",
         ),
         CallKind::Track => {
-            // The one semantic event the spec lets go without a person.
-            let delivery = matches!(&c.event, Some(ValueSource::Const(b)) if b == b"\"Report Delivery Event\"");
+            // The semantic events the spec lets go without a person.
+            let no_person = matches!(&c.event, Some(ValueSource::Const(b))
+                if super::semantic::Semantic::of(b).is_some_and(|s| s.needs_no_person()));
             need(
-                delivery || c.user_id.is_some() || c.anonymous_id.is_some(),
+                no_person || c.user_id.is_some() || c.anonymous_id.is_some(),
                 "user_id or anonymous_id",
             )?;
             need(c.event.is_some(), "event")?;

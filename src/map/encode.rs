@@ -15,6 +15,7 @@ use super::compile::{
 };
 use super::fixes::{ColumnFixes, Fix};
 use super::message_id::write_message_id;
+use super::reserved::Judge;
 use super::semantic::Semantic;
 use super::spec::{CallKind, ColType, EmptyPolicy, OnError};
 use crate::json;
@@ -422,6 +423,7 @@ fn write_batch_context<R: Row>(
     opts: &EncodeOptions,
     fixes: &mut RowFixes,
 ) -> Result<(), Reject> {
+    let mut judge = Judge::batch();
     for (key, nodes) in [
         (&b",\"context\":"[..], &m.batch_context),
         (&b",\"integrations\":"[..], &m.batch_integrations),
@@ -431,12 +433,16 @@ fn write_batch_context<R: Row>(
         }
         let mark = out.len();
         out.extend_from_slice(key);
-        write_object(out, row, nodes, opts, fixes)?;
+        if m.batch_checks {
+            write_object::<R, true>(out, row, nodes, opts, fixes, &mut judge)?;
+        } else {
+            write_object::<R, false>(out, row, nodes, opts, fixes, &mut judge)?;
+        }
         if out.ends_with(b"{}") {
             out.truncate(mark);
         }
     }
-    Ok(())
+    judge.end_context().map_err(|why| reject("bad_value", why))
 }
 
 /// Writes `,"key":value` for an optional id-like field; returns whether it was written.
@@ -526,7 +532,6 @@ fn encode_call<R: Row>(
                     format!("the row has no groupId{}", source_hint(&call.group_id)),
                 ));
             }
-            write_object_type_id(out, row, call, opts)?;
         }
         CallKind::Alias => {
             if !has_user {
@@ -547,7 +552,7 @@ fn encode_call<R: Row>(
         }
         CallKind::Identify => {}
     }
-    let needs_id = kind != CallKind::Alias && semantic != Some(Semantic::ReportDelivery);
+    let needs_id = kind != CallKind::Alias && !semantic.is_some_and(Semantic::needs_no_person);
     if needs_id && !has_user && !has_anon {
         return Err(reject(
             "missing_id",
@@ -570,23 +575,51 @@ fn encode_call<R: Row>(
             ));
         }
     }
+    let mut judge = Judge::new(kind, !has_anon);
     // With the type from a column, traits and properties may both be given: each row
     // takes the one its type carries.
     let payload = match (&call.properties, kind.payload_key()) {
         (Some(p), "properties") => p,
         _ => &call.payload,
     };
-    if !payload.is_empty() && kind != CallKind::Alias {
+    // group: the object type goes in traits, as `objectTypeId` (what the vendor's group
+    // documentation and every example of the spec send) and as `object_type_id` (the
+    // name the spec's group schema declares); README, "group and objectTypeId".
+    let object_type = match kind {
+        CallKind::Group => write_object_type_id(out, row, call, opts)?,
+        _ => None,
+    };
+    if let Some(v) = object_type {
+        out.extend_from_slice(b",\"object_type_id\":");
+        out.extend_from_within(v);
+        if call.payload_checks {
+            write_members::<R, true>(out, row, payload, opts, fixes, &mut judge, true)?;
+        } else {
+            write_members::<R, false>(out, row, payload, opts, fixes, &mut judge, true)?;
+        }
+        out.push(b'}');
+    } else if !payload.is_empty() && kind != CallKind::Alias {
         out.extend_from_slice(match kind.payload_key() {
             "traits" => b",\"traits\":",
             _ => b",\"properties\":",
         });
-        write_object(out, row, payload, opts, fixes)?;
+        if call.payload_checks {
+            write_object::<R, true>(out, row, payload, opts, fixes, &mut judge)?;
+        } else {
+            write_object::<R, false>(out, row, payload, opts, fixes, &mut judge)?;
+        }
     }
     if !call.context.is_empty() {
         let mark = out.len();
         out.extend_from_slice(b",\"context\":");
-        write_object(out, row, &call.context, opts, fixes)?;
+        if call.context_checks {
+            write_object::<R, true>(out, row, &call.context, opts, fixes, &mut judge)?;
+            judge
+                .end_context()
+                .map_err(|why| reject("bad_value", why))?;
+        } else {
+            write_object::<R, false>(out, row, &call.context, opts, fixes, &mut judge)?;
+        }
         if out.ends_with(b"{}") {
             out.truncate(mark);
         }
@@ -602,28 +635,31 @@ fn encode_call<R: Row>(
     Ok(Made::Call(kind))
 }
 
-/// `,"objectTypeId":"N"`: the spec wants a stringified integer; a number is quoted, and
-/// anything but digits is a reject naming the value.
+/// `,"traits":{"objectTypeId":"N"` (the traits object left open for the rest of the
+/// group's traits): the spec wants a stringified integer; a number is quoted, and
+/// anything but digits is a reject naming the value. Returns where the value (`"N"`)
+/// was written, when it was (nothing is written when the row has none).
 fn write_object_type_id<R: Row>(
     out: &mut Vec<u8>,
     row: &R,
     call: &CompiledCall,
     opts: &EncodeOptions,
-) -> Result<(), Reject> {
+) -> Result<Option<std::ops::Range<usize>>, Reject> {
     let mark = out.len();
-    if !write_opt_field(out, row, b"\"objectTypeId\":", &call.object_type_id, opts)? {
-        return Ok(());
+    const KEY: &[u8] = b"\"traits\":{\"objectTypeId\":";
+    if !write_opt_field(out, row, KEY, &call.object_type_id, opts)? {
+        return Ok(None);
     }
-    let v = mark + b",\"objectTypeId\":".len();
+    let v = mark + 1 + KEY.len();
     let digits = |b: &[u8]| !b.is_empty() && b.iter().all(u8::is_ascii_digit);
     let written = &out[v..];
     if written.len() >= 2 && written[0] == b'"' && digits(&written[1..written.len() - 1]) {
-        return Ok(());
+        return Ok(Some(v..out.len()));
     }
     if digits(written) {
         out.insert(v, b'"');
         out.push(b'"');
-        return Ok(());
+        return Ok(Some(v..out.len()));
     }
     Err(reject(
         "bad_value",
@@ -642,15 +678,34 @@ fn source_hint(v: &Option<ValueSource>) -> String {
     }
 }
 
-fn write_object<R: Row>(
+/// An object of `nodes`. `CHECK`: some node of the tree carries a name the spec types
+/// ([`OutNode::reserved`], decided when the mapping is compiled); without one the check
+/// is compiled out, so a mapping that places no such name pays nothing for it.
+fn write_object<R: Row, const CHECK: bool>(
     out: &mut Vec<u8>,
     row: &R,
     nodes: &[OutNode],
     opts: &EncodeOptions,
     fixes: &mut RowFixes,
+    judge: &mut Judge,
 ) -> Result<(), Reject> {
     out.push(b'{');
-    let mut any = false;
+    write_members::<R, CHECK>(out, row, nodes, opts, fixes, judge, false)?;
+    out.push(b'}');
+    Ok(())
+}
+
+/// An object's members, after `{` (and after members already written when `any`).
+#[inline(always)]
+fn write_members<R: Row, const CHECK: bool>(
+    out: &mut Vec<u8>,
+    row: &R,
+    nodes: &[OutNode],
+    opts: &EncodeOptions,
+    fixes: &mut RowFixes,
+    judge: &mut Judge,
+    mut any: bool,
+) -> Result<(), Reject> {
     for n in nodes {
         if let Some(s) = &n.spread {
             // An object's members, written in the node's place (NDJSON's keys first seen
@@ -664,6 +719,11 @@ fn write_object<R: Row>(
                 Field::Json(obj)
                     if s.skip.is_empty() && obj.len() >= 2 && obj.first() == Some(&b'{') =>
                 {
+                    if let Some(r) = n.reserved.as_ref().filter(|_| CHECK && obj.len() > 2) {
+                        judge
+                            .check(r, obj)
+                            .map_err(|why| reject("bad_value", why))?;
+                    }
                     out.extend_from_slice(&obj[1..obj.len() - 1]);
                     obj.len() > 2
                 }
@@ -681,6 +741,7 @@ fn write_object<R: Row>(
             out.push(b',');
         }
         json::extend_short(out, &n.key);
+        let value = out.len();
         let wrote = match &n.kind {
             OutKind::Leaf(v) => {
                 let at = out.len();
@@ -697,17 +758,22 @@ fn write_object<R: Row>(
             // An object whose every value is omitted is omitted too: `{}` says nothing,
             // and an empty `context.device` would even make the call ambiguous.
             OutKind::Object(children) => {
-                write_object(out, row, children, opts, fixes)?;
+                write_object::<R, CHECK>(out, row, children, opts, fixes, judge)?;
                 !out.ends_with(b"{}")
             }
         };
         if wrote {
             any = true;
+            // A name the spec types (rare): its value is checked.
+            if let Some(r) = n.reserved.as_ref().filter(|_| CHECK) {
+                judge
+                    .check(r, &out[value..])
+                    .map_err(|why| reject("bad_value", why))?;
+            }
         } else {
             out.truncate(mark);
         }
     }
-    out.push(b'}');
     Ok(())
 }
 
@@ -869,11 +935,8 @@ fn field_text<'a>(f: Field<'a>, name: &str) -> Result<std::borrow::Cow<'a, str>,
         Field::Float(v) => Cow::Owned(v.to_string()),
         Field::Bool(v) => Cow::Borrowed(if v { "true" } else { "false" }),
         Field::Json(b) => Cow::Owned(String::from_utf8_lossy(b).into_owned()),
-        Field::TimestampNanos(n) => {
-            let mut v = Vec::new();
-            timestamp::write_iso_millis(&mut v, n.div_euclid(1_000_000));
-            Cow::Owned(String::from_utf8_lossy(&v).trim_matches('"').to_string())
-        }
+        // Nanoseconds in an i64 are years 1677 to 2262: always a four-digit year.
+        Field::TimestampNanos(n) => Cow::Owned(timestamp::iso_millis(n.div_euclid(1_000_000))),
     })
 }
 
@@ -1042,13 +1105,23 @@ fn write_column(
             Ok(Wrote::Value)
         }
         Field::TimestampNanos(n) => {
+            // The source saturates an instant nanoseconds cannot hold (a Parquet
+            // timestamp in s, ms or µs, or a date, outside 1677-09-21..2262-04-11): it is
+            // not that instant, so it is refused rather than sent as the limit.
+            if n == i64::MAX || n == i64::MIN {
+                return Err(reject(
+                    "bad_timestamp",
+                    format!(
+                        "column {}: a timestamp {}, outside 1677-09-21..2262-04-11, the range typed timestamp columns are read in; write the column as text or as a number and give it a timestamp format",
+                        c.name,
+                        if n == i64::MAX { "after 2262-04-11" } else { "before 1677-09-21" }
+                    ),
+                ));
+            }
             let ms = n.div_euclid(1_000_000);
             match c.ty {
                 ColType::Int => json::write_i64(out, ms),
-                _ => {
-                    check_range(ms, c, opts, || timestamp::iso_millis(ms))?;
-                    timestamp::write_iso_millis(out, ms);
-                }
+                _ => write_ts(out, ms, c, opts, None, || timestamp::iso_millis(ms))?,
             }
             Ok(Wrote::Value)
         }
@@ -1097,10 +1170,10 @@ fn write_number_field(
             let Some(v) = as_i64 else {
                 return Err(bad(c, text().as_bytes(), "a unix timestamp"));
             };
-            let ms = unix_to_ms(v, unit_of(&c.ts_format, v))
-                .ok_or_else(|| bad(c, text().as_bytes(), "a unix timestamp in range"))?;
-            check_range(ms, c, opts, &text)?;
-            timestamp::write_iso_millis(out, ms);
+            let unit = unit_of(&c.ts_format, v);
+            let ms =
+                unix_to_ms(v, unit).ok_or_else(|| out_of_range(c, &text(), None, Some(unit)))?;
+            write_ts(out, ms, c, opts, Some(unit), &text)?;
         }
         ColType::Int => match as_i64 {
             Some(v) => json::write_i64(out, v),
@@ -1109,7 +1182,10 @@ fn write_number_field(
             }
             None => return Err(bad(c, text().as_bytes(), "an integer")),
         },
-        ColType::Bool => out.extend_from_slice(if as_f64 != 0.0 { b"true" } else { b"false" }),
+        // 1 and 0 are booleans; another number is not clearly one.
+        ColType::Bool if as_f64 == 1.0 => out.extend_from_slice(b"true"),
+        ColType::Bool if as_f64 == 0.0 => out.extend_from_slice(b"false"),
+        ColType::Bool => return Err(bad(c, text().as_bytes(), "a boolean (1 or 0)")),
         _ => {
             let t = text();
             // As for CSV text under `auto`: an integer of more than 15 significant digits
@@ -1307,18 +1383,98 @@ fn write_ts_text(
 ) -> Result<(), Reject> {
     if c.ts_format == TsFormat::Rfc3339 {
         if let Some((ms, text)) = timestamp::parse_iso_rewrite(b) {
-            check_range(ms, c, opts, || shown(b))?;
+            // The rewrite is given only for years 0000-9999 (and no leap second).
             match text {
-                Some(text) => out.extend_from_slice(&text),
-                None => timestamp::write_iso_millis(out, ms),
+                Some(text) => {
+                    check_range(ms, c, opts, || shown(b))?;
+                    out.extend_from_slice(&text)
+                }
+                None => write_ts(out, ms, c, opts, None, || shown(b))?,
             }
             return Ok(());
         }
     }
     let ms = parse_ts_text(b, c)?;
-    check_range(ms, c, opts, || shown(b))?;
-    timestamp::write_iso_millis(out, ms);
-    Ok(())
+    let unit = match c.ts_format {
+        TsFormat::Unix(_) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(|v| unit_of(&c.ts_format, v)),
+        _ => None,
+    };
+    write_ts(out, ms, c, opts, unit, || shown(b))
+}
+
+/// Writes a timestamp once it passed its checks: an instant outside years 0000-9999
+/// (which has no `YYYY-` form) rejects the row naming the value, wherever it is, and
+/// the call's own timestamp is held to the API's range ([`check_range`]). `unit`: how a
+/// unix value was read, for the reason.
+fn write_ts(
+    out: &mut Vec<u8>,
+    ms: UnixMillis,
+    c: &ColumnValue,
+    opts: &EncodeOptions,
+    unit: Option<UnixUnit>,
+    shown_value: impl FnOnce() -> String,
+) -> Result<(), Reject> {
+    if !timestamp::in_range(ms) {
+        return Err(out_of_range(c, &shown_value(), Some(ms), unit));
+    }
+    check_range(ms, c, opts, shown_value)?;
+    timestamp::write_iso_millis(out, ms).map_err(|e| out_of_range(c, &e.to_string(), None, unit))
+}
+
+/// The reject for an instant outside years 0000-9999 (or beyond an i64 of
+/// milliseconds): the value, the year it would be, and for a unix value the unit it was
+/// read in.
+#[cold]
+#[inline(never)]
+fn out_of_range(
+    c: &ColumnValue,
+    value: &str,
+    ms: Option<UnixMillis>,
+    unit: Option<UnixUnit>,
+) -> Reject {
+    let would = match ms {
+        Some(ms) => format!(" (it would be {})", timestamp::iso_millis(ms)),
+        None => String::new(),
+    };
+    let (read, fix) = match (unit, &c.ts_format) {
+        (Some(u), TsFormat::Unix(Some(_))) => (
+            format!(" read in {} (format = \"{}\")", unit_name(u), unit_format(u)),
+            "; if the column holds another unit, set its format to that unit",
+        ),
+        (Some(u), _) => (
+            format!(" read in {} (the unit its magnitude suggests)", unit_name(u)),
+            "; name the column's unit with format = \"unix_s\", \"unix_ms\", \"unix_us\" or \"unix_ns\"",
+        ),
+        (None, _) => (String::new(), ""),
+    };
+    reject(
+        "bad_timestamp",
+        format!(
+            "column {}: \"{value}\"{read} is outside the years 0000-9999{would}, which no timestamp can be sent as{fix}",
+            c.name
+        ),
+    )
+}
+
+fn unit_name(u: UnixUnit) -> &'static str {
+    match u {
+        UnixUnit::Seconds => "seconds",
+        UnixUnit::Millis => "milliseconds",
+        UnixUnit::Micros => "microseconds",
+        UnixUnit::Nanos => "nanoseconds",
+    }
+}
+
+fn unit_format(u: UnixUnit) -> &'static str {
+    match u {
+        UnixUnit::Seconds => "unix_s",
+        UnixUnit::Millis => "unix_ms",
+        UnixUnit::Micros => "unix_us",
+        UnixUnit::Nanos => "unix_ns",
+    }
 }
 
 fn unit_of(f: &TsFormat, v: i64) -> UnixUnit {
@@ -1363,7 +1519,8 @@ fn parse_ts_text(b: &[u8], c: &ColumnValue) -> Result<UnixMillis, Reject> {
                 .trim()
                 .parse()
                 .map_err(|_| fail("is not a unix timestamp (an integer)"))?;
-            unix_to_ms(v, unit_of(&c.ts_format, v)).ok_or_else(|| fail("is out of range"))
+            let unit = unit_of(&c.ts_format, v);
+            unix_to_ms(v, unit).ok_or_else(|| out_of_range(c, &shown(b), None, Some(unit)))
         }
     }
 }
@@ -1471,8 +1628,15 @@ context = { "device.token" = "a", "device.type" = "d" }
     /// reject's code and detail.
     fn written(nodes: &[OutNode], row: &TestRow) -> Result<Vec<u8>, String> {
         let mut out = b"prefix".to_vec();
-        write_object(&mut out, row, nodes, &opts(), &mut RowFixes::default())
-            .map_err(|r| format!("{}: {}", r.code, r.detail))?;
+        write_object::<_, true>(
+            &mut out,
+            row,
+            nodes,
+            &opts(),
+            &mut RowFixes::default(),
+            &mut Judge::batch(),
+        )
+        .map_err(|r| format!("{}: {}", r.code, r.detail))?;
         assert!(out.starts_with(b"prefix"));
         Ok(out.split_off(6))
     }
@@ -1547,6 +1711,84 @@ context = { "device.token" = "a", "device.type" = "d" }
         }
     }
 
+    /// A timestamp column of every format, as traits of identify (no range check there).
+    const TS_MAPPING: &str = r#"
+[columns]
+a = { type = "timestamp", format = "unix" }
+b = { type = "timestamp", format = "unix_s" }
+c = { type = "timestamp", format = "unix_ms" }
+d = { type = "timestamp", format = "unix_us" }
+e = { type = "timestamp", format = "rfc3339" }
+
+[[call]]
+type = "identify"
+user_id = { const = "u" }
+traits = { a = "a", b = "b", c = "c", d = "d", e = "e" }
+"#;
+
+    /// Text of an RFC 3339-ish timestamp over the whole range of its fields: every year
+    /// 0000-9999, second 60 included, offsets up to ±23:59, fractions of any length.
+    fn iso_text() -> impl Strategy<Value = String> {
+        (
+            0i64..=9999,
+            1u32..=12,
+            1u32..=31,
+            0u32..=23,
+            0u32..=59,
+            0u32..=60,
+            proptest::option::of("[0-9]{1,12}"),
+            prop_oneof![
+                Just("Z".to_string()),
+                (any::<bool>(), 0u32..=23, 0u32..=59).prop_map(|(neg, h, m)| format!(
+                    "{}{h:02}:{m:02}",
+                    if neg { '-' } else { '+' }
+                ))
+            ],
+        )
+            .prop_map(|(y, mo, d, h, mi, s, frac, off)| {
+                let frac = frac.map_or(String::new(), |f| format!(".{f}"));
+                format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}{off}")
+            })
+    }
+
+    proptest! {
+        /// Over the full range of inputs (any i64 in any unix unit, any RFC 3339 text
+        /// with any year, second and offset): a timestamp is written with a four-digit
+        /// year, 0000 to 9999, that reads back as an RFC 3339 date-time, or the row is
+        /// rejected as a bad timestamp. Never a wrapped or garbled year.
+        #[test]
+        fn a_timestamp_is_written_with_a_year_in_0000_to_9999_or_rejected(
+            col in 0usize..5,
+            unix in prop_oneof![
+                any::<i64>(),
+                -100_000_000_000_000i64..100_000_000_000_000,
+                (timestamp::MIN_MS - 10_000_000)..(timestamp::MAX_MS + 10_000_000),
+            ],
+            iso in iso_text(),
+        ) {
+            let spec = spec::parse(TS_MAPPING).expect("test mapping parses");
+            let schema = NamesSchema::of(&COLUMNS);
+            let m = compile(&spec, &schema, "test").expect("test mapping compiles");
+            let mut fields = vec![None; 6];
+            fields[col] = Some(if col == 4 { iso.clone() } else { unix.to_string() });
+            let row = TestRow(fields);
+            match written(&m.calls[0].payload, &row) {
+                Ok(out) => {
+                    let v: serde_json::Value = serde_json::from_slice(&out)
+                        .map_err(|e| TestCaseError::fail(format!("{e}")))?;
+                    let name = COLUMNS[col];
+                    let t = v[name].as_str().ok_or_else(|| TestCaseError::fail(format!("{v}")))?;
+                    prop_assert_eq!(t.len(), 24, "{}", t);
+                    prop_assert!(t.as_bytes()[..4].iter().all(u8::is_ascii_digit), "{}", t);
+                    prop_assert!(timestamp::is_rfc3339(t.as_bytes()), "{}", t);
+                    let ms = timestamp::parse_rfc3339(t.as_bytes()).unwrap();
+                    prop_assert!(timestamp::in_range(ms), "{}", t);
+                }
+                Err(e) => prop_assert!(e.starts_with("bad_timestamp: "), "{}", e),
+            }
+        }
+    }
+
     #[test]
     fn empty_objects_are_dropped_with_their_key_and_comma() {
         let spec = spec::parse(MAPPING).expect("test mapping parses");
@@ -1554,12 +1796,13 @@ context = { "device.token" = "a", "device.type" = "d" }
         let m = compile(&spec, &schema, "test").expect("test mapping compiles");
         let row = TestRow(vec![None, None, None, None, None, None]);
         let mut out = Vec::new();
-        write_object(
+        write_object::<_, true>(
             &mut out,
             &row,
             &m.calls[0].payload,
             &opts(),
             &mut RowFixes::default(),
+            &mut Judge::batch(),
         )
         .expect("writes");
         // Missing values are dropped whatever their empty policy, so `o` (three deep)
@@ -1574,12 +1817,13 @@ context = { "device.token" = "a", "device.type" = "d" }
             None,
         ]);
         let mut out = Vec::new();
-        let r = write_object(
+        let r = write_object::<_, true>(
             &mut out,
             &row,
             &m.calls[0].payload,
             &opts(),
             &mut RowFixes::default(),
+            &mut Judge::batch(),
         );
         assert_eq!(
             r.map_err(|r| r.detail).unwrap_err(),
@@ -1594,12 +1838,13 @@ context = { "device.token" = "a", "device.type" = "d" }
             None,
         ]);
         let mut out = Vec::new();
-        write_object(
+        write_object::<_, true>(
             &mut out,
             &row,
             &m.calls[0].payload,
             &opts(),
             &mut RowFixes::default(),
+            &mut Judge::batch(),
         )
         .expect("writes");
         assert_eq!(

@@ -1,7 +1,8 @@
 //! Mapping: the mapping file ([`spec`]), its form compiled against an input's columns
 //! ([`compile`]: also the input's messageId seed, [`message_id`], and which columns
 //! spread their members in place), and the encoder that turns rows into call JSON
-//! ([`encode`]), with the spec's checks of semantic events ([`semantic`]) and the sentAt
+//! ([`encode`]), with the spec's checks of semantic events ([`semantic`]) and of the
+//! reserved names it types ([`reserved`]), loose booleans ([`clean`]) and the sentAt
 //! placeholder ([`sent_at`]).
 
 pub mod clean;
@@ -10,6 +11,7 @@ pub mod coverage;
 pub mod encode;
 pub mod fixes;
 pub mod message_id;
+pub mod reserved;
 pub mod semantic;
 pub mod sent_at;
 pub mod spec;

@@ -8,7 +8,7 @@
 /// The semantic events: track calls with reserved names whose fields the spec requires
 /// (`components.schemas` `create_update_device`, `delete_device`, `delete_person`,
 /// `suppress_person`, `unsuppress_person`, `relationship_deleted`, `group_deleted`,
-/// `report_delivery_event`).
+/// `report_delivery_event`, `report_content_event`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Semantic {
     DeviceUpdated,
@@ -19,10 +19,11 @@ pub enum Semantic {
     RelationshipDeleted,
     ObjectDeleted,
     ReportDelivery,
+    ReportContent,
 }
 
 impl Semantic {
-    pub const ALL: [(Semantic, &'static str); 8] = [
+    pub const ALL: [(Semantic, &'static str); 9] = [
         (Semantic::DeviceUpdated, "Device Created or Updated"),
         (Semantic::DeviceDeleted, "Device Deleted"),
         (Semantic::UserDeleted, "User Deleted"),
@@ -31,7 +32,13 @@ impl Semantic {
         (Semantic::RelationshipDeleted, "Relationship Deleted"),
         (Semantic::ObjectDeleted, "Object Deleted"),
         (Semantic::ReportDelivery, "Report Delivery Event"),
+        (Semantic::ReportContent, "Report Content Event"),
     ];
+
+    /// The events the spec lets go without a person (no userId or anonymousId).
+    pub fn needs_no_person(self) -> bool {
+        matches!(self, Semantic::ReportDelivery | Semantic::ReportContent)
+    }
 
     /// The semantic event named by an encoded event value (`"Device Deleted"`, quotes
     /// included), if any. A byte comparison: no allocation on the hot path.
@@ -78,6 +85,22 @@ impl Semantic {
             deliveryId: Option<&'a RawValue>,
             #[serde(borrow)]
             metric: Option<&'a RawValue>,
+            #[serde(borrow)]
+            recipient: Option<&'a RawValue>,
+            #[serde(borrow)]
+            reason: Option<&'a RawValue>,
+            #[serde(borrow, rename = "actionValue")]
+            action_value: Option<&'a RawValue>,
+            #[serde(borrow)]
+            href: Option<&'a RawValue>,
+            #[serde(borrow, rename = "activityType")]
+            activity_type: Option<&'a RawValue>,
+            #[serde(borrow, rename = "actionType")]
+            action_type: Option<&'a RawValue>,
+            #[serde(borrow, rename = "contentId")]
+            content_id: Option<&'a RawValue>,
+            #[serde(borrow, rename = "templateId")]
+            template_id: Option<&'a RawValue>,
         }
         #[derive(serde::Deserialize)]
         #[allow(non_snake_case)]
@@ -163,6 +186,46 @@ impl Semantic {
                         )
                     }
                     None => return missing("properties.metric", ""),
+                }
+                // The schema types these too: strings when given.
+                let strings = props.map_or([None; 4], |p| {
+                    [p.recipient, p.reason, p.action_value, p.href]
+                });
+                for (name, v) in ["recipient", "reason", "actionValue", "href"]
+                    .into_iter()
+                    .zip(strings)
+                {
+                    if let Some(v) = v.filter(|v| !v.get().starts_with('"')) {
+                        return missing(
+                            &format!("properties.{name} to be a string"),
+                            &format!(" (got {})", v.get()),
+                        );
+                    }
+                }
+            }
+            Semantic::ReportContent => {
+                // `report_content_event`: properties.activityType is required (the
+                // schema types it nowhere); actionType, contentId and templateId are
+                // typed when given.
+                if props.and_then(|p| p.activity_type).is_none() {
+                    return missing("properties.activityType", "");
+                }
+                if let Some(t) = props.and_then(|p| p.action_type) {
+                    if !matches!(t.get(), "\"viewed_content\"" | "\"clicked_content\"") {
+                        return missing(
+                            "properties.actionType to be viewed_content or clicked_content",
+                            &format!(" (got {})", t.get()),
+                        );
+                    }
+                }
+                let ints = props.map_or([None; 2], |p| [p.content_id, p.template_id]);
+                for (name, v) in ["contentId", "templateId"].into_iter().zip(ints) {
+                    if let Some(v) = v.filter(|v| v.get().parse::<i64>().is_err()) {
+                        return missing(
+                            &format!("properties.{name} to be an integer"),
+                            &format!(" (got {}; set the column's type to int)", v.get()),
+                        );
+                    }
                 }
             }
         }

@@ -615,17 +615,50 @@ fn hand_out(
 }
 
 /// The body of an alias request: the call itself, with the row's batch-level context
-/// (if any) as its own top-level keys, since an alias is not sent in a batch.
+/// and integrations (if any) as its own top-level keys, since an alias is not sent in a
+/// batch. Where the call has a `context` of its own, the two are merged into one (the
+/// call's values win, objects merged member by member), as the API merges a batch's
+/// context into each of its calls: a body never holds one key twice. The call's last
+/// member (the sentAt placeholder, when there is one) stays last.
 pub fn alias_body(call: &[u8], key: &[u8], max_call: usize) -> Result<Vec<u8>, TooLarge> {
     let mut body = Vec::with_capacity(call.len() + key.len());
     if key.is_empty() || call.len() < 2 {
         body.extend_from_slice(call);
     } else {
-        // `{` + `"context":..` (the key without its leading comma) + `,` + the rest.
-        body.push(b'{');
-        body.extend_from_slice(&key[1..]);
-        body.push(b',');
-        body.extend_from_slice(&call[1..]);
+        let mut batch = Vec::with_capacity(key.len() + 1);
+        batch.push(b'{');
+        batch.extend_from_slice(&key[1..]);
+        batch.push(b'}');
+        match (members(&batch), members(call)) {
+            (Some(batch), Some(own)) => {
+                body.push(b'{');
+                let mut first = true;
+                // The batch's keys the call does not have, first (as before).
+                for (k, v) in &batch {
+                    if !own.iter().any(|(o, _)| o == k) {
+                        put_member(&mut body, &mut first, k, v.get().as_bytes());
+                    }
+                }
+                for (k, v) in &own {
+                    match batch.iter().find(|(b, _)| b == k) {
+                        Some((_, base)) => {
+                            let merged = merge(base.get().as_bytes(), v.get().as_bytes());
+                            put_member(&mut body, &mut first, k, &merged);
+                        }
+                        None => put_member(&mut body, &mut first, k, v.get().as_bytes()),
+                    }
+                }
+                body.push(b'}');
+            }
+            // Both are the encoder's own JSON objects, so they always parse; were one
+            // not to, the old layout still sends everything.
+            _ => {
+                body.push(b'{');
+                body.extend_from_slice(&key[1..]);
+                body.push(b',');
+                body.extend_from_slice(&call[1..]);
+            }
+        }
     }
     if body.len() > max_call {
         return Err(TooLarge {
@@ -634,4 +667,121 @@ pub fn alias_body(call: &[u8], key: &[u8], max_call: usize) -> Result<Vec<u8>, T
         });
     }
     Ok(body)
+}
+
+type Members<'a> = Vec<(std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue)>;
+
+/// An object's members in order, their values as written; `None` for anything else.
+fn members(json: &[u8]) -> Option<Members<'_>> {
+    use serde::de::{Deserializer as _, MapAccess, Visitor};
+    use std::borrow::Cow;
+    struct Key<'a>(Cow<'a, str>);
+    impl<'de> serde::Deserialize<'de> for Key<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct K;
+            impl<'de> Visitor<'de> for K {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a member name")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(v)))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(v.to_string())))
+                }
+            }
+            d.deserialize_str(K)
+        }
+    }
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Members<'de>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(Key(k)) = map.next_key()? {
+                out.push((k, map.next_value()?));
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let m = (&mut de).deserialize_map(V).ok()?;
+    de.end().ok()?;
+    Some(m)
+}
+
+/// `base` and `over` merged: objects member by member (recursively), `over` winning;
+/// anything else is `over`.
+fn merge(base: &[u8], over: &[u8]) -> Vec<u8> {
+    let (Some(b), Some(o)) = (members(base), members(over)) else {
+        return over.to_vec();
+    };
+    let mut out = Vec::with_capacity(base.len() + over.len());
+    out.push(b'{');
+    let mut first = true;
+    for (k, v) in &b {
+        match o.iter().find(|(ok, _)| ok == k) {
+            Some((_, ov)) => {
+                let m = merge(v.get().as_bytes(), ov.get().as_bytes());
+                put_member(&mut out, &mut first, k, &m);
+            }
+            None => put_member(&mut out, &mut first, k, v.get().as_bytes()),
+        }
+    }
+    for (k, v) in &o {
+        if !b.iter().any(|(bk, _)| bk == k) {
+            put_member(&mut out, &mut first, k, v.get().as_bytes());
+        }
+    }
+    out.push(b'}');
+    out
+}
+
+/// `,"key":value` (no comma before the first).
+fn put_member(out: &mut Vec<u8>, first: &mut bool, key: &str, value: &[u8]) {
+    if !std::mem::take(first) {
+        out.push(b',');
+    }
+    crate::json::write_str(out, key);
+    out.push(b':');
+    out.extend_from_slice(value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLACEHOLDER: &str = r#","sentAt":"0000-00-00T00:00:00.000Z""#;
+
+    #[test]
+    fn an_alias_gets_one_context_merged_from_the_batch_and_its_own() {
+        let call = format!(
+            r#"{{"type":"alias","messageId":"m","userId":"u","previousId":"p","context":{{"ip":"1.1.1.1","device":{{"id":"d1"}}}}{PLACEHOLDER}}}"#
+        );
+        let key = br#","context":{"ip":"9.9.9.9","locale":"fr-FR","device":{"id":"d0","model":"X"}},"integrations":{"All":true}"#;
+        let body = alias_body(call.as_bytes(), key, 32_000).unwrap();
+        let text = String::from_utf8(body.clone()).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                r#"{{"integrations":{{"All":true}},"type":"alias","messageId":"m","userId":"u","previousId":"p","context":{{"ip":"1.1.1.1","locale":"fr-FR","device":{{"id":"d1","model":"X"}}}}{PLACEHOLDER}}}"#
+            )
+        );
+        // The sentAt placeholder stays the call's last member, found by its end.
+        assert!(text.ends_with(&format!("{PLACEHOLDER}}}")));
+        // Without a context of its own, the batch's is the call's.
+        let bare = br#"{"type":"alias","userId":"u","previousId":"p"}"#;
+        let body = alias_body(bare, key, 32_000).unwrap();
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            r#"{"context":{"ip":"9.9.9.9","locale":"fr-FR","device":{"id":"d0","model":"X"}},"integrations":{"All":true},"type":"alias","userId":"u","previousId":"p"}"#
+        );
+        // No batch key: the call as it is; and the limit counts the merged body.
+        assert_eq!(alias_body(bare, b"", 32_000).unwrap(), bare.to_vec());
+        assert!(alias_body(bare, key, 100).is_err());
+    }
 }

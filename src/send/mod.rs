@@ -259,9 +259,16 @@ struct Poster<'a> {
 }
 
 impl Poster<'_> {
-    /// Posts `body` (of `calls` calls) through the gate, retrying as `classify` says.
-    /// `seq` names the request in log lines.
-    fn send(&mut self, seq: u64, path: &str, body: &Arc<Vec<u8>>, calls: u32) -> Sent {
+    /// Posts `body` (of `calls` calls, ending at `call_ends`) through the gate, retrying
+    /// as `classify` says. `seq` names the request in log lines.
+    fn send(
+        &mut self,
+        seq: u64,
+        path: &str,
+        body: &Arc<Vec<u8>>,
+        calls: u32,
+        call_ends: &[u32],
+    ) -> Sent {
         let wire = if self.policy.gzip {
             match gzip(body) {
                 Ok(z) => Arc::new(z),
@@ -276,8 +283,9 @@ impl Poster<'_> {
                 return Sent::Stopped;
             }
             // Issue 4 hook (`--sent-at now`): stamp the calls' fixed-width sentAt
-            // placeholders with this attempt's time (map/sent_at.rs); None otherwise.
-            let stamped = crate::map::sent_at::restamp(body, self.policy.gzip);
+            // placeholders, found by the calls' ends, with this attempt's time
+            // (map/sent_at.rs); None otherwise.
+            let stamped = crate::map::sent_at::restamp(body, call_ends, self.policy.gzip);
             let started = Instant::now();
             self.flow.sent(started);
             let outcome =
@@ -394,7 +402,7 @@ fn deliver(request: Request, s: &mut Poster<'_>, inputs: &[Arc<InputInfo>]) -> A
         return ack;
     };
     let (path, seq) = (ack.request.path, ack.request.seq);
-    let why = match s.send(seq, path, &body, ack.request.calls) {
+    let why = match s.send(seq, path, &body, ack.request.calls, &ack.request.call_ends) {
         Sent::Accepted => {
             ack.result = AckResult::Delivered;
             ack.delivered_calls = ack.request.calls;
@@ -502,19 +510,21 @@ impl<'a> Split<'a> {
     }
 
     /// A body holding the calls in `r`, with the original's prefix and whatever follows
-    /// its last call (`]}`, or top-level keys after the array).
-    fn body(&self, r: Range<usize>) -> Vec<u8> {
+    /// its last call (`]}`, or top-level keys after the array), and its calls' ends.
+    fn body(&self, r: Range<usize>) -> (Vec<u8>, Vec<u32>) {
         let suffix = &self.body[*self.ends.last().unwrap_or(&0) as usize..];
         let mut out = Vec::with_capacity(BATCH_PREFIX.len() + suffix.len() + 64 * r.len());
+        let mut ends = Vec::with_capacity(r.len());
         out.extend_from_slice(BATCH_PREFIX);
         for i in r.clone() {
             if i > r.start {
                 out.push(b',');
             }
             out.extend_from_slice(self.call(i));
+            ends.push(out.len() as u32);
         }
         out.extend_from_slice(suffix);
-        out
+        (out, ends)
     }
 }
 
@@ -544,8 +554,9 @@ impl Bisect<'_> {
         let why = match refused {
             Some(why) => why,
             None => {
-                let body = Arc::new(self.split.body(r.clone()));
-                match s.send(self.seq, self.path, &body, r.len() as u32) {
+                let (body, ends) = self.split.body(r.clone());
+                let body = Arc::new(body);
+                match s.send(self.seq, self.path, &body, r.len() as u32, &ends) {
                     Sent::Accepted => {
                         self.delivered += r.len() as u32;
                         ack.accepted_requests += 1;
@@ -704,10 +715,13 @@ mod tests {
         let body = w.body.clone().unwrap();
         let s = Split::new(&body, &w.call_ends, 3).expect("well formed");
         assert_eq!(s.call(1), br#"{"b":2}"#);
+        let (sub, ends) = s.body(1..3);
         assert_eq!(
-            String::from_utf8(s.body(1..3)).unwrap(),
+            String::from_utf8(sub).unwrap(),
             r#"{"batch":[{"b":2},{"c":3}],"context":{"k":1}}"#
         );
+        // The ends of the calls in the smaller body: `{"batch":[` + 7, a comma, 7.
+        assert_eq!(ends, [17, 25]);
         assert!(Split::new(&body, &w.call_ends, 2).is_none());
         assert!(Split::new(&body, &[5, 12], 2).is_none());
     }

@@ -520,7 +520,9 @@ fn checks(
             if let Err(e) = file.write_all(lines).and_then(|()| file.flush()) {
                 drop(file);
                 if !rec.warned.swap(true, Ordering::Relaxed) {
-                    eprintln!(
+                    // Not `eprintln!`: a closed stderr must not take the receiver down.
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "cdp-backfill serve: cannot write the record file {}: {e}; answering 500",
                         rec.path.display()
                     );

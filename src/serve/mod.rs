@@ -338,7 +338,17 @@ pub fn run_until_signal(cfg: ServeConfig) -> Result<Stats, ServeError> {
         );
         ids.push(flag::register(sig, Arc::clone(&term)).map_err(ServeError::Signal)?);
     }
-    eprintln!("listening on http://{}", server.local_addr());
+    // Not `eprintln!`: a closed stderr (`2>&-`, a reader gone away) would panic it, and
+    // the receiver runs on without anyone to read where it listens, as every other
+    // subcommand's notes do.
+    {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "listening on http://{}",
+            server.local_addr()
+        );
+    }
     while !term.load(Ordering::Acquire) {
         thread::sleep(Duration::from_millis(100));
     }

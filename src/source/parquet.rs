@@ -12,7 +12,8 @@
 //! - decimals → their exact decimal text as `Raw`, so `type = "auto"` writes a number
 //!   when it has at most 15 significant digits and a string otherwise (never rounds);
 //! - binary → a base64 (standard alphabet, padded) string;
-//! - timestamps of every unit, with or without a time zone → `TimestampNanos` (Arrow
+//! - timestamps of every unit, with or without a time zone → `TimestampNanos`, saturated
+//!   outside what nanoseconds hold (the encoder refuses a saturated value) (Arrow
 //!   stores instants as UTC; a zone-less timestamp is taken as UTC); dates → midnight
 //!   UTC of that day; both are written as UTC ISO 8601;
 //! - times of day → `"HH:MM:SS[.fraction]"`; durations → an integer in their unit;
@@ -1129,9 +1130,7 @@ fn write_time(out: &mut Vec<u8>, v: i64, digits: u32) {
 fn write_iso_nanos(out: &mut Vec<u8>, n: i64) {
     let ms = n.div_euclid(1_000_000);
     // Years 0000..=9999 only: beyond that ISO 8601 needs an expanded form.
-    if (-62_167_219_200_000..253_402_300_800_000).contains(&ms) {
-        crate::timestamp::write_iso_millis(out, ms);
-    } else {
+    if crate::timestamp::write_iso_millis(out, ms).is_err() {
         json::write_i64(out, ms);
     }
 }

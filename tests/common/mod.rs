@@ -2,8 +2,10 @@
 //! `CDP_ENDPOINT` cleared, so the environment a test runs in cannot change what it
 //! tests), a temp dir per test ([`Workdir`]), the repository's fixtures and the shared
 //! API spec, the in-process local receiver on an ephemeral loopback port, and one probe
-//! of a child's peak memory ([`run_measured`]).
+//! of a child's peak memory ([`run_measured`]); [`spec`] holds the vendor spec as JSON Schema.
 #![allow(dead_code)]
+
+pub mod spec;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -92,6 +94,37 @@ impl Default for Workdir {
     fn default() -> Self {
         Workdir::new()
     }
+}
+
+/// `run INPUT --mapping MAPPING --dry-run --output bodies.ndjson --rejects
+/// rejects.ndjson` in `d` (both files removed first): the process output and each body's
+/// line as written.
+pub fn dry_run_lines(
+    d: &Workdir,
+    input: &Path,
+    mapping: &Path,
+    extra: &[&str],
+) -> (Output, Vec<String>) {
+    let _ = std::fs::remove_file(d.path("bodies.ndjson"));
+    let _ = std::fs::remove_file(d.path("rejects.ndjson"));
+    let out = d
+        .cmd()
+        .arg("run")
+        .arg(input)
+        .arg("--mapping")
+        .arg(mapping)
+        .args([
+            "--dry-run",
+            "--output",
+            "bodies.ndjson",
+            "--rejects",
+            "rejects.ndjson",
+        ])
+        .args(extra)
+        .output()
+        .expect("run the binary");
+    let text = std::fs::read_to_string(d.path("bodies.ndjson")).unwrap_or_default();
+    (out, text.lines().map(String::from).collect())
 }
 
 /// What [`run_measured`] saw of a child.
