@@ -85,12 +85,15 @@ pub fn derive(
     tmp: &Path,
     stop: &dyn Fn() -> bool,
 ) -> Result<Option<Derived>, SourceError> {
-    let io =
-        |what: &Path, e: std::io::Error| SourceError::Other(format!("{}: {e}", what.display()));
     std::fs::create_dir_all(tmp).map_err(|e| io(tmp, e))?;
     let result = derive_in(inputs, src, d, out, tmp, stop);
     let _ = std::fs::remove_dir_all(tmp);
     result
+}
+
+/// A failed file operation of the derivation, naming the file.
+fn io(what: &Path, e: std::io::Error) -> SourceError {
+    SourceError::Other(format!("{}: {e}", what.display()))
 }
 
 fn derive_in(
@@ -101,8 +104,6 @@ fn derive_in(
     tmp: &Path,
     stop: &dyn Fn() -> bool,
 ) -> Result<Option<Derived>, SourceError> {
-    let io =
-        |what: &Path, e: std::io::Error| SourceError::Other(format!("{}: {e}", what.display()));
     let mut stats = Derived::default();
     let mut arena = Arena::with_budget(d.memory);
     let mut runs: Vec<PathBuf> = Vec::new();

@@ -67,7 +67,10 @@ fn backfill(w: &Workdir, url: &str) -> Command {
     let mut c = w.cmd();
     c.args(["run", "in.csv", "--mapping", "in.toml", "--endpoint", url])
         .args(["--max-request-bytes", "4000", "--max-call-bytes", "3000"])
-        .args(["--rate", "100000", "-q"]);
+        .args(["--rate", "100000", "-q"])
+        // Pinned: the bound on what a resume sends again is the durable window, 2 x the
+        // concurrency, and `auto` may raise the concurrency as far as 256.
+        .args(["--concurrency", "8"]);
     c
 }
 
