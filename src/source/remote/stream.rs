@@ -5,9 +5,9 @@
 //! bounds what is held between the network and the reader, whatever the object's size,
 //! and stalls the body (TCP back-pressure) while the pipeline is slower than the network.
 //!
-//! The first request covers at most [`FIRST_WINDOW`] bytes, the next one the rest: a
-//! run opens every input once to read its header, and that open must not pull megabytes
-//! it then throws away.
+//! The first request covers at most [`FIRST_WINDOW`] bytes, the next one the rest, sent
+//! once the reader has taken half of the first: a run opens every input once to read
+//! its header, and that open must not pull megabytes it then throws away.
 //!
 //! Every GET carries `If-Match: <ETag as listed>` and its answer's ETag and size are
 //! checked again here (s3s-fs, for one, ignores `If-Match` on GET): an object replaced
@@ -181,6 +181,9 @@ impl Producer {
             let before = self.pos;
             match self.request(until).await {
                 Ended::Done => {
+                    if first && self.pos < end && !self.reader_wants_more().await {
+                        return;
+                    }
                     first = false;
                     continue;
                 }
@@ -200,6 +203,21 @@ impl Producer {
                     backoff = (backoff * 2).min(self.opts.max_backoff);
                 }
             }
+        }
+    }
+
+    /// After the first window: waits until the reader has taken at least half of it,
+    /// so an open that reads only a header (or a reader dropped early) never pulls the
+    /// rest of the object; false if the reader is gone. Half, not all: the next GET's
+    /// round trip overlaps the reading of the other half.
+    async fn reader_wants_more(&self) -> bool {
+        let want = self.opts.buffer.saturating_sub(FIRST_WINDOW as usize / 2).max(1) as u32;
+        match self.sem.acquire_many(want).await {
+            Ok(p) => {
+                drop(p);
+                true
+            }
+            Err(_) => false,
         }
     }
 
