@@ -355,6 +355,11 @@ pub struct RunArgs {
     /// of that; a run that ends releases it at once).
     #[arg(long, default_value_t = config::DEFAULT_LEASE_TTL.as_secs_f64(), value_name = "SECS")]
     pub lease_ttl: f64,
+    /// Inputs in object storage: seconds a failing read (5xx, reset, timeout) is retried
+    /// without progress before the run stops, naming the object; run the same command
+    /// again to resume.
+    #[arg(long, default_value_t = crate::source::remote::DEFAULT_RETRY_FOR.as_secs_f64(), value_name = "SECS")]
+    pub read_retry_secs: f64,
     /// The exit code of a run that finished with rejected rows (default 3). A Kubernetes
     /// Job would retry a pod that exits 3: give 0 there (`status` still shows the rejects).
     #[arg(long, default_value_t = EXIT_REJECTS, value_name = "CODE")]
@@ -814,6 +819,7 @@ impl RunArgs {
                 d if d >= Duration::from_secs(1) => d,
                 _ => return Err(UsageError("--lease-ttl must be at least 1 second".into())),
             },
+            read_retry: secs("read-retry-secs", self.read_retry_secs)?,
         };
         Ok(RunPlan {
             cfg,
@@ -1372,12 +1378,15 @@ fn status(args: StatusArgs) -> ExitCode {
 #[cfg(feature = "object-store")]
 fn status_of_objects(url: &str) -> ExitCode {
     use crate::checkpoint::object::{find, Found};
-    let found = crate::pipeline::object_runtime([std::path::Path::new(url)])
-        .map_err(|e| e.to_string())
-        .and_then(|rt| match rt {
-            Some(rt) => find(&rt, url).map_err(|e| e.to_string()),
-            None => Ok(Found::Nothing),
-        });
+    let found = crate::pipeline::object_runtime(
+        [std::path::Path::new(url)],
+        crate::source::remote::DEFAULT_RETRY_FOR,
+    )
+    .map_err(|e| e.to_string())
+    .and_then(|rt| match rt {
+        Some(rt) => find(&rt, url).map_err(|e| e.to_string()),
+        None => Ok(Found::Nothing),
+    });
     let text = match found {
         Ok(Found::One(cp)) => crate::checkpoint::describe(&cp),
         Ok(Found::Shards(shards)) => crate::checkpoint::describe_shards(&shards),

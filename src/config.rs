@@ -334,6 +334,9 @@ pub struct RunConfig {
     /// A checkpoint in object storage: how long it must stay unchanged before another
     /// process takes it over.
     pub lease_ttl: Duration,
+    /// `--read-retry-secs`: how long a failing object-storage read is retried without
+    /// progress before the run stops (resumably).
+    pub read_retry: Duration,
 }
 
 /// A file of the run's own, with the flag that names it: one it writes, or (`written`

@@ -8,7 +8,8 @@
 //!   served (the time to its first chunk against a start's is printed; BENCHMARKS.md);
 //! - 500s, a reset part way into a body and a slow body are retried, and the run is
 //!   exact; an object changed since the checkpoint is refused, one replaced while it is
-//!   read is never spliced;
+//!   read is never spliced; a read that keeps failing stops the run after
+//!   `--read-retry-secs`, naming the object, and the same command resumes it exactly;
 //! - Parquet fetches the footer and the mapped columns only;
 //! - plain http to a host that is not loopback is refused before any request.
 
@@ -198,7 +199,7 @@ fn plain_http_to_a_remote_endpoint_is_refused_before_any_request() {
 
 /// A runtime and the objects of `url` on `endpoint`, as inputs.
 fn objects(endpoint: &str, url: &str) -> (Arc<ObjectRuntime>, Vec<Arc<InputInfo>>) {
-    let rt = Arc::new(ObjectRuntime::new().unwrap());
+    let rt = Arc::new(ObjectRuntime::new(cdp_backfill::source::remote::DEFAULT_RETRY_FOR).unwrap());
     let env = StoreEnv::from_vars(
         Server::env(endpoint)
             .into_iter()
@@ -523,4 +524,89 @@ fn wide_parquet(path: &Path, rows: usize, groups: usize) {
     .unwrap();
     wr.write(&batch).unwrap();
     wr.close().unwrap();
+}
+
+#[test]
+fn a_read_that_keeps_failing_stops_the_run_resumably_naming_the_object() {
+    let w = Workdir::new();
+    let csv = w.generate("big.csv", 30_000, 7);
+    let server = Server::start();
+    server
+        .client()
+        .put("p/events.csv", std::fs::read(&csv).unwrap());
+    let proxy = Proxy::start(server.addr);
+    let (receiver, record) = common::receiver(w.dir(), Default::default());
+    let run = || {
+        let mut cmd = w.cmd();
+        cmd.args([
+            "run",
+            "s3://exports/p/events.csv",
+            "--mapping",
+            fixture("events.toml").to_str().unwrap(),
+            "--quiet",
+            "--read-retry-secs",
+            "2",
+        ])
+        .arg("--endpoint")
+        .arg(receiver.base_url())
+        .envs(Server::env(&proxy.endpoint()));
+        common::run(&mut cmd)
+    };
+    // The body is cut 2 MiB into the second GET; from then on every GET is a 500.
+    proxy.faults.reset_after.store(2 << 20, Ordering::SeqCst);
+    let faults = proxy.faults.clone();
+    let outage = std::thread::spawn(move || {
+        while faults.reset_after.load(Ordering::SeqCst) != 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        faults.fail_next.store(u32::MAX, Ordering::SeqCst);
+    });
+    let started = Instant::now();
+    let failed = run();
+    outage.join().unwrap();
+    let err = common::stderr(&failed);
+    assert_eq!(failed.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("s3://exports/p/events.csv: reading failed at byte"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the retries stop after --read-retry-secs"
+    );
+    let partial = common::recorded_calls(&record).len();
+    assert!(partial > 0, "calls before the outage were delivered");
+
+    // The store answers again: the same command resumes and ends exact.
+    proxy.faults.fail_next.store(0, Ordering::SeqCst);
+    let resumed = run();
+    assert_eq!(
+        resumed.status.code(),
+        Some(3),
+        "{}",
+        common::stderr(&resumed)
+    );
+    let calls = common::recorded_calls(&record);
+    let ids = common::message_ids(&calls);
+    let (local, bodies) = dry_run(&w, &["big.csv"], &fixture("events.toml"), None);
+    assert_eq!(local.status.code(), Some(3), "{}", common::stderr(&local));
+    let want: std::collections::HashSet<String> = bodies
+        .lines()
+        .flat_map(|b| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            v["batch"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["messageId"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(ids, want, "every call of a local run, and no other");
+    // What a resume sends again is bounded by the durable window; nothing is lost.
+    assert!(
+        calls.len() - ids.len() <= 2 * 2_000,
+        "{} calls sent twice",
+        calls.len() - ids.len()
+    );
 }

@@ -79,6 +79,7 @@ pub(super) fn preflight(cfg: &RunConfig, src: &SourceOptions) -> Result<Prefligh
             .iter()
             .chain(cfg.checkpoint.iter())
             .map(PathBuf::as_path),
+        cfg.read_retry,
     )?;
     let inputs = source::discover_excluding(&cfg.inputs, src, &own, objects.as_ref())?;
     note_same_content(&inputs, cfg.quiet)?;
@@ -279,13 +280,15 @@ pub(super) fn transport(
 
 /// The object-store runtime, when any of `urls` (inputs, state) is in object storage.
 /// Its two worker threads are the run's, like every other thread: created here.
+/// `retry_for`: how long a failing read is retried without progress.
 pub(crate) fn object_runtime<'a>(
     urls: impl IntoIterator<Item = &'a std::path::Path>,
+    retry_for: std::time::Duration,
 ) -> Result<Option<Arc<ObjectRuntime>>, RunError> {
     if !source::any_remote(urls) {
         return Ok(None);
     }
-    ObjectRuntime::new()
+    ObjectRuntime::new(retry_for)
         .map(|rt| Some(Arc::new(rt)))
         .map_err(RunError::Spawn)
 }

@@ -37,18 +37,29 @@ use super::RemoteError;
 #[derive(Debug, Clone, Default)]
 pub struct StoreEnv {
     vars: Vec<(String, String)>,
+    /// object_store's retry of one request gives up after this long.
+    retry_for: Duration,
 }
 
 impl StoreEnv {
     /// The process environment.
     pub fn from_process() -> StoreEnv {
-        StoreEnv {
-            vars: std::env::vars().collect(),
-        }
+        StoreEnv::from_vars(std::env::vars().collect())
     }
 
     pub fn from_vars(vars: Vec<(String, String)>) -> StoreEnv {
-        StoreEnv { vars }
+        StoreEnv {
+            vars,
+            retry_for: super::DEFAULT_RETRY_FOR,
+        }
+    }
+
+    /// The same, with object_store's retry of one request bounded by `d`.
+    pub fn retrying_for(self, d: Duration) -> StoreEnv {
+        StoreEnv {
+            retry_for: d,
+            ..self
+        }
     }
 
     /// A variable, `None` when unset or empty.
@@ -87,7 +98,7 @@ impl Located {
 
 /// Attempts of one request, and the backoff between them (object_store's own retry, for
 /// 5xx, 429 and connection errors; the stream's resuming loop runs above it).
-fn retry() -> RetryConfig {
+fn retry(retry_for: Duration) -> RetryConfig {
     RetryConfig {
         backoff: BackoffConfig {
             init_backoff: Duration::from_millis(100),
@@ -95,7 +106,7 @@ fn retry() -> RetryConfig {
             base: 2.0,
         },
         max_retries: 8,
-        retry_timeout: Duration::from_secs(120),
+        retry_timeout: retry_for,
     }
 }
 
@@ -132,7 +143,7 @@ pub fn locate(arg: &str, env: &StoreEnv) -> Result<Located, RemoteError> {
             let s = GoogleCloudStorageBuilder::from_env()
                 .with_url(arg)
                 .with_client_options(client())
-                .with_retry(retry())
+                .with_retry(retry(env.retry_for))
                 .build()
                 .map_err(built)?;
             (Arc::new(s), format!("gs://{host}/"))
@@ -141,7 +152,7 @@ pub fn locate(arg: &str, env: &StoreEnv) -> Result<Located, RemoteError> {
             let s = MicrosoftAzureBuilder::from_env()
                 .with_url(arg)
                 .with_client_options(client())
-                .with_retry(retry())
+                .with_retry(retry(env.retry_for))
                 .build()
                 .map_err(built)?;
             let user = match url.username() {
@@ -163,7 +174,7 @@ pub fn locate(arg: &str, env: &StoreEnv) -> Result<Located, RemoteError> {
             }
             let s = b
                 .with_client_options(client())
-                .with_retry(retry())
+                .with_retry(retry(env.retry_for))
                 .build()
                 .map_err(built)?;
             key = rest;
@@ -184,7 +195,7 @@ pub fn locate(arg: &str, env: &StoreEnv) -> Result<Located, RemoteError> {
             let s = HttpBuilder::new()
                 .with_url(root.as_str())
                 .with_client_options(client().with_allow_http(allow_http))
-                .with_retry(retry())
+                .with_retry(retry(env.retry_for))
                 .build()
                 .map_err(built)?;
             (Arc::new(s), redact_url(root.as_str()))
@@ -275,7 +286,7 @@ fn s3(arg: &str, env: &StoreEnv) -> Result<object_store::aws::AmazonS3, Built> {
     }
     b.with_url(arg)
         .with_client_options(client().with_allow_http(allow_http))
-        .with_retry(retry())
+        .with_retry(retry(env.retry_for))
         .build()
         .map_err(Built::Store)
 }

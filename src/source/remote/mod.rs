@@ -48,6 +48,10 @@ mod off;
 #[cfg(not(feature = "object-store"))]
 pub use off::{ObjectRuntime, RemoteObject};
 
+/// How long a failing object-store read is retried without progress, unless
+/// `--read-retry-secs` says otherwise.
+pub const DEFAULT_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The schemes that name objects rather than local files.
 pub const SCHEMES: &[&str] = &[
     "s3://", "s3a://", "gs://", "az://", "abfs://", "abfss://", "azure://", "https://", "http://",
@@ -73,7 +77,8 @@ pub fn expand(
 ) -> Result<Vec<(RemoteObject, Option<super::Format>)>, RemoteError> {
     #[cfg(feature = "object-store")]
     if let Some(rt) = objects {
-        return list::expand(rt, url, &locate::StoreEnv::from_process(), forced);
+        let env = locate::StoreEnv::from_process().retrying_for(rt.retry_for());
+        return list::expand(rt, url, &env, forced);
     }
     let _ = (objects, forced);
     let url = redact::redact_url(url);

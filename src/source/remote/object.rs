@@ -17,6 +17,8 @@ use super::{ObjectIdentity, RemoteError};
 /// when an input or the state is remote.
 pub struct ObjectRuntime {
     rt: tokio::runtime::Runtime,
+    /// How long a failing read is retried without progress.
+    retry_for: std::time::Duration,
 }
 
 impl std::fmt::Debug for ObjectRuntime {
@@ -29,13 +31,19 @@ impl ObjectRuntime {
     /// Worker threads of the runtime.
     pub const WORKERS: usize = 2;
 
-    pub fn new() -> io::Result<ObjectRuntime> {
+    /// `retry_for`: how long a failing read (or request) is retried without progress
+    /// before it fails ([`super::DEFAULT_RETRY_FOR`] unless the user said).
+    pub fn new(retry_for: std::time::Duration) -> io::Result<ObjectRuntime> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(Self::WORKERS)
             .thread_name("object-store")
             .enable_all()
             .build()?;
-        Ok(ObjectRuntime { rt })
+        Ok(ObjectRuntime { rt, retry_for })
+    }
+
+    pub fn retry_for(&self) -> std::time::Duration {
+        self.retry_for
     }
 
     /// Runs `fut` on the runtime's workers and waits for it on the calling thread, which
@@ -97,7 +105,11 @@ impl RemoteObject {
 
     /// A reader of the object from byte `offset` (a ranged GET).
     pub fn reader_at(&self, offset: u64) -> io::Result<ObjectReader> {
-        super::stream::open_at(self, offset, StreamOptions::default())
+        let opts = StreamOptions {
+            retry_for: self.rt.retry_for(),
+            ..StreamOptions::default()
+        };
+        super::stream::open_at(self, offset, opts)
     }
 
     /// Bytes `ranges` of the object, one buffer per range: concurrent ranged GETs

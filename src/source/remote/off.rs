@@ -12,7 +12,7 @@ use super::{ObjectIdentity, RemoteError};
 pub struct ObjectRuntime(Infallible);
 
 impl ObjectRuntime {
-    pub fn new() -> std::io::Result<ObjectRuntime> {
+    pub fn new(_retry_for: std::time::Duration) -> std::io::Result<ObjectRuntime> {
         Err(std::io::Error::other(
             "this cdp-backfill was built without the object-store feature",
         ))

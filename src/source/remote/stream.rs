@@ -13,9 +13,10 @@
 //! checked again here (s3s-fs, for one, ignores `If-Match` on GET): an object replaced
 //! during the run fails the read instead of splicing two versions. A body that breaks
 //! (reset, read timeout, a 5xx on the re-request) is re-requested from the first byte
-//! not delivered, with backoff; the count of consecutive failures starts again after
-//! progress, so an hour-long read survives scattered faults. object_store's own retry
-//! runs underneath, per request.
+//! not delivered, with backoff, until it has failed for [`StreamOptions::retry_for`]
+//! without progress (`--read-retry-secs`); progress starts the count again, so an
+//! hour-long read survives scattered faults. object_store's own retry runs underneath,
+//! per request, within the same budget.
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -40,8 +41,9 @@ const PROGRESS: u64 = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
     pub buffer: usize,
-    /// Consecutive failed attempts (without progress) before the read fails.
-    pub max_failures: u32,
+    /// How long the read may keep failing without delivering [`PROGRESS`] bytes before
+    /// it fails (`--read-retry-secs`).
+    pub retry_for: Duration,
     pub init_backoff: Duration,
     pub max_backoff: Duration,
 }
@@ -50,7 +52,7 @@ impl Default for StreamOptions {
     fn default() -> Self {
         StreamOptions {
             buffer: BUFFER,
-            max_failures: 6,
+            retry_for: super::DEFAULT_RETRY_FOR,
             init_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(20),
         }
@@ -173,7 +175,8 @@ impl Producer {
     async fn run(mut self) {
         let end = self.meta.size;
         let first_end = end.min(self.pos.saturating_add(FIRST_WINDOW));
-        let mut failures = 0u32;
+        // Since when the read has failed without progress.
+        let mut failing: Option<tokio::time::Instant> = None;
         let mut backoff = self.opts.init_backoff;
         let mut first = true;
         while self.pos < end {
@@ -189,17 +192,24 @@ impl Producer {
                 }
                 Ended::Dropped => return,
                 Ended::Failed(e, fatal) => {
+                    let now = tokio::time::Instant::now();
                     if self.pos - before >= PROGRESS {
-                        failures = 0;
+                        failing = None;
                         backoff = self.opts.init_backoff;
                     }
-                    failures += 1;
-                    if fatal || failures > self.opts.max_failures {
+                    let since = *failing.get_or_insert(now);
+                    let left = self.opts.retry_for.saturating_sub(now - since);
+                    if fatal || left.is_zero() {
                         let _ = self.tx.send(Err(e));
                         return;
                     }
-                    log::debug!("{}: retrying after {e}", self.display);
-                    tokio::time::sleep(backoff).await;
+                    log::warn!(
+                        "{}: read failed at byte {} ({e}); retrying in {:.1} s",
+                        self.display,
+                        self.pos,
+                        backoff.min(left).as_secs_f64()
+                    );
+                    tokio::time::sleep(backoff.min(left)).await;
                     backoff = (backoff * 2).min(self.opts.max_backoff);
                 }
             }
@@ -211,7 +221,11 @@ impl Producer {
     /// rest of the object; false if the reader is gone. Half, not all: the next GET's
     /// round trip overlaps the reading of the other half.
     async fn reader_wants_more(&self) -> bool {
-        let want = self.opts.buffer.saturating_sub(FIRST_WINDOW as usize / 2).max(1) as u32;
+        let want = self
+            .opts
+            .buffer
+            .saturating_sub(FIRST_WINDOW as usize / 2)
+            .max(1) as u32;
         match self.sem.acquire_many(want).await {
             Ok(p) => {
                 drop(p);
