@@ -316,6 +316,7 @@ pub fn run(
     if !cfg.dry_run {
         summary.paused_by_429_secs = delivery.gate.paused_total().as_secs_f64();
         summary.concurrency_peak = delivery.flow.peak() as u64;
+        summary.in_flight_peak = delivery.flow.busiest() as u64;
     }
     summary.set_coverage(plan.coverage(&totals.present));
     if let (Some(d), Some(p)) = (&dry, &cfg.output) {
