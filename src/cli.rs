@@ -199,7 +199,8 @@ pub struct ValidateArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// A backfill's name (as listed), its checkpoint file, or a plan file. Without it:
+    /// A backfill's name (as listed), its checkpoint file, a plan file, a directory of
+    /// shard checkpoints, or an object URL or prefix (s3://bucket/state/). Without it:
     /// every backfill in the state directory.
     #[arg(value_name = "NAME|CHECKPOINT|PLAN")]
     pub what: Option<PathBuf>,
@@ -322,7 +323,8 @@ pub struct RunArgs {
     pub max_reject_rate: Option<f64>,
     /// The checkpoint file: rerunning the same command resumes from it. Default: the
     /// backfill's directory in the state directory (checkpoint.json), found again by the
-    /// content of its inputs.
+    /// content of its inputs. An object URL (s3://bucket/state/) keeps the checkpoint and
+    /// the rejects in object storage; with --shard, a directory or prefix all shards share.
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
     /// The state directory: one directory per backfill (its checkpoint and rejects), so
@@ -346,6 +348,26 @@ pub struct RunArgs {
     /// Ignore an existing checkpoint and start from the beginning.
     #[arg(long)]
     pub restart: bool,
+    /// Read only shard K of N (0 <= K < N): a contiguous part of the inputs, balanced by
+    /// bytes; each shard keeps its own checkpoint and rejects file (named after the
+    /// shard, under --checkpoint), and takes 1/N of --rate and --events-rate. The
+    /// messageIds are those of a single run.
+    #[arg(long, value_name = "K/N", value_parser = shard_arg)]
+    pub shard: Option<config::Shard>,
+    /// With --checkpoint in object storage: seconds its checkpoint must stay unchanged
+    /// before another process takes the backfill over (the holder writes it every third
+    /// of that; a run that ends releases it at once).
+    #[arg(long, default_value_t = config::DEFAULT_LEASE_TTL.as_secs_f64(), value_name = "SECS")]
+    pub lease_ttl: f64,
+    /// Inputs in object storage: seconds a failing read (5xx, reset, timeout) is retried
+    /// without progress before the run stops, naming the object; run the same command
+    /// again to resume.
+    #[arg(long, default_value_t = crate::source::remote::DEFAULT_RETRY_FOR.as_secs_f64(), value_name = "SECS")]
+    pub read_retry_secs: f64,
+    /// The exit code of a run that finished with rejected rows (default 3). A Kubernetes
+    /// Job would retry a pod that exits 3: give 0 there (`status` still shows the rejects).
+    #[arg(long, default_value_t = EXIT_REJECTS, value_name = "CODE")]
+    pub rejects_exit_code: u8,
     /// After Ctrl-C or SIGTERM, seconds to let requests in flight finish.
     #[arg(long, default_value_t = config::DEFAULT_DRAIN_TIMEOUT.as_secs_f64(), value_name = "SECS")]
     pub drain_timeout: f64,
@@ -479,6 +501,32 @@ fn per_second(s: &str) -> Result<u32, String> {
         .map_err(|_| "expected a whole number per second, such as 500".to_string())
 }
 
+fn shard_arg(s: &str) -> Result<config::Shard, String> {
+    config::Shard::parse(s)
+}
+
+/// Shard `s`'s own copy of a path: inside a directory (a path ending in `/`, or one
+/// that is a directory) as `shard-K-of-N.NAME`, else the file name with the shard before
+/// its extension (`run.json` → `run.shard-0001-of-0004.json`).
+pub fn shard_path(path: &std::path::Path, s: config::Shard, name: &str) -> PathBuf {
+    let text = path.to_string_lossy();
+    if text.ends_with('/') || path.is_dir() {
+        return PathBuf::from(format!(
+            "{}/{}.{name}",
+            text.trim_end_matches('/'),
+            s.file_stem()
+        ));
+    }
+    let file = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let renamed = match file.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem}.{}.{ext}", s.file_stem()),
+        _ => format!("{file}.{}", s.file_stem()),
+    };
+    path.with_file_name(renamed)
+}
+
 /// A user mistake found while building the config.
 #[derive(Debug)]
 pub struct UsageError(pub String);
@@ -550,6 +598,8 @@ pub struct RunPlan {
     outputs: RunOutputs,
     /// `run PLAN.toml`: the steps, each run with `cfg` as its base.
     pub migration: Option<crate::migration::MigrationPlan>,
+    /// The exit code of a run that finished with rejects.
+    rejects_exit: u8,
 }
 
 impl RunArgs {
@@ -662,15 +712,72 @@ impl RunArgs {
         }
         // A sample sends rows the checkpoint cannot count (the full run sends them all).
         let keeps_checkpoint = !self.dry_run && !self.no_checkpoint && self.sample.is_none();
+        // A shard takes its share of the workspace's budgets, and files of its own.
+        let (mut rate, mut events_rate) = (self.rate, self.events_rate);
+        let (mut checkpoint, mut rejects) = (self.checkpoint.clone(), self.rejects.clone());
+        if let Some(s) = self.shard {
+            let share = |flag: &str, total: u32| {
+                s.share(total).ok_or_else(|| {
+                    UsageError(format!(
+                        "{flag} {total} is the whole workspace's budget, shared by {} shards: it must be at least {}, one per shard",
+                        s.n, s.n
+                    ))
+                })
+            };
+            rate = share("--rate", rate)?;
+            events_rate = events_rate.map(|e| share("--events-rate", e)).transpose()?;
+            match &self.checkpoint {
+                Some(c) => {
+                    let in_dir = c.to_string_lossy().ends_with('/') || c.is_dir();
+                    rejects = match &self.rejects {
+                        Some(r) => Some(shard_path(r, s, "rejects.ndjson")),
+                        None if in_dir => Some(shard_path(c, s, "rejects.ndjson")),
+                        // Beside the shard's checkpoint (the state directory's rule).
+                        None => None,
+                    };
+                    checkpoint = Some(shard_path(c, s, "checkpoint.json"));
+                }
+                None if keeps_checkpoint => {
+                    return Err(UsageError(format!(
+                        "--shard {}/{} needs --checkpoint: a directory (state/) or an object storage prefix (s3://bucket/state/) that every shard is given; each shard keeps its checkpoint and rejects there under its own name",
+                        s.k, s.n
+                    )))
+                }
+                None => rejects = self.rejects.as_ref().map(|r| shard_path(r, s, "rejects.ndjson")),
+            }
+        }
+        // State in object storage: a prefix holds the checkpoint, and the rejects go
+        // beside it as numbered parts under a prefix of their own.
+        if let Some(c) = checkpoint
+            .as_ref()
+            .map(|c| c.to_string_lossy().into_owned())
+            .filter(|c| crate::source::remote::is_object_url(c))
+        {
+            let c = match c.ends_with('/') {
+                true => format!("{c}checkpoint.json"),
+                false => c,
+            };
+            if self.rejects.is_none()
+                && rejects
+                    .as_ref()
+                    .is_none_or(|r| !crate::source::remote::is_object_url(&r.to_string_lossy()))
+            {
+                let stem = c.strip_suffix(".json").unwrap_or(&c);
+                let stem = stem.strip_suffix(".checkpoint").unwrap_or(stem);
+                let stem = stem
+                    .strip_suffix("/checkpoint")
+                    .map_or_else(|| stem.to_string(), |dir| format!("{dir}/"));
+                rejects = Some(PathBuf::from(format!(
+                    "{stem}{}rejects/",
+                    if stem.ends_with('/') { "" } else { "." }
+                )));
+            }
+            checkpoint = Some(PathBuf::from(c));
+        }
         // (flag, path, written, written only at the end)
         let own_files = [
-            ("--rejects", self.rejects.as_ref(), true, false),
-            (
-                "--checkpoint",
-                self.checkpoint.as_ref(),
-                keeps_checkpoint,
-                false,
-            ),
+            ("--rejects", rejects.as_ref(), true, false),
+            ("--checkpoint", checkpoint.as_ref(), keeps_checkpoint, false),
             ("--output", self.output.as_ref(), true, false),
             ("--local-record", self.local_record.as_ref(), true, false),
             ("--summary-json", self.summary_json.as_ref(), true, true),
@@ -693,18 +800,18 @@ impl RunArgs {
             mapping_path: self.mapping.unwrap_or_default(),
             endpoint,
             api_key,
-            rate_per_sec: self.rate,
+            rate_per_sec: rate,
             concurrency: self.concurrency,
             http_version: self.http_version,
             limits,
-            rejects_given: self.rejects.is_some(),
-            rejects_path: self.rejects.unwrap_or_default(),
+            rejects_given: rejects.is_some(),
+            rejects_path: rejects.unwrap_or_default(),
             dry_run: self.dry_run,
             output: self.output,
             max_retries: self.max_retries,
             backoff_base,
             backoff_cap,
-            events_rate_per_sec: self.events_rate,
+            events_rate_per_sec: events_rate,
             gzip: self
                 .gzip_level
                 .or(self.gzip.then_some(config::GzipLevel::DEFAULT)),
@@ -718,7 +825,7 @@ impl RunArgs {
             strict_mapping: self.strict_mapping,
             max_reject_rate: self.max_reject_rate,
             checkpoint_given: self.checkpoint.is_some(),
-            checkpoint: keeps_checkpoint.then(|| self.checkpoint.unwrap_or_default()),
+            checkpoint: keeps_checkpoint.then(|| checkpoint.unwrap_or_default()),
             state_dir: self.state,
             backfill_name: None,
             limit: self.limit,
@@ -727,6 +834,12 @@ impl RunArgs {
             checkpoint_interval: secs("checkpoint-interval", self.checkpoint_interval)?,
             drain_timeout: secs("drain-timeout", self.drain_timeout)?,
             quiet: self.quiet,
+            shard: self.shard,
+            lease_ttl: match secs("lease-ttl", self.lease_ttl)? {
+                d if d >= Duration::from_secs(1) => d,
+                _ => return Err(UsageError("--lease-ttl must be at least 1 second".into())),
+            },
+            read_retry: secs("read-retry-secs", self.read_retry_secs)?,
         };
         Ok(RunPlan {
             cfg,
@@ -734,6 +847,7 @@ impl RunArgs {
             progress,
             outputs,
             migration,
+            rejects_exit: self.rejects_exit_code,
         })
     }
 
@@ -755,6 +869,7 @@ impl RunArgs {
             ("--limit", self.limit.is_some()),
             ("--sample", self.sample.is_some()),
             ("--no-checkpoint", self.no_checkpoint),
+            ("--shard", self.shard.is_some()),
             ("--output", self.output.is_some()),
             ("--local-record", self.local_record.is_some()),
         ] {
@@ -957,6 +1072,7 @@ fn run(plan: RunPlan) -> ExitCode {
         progress,
         outputs,
         migration,
+        rejects_exit,
     } = plan;
     // What a second Ctrl-C prints, written now: the handler may not allocate.
     let second = match &cfg.checkpoint {
@@ -990,7 +1106,10 @@ fn run(plan: RunPlan) -> ExitCode {
         cfg.mapping_path.display()
     );
     let progress = Arc::new(Progress::new(progress));
-    ExitCode::from(run_backfill(&cfg, &src, &hooks, &progress, &outputs).0)
+    match run_backfill(&cfg, &src, &hooks, &progress, &outputs).0 {
+        EXIT_REJECTS => ExitCode::from(rejects_exit),
+        code => ExitCode::from(code),
+    }
 }
 
 /// `run PLAN.toml`: every step checked, then the steps in waves (a step and those after
@@ -1241,8 +1360,24 @@ fn status(args: StatusArgs) -> ExitCode {
             Err(e) => fail(EXIT_USAGE, &e.to_string()),
         };
     }
-    // A name in the state directory, else a checkpoint file.
+    let url = what.to_string_lossy();
+    if crate::source::remote::is_object_url(&url) {
+        return status_of_objects(&url);
+    }
+    // A sharded backfill: its shards' checkpoints in a directory (not a backfill's in
+    // the state directory), or beside a checkpoint path.
     let in_state = args.state.join(&what).join(state::CHECKPOINT_FILE);
+    if !what.is_file() && !in_state.is_file() {
+        match crate::checkpoint::find_shards(&what) {
+            Ok(shards) if !shards.is_empty() => {
+                return print_out(&crate::checkpoint::describe_shards(&shards))
+                    .map_or_else(|e| e, |()| ExitCode::from(EXIT_OK));
+            }
+            Ok(_) => {}
+            Err(e) => return fail(EXIT_FAILURE, &e.to_string()),
+        }
+    }
+    // A name in the state directory, else a checkpoint file.
     let path = if what.is_file() { what } else { in_state };
     match crate::checkpoint::load(&path) {
         Ok(Some(cp)) => print_out(&crate::checkpoint::describe(&cp))
@@ -1257,6 +1392,43 @@ fn status(args: StatusArgs) -> ExitCode {
         ),
         Err(e) => fail(EXIT_FAILURE, &e.to_string()),
     }
+}
+
+/// `status URL`: a checkpoint, or a sharded backfill's checkpoints, in object storage.
+#[cfg(feature = "object-store")]
+fn status_of_objects(url: &str) -> ExitCode {
+    use crate::checkpoint::object::{find, Found};
+    let found = crate::pipeline::object_runtime(
+        [std::path::Path::new(url)],
+        crate::source::remote::DEFAULT_RETRY_FOR,
+    )
+    .map_err(|e| e.to_string())
+    .and_then(|rt| match rt {
+        Some(rt) => find(&rt, url).map_err(|e| e.to_string()),
+        None => Ok(Found::Nothing),
+    });
+    let text = match found {
+        Ok(Found::One(cp)) => crate::checkpoint::describe(&cp),
+        Ok(Found::Shards(shards)) => crate::checkpoint::describe_shards(&shards),
+        Ok(Found::Nothing) => {
+            let shown = crate::source::remote::redact::redact_url(url);
+            return fail(
+                EXIT_FAILURE,
+                &format!("no checkpoint at {shown}: no backfill has started with it (see `run --checkpoint`)"),
+            );
+        }
+        Err(e) => return fail(EXIT_FAILURE, &e),
+    };
+    print_out(&text).map_or_else(|e| e, |()| ExitCode::from(EXIT_OK))
+}
+
+#[cfg(not(feature = "object-store"))]
+fn status_of_objects(url: &str) -> ExitCode {
+    let shown = crate::source::remote::redact::redact_url(url);
+    fail(
+        EXIT_FAILURE,
+        &format!("{shown}: this cdp-backfill was built without the object-store feature"),
+    )
 }
 
 /// `inspect`: a profile of the input, and perhaps a starter mapping.

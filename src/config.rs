@@ -38,6 +38,12 @@ pub const DEFAULT_STATE_DIR: &str = ".cdp-backfill";
 pub const LEGACY_CHECKPOINT_PATH: &str = "cdp-backfill.checkpoint.json";
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a checkpoint in object storage must stay unchanged before another process
+/// takes its lease over (its holder writes it every third of that).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+/// The most bytes of one Parquet row group's mapped columns held at once when the file
+/// is read from object storage (its column chunks are fetched whole).
+pub const MAX_ROW_GROUP_FETCH: u64 = 512 << 20;
 /// A single record larger than this is rejected rather than buffered (hostile input).
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
 
@@ -145,6 +151,56 @@ impl Default for Limits {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_call_bytes: DEFAULT_MAX_CALL_BYTES,
         }
+    }
+}
+
+/// Shard `k` of `n` (0-based: `--shard 0/4` … `--shard 3/4`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub k: u32,
+    pub n: u32,
+}
+
+impl Shard {
+    /// `K/N` with `0 <= K < N`.
+    pub fn parse(s: &str) -> Result<Shard, String> {
+        let (k, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("--shard {s}: expected K/N, e.g. 0/4 (shards count from 0)"))?;
+        let num = |t: &str| {
+            t.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("--shard {s}: {t:?} is not a number"))
+        };
+        let (k, n) = (num(k)?, num(n)?);
+        if n == 0 {
+            return Err(format!(
+                "--shard {s}: N, the number of shards, must be at least 1"
+            ));
+        }
+        if k >= n {
+            return Err(format!(
+                "--shard {s}: K must be at least 0 and below N (shards count from 0: 0/{n} … {}/{n})",
+                n.saturating_sub(1)
+            ));
+        }
+        Ok(Shard { k, n })
+    }
+
+    /// `shard-0003-of-0008`: how the shard's files are named.
+    pub fn file_stem(&self) -> String {
+        format!("shard-{:04}-of-{:04}", self.k, self.n)
+    }
+
+    /// This shard's part of a per-second budget `total` shared by all N: the parts
+    /// (floor arithmetic) add up to `total` exactly. `None` when `total` is below N
+    /// (a shard would get nothing).
+    pub fn share(&self, total: u32) -> Option<u32> {
+        if total < self.n {
+            return None;
+        }
+        let part = |k: u32| (total as u64 * k as u64 / self.n as u64) as u32;
+        Some(part(self.k + 1) - part(self.k))
     }
 }
 
@@ -309,6 +365,15 @@ pub struct RunConfig {
     /// The run's own files: never read as inputs, and none that it writes may be an
     /// input, the mapping or another of them.
     pub own_files: Vec<OwnFile>,
+    /// `--shard K/N`: read only this shard's part of the inputs (the rates above are
+    /// already this shard's share).
+    pub shard: Option<Shard>,
+    /// A checkpoint in object storage: how long it must stay unchanged before another
+    /// process takes it over.
+    pub lease_ttl: Duration,
+    /// `--read-retry-secs`: how long a failing object-storage read is retried without
+    /// progress before the run stops (resumably).
+    pub read_retry: Duration,
 }
 
 /// A file of the run's own, with the flag that names it: one it writes, or (`written`
@@ -326,6 +391,42 @@ pub struct OwnFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shard_shares_of_a_rate_add_up_to_it_exactly_and_never_to_zero() {
+        for n in 1..=17u32 {
+            for total in [n, n + 1, 2 * n - 1, 1000, 3001, u32::MAX] {
+                let parts: Vec<u32> = (0..n)
+                    .map(|k| Shard { k, n }.share(total).unwrap())
+                    .collect();
+                assert_eq!(parts.iter().map(|&p| p as u64).sum::<u64>(), total as u64);
+                assert!(parts.iter().all(|&p| p >= 1), "{n} {total} {parts:?}");
+                let (lo, hi) = (parts.iter().min().unwrap(), parts.iter().max().unwrap());
+                assert!(hi - lo <= 1, "{n} {total} {parts:?}");
+            }
+            if n > 1 {
+                assert_eq!(Shard { k: 0, n }.share(n - 1), None);
+            }
+        }
+    }
+
+    #[test]
+    fn shard_arguments_are_checked() {
+        assert_eq!(Shard::parse("3/8"), Ok(Shard { k: 3, n: 8 }));
+        assert_eq!(Shard::parse(" 0 / 1 "), Ok(Shard { k: 0, n: 1 }));
+        for (bad, says) in [
+            ("4/4", "below N"),
+            ("1/0", "at least 1"),
+            ("0/0", "at least 1"),
+            ("3", "expected K/N"),
+            ("-1/4", "not a number"),
+            ("a/4", "not a number"),
+        ] {
+            let e = Shard::parse(bad).unwrap_err();
+            assert!(e.contains(says) && e.contains(bad.trim()), "{bad}: {e}");
+        }
+        assert_eq!(Shard { k: 3, n: 8 }.file_stem(), "shard-0003-of-0008");
+    }
 
     #[test]
     fn api_key_never_shows_in_debug_or_display() {

@@ -96,6 +96,7 @@ impl RunError {
             | RunError::StrictMapping(_) => true,
             RunError::Stopped { usage, .. } => *usage,
             RunError::Checkpoint(e) => e.is_usage(),
+            RunError::Source(SourceError::Remote(e)) => e.is_usage(),
             _ => false,
         }
     }

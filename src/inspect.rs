@@ -604,7 +604,13 @@ fn nested_fields(
 
 /// Reads up to `opts.max_rows` rows of the input and profiles its columns.
 pub fn inspect(opts: &InspectOptions, src: &SourceOptions) -> Result<Profile, SourceError> {
-    let inputs = source::discover(std::slice::from_ref(&opts.input), src)?;
+    let args = std::slice::from_ref(&opts.input);
+    let objects = crate::pipeline::object_runtime(
+        args.iter().map(|p| p.as_path()),
+        source::remote::DEFAULT_RETRY_FOR,
+    )
+    .map_err(|e| SourceError::Other(e.to_string()))?;
+    let inputs = source::discover_excluding(args, src, &[], objects.as_ref())?;
     let Some(info) = inputs.first() else {
         return Err(SourceError::Other(format!(
             "{} holds no input files",

@@ -429,7 +429,8 @@ impl Step {
         let state_dir = &state_dir.to_path_buf();
         let out = state_dir.join(format!("{}.derived.ndjson", self.backfill));
         let record = state_dir.join(format!("{}.derived.json", self.backfill));
-        let inputs = source::discover_excluding(inputs, src, std::slice::from_ref(state_dir))?;
+        let inputs =
+            source::discover_excluding(inputs, src, std::slice::from_ref(state_dir), None)?;
         let mut identities = Vec::with_capacity(inputs.len());
         for i in &inputs {
             identities.push(
@@ -507,8 +508,12 @@ pub fn check(
     for (step, (name, cfg, src)) in plan.steps.iter().zip(steps) {
         let one = || -> Result<(), RunError> {
             let spec = crate::map::load(&cfg.mapping_path)?;
-            let inputs =
-                source::discover_excluding(&cfg.inputs, src, std::slice::from_ref(&cfg.state_dir))?;
+            let inputs = source::discover_excluding(
+                &cfg.inputs,
+                src,
+                std::slice::from_ref(&cfg.state_dir),
+                None,
+            )?;
             if let Some(d) = &step.derive {
                 for info in &inputs {
                     let opened = source::open(info, src)?;

@@ -129,12 +129,21 @@ impl Extent {
         if info.stdin.is_some() {
             return Extent::Unknown(0);
         }
-        let size = std::fs::metadata(&info.path).map_or(0, |m| m.len());
+        let size = info.size();
         if info.compression != Compression::None {
             return Extent::Unknown(size);
         }
         if info.format == Format::Parquet {
-            return match parquet_rows(&info.path) {
+            // Known once the run opened the input (an object's footer is not read again).
+            let known = info.parquet_groups.get();
+            let rows =
+                known
+                    .map(|g| g.iter().map(|g| g.rows).sum())
+                    .or_else(|| match &info.object {
+                        Some(_) => None,
+                        None => parquet_rows(&info.path),
+                    });
+            return match rows {
                 Some(rows) => Extent::Rows { size, rows },
                 None => Extent::Unknown(size),
             };

@@ -103,6 +103,9 @@ pub struct Summary {
     /// auto`, the highest the adaptive limit reached).
     #[serde(default)]
     pub concurrency_peak: u64,
+    /// The most requests in flight at once (at most the peak limit).
+    #[serde(default)]
+    pub in_flight_peak: u64,
     /// Alias calls of rows read again on resume that an earlier run had delivered: not
     /// sent again, and not in `calls_built`.
     #[serde(default)]
@@ -412,8 +415,9 @@ impl fmt::Display for Summary {
         if self.concurrency_peak > 0 {
             writeln!(
                 f,
-                "  concurrency peak  {:>14}",
-                thousands(self.concurrency_peak)
+                "  concurrency peak  {:>14}  (the limit; most in flight at once: {})",
+                thousands(self.concurrency_peak),
+                thousands(self.in_flight_peak)
             )?;
         }
         writeln!(

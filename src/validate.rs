@@ -223,7 +223,11 @@ fn pretty(call: &[u8]) -> String {
 /// requests instead of sending them (so the counts are a dry run's); sends nothing.
 pub fn validate(opts: &ValidateOptions, src: &SourceOptions) -> Result<Report, RunError> {
     let spec = crate::map::load(&opts.mapping)?;
-    let inputs = source::discover(&opts.inputs, src)?;
+    let objects = crate::pipeline::object_runtime(
+        opts.inputs.iter().map(|p| p.as_path()),
+        crate::source::remote::DEFAULT_RETRY_FOR,
+    )?;
+    let inputs = source::discover_excluding(&opts.inputs, src, &[], objects.as_ref())?;
     let outputs: Vec<OwnFile> = [
         ("--output", opts.output.as_deref()),
         ("--report-json", opts.report_json.as_deref()),

@@ -120,6 +120,13 @@ fn the_concurrency_rises_to_what_the_rate_needs_against_a_slow_receiver() {
         s.concurrency_peak >= 32 && s.concurrency_peak <= 256,
         "{s:?}"
     );
+    // What the limit was used for: the receiver's count, give or take the requests
+    // between attempts or at the gate, and never above the limit.
+    assert!(
+        s.in_flight_peak >= stats.max_in_flight && s.in_flight_peak <= s.concurrency_peak,
+        "{s:?} against {}",
+        stats.max_in_flight
+    );
 
     // Pinned: never more than 8 at once.
     let (server, _) = receiver_with(&w, slow);
@@ -135,7 +142,9 @@ fn the_concurrency_rises_to_what_the_rate_needs_against_a_slow_receiver() {
     completed(&out);
     let stats = server.shutdown();
     assert!(stats.max_in_flight <= 8, "{}", stats.max_in_flight);
-    assert_eq!(summary(&w.path("summary.json")).concurrency_peak, 8);
+    let s = summary(&w.path("summary.json"));
+    assert_eq!(s.concurrency_peak, 8);
+    assert!(s.in_flight_peak >= 1 && s.in_flight_peak <= 8, "{s:?}");
 }
 
 /// A receiver that answers 429 above 50 requests a second, and a run asked for 400: the

@@ -8,8 +8,14 @@
 //! HTML report, dry-run output, the receiver's record) and printed (stdout, stderr) for
 //! the key and for its HTTP Basic form, `base64("KEY:")`, with and without padding.
 //! The key file itself lives in a separate directory that is not searched.
+//!
+//! Object storage (issue 22): a run reading from and keeping its state in a bucket
+//! (s3s-fs on 127.0.0.1) never shows the store's secret key, in its output, its files or
+//! the state it writes to the bucket; a signed URL's signature is shown `REDACTED`.
 
 mod common;
+#[path = "common/s3.rs"]
+mod s3;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -445,5 +451,79 @@ fn plain_http_is_refused_for_hosts_that_only_look_like_loopback() {
             );
             assert_output_clean(&o);
         }
+    }
+}
+
+/// `needle` appears nowhere in `bytes`.
+fn assert_absent(what: &str, bytes: &[u8], needle: &str) {
+    assert!(
+        !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+        "{needle:?} appears in {what}"
+    );
+}
+
+#[test]
+fn object_storage_credentials_and_signed_queries_never_reach_output() {
+    let dir = workdir();
+    let server = s3::Server::start();
+    let c = server.client();
+    c.put(
+        "in/events.csv",
+        std::fs::read(dir.path("events.csv")).unwrap(),
+    );
+    let receiver = receiver(dir.dir(), KEY, Faults::default());
+    let o = common::run(
+        common::bin()
+            .current_dir(dir.dir())
+            .args(["-vv", "run", "s3://exports/in/", "--mapping", "events.toml"])
+            .args(["--endpoint", &receiver.base_url()])
+            .args(["--checkpoint", "s3://exports/state/"])
+            .args(["--summary-json", "summary.json", "--report", "report.html"])
+            .envs(s3::Server::env(&server.endpoint()))
+            .env("CDP_API_KEY", KEY),
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
+    assert_output_clean(&o);
+    for (what, bytes) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
+        assert_absent(what, bytes, s3::SECRET_KEY);
+    }
+    // The state in the bucket: the checkpoint and the rejects parts.
+    let state = c.list("state");
+    assert!(state.len() >= 2, "{state:?}");
+    for key in &state {
+        let bytes = c.get(key).unwrap();
+        assert_absent(key, &bytes, s3::SECRET_KEY);
+        assert_no_key_in(key, &bytes);
+    }
+    let mut stack = vec![dir.dir().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                assert_absent(
+                    &p.display().to_string(),
+                    &std::fs::read(&p).unwrap(),
+                    s3::SECRET_KEY,
+                );
+            }
+        }
+    }
+    assert_no_key_under(dir.dir());
+
+    // A signed query on an https URL: refused, its signature never shown.
+    let o = common::run(common::bin().current_dir(dir.dir()).args([
+        "run",
+        "https://example.com/export/x.csv?X-Amz-Credential=AKIDSENTINEL&X-Amz-Signature=SIGSENTINEL",
+        "--mapping",
+        "events.toml",
+        "--dry-run",
+    ]));
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    let err = common::stderr(&o);
+    assert!(err.contains("X-Amz-Signature=REDACTED"), "{err}");
+    for needle in ["SIGSENTINEL", "AKIDSENTINEL"] {
+        assert_absent("stderr", &o.stderr, needle);
     }
 }

@@ -253,8 +253,13 @@ impl Collector<'_> {
                 break;
             }
             let due = last_write.elapsed() >= self.interval || self.window.is_half_full();
+            // A checkpoint that is also a lease is written even when nothing moved.
+            let beat = self
+                .durable
+                .and_then(|d| d.heartbeat())
+                .is_some_and(|h| last_write.elapsed() >= h);
             // After a write failed, no checkpoint is written: the last one stands.
-            if dirty && due && o.io_error.is_none() {
+            if ((dirty && due) || beat) && o.io_error.is_none() {
                 if let Some(d) = self.durable {
                     if let Err(e) = self.sync_rejects().and_then(|_| {
                         let rows = lock(self.input_rows).clone();

@@ -18,6 +18,8 @@
 pub mod acks;
 pub mod collect;
 pub mod durable;
+#[cfg(feature = "object-store")]
+pub mod object;
 pub mod rejects;
 pub mod state;
 pub mod window;
@@ -49,8 +51,15 @@ pub struct Fingerprint {
     pub size: u64,
     /// Modification time, nanoseconds since the epoch.
     pub modified_ns: u128,
-    /// xxh3-64 of the first and last MiB (the whole file when smaller), hex.
+    /// xxh3-64 of the first and last MiB (the whole file when smaller), hex; empty for
+    /// an object, whose ETag says the same.
     pub sample_hash: String,
+    /// An object's ETag, as listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e_tag: Option<String>,
+    /// An object's version, when the store keeps versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// The content identity ([`crate::source::identity`]): what finds the input again
     /// whatever its path. Absent in version 1 files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,8 +80,8 @@ impl Fingerprint {
         }
     }
 
-    /// Whether the bytes are as they were: size, samples, modification time (and the
-    /// identity, when both have one).
+    /// Whether the bytes are as they were: size, samples, modification time, an object's
+    /// ETag and version (and the identity, when both have one).
     fn unchanged(&self, now: &Fingerprint) -> bool {
         self.size == now.size
             && self.sample_hash == now.sample_hash
@@ -81,6 +90,9 @@ impl Fingerprint {
                 (Some(a), Some(b)) => a == b,
                 _ => true,
             }
+            // An object's ETag and version, as listed.
+            && self.e_tag == now.e_tag
+            && self.version == now.version
     }
 }
 
@@ -143,12 +155,41 @@ pub struct Checkpoint {
     /// Rows of each input once it has been read to the end (0 until then).
     pub input_rows: Vec<u64>,
     pub counters: Counters,
+    /// Set for one shard of a sharded backfill (`--shard K/N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardRecord>,
+    /// Where this checkpoint's reading began (a shard's start; the beginning otherwise).
+    #[serde(default)]
+    pub start: Position,
     /// Alias calls delivered (and counted) at or past `resume`: each goes in a request
     /// of its own, which may be acknowledged while a batch body holding older rows is
     /// still open and holds the watermark back. A resume reads their rows again and
     /// does not send these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases_beyond: Vec<AliasAt>,
+    /// Who holds a checkpoint kept in object storage (see `object`); `None` on disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseRecord>,
+}
+
+/// Who holds a checkpoint object, and whether they let go of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// `host/pid` of the holder (a pod's name in Kubernetes).
+    pub owner: String,
+    /// Taken over this many times, plus one.
+    pub generation: u64,
+    /// Written by a run that ended: the next one takes over at once.
+    pub released: bool,
+}
+
+/// Which shard a checkpoint is, and of what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    pub k: u32,
+    pub n: u32,
+    /// [`crate::source::shard::plan_hash`] of the inputs every shard must agree on.
+    pub plan_hash: String,
 }
 
 /// A file the run writes that the system would not write: which file, where, and the
@@ -192,6 +233,20 @@ pub enum CheckpointError {
     Busy { path: PathBuf, what: &'static str },
     #[error("standard input cannot be resumed: pass --no-checkpoint, or save the data to a file")]
     Stdin,
+    /// A checkpoint in object storage whose holder is alive: another process runs it.
+    #[error("{path} is being written by {owner} (lease generation {generation}): this backfill (or shard) is running elsewhere now, and two processes on it would send everything twice. Wait for it to end; a process that died is taken over once its checkpoint has stayed unchanged for the lease time (--lease-ttl)")]
+    Held {
+        path: String,
+        owner: String,
+        generation: u64,
+    },
+    /// The checkpoint is an object URL, in a build without object storage or in a
+    /// combination that cannot work.
+    #[error("--checkpoint {path}: {why}")]
+    Remote { path: String, why: String },
+    /// A shard's start could not be found (its inputs could not be read).
+    #[error("cannot find where this shard starts: {0}")]
+    Shard(String),
     /// An input could not be read to find its content identity.
     #[error(transparent)]
     Input(crate::source::SourceError),
@@ -264,13 +319,32 @@ impl CheckpointError {
             CheckpointError::Fingerprint { .. }
                 | CheckpointError::Input(_)
                 | CheckpointError::Mapping { .. }
+                | CheckpointError::Shard(_)
                 | CheckpointError::Write(_)
         )
     }
 }
 
-/// Fingerprints an input file.
+/// Fingerprints an input: a file by its size, modification time and a hash of its ends;
+/// an object by its identity as listed (size, modification time, ETag and version).
 pub fn fingerprint(input: &InputInfo) -> std::io::Result<Fingerprint> {
+    if let Some(obj) = &input.object {
+        let listed = obj.identity();
+        let identity = input
+            .identity()
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .map(|id| id.to_string());
+        return Ok(Fingerprint {
+            path: input.display.clone(),
+            size: listed.size,
+            modified_ns: listed.modified_ns,
+            sample_hash: String::new(),
+            e_tag: listed.e_tag,
+            version: listed.version,
+            identity,
+            seed: None,
+        });
+    }
     let mut f = File::open(&input.path)?;
     let meta = f.metadata()?;
     let size = meta.len();
@@ -299,6 +373,8 @@ pub fn fingerprint(input: &InputInfo) -> std::io::Result<Fingerprint> {
         size,
         modified_ns,
         sample_hash: format!("{:016x}", h.digest()),
+        e_tag: None,
+        version: None,
         identity,
         seed: None,
     })
@@ -316,24 +392,28 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
             })
         }
     };
+    parse(&text, &path.display().to_string()).map(Some)
+}
+
+/// A checkpoint's bytes, checked (`shown`: where they came from, for messages).
+pub fn parse(text: &[u8], shown: &str) -> Result<Checkpoint, CheckpointError> {
+    let path = shown;
     let corrupt = |why: String| CheckpointError::Corrupt {
-        path: path.display().to_string(),
+        path: path.to_string(),
         why,
     };
-    let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_slice(text).map_err(|e| corrupt(e.to_string()))?;
     let version = v
         .get("version")
         .and_then(|v| v.as_u64())
         .ok_or_else(|| corrupt("no version field".into()))?;
     if !(OLDEST_VERSION as u64..=VERSION as u64).contains(&version) {
         return Err(CheckpointError::Version {
-            path: path.display().to_string(),
+            path: path.to_string(),
             found: version,
         });
     }
-    serde_json::from_value(v)
-        .map(Some)
-        .map_err(|e| corrupt(e.to_string()))
+    serde_json::from_value(v).map_err(|e| corrupt(e.to_string()))
 }
 
 /// Checks that `cp` was written for this very run, and takes in what may change between
@@ -409,7 +489,7 @@ pub fn check_matches(
         }
         if !old.unchanged(new) {
             return Err(mismatch(format!(
-                "input {} changed since the checkpoint was written (size, content or modification time), and {} of its rows were already sent",
+                "input {} changed since the checkpoint was written (size, content, ETag or modification time), and {} of its rows were already sent",
                 old.path,
                 sent(j)
             )));
@@ -528,6 +608,19 @@ fn positions_are_bytes(path: &str) -> bool {
         .any(|ext| p.ends_with(ext))
 }
 
+/// Who holds an unfinished checkpoint kept in object storage: `, held by host/pid
+/// (generation 2)`, or `, released` when its last run ended; empty on disk.
+fn lease_note(cp: &Checkpoint) -> String {
+    match &cp.lease {
+        Some(l) if l.released => format!(", released by {} (generation {})", l.owner, l.generation),
+        Some(l) => format!(
+            ", held by {} (generation {}) unless it stopped writing",
+            l.owner, l.generation
+        ),
+        None => String::new(),
+    }
+}
+
 /// `cdp-backfill status`: a human description of a checkpoint.
 pub fn describe(cp: &Checkpoint) -> String {
     let mut s = String::new();
@@ -576,7 +669,139 @@ pub fn describe(cp: &Checkpoint) -> String {
             cp.resume.input + 1,
             cp.inputs.len()
         ));
+        if cp.lease.is_some() {
+            s.push_str(&format!("  lease           {}\n", &lease_note(cp)[2..]));
+        }
     }
+    s
+}
+
+/// The checkpoints of a sharded backfill found at `path`: the `shard-K-of-N.checkpoint.json`
+/// files in a directory, or the `NAME.shard-K-of-N.EXT` files beside a checkpoint path,
+/// sorted by shard. Empty when there are none.
+pub fn find_shards(path: &Path) -> Result<Vec<(PathBuf, Checkpoint)>, CheckpointError> {
+    let is_shard = shard_names(path.is_dir(), &path.to_string_lossy());
+    let dir = match path.is_dir() {
+        true => path.to_path_buf(),
+        false => match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
+    };
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if is_shard(&name) {
+            let p = e.path();
+            if let Some(cp) = load(&p)? {
+                found.push((p, cp));
+            }
+        }
+    }
+    found.sort_by_key(|(_, cp)| cp.shard.as_ref().map_or(0, |s| s.k));
+    Ok(found)
+}
+
+/// Which names in the same directory (or under the same prefix) are the shard
+/// checkpoints of `path` (`cli::shard_path`'s names): in a directory (`dir`),
+/// `shard-K-of-N.checkpoint.json`; beside a checkpoint file `NAME.EXT`,
+/// `NAME.shard-K-of-N.EXT`.
+pub fn shard_names(dir: bool, path: &str) -> impl Fn(&str) -> bool {
+    let (prefix, suffix) = match dir {
+        true => ("shard-".to_string(), ".checkpoint.json".to_string()),
+        false => {
+            let name = path.rsplit('/').next().unwrap_or(path);
+            let (stem, ext) = name.rsplit_once('.').unwrap_or((name, ""));
+            (format!("{stem}.shard-"), format!(".{ext}"))
+        }
+    };
+    move |name: &str| {
+        name.len() > prefix.len() + suffix.len()
+            && name.starts_with(&prefix)
+            && name.ends_with(&suffix)
+            && name.contains("-of-")
+    }
+}
+
+/// `cdp-backfill status` of a sharded backfill: each shard's line, the totals, and what
+/// does not add up (missing shards, shards of another N or another plan).
+pub fn describe_shards(shards: &[(PathBuf, Checkpoint)]) -> String {
+    let mut s = String::new();
+    let n = shards
+        .iter()
+        .filter_map(|(_, c)| c.shard.as_ref().map(|r| r.n))
+        .max()
+        .unwrap_or(0);
+    let mut total = Counters::default();
+    let mut rejects = 0u64;
+    s.push_str(&format!(
+        "sharded backfill: {} of {n} shards have a checkpoint\n",
+        shards.len()
+    ));
+    for (p, cp) in shards {
+        let k = cp.shard.as_ref().map_or(0, |r| r.k);
+        let state = if cp.complete {
+            "done".to_string()
+        } else {
+            format!(
+                "at {} row {}{}",
+                cp.inputs
+                    .get(cp.resume.input as usize)
+                    .map_or("?", |f| f.path.as_str()),
+                cp.resume.row + 1,
+                lease_note(cp)
+            )
+        };
+        s.push_str(&format!(
+            "  shard {k:>3}/{n}  {state}; rows done {}, rejected {}, calls delivered {}, written {} ({})\n",
+            cp.counters.rows_done,
+            cp.counters.rows_rejected,
+            cp.counters.calls_delivered,
+            cp.written_at,
+            p.display()
+        ));
+        total.rows_done += cp.counters.rows_done;
+        total.rows_rejected += cp.counters.rows_rejected;
+        total.calls_delivered += cp.counters.calls_delivered;
+        total.requests += cp.counters.requests;
+        rejects += cp.rejects_len;
+    }
+    s.push_str(&format!("  rows done        {}\n", total.rows_done));
+    s.push_str(&format!(
+        "  rows rejected    {}  ({rejects} bytes of rejects)\n",
+        total.rows_rejected
+    ));
+    s.push_str(&format!("  calls delivered  {}\n", total.calls_delivered));
+    s.push_str(&format!("  requests         {}\n", total.requests));
+    let done = shards.iter().filter(|(_, c)| c.complete).count();
+    let missing: Vec<String> = (0..n)
+        .filter(|k| {
+            !shards
+                .iter()
+                .any(|(_, c)| c.shard.as_ref().is_some_and(|r| r.k == *k))
+        })
+        .map(|k| k.to_string())
+        .collect();
+    if !missing.is_empty() {
+        s.push_str(&format!(
+            "  shards not started (no checkpoint): {}\n",
+            missing.join(", ")
+        ));
+    }
+    let plans: std::collections::BTreeSet<(u32, &str)> = shards
+        .iter()
+        .filter_map(|(_, c)| c.shard.as_ref().map(|r| (r.n, r.plan_hash.as_str())))
+        .collect();
+    if plans.len() > 1 {
+        s.push_str("  warning: the shards were started with different N or different inputs; their ranges may overlap or leave gaps\n");
+    }
+    s.push_str(&match (done, missing.is_empty()) {
+        (d, true) if d == shards.len() => "  every shard is done\n".to_string(),
+        (d, _) => format!("  {d} of {n} shards done\n"),
+    });
     s
 }
 
@@ -598,6 +823,8 @@ mod tests {
                 size: 100,
                 modified_ns: 5,
                 sample_hash: "00".into(),
+                e_tag: None,
+                version: None,
                 identity: None,
                 seed: None,
             }],
@@ -612,6 +839,9 @@ mod tests {
             rejects_len: 0,
             input_rows: vec![0],
             counters: Counters::default(),
+            shard: None,
+            start: Position::default(),
+            lease: None,
             aliases_beyond: vec![AliasAt {
                 input: 0,
                 row: 12,
@@ -665,6 +895,8 @@ mod tests {
             size,
             modified_ns: 5,
             sample_hash: "00".into(),
+            e_tag: None,
+            version: None,
             identity: None,
             seed: None,
         }

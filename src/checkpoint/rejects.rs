@@ -67,9 +67,11 @@ pub fn open(path: &Path, keep: u64) -> Result<RejectsFile, CheckpointError> {
         None
     };
     Ok(RejectsFile {
-        file,
-        cut,
-        failed: None,
+        sink: Sink::File {
+            file,
+            cut,
+            failed: None,
+        },
     })
 }
 
@@ -112,6 +114,9 @@ pub fn refuse_counted_elsewhere(cfg: &RunConfig) -> Result<(), CheckpointError> 
 /// there (false when a checkpoint counts lines in it: then [`open`] reports it
 /// missing, and a refused run leaves nothing behind).
 pub fn lock_rejects(path: &Path, create: bool) -> Result<Option<File>, CheckpointError> {
+    if crate::source::remote::is_object_url(&path.to_string_lossy()) {
+        return Ok(None); // parts in object storage: the checkpoint's lease guards them
+    }
     if std::fs::metadata(path).map_or(!create, |m| !m.is_file()) {
         return Ok(None); // a pipe or a device: nothing to cut, nothing to guard
     }
@@ -224,35 +229,67 @@ fn cut_handle(file: &File) -> std::io::Result<File> {
 /// the earlier lines in place, where an `O_TRUNC` open would not have: the next run
 /// cuts them, and no checkpoint can count them (one is written only after a sync,
 /// which waits for the cut).
+///
+/// With the state in object storage it is a series of parts instead
+/// ([`super::object::ObjectRejects`]): a sync writes what was buffered as the next part.
 pub struct RejectsFile {
-    file: File,
-    cut: Option<std::thread::JoinHandle<std::io::Result<()>>>,
-    /// Why the cut failed, if it did: every later write fails too, so no line of this
-    /// run lands among an earlier run's.
-    failed: Option<(std::io::ErrorKind, String)>,
+    sink: Sink,
+}
+
+enum Sink {
+    File {
+        file: File,
+        cut: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+        /// Why the cut failed, if it did: every later write fails too, so no line of
+        /// this run lands among an earlier run's.
+        failed: Option<(std::io::ErrorKind, String)>,
+    },
+    #[cfg(feature = "object-store")]
+    Parts(super::object::ObjectRejects),
 }
 
 impl RejectsFile {
-    /// The file, once nothing is left beyond where this run writes.
-    fn ready(&mut self) -> std::io::Result<&mut File> {
-        if let Some(cut) = self.cut.take() {
-            let done = cut.join().unwrap_or_else(|_| {
-                Err(std::io::Error::other(
-                    "the thread cutting the file back panicked",
-                ))
-            });
-            if let Err(e) = done {
-                self.failed = Some((e.kind(), format!("cannot cut it back: {e}")));
-            }
-        }
-        match &self.failed {
-            Some((kind, why)) => Err(std::io::Error::new(*kind, why.clone())),
-            None => Ok(&mut self.file),
+    /// Rejects written as numbered parts in object storage.
+    #[cfg(feature = "object-store")]
+    pub fn parts(parts: super::object::ObjectRejects) -> RejectsFile {
+        RejectsFile {
+            sink: Sink::Parts(parts),
         }
     }
 
+    /// Where writes go, once nothing is left beyond where this run writes.
+    fn ready(&mut self) -> std::io::Result<&mut dyn Write> {
+        match &mut self.sink {
+            Sink::File { file, cut, failed } => {
+                if let Some(cut) = cut.take() {
+                    let done = cut.join().unwrap_or_else(|_| {
+                        Err(std::io::Error::other(
+                            "the thread cutting the file back panicked",
+                        ))
+                    });
+                    if let Err(e) = done {
+                        *failed = Some((e.kind(), format!("cannot cut it back: {e}")));
+                    }
+                }
+                match failed {
+                    Some((kind, why)) => Err(std::io::Error::new(*kind, why.clone())),
+                    None => Ok(file),
+                }
+            }
+            #[cfg(feature = "object-store")]
+            Sink::Parts(p) => Ok(p),
+        }
+    }
+
+    /// Makes everything written so far durable: the file synced, or the buffered lines
+    /// written as the next part.
     pub fn sync_data(&mut self) -> std::io::Result<()> {
-        self.ready()?.sync_data()
+        self.ready()?;
+        match &mut self.sink {
+            Sink::File { file, .. } => file.sync_data(),
+            #[cfg(feature = "object-store")]
+            Sink::Parts(p) => p.sync(),
+        }
     }
 }
 
@@ -270,8 +307,10 @@ impl Drop for RejectsFile {
     /// A run that ends without writing still leaves the file cut back, as it would
     /// have after an `O_TRUNC` open.
     fn drop(&mut self) {
-        if let Some(cut) = self.cut.take() {
-            let _ = cut.join();
+        if let Sink::File { cut, .. } = &mut self.sink {
+            if let Some(cut) = cut.take() {
+                let _ = cut.join();
+            }
         }
     }
 }
@@ -372,14 +411,16 @@ mod tests {
     fn a_failed_cut_fails_every_write() {
         let dir = tempfile::tempdir().unwrap();
         let mut f = RejectsFile {
-            file: File::create(dir.path().join("r")).unwrap(),
-            cut: Some(std::thread::spawn(|| {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    "sealed",
-                ))
-            })),
-            failed: None,
+            sink: Sink::File {
+                file: File::create(dir.path().join("r")).unwrap(),
+                cut: Some(std::thread::spawn(|| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        "sealed",
+                    ))
+                })),
+                failed: None,
+            },
         };
         for _ in 0..3 {
             let e = f.write(b"x").unwrap_err();

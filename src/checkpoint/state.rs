@@ -531,6 +531,8 @@ mod tests {
                     sample_hash: "0".into(),
                     identity: Some(i.to_string()),
                     seed: None,
+                    e_tag: None,
+                    version: None,
                 })
                 .collect(),
             resume,
@@ -540,6 +542,9 @@ mod tests {
             rejects_len: 0,
             input_rows: vec![0; ids.len()],
             counters: Counters::default(),
+            shard: None,
+            start: Position::default(),
+            lease: None,
             aliases_beyond: Vec::new(),
         }
     }

@@ -111,6 +111,8 @@ pub(crate) struct Front {
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Span {
     pub start: Position,
+    /// Where a shard's reading stops (`None`: at the end of the inputs).
+    pub stop: Option<Stop>,
     /// Rows to read at most from `start` (`--limit`, less what earlier runs did).
     pub limit: Option<u64>,
 }
@@ -242,6 +244,7 @@ pub(super) fn start_mapping(
             // parse in parallel. With fewer, the run is CPU-bound and the scan's
             // extra instructions would cost more than they free.
             defer_parsing: dispatch.mappers.current_num_threads() >= 3,
+            stop: span.stop,
             limit: span.limit,
         };
         // A read error ends reading but not delivery: every row read before the

@@ -42,7 +42,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::checkpoint::collect::{CollectOutcome, Collector};
 use crate::checkpoint::durable::Durable;
-use crate::checkpoint::{self, rejects, state, window::Window, WriteError};
+use crate::checkpoint::{self, rejects, state, window::Window, CheckpointError, WriteError};
 use crate::config::{
     ConcurrencySetting, Endpoint, Limits, OwnFile, RunConfig, DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
 };
@@ -58,6 +58,8 @@ use crate::send::transport::{DryRunTransport, HttpTransport, Transport};
 use crate::send::{self, Ack, Attempts, Delivery, Gate, RetryPolicy};
 use crate::serve::{ServeConfig, Server};
 use crate::source::read::{ReadEnd, Reading};
+use crate::source::remote::ObjectRuntime;
+use crate::source::shard::Stop;
 use crate::source::{self, Chunk, InputInfo, Position, SourceError, SourceOptions};
 use crate::summary::{Outcome, Summary};
 
@@ -65,6 +67,7 @@ mod front;
 mod prepare;
 
 pub(crate) use front::{Front, Plan, Span};
+pub(crate) use prepare::object_runtime;
 use prepare::*;
 
 /// The most requests queued for the gate, and for the senders past it: deep enough to
@@ -98,26 +101,33 @@ pub fn run(
         plan,
         durable,
         _rejects_lock,
+        start,
+        stop,
     } = match preflight(cfg, src)? {
         Preflight::Ready(r) => *r,
         Preflight::AlreadyComplete(s) => return Ok(*s),
     };
     // From here on, the configuration with this backfill's own paths.
     let cfg = &cfg;
-    let start = durable
-        .as_ref()
-        .map_or_else(Position::default, |d| d.base.resume);
     // `--limit N` counts the rows of the inputs in order, those of earlier runs too.
     let rows_before = durable.as_ref().map_or(0, Durable::rows_done_before);
     let span = Span {
         start,
+        stop,
         limit: cfg.limit.map(|n| n.saturating_sub(rows_before)),
     };
     let rejects_len0 = durable.as_ref().map_or(0, |d| d.base.rejects_len);
     // Before the rejects file is touched: a run that cannot start its threads changes
     // nothing on disk.
     let mappers = Arc::new(mapper_pool().map_err(RunError::Threads)?);
-    let rejects_file = rejects::open(&cfg.rejects_path, rejects_len0)?;
+    // With the state in object storage, the rejects are parts beside the checkpoint.
+    let rejects_file = match durable
+        .as_ref()
+        .and_then(|d| d.remote_rejects(&cfg.rejects_path, rejects_len0))
+    {
+        Some(parts) => parts?,
+        None => rejects::open(&cfg.rejects_path, rejects_len0)?,
+    };
     let (transport, dry, local) = transport(cfg)?;
     let limit = match (cfg.dry_run, cfg.concurrency) {
         (true, _) => send::Limit::Fixed(1),
@@ -289,7 +299,8 @@ pub fn run(
         let rows = lock(&input_rows).clone();
         let at = outcome.watermark.unwrap_or(d.base.resume);
         let drained = outcome.all_acknowledged;
-        d.store_as(
+        // The last write also releases an object-storage checkpoint's lease.
+        d.finish(
             at,
             outcome.rejects_len,
             &outcome.counters,
@@ -305,6 +316,7 @@ pub fn run(
     if !cfg.dry_run {
         summary.paused_by_429_secs = delivery.gate.paused_total().as_secs_f64();
         summary.concurrency_peak = delivery.flow.peak() as u64;
+        summary.in_flight_peak = delivery.flow.busiest() as u64;
     }
     summary.set_coverage(plan.coverage(&totals.present));
     if let (Some(d), Some(p)) = (&dry, &cfg.output) {

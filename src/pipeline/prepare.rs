@@ -52,6 +52,9 @@ pub(super) struct Ready {
     pub(super) plan: Plan,
     pub(super) durable: Option<Durable>,
     pub(super) _rejects_lock: Option<std::fs::File>,
+    /// Where reading starts, and (for a shard) where it stops.
+    pub(super) start: Position,
+    pub(super) stop: Option<Stop>,
 }
 
 pub(super) enum Preflight {
@@ -71,7 +74,14 @@ pub(super) fn preflight(cfg: &RunConfig, src: &SourceOptions) -> Result<Prefligh
     let mut own: Vec<PathBuf> = cfg.own_files.iter().map(|f| f.path.clone()).collect();
     own.push(cfg.mapping_path.clone());
     own.push(cfg.state_dir.clone());
-    let inputs = source::discover_excluding(&cfg.inputs, src, &own)?;
+    let objects = object_runtime(
+        cfg.inputs
+            .iter()
+            .chain(cfg.checkpoint.iter())
+            .map(PathBuf::as_path),
+        cfg.read_retry,
+    )?;
+    let inputs = source::discover_excluding(&cfg.inputs, src, &own, objects.as_ref())?;
     note_same_content(&inputs, cfg.quiet)?;
     // The backfill's own checkpoint and rejects file: named, found by content in the
     // state directory, or new.
@@ -110,7 +120,28 @@ pub(super) fn preflight(cfg: &RunConfig, src: &SourceOptions) -> Result<Prefligh
     }
     rejects::refuse_counted_elsewhere(&cfg)?;
     // A matching checkpoint says where to start; a mismatching one stops the run here.
-    let durable = Durable::open(&cfg, src, &plan.inputs, &found.backfill)?;
+    // A shard reads from its start (scanned for on its first run only) to its stop.
+    let listed = plan.inputs.clone();
+    let shard_range = |find_start| match cfg.shard {
+        Some(s) => source::shard::range(&listed, src, s, find_start).map(Some),
+        None => Ok(None),
+    };
+    let stop = shard_range(false)?.and_then(|r| r.stop);
+    let first_start = || -> Result<Position, SourceError> {
+        Ok(shard_range(true)?.map_or_else(Position::default, |r| r.start))
+    };
+    let durable = Durable::open(
+        &cfg,
+        src,
+        &plan.inputs,
+        &found.backfill,
+        objects.as_ref(),
+        || first_start().map_err(|e| CheckpointError::Shard(e.to_string())),
+    )?;
+    let start = match &durable {
+        Some(d) => d.base.resume,
+        None => first_start()?,
+    };
     // A resumed backfill keeps the seeds it started with (a version 1 checkpoint: the
     // path as typed); a new one seeds by content, as `Plan::new` did.
     if let Some(d) = &durable {
@@ -136,6 +167,8 @@ pub(super) fn preflight(cfg: &RunConfig, src: &SourceOptions) -> Result<Prefligh
         plan,
         durable,
         _rejects_lock: rejects_lock,
+        start,
+        stop,
     })))
 }
 
@@ -243,4 +276,19 @@ pub(super) fn transport(
         cfg.http_version,
     )?;
     Ok((Arc::new(http), None, local))
+}
+
+/// The object-store runtime, when any of `urls` (inputs, state) is in object storage.
+/// Its two worker threads are the run's, like every other thread: created here.
+/// `retry_for`: how long a failing read is retried without progress.
+pub(crate) fn object_runtime<'a>(
+    urls: impl IntoIterator<Item = &'a std::path::Path>,
+    retry_for: std::time::Duration,
+) -> Result<Option<Arc<ObjectRuntime>>, RunError> {
+    if !source::any_remote(urls) {
+        return Ok(None);
+    }
+    ObjectRuntime::new(retry_for)
+        .map(|rt| Some(Arc::new(rt)))
+        .map_err(RunError::Spawn)
 }

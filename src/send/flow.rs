@@ -52,6 +52,8 @@ struct State {
     in_flight: usize,
     /// The highest limit so far.
     peak: usize,
+    /// The most permits held when an attempt went on the wire.
+    busiest: usize,
     adaptive: Option<Concurrency>,
     fixed: usize,
 }
@@ -85,6 +87,7 @@ impl Flow {
             state: Mutex::new(State {
                 in_flight: 0,
                 peak: 0,
+                busiest: 0,
                 adaptive,
                 fixed,
             }),
@@ -128,6 +131,7 @@ impl Flow {
     pub fn sent(&self, now: Instant) {
         let mut s = self.lock();
         let n = s.in_flight;
+        s.busiest = s.busiest.max(n);
         if let Some(c) = s.adaptive.as_mut() {
             c.sent(now, n);
         }
@@ -154,6 +158,12 @@ impl Flow {
     pub fn peak(&self) -> usize {
         let s = self.lock();
         s.peak.max(s.limit())
+    }
+
+    /// The most requests on the wire (or between attempts) at once: at most
+    /// [`Self::peak`], and what the limit was actually used for.
+    pub fn busiest(&self) -> usize {
+        self.lock().busiest
     }
 
     /// The most requests ever allowed on the wire at once.

@@ -119,6 +119,8 @@ impl Read for Recorder {
 pub enum Origin<'a> {
     File(&'a Path),
     Stdin(&'a Arc<StdinReplay>),
+    /// An object's bytes (or any other stream).
+    Reader(Box<dyn Read + Send>),
 }
 
 /// Opens a (possibly compressed) stream for reading from its start.
@@ -130,6 +132,7 @@ pub fn open_stream(
     let raw: Box<dyn Read + Send> = match origin {
         Origin::File(p) => Box::new(File::open(p)?),
         Origin::Stdin(r) => r.open()?,
+        Origin::Reader(r) => r,
     };
     let mut buffered = BufReader::with_capacity(256 * 1024, raw);
     let compression = match by_name {

@@ -15,7 +15,13 @@
 //! every column.
 //!
 //! Inputs are read in a stable order: the arguments in the order given; the files under
-//! a directory, or matching a glob pattern, sorted by path (byte order).
+//! a directory, or matching a glob pattern, sorted by path (byte order). An object URL
+//! (`s3://bucket/export/`) names objects the same way ([`remote`]): its objects are
+//! sorted as the same files on a local disk would be, and read without being copied.
+//!
+//! An input's content identity ([`identity`]: its size and its first and last bytes as
+//! stored) is the same for a file and for an object holding the same bytes (two ranged
+//! GETs); the mapping derives each input's messageIds from it.
 //!
 //! Invariant: rows are produced in input order and every row read is counted, whether it
 //! maps, is rejected by the mapper, or is rejected by the source itself (wrong field count,
@@ -27,6 +33,8 @@ pub mod identity;
 pub mod ndjson;
 pub mod parquet;
 pub mod read;
+pub mod remote;
+pub mod shard;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -116,9 +124,20 @@ pub struct InputInfo {
     pub columns: ColumnRegistry,
     /// Set for standard input: what earlier opens consumed.
     pub stdin: Option<Arc<StdinReplay>>,
+    /// Set for an object in object storage (then `path` is its redacted URL).
+    pub object: Option<remote::RemoteObject>,
+    /// A Parquet input's row groups (stored bytes, rows), once its footer was read.
+    pub parquet_groups: std::sync::OnceLock<Vec<GroupExtent>>,
     /// The input's content identity ([`identity`]), read once: from the file on first
     /// use, or set by a reader that has it already ([`InputInfo::set_identity`]).
     identity: OnceLock<ContentIdentity>,
+}
+
+/// One Parquet row group: its column chunks' stored bytes and its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupExtent {
+    pub bytes: u64,
+    pub rows: u64,
 }
 
 impl InputInfo {
@@ -138,11 +157,21 @@ impl InputInfo {
                 .map_or(Compression::None, Compression::from_name),
             columns: ColumnRegistry::default(),
             stdin: is_stdin.then(Default::default),
+            object: None,
+            parquet_groups: Default::default(),
             identity: OnceLock::new(),
             path,
             display,
             format,
         }
+    }
+
+    /// An object found by [`discover`].
+    pub fn from_object(index: u32, object: remote::RemoteObject, format: Format) -> InputInfo {
+        let mut info = InputInfo::new(index, PathBuf::from(&object.display), format);
+        info.display = object.display.clone();
+        info.object = Some(object);
+        info
     }
 
     /// The input's content identity (what seeds its messageIds), read from the file on
@@ -155,10 +184,23 @@ impl InputInfo {
         if let Some(id) = self.identity.get() {
             return Ok(Some(*id));
         }
-        let id = ContentIdentity::of_file(&self.path).map_err(|source| SourceError::Open {
-            path: self.display.clone(),
-            source,
-        })?;
+        let id = match &self.object {
+            // Two ranged reads: the first and the last 64 KiB as stored.
+            Some(o) => {
+                let n = identity::IDENTITY_SAMPLE;
+                let (head, tail) = o.ends(n)?;
+                ContentIdentity::from_parts(o.size(), &head, &tail).map_err(|e| {
+                    SourceError::Open {
+                        path: self.display.clone(),
+                        source: std::io::Error::other(e),
+                    }
+                })?
+            }
+            None => ContentIdentity::of_file(&self.path).map_err(|source| SourceError::Open {
+                path: self.display.clone(),
+                source,
+            })?,
+        };
         Ok(Some(*self.identity.get_or_init(|| id)))
     }
 
@@ -169,20 +211,31 @@ impl InputInfo {
         let _ = self.identity.set(id);
     }
 
-    /// A plain file (not stdin, not compressed) can be seeked to a byte offset.
+    /// A plain file or object (not stdin, not compressed) can be read from a byte offset.
     fn seekable(&self) -> bool {
         self.stdin.is_none() && self.compression == Compression::None
     }
 
+    /// The input's size in bytes as stored (0 for standard input).
+    pub fn size(&self) -> u64 {
+        match (&self.object, &self.stdin) {
+            (Some(o), _) => o.size(),
+            (None, Some(_)) => 0,
+            (None, None) => std::fs::metadata(&self.path).map_or(0, |m| m.len()),
+        }
+    }
+
     fn open_stream(&self) -> Result<(Stream, Compression), SourceError> {
-        let origin = match &self.stdin {
-            Some(r) => Origin::Stdin(r),
-            None => Origin::File(&self.path),
-        };
-        compress::open_stream(origin, self.compression).map_err(|source| SourceError::Open {
+        let open_err = |source| SourceError::Open {
             path: self.display.clone(),
             source,
-        })
+        };
+        let origin = match (&self.stdin, &self.object) {
+            (Some(r), _) => Origin::Stdin(r),
+            (None, Some(o)) => Origin::Reader(Box::new(o.reader_at(0).map_err(open_err)?)),
+            (None, None) => Origin::File(&self.path),
+        };
+        compress::open_stream(origin, self.compression).map_err(open_err)
     }
 }
 
@@ -385,6 +438,23 @@ impl Chunk {
             Chunk::Ndjson(_) | Chunk::Parquet(_) => Ok(()),
         }
     }
+    /// Keeps the first `k` rows only (a shard's stop): the end moves to row `k`'s start.
+    pub fn truncate(&mut self, k: usize) {
+        if k >= self.len() {
+            return;
+        }
+        let end = Position {
+            input: self.input().index,
+            row: self.first_row() + k as u64,
+            offset: self.row_offset(k),
+        };
+        match self {
+            Chunk::Csv(c) => (c.len, c.end) = (k, end),
+            Chunk::Ndjson(c) => (c.len, c.end) = (k, end),
+            Chunk::Parquet(c) => (c.len, c.end) = (k, end),
+        }
+    }
+
     /// Per column registered on the input ([`ColumnRef::Path`] index): whether any row
     /// of the chunk had a value there (a null counts: the key was present). `None` for
     /// CSV, whose columns are in every row.
@@ -418,6 +488,8 @@ pub enum SourceError {
     Read { path: String, message: String },
     #[error("{path} is empty: it has no header row. Check the export, or remove the file from the inputs.")]
     Empty { path: String },
+    #[error(transparent)]
+    Remote(#[from] remote::RemoteError),
     #[error("{0}")]
     Other(String),
 }
@@ -457,23 +529,53 @@ pub fn discover(
     paths: &[PathBuf],
     opts: &SourceOptions,
 ) -> Result<Vec<Arc<InputInfo>>, SourceError> {
-    discover_excluding(paths, opts, &[])
+    discover_excluding(paths, opts, &[], None)
+}
+
+/// True when any of `args` is an object URL: the run then needs an [`remote::ObjectRuntime`].
+pub fn any_remote<'a>(args: impl IntoIterator<Item = &'a Path>) -> bool {
+    args.into_iter()
+        .any(|p| remote::is_object_url(&p.to_string_lossy()))
+}
+
+/// What discovery found: a local file or an object.
+enum Found {
+    File(PathBuf),
+    Object(remote::RemoteObject),
 }
 
 /// [`discover`], leaving out of directories and glob matches every file that is one of
 /// `own` (the run's own rejects file, checkpoint and other outputs, compared as files, not
 /// names): a run over `.` must not read what it writes. A file named on its own is kept;
 /// the run refuses it as an input that is also an output.
+///
+/// Object URLs are listed through `objects` (the run's object-store runtime; `None`
+/// refuses them).
 pub fn discover_excluding(
     paths: &[PathBuf],
     opts: &SourceOptions,
     own: &[PathBuf],
+    objects: Option<&Arc<remote::ObjectRuntime>>,
 ) -> Result<Vec<Arc<InputInfo>>, SourceError> {
     let own: Vec<FileId> = own.iter().filter_map(|p| FileId::of(p)).collect();
     let mut files: Vec<(PathBuf, Format)> = Vec::new();
+    // Objects, by the position in `files` they come before.
+    let mut objects_found: Vec<(usize, remote::RemoteObject, Format)> = Vec::new();
     let mut stdin_seen = false;
     for p in paths {
         let text = p.to_string_lossy();
+        if remote::is_object_url(&text) {
+            for (obj, format) in remote::expand(objects, &text, opts.format)? {
+                let format = format.ok_or_else(|| {
+                    SourceError::Other(format!(
+                        "cannot tell the format of {} from its name; pass --format csv, ndjson or parquet",
+                        obj.display
+                    ))
+                })?;
+                objects_found.push((files.len(), obj, format));
+            }
+            continue;
+        }
         if text == STDIN_ARG {
             let format = match opts.format {
                 Some(Format::Parquet) => {
@@ -573,10 +675,25 @@ pub fn discover_excluding(
             }
         }
     });
-    Ok(files
+    // Objects go back where their arguments were, among the files.
+    let mut found: Vec<(Found, Format)> = Vec::with_capacity(files.len() + objects_found.len());
+    let mut objects_found = objects_found.into_iter().peekable();
+    for (i, (path, format)) in files.into_iter().enumerate() {
+        while let Some((_, obj, f)) = objects_found.next_if(|(at, _, _)| *at <= i) {
+            found.push((Found::Object(obj), f));
+        }
+        found.push((Found::File(path), format));
+    }
+    found.extend(objects_found.map(|(_, obj, f)| (Found::Object(obj), f)));
+    Ok(found
         .into_iter()
         .enumerate()
-        .map(|(i, (path, format))| Arc::new(InputInfo::new(i as u32, path, format)))
+        .map(|(i, (what, format))| {
+            Arc::new(match what {
+                Found::File(path) => InputInfo::new(i as u32, path, format),
+                Found::Object(obj) => InputInfo::from_object(i as u32, obj, format),
+            })
+        })
         .collect())
 }
 
@@ -699,6 +816,7 @@ pub fn refuse_overwriting(
         .collect();
     let inputs: Vec<(FileId, &str)> = inputs
         .iter()
+        .filter(|i| i.object.is_none())
         .filter_map(|i| FileId::of(&i.path).map(|id| (id, i.display.as_str())))
         .collect();
     let mapping = mapping.and_then(|m| FileId::of(m).map(|id| (m, id)));
@@ -889,13 +1007,21 @@ pub fn open_at(
     }
 }
 
-/// The file opened at `offset`, and the 1-based line number there.
+/// The file opened at `offset` (an object: a ranged GET from there), and the 1-based
+/// line number there.
 fn seek_file(input: &InputInfo, offset: u64) -> Result<(Stream, u64), SourceError> {
     use std::io::{Seek, SeekFrom};
     let open_err = |source| SourceError::Open {
         path: input.display.clone(),
         source,
     };
+    if let Some(obj) = &input.object {
+        let r = obj.reader_at(offset).map_err(open_err)?;
+        return Ok((
+            Box::new(std::io::BufReader::with_capacity(256 * 1024, r)),
+            LINE_UNKNOWN,
+        ));
+    }
     let mut file = std::fs::File::open(&input.path).map_err(open_err)?;
     let len = file.metadata().map_err(open_err)?.len();
     if offset > len {

@@ -37,6 +37,12 @@
 //! error naming it, after every row of the groups before it was handed on.
 //!
 //! Positions: a row's [`Position::offset`] is its row group's index.
+//!
+//! An object in object storage is read through parquet's push decoders
+//! ([`super::remote::parquet_fetch`]): the footer, then per row group only the projected
+//! column chunks, held whole while the group is read; a group whose projected chunks
+//! exceed [`crate::config::MAX_ROW_GROUP_FETCH`] is refused, naming it. A resume never
+//! requests the row groups before its own.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -306,7 +312,8 @@ fn group_of(ends: &[u64], row: u64) -> u64 {
 pub struct ParquetSource {
     input: Arc<InputInfo>,
     schema: Arc<ParquetSchema>,
-    file: File,
+    /// The local file; `None` for an object (`input.object`).
+    file: Option<File>,
     meta: ArrowReaderMetadata,
     /// Set once the projection is known (at the first fill).
     mask: Option<ProjectionMask>,
@@ -322,11 +329,10 @@ pub struct ParquetSource {
 /// on a negative offset or size, and trusts sizes when it reads (found by the fuzzer,
 /// issue 9).
 fn check_chunk_ranges(
-    file: &File,
+    len: u64,
     meta: &ArrowReaderMetadata,
     display: &str,
 ) -> Result<(), SourceError> {
-    let len = file.metadata().map_or(u64::MAX, |m| m.len());
     for (g, rg) in meta.metadata().row_groups().iter().enumerate() {
         for (c, col) in rg.columns().iter().enumerate() {
             let start = col
@@ -354,19 +360,32 @@ fn check_chunk_ranges(
 impl ParquetSource {
     /// Opens the file and reads its metadata; reading starts at data row `start_row`.
     pub fn open(input: Arc<InputInfo>, start_row: u64) -> Result<Self, SourceError> {
-        let file = File::open(&input.path).map_err(|source| SourceError::Open {
-            path: input.display.clone(),
-            source,
-        })?;
-        let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| {
+        let unreadable = |e: &dyn std::fmt::Display| {
             SourceError::Read {
-                path: input.display.clone(),
-                message: format!(
-                    "cannot read the Parquet metadata (is the file complete? a truncated or damaged file has no readable footer): {e}"
-                ),
+            path: input.display.clone(),
+            message: format!(
+                "cannot read the Parquet metadata (is the file complete? a truncated or damaged file has no readable footer): {e}"
+            ),
+        }
+        };
+        let (file, meta, len) = match &input.object {
+            Some(obj) => (
+                None,
+                obj.parquet_metadata().map_err(|e| unreadable(&e))?,
+                obj.size(),
+            ),
+            None => {
+                let file = File::open(&input.path).map_err(|source| SourceError::Open {
+                    path: input.display.clone(),
+                    source,
+                })?;
+                let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+                    .map_err(|e| unreadable(&e))?;
+                let len = file.metadata().map_or(u64::MAX, |m| m.len());
+                (Some(file), meta, len)
             }
-        })?;
-        check_chunk_ranges(&file, &meta, &input.display)?;
+        };
+        check_chunk_ranges(len, &meta, &input.display)?;
         let names: Vec<String> = meta
             .schema()
             .fields()
@@ -379,11 +398,22 @@ impl ParquetSource {
         }
         let fields = meta.schema().fields().clone();
         let mut ends = Vec::with_capacity(meta.metadata().num_row_groups());
+        let mut extents = Vec::with_capacity(meta.metadata().num_row_groups());
         let mut total = 0u64;
         for g in meta.metadata().row_groups() {
-            total = total.saturating_add(g.num_rows().max(0) as u64);
+            let rows = g.num_rows().max(0) as u64;
+            total = total.saturating_add(rows);
             ends.push(total);
+            let bytes = g
+                .columns()
+                .iter()
+                .map(|c| c.compressed_size().max(0) as u64);
+            extents.push(super::GroupExtent {
+                bytes: bytes.sum(),
+                rows,
+            });
         }
+        let _ = input.parquet_groups.set(extents);
         if start_row > 0 && start_row >= total {
             return Err(SourceError::Read {
                 path: input.display.clone(),
@@ -459,25 +489,42 @@ impl ParquetSource {
         ));
     }
 
-    /// Opens a reader on row group `self.group`, skipping the rows before `next_row`.
-    fn open_group(&mut self, batch_rows: usize) -> Result<ParquetRecordBatchReader, SourceError> {
+    /// Opens a reader on row group `self.group`, skipping the rows before `next_row`;
+    /// `None` when there is nothing left of it.
+    fn open_group(
+        &mut self,
+        batch_rows: usize,
+    ) -> Result<Option<ParquetRecordBatchReader>, SourceError> {
         let g = self.group;
         let group_start = if g == 0 { 0 } else { self.group_ends[g - 1] };
         let fail = |e: &dyn std::fmt::Display| SourceError::Read {
             path: self.input.display.clone(),
             message: format!("cannot read row group {g}: {e}"),
         };
-        let file = self.file.try_clone().map_err(|e| fail(&e))?;
+        let skip = self.next_row.saturating_sub(group_start) as usize;
+        let Some(file) = &self.file else {
+            let Some(obj) = &self.input.object else {
+                return Err(fail(&"the input has neither a file nor an object"));
+            };
+            let mask = self.mask.clone().unwrap_or_else(ProjectionMask::all);
+            return obj
+                .row_group_reader(&self.meta, mask, g, skip, batch_rows.max(1))
+                .map_err(|e| match e {
+                    super::remote::GroupError::Remote(e) => SourceError::Remote(e),
+                    super::remote::GroupError::Decode(e) => fail(&e),
+                });
+        };
+        let file = file.try_clone().map_err(|e| fail(&e))?;
         let mut b = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.meta.clone())
             .with_batch_size(batch_rows.max(1))
             .with_row_groups(vec![g]);
         if let Some(mask) = &self.mask {
             b = b.with_projection(mask.clone());
         }
-        if self.next_row > group_start {
-            b = b.with_offset((self.next_row - group_start) as usize);
+        if skip > 0 {
+            b = b.with_offset(skip);
         }
-        b.build().map_err(|e| fail(&e))
+        b.build().map(Some).map_err(|e| fail(&e))
     }
 
     /// Fills `chunk` with the next batch of up to `max_rows` rows. `chunk.len == 0`
@@ -496,7 +543,13 @@ impl ParquetSource {
                 if self.group >= self.group_ends.len() {
                     break None;
                 }
-                self.reader = Some(self.open_group(max_rows)?);
+                match self.open_group(max_rows)? {
+                    Some(r) => self.reader = Some(r),
+                    None => {
+                        self.group += 1;
+                        continue;
+                    }
+                }
             }
             // Damaged pages can make the parquet/arrow crates panic instead of returning
             // an error (found by fuzzing); that becomes an error naming the row group.

@@ -5,11 +5,16 @@
 //! order, numbered from 0. It is the one serial stage of a run, so it does as little as
 //! it can: with enough mapper threads a CSV block is only scanned for whole records here
 //! and parsed by the mappers ([`Opened::fill_deferred`]).
+//!
+//! A shard's reading ([`super::shard`]) ends at its [`Stop`]: the chunk that reaches it
+//! is cut before the first row past it, and the input it stops in is never reported
+//! as read to its end.
 
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
+use super::shard::Stop;
 use super::{open, open_at, Chunk, InputInfo, Opened, Position, SourceError, SourceOptions};
 
 /// What to read.
@@ -18,6 +23,8 @@ pub struct Reading<'a> {
     pub opts: &'a SourceOptions,
     /// Where to start: the first input read and its first row.
     pub start: Position,
+    /// Where to stop (a shard's end); `None`: at the end of the last input.
+    pub stop: Option<Stop>,
     /// Rows a chunk holds at most.
     pub chunk_rows: usize,
     /// Chunks this stage may create; past that it waits for one to come back.
@@ -57,6 +64,11 @@ impl Reading<'_> {
         let mut created = 0;
         let mut spare: Option<Chunk> = None;
         for info in self.inputs.iter().skip(start.input as usize) {
+            // A shard's part is all read once its stop is reached.
+            if self.stop.is_some_and(|s| s.excludes(info.index, 0, 0)) {
+                return Ok(ReadEnd::AllRead);
+            }
+            let stop_here = self.stop.filter(|s| s.input == info.index);
             let mut src: Opened = if info.index == start.input {
                 open_at(info, opts, start)?
             } else {
@@ -89,7 +101,8 @@ impl Reading<'_> {
                     chunk = src.new_chunk(info);
                 }
                 let max_rows = (self.chunk_rows as u64).min(left) as usize;
-                if self.defer_parsing {
+                // A chunk the stop may cut needs its rows' offsets now.
+                if self.defer_parsing && stop_here.is_none() {
                     src.fill_deferred(&mut chunk, max_rows)?;
                 } else {
                     src.fill(&mut chunk, max_rows)?;
@@ -97,6 +110,22 @@ impl Reading<'_> {
                 if chunk.is_empty() {
                     spare = Some(chunk);
                     break;
+                }
+                let cut = stop_here.and_then(|s| {
+                    (0..chunk.len()).find(|&i| {
+                        s.excludes(
+                            info.index,
+                            chunk.first_row() + i as u64,
+                            chunk.row_offset(i),
+                        )
+                    })
+                });
+                if let Some(k) = cut {
+                    chunk.truncate(k);
+                    if !chunk.is_empty() {
+                        hand(seq, chunk);
+                    }
+                    return Ok(ReadEnd::AllRead);
                 }
                 rows = chunk.first_row() + chunk.len() as u64;
                 left -= (chunk.len() as u64).min(left);
