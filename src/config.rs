@@ -261,6 +261,42 @@ impl fmt::Display for HttpVersion {
     }
 }
 
+/// A gzip compression level for request bodies (`--gzip-level`), 1 (fastest) to 9
+/// (smallest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GzipLevel(u8);
+
+impl GzipLevel {
+    pub const MIN: u8 = 1;
+    pub const MAX: u8 = 9;
+    /// With `--gzip` alone: the best calls/s at a 150 ms round trip over a 1 Gbps
+    /// uplink on 2 cores (BENCHMARKS.md, issue 19, step h); a slower uplink does better
+    /// with 3.
+    pub const DEFAULT: GzipLevel = GzipLevel(1);
+
+    /// `None` outside 1..=9.
+    pub fn new(level: u8) -> Option<Self> {
+        (Self::MIN..=Self::MAX)
+            .contains(&level)
+            .then_some(GzipLevel(level))
+    }
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+impl Default for GzipLevel {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl fmt::Display for GzipLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// Everything `run` needs, validated.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -282,8 +318,9 @@ pub struct RunConfig {
     /// Calls per second at most (each request is charged its number of calls), on top
     /// of `rate_per_sec`.
     pub events_rate_per_sec: Option<u32>,
-    /// Send bodies gzip-compressed; the size limits still apply to the uncompressed body.
-    pub gzip: bool,
+    /// Send bodies gzip-compressed at this level (`None`: uncompressed); the size limits
+    /// still apply to the uncompressed body.
+    pub gzip: Option<GzipLevel>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub strict: bool,

@@ -81,7 +81,11 @@ pub fn settings(cfg: &RunConfig, src: &SourceOptions) -> Vec<(&'static str, Stri
         ),
         ("connect timeout", secs(cfg.connect_timeout)),
         ("request timeout", secs(cfg.request_timeout)),
-        ("gzip", yes(cfg.gzip)),
+        (
+            "gzip",
+            cfg.gzip
+                .map_or("no".to_string(), |l| format!("yes (level {l})")),
+        ),
         ("strict mode", yes(cfg.strict)),
         (
             "sentAt",

@@ -123,7 +123,7 @@ fn the_concurrency_rises_to_what_the_rate_needs_against_a_slow_receiver() {
     // What the limit was used for: the receiver's count, give or take the requests
     // between attempts or at the gate, and never above the limit.
     assert!(
-        s.in_flight_peak >= stats.max_in_flight as u64 && s.in_flight_peak <= s.concurrency_peak,
+        s.in_flight_peak >= stats.max_in_flight && s.in_flight_peak <= s.concurrency_peak,
         "{s:?} against {}",
         stats.max_in_flight
     );

@@ -659,3 +659,62 @@ fn queued_requests_do_not_grow_with_concurrency() {
         narrow / 1024
     );
 }
+
+#[test]
+fn gzip_level_9_bodies_arrive_whole_and_smaller_than_level_1() {
+    let _serial = serial();
+    let (env, input) = generated(3000, 12);
+    let limits = ["--max-request-bytes", "60000"];
+    let expected: BTreeSet<String> = expected_ids(&env, &input, &limits).into_iter().collect();
+    // --gzip-level 9 alone (it implies --gzip), and level 1 to compare with.
+    let mut wire = Vec::new();
+    for (tag, flags) in [
+        ("level-1", &["--gzip", "--gzip-level", "1"][..]),
+        ("level-9", &["--gzip-level", "9"][..]),
+    ] {
+        let record = env.path(&format!("{tag}.received.ndjson"));
+        let serve = ServeProcess::spawn(&["--record", record.to_str().unwrap()]);
+        let url = serve.url();
+        let mut args = vec!["--endpoint", &url];
+        args.extend(limits);
+        args.extend(flags);
+        let run = run(&env, &input, tag, &args);
+        let stats = serve.stats();
+
+        assert!(matches!(run.code(), 0 | 3), "{tag}: {}", run.stderr());
+        let got: BTreeSet<String> = recorded_ids(&record).into_iter().collect();
+        assert_same_ids(&got, &expected);
+        assert_eq!(
+            stats.calls_accepted,
+            expected.len() as u64,
+            "{tag}: {stats:?}"
+        );
+        assert_eq!(stats.duplicate_message_ids, 0, "{tag}");
+        assert_eq!(
+            status_count(&stats, "200"),
+            stats.requests,
+            "{tag}: {stats:?}"
+        );
+        assert!(stats.requests > 5, "{tag}: several requests: {stats:?}");
+        // The receiver decompressed what it counted: the run's uncompressed bytes, while
+        // the wire carried a fraction of them.
+        assert_eq!(
+            run.count("request_bytes"),
+            stats.bytes,
+            "{tag}: {}",
+            run.summary
+        );
+        assert!(
+            stats.wire_bytes * 2 < stats.bytes,
+            "{tag}: gzip bodies on the wire: {} of {} bytes",
+            stats.wire_bytes,
+            stats.bytes
+        );
+        run.assert_counters_add_up();
+        wire.push(stats.wire_bytes);
+    }
+    assert!(
+        wire[1] < wire[0],
+        "level 9 sends fewer bytes than level 1: {wire:?}"
+    );
+}

@@ -510,6 +510,14 @@ fn each_user_mistake_is_one_clear_message_with_the_right_exit_code() {
     mistake(d, &run_args(&["--rate", "fast"]), 2, &["--rate", "fast"]);
     mistake(d, &run_args(&["--rate", "0"]), 2, &["--rate", "at least 1"]);
     mistake(d, &run_args(&["--concurrency", "0"]), 2, &["--concurrency"]);
+    for level in ["0", "10", "fast"] {
+        mistake(
+            d,
+            &run_args(&["--gzip-level", level]),
+            2,
+            &["--gzip-level", level, "from 1 (fastest) to 9 (smallest)"],
+        );
+    }
     mistake(
         d,
         &[

@@ -13,7 +13,6 @@
 //! `"sentAt":"0000-00-00T00:00:00.000Z"`) are never at such a place, so they are sent as
 //! they were read. A call whose last bytes are not the placeholder is left alone.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -30,10 +29,11 @@ pub(crate) fn note_in_use() {
     IN_USE.store(true, Ordering::Relaxed);
 }
 
-/// A copy of `body` with the placeholder of each call set to `now_ms` (gzipped when
-/// `gzip`), or `None` when the body holds no placeholder and can be sent as it is.
+/// A copy of `body` with the placeholder of each call set to `now_ms`, or `None` when
+/// the body holds no placeholder and can be sent as it is. The sender compresses the
+/// copy (with `--gzip`) as it does any body.
 /// `call_ends`: where each call of the body ends (one past its closing `}`).
-pub fn restamp_at(body: &[u8], call_ends: &[u32], now_ms: i64, gzip: bool) -> Option<Arc<Vec<u8>>> {
+pub fn restamp_at(body: &[u8], call_ends: &[u32], now_ms: i64) -> Option<Arc<Vec<u8>>> {
     if !IN_USE.load(Ordering::Relaxed) {
         return None;
     }
@@ -57,24 +57,12 @@ pub fn restamp_at(body: &[u8], call_ends: &[u32], now_ms: i64, gzip: bool) -> Op
             out[at + AT..at + AT + stamp.len()].copy_from_slice(&stamp);
         }
     }
-    let mut out = out?;
-    if gzip {
-        let mut z = flate2::write::GzEncoder::new(
-            Vec::with_capacity(out.len() / 4 + 64),
-            flate2::Compression::fast(),
-        );
-        // Writing to a Vec cannot fail.
-        if z.write_all(&out).is_err() {
-            return None;
-        }
-        out = z.finish().ok()?;
-    }
-    Some(Arc::new(out))
+    out.map(Arc::new)
 }
 
 /// [`restamp_at`] with the current time: the sender's hook.
-pub fn restamp(body: &[u8], call_ends: &[u32], gzip: bool) -> Option<Arc<Vec<u8>>> {
-    restamp_at(body, call_ends, chrono::Utc::now().timestamp_millis(), gzip)
+pub fn restamp(body: &[u8], call_ends: &[u32]) -> Option<Arc<Vec<u8>>> {
+    restamp_at(body, call_ends, chrono::Utc::now().timestamp_millis())
 }
 
 #[cfg(test)]
@@ -105,13 +93,13 @@ mod tests {
             "{\"type\":\"track\",\"i\":1".to_string(),
         ]);
         note_in_use();
-        let out = restamp_at(&body, &ends, 1_700_000_000_123, false).unwrap();
+        let out = restamp_at(&body, &ends, 1_700_000_000_123).unwrap();
         assert_eq!(out.len(), body.len());
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         for c in v["batch"].as_array().unwrap() {
             assert_eq!(c["sentAt"], "2023-11-14T22:13:20.123Z");
         }
-        assert!(restamp_at(b"{\"batch\":[{}]}", &[12], 0, false).is_none());
+        assert!(restamp_at(b"{\"batch\":[{}]}", &[12], 0).is_none());
         // The original keeps its placeholders for the next attempt.
         assert!(memchr::memmem::find(&body, SENT_AT_PLACEHOLDER).is_some());
     }
@@ -128,7 +116,7 @@ mod tests {
             "the user's bytes look exactly like placeholders"
         );
         note_in_use();
-        let out = restamp_at(&body, &ends, 1_700_000_000_123, false).unwrap();
+        let out = restamp_at(&body, &ends, 1_700_000_000_123).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         for c in v["batch"].as_array().unwrap() {
             assert_eq!(c["sentAt"], "2023-11-14T22:13:20.123Z");
@@ -136,6 +124,6 @@ mod tests {
             assert_eq!(c["properties"]["raw"]["sentAt"], "0000-00-00T00:00:00.000Z");
         }
         // Ends that do not point at a placeholder change nothing.
-        assert!(restamp_at(&body, &[30, 31], 1, false).is_none());
+        assert!(restamp_at(&body, &[30, 31], 1).is_none());
     }
 }

@@ -176,7 +176,7 @@ pub fn run(
             base: cfg.backoff_base,
             cap: cfg.backoff_cap,
             strict: cfg.strict,
-            gzip: cfg.gzip && !cfg.dry_run,
+            gzip: cfg.gzip.filter(|_| !cfg.dry_run),
         },
         stop: Arc::new(AtomicBool::new(false)),
         inputs: plan.inputs.clone(),

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::config::GzipLevel;
 use crate::map::encode::Reject;
 use crate::pack::{CallOrigin, Request, Spares};
 use crate::source::InputInfo;
@@ -81,8 +82,9 @@ pub struct RetryPolicy {
     pub cap: Duration,
     /// Requests carry `X-Strict-Mode: 1`, so a 400 means "some calls are invalid".
     pub strict: bool,
-    /// Compress bodies (`Content-Encoding: gzip`); once per body, not per attempt.
-    pub gzip: bool,
+    /// Compress bodies (`Content-Encoding: gzip`) at this level; once per body, not per
+    /// attempt (unless `--sent-at now` restamps the body for the attempt).
+    pub gzip: Option<GzipLevel>,
 }
 
 /// Pause for a 429 that names no `Retry-After`.
@@ -269,13 +271,9 @@ impl Poster<'_> {
         calls: u32,
         call_ends: &[u32],
     ) -> Sent {
-        let wire = if self.policy.gzip {
-            match gzip(body) {
-                Ok(z) => Arc::new(z),
-                Err(e) => return Sent::Failed(format!("cannot gzip a request body: {e}")),
-            }
-        } else {
-            body.clone()
+        let wire = match on_wire(body.clone(), self.policy.gzip) {
+            Ok(w) => w,
+            Err(why) => return Sent::Failed(why),
         };
         let mut attempt = 0u32;
         loop {
@@ -285,12 +283,20 @@ impl Poster<'_> {
             // Issue 4 hook (`--sent-at now`): stamp the calls' fixed-width sentAt
             // placeholders, found by the calls' ends, with this attempt's time
             // (map/sent_at.rs); None otherwise.
-            let stamped = crate::map::sent_at::restamp(body, call_ends, self.policy.gzip);
+            let stamped = match crate::map::sent_at::restamp(body, call_ends)
+                .map(|b| on_wire(b, self.policy.gzip))
+                .transpose()
+            {
+                Ok(s) => s,
+                Err(why) => return Sent::Failed(why),
+            };
             let started = Instant::now();
             self.flow.sent(started);
-            let outcome =
-                self.transport
-                    .post(path, stamped.as_ref().unwrap_or(&wire), self.policy.gzip);
+            let outcome = self.transport.post(
+                path,
+                stamped.as_ref().unwrap_or(&wire),
+                self.policy.gzip.is_some(),
+            );
             let now = Instant::now();
             let answered = !matches!(outcome, retry::Attempt::NoResponse { .. });
             let decision = classify(&outcome, self.policy.strict);
@@ -377,11 +383,22 @@ impl Poster<'_> {
     }
 }
 
-/// Gzip at the fast level: JSON shrinks several-fold even so, and the CPU goes to mapping.
-fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+/// `body` as it goes on the wire: gzipped at `level`, or as it is (`None`).
+fn on_wire(body: Arc<Vec<u8>>, level: Option<GzipLevel>) -> Result<Arc<Vec<u8>>, String> {
+    match level {
+        None => Ok(body),
+        Some(level) => gzip(&body, level)
+            .map(Arc::new)
+            .map_err(|e| format!("cannot gzip a request body: {e}")),
+    }
+}
+
+/// `body` gzipped at `level`: the one place request bodies are compressed (public for
+/// the benchmark of the levels, benches/pack.rs).
+pub fn gzip(body: &[u8], level: GzipLevel) -> std::io::Result<Vec<u8>> {
     let mut z = flate2::write::GzEncoder::new(
         Vec::with_capacity(body.len() / 4 + 64),
-        flate2::Compression::fast(),
+        flate2::Compression::new(u32::from(level.get())),
     );
     z.write_all(body)?;
     z.finish()
@@ -684,7 +701,7 @@ mod tests {
             base: Duration::from_millis(1),
             cap: Duration::from_millis(2),
             strict: true,
-            gzip: false,
+            gzip: None,
         }
     }
 
@@ -791,12 +808,15 @@ mod tests {
     }
 
     #[test]
-    fn gzip_round_trips() {
+    fn gzip_round_trips_at_every_level() {
         let body = br#"{"batch":[{"type":"track"}]}"#.repeat(20);
-        let z = gzip(&body).unwrap();
-        assert!(z.len() < body.len());
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&z[..]), &mut out).unwrap();
-        assert_eq!(out, body);
+        for level in GzipLevel::MIN..=GzipLevel::MAX {
+            let z = gzip(&body, GzipLevel::new(level).unwrap()).unwrap();
+            assert!(z.len() < body.len());
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&z[..]), &mut out)
+                .unwrap();
+            assert_eq!(out, body, "level {level}");
+        }
     }
 }
