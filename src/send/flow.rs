@@ -52,7 +52,10 @@ struct State {
     in_flight: usize,
     /// The highest limit so far.
     peak: usize,
-    /// The most permits held when an attempt went on the wire.
+    /// Attempts on the wire now (between [`Flow::sent`] and [`Flow::back`]): permits
+    /// count senders waiting for work or at the gate too.
+    on_wire: usize,
+    /// The most attempts on the wire at once.
     busiest: usize,
     adaptive: Option<Concurrency>,
     fixed: usize,
@@ -87,6 +90,7 @@ impl Flow {
             state: Mutex::new(State {
                 in_flight: 0,
                 peak: 0,
+                on_wire: 0,
                 busiest: 0,
                 adaptive,
                 fixed,
@@ -131,10 +135,17 @@ impl Flow {
     pub fn sent(&self, now: Instant) {
         let mut s = self.lock();
         let n = s.in_flight;
-        s.busiest = s.busiest.max(n);
+        s.on_wire += 1;
+        s.busiest = s.busiest.max(s.on_wire);
         if let Some(c) = s.adaptive.as_mut() {
             c.sent(now, n);
         }
+    }
+
+    /// An attempt is off the wire: answered, failed or timed out.
+    pub fn back(&self) {
+        let mut s = self.lock();
+        s.on_wire = s.on_wire.saturating_sub(1);
     }
 
     /// What an attempt's answer says; `rate`: the gate's sending rate now, requests a
@@ -146,7 +157,7 @@ impl Flow {
             c.on_answer(now, signal, rate);
         }
         let now_limit = s.limit();
-        s.peak = s.peak.max(now_limit);
+        s.peak = s.peak.max(before).max(now_limit);
         let grew = now_limit > before;
         drop(s);
         if grew {
@@ -160,8 +171,8 @@ impl Flow {
         s.peak.max(s.limit())
     }
 
-    /// The most requests on the wire (or between attempts) at once: at most
-    /// [`Self::peak`], and what the limit was actually used for.
+    /// The most attempts on the wire at once: at most [`Self::peak`], and what the
+    /// limit was actually used for.
     pub fn busiest(&self) -> usize {
         self.lock().busiest
     }
@@ -244,5 +255,33 @@ mod tests {
         flow.release(q);
         assert_eq!(flow.now().in_flight, 0);
         assert_eq!(flow.rtt(), Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn the_busiest_count_is_attempts_on_the_wire_and_the_peak_keeps_the_first_limit() {
+        let flow = Flow::new(Limit::Auto(Bounds {
+            min: 1,
+            max: 64,
+            initial: 8,
+        }));
+        let stop = AtomicBool::new(false);
+        let t0 = Instant::now();
+        // Three senders hold permits; one request goes out at a time.
+        let permits: Vec<_> = (0..3).map(|_| flow.acquire(&stop).unwrap()).collect();
+        flow.sent(t0);
+        flow.back();
+        flow.sent(t0);
+        assert_eq!(flow.busiest(), 1, "idle permits are not requests in flight");
+        flow.sent(t0);
+        assert_eq!(flow.busiest(), 2);
+        flow.back();
+        flow.back();
+        // A 429 cuts the first limit: the peak is still the 8 that was allowed.
+        flow.answered(t0 + Duration::from_millis(50), Signal::Throttled, 100.0);
+        assert!(flow.now().limit < 8, "{:?}", flow.now());
+        assert_eq!(flow.peak(), 8);
+        for p in permits {
+            flow.release(p);
+        }
     }
 }

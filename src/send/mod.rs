@@ -297,6 +297,7 @@ impl Poster<'_> {
                 stamped.as_ref().unwrap_or(&wire),
                 self.policy.gzip.is_some(),
             );
+            self.flow.back();
             let now = Instant::now();
             let answered = !matches!(outcome, retry::Attempt::NoResponse { .. });
             let decision = classify(&outcome, self.policy.strict);
