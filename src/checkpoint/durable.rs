@@ -263,7 +263,7 @@ impl Durable {
         input_rows: &[u64],
         aliases: &[AliasAt],
     ) -> Result<(), WriteError> {
-        self.store_as(
+        let cp = self.next(
             resume,
             rejects_len,
             run,
@@ -271,37 +271,14 @@ impl Durable {
             false,
             input_rows,
             aliases,
-        )
-    }
-
-    /// [`Durable::store`], saying whether the run `drained`: it ended with every request
-    /// it handed out acknowledged and counted, so nothing past `resume` was sent but
-    /// `aliases`.
-    #[allow(clippy::too_many_arguments)] // each is one field of the file
-    pub fn store_as(
-        &self,
-        resume: Position,
-        rejects_len: u64,
-        run: &Counters,
-        complete: bool,
-        drained: bool,
-        input_rows: &[u64],
-        aliases: &[AliasAt],
-    ) -> Result<(), WriteError> {
-        let cp = self.next(
-            resume,
-            rejects_len,
-            run,
-            complete,
-            drained,
-            input_rows,
-            aliases,
         );
         self.write(&cp, false)
     }
 
-    /// The run's last checkpoint, as [`Durable::store_as`]; in object storage it also
-    /// releases the lease, so that the next run takes over at once.
+    /// The run's last checkpoint, as [`Durable::store`] but saying whether the run
+    /// `drained`: it ended with every request it handed out acknowledged and counted, so
+    /// nothing past `resume` was sent but `aliases`. In object storage it also releases
+    /// the lease, so that the next run takes over at once.
     #[allow(clippy::too_many_arguments)] // each is one field of the file
     pub fn finish(
         &self,
