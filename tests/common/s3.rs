@@ -97,6 +97,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(endpoint: &str) -> Client {
+        cdp_backfill::source::remote::locate::install_crypto_provider();
         let store = object_store::aws::AmazonS3Builder::new()
             .with_endpoint(endpoint)
             .with_bucket_name(BUCKET)

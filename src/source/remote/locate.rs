@@ -117,8 +117,22 @@ fn client() -> ClientOptions {
         .with_read_timeout(Duration::from_secs(30))
 }
 
+/// Makes ring the process's rustls crypto provider (once; a provider already installed
+/// stays): reqwest is built without one of its own, and a client cannot be built before.
+/// ring, which object_store already signs with, rather than aws-lc-rs and its C build;
+/// it offers no post-quantum key exchange (rustls deprecates it for that), as neither
+/// did the OpenSSL 3.0 this replaced.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Locates `arg` (an object, a prefix or a glob URL).
 pub fn locate(arg: &str, env: &StoreEnv) -> Result<Located, RemoteError> {
+    install_crypto_provider();
     let display = redact_url(arg);
     let bad = |why: String| RemoteError::Url {
         url: display.clone(),
