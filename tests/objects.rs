@@ -355,6 +355,180 @@ fn object_store_faults_are_retried_and_the_run_is_exact() {
     );
 }
 
+/// A store a round trip away (every GET waits 100 ms before it is answered): the
+/// content identities of the objects are read together, not one object after another,
+/// so are their headers, and each object is read with one GET, asked for while the
+/// object before it is still being answered. The run is exact.
+#[test]
+fn objects_a_round_trip_away_are_asked_for_ahead_not_in_turn() {
+    let w = Workdir::new();
+    std::fs::create_dir(w.path("ahead")).unwrap();
+    let server = Server::start();
+    let c = server.client();
+    let mut sizes = Vec::new();
+    for k in 0..6u64 {
+        let name = format!("ahead/part-{k}.csv");
+        let csv = w.generate(&name, 4_000, 40 + k);
+        let bytes = std::fs::read(&csv).unwrap();
+        // Larger than the first window of a header's open, and than two identity reads.
+        assert!(bytes.len() > 512 << 10, "{name}: {} bytes", bytes.len());
+        sizes.push(bytes.len());
+        c.put(&format!("ahead/part-{k}.csv"), bytes);
+    }
+    let mapping = fixture("events.toml");
+    let (local, local_bodies) = dry_run(&w, &["ahead"], &mapping, None);
+    assert_eq!(local.status.code(), Some(3), "{}", common::stderr(&local));
+    let proxy = Proxy::start(server.addr);
+    proxy.faults.get_delay_ms.store(100, Ordering::SeqCst);
+    let (out, bodies) = dry_run(
+        &w,
+        &["s3://exports/ahead/"],
+        &mapping,
+        Some(&proxy.endpoint()),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", common::stderr(&out));
+    assert!(
+        bodies == local_bodies,
+        "the S3 run's bodies differ from the local run's"
+    );
+    let peak = proxy.faults.gets_in_flight_peak.load(Ordering::SeqCst);
+    assert!(
+        peak >= 6,
+        "at most {peak} GETs were in flight at once: the objects' identities were read in turn"
+    );
+    let log = proxy.faults.log.lock().unwrap().clone();
+    let at = |line: &str| {
+        let hits: Vec<usize> = (0..log.len()).filter(|&i| log[i] == line).collect();
+        assert_eq!(hits.len(), 1, "{line:?} in {log:#?}");
+        hits[0]
+    };
+    // One GET per object reads it (no first window then the rest), and the next
+    // object's is asked for before this one's is answered: the reading stage asks for
+    // the first two objects as it starts.
+    let whole = |k: usize| format!("/exports/ahead/part-{k}.csv bytes=0-{}", sizes[k] - 1);
+    for k in 0..sizes.len() {
+        assert!(at(&format!("GET {}", whole(k))) < at(&format!("END {}", whole(k))));
+    }
+    assert!(
+        at(&format!("GET {}", whole(1))) < at(&format!("END {}", whole(0))),
+        "part-1 was asked for only once part-0 was all served: {log:#?}"
+    );
+    // The opens that read each object's header (its first window) overlap too.
+    let header = |k: usize| format!("/exports/ahead/part-{k}.csv bytes=0-{}", (256 << 10) - 1);
+    let last = sizes.len() - 1;
+    assert!(
+        at(&format!("GET {}", header(last))) < at(&format!("END {}", header(0))),
+        "the objects' headers were read one after another: {log:#?}"
+    );
+}
+
+/// A TLS front for `upstream` on 127.0.0.1, with the certificate in fixtures/tls (signed by
+/// its throwaway CA, for 127.0.0.1); it serves until the test process ends.
+fn tls_front(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = fixture("tls");
+    let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    l.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            loop {
+                let Ok((c, _)) = l.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // A client that refuses the certificate ends its connection here.
+                    let Ok(mut tls) = acceptor.accept(c).await else {
+                        return;
+                    };
+                    let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// Object stores are reached over TLS with the certificate verified: a store whose
+/// certificate no trusted authority signed stops the run, saying so, before a row is
+/// read; with its private CA in `SSL_CERT_FILE` (an internal MinIO's, say) the same
+/// store gives the calls of a local run.
+#[test]
+fn tls_to_a_store_verifies_its_certificate_and_trusts_a_ca_in_ssl_cert_file() {
+    let w = Workdir::new();
+    let csv = w.generate("t.csv", 2_000, 7);
+    let server = Server::start();
+    server
+        .client()
+        .put("tls/t.csv", std::fs::read(&csv).unwrap());
+    let front = tls_front(server.addr);
+    let endpoint = format!("https://127.0.0.1:{}", front.port());
+    let mapping = fixture("events.toml");
+    let (local, local_bodies) = dry_run(&w, &["t.csv"], &mapping, None);
+    assert_eq!(local.status.code(), Some(3), "{}", common::stderr(&local));
+    let run = |ca: &Path| {
+        let out_file = w.path("tls-bodies.ndjson");
+        let _ = std::fs::remove_file(&out_file);
+        let mut cmd = w.cmd();
+        cmd.args(["run", "s3://exports/tls/t.csv", "--mapping"])
+            .arg(&mapping)
+            .args(["--dry-run", "--quiet", "--read-retry-secs", "1", "--output"])
+            .arg(&out_file)
+            .arg("--rejects")
+            .arg(w.path("tls-rejects.ndjson"))
+            .envs(Server::env(&endpoint))
+            .env("SSL_CERT_FILE", ca)
+            .env_remove("SSL_CERT_DIR")
+            .stdin(Stdio::null());
+        let out = common::run(&mut cmd);
+        (out, std::fs::read_to_string(&out_file).unwrap_or_default())
+    };
+    // The certificate's CA is not among those trusted (the server's own certificate
+    // is not a CA): refused.
+    let (out, bodies) = run(&fixture("tls").join("server.pem"));
+    let err = common::stderr(&out);
+    assert!(
+        !matches!(out.status.code(), Some(0) | Some(3)),
+        "an unverified store was read: {err}"
+    );
+    assert!(bodies.is_empty());
+    assert!(
+        err.contains("TLS certificate was not accepted") && err.contains("SSL_CERT_FILE"),
+        "{err}"
+    );
+    let (out, bodies) = run(&fixture("tls").join("ca.pem"));
+    assert_eq!(out.status.code(), Some(3), "{}", common::stderr(&out));
+    assert!(
+        bodies == local_bodies,
+        "the calls read over TLS differ from the local run's"
+    );
+}
+
 /// Request bodies with every messageId taken out.
 fn strip_ids(bodies: &str) -> Vec<serde_json::Value> {
     bodies

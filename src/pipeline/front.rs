@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Objects opened at once to read their columns ([`Plan::new`]).
+const OPENS_AT_ONCE: usize = 8;
+
 /// The inputs and the mapping compiled against each: what the front of the pipeline
 /// reads and maps.
 pub(crate) struct Plan {
@@ -24,15 +27,40 @@ impl Plan {
         limits: Limits,
         sent_at: bool,
     ) -> Result<Plan, RunError> {
+        InputInfo::prefetch_identities(&inputs);
         let mut mappings = Vec::with_capacity(inputs.len());
         // Content seeds, as a new backfill (or a run without a checkpoint) uses; a
         // resumed one may [`Plan::reseed`].
         let seeds = message_id::seeds(SeedScheme::Content, &spec.namespace, &inputs)?;
-        for (info, seed) in inputs.iter().zip(seeds) {
+        // Each input opened for its columns, the mapping compiled against them. An
+        // object's open waits a round trip for its first bytes: objects are opened
+        // OPENS_AT_ONCE at a time, so a thousand of them a WAN away wait for a thousand
+        // round trips / OPENS_AT_ONCE, not a thousand. Local files open in turn.
+        let compile_one = |info: &Arc<InputInfo>| -> Result<CompiledMapping, RunError> {
             let opened = source::open(info, src)?;
-            let mut m = compile(spec, opened.schema(), &info.display)?;
-            m.seed = seed;
-            mappings.push(Arc::new(m));
+            Ok(compile(spec, opened.schema(), &info.display)?)
+        };
+        let remote = inputs.iter().filter(|i| i.object.is_some()).count();
+        let at_once = if remote > 1 { OPENS_AT_ONCE } else { 1 };
+        let mut seeds = seeds.into_iter();
+        for batch in inputs.chunks(at_once) {
+            let compiled: Vec<Result<CompiledMapping, RunError>> = match batch {
+                [one] => vec![compile_one(one)],
+                _ => std::thread::scope(|s| {
+                    let open = |info| s.spawn(move || compile_one(info));
+                    let running: Vec<_> = batch.iter().map(open).collect();
+                    running
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                        .collect()
+                }),
+            };
+            // The first failure in input order, as opening them in turn would find.
+            for m in compiled {
+                let mut m = m?;
+                m.seed = seeds.next().unwrap_or_default();
+                mappings.push(Arc::new(m));
+            }
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let encode = Arc::new(EncodeOptions {

@@ -82,6 +82,7 @@ pub(super) fn preflight(cfg: &RunConfig, src: &SourceOptions) -> Result<Prefligh
         cfg.read_retry,
     )?;
     let inputs = source::discover_excluding(&cfg.inputs, src, &own, objects.as_ref())?;
+    InputInfo::prefetch_identities(&inputs);
     note_same_content(&inputs, cfg.quiet)?;
     // The backfill's own checkpoint and rejects file: named, found by content in the
     // state directory, or new.

@@ -204,6 +204,47 @@ impl InputInfo {
         Ok(Some(*self.identity.get_or_init(|| id)))
     }
 
+    /// Reads, together, the content identities of the inputs among `inputs` that are
+    /// objects and have none yet: [`remote::ENDS_AT_ONCE`] objects' two ranged reads at
+    /// a time, where [`InputInfo::identity`] would wait for each in turn. A read that
+    /// fails is left for [`InputInfo::identity`] to meet again and report, in order.
+    pub fn prefetch_identities(inputs: &[Arc<InputInfo>]) {
+        #[cfg(feature = "object-store")]
+        {
+            let todo: Vec<&Arc<InputInfo>> = inputs
+                .iter()
+                .filter(|i| i.object.is_some() && i.identity.get().is_none())
+                .collect();
+            if todo.len() < 2 {
+                return;
+            }
+            let objs: Vec<&remote::RemoteObject> =
+                todo.iter().filter_map(|i| i.object.as_ref()).collect();
+            for (info, got) in todo.iter().zip(remote::identities_of_all(&objs)) {
+                if let Ok(id) = got {
+                    info.set_identity(id);
+                }
+            }
+        }
+        #[cfg(not(feature = "object-store"))]
+        let _ = inputs;
+    }
+
+    /// For an object read from its start as text: starts its reading now (see
+    /// [`remote::RemoteObject::prefetch`]), so its first bytes are here when it is
+    /// opened. Local files, Parquet (read by row group) and stdin: nothing to do.
+    pub fn prefetch(&self) -> Result<(), SourceError> {
+        match (&self.object, self.format) {
+            (Some(o), Format::Csv | Format::Ndjson) => {
+                o.prefetch().map_err(|source| SourceError::Open {
+                    path: self.display.clone(),
+                    source,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Records an identity computed elsewhere (a remote reader's two ranged reads), so
     /// [`InputInfo::identity`] does not read the file. A second call is ignored: the
     /// first identity is the input's.

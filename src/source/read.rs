@@ -63,10 +63,20 @@ impl Reading<'_> {
         let mut seq = 0;
         let mut created = 0;
         let mut spare: Option<Chunk> = None;
-        for info in self.inputs.iter().skip(start.input as usize) {
+        for (k, info) in self.inputs.iter().enumerate().skip(start.input as usize) {
             // A shard's part is all read once its stop is reached.
             if self.stop.is_some_and(|s| s.excludes(info.index, 0, 0)) {
                 return Ok(ReadEnd::AllRead);
+            }
+            // Objects: this one's reading, and the next one's, start now, so a store a
+            // round trip away answers the next while this one is read.
+            if info.index != start.input || start.row == 0 {
+                info.prefetch()?;
+            }
+            if let Some(next) = self.inputs.get(k + 1) {
+                if !self.stop.is_some_and(|s| s.excludes(next.index, 0, 0)) {
+                    next.prefetch()?;
+                }
             }
             let stop_here = self.stop.filter(|s| s.input == info.index);
             let mut src: Opened = if info.index == start.input {

@@ -25,7 +25,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use super::locate::{locate, Located, StoreEnv};
-use super::redact::redact_text;
+use super::redact::describe;
 use super::{ObjectRuntime, RemoteError, RemoteObject};
 use crate::source::Format;
 
@@ -48,6 +48,7 @@ pub fn expand(
                 meta,
                 rt: rt.clone(),
                 display,
+                warm: Default::default(),
             },
             format,
         )
@@ -81,10 +82,23 @@ fn head(rt: &ObjectRuntime, loc: &Located) -> Result<Option<ObjectMeta>, RemoteE
     match rt.block_on(async move { store.head(&path).await }) {
         Ok(m) => Ok(Some(m)),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(RemoteError::List {
+        Err(e) => Err(list_failed(loc, &e)),
+    }
+}
+
+/// Why `loc` could not be listed: a certificate the store was refused for, or
+/// anything else.
+fn list_failed(loc: &Located, e: &object_store::Error) -> RemoteError {
+    let why = describe(e);
+    match why.contains("certificate") {
+        true => RemoteError::Tls {
             url: loc.display.clone(),
-            why: redact_text(&e.to_string()),
-        }),
+            why,
+        },
+        false => RemoteError::List {
+            url: loc.display.clone(),
+            why,
+        },
     }
 }
 
@@ -94,10 +108,7 @@ fn head(rt: &ObjectRuntime, loc: &Located) -> Result<Option<ObjectMeta>, RemoteE
 fn list(rt: &ObjectRuntime, loc: &Located, any_name: bool) -> Result<Vec<ObjectMeta>, RemoteError> {
     let store = loc.store.clone();
     let prefix = loc.path.clone();
-    let fail = |e: object_store::Error| RemoteError::List {
-        url: loc.display.clone(),
-        why: redact_text(&e.to_string()),
-    };
+    let fail = |e: object_store::Error| list_failed(loc, &e);
     let mut all: Vec<ObjectMeta> = rt
         .block_on(async move {
             let p = (!prefix.as_ref().is_empty()).then_some(&prefix);

@@ -30,7 +30,7 @@ use object_store::path::Path;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
 use super::profile;
-use super::redact::{redact_text, redact_url};
+use super::redact::{describe, redact_url};
 use super::RemoteError;
 
 /// The environment a store is configured from (the process's, or a test's list).
@@ -144,7 +144,7 @@ pub fn locate(arg: &str, env: &StoreEnv) -> Result<Located, RemoteError> {
         return Err(bad("no bucket or container in the URL".into()));
     }
     let mut key = url.path().trim_start_matches('/').to_string();
-    let built = |e: object_store::Error| bad(redact_text(&e.to_string()));
+    let built = |e: object_store::Error| bad(describe(&e));
     let (store, base): (Arc<dyn ObjectStore>, String) = match url.scheme() {
         "s3" | "s3a" => (
             Arc::new(s3(arg, env).map_err(|e| match e {

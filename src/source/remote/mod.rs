@@ -41,7 +41,7 @@ pub mod profile;
 pub mod stream;
 
 #[cfg(feature = "object-store")]
-pub use object::{ObjectRuntime, RemoteObject};
+pub use object::{identities_of_all, ObjectRuntime, RemoteObject, ENDS_AT_ONCE};
 
 #[cfg(not(feature = "object-store"))]
 mod off;
@@ -121,6 +121,8 @@ pub enum RemoteError {
         "cannot list {url}: {why}. Check the URL, and that the credentials may list the bucket"
     )]
     List { url: String, why: String },
+    #[error("cannot reach {url}: its TLS certificate was not accepted ({why}). If the store's certificate comes from a private certificate authority (an internal MinIO or Ceph, say), set SSL_CERT_FILE to the authority's PEM file (or SSL_CERT_DIR to a directory of them)")]
+    Tls { url: String, why: String },
     #[error("{url}: no such object, and no objects under it as a prefix. Check the URL (a prefix ends with /)")]
     NotFound { url: String },
     #[error("{url} holds no input files (.csv, .tsv, .ndjson, .jsonl, .json, .parquet, optionally .gz or .zst); pass --format to read objects with other names")]

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore};
 
-use super::redact::redact_text;
+use super::redact::describe;
 use super::stream::{ObjectReader, StreamOptions};
 use super::{ObjectIdentity, RemoteError};
+use crate::source::identity::{ContentIdentity, IDENTITY_SAMPLE};
 
 /// The runtime every object-store request runs on: tokio, two workers (HTTP I/O needs
 /// little CPU; the pipeline's own threads do the parsing). Created by `pipeline` only
@@ -77,6 +78,8 @@ pub struct RemoteObject {
     pub rt: Arc<ObjectRuntime>,
     /// The object's URL, redacted.
     pub display: String,
+    /// A reader from byte 0 started ahead of its use ([`RemoteObject::prefetch`]).
+    pub warm: std::sync::Mutex<Option<Box<ObjectReader>>>,
 }
 
 impl std::fmt::Debug for RemoteObject {
@@ -103,13 +106,41 @@ impl RemoteObject {
         }
     }
 
-    /// A reader of the object from byte `offset` (a ranged GET).
+    /// A reader of the object from byte `offset` (a ranged GET): the one
+    /// [`RemoteObject::prefetch`] started, if any and `offset` is 0.
     pub fn reader_at(&self, offset: u64) -> io::Result<ObjectReader> {
+        if offset == 0 {
+            if let Some(r) = self.warm_slot().take() {
+                return Ok(*r);
+            }
+        }
         let opts = StreamOptions {
             retry_for: self.rt.retry_for(),
             ..StreamOptions::default()
         };
         super::stream::open_at(self, offset, opts)
+    }
+
+    /// Starts reading the object from its start, the whole of it, before it is opened:
+    /// the next [`RemoteObject::reader_at`]`(0)` takes the reader, its first bytes
+    /// already here. For the reading stage, which reads an object to its end (or to a
+    /// shard's stop): at most [`super::stream::BUFFER`] bytes are pulled ahead, and
+    /// none if it is never opened but the first request's. Once per object.
+    pub fn prefetch(&self) -> io::Result<()> {
+        let mut slot = self.warm_slot();
+        if slot.is_none() {
+            let opts = StreamOptions {
+                retry_for: self.rt.retry_for(),
+                whole: true,
+                ..StreamOptions::default()
+            };
+            *slot = Some(Box::new(super::stream::open_at(self, 0, opts)?));
+        }
+        Ok(())
+    }
+
+    fn warm_slot(&self) -> std::sync::MutexGuard<'_, Option<Box<ObjectReader>>> {
+        self.warm.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Bytes `ranges` of the object, one buffer per range: concurrent ranged GETs
@@ -167,22 +198,70 @@ impl RemoteObject {
     /// The first and last `n` bytes of the object (the whole object, twice, when it is
     /// at most `2n` bytes): one GET for a small object, two ranged GETs otherwise.
     pub fn ends(&self, n: u64) -> Result<(Bytes, Bytes), RemoteError> {
-        let size = self.meta.size;
-        if size <= 2 * n {
-            let whole = 0..size;
-            let all = self
-                .fetch(std::slice::from_ref(&whole))?
+        self.rt.block_on(self.ends_owned(n))
+    }
+
+    /// [`RemoteObject::ends`] as a task of its own.
+    fn ends_owned(
+        &self,
+        n: u64,
+    ) -> impl Future<Output = Result<(Bytes, Bytes), RemoteError>> + Send + 'static {
+        let (store, meta, display) = (self.store.clone(), self.meta.clone(), self.display.clone());
+        async move {
+            let size = meta.size;
+            if size <= 2 * n {
+                let all = super::parquet_fetch::fetch_owned(
+                    store,
+                    meta,
+                    display,
+                    std::iter::once(0..size).collect(),
+                )
+                .await?
                 .pop()
                 .unwrap_or_default();
-            let head = all.slice(..(n.min(size) as usize));
-            let tail = all.slice((size - n.min(size)) as usize..);
-            return Ok((head, tail));
+                let head = all.slice(..(n.min(size) as usize));
+                let tail = all.slice((size - n.min(size)) as usize..);
+                return Ok((head, tail));
+            }
+            let mut got =
+                super::parquet_fetch::fetch_owned(store, meta, display, vec![0..n, size - n..size])
+                    .await?;
+            let tail = got.pop().unwrap_or_default();
+            let head = got.pop().unwrap_or_default();
+            Ok((head, tail))
         }
-        let mut got = self.fetch(&[0..n, size - n..size])?;
-        let tail = got.pop().unwrap_or_default();
-        let head = got.pop().unwrap_or_default();
-        Ok((head, tail))
     }
+}
+
+/// Objects whose identities [`identities_of_all`] reads at once.
+pub const ENDS_AT_ONCE: usize = 16;
+
+/// The content identity of each of `objs` (its [`RemoteObject::ends`] of
+/// [`IDENTITY_SAMPLE`] bytes, hashed as they arrive), [`ENDS_AT_ONCE`] objects at a
+/// time rather than one after another: a thousand objects a WAN round trip away would
+/// otherwise wait for a thousand round trips in turn. One result per object, in order;
+/// only the identities are kept, never the bytes.
+pub fn identities_of_all(objs: &[&RemoteObject]) -> Vec<Result<ContentIdentity, String>> {
+    use futures::StreamExt;
+    let Some(first) = objs.first() else {
+        return Vec::new();
+    };
+    let jobs: Vec<_> = objs
+        .iter()
+        .map(|o| {
+            let (size, ends) = (o.size(), o.ends_owned(IDENTITY_SAMPLE));
+            async move {
+                let (head, tail) = ends.await.map_err(|e| e.to_string())?;
+                ContentIdentity::from_parts(size, &head, &tail)
+            }
+        })
+        .collect();
+    first.rt.block_on(async move {
+        futures::stream::iter(jobs)
+            .buffered(ENDS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await
+    })
 }
 
 /// True when a response's metadata shows another version than the one listed: some
@@ -227,7 +306,7 @@ pub(crate) fn classify(
         e => RemoteError::Read {
             object: display.to_string(),
             at,
-            why: redact_text(&e.to_string()),
+            why: describe(&e),
         },
     }
 }

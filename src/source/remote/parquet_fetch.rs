@@ -14,6 +14,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use object_store::{ObjectMeta, ObjectStore};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
 };
@@ -32,6 +33,21 @@ pub const COALESCE_GAP: u64 = 64 * 1024;
 
 /// Fetches `ranges` of `obj`, one buffer per range asked.
 pub fn fetch(obj: &RemoteObject, ranges: &[Range<u64>]) -> Result<Vec<Bytes>, RemoteError> {
+    obj.rt.block_on(fetch_owned(
+        obj.store.clone(),
+        obj.meta.clone(),
+        obj.display.clone(),
+        ranges.to_vec(),
+    ))
+}
+
+/// [`fetch`], as a task of its own (it owns what it needs).
+pub(crate) async fn fetch_owned(
+    store: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+    display: String,
+    ranges: Vec<Range<u64>>,
+) -> Result<Vec<Bytes>, RemoteError> {
     let mut order: Vec<usize> = (0..ranges.len()).collect();
     order.sort_by_key(|&i| ranges[i].start);
     let mut merged: Vec<Range<u64>> = Vec::new();
@@ -42,14 +58,10 @@ pub fn fetch(obj: &RemoteObject, ranges: &[Range<u64>]) -> Result<Vec<Bytes>, Re
             _ => merged.push(r.clone()),
         }
     }
-    let (store, meta, display) = (obj.store.clone(), obj.meta.clone(), obj.display.clone());
-    let want = merged.clone();
-    let got: Vec<Bytes> = obj.rt.block_on(async move {
-        let gets = want
-            .into_iter()
-            .map(|r| RemoteObject::get_range(store.clone(), meta.clone(), display.clone(), r));
-        futures::future::try_join_all(gets).await
-    })?;
+    let gets = merged
+        .iter()
+        .map(|r| RemoteObject::get_range(store.clone(), meta.clone(), display.clone(), r.clone()));
+    let got: Vec<Bytes> = futures::future::try_join_all(gets).await?;
     ranges
         .iter()
         .map(|r| {
@@ -58,14 +70,14 @@ pub fn fetch(obj: &RemoteObject, ranges: &[Range<u64>]) -> Result<Vec<Bytes>, Re
                 .enumerate()
                 .find(|(_, m)| m.start <= r.start && r.end <= m.end)
                 .ok_or_else(|| RemoteError::Read {
-                    object: obj.display.clone(),
+                    object: display.clone(),
                     at: r.start,
                     why: "a fetched range went missing".into(),
                 })?;
             let (s, e) = ((r.start - m.start) as usize, (r.end - m.start) as usize);
             if e > got[k].len() {
                 return Err(RemoteError::Read {
-                    object: obj.display.clone(),
+                    object: display.clone(),
                     at: m.start + got[k].len() as u64,
                     why: format!(
                         "the store sent {} bytes of {}",

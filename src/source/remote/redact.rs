@@ -15,6 +15,23 @@
 /// What replaces a secret.
 pub const REDACTED: &str = "REDACTED";
 
+/// An error and the errors under it (`source()`), each said once, as one line made
+/// safe by [`redact_text`]: the HTTP stack's top line ("error sending request") rarely
+/// says why (a certificate no authority signed, a refused connection), its sources do.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let line = s.to_string();
+        if !line.is_empty() && !out.contains(&line) {
+            out.push_str(": ");
+            out.push_str(&line);
+        }
+        next = s.source();
+    }
+    redact_text(&out)
+}
+
 /// `url` with every query value, the fragment and any password replaced by
 /// [`REDACTED`]; scheme, host, path and parameter names kept. Text without `://` (a
 /// local path) is returned as it is.

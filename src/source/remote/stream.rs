@@ -33,7 +33,7 @@ use super::{RemoteError, RemoteObject};
 /// Bytes held between the network and the reader at most.
 pub const BUFFER: usize = 8 << 20;
 /// The first request's length at most.
-pub const FIRST_WINDOW: u64 = 1 << 20;
+pub const FIRST_WINDOW: u64 = 256 << 10;
 /// Progress that resets the count of failures.
 const PROGRESS: u64 = 1 << 20;
 
@@ -46,6 +46,9 @@ pub struct StreamOptions {
     pub retry_for: Duration,
     pub init_backoff: Duration,
     pub max_backoff: Duration,
+    /// Ask for the whole rest at once, with no [`FIRST_WINDOW`]: for a reader that is
+    /// known to read on (the reading stage's, [`super::RemoteObject::prefetch`]).
+    pub whole: bool,
 }
 
 impl Default for StreamOptions {
@@ -55,6 +58,7 @@ impl Default for StreamOptions {
             retry_for: super::DEFAULT_RETRY_FOR,
             init_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(20),
+            whole: false,
         }
     }
 }
@@ -174,7 +178,10 @@ enum Ended {
 impl Producer {
     async fn run(mut self) {
         let end = self.meta.size;
-        let first_end = end.min(self.pos.saturating_add(FIRST_WINDOW));
+        let first_end = match self.opts.whole {
+            true => end,
+            false => end.min(self.pos.saturating_add(FIRST_WINDOW)),
+        };
         // Since when the read has failed without progress.
         let mut failing: Option<tokio::time::Instant> = None;
         let mut backoff = self.opts.init_backoff;
