@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use super::{Checkpoint, CheckpointError, LeaseRecord, WriteError};
 use crate::source::remote::locate::{locate, StoreEnv};
-use crate::source::remote::redact::redact_text;
+use crate::source::remote::redact::{describe, redact_text};
 use crate::source::remote::ObjectRuntime;
 use object_store::path::Path as Key;
 use object_store::{
@@ -76,6 +76,11 @@ struct Held {
 
 fn io_other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(redact_text(&e.to_string()))
+}
+
+/// `e` and its causes, redacted ([`describe`]): a store's error says why only there.
+fn io_error(e: impl std::error::Error + 'static) -> io::Error {
+    io::Error::other(describe(&e))
 }
 
 impl ObjectState {
@@ -137,7 +142,7 @@ impl ObjectState {
                 Err(e) => Err(e),
             }
         });
-        got.map_err(|e| self.read_error(e))
+        got.map_err(|e| self.read_error(describe(&e)))
     }
 
     /// Loads the checkpoint, and takes the lease on it: at once when there is none or it
@@ -245,7 +250,7 @@ impl ObjectState {
                     ),
                 )))
             }
-            Err(e) => Err(err(io_other(e))),
+            Err(e) => Err(err(io_error(e))),
         }
     }
 
@@ -364,7 +369,7 @@ impl ObjectRejects {
             rt.block_on(async move { store.list(Some(&prefix)).try_collect::<Vec<_>>().await });
         let mut parts = listed.map_err(|e| CheckpointError::RejectsUnopenable {
             path: shown.clone().into(),
-            source: io_other(e),
+            source: io_error(e),
         })?;
         parts.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
         let (mut total, mut kept) = (0u64, 0u64);
@@ -400,7 +405,7 @@ impl ObjectRejects {
             });
             gone.map_err(|e| CheckpointError::RejectsUnopenable {
                 path: shown.clone().into(),
-                source: io_other(e),
+                source: io_error(e),
             })?;
         }
         Ok(ObjectRejects {
@@ -437,7 +442,7 @@ impl ObjectRejects {
                 "{}: cannot write part {}: {}",
                 self.display,
                 self.next,
-                redact_text(&e.to_string())
+                describe(&e)
             ))),
         }
     }

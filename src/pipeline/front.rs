@@ -33,9 +33,10 @@ impl Plan {
         // resumed one may [`Plan::reseed`].
         let seeds = message_id::seeds(SeedScheme::Content, &spec.namespace, &inputs)?;
         // Each input opened for its columns, the mapping compiled against them. An
-        // object's open waits a round trip for its first bytes: objects are opened
-        // OPENS_AT_ONCE at a time, so a thousand of them a WAN away wait for a thousand
-        // round trips / OPENS_AT_ONCE, not a thousand. Local files open in turn.
+        // object's open waits a round trip for its first bytes: when the inputs are
+        // objects, they are opened OPENS_AT_ONCE at a time (on threads of their own),
+        // so a thousand of them a WAN away wait for a thousand / OPENS_AT_ONCE round
+        // trips, not a thousand. Otherwise they open in turn.
         let compile_one = |info: &Arc<InputInfo>| -> Result<CompiledMapping, RunError> {
             let opened = source::open(info, src)?;
             Ok(compile(spec, opened.schema(), &info.display)?)
@@ -47,11 +48,20 @@ impl Plan {
             let compiled: Vec<Result<CompiledMapping, RunError>> = match batch {
                 [one] => vec![compile_one(one)],
                 _ => std::thread::scope(|s| {
-                    let open = |info| s.spawn(move || compile_one(info));
+                    // A thread the system will not give opens its input here instead.
+                    let open = |info| {
+                        std::thread::Builder::new()
+                            .name("open".into())
+                            .spawn_scoped(s, move || compile_one(info))
+                            .map_err(|_| info)
+                    };
                     let running: Vec<_> = batch.iter().map(open).collect();
                     running
                         .into_iter()
-                        .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                        .map(|h| match h {
+                            Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                            Err(info) => compile_one(info),
+                        })
                         .collect()
                 }),
             };

@@ -233,15 +233,9 @@ impl InputInfo {
     /// For an object read from its start as text: starts its reading now (see
     /// [`remote::RemoteObject::prefetch`]), so its first bytes are here when it is
     /// opened. Local files, Parquet (read by row group) and stdin: nothing to do.
-    pub fn prefetch(&self) -> Result<(), SourceError> {
-        match (&self.object, self.format) {
-            (Some(o), Format::Csv | Format::Ndjson) => {
-                o.prefetch().map_err(|source| SourceError::Open {
-                    path: self.display.clone(),
-                    source,
-                })
-            }
-            _ => Ok(()),
+    pub fn prefetch(&self) {
+        if let (Some(o), Format::Csv | Format::Ndjson) = (&self.object, self.format) {
+            o.prefetch();
         }
     }
 
@@ -557,7 +551,7 @@ fn is_hidden(path: &Path) -> bool {
 
 /// A note on stderr for the person running the command: a closed stderr loses it and
 /// stops nothing.
-fn note(text: std::fmt::Arguments<'_>) {
+pub(crate) fn note(text: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "note: {text}");
 }

@@ -69,13 +69,16 @@ impl Reading<'_> {
                 return Ok(ReadEnd::AllRead);
             }
             // Objects: this one's reading, and the next one's, start now, so a store a
-            // round trip away answers the next while this one is read.
-            if info.index != start.input || start.row == 0 {
-                info.prefetch()?;
-            }
-            if let Some(next) = self.inputs.get(k + 1) {
-                if !self.stop.is_some_and(|s| s.excludes(next.index, 0, 0)) {
-                    next.prefetch()?;
+            // round trip away answers the next while this one is read. Not under
+            // `--limit`, which may stop long before an object's end.
+            if self.limit.is_none() {
+                if info.index != start.input || start.row == 0 {
+                    info.prefetch();
+                }
+                if let Some(next) = self.inputs.get(k + 1) {
+                    if !self.stop.is_some_and(|s| s.excludes(next.index, 0, 0)) {
+                        next.prefetch();
+                    }
                 }
             }
             let stop_here = self.stop.filter(|s| s.input == info.index);

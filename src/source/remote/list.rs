@@ -90,7 +90,8 @@ fn head(rt: &ObjectRuntime, loc: &Located) -> Result<Option<ObjectMeta>, RemoteE
 /// anything else.
 fn list_failed(loc: &Located, e: &object_store::Error) -> RemoteError {
     let why = describe(e);
-    match why.contains("certificate") {
+    // rustls's words for a certificate it refused, or for having no authorities at all.
+    match why.contains("invalid peer certificate") || why.contains("No CA certificates") {
         true => RemoteError::Tls {
             url: loc.display.clone(),
             why,

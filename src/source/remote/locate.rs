@@ -111,10 +111,18 @@ fn retry(retry_for: Duration) -> RetryConfig {
 }
 
 fn client() -> ClientOptions {
-    ClientOptions::new()
+    let mut options = ClientOptions::new()
         .with_timeout_disabled()
         .with_connect_timeout(Duration::from_secs(10))
-        .with_read_timeout(Duration::from_secs(30))
+        .with_read_timeout(Duration::from_secs(30));
+    if BUNDLED_ROOTS.load(std::sync::atomic::Ordering::SeqCst) {
+        for der in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+            if let Ok(c) = object_store::Certificate::from_der(der.as_ref()) {
+                options = options.with_root_certificate(c);
+            }
+        }
+    }
+    options
 }
 
 /// Makes ring the process's rustls crypto provider (once; a provider already installed
@@ -130,9 +138,32 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// Set once this system was found to have no CA certificates: stores are then built
+/// trusting the Mozilla roots compiled in (`webpki-root-certs`).
+static BUNDLED_ROOTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Locates `arg` (an object, a prefix or a glob URL).
+///
+/// A client verifies certificates against the system's authorities (`/etc/ssl/certs`,
+/// `SSL_CERT_FILE`, `SSL_CERT_DIR`) and cannot be built where there are none, not even
+/// for a plain-http endpoint: a minimal container talking to an in-cluster MinIO. There
+/// the Mozilla roots built in are used instead, and a warning says so.
 pub fn locate(arg: &str, env: &StoreEnv) -> Result<Located, RemoteError> {
+    use std::sync::atomic::Ordering;
     install_crypto_provider();
+    match locate_once(arg, env) {
+        Err(RemoteError::Url { why, .. })
+            if why.contains("No CA certificates")
+                && !BUNDLED_ROOTS.swap(true, Ordering::SeqCst) =>
+        {
+            crate::source::note(format_args!("this system has no CA certificates (install ca-certificates, or set SSL_CERT_FILE): object stores are verified against the Mozilla roots built in"));
+            locate_once(arg, env)
+        }
+        r => r,
+    }
+}
+
+fn locate_once(arg: &str, env: &StoreEnv) -> Result<Located, RemoteError> {
     let display = redact_url(arg);
     let bad = |why: String| RemoteError::Url {
         url: display.clone(),

@@ -126,7 +126,9 @@ impl RemoteObject {
     /// already here. For the reading stage, which reads an object to its end (or to a
     /// shard's stop): at most [`super::stream::BUFFER`] bytes are pulled ahead, and
     /// none if it is never opened but the first request's. Once per object.
-    pub fn prefetch(&self) -> io::Result<()> {
+    /// Nothing to report: a reader that cannot start here fails again, and is
+    /// reported, when the object is opened.
+    pub fn prefetch(&self) {
         let mut slot = self.warm_slot();
         if slot.is_none() {
             let opts = StreamOptions {
@@ -134,9 +136,8 @@ impl RemoteObject {
                 whole: true,
                 ..StreamOptions::default()
             };
-            *slot = Some(Box::new(super::stream::open_at(self, 0, opts)?));
+            *slot = super::stream::open_at(self, 0, opts).ok().map(Box::new);
         }
-        Ok(())
     }
 
     fn warm_slot(&self) -> std::sync::MutexGuard<'_, Option<Box<ObjectReader>>> {
@@ -239,8 +240,9 @@ pub const ENDS_AT_ONCE: usize = 16;
 /// The content identity of each of `objs` (its [`RemoteObject::ends`] of
 /// [`IDENTITY_SAMPLE`] bytes, hashed as they arrive), [`ENDS_AT_ONCE`] objects at a
 /// time rather than one after another: a thousand objects a WAN round trip away would
-/// otherwise wait for a thousand round trips in turn. One result per object, in order;
-/// only the identities are kept, never the bytes.
+/// otherwise wait for a thousand round trips in turn. One result per object, in order,
+/// up to the first that failed (the rest are not asked for); only the identities are
+/// kept, never the bytes.
 pub fn identities_of_all(objs: &[&RemoteObject]) -> Vec<Result<ContentIdentity, String>> {
     use futures::StreamExt;
     let Some(first) = objs.first() else {
@@ -257,10 +259,18 @@ pub fn identities_of_all(objs: &[&RemoteObject]) -> Vec<Result<ContentIdentity, 
         })
         .collect();
     first.rt.block_on(async move {
-        futures::stream::iter(jobs)
-            .buffered(ENDS_AT_ONCE)
-            .collect::<Vec<_>>()
-            .await
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut all = futures::stream::iter(jobs).buffered(ENDS_AT_ONCE);
+        while let Some(r) = all.next().await {
+            // A store that fails one object's reads (after its retries) would fail the
+            // next ones too: stop asking.
+            let failed = r.is_err();
+            out.push(r);
+            if failed {
+                break;
+            }
+        }
+        out
     })
 }
 

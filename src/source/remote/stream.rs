@@ -5,9 +5,12 @@
 //! bounds what is held between the network and the reader, whatever the object's size,
 //! and stalls the body (TCP back-pressure) while the pipeline is slower than the network.
 //!
-//! The first request covers at most [`FIRST_WINDOW`] bytes, the next one the rest, sent
-//! once the reader has taken half of the first: a run opens every input once to read
-//! its header, and that open must not pull megabytes it then throws away.
+//! A reader opened for what it may read only the start of (a header, a sample, a
+//! resume's first rows) asks for [`FIRST_WINDOW`] bytes, then four times more each
+//! time once the reader has taken half of the last window, then, once a window would
+//! be as large as the buffer, the rest: a run opens every input once to read its
+//! header, and that open must not pull megabytes it then throws away. The reading
+//! stage's reader ([`StreamOptions::whole`]) asks for all of it at once.
 //!
 //! Every GET carries `If-Match: <ETag as listed>` and its answer's ETag and size are
 //! checked again here (s3s-fs, for one, ignores `If-Match` on GET): an object replaced
@@ -178,23 +181,25 @@ enum Ended {
 impl Producer {
     async fn run(mut self) {
         let end = self.meta.size;
-        let first_end = match self.opts.whole {
-            true => end,
-            false => end.min(self.pos.saturating_add(FIRST_WINDOW)),
-        };
+        // The window asked for now (`None`: the rest), and where it ends.
+        let mut window = (!self.opts.whole).then_some(FIRST_WINDOW);
+        let mut window_end = window.map_or(end, |w| end.min(self.pos.saturating_add(w)));
         // Since when the read has failed without progress.
         let mut failing: Option<tokio::time::Instant> = None;
         let mut backoff = self.opts.init_backoff;
-        let mut first = true;
         while self.pos < end {
-            let until = if first { first_end } else { end };
             let before = self.pos;
-            match self.request(until).await {
+            match self.request(window_end).await {
                 Ended::Done => {
-                    if first && self.pos < end && !self.reader_wants_more().await {
-                        return;
+                    if let Some(w) = window {
+                        if self.pos < end && !self.reader_wants_more(w).await {
+                            return;
+                        }
+                        // Four times larger each time, until a window would be as
+                        // large as the buffer: then the rest.
+                        window = Some(w * 4).filter(|&n| n < self.opts.buffer as u64);
+                        window_end = window.map_or(end, |w| end.min(self.pos.saturating_add(w)));
                     }
-                    first = false;
                     continue;
                 }
                 Ended::Dropped => return,
@@ -223,16 +228,12 @@ impl Producer {
         }
     }
 
-    /// After the first window: waits until the reader has taken at least half of it,
-    /// so an open that reads only a header (or a reader dropped early) never pulls the
-    /// rest of the object; false if the reader is gone. Half, not all: the next GET's
-    /// round trip overlaps the reading of the other half.
-    async fn reader_wants_more(&self) -> bool {
-        let want = self
-            .opts
-            .buffer
-            .saturating_sub(FIRST_WINDOW as usize / 2)
-            .max(1) as u32;
+    /// After a window of `window` bytes: waits until the reader has taken at least half
+    /// of it, so an open that reads only a header (or a reader dropped early) never
+    /// pulls the rest of the object; false if the reader is gone. Half, not all: the
+    /// next GET's round trip overlaps the reading of the other half.
+    async fn reader_wants_more(&self, window: u64) -> bool {
+        let want = self.opts.buffer.saturating_sub(window as usize / 2).max(1) as u32;
         match self.sem.acquire_many(want).await {
             Ok(p) => {
                 drop(p);
