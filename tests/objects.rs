@@ -476,10 +476,10 @@ fn tls_front(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
 }
 
 /// Object stores are reached over TLS with the certificate verified: a store whose
-/// certificate no trusted authority signed stops the run, saying so, before a row is
-/// read; with its private CA in `SSL_CERT_FILE` (an internal MinIO's, say) the same
-/// store gives the calls of a local run; and a system without CA certificates still
-/// reads a plain-http store.
+/// certificate no trusted authority signed stops the run at once (no retry), saying so,
+/// before a row is read; with its private CA in `SSL_CERT_FILE` (an internal MinIO's,
+/// say) the same store gives the calls of a local run; and a system without CA
+/// certificates still reads a plain-http store.
 #[test]
 fn tls_to_a_store_verifies_its_certificate_and_trusts_a_ca_in_ssl_cert_file() {
     let w = Workdir::new();
@@ -499,7 +499,7 @@ fn tls_to_a_store_verifies_its_certificate_and_trusts_a_ca_in_ssl_cert_file() {
         let mut cmd = w.cmd();
         cmd.args(["run", "s3://exports/tls/t.csv", "--mapping"])
             .arg(&mapping)
-            .args(["--dry-run", "--quiet", "--read-retry-secs", "1", "--output"])
+            .args(["--dry-run", "--quiet", "--output"])
             .arg(&out_file)
             .arg("--rejects")
             .arg(w.path("tls-rejects.ndjson"))
@@ -522,6 +522,11 @@ fn tls_to_a_store_verifies_its_certificate_and_trusts_a_ca_in_ssl_cert_file() {
     assert!(
         err.contains("TLS certificate was not accepted") && err.contains("SSL_CERT_FILE"),
         "{err}"
+    );
+    // At once: no retry makes an unknown authority known.
+    assert!(
+        !err.contains("retries"),
+        "a refused certificate was retried: {err}"
     );
     let (out, bodies) = run(&fixture("tls").join("ca.pem"));
     assert_eq!(out.status.code(), Some(3), "{}", common::stderr(&out));

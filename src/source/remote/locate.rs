@@ -24,6 +24,10 @@ use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse, HttpService,
+    ReqwestConnector,
+};
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::http::HttpBuilder;
 use object_store::path::Path;
@@ -125,6 +129,35 @@ fn client() -> ClientOptions {
     options
 }
 
+/// object_store's reqwest connector, except that a certificate refused ends the request
+/// at once: object_store retries any failed connect (some 25 s with the defaults), and
+/// no retry makes an unknown authority known.
+#[derive(Debug, Default)]
+struct Verified;
+
+impl HttpConnector for Verified {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let inner = ReqwestConnector::default().connect(options)?;
+        Ok(HttpClient::new(CertificateFinal(inner)))
+    }
+}
+
+#[derive(Debug)]
+struct CertificateFinal(HttpClient);
+
+#[async_trait::async_trait]
+impl HttpService for CertificateFinal {
+    async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        self.0.execute(req).await.map_err(|e| {
+            // rustls's words for a certificate it refused.
+            match describe(&e).contains("invalid peer certificate") {
+                true => HttpError::new(HttpErrorKind::Unknown, e),
+                false => e,
+            }
+        })
+    }
+}
+
 /// Makes ring the process's rustls crypto provider (once; a provider already installed
 /// stays): reqwest is built without one of its own, and a client cannot be built before.
 /// ring, which object_store already signs with, rather than aws-lc-rs and its C build;
@@ -189,6 +222,7 @@ fn locate_once(arg: &str, env: &StoreEnv) -> Result<Located, RemoteError> {
                 .with_url(arg)
                 .with_client_options(client())
                 .with_retry(retry(env.retry_for))
+                .with_http_connector(Verified)
                 .build()
                 .map_err(built)?;
             (Arc::new(s), format!("gs://{host}/"))
@@ -198,6 +232,7 @@ fn locate_once(arg: &str, env: &StoreEnv) -> Result<Located, RemoteError> {
                 .with_url(arg)
                 .with_client_options(client())
                 .with_retry(retry(env.retry_for))
+                .with_http_connector(Verified)
                 .build()
                 .map_err(built)?;
             let user = match url.username() {
@@ -220,6 +255,7 @@ fn locate_once(arg: &str, env: &StoreEnv) -> Result<Located, RemoteError> {
             let s = b
                 .with_client_options(client())
                 .with_retry(retry(env.retry_for))
+                .with_http_connector(Verified)
                 .build()
                 .map_err(built)?;
             key = rest;
@@ -241,6 +277,7 @@ fn locate_once(arg: &str, env: &StoreEnv) -> Result<Located, RemoteError> {
                 .with_url(root.as_str())
                 .with_client_options(client().with_allow_http(allow_http))
                 .with_retry(retry(env.retry_for))
+                .with_http_connector(Verified)
                 .build()
                 .map_err(built)?;
             (Arc::new(s), redact_url(root.as_str()))
@@ -332,6 +369,7 @@ fn s3(arg: &str, env: &StoreEnv) -> Result<object_store::aws::AmazonS3, Built> {
     b.with_url(arg)
         .with_client_options(client().with_allow_http(allow_http))
         .with_retry(retry(env.retry_for))
+        .with_http_connector(Verified)
         .build()
         .map_err(Built::Store)
 }
