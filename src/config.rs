@@ -285,12 +285,6 @@ impl GzipLevel {
     }
 }
 
-impl Default for GzipLevel {
-    fn default() -> Self {
-        Self::DEFAULT
-    }
-}
-
 impl fmt::Display for GzipLevel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

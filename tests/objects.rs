@@ -37,6 +37,17 @@ fn dry_run(
     mapping: &Path,
     endpoint: Option<&str>,
 ) -> (Output, String) {
+    dry_run_env(w, inputs, mapping, endpoint, &[])
+}
+
+/// [`dry_run`] with more environment variables.
+fn dry_run_env(
+    w: &Workdir,
+    inputs: &[&str],
+    mapping: &Path,
+    endpoint: Option<&str>,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Output, String) {
     let out_file = w.path("bodies.ndjson");
     let _ = std::fs::remove_file(&out_file);
     let mut cmd = w.cmd();
@@ -52,6 +63,7 @@ fn dry_run(
     if let Some(e) = endpoint {
         cmd.envs(Server::env(e));
     }
+    cmd.envs(env.iter().copied());
     let out = common::run(&mut cmd);
     (out, std::fs::read_to_string(&out_file).unwrap_or_default())
 }
@@ -493,22 +505,14 @@ fn tls_to_a_store_verifies_its_certificate_and_trusts_a_ca_in_ssl_cert_file() {
     let mapping = fixture("events.toml");
     let (local, local_bodies) = dry_run(&w, &["t.csv"], &mapping, None);
     assert_eq!(local.status.code(), Some(3), "{}", common::stderr(&local));
+    let object = ["s3://exports/tls/t.csv"];
+    // SSL_CERT_DIR empty: the authorities are SSL_CERT_FILE's alone.
     let run = |ca: &Path| {
-        let out_file = w.path("tls-bodies.ndjson");
-        let _ = std::fs::remove_file(&out_file);
-        let mut cmd = w.cmd();
-        cmd.args(["run", "s3://exports/tls/t.csv", "--mapping"])
-            .arg(&mapping)
-            .args(["--dry-run", "--quiet", "--output"])
-            .arg(&out_file)
-            .arg("--rejects")
-            .arg(w.path("tls-rejects.ndjson"))
-            .envs(Server::env(&endpoint))
-            .env("SSL_CERT_FILE", ca)
-            .env_remove("SSL_CERT_DIR")
-            .stdin(Stdio::null());
-        let out = common::run(&mut cmd);
-        (out, std::fs::read_to_string(&out_file).unwrap_or_default())
+        let env = [
+            ("SSL_CERT_FILE", ca.as_os_str()),
+            ("SSL_CERT_DIR", "".as_ref()),
+        ];
+        dry_run_env(&w, &object, &mapping, Some(&endpoint), &env)
     };
     // The certificate's CA is not among those trusted (the server's own certificate
     // is not a CA): refused.
@@ -536,23 +540,16 @@ fn tls_to_a_store_verifies_its_certificate_and_trusts_a_ca_in_ssl_cert_file() {
     );
     // A system with no CA certificates at all (a minimal container) can still read a
     // plain-http store on loopback (an in-cluster MinIO), saying what it trusts instead.
-    let out_file = w.path("bare-bodies.ndjson");
-    let mut cmd = w.cmd();
-    cmd.args(["run", "s3://exports/tls/t.csv", "--mapping"])
-        .arg(&mapping)
-        .args(["--dry-run", "--quiet", "--output"])
-        .arg(&out_file)
-        .arg("--rejects")
-        .arg(w.path("bare-rejects.ndjson"))
-        .envs(Server::env(&server.endpoint()))
-        .env("SSL_CERT_FILE", "/dev/null")
-        .env("SSL_CERT_DIR", w.path("no-such-dir"))
-        .stdin(Stdio::null());
-    let out = common::run(&mut cmd);
+    let no_dir = w.path("no-such-dir");
+    let env = [
+        ("SSL_CERT_FILE", "/dev/null".as_ref()),
+        ("SSL_CERT_DIR", no_dir.as_os_str()),
+    ];
+    let (out, bodies) = dry_run_env(&w, &object, &mapping, Some(&server.endpoint()), &env);
     let err = common::stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("no CA certificates"), "{err}");
-    assert!(std::fs::read_to_string(&out_file).unwrap() == local_bodies);
+    assert!(bodies == local_bodies);
 }
 
 /// Request bodies with every messageId taken out.

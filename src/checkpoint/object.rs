@@ -78,11 +78,6 @@ fn io_other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(redact_text(&e.to_string()))
 }
 
-/// `e` and its causes, redacted ([`describe`]): a store's error says why only there.
-fn io_error(e: impl std::error::Error + 'static) -> io::Error {
-    io::Error::other(describe(&e))
-}
-
 impl ObjectState {
     /// The checkpoint object at `url`.
     pub fn open(
@@ -250,7 +245,7 @@ impl ObjectState {
                     ),
                 )))
             }
-            Err(e) => Err(err(io_error(e))),
+            Err(e) => Err(err(io_other(describe(&e)))),
         }
     }
 
@@ -369,7 +364,7 @@ impl ObjectRejects {
             rt.block_on(async move { store.list(Some(&prefix)).try_collect::<Vec<_>>().await });
         let mut parts = listed.map_err(|e| CheckpointError::RejectsUnopenable {
             path: shown.clone().into(),
-            source: io_error(e),
+            source: io_other(describe(&e)),
         })?;
         parts.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
         let (mut total, mut kept) = (0u64, 0u64);
@@ -405,7 +400,7 @@ impl ObjectRejects {
             });
             gone.map_err(|e| CheckpointError::RejectsUnopenable {
                 path: shown.clone().into(),
-                source: io_error(e),
+                source: io_other(describe(&e)),
             })?;
         }
         Ok(ObjectRejects {

@@ -66,9 +66,9 @@ impl Plan {
                 }),
             };
             // The first failure in input order, as opening them in turn would find.
-            for m in compiled {
+            for (m, seed) in compiled.into_iter().zip(&mut seeds) {
                 let mut m = m?;
-                m.seed = seeds.next().unwrap_or_default();
+                m.seed = seed;
                 mappings.push(Arc::new(m));
             }
         }

@@ -405,31 +405,19 @@ pub struct Faults {
     /// Body bytes served to GETs.
     pub body_bytes: AtomicU64,
     pub requests: AtomicU64,
-    /// GETs between their request and the end of their answer, now and at most.
-    pub gets_in_flight: AtomicU64,
-    pub gets_in_flight_peak: AtomicU64,
     /// `METHOD PATH RANGE` of every request, and `END PATH RANGE` when a GET's answer
     /// has been sent.
     pub log: Mutex<Vec<String>>,
 }
 
-/// Counts a GET in flight, and logs its end, until dropped.
-struct InFlight<'a> {
+/// Logs `END PATH RANGE` when a GET's answer is over (dropped), however it ended.
+struct GetEnd<'a> {
     f: &'a Faults,
     what: String,
 }
 
-impl<'a> InFlight<'a> {
-    fn new(f: &'a Faults, what: String) -> InFlight<'a> {
-        let now = f.gets_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        f.gets_in_flight_peak.fetch_max(now, Ordering::SeqCst);
-        InFlight { f, what }
-    }
-}
-
-impl Drop for InFlight<'_> {
+impl Drop for GetEnd<'_> {
     fn drop(&mut self) {
-        self.f.gets_in_flight.fetch_sub(1, Ordering::SeqCst);
         let line = format!("END {}", self.what);
         self.f.log.lock().unwrap().push(line);
     }
@@ -439,7 +427,6 @@ impl Faults {
     pub fn reset_counters(&self) {
         self.body_bytes.store(0, Ordering::SeqCst);
         self.requests.store(0, Ordering::SeqCst);
-        self.gets_in_flight_peak.store(0, Ordering::SeqCst);
         self.log.lock().unwrap().clear();
     }
     pub fn gets(&self) -> Vec<String> {
@@ -544,8 +531,10 @@ fn serve(client: TcpStream, upstream: SocketAddr, f: &Faults) -> std::io::Result
             .unwrap()
             .push(format!("{method} {path} {range}").trim().to_string());
         let is_get = method == "GET" && !path.contains("list-type");
-        let _in_flight =
-            is_get.then(|| InFlight::new(f, format!("{path} {range}").trim().to_string()));
+        let _end = is_get.then(|| GetEnd {
+            f,
+            what: format!("{path} {range}").trim().to_string(),
+        });
         match f.get_delay_ms.load(Ordering::SeqCst) {
             ms if is_get && ms > 0 => std::thread::sleep(Duration::from_millis(ms)),
             _ => {}

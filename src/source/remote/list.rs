@@ -24,7 +24,7 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
-use super::locate::{locate, Located, StoreEnv};
+use super::locate::{locate, refused_certificate, Located, StoreEnv};
 use super::redact::describe;
 use super::{ObjectRuntime, RemoteError, RemoteObject};
 use crate::source::Format;
@@ -90,8 +90,7 @@ fn head(rt: &ObjectRuntime, loc: &Located) -> Result<Option<ObjectMeta>, RemoteE
 /// anything else.
 fn list_failed(loc: &Located, e: &object_store::Error) -> RemoteError {
     let why = describe(e);
-    // rustls's words for a certificate it refused, or for having no authorities at all.
-    match why.contains("invalid peer certificate") || why.contains("No CA certificates") {
+    match refused_certificate(&why) {
         true => RemoteError::Tls {
             url: loc.display.clone(),
             why,

@@ -129,6 +129,12 @@ fn client() -> ClientOptions {
     options
 }
 
+/// True for an error text (its [`describe`]) saying rustls refused the store's
+/// certificate: no authority it trusts signed it, or it names another host.
+pub(crate) fn refused_certificate(why: &str) -> bool {
+    why.contains("invalid peer certificate")
+}
+
 /// object_store's reqwest connector, except that a certificate refused ends the request
 /// at once: object_store retries any failed connect (some 25 s with the defaults), and
 /// no retry makes an unknown authority known.
@@ -148,13 +154,13 @@ struct CertificateFinal(HttpClient);
 #[async_trait::async_trait]
 impl HttpService for CertificateFinal {
     async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
-        self.0.execute(req).await.map_err(|e| {
-            // rustls's words for a certificate it refused.
-            match describe(&e).contains("invalid peer certificate") {
+        self.0
+            .execute(req)
+            .await
+            .map_err(|e| match refused_certificate(&describe(&e)) {
                 true => HttpError::new(HttpErrorKind::Unknown, e),
                 false => e,
-            }
-        })
+            })
     }
 }
 
